@@ -1,0 +1,180 @@
+#include "runtime/config.hpp"
+
+#include <set>
+#include <toml++/toml.h>
+
+namespace filo {
+namespace {
+
+class Reader {
+ public:
+  Reader(const toml::table& root, std::string source) : root_(root), source_(std::move(source)) {}
+
+  template <typename T>
+  void read(const std::string& section, const std::string& key, T& field) {
+    known_.insert(section + "." + key);
+    const auto node = root_[section][key];
+    if (!node) return;
+    std::optional<T> value;
+    if constexpr (std::is_same_v<T, std::string>) {
+      value = node.value<std::string>();
+    } else if constexpr (std::is_floating_point_v<T>) {
+      value = node.value<double>();
+    } else {
+      if (node.is_integer()) value = node.value<T>();
+    }
+    if (!value) {
+      throw ConfigError(source_ + ": " + section + "." + key + " must be " + kind_name<T>());
+    }
+    field = *value;
+  }
+
+  /// Rejects keys that nothing read: a typo must not be silently ignored.
+  void reject_unknown() const {
+    for (const auto& [section_name, section] : root_) {
+      const std::string section_key(section_name.str());
+      if (!section.is_table()) {
+        throw ConfigError(source_ + ": '" + section_key +
+                          "' must be a section ([" + section_key + "])");
+      }
+      for (const auto& [key, value] : *section.as_table()) {
+        const std::string full = section_key + "." + std::string(key.str());
+        if (!known_.count(full)) throw ConfigError(source_ + ": unknown configuration key '" + full + "'");
+      }
+    }
+  }
+
+ private:
+  template <typename T>
+  static std::string kind_name() {
+    if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else return "an integer";
+  }
+
+  const toml::table& root_;
+  std::string source_;
+  std::set<std::string> known_;
+};
+
+void apply_override(toml::table& root, const std::string& assignment) {
+  const auto equals = assignment.find('=');
+  const auto dot = assignment.find('.');
+  if (equals == std::string::npos || dot == std::string::npos || dot > equals) {
+    throw ConfigError("override '" + assignment + "' must look like section.key=value");
+  }
+  const std::string section = assignment.substr(0, dot);
+  const std::string key = assignment.substr(dot + 1, equals - dot - 1);
+  const std::string text = assignment.substr(equals + 1);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("value = " + text);
+  } catch (const toml::parse_error&) {
+    parsed.insert_or_assign("value", text);  // a bare word is a string
+  }
+  if (!root.contains(section)) root.insert(section, toml::table{});
+  auto* table = root[section].as_table();
+  if (table == nullptr) throw ConfigError("override '" + assignment + "': " + section + " is not a section");
+  table->insert_or_assign(key, *parsed.get("value"));
+}
+
+void check(bool condition, const std::string& what) {
+  if (!condition) throw ConfigError("invalid configuration: " + what);
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table root;
+  const std::string source = path.empty() ? std::string("command line") : path;
+  if (!path.empty()) {
+    try {
+      root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      std::ostringstream where;
+      where << e.source().begin;
+      throw ConfigError("cannot read configuration " + path + ": " + std::string(e.description()) +
+                        " (" + where.str() + ")");
+    }
+  }
+  for (const auto& assignment : overrides) apply_override(root, assignment);
+
+  Config config;
+  Reader reader(root, source);
+  reader.read("data", "dataset", config.data.dataset);
+  reader.read("data", "path", config.data.path);
+  reader.read("data", "train_limit", config.data.train_limit);
+  reader.read("data", "test_limit", config.data.test_limit);
+  reader.read("model", "name", config.model.name);
+  reader.read("optimizer", "name", config.optimizer.name);
+  reader.read("optimizer", "learning_rate", config.optimizer.learning_rate);
+  reader.read("optimizer", "momentum", config.optimizer.momentum);
+  reader.read("optimizer", "weight_decay", config.optimizer.weight_decay);
+  reader.read("schedule", "epochs", config.schedule.epochs);
+  reader.read("schedule", "round_samples", config.schedule.round_samples);
+  reader.read("schedule", "micro_batch", config.schedule.micro_batch);
+  reader.read("schedule", "min_trainers", config.schedule.min_trainers);
+  reader.read("schedule", "start_grace_seconds", config.schedule.start_grace_seconds);
+  reader.read("schedule", "deadline_min_seconds", config.schedule.deadline_min_seconds);
+  reader.read("schedule", "deadline_factor", config.schedule.deadline_factor);
+  std::int64_t seed = static_cast<std::int64_t>(config.schedule.seed);
+  reader.read("schedule", "seed", seed);
+  config.schedule.seed = static_cast<std::uint64_t>(seed);
+  reader.read("bus", "listen", config.bus.listen);
+  reader.read("bus", "publish", config.bus.publish);
+  reader.read("bus", "coordinator", config.bus.coordinator);
+  reader.read("bus", "heartbeat_interval_ms", config.bus.heartbeat_interval_ms);
+  reader.read("bus", "liveness", config.bus.liveness);
+  reader.read("bus", "connect_timeout_seconds", config.bus.connect_timeout_seconds);
+  std::int64_t hwm = config.bus.socket_limits.high_water_mark;
+  reader.read("bus", "high_water_mark", hwm);
+  config.bus.socket_limits.high_water_mark = static_cast<int>(hwm);
+  reader.read("bus", "max_message_bytes", config.bus.socket_limits.max_message_bytes);
+  reader.read("node", "name", config.node.name);
+  reader.read("node", "device", config.node.device);
+  reader.read("node", "threads", config.node.threads);
+  reader.read("node", "priority", config.node.priority);
+  reader.read("run", "run_dir", config.run.run_dir);
+  reader.read("run", "threads", config.run.threads);
+  reader.read("local", "nodes", config.local.nodes);
+  reader.reject_unknown();
+
+  check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
+  check(config.data.test_limit >= 0, "data.test_limit must be >= 0");
+  check(config.optimizer.name == "sgd" || config.optimizer.name == "adam",
+        "optimizer.name must be \"sgd\" or \"adam\", not \"" + config.optimizer.name + "\"");
+  check(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0");
+  check(config.schedule.epochs >= 1, "schedule.epochs must be >= 1");
+  check(config.schedule.round_samples >= 1, "schedule.round_samples must be >= 1");
+  check(config.schedule.micro_batch >= 1, "schedule.micro_batch must be >= 1");
+  check(config.schedule.min_trainers >= 1, "schedule.min_trainers must be >= 1");
+  check(config.schedule.deadline_min_seconds > 0, "schedule.deadline_min_seconds must be > 0");
+  check(config.bus.heartbeat_interval_ms >= 10, "bus.heartbeat_interval_ms must be >= 10");
+  check(config.bus.liveness >= 1, "bus.liveness must be >= 1");
+  check(config.bus.socket_limits.high_water_mark >= 1, "bus.high_water_mark must be >= 1");
+  check(config.bus.socket_limits.max_message_bytes >= 1 << 20,
+        "bus.max_message_bytes must be at least 1 MiB");
+  check(config.node.threads >= 1, "node.threads must be >= 1");
+  check(config.run.threads >= 1, "run.threads must be >= 1");
+  check(config.node.device == "cpu" || config.node.device.rfind("cuda", 0) == 0,
+        "node.device must be \"cpu\" or \"cuda:N\", not \"" + config.node.device + "\"");
+  check(config.local.nodes >= 1, "local.nodes must be >= 1");
+  check(!config.run.run_dir.empty(), "run.run_dir must not be empty");
+  return config;
+}
+
+std::string publish_endpoint_for(const BusOptions& bus) {
+  if (!bus.publish.empty()) return bus.publish;
+  const auto colon = bus.listen.rfind(':');
+  check(colon != std::string::npos && bus.listen.rfind("tcp://", 0) == 0,
+        "bus.listen must be tcp://HOST:PORT, not \"" + bus.listen + "\"");
+  const std::string port = bus.listen.substr(colon + 1);
+  if (port == "*") return bus.listen;
+  try {
+    return bus.listen.substr(0, colon + 1) + std::to_string(std::stoi(port) + 1);
+  } catch (const std::exception&) {
+    throw ConfigError("bus.listen has no numeric port: \"" + bus.listen + "\"");
+  }
+}
+
+}  // namespace filo

@@ -1,0 +1,91 @@
+#pragma once
+// Configuration: options structs with documented defaults, built once from a TOML file under
+// configs/ plus command-line overrides ("section.key=value"). Actors receive these structs and
+// never read files or the environment themselves.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/socket_factory.hpp"
+
+namespace filo {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct DataOptions {
+  std::string dataset = "fashion-mnist";
+  std::string path = "/usr/share/datasets/fashion-mnist";  /// idx files, gzipped or not
+  std::int64_t train_limit = 0;  /// train on the first N training samples; 0 = all
+  std::int64_t test_limit = 0;   /// evaluate on the first N test samples; 0 = all
+};
+
+struct ModelOptions {
+  std::string name = "cnn";  /// built-in: "cnn" (two conv layers + BatchNorm), "mlp"
+};
+
+struct OptimizerOptions {
+  std::string name = "adam";  /// "sgd" (with momentum) or "adam"
+  double learning_rate = 1e-3;
+  double momentum = 0.9;      /// sgd only
+  double weight_decay = 0.0;
+};
+
+struct ScheduleOptions {
+  std::int64_t epochs = 2;
+  std::int64_t round_samples = 128;   /// samples per round over all trainers: the global batch
+  std::int64_t micro_batch = 64;      /// largest batch one forward pass takes
+  std::int64_t min_trainers = 1;      /// rounds start once this many trainers are admitted
+  double start_grace_seconds = 1.0;   /// after min_trainers joined, wait this long for more
+  double deadline_min_seconds = 2.0;  /// a round's deadline is at least this...
+  double deadline_factor = 4.0;       /// ...or this many times the last round's slowest trainer
+  std::uint64_t seed = 1;
+};
+
+struct BusOptions {
+  std::string listen = "tcp://127.0.0.1:5555";       /// coordinator: where actors connect
+  std::string publish;  /// coordinator: PUB endpoint; empty = listen's port + 1 ('*' stays '*')
+  std::string coordinator = "tcp://127.0.0.1:5555";  /// node: the coordinator's listen address
+  std::int64_t heartbeat_interval_ms = 250;
+  std::int64_t liveness = 4;            /// missed heartbeats before a peer counts as lost
+  double connect_timeout_seconds = 30;  /// node: give up when no coordinator answers this long
+  SocketLimits socket_limits;
+};
+
+struct NodeOptions {
+  std::string name;           /// empty = this machine's hostname
+  std::string device = "cpu"; /// "cpu" or "cuda:N"
+  std::int64_t threads = 1;   /// LibTorch intra-op threads of the trainer
+  std::int64_t priority = 0;  /// user-set; carried in the hardware report
+};
+
+struct RunOptions {
+  std::string run_dir = "runs/latest";  /// summary.json, rounds.jsonl, final model
+  std::int64_t threads = 1;             /// LibTorch threads of the coordinator (step, evaluation)
+};
+
+struct LocalOptions {
+  std::int64_t nodes = 3;
+};
+
+struct Config {
+  DataOptions data;
+  ModelOptions model;
+  OptimizerOptions optimizer;
+  ScheduleOptions schedule;
+  BusOptions bus;
+  NodeOptions node;
+  RunOptions run;
+  LocalOptions local;
+};
+
+/// Reads `path` (none: defaults only), applies `overrides` ("schedule.epochs=3"), checks every
+/// value. Throws ConfigError naming the file, the key and what was wrong.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+/// The PUB endpoint the coordinator binds, from bus.publish or derived from bus.listen.
+std::string publish_endpoint_for(const BusOptions& bus);
+
+}  // namespace filo

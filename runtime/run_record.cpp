@@ -1,0 +1,50 @@
+#include "runtime/run_record.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace filo {
+
+RunRecord::RunRecord(std::string run_dir) : run_dir_(std::move(run_dir)) {
+  std::error_code error;
+  std::filesystem::create_directories(run_dir_, error);
+  if (error) throw std::runtime_error("cannot create run directory " + run_dir_ + ": " + error.message());
+  rounds_.open(path("rounds.jsonl"), std::ios::out | std::ios::trunc);
+  if (!rounds_) throw std::runtime_error("cannot write " + path("rounds.jsonl"));
+}
+
+void RunRecord::append_round(const nlohmann::json& line) {
+  rounds_ << line.dump() << '\n';
+  rounds_.flush();
+}
+
+void RunRecord::write_summary(const nlohmann::json& summary) const {
+  write_file_atomically(path("summary.json"), summary.dump(2) + "\n");
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot write " + temporary + ": " + std::strerror(errno));
+  std::size_t written = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0) {
+      ::close(fd);
+      throw std::runtime_error("cannot write " + temporary + ": " + std::strerror(errno));
+    }
+    written += static_cast<std::size_t>(n);
+  }
+  ::fsync(fd);
+  ::close(fd);
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    throw std::runtime_error("cannot rename " + temporary + " to " + path + ": " + std::strerror(errno));
+  }
+}
+
+}  // namespace filo

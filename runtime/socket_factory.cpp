@@ -1,0 +1,22 @@
+#include "runtime/socket_factory.hpp"
+
+namespace filo {
+
+zmq::socket_t SocketFactory::make(zmq::socket_type type, const std::string& routing_id) const {
+  zmq::socket_t socket(context_, type);
+  socket.set(zmq::sockopt::sndhwm, limits_.high_water_mark);
+  socket.set(zmq::sockopt::rcvhwm, limits_.high_water_mark);
+  socket.set(zmq::sockopt::maxmsgsize, limits_.max_message_bytes);
+  socket.set(zmq::sockopt::linger, static_cast<int>(limits_.linger.count()));
+  socket.set(zmq::sockopt::sndtimeo, static_cast<int>(limits_.send_timeout.count()));
+  if (!routing_id.empty()) socket.set(zmq::sockopt::routing_id, routing_id);
+  if (type == zmq::socket_type::router) {
+    // Unroutable sends fail loudly instead of vanishing, and a restarted peer with the same name
+    // takes its identity over from the dead connection.
+    socket.set(zmq::sockopt::router_mandatory, true);
+    socket.set(zmq::sockopt::router_handover, true);
+  }
+  return socket;
+}
+
+}  // namespace filo

@@ -1,0 +1,40 @@
+#pragma once
+// Every socket of a process is made here, so that limits (and later security and monitoring)
+// apply to all of them alike.
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <zmq.hpp>
+
+namespace filo {
+
+struct SocketLimits {
+  /// Messages queued per peer before sends block or drop (ZMQ_SNDHWM / ZMQ_RCVHWM).
+  int high_water_mark = 1000;
+  /// Largest message a socket accepts from a peer; larger ones disconnect that peer (ZMQ_MAXMSGSIZE).
+  std::int64_t max_message_bytes = std::int64_t{1} << 30;
+  /// How long close() may still try to deliver queued messages.
+  std::chrono::milliseconds linger{500};
+  /// How long a send may block on a full queue before the message is dropped (ZMQ_SNDTIMEO).
+  std::chrono::milliseconds send_timeout{2000};
+  /// Largest frame a decoder accepts in one msgpack body.
+  std::uint32_t max_body_bytes = 16u << 20;
+};
+
+class SocketFactory {
+ public:
+  SocketFactory(zmq::context_t& context, SocketLimits limits)
+      : context_(context), limits_(limits) {}
+
+  /// A socket of `type` with the process's limits applied. `routing_id` names DEALER peers.
+  zmq::socket_t make(zmq::socket_type type, const std::string& routing_id = {}) const;
+
+  const SocketLimits& limits() const { return limits_; }
+  zmq::context_t& context() const { return context_; }
+
+ private:
+  zmq::context_t& context_;
+  SocketLimits limits_;
+};
+
+}  // namespace filo
