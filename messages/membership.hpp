@@ -1,0 +1,94 @@
+#pragma once
+// Joining, staying and leaving: the registrar's traffic.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "messages/envelope.hpp"
+
+namespace filo::msg {
+
+struct GpuInfo {
+  std::string name;
+  std::string uuid;
+  std::int32_t compute_capability_major = 0;
+  std::int32_t compute_capability_minor = 0;
+  std::int64_t total_memory_bytes = 0;
+  std::int64_t free_memory_bytes = 0;
+  MSGPACK_DEFINE_MAP(name, uuid, compute_capability_major, compute_capability_minor,
+                     total_memory_bytes, free_memory_bytes)
+};
+
+// trainer → registrar, on start and whenever it must register again: who it is and what it has.
+// A node is admitted only once a complete report arrives.
+struct HardwareReport {
+  static constexpr MessageKind kKind = MessageKind::kHardwareReport;
+  std::string node;             // e.g. "node-3"
+  std::string device;           // "cpu" or "cuda:0"
+  std::string hostname;
+  std::int32_t cpu_cores = 0;
+  std::int64_t memory_available_bytes = 0;
+  std::int64_t swap_available_bytes = 0;
+  double cpu_gemm_gflops = 0.0;
+  std::vector<GpuInfo> gpus;
+  std::string gpu_status;       // why no GPU is listed, when none is
+  std::int32_t priority = 0;
+  std::int32_t torch_threads = 0;
+  MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes,
+                     swap_available_bytes, cpu_gemm_gflops, gpus, gpu_status, priority,
+                     torch_threads)
+};
+
+// What every trainer of a run must agree on; the coordinator's configuration is the source.
+struct RunSpec {
+  std::string run_id;
+  std::string model;            // built-in model name
+  std::string dataset;          // built-in dataset name
+  std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
+  std::uint64_t seed = 0;       // epoch orders derive from it
+  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed)
+};
+
+// registrar → trainer: admitted (with what the run needs) or rejected (with why).
+struct Admission {
+  static constexpr MessageKind kKind = MessageKind::kAdmission;
+  bool admitted = false;
+  std::string reason;
+  RunSpec run;
+  std::string publish_endpoint;  // where model broadcasts and control messages are published
+  std::int32_t heartbeat_interval_ms = 0;
+  std::int32_t liveness = 0;     // missed heartbeats before a peer counts as lost
+  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness)
+};
+
+// trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides
+// learn that the other is alive at the application level, not just its socket.
+struct Heartbeat {
+  static constexpr MessageKind kKind = MessageKind::kHeartbeat;
+  std::uint64_t model_version = 0;
+  MSGPACK_DEFINE_MAP(model_version)
+};
+
+// trainer → registrar on a clean exit, so that its loss is not waited for.
+struct Leave {
+  static constexpr MessageKind kKind = MessageKind::kLeave;
+  std::string reason;
+  MSGPACK_DEFINE_MAP(reason)
+};
+
+enum class MembershipChangeKind : std::uint8_t { kJoined = 0, kRejoined, kLost, kLeft };
+
+// registrar → scheduler and aggregator: a trainer joined, came back, was lost or left.
+struct MembershipChange {
+  static constexpr MessageKind kKind = MessageKind::kMembershipChange;
+  std::string trainer;
+  MembershipChangeKind change = MembershipChangeKind::kJoined;
+  std::string reason;
+  double cpu_gemm_gflops = 0.0;
+  MSGPACK_DEFINE_MAP(trainer, change, reason, cpu_gemm_gflops)
+};
+
+}  // namespace filo::msg
+
+MSGPACK_ADD_ENUM(filo::msg::MembershipChangeKind);
