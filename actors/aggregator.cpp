@@ -1,0 +1,349 @@
+#include "actors/aggregator.hpp"
+
+#include "actors/learning/models.hpp"
+#include "actors/learning/parameters.hpp"
+#include "actors/scheduler.hpp"
+
+namespace filo {
+namespace {
+constexpr std::size_t kMaxEarlyContributions = 256;
+
+std::string node_of(const std::string& trainer) {
+  const auto at = trainer.find('@');
+  const auto slash = trainer.find('/', at == std::string::npos ? 0 : at);
+  if (at == std::string::npos) return trainer;
+  return trainer.substr(at + 1, slash == std::string::npos ? std::string::npos : slash - at - 1);
+}
+}  // namespace
+
+GradientAverager::GradientAverager(torch::nn::Module& model)
+    : parameters_(named_parameters(model)), buffers_(named_buffers(model)) {
+  for (const auto& parameter : parameters_) gradient_sums_.push_back(torch::zeros_like(parameter.tensor));
+  for (const auto& buffer : buffers_) buffer_sums_.push_back(torch::zeros_like(buffer.tensor));
+}
+
+std::optional<std::string> GradientAverager::problem(const std::vector<ReceivedTensor>& gradients,
+                                                     const std::vector<ReceivedTensor>& buffers) const {
+  if (auto mismatch = layout_mismatch(gradients, parameters_)) return "gradients: " + *mismatch;
+  if (auto mismatch = layout_mismatch(buffers, buffers_)) return "buffers: " + *mismatch;
+  if (auto bad = non_finite(gradients)) return "gradients: " + *bad;
+  if (auto bad = non_finite(buffers)) return "buffers: " + *bad;
+  return std::nullopt;
+}
+
+void GradientAverager::add(const std::vector<ReceivedTensor>& gradients,
+                           const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < gradients.size(); ++i) gradient_sums_[i].add_(gradients[i].to_tensor());
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const auto buffer = buffers[i].to_tensor();
+    if (torch::isFloatingType(buffer.scalar_type())) {
+      buffer_sums_[i].add_(buffer, static_cast<double>(samples));
+    } else {
+      buffer_sums_[i] = samples_ == 0 ? buffer.clone() : torch::maximum(buffer_sums_[i], buffer);
+    }
+  }
+  samples_ += samples;
+}
+
+bool GradientAverager::apply() {
+  if (samples_ == 0) return false;
+  torch::NoGradGuard no_grad;
+  const double total = static_cast<double>(samples_);
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    auto& parameter = parameters_[i].tensor;
+    parameter.mutable_grad() = gradient_sums_[i].div(total);
+    gradient_sums_[i].zero_();
+  }
+  for (std::size_t i = 0; i < buffers_.size(); ++i) {
+    if (torch::isFloatingType(buffers_[i].tensor.scalar_type())) {
+      buffers_[i].tensor.copy_(buffer_sums_[i].div(total));
+    } else {
+      buffers_[i].tensor.copy_(buffer_sums_[i]);
+    }
+    buffer_sums_[i].zero_();
+  }
+  samples_ = 0;
+  return true;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
+                                                        std::vector<torch::Tensor> parameters) {
+  if (options.name == "sgd") {
+    return std::make_unique<torch::optim::SGD>(
+        std::move(parameters), torch::optim::SGDOptions(options.learning_rate)
+                                   .momentum(options.momentum)
+                                   .weight_decay(options.weight_decay));
+  }
+  if (options.name == "adam") {
+    return std::make_unique<torch::optim::Adam>(
+        std::move(parameters),
+        torch::optim::AdamOptions(options.learning_rate).weight_decay(options.weight_decay));
+  }
+  throw std::invalid_argument("unknown optimizer '" + options.name + "' (known: sgd, adam)");
+}
+
+namespace {
+torch::nn::Sequential seeded_model(const msg::RunSpec& run) {
+  torch::manual_seed(run.seed);  // the initial weights are the aggregator's; trainers receive them
+  return make_model(run.model);
+}
+}  // namespace
+
+Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint,
+                       AggregatorOptions options, const StopFlag& stop,
+                       std::function<void()> on_finished)
+    : options_(std::move(options)),
+      bus_(sockets, kAggregatorName),
+      loop_(stop),
+      on_finished_(std::move(on_finished)),
+      model_(seeded_model(options_.run)),
+      optimizer_(make_optimizer(options_.optimizer, model_->parameters())),
+      averager_(*model_),
+      test_set_(load_dataset(options_.data.dataset, options_.data.path, Split::kTest,
+                             options_.data.test_limit)),
+      record_(options_.run_dir) {
+  bus_.connect(hub_endpoint);
+  loop_.on_readable(bus_.addressed(), [this] {
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  });
+}
+
+void Aggregator::run() { loop_.run(); }
+
+void Aggregator::publish_model(const std::string& to) {
+  // Copies, because the next optimizer step updates the parameters in place while zmq may still
+  // be sending these frames.
+  std::vector<zmq::message_t> frames;
+  msg::ModelState state;
+  state.model_version = model_version_;
+  state.round = rounds_closed_;
+  state.parameters = append_tensor_frames(snapshot(named_parameters(*model_)), frames);
+  state.buffers = append_tensor_frames(snapshot(named_buffers(*model_)), frames);
+  const Stamp stamp{rounds_closed_, model_version_};
+  if (to.empty()) {
+    bus_.publish(kModelTopic, state, stamp, std::move(frames));
+  } else {
+    bus_.send(to, state, stamp, std::move(frames));
+  }
+}
+
+void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) { publish_model(from.from); }
+
+void Aggregator::handle(const msg::MembershipChange& change, const Incoming&) {
+  using Kind = msg::MembershipChangeKind;
+  live_[change.trainer] = change.change == Kind::kJoined || change.change == Kind::kRejoined;
+  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
+}
+
+void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
+  if (open_) close_round("a new round opened");
+  if (!first_round_) first_round_ = Clock::now();
+  open_ = OpenRound{opened, Clock::now(), 0, {}, 0.0, 0};
+  const auto deadline = open_->opened + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(opened.deadline_seconds));
+  const std::uint64_t round = opened.round;
+  open_->deadline_timer = loop_.at(deadline, [this, round] {
+    if (open_ && open_->plan.round == round) close_round("deadline passed");
+  });
+  std::vector<Incoming> early;
+  early.swap(early_);
+  for (auto& incoming : early) dispatch(*this, incoming, bus_.limits(), bus_.name());
+  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
+}
+
+void Aggregator::handle(const msg::Contribution& contribution, const Incoming& from) {
+  if (!open_ || contribution.round > open_->plan.round) {
+    if (early_.size() < kMaxEarlyContributions) {
+      Incoming copy{from.from, from.envelope, zmq::message_t(from.body.data(), from.body.size()), from.tensor_frames};
+      early_.push_back(std::move(copy));
+    }
+    return;
+  }
+  accept(contribution, from);
+  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
+}
+
+void Aggregator::accept(const msg::Contribution& contribution, const Incoming& from) {
+  const auto drop = [&](const std::string& reason) {
+    log(LogLevel::kWarn, bus_.name(), "dropped contribution of ", from.from, " for round ",
+        contribution.round, ": ", reason);
+  };
+  if (contribution.round != open_->plan.round) return drop("round " + std::to_string(open_->plan.round) + " is open");
+  const auto planned = open_->plan.planned_samples.find(from.from);
+  if (planned == open_->plan.planned_samples.end()) return drop("no samples were planned for it");
+  if (open_->arrived.count(from.from)) return drop("already counted (duplicate)");
+  if (contribution.model_version != open_->plan.model_version) {
+    return drop("computed on model version " + std::to_string(contribution.model_version) +
+                ", round is on " + std::to_string(open_->plan.model_version));
+  }
+  if (contribution.samples == 0 || contribution.samples > planned->second) {
+    return drop(std::to_string(contribution.samples) + " samples where " +
+                std::to_string(planned->second) + " were planned");
+  }
+  if (!std::isfinite(contribution.loss_sum)) return drop("loss is not finite");
+  // Gradients' frames come first, then the buffers'; read them as one list, then split.
+  std::vector<TensorMeta> metas = contribution.gradients;
+  metas.insert(metas.end(), contribution.buffers.begin(), contribution.buffers.end());
+  auto received = read_tensor_frames(metas, from.tensor_frames, 0);
+  if (!received) return drop(received.error());
+  auto& tensors = received.value();
+  const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(contribution.gradients.size());
+  const std::vector<ReceivedTensor> gradients(tensors.begin(), split);
+  const std::vector<ReceivedTensor> buffers(split, tensors.end());
+  if (auto problem = averager_.problem(gradients, buffers)) return drop(*problem);
+  averager_.add(gradients, buffers, contribution.samples);
+  open_->arrived[from.from] = Arrival{contribution.samples, contribution.compute_seconds};
+  open_->loss_sum += contribution.loss_sum;
+  open_->correct += contribution.correct;
+}
+
+bool Aggregator::every_live_trainer_answered() const {
+  for (const auto& [trainer, samples] : open_->plan.planned_samples) {
+    const auto live = live_.find(trainer);
+    const bool is_live = live != live_.end() && live->second;
+    if (is_live && !open_->arrived.count(trainer)) return false;
+  }
+  return true;
+}
+
+void Aggregator::close_round(const char* why) {
+  OpenRound round = std::move(*open_);
+  open_.reset();
+  loop_.cancel(round.deadline_timer);
+  const double seconds = seconds_between(round.opened, Clock::now());
+  if (averager_.apply()) {
+    optimizer_->step();
+    ++model_version_;
+  }
+  ++rounds_closed_;
+  publish_model("");
+
+  msg::RoundClosed closed;
+  closed.round = round.plan.round;
+  closed.epoch = round.plan.epoch;
+  closed.model_version = model_version_;
+  closed.round_seconds = seconds;
+  std::uint64_t samples = 0;
+  nlohmann::json trainers = nlohmann::json::array();
+  msg::Event event;
+  event.type = "round";
+  event.round = closed.round;
+  event.epoch = closed.epoch;
+  for (const auto& [trainer, planned] : round.plan.planned_samples) {
+    msg::TrainerOutcome outcome;
+    outcome.trainer = trainer;
+    outcome.planned_samples = planned;
+    const auto arrived = round.arrived.find(trainer);
+    outcome.delivered = arrived != round.arrived.end();
+    if (outcome.delivered) {
+      outcome.samples = arrived->second.samples;
+      outcome.compute_seconds = arrived->second.compute_seconds;
+      samples += outcome.samples;
+      totals_[trainer].samples += outcome.samples;
+      totals_[trainer].compute_seconds += outcome.compute_seconds;
+      if (outcome.compute_seconds > 0)
+        event.values["samples_per_second/" + trainer] = outcome.samples / outcome.compute_seconds;
+    } else {
+      log(LogLevel::kWarn, bus_.name(), "round ", closed.round, " closed (", why, ") without ",
+          trainer, "'s ", planned, " samples; they go back to the pool");
+      event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned";
+    }
+    trainers.push_back({{"name", trainer}, {"planned", planned}, {"samples", outcome.samples},
+                        {"compute_seconds", outcome.compute_seconds}, {"delivered", outcome.delivered}});
+    closed.outcomes.push_back(std::move(outcome));
+  }
+  bus_.send(kSchedulerName, closed, Stamp{closed.round, model_version_});
+
+  epoch_samples_ += samples;
+  epoch_loss_sum_ += round.loss_sum;
+  record_.append_round({{"round", closed.round}, {"epoch", closed.epoch},
+                        {"model_version", model_version_}, {"seconds", seconds},
+                        {"samples", samples},
+                        {"loss", samples ? round.loss_sum / samples : 0.0},
+                        {"trainers", trainers}});
+  event.values["samples"] = static_cast<double>(samples);
+  event.values["loss"] = samples ? round.loss_sum / samples : 0.0;
+  event.values["seconds"] = seconds;
+  event.values["epoch_samples_done"] = static_cast<double>(epoch_samples_);
+  event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
+  event.values["epochs"] = static_cast<double>(options_.epochs);
+  event.text = "round " + std::to_string(closed.round) + ": " + std::to_string(samples) +
+               " samples, loss " + std::to_string(event.values["loss"]);
+  bus_.publish(kEventTopic, event);
+}
+
+void Aggregator::handle(const msg::EpochEnded& ended, const Incoming&) {
+  if (open_) close_round("epoch ended");
+  const double accuracy = evaluate_accuracy(model_, test_set_);
+  const double seconds = seconds_between(epoch_started_, Clock::now());
+  samples_per_epoch_.push_back(epoch_samples_);
+  test_accuracy_per_epoch_.push_back(accuracy);
+  msg::Event event;
+  event.type = "epoch";
+  event.epoch = ended.epoch;
+  event.round = rounds_closed_;
+  event.values["test_accuracy"] = accuracy;
+  event.values["train_loss"] = epoch_samples_ ? epoch_loss_sum_ / epoch_samples_ : 0.0;
+  event.values["samples"] = static_cast<double>(epoch_samples_);
+  event.values["seconds"] = seconds;
+  event.values["epochs"] = static_cast<double>(options_.epochs);
+  std::ostringstream text;
+  text << "epoch " << ended.epoch << "/" << options_.epochs << ": test accuracy " << accuracy
+       << ", train loss " << event.values["train_loss"] << ", " << epoch_samples_ << " samples in "
+       << seconds << " s";
+  event.text = text.str();
+  log(LogLevel::kInfo, bus_.name(), event.text);
+  bus_.publish(kEventTopic, event);
+  if (epoch_samples_ != ended.samples) {
+    log(LogLevel::kError, bus_.name(), "epoch ", ended.epoch, ": aggregated ", epoch_samples_,
+        " samples but the scheduler counted ", ended.samples);
+  }
+  epoch_samples_ = 0;
+  epoch_loss_sum_ = 0.0;
+  epoch_started_ = Clock::now();
+  if (ended.last) finish();
+}
+
+void Aggregator::finish() {
+  const double wall_seconds = seconds_between(started_, Clock::now());
+  const std::string model_path = record_.path("model.pt");
+  save_model(model_, options_.run.model, model_path);
+  nlohmann::json nodes = nlohmann::json::array();
+  for (const auto& [trainer, totals] : totals_) {
+    nodes.push_back({{"name", node_of(trainer)}, {"trainer", trainer}, {"samples", totals.samples},
+                     {"compute_seconds", totals.compute_seconds}});
+  }
+  const double accuracy = test_accuracy_per_epoch_.empty() ? 0.0 : test_accuracy_per_epoch_.back();
+  record_.write_summary({
+      {"run_id", options_.run.run_id},
+      {"model", options_.run.model},
+      {"dataset", options_.run.dataset},
+      {"optimizer", options_.optimizer.name},
+      {"final_test_accuracy", accuracy},
+      {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
+      {"epochs", samples_per_epoch_.size()},
+      {"wall_seconds", wall_seconds},
+      {"training_seconds", first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0},
+      {"rounds", rounds_closed_},
+      {"model_version", model_version_},
+      {"samples_per_epoch", samples_per_epoch_},
+      {"train_samples", options_.run.train_samples},
+      {"nodes", nodes},
+      {"model_file", model_path},
+  });
+  msg::RunFinished finished{"all " + std::to_string(samples_per_epoch_.size()) + " epochs trained", accuracy};
+  bus_.publish(kControlTopic, finished);
+  msg::Event event;
+  event.type = "finished";
+  event.text = "run finished: test accuracy " + std::to_string(accuracy) + " after " +
+               std::to_string(rounds_closed_) + " rounds in " + std::to_string(wall_seconds) + " s";
+  event.values["final_test_accuracy"] = accuracy;
+  event.values["wall_seconds"] = wall_seconds;
+  event.labels["run_dir"] = record_.run_dir();
+  bus_.publish(kEventTopic, event);
+  log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
+  if (on_finished_) on_finished_();
+}
+
+}  // namespace filo

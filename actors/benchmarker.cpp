@@ -1,0 +1,74 @@
+#include "actors/benchmarker.hpp"
+
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include <torch/torch.h>
+
+#include "actors/benchmarker_cuda.hpp"
+#include "runtime/clock.hpp"
+
+namespace filo {
+namespace {
+constexpr std::int64_t kGemmSize = 512;
+constexpr std::int64_t kKibibyte = 1024;
+
+/// A field of /proc/meminfo in bytes, or 0 when absent.
+std::int64_t meminfo_bytes(const std::string& field) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind(field + ":", 0) != 0) continue;
+    std::istringstream values(line.substr(field.size() + 1));
+    std::int64_t kibibytes = 0;
+    values >> kibibytes;
+    return kibibytes * kKibibyte;
+  }
+  return 0;
+}
+
+std::string hostname() {
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+}  // namespace
+
+#ifndef FILO_HAVE_CUDA
+GpuProbe probe_gpus() { return {{}, "this build of filo has no CUDA support"}; }
+#endif
+
+double Benchmarker::cpu_gemm_gflops(double seconds) {
+  torch::NoGradGuard no_grad;
+  const auto a = torch::randn({kGemmSize, kGemmSize});
+  const auto b = torch::randn({kGemmSize, kGemmSize});
+  auto c = torch::mm(a, b);  // warm-up: first call pays for BLAS initialisation
+  const auto start = Clock::now();
+  int products = 0;
+  do {
+    torch::mm_out(c, a, b);
+    ++products;
+  } while (seconds_between(start, Clock::now()) < seconds);
+  const double flops = 2.0 * kGemmSize * kGemmSize * kGemmSize * products;
+  return flops / seconds_between(start, Clock::now()) / 1e9;
+}
+
+msg::HardwareReport Benchmarker::report() const {
+  msg::HardwareReport report;
+  report.node = options_.node;
+  report.device = options_.device;
+  report.hostname = hostname();
+  report.cpu_cores = static_cast<std::int32_t>(sysconf(_SC_NPROCESSORS_ONLN));
+  report.memory_available_bytes = meminfo_bytes("MemAvailable");
+  report.swap_available_bytes = meminfo_bytes("SwapFree");
+  report.priority = options_.priority;
+  report.torch_threads = options_.torch_threads;
+  report.cpu_gemm_gflops = cpu_gemm_gflops(options_.gemm_seconds);
+  GpuProbe gpus = probe_gpus();
+  report.gpus = std::move(gpus.gpus);
+  report.gpu_status = std::move(gpus.status);
+  return report;
+}
+
+}  // namespace filo

@@ -1,0 +1,96 @@
+#include "actors/coordinator.hpp"
+
+#include <condition_variable>
+#include <ctime>
+#include <filesystem>
+#include <mutex>
+#include <unistd.h>
+
+#include "actors/aggregator.hpp"
+#include "actors/learning/compute_threads.hpp"
+#include "actors/learning/dataset.hpp"
+#include "actors/learning/models.hpp"
+#include "actors/registrar.hpp"
+#include "actors/scheduler.hpp"
+#include "runtime/bus.hpp"
+#include "runtime/run_record.hpp"
+#include "runtime/scoped_thread.hpp"
+
+namespace filo {
+namespace {
+constexpr Milliseconds kWaitSlice{50};
+/// After the run ends, the hub keeps forwarding this long so RunFinished reaches every node.
+constexpr Milliseconds kFinishLinger{500};
+constexpr int kExitInterrupted = 130;
+
+std::string make_run_id() {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
+  return std::string(stamp) + "-" + std::to_string(getpid());
+}
+}  // namespace
+
+int run_coordinator(const Config& config, const StopFlag& process_stop) {
+  set_compute_threads(static_cast<int>(config.run.threads));
+  make_model(config.model.name);  // an unknown model name fails here, before any socket opens
+  msg::RunSpec run;
+  run.run_id = make_run_id();
+  run.model = config.model.name;
+  run.dataset = config.data.dataset;
+  run.train_samples = static_cast<std::uint64_t>(
+      count_samples(config.data.dataset, config.data.path, Split::kTrain, config.data.train_limit));
+  run.seed = config.schedule.seed;
+
+  zmq::context_t context;
+  SocketFactory sockets(context, config.bus.socket_limits);
+  Hub hub(sockets, HubOptions{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)});
+  std::filesystem::create_directories(config.run.run_dir);
+  write_file_atomically(config.run.run_dir + "/coordinator.json",
+                        nlohmann::json{{"router", hub.router_endpoint()},
+                                       {"publish", hub.publish_endpoint()},
+                                       {"run_id", run.run_id},
+                                       {"pid", getpid()}}
+                                .dump(2));
+  log(LogLevel::kInfo, "coordinator", "run ", run.run_id, ": listening on ", hub.router_endpoint(),
+      ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch");
+
+  StopFlag actors_stop;
+  std::mutex finished_mutex;
+  std::condition_variable finished_signal;
+  bool finished = false;
+
+  RegistrarOptions registrar_options{run, hub.publish_endpoint(),
+                                     Milliseconds(config.bus.heartbeat_interval_ms),
+                                     static_cast<int>(config.bus.liveness)};
+  Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
+  Scheduler scheduler(sockets, hub.inproc_router_endpoint(),
+                      SchedulerOptions{config.schedule, run.train_samples}, actors_stop);
+  Aggregator aggregator(
+      sockets, hub.inproc_router_endpoint(),
+      AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs},
+      actors_stop, [&] {
+        std::lock_guard<std::mutex> lock(finished_mutex);
+        finished = true;
+        finished_signal.notify_all();
+      });
+  {
+    ScopedThread registrar_thread([&] { registrar.run(); });
+    ScopedThread scheduler_thread([&] { scheduler.run(); });
+    ScopedThread aggregator_thread([&] { aggregator.run(); });
+    std::unique_lock<std::mutex> lock(finished_mutex);
+    // The signal handler can only set a flag, so the wait looks at it every slice.
+    while (!finished && !process_stop.stop_requested()) finished_signal.wait_for(lock, kWaitSlice);
+    if (finished) finished_signal.wait_for(lock, kFinishLinger);
+    actors_stop.request_stop();
+  }  // actor threads joined here, before their sockets close
+  if (!finished) {
+    log(LogLevel::kWarn, "coordinator", "stopped before the run finished");
+    return kExitInterrupted;
+  }
+  return 0;
+}
+
+}  // namespace filo

@@ -1,0 +1,129 @@
+#include "actors/monitor.hpp"
+
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/config.hpp"
+
+namespace filo {
+namespace {
+constexpr Milliseconds kTick{200};
+constexpr Milliseconds kRedrawInterval{100};
+constexpr int kBarWidth = 30;
+
+std::string short_name(const std::string& trainer) {
+  const auto at = trainer.find('@');
+  return at == std::string::npos ? trainer : trainer.substr(at + 1);
+}
+}  // namespace
+
+std::string events_endpoint_of(const std::string& coordinator) {
+  BusOptions bus;
+  bus.listen = coordinator;
+  return publish_endpoint_for(bus);
+}
+
+Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const StopFlag& stop)
+    : options_(std::move(options)), bus_(sockets, "monitor"), loop_(stop), terminal_(isatty(STDOUT_FILENO)) {
+  bus_.subscribe(options_.events_endpoint, {kEventTopic, kControlTopic});
+  loop_.on_readable(bus_.published(), [this] {
+    while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  });
+  loop_.every(kTick, [this] {
+    if (options_.keep_going && !options_.keep_going()) {
+      exit_code_ = 1;
+      loop_.quit();
+    }
+  });
+}
+
+int Monitor::run() {
+  loop_.run();
+  end_progress_line();
+  return exit_code_;
+}
+
+void Monitor::handle(const msg::Event& event, const Incoming&) {
+  switch (options_.style) {
+    case MonitorStyle::kJson: {
+      nlohmann::json line{{"type", event.type}, {"text", event.text}, {"round", event.round},
+                          {"epoch", event.epoch}, {"values", event.values}, {"labels", event.labels}};
+      std::cout << line.dump() << std::endl;
+      return;
+    }
+    case MonitorStyle::kLines:
+      if (event.type == "round") {
+        // One line per round would scroll too fast to read; show every 10% of an epoch instead.
+        show_progress(event);
+        return;
+      }
+      end_progress_line();
+      std::cout << event.text << std::endl;
+      return;
+    case MonitorStyle::kProgress:
+      if (event.type == "round") {
+        show_progress(event);
+      } else {
+        end_progress_line();
+        std::cout << event.text << std::endl;
+      }
+      return;
+  }
+}
+
+void Monitor::show_progress(const msg::Event& event) {
+  const auto value = [&](const std::string& key) {
+    const auto found = event.values.find(key);
+    return found == event.values.end() ? 0.0 : found->second;
+  };
+  for (const auto& [key, speed] : event.values) {
+    if (key.rfind("samples_per_second/", 0) == 0) samples_per_second_[key.substr(19)] = speed;
+  }
+  const double total = value("epoch_samples_total");
+  const double fraction = total > 0 ? value("epoch_samples_done") / total : 0.0;
+  if (event.epoch != last_epoch_) {
+    last_epoch_ = event.epoch;
+    last_reported_decile_ = -1;
+  }
+  const int decile = static_cast<int>(fraction * 10);
+  const bool redraw = terminal_ && Clock::now() - last_draw_ >= kRedrawInterval;
+  if (!redraw && (terminal_ || decile == last_reported_decile_)) return;
+  last_draw_ = Clock::now();
+  last_reported_decile_ = decile;
+  std::ostringstream line;
+  const int filled = static_cast<int>(fraction * kBarWidth);
+  line << "epoch " << event.epoch << "/" << static_cast<int>(value("epochs")) << " ["
+       << std::string(filled, '#') << std::string(kBarWidth - filled, '.') << "] " << std::setw(3)
+       << static_cast<int>(fraction * 100) << "%  round " << event.round << "  loss " << std::fixed
+       << std::setprecision(3) << value("loss") << " |";
+  for (const auto& [trainer, speed] : samples_per_second_) {
+    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s";
+  }
+  if (terminal_) {
+    std::cout << "\r" << line.str() << "\033[K" << std::flush;
+    progress_line_open_ = true;
+  } else {
+    std::cout << line.str() << std::endl;
+  }
+}
+
+void Monitor::end_progress_line() {
+  if (progress_line_open_) std::cout << std::endl;
+  progress_line_open_ = false;
+}
+
+void Monitor::handle(const msg::RunFinished& finished, const Incoming&) {
+  end_progress_line();
+  if (options_.style == MonitorStyle::kJson) {
+    std::cout << nlohmann::json{{"type", "run_finished"}, {"text", finished.reason},
+                                {"final_test_accuracy", finished.final_test_accuracy}}.dump()
+              << std::endl;
+  }
+  if (options_.exit_when_finished) loop_.quit();
+}
+
+}  // namespace filo

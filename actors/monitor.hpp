@@ -1,0 +1,55 @@
+#pragma once
+// A monitor subscribes to the coordinator's event stream and shows what the cluster does:
+// readable lines, one JSON object per line, or a live progress view.
+#include <functional>
+#include <map>
+#include <string>
+#include <variant>
+
+#include "messages/event.hpp"
+#include "runtime/actor_loop.hpp"
+#include "runtime/bus.hpp"
+
+namespace filo {
+
+enum class MonitorStyle { kLines, kJson, kProgress };
+
+struct MonitorOptions {
+  std::string events_endpoint;   /// the coordinator's PUB endpoint
+  MonitorStyle style = MonitorStyle::kLines;
+  bool exit_when_finished = true;
+  /// Polled every tick; returning false ends the monitor (e.g. the coordinator process died).
+  std::function<bool()> keep_going;
+};
+
+class Monitor final {
+ public:
+  using Inbox = std::variant<msg::Event, msg::RunFinished>;
+
+  Monitor(const SocketFactory& sockets, MonitorOptions options, const StopFlag& stop);
+  /// Returns 0 after RunFinished (or when stopped), 1 when keep_going said to stop first.
+  int run();
+
+  void handle(const msg::Event& event, const Incoming& from);
+  void handle(const msg::RunFinished& finished, const Incoming& from);
+
+ private:
+  void show_progress(const msg::Event& event);
+  void end_progress_line();
+
+  MonitorOptions options_;
+  BusClient bus_;
+  ActorLoop loop_;
+  int exit_code_ = 0;
+  bool terminal_ = false;
+  bool progress_line_open_ = false;
+  int last_reported_decile_ = -1;
+  std::uint64_t last_epoch_ = 0;
+  Clock::time_point last_draw_{};
+  std::map<std::string, double> samples_per_second_;
+};
+
+/// The events endpoint of a coordinator listening at `coordinator` (its port + 1).
+std::string events_endpoint_of(const std::string& coordinator);
+
+}  // namespace filo

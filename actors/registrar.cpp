@@ -1,0 +1,128 @@
+#include "actors/registrar.hpp"
+
+#include "actors/aggregator.hpp"
+#include "actors/scheduler.hpp"
+
+namespace filo {
+
+std::optional<std::string> report_problem(const msg::HardwareReport& report,
+                                          const std::string& sender) {
+  if (report.node.empty()) return std::string("hardware report names no node");
+  if (report.device.empty()) return std::string("hardware report names no device");
+  if (report.hostname.empty()) return std::string("hardware report has no hostname");
+  if (report.cpu_cores <= 0) return std::string("hardware report has no CPU core count");
+  if (report.memory_available_bytes <= 0) return std::string("hardware report has no available memory");
+  if (report.cpu_gemm_gflops <= 0) return std::string("hardware report has no CPU GEMM score");
+  if (report.device.rfind("cuda", 0) == 0 && report.gpus.empty()) {
+    return "device " + report.device + " requested but the report lists no GPU (" + report.gpu_status + ")";
+  }
+  const std::string expected = "trainer@" + report.node + "/" + report.device;
+  if (sender != expected) return "sender " + sender + " does not match its report (" + expected + ")";
+  return std::nullopt;
+}
+
+Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoint,
+                     RegistrarOptions options, const StopFlag& stop)
+    : options_(std::move(options)), bus_(sockets, kRegistrarName), loop_(stop) {
+  bus_.connect(hub_endpoint);
+  bus_.on_rejected_envelope([this](const std::string& peer, const std::string& reason) {
+    reject(peer, reason);
+  });
+  loop_.on_readable(bus_.addressed(), [this] {
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  });
+  loop_.every(options_.heartbeat_interval, [this] {
+    reap(Clock::now());
+    for (const auto& [trainer, record] : live_) bus_.send(trainer, msg::Heartbeat{});
+  });
+}
+
+void Registrar::run() { loop_.run(); }
+
+void Registrar::reject(const std::string& trainer, const std::string& reason) {
+  log(LogLevel::kWarn, bus_.name(), "rejected ", trainer, ": ", reason);
+  msg::Admission admission;
+  admission.admitted = false;
+  admission.reason = reason;
+  bus_.send(trainer, admission);
+  msg::Event event;
+  event.type = "rejected";
+  event.text = trainer + " rejected: " + reason;
+  event.labels["trainer"] = trainer;
+  bus_.publish(kEventTopic, event);
+}
+
+void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) {
+  if (auto problem = report_problem(report, from.from)) {
+    reject(from.from, *problem);
+    return;
+  }
+  msg::Admission admission;
+  admission.admitted = true;
+  admission.run = options_.run;
+  admission.publish_endpoint = options_.publish_endpoint;
+  admission.heartbeat_interval_ms = static_cast<std::int32_t>(options_.heartbeat_interval.count());
+  admission.liveness = options_.liveness;
+  bus_.send(from.from, admission);
+
+  const bool already_live = live_.count(from.from) > 0;
+  live_[from.from] = TrainerRecord{report, Clock::now()};
+  if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
+  const bool returning = ever_admitted_[from.from];
+  ever_admitted_[from.from] = true;
+  std::ostringstream reason;
+  reason << report.hostname << ", " << report.cpu_cores << " cores, "
+         << report.memory_available_bytes / (1 << 20) << " MiB free, CPU GEMM "
+         << static_cast<int>(report.cpu_gemm_gflops) << " GFLOP/s";
+  for (const auto& gpu : report.gpus) reason << ", " << gpu.name;
+  announce(from.from, returning ? msg::MembershipChangeKind::kRejoined : msg::MembershipChangeKind::kJoined,
+           reason.str(), report.cpu_gemm_gflops);
+}
+
+void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
+  auto found = live_.find(from.from);
+  if (found == live_.end()) {
+    // A trainer we declared lost is still talking: make it register again.
+    reject(from.from, "not admitted (declared lost or never registered); send a hardware report");
+    return;
+  }
+  found->second.last_heard = Clock::now();
+}
+
+void Registrar::handle(const msg::Leave& leave, const Incoming& from) {
+  if (live_.erase(from.from) == 0) return;
+  announce(from.from, msg::MembershipChangeKind::kLeft, leave.reason, 0.0);
+}
+
+void Registrar::reap(Clock::time_point now) {
+  const auto timeout = options_.heartbeat_interval * options_.liveness;
+  for (auto it = live_.begin(); it != live_.end();) {
+    if (now - it->second.last_heard > timeout) {
+      const std::string trainer = it->first;
+      it = live_.erase(it);
+      announce(trainer, msg::MembershipChangeKind::kLost,
+               "no heartbeat for " + std::to_string(timeout.count()) + " ms", 0.0);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Registrar::announce(const std::string& trainer, msg::MembershipChangeKind change,
+                         const std::string& reason, double cpu_gemm_gflops) {
+  static constexpr const char* kChangeNames[] = {"joined", "rejoined", "lost", "left"};
+  const char* change_name = kChangeNames[static_cast<int>(change)];
+  log(change == msg::MembershipChangeKind::kLost ? LogLevel::kWarn : LogLevel::kInfo, bus_.name(),
+      trainer, " ", change_name, ": ", reason);
+  msg::MembershipChange message{trainer, change, reason, cpu_gemm_gflops};
+  bus_.send(kSchedulerName, message);
+  bus_.send(kAggregatorName, message);
+  msg::Event event;
+  event.type = change_name;
+  event.text = trainer + " " + change_name + ": " + reason;
+  event.labels["trainer"] = trainer;
+  event.values["live_trainers"] = static_cast<double>(live_.size());
+  bus_.publish(kEventTopic, event);
+}
+
+}  // namespace filo

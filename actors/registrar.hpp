@@ -1,0 +1,59 @@
+#pragma once
+// The registrar admits trainers after a complete hardware report, tracks their heartbeats and
+// announces joins and losses to the scheduler, the aggregator and the event stream.
+#include <map>
+#include <string>
+#include <variant>
+
+#include "messages/event.hpp"
+#include "messages/membership.hpp"
+#include "runtime/actor_loop.hpp"
+#include "runtime/bus.hpp"
+
+namespace filo {
+
+constexpr const char* kRegistrarName = "registrar";
+
+struct RegistrarOptions {
+  msg::RunSpec run;                  /// what admitted trainers are told to train
+  std::string publish_endpoint;      /// where trainers subscribe for models and control
+  Milliseconds heartbeat_interval{250};
+  int liveness = 4;                  /// missed intervals before a trainer is lost
+};
+
+class Registrar final {
+ public:
+  using Inbox = std::variant<msg::HardwareReport, msg::Heartbeat, msg::Leave>;
+
+  Registrar(const SocketFactory& sockets, const std::string& hub_endpoint, RegistrarOptions options,
+            const StopFlag& stop);
+  /// Runs the actor loop on the calling thread until stop.
+  void run();
+
+  void handle(const msg::HardwareReport& report, const Incoming& from);
+  void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
+  void handle(const msg::Leave& leave, const Incoming& from);
+  /// Declares lost every trainer silent for longer than heartbeat_interval x liveness.
+  void reap(Clock::time_point now);
+
+ private:
+  struct TrainerRecord {
+    msg::HardwareReport report;
+    Clock::time_point last_heard;
+  };
+  void reject(const std::string& trainer, const std::string& reason);
+  void announce(const std::string& trainer, msg::MembershipChangeKind change,
+                const std::string& reason, double cpu_gemm_gflops);
+
+  RegistrarOptions options_;
+  BusClient bus_;
+  ActorLoop loop_;
+  std::map<std::string, TrainerRecord> live_;
+  std::map<std::string, bool> ever_admitted_;
+};
+
+/// Why `report` is incomplete or invalid, or nothing when it can be admitted.
+std::optional<std::string> report_problem(const msg::HardwareReport& report,
+                                          const std::string& sender);
+
+}  // namespace filo

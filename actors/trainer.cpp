@@ -1,0 +1,243 @@
+#include "actors/trainer.hpp"
+
+#include "actors/aggregator.hpp"
+#include "actors/learning/epoch_order.hpp"
+#include "actors/learning/models.hpp"
+#include "actors/learning/parameters.hpp"
+#include "actors/registrar.hpp"
+
+namespace filo {
+namespace {
+constexpr Milliseconds kRegisterRetry{1000};
+/// A plan usually arrives just after its model's broadcast; ask directly only past this grace.
+constexpr Milliseconds kSnapshotGrace{50};
+constexpr Milliseconds kSnapshotRetry{500};
+}  // namespace
+
+torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
+  std::vector<torch::Tensor> pieces;
+  for (const auto& range : ranges) {
+    TORCH_CHECK(range.begin <= range.end && range.end <= static_cast<std::uint64_t>(order.size(0)),
+                "sample range [", range.begin, ", ", range.end, ") outside the epoch of ", order.size(0));
+    pieces.push_back(order.slice(0, static_cast<std::int64_t>(range.begin), static_cast<std::int64_t>(range.end)));
+  }
+  return pieces.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(pieces);
+}
+
+ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches) {
+  for (auto& parameter : model->parameters()) parameter.mutable_grad() = torch::Tensor();
+  model->train();
+  ShareResult result;
+  const std::int64_t count = indices.size(0);
+  for (std::int64_t start = 0; start < count; start += micro_batch) {
+    const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
+    auto [images, labels] = data.batch(batch_indices);
+    const auto logits = model->forward(images);
+    // Summed, not averaged: the aggregator divides once by the round's total sample count.
+    const auto loss = torch::nn::functional::cross_entropy(
+        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    loss.backward();
+    result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
+    result.loss_sum += loss.item<double>();
+    result.correct += static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().item<std::int64_t>());
+    if (between_micro_batches) between_micro_batches();
+  }
+  return result;
+}
+
+Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
+                 const StopFlag& stop)
+    : options_(std::move(options)),
+      report_(std::move(report)),
+      bus_(sockets, "trainer@" + options_.node + "/" + options_.device),
+      loop_(stop) {
+  bus_.connect(options_.coordinator);
+  loop_.on_readable(bus_.addressed(), [this] {
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  });
+  loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
+}
+
+int Trainer::run() {
+  log(LogLevel::kInfo, bus_.name(), "registering with ", options_.coordinator);
+  tick(Clock::now());
+  loop_.run();
+  if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"process stopping"});
+  return exit_code_;
+}
+
+void Trainer::tick(Clock::time_point now) {
+  if (state_ == State::kDone) return;
+  if (state_ == State::kRegistering) {
+    if (seconds_between(registering_since_, now) > options_.connect_timeout_seconds) {
+      log(LogLevel::kError, bus_.name(), "no answer from the coordinator at ", options_.coordinator,
+          " within ", options_.connect_timeout_seconds, " s: is it running and reachable?");
+      exit_code_ = kExitCoordinatorUnreachable;
+      state_ = State::kDone;
+      loop_.quit();
+      return;
+    }
+    if (now - last_report_sent_ >= kRegisterRetry) {
+      bus_.send(kRegistrarName, report_);
+      last_report_sent_ = now;
+    }
+    return;
+  }
+  const auto silence = options_.heartbeat_interval * options_.liveness;
+  if (now - last_heard_ > silence) {
+    register_again("no heartbeat from the coordinator for " + std::to_string(silence.count()) + " ms");
+    return;
+  }
+  bus_.send(kRegistrarName, msg::Heartbeat{last_loaded_version_});
+}
+
+void Trainer::register_again(const std::string& why) {
+  log(LogLevel::kWarn, bus_.name(), why, "; registering again");
+  state_ = State::kRegistering;
+  registering_since_ = Clock::now();
+  last_report_sent_ = {};
+  pending_.reset();
+}
+
+void Trainer::handle(const msg::Admission& admission, const Incoming&) {
+  last_heard_ = Clock::now();
+  if (!admission.admitted) {
+    if (state_ == State::kAdmitted) {
+      register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
+      return;
+    }
+    log(LogLevel::kError, bus_.name(), "rejected by the registrar: ", admission.reason);
+    exit_code_ = kExitRejected;
+    state_ = State::kDone;
+    loop_.quit();
+    return;
+  }
+  const bool new_run = !run_ || run_->run_id != admission.run.run_id;
+  if (new_run) {
+    const msg::RunSpec& run = admission.run;
+    data_ = load_dataset(run.dataset, options_.data.path, Split::kTrain,
+                         static_cast<std::int64_t>(run.train_samples));
+    if (static_cast<std::uint64_t>(data_.size()) != run.train_samples) {
+      log(LogLevel::kError, bus_.name(), "the run trains ", run.train_samples, " samples of ",
+          run.dataset, " but this node has ", data_.size());
+      exit_code_ = kExitRejected;
+      state_ = State::kDone;
+      loop_.quit();
+      return;
+    }
+    model_ = make_model(run.model);
+    model_version_.reset();
+    last_loaded_version_ = 0;
+    order_ = torch::Tensor();
+    run_ = run;
+  }
+  const std::string publish = reachable_endpoint(admission.publish_endpoint, options_.coordinator);
+  if (publish != subscribed_to_) {
+    const bool first_subscription = subscribed_to_.empty();
+    bus_.subscribe(publish, {kModelTopic, kControlTopic});
+    if (first_subscription) {
+      loop_.on_readable(bus_.published(), [this] {
+        while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+      });
+    }
+    subscribed_to_ = publish;
+  }
+  if (admission.heartbeat_interval_ms > 0) options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
+  if (admission.liveness > 0) options_.liveness = admission.liveness;
+  if (state_ != State::kAdmitted) {
+    log(LogLevel::kInfo, bus_.name(), "admitted to run ", admission.run.run_id, " (", admission.run.model,
+        " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
+  }
+  state_ = State::kAdmitted;
+  bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+  snapshot_requested_ = Clock::now();
+}
+
+void Trainer::handle(const msg::Heartbeat&, const Incoming&) { last_heard_ = Clock::now(); }
+
+void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
+  if (!run_) return;
+  const bool newer = !model_version_ ? state.model_version >= last_loaded_version_
+                                     : state.model_version > *model_version_;
+  if (!newer) return;
+  std::vector<TensorMeta> metas = state.parameters;
+  metas.insert(metas.end(), state.buffers.begin(), state.buffers.end());
+  auto received = read_tensor_frames(metas, from.tensor_frames, 0);
+  if (!received) {
+    log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", received.error());
+    return;
+  }
+  auto targets = named_parameters(*model_);
+  auto buffers = named_buffers(*model_);
+  targets.insert(targets.end(), buffers.begin(), buffers.end());
+  if (auto mismatch = layout_mismatch(received.value(), targets)) {
+    log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", *mismatch);
+    return;
+  }
+  copy_received(received.value(), targets);
+  model_version_ = state.model_version;
+  last_loaded_version_ = state.model_version;
+  snapshot_requested_.reset();
+  train_if_ready();
+}
+
+void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
+  if (state_ != State::kAdmitted) return;
+  pending_ = plan;
+  train_if_ready();
+  if (pending_) request_snapshot_soon();
+}
+
+void Trainer::request_snapshot_soon() {
+  loop_.at(Clock::now() + kSnapshotGrace, [this] {
+    if (!pending_ || (model_version_ && *model_version_ == pending_->model_version)) return;
+    if (snapshot_requested_ && Clock::now() - *snapshot_requested_ < kSnapshotRetry) return;
+    bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+    snapshot_requested_ = Clock::now();
+    request_snapshot_soon();
+  });
+}
+
+void Trainer::train_if_ready() {
+  if (!pending_ || !model_version_ || *model_version_ != pending_->model_version) return;
+  const msg::RoundPlan plan = *pending_;
+  pending_.reset();
+  train(plan);
+}
+
+void Trainer::train(const msg::RoundPlan& plan) {
+  if (!order_.defined() || order_epoch_ != plan.epoch) {
+    order_ = epoch_order(run_->seed, plan.epoch, data_.size());
+    order_epoch_ = plan.epoch;
+  }
+  const auto started = Clock::now();
+  const auto indices = indices_of(order_, plan.ranges);
+  const ShareResult result = train_share(model_, data_, indices, std::max<std::uint32_t>(1, plan.micro_batch),
+                                         [this] { loop_.run_due_timers(); });
+  // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
+  model_version_.reset();
+
+  std::vector<zmq::message_t> frames;
+  msg::Contribution contribution;
+  contribution.round = plan.round;
+  contribution.epoch = plan.epoch;
+  contribution.model_version = plan.model_version;
+  contribution.samples = result.samples;
+  contribution.loss_sum = result.loss_sum;
+  contribution.correct = result.correct;
+  contribution.gradients = append_tensor_frames(named_gradients(*model_), frames);
+  contribution.buffers = append_tensor_frames(snapshot(named_buffers(*model_)), frames);
+  contribution.compute_seconds = seconds_between(started, Clock::now());
+  bus_.send(kAggregatorName, contribution, Stamp{plan.round, plan.model_version}, std::move(frames));
+}
+
+void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
+  log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",
+      finished.final_test_accuracy);
+  state_ = State::kDone;
+  exit_code_ = kExitFinished;
+  loop_.quit();
+}
+
+}  // namespace filo

@@ -1,0 +1,100 @@
+#pragma once
+// The trainer registers its node, keeps a replica of the model at the version the aggregator
+// published, trains the samples each round's plan gives it and sends back summed gradients.
+#include <functional>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include <torch/torch.h>
+
+#include "actors/learning/dataset.hpp"
+#include "messages/event.hpp"
+#include "messages/membership.hpp"
+#include "messages/model.hpp"
+#include "messages/round.hpp"
+#include "runtime/actor_loop.hpp"
+#include "runtime/bus.hpp"
+#include "runtime/config.hpp"
+
+namespace filo {
+
+struct ShareResult {
+  std::uint64_t samples = 0;
+  double loss_sum = 0.0;
+  std::uint64_t correct = 0;
+};
+
+/// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
+/// summed loss in each parameter's .grad() (fresh tensors: earlier gradients are released, not
+/// zeroed, so frames still being sent keep their values). Calls `between_micro_batches` after
+/// each micro-batch.
+ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches = {});
+
+/// Dataset indices of `ranges` (positions in `order`).
+torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges);
+
+/// Exit codes of a node process.
+constexpr int kExitFinished = 0;
+constexpr int kExitRejected = 2;
+constexpr int kExitCoordinatorUnreachable = 3;
+
+struct TrainerOptions {
+  std::string node;
+  std::string device = "cpu";
+  std::string coordinator;      /// the coordinator's listen endpoint
+  DataOptions data;             /// where this node finds the dataset
+  Milliseconds heartbeat_interval{250};
+  int liveness = 4;
+  double connect_timeout_seconds = 30;
+};
+
+class Trainer final {
+ public:
+  using Inbox = std::variant<msg::Admission, msg::Heartbeat, msg::RoundPlan, msg::ModelState,
+                             msg::RunFinished>;
+
+  Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
+          const StopFlag& stop);
+  /// Runs until the run finishes (0), the node is rejected (2), the coordinator stays silent
+  /// past the connect timeout (3), or the process is asked to stop (0).
+  int run();
+  const std::string& name() const { return bus_.name(); }
+
+  void handle(const msg::Admission& admission, const Incoming& from);
+  void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
+  void handle(const msg::RoundPlan& plan, const Incoming& from);
+  void handle(const msg::ModelState& state, const Incoming& from);
+  void handle(const msg::RunFinished& finished, const Incoming& from);
+
+ private:
+  enum class State { kRegistering, kAdmitted, kDone };
+  void tick(Clock::time_point now);
+  void register_again(const std::string& why);
+  void request_snapshot_soon();
+  void train_if_ready();
+  void train(const msg::RoundPlan& plan);
+
+  TrainerOptions options_;
+  msg::HardwareReport report_;
+  BusClient bus_;
+  ActorLoop loop_;
+  State state_ = State::kRegistering;
+  int exit_code_ = kExitFinished;
+  Clock::time_point registering_since_ = Clock::now();
+  Clock::time_point last_report_sent_{};
+  Clock::time_point last_heard_ = Clock::now();
+  std::optional<msg::RunSpec> run_;
+  std::string subscribed_to_;
+  Dataset data_;
+  torch::nn::Sequential model_{nullptr};
+  std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
+  std::uint64_t last_loaded_version_ = 0;
+  std::optional<msg::RoundPlan> pending_;
+  std::optional<Clock::time_point> snapshot_requested_;
+  torch::Tensor order_;
+  std::uint64_t order_epoch_ = 0;
+};
+
+}  // namespace filo
