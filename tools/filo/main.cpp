@@ -1,0 +1,295 @@
+// filo: the command line. Subcommands start a coordinator, a node, a monitor, a whole local
+// cluster, evaluate a saved model, or print this machine's hardware report.
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "actors/benchmarker.hpp"
+#include "actors/learning/compute_threads.hpp"
+#include "actors/coordinator.hpp"
+#include "actors/learning/dataset.hpp"
+#include "actors/learning/models.hpp"
+#include "actors/monitor.hpp"
+#include "actors/node.hpp"
+#include "runtime/config.hpp"
+#include "runtime/log.hpp"
+#include "runtime/process.hpp"
+
+namespace {
+using namespace filo;
+
+constexpr std::chrono::seconds kCoordinatorStartTimeout{120};
+constexpr std::chrono::seconds kCoordinatorExitTimeout{60};
+constexpr std::chrono::seconds kNodeExitTimeout{15};
+constexpr std::chrono::milliseconds kStartPoll{50};
+
+struct CommonOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  std::string log_level = "info";
+};
+
+/// The configuration file, then --set overrides, then the named flags of the subcommand.
+Config load(const CommonOptions& common, const std::vector<std::string>& flag_overrides) {
+  std::vector<std::string> overrides = common.overrides;
+  overrides.insert(overrides.end(), flag_overrides.begin(), flag_overrides.end());
+  return load_config(common.config_path, overrides);
+}
+
+std::vector<std::string> passthrough_arguments(const CommonOptions& common) {
+  std::vector<std::string> arguments;
+  if (!common.config_path.empty()) arguments.insert(arguments.end(), {"--config", common.config_path});
+  for (const auto& assignment : common.overrides) arguments.insert(arguments.end(), {"--set", assignment});
+  arguments.insert(arguments.end(), {"--log-level", common.log_level});
+  return arguments;
+}
+
+std::string tail_of(const std::string& path, std::size_t lines) {
+  std::ifstream file(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(file, line);) all.push_back(line);
+  std::string tail;
+  for (std::size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) tail += "  " + all[i] + "\n";
+  return tail;
+}
+
+int run_local(const CommonOptions& common, const std::vector<std::string>& flag_overrides,
+              const StopFlag& stop) {
+  // The children get the same file and overrides, so read the configuration once here to check it.
+  std::vector<std::string> overrides = flag_overrides;
+  const Config probe = load(common, overrides);
+  const bool listen_given = std::any_of(overrides.begin(), overrides.end(), [](const std::string& o) {
+    return o.rfind("bus.listen=", 0) == 0;
+  }) || std::any_of(common.overrides.begin(), common.overrides.end(), [](const std::string& o) {
+    return o.rfind("bus.listen=", 0) == 0;
+  });
+  const std::string run_dir = probe.run.run_dir;
+  const std::string logs = run_dir + "/logs";
+  std::filesystem::create_directories(logs);
+  std::filesystem::remove(run_dir + "/coordinator.json");
+  std::filesystem::remove(run_dir + "/summary.json");
+  const auto started = std::chrono::steady_clock::now();
+
+  const std::string self = current_executable();
+  std::vector<std::string> coordinator_arguments{self, "coordinator"};
+  for (const auto& argument : passthrough_arguments(common)) coordinator_arguments.push_back(argument);
+  for (const auto& assignment : overrides) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", assignment});
+  if (!listen_given) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", "bus.listen=tcp://127.0.0.1:*"});
+  coordinator_arguments.insert(coordinator_arguments.end(),
+                               {"--set", "schedule.min_trainers=" + std::to_string(probe.local.nodes)});
+  ChildProcess coordinator(coordinator_arguments, logs + "/coordinator.log");
+
+  // The coordinator writes its bound endpoints once its sockets are up.
+  nlohmann::json endpoints;
+  const auto give_up = std::chrono::steady_clock::now() + kCoordinatorStartTimeout;
+  while (!std::filesystem::exists(run_dir + "/coordinator.json")) {
+    if (!coordinator.running() || stop.stop_requested() || std::chrono::steady_clock::now() > give_up) {
+      std::cerr << "filo local: the coordinator did not start; its log (" << logs << "/coordinator.log) ends:\n"
+                << tail_of(logs + "/coordinator.log", 15);
+      return 1;
+    }
+    std::this_thread::sleep_for(kStartPoll);
+  }
+  std::ifstream(run_dir + "/coordinator.json") >> endpoints;
+  const std::string router = endpoints.at("router");
+  const std::string publish = endpoints.at("publish");
+
+  std::vector<ChildProcess> nodes;
+  for (std::int64_t i = 1; i <= probe.local.nodes; ++i) {
+    const std::string name = "node-" + std::to_string(i);
+    std::vector<std::string> arguments{self, "node"};
+    for (const auto& argument : passthrough_arguments(common)) arguments.push_back(argument);
+    for (const auto& assignment : overrides) arguments.insert(arguments.end(), {"--set", assignment});
+    arguments.insert(arguments.end(), {"--coordinator", router, "--name", name});
+    nodes.emplace_back(arguments, logs + "/" + name + ".log");
+  }
+  std::cout << "filo local: coordinator on " << router << " and " << probe.local.nodes
+            << " nodes; logs in " << logs << "; watch with: filo monitor --events " << publish << std::endl;
+
+  zmq::context_t context;
+  SocketFactory sockets(context, probe.bus.socket_limits);
+  MonitorOptions monitor_options;
+  monitor_options.events_endpoint = publish;
+  monitor_options.style = MonitorStyle::kProgress;
+  monitor_options.keep_going = [&coordinator] { return coordinator.running(); };
+  int monitor_code = 0;
+  {
+    Monitor monitor(sockets, monitor_options, stop);
+    monitor_code = monitor.run();
+  }
+  const auto coordinator_code = coordinator.wait_for(kCoordinatorExitTimeout);
+  int nodes_failed = 0;
+  for (auto& node : nodes) {
+    auto code = node.wait_for(kNodeExitTimeout);
+    if (!code) code = node.stop(std::chrono::seconds(3));
+    if (*code != 0) ++nodes_failed;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!coordinator_code || *coordinator_code != 0 || monitor_code != 0) {
+    std::cerr << "filo local: the coordinator did not finish the run; its log ends:\n"
+              << tail_of(logs + "/coordinator.log", 15);
+    return 1;
+  }
+  nlohmann::json summary;
+  std::ifstream(run_dir + "/summary.json") >> summary;
+  std::cout << "done in " << std::fixed << std::setprecision(1) << seconds << " s: test accuracy "
+            << std::setprecision(4) << summary.value("final_test_accuracy", 0.0) << " after "
+            << summary.value("rounds", 0) << " rounds; samples per epoch "
+            << summary["samples_per_epoch"].dump() << "\nsummary: " << run_dir << "/summary.json, model: "
+            << summary.value("model_file", std::string()) << std::endl;
+  if (nodes_failed > 0) std::cerr << "filo local: " << nodes_failed << " node(s) exited with an error; see " << logs << std::endl;
+  return 0;
+}
+
+int run_monitor_command(const CommonOptions& common, const std::string& coordinator,
+                        const std::string& events, bool json, bool follow, const StopFlag& stop) {
+  const Config config = load(common, {});
+  MonitorOptions options;
+  options.events_endpoint = !events.empty() ? events : events_endpoint_of(coordinator);
+  options.style = json ? MonitorStyle::kJson : MonitorStyle::kLines;
+  options.exit_when_finished = !follow;
+  zmq::context_t context;
+  SocketFactory sockets(context, config.bus.socket_limits);
+  if (!json) std::cout << "filo monitor: listening to " << options.events_endpoint << std::endl;
+  Monitor monitor(sockets, options, stop);
+  return monitor.run();
+}
+
+int run_eval(const CommonOptions& common, const std::string& model_path) {
+  const Config config = load(common, {});
+  torch::set_num_threads(static_cast<int>(std::max<std::int64_t>(1, std::thread::hardware_concurrency())));
+  LoadedModel loaded = load_model(model_path);
+  const Dataset test = load_dataset(config.data.dataset, config.data.path, Split::kTest, config.data.test_limit);
+  const double accuracy = evaluate_accuracy(loaded.model, test);
+  std::cout << nlohmann::json{{"model", loaded.name}, {"file", model_path}, {"dataset", config.data.dataset},
+                              {"test_samples", test.size()}, {"test_accuracy", accuracy}}.dump()
+            << std::endl;
+  return 0;
+}
+
+int run_bench(const CommonOptions& common, bool json) {
+  const Config config = load(common, {});
+  set_compute_threads(static_cast<int>(config.node.threads));
+  Benchmarker benchmarker(BenchmarkerOptions{node_name(config.node), config.node.device,
+                                             static_cast<int>(config.node.priority),
+                                             static_cast<int>(config.node.threads), 1.0});
+  const msg::HardwareReport report = benchmarker.report();
+  nlohmann::json gpus = nlohmann::json::array();
+  for (const auto& gpu : report.gpus) {
+    gpus.push_back({{"name", gpu.name}, {"uuid", gpu.uuid},
+                    {"compute_capability", std::to_string(gpu.compute_capability_major) + "." +
+                                               std::to_string(gpu.compute_capability_minor)},
+                    {"total_memory_bytes", gpu.total_memory_bytes}, {"free_memory_bytes", gpu.free_memory_bytes}});
+  }
+  if (json) {
+    std::cout << nlohmann::json{{"node", report.node}, {"hostname", report.hostname}, {"cpu_cores", report.cpu_cores},
+                                {"memory_available_bytes", report.memory_available_bytes},
+                                {"swap_available_bytes", report.swap_available_bytes},
+                                {"torch_threads", report.torch_threads}, {"cpu_gemm_gflops", report.cpu_gemm_gflops},
+                                {"gpus", gpus}, {"gpu_status", report.gpu_status}}.dump(2)
+              << std::endl;
+    return 0;
+  }
+  constexpr double kMebibyte = 1 << 20;
+  std::cout << std::left << std::setw(24) << "node" << report.node << " (" << report.hostname << ")\n"
+            << std::setw(24) << "cpu cores" << report.cpu_cores << "\n"
+            << std::setw(24) << "memory available" << std::fixed << std::setprecision(0)
+            << report.memory_available_bytes / kMebibyte << " MiB\n"
+            << std::setw(24) << "swap available" << report.swap_available_bytes / kMebibyte << " MiB\n"
+            << std::setw(24) << "cpu fp32 gemm" << std::setprecision(1) << report.cpu_gemm_gflops
+            << " GFLOP/s on " << report.torch_threads << " thread(s)\n";
+  if (report.gpus.empty()) std::cout << std::setw(24) << "gpus" << "none: " << report.gpu_status << "\n";
+  for (const auto& gpu : report.gpus) {
+    std::cout << std::setw(24) << "gpu" << gpu.name << " " << gpu.uuid << " cc " << gpu.compute_capability_major << "."
+              << gpu.compute_capability_minor << ", " << gpu.free_memory_bytes / kMebibyte << " of "
+              << gpu.total_memory_bytes / kMebibyte << " MiB free\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"filo: train one model on a fleet of unequal machines over ZeroMQ"};
+  app.require_subcommand(1);
+  CommonOptions common;
+  const auto add_common = [&common](CLI::App* command) {
+    command->add_option("--config", common.config_path, "TOML configuration file (see configs/)")
+        ->check(CLI::ExistingFile);
+    command->add_option("--set", common.overrides, "override a configuration value: section.key=value (repeatable)");
+    command->add_option("--log-level", common.log_level, "debug, info, warn or error")
+        ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  };
+  std::vector<std::string> flag_overrides;
+  const auto flag = [&flag_overrides](const std::string& key) {
+    return [&flag_overrides, key](const std::string& value) { flag_overrides.push_back(key + "=" + value); };
+  };
+
+  auto* coordinator = app.add_subcommand("coordinator", "run the registrar, scheduler and aggregator of one run");
+  add_common(coordinator);
+  coordinator->add_option_function<std::string>("--listen", flag("bus.listen"), "endpoint to bind, tcp://HOST:PORT (events on PORT+1)");
+  coordinator->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
+  coordinator->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl and the model go");
+
+  auto* node = app.add_subcommand("node", "benchmark this machine and run a trainer for a coordinator");
+  add_common(node);
+  node->add_option_function<std::string>("--coordinator", flag("bus.coordinator"), "the coordinator's tcp://HOST:PORT");
+  node->add_option_function<std::string>("--name", flag("node.name"), "this node's name (default: hostname)");
+  node->add_option_function<std::string>("--device", flag("node.device"), "cpu or cuda:N");
+  node->add_option_function<std::string>("--threads", flag("node.threads"), "LibTorch threads of the trainer");
+
+  auto* monitor = app.add_subcommand("monitor", "show what a running cluster does");
+  add_common(monitor);
+  std::string monitor_coordinator = "tcp://127.0.0.1:5555";
+  std::string monitor_events;
+  bool monitor_json = false;
+  bool monitor_follow = false;
+  monitor->add_option("coordinator", monitor_coordinator, "the coordinator's tcp://HOST:PORT (events are read from PORT+1)");
+  monitor->add_option("--events", monitor_events, "the exact events endpoint, when not PORT+1");
+  monitor->add_flag("--json", monitor_json, "one JSON object per event");
+  monitor->add_flag("--follow", monitor_follow, "keep listening after a run finishes");
+
+  auto* local = app.add_subcommand("local", "start a coordinator and N nodes on this machine and train");
+  add_common(local);
+  local->add_option_function<std::string>("--nodes", flag("local.nodes"), "trainer nodes to start (default 3)");
+  local->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
+  local->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl, logs and the model go");
+
+  auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
+  add_common(eval);
+  std::string model_path;
+  eval->add_option("model", model_path, "model file written by a run (RUN_DIR/model.pt)")->required()->check(CLI::ExistingFile);
+
+  auto* bench = app.add_subcommand("bench", "print this machine's hardware report and benchmark scores");
+  add_common(bench);
+  bool bench_json = false;
+  bench->add_flag("--json", bench_json, "print JSON");
+
+  CLI11_PARSE(app, argc, argv);
+  set_log_level(parse_log_level(common.log_level));
+  StopFlag stop;
+  install_stop_signals(stop);
+  try {
+    if (*coordinator) return run_coordinator(load(common, flag_overrides), stop);
+    if (*node) return run_node(load(common, flag_overrides), stop);
+    if (*monitor) return run_monitor_command(common, monitor_coordinator, monitor_events, monitor_json, monitor_follow, stop);
+    if (*local) return run_local(common, flag_overrides, stop);
+    if (*eval) return run_eval(common, model_path);
+    if (*bench) return run_bench(common, bench_json);
+  } catch (const ConfigError& e) {
+    std::cerr << "filo: " << e.what() << std::endl;
+    return 2;
+  } catch (const zmq::error_t& e) {
+    std::cerr << "filo: bus error: " << e.what() << std::endl;
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "filo: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
