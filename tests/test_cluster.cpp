@@ -1,0 +1,194 @@
+// Whole clusters of real processes of the filo binary, over tcp loopback.
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/process.hpp"
+
+using namespace filo;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+constexpr auto kRunTimeout = 300s;
+
+std::string fresh_run_dir(const std::string& name) {
+  const std::string path = "/tmp/filo-test-" + name + "-" + std::to_string(getpid());
+  std::filesystem::remove_all(path);
+  std::filesystem::create_directories(path + "/logs");
+  return path;
+}
+
+std::vector<std::string> with_overrides(std::vector<std::string> arguments, const std::vector<std::string>& overrides) {
+  for (const auto& assignment : overrides) arguments.insert(arguments.end(), {"--set", assignment});
+  return arguments;
+}
+
+std::size_t count_lines(const std::string& path) {
+  std::ifstream file(path);
+  std::size_t lines = 0;
+  for (std::string line; std::getline(file, line);) ++lines;
+  return lines;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream file(path);
+  return std::string(std::istreambuf_iterator<char>(file), {});
+}
+
+/// A coordinator and named nodes, each a separate process, each logging to run_dir/logs.
+struct Cluster {
+  std::string run_dir;
+  std::vector<std::string> overrides;
+  std::optional<ChildProcess> coordinator;
+  std::map<std::string, ChildProcess> nodes;
+  std::string router;
+
+  Cluster(std::string dir, std::vector<std::string> settings) : run_dir(std::move(dir)), overrides(std::move(settings)) {
+    coordinator.emplace(with_overrides({FILO_BINARY, "coordinator", "--listen", "tcp://127.0.0.1:*", "--run-dir", run_dir}, overrides),
+                        run_dir + "/logs/coordinator.log");
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!std::filesystem::exists(run_dir + "/coordinator.json")) {
+      REQUIRE_MESSAGE(coordinator->running(), read_file(run_dir + "/logs/coordinator.log"));
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(20ms);
+    }
+    json endpoints;
+    std::ifstream(run_dir + "/coordinator.json") >> endpoints;
+    router = endpoints.at("router");
+  }
+
+  void start_node(const std::string& name) {
+    nodes.emplace(name, ChildProcess(with_overrides({FILO_BINARY, "node", "--coordinator", router, "--name", name}, overrides),
+                                     run_dir + "/logs/" + name + ".log"));
+  }
+
+  json summary() const {
+    json parsed;
+    std::ifstream(run_dir + "/summary.json") >> parsed;
+    return parsed;
+  }
+};
+}  // namespace
+
+TEST_CASE("a coordinator and 3 trainer processes over tcp train well above chance") {
+  Cluster cluster(fresh_run_dir("e2e"), {"data.train_limit=3000", "data.test_limit=1000", "schedule.epochs=2",
+                                         "schedule.min_trainers=3"});
+  for (const char* name : {"node-1", "node-2", "node-3"}) cluster.start_node(name);
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE_MESSAGE(code, "coordinator did not finish");
+  REQUIRE_MESSAGE(*code == 0, read_file(cluster.run_dir + "/logs/coordinator.log"));
+  for (auto& [name, node] : cluster.nodes) {
+    const auto node_code = node.wait_for(30s);
+    REQUIRE(node_code);
+    CHECK_MESSAGE(*node_code == 0, name, " exited with ", *node_code);
+  }
+  const json summary = cluster.summary();
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.5);  // chance is 0.1
+  CHECK(summary.at("samples_per_epoch") == json::array({3000, 3000}));
+  CHECK(summary.at("epochs") == 2);
+  std::uint64_t node_samples = 0;
+  for (const auto& node : summary.at("nodes")) {
+    CHECK(node.at("samples").get<std::uint64_t>() > 0);  // every node took part
+    node_samples += node.at("samples").get<std::uint64_t>();
+  }
+  CHECK(node_samples == 6000);
+  CHECK(count_lines(cluster.run_dir + "/rounds.jsonl") == summary.at("rounds").get<std::size_t>());
+  CHECK(std::filesystem::exists(summary.at("model_file").get<std::string>()));
+
+  // The saved model loads back and scores what the run reported.
+  const std::string eval_log = cluster.run_dir + "/logs/eval.log";
+  ChildProcess eval({FILO_BINARY, "eval", summary.at("model_file").get<std::string>(), "--set", "data.test_limit=1000"}, eval_log);
+  REQUIRE(eval.wait_for(120s) == std::optional<int>(0));
+  const json evaluated = json::parse(read_file(eval_log));
+  CHECK(evaluated.at("test_accuracy").get<double>() == doctest::Approx(summary.at("final_test_accuracy").get<double>()));
+}
+
+TEST_CASE("a trainer killed during the run costs only its share: the others finish every epoch") {
+  Cluster cluster(fresh_run_dir("kill"), {"data.train_limit=4000", "data.test_limit=500", "schedule.epochs=2",
+                                          "schedule.min_trainers=3", "schedule.round_samples=96"});
+  for (const char* name : {"node-1", "node-2", "node-3"}) cluster.start_node(name);
+  const std::string rounds = cluster.run_dir + "/rounds.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (count_lines(rounds) < 8) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(10ms);
+  }
+  cluster.nodes.at("node-2").signal(SIGKILL);
+
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE_MESSAGE(code, "coordinator hung after a trainer was killed");
+  REQUIRE_MESSAGE(*code == 0, read_file(cluster.run_dir + "/logs/coordinator.log"));
+  CHECK(cluster.nodes.at("node-1").wait_for(30s) == std::optional<int>(0));
+  CHECK(cluster.nodes.at("node-3").wait_for(30s) == std::optional<int>(0));
+  CHECK(cluster.nodes.at("node-2").wait_for(1s) == std::optional<int>(128 + SIGKILL));
+
+  const json summary = cluster.summary();
+  CHECK(summary.at("samples_per_epoch") == json::array({4000, 4000}));
+  std::map<std::string, std::uint64_t> per_node;
+  for (const auto& node : summary.at("nodes")) per_node[node.at("name")] = node.at("samples");
+  CHECK(per_node["node-2"] < per_node["node-1"]);
+  CHECK(per_node["node-1"] + per_node["node-2"] + per_node["node-3"] == 8000);
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.4);
+  // The round the killed trainer was in closed without it, and its samples were trained by others.
+  bool missed = false;
+  std::ifstream file(rounds);
+  for (std::string line; std::getline(file, line);) {
+    const json round = json::parse(line);
+    for (const auto& trainer : round.at("trainers")) missed |= !trainer.at("delivered").get<bool>();
+  }
+  CHECK(missed);
+  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("trainer@node-2/cpu lost") != std::string::npos);
+}
+
+TEST_CASE("a node facing no coordinator gives up with a clear error") {
+  const std::string run_dir = fresh_run_dir("unreachable");
+  ChildProcess node({FILO_BINARY, "node", "--coordinator", "tcp://127.0.0.1:9", "--name", "lonely", "--set",
+                     "bus.connect_timeout_seconds=1"},
+                    run_dir + "/logs/node.log");
+  CHECK(node.wait_for(60s) == std::optional<int>(3));
+  CHECK(read_file(run_dir + "/logs/node.log").find("no answer from the coordinator at tcp://127.0.0.1:9") != std::string::npos);
+}
+
+TEST_CASE("bad flags, configs and data paths are refused with what was wrong") {
+  const std::string run_dir = fresh_run_dir("errors");
+  const auto run = [&](std::vector<std::string> arguments) {
+    const std::string log = run_dir + "/logs/out.log";
+    std::filesystem::remove(log);
+    ChildProcess process(arguments, log);
+    const auto code = process.wait_for(60s);
+    return std::make_pair(code.value_or(-1), read_file(log));
+  };
+  auto [code, text] = run({FILO_BINARY, "coordinator", "--set", "schedule.epochz=2"});
+  CHECK(code == 2);
+  CHECK(text.find("unknown configuration key 'schedule.epochz'") != std::string::npos);
+  std::tie(code, text) = run({FILO_BINARY, "coordinator", "--set", "data.path=/nonexistent", "--run-dir", run_dir});
+  CHECK(code == 1);
+  CHECK(text.find("dataset file /nonexistent/train-") != std::string::npos);
+  std::tie(code, text) = run({FILO_BINARY, "local", "--config", "/nonexistent.toml"});
+  CHECK(code != 0);
+  CHECK(text.find("/nonexistent.toml") != std::string::npos);
+  std::tie(code, text) = run({FILO_BINARY, "coordinator", "--set", "model.name=resnet9000", "--run-dir", run_dir});
+  CHECK(code == 1);
+  CHECK(text.find("unknown model 'resnet9000'") != std::string::npos);
+}
+
+TEST_CASE("filo local runs a whole cluster and writes its summary") {
+  const std::string run_dir = fresh_run_dir("local");
+  ChildProcess local({FILO_BINARY, "local", "--nodes", "2", "--epochs", "1", "--run-dir", run_dir, "--set",
+                      "data.train_limit=2000", "--set", "data.test_limit=500"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  REQUIRE(code);
+  CHECK_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
+  json summary;
+  std::ifstream(run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == json::array({2000}));
+  CHECK(summary.at("nodes").size() == 2);
+  CHECK(read_file(run_dir + "/local.log").find("epoch 1/1") != std::string::npos);
+}

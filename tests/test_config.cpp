@@ -1,0 +1,64 @@
+// Configuration: defaults, files, overrides, and clear errors for what is wrong.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "runtime/config.hpp"
+
+using namespace filo;
+
+namespace {
+std::string write_temporary(const std::string& text) {
+  char path[] = "/tmp/filo-config-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string error_of(const std::string& path, const std::vector<std::string>& overrides) {
+  try {
+    load_config(path, overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("defaults, file values and command-line overrides, in that order") {
+  const Config defaults = load_config("", {});
+  CHECK(defaults.schedule.epochs == 2);
+  CHECK(defaults.local.nodes == 3);
+  const auto path = write_temporary("[schedule]\nepochs = 5 # comment\nround_samples = 64\n[optimizer]\nname = \"sgd\"\n");
+  const Config config = load_config(path, {"schedule.epochs=7", "node.name=gpu-box", "optimizer.learning_rate=0.1"});
+  CHECK(config.schedule.epochs == 7);
+  CHECK(config.schedule.round_samples == 64);
+  CHECK(config.optimizer.name == "sgd");
+  CHECK(config.optimizer.learning_rate == doctest::Approx(0.1));
+  CHECK(config.node.name == "gpu-box");
+  std::remove(path.c_str());
+}
+
+TEST_CASE("mistakes are named: unknown keys, wrong types, bad values, unreadable files") {
+  CHECK(error_of("", {"schedule.epocs=3"}).find("unknown configuration key 'schedule.epocs'") != std::string::npos);
+  CHECK(error_of("", {"schedule.epochs=\"three\""}).find("schedule.epochs must be an integer") != std::string::npos);
+  CHECK(error_of("", {"schedule.epochs=0"}).find("schedule.epochs must be >= 1") != std::string::npos);
+  CHECK(error_of("", {"optimizer.name=rmsprop"}).find("optimizer.name") != std::string::npos);
+  CHECK(error_of("", {"epochs=3"}).find("section.key=value") != std::string::npos);
+  const auto broken = write_temporary("[schedule\nepochs = 1\n");
+  CHECK(error_of(broken, {}).find("cannot read configuration " + broken) != std::string::npos);
+  std::remove(broken.c_str());
+}
+
+TEST_CASE("the publish endpoint follows the listen port unless set") {
+  BusOptions bus;
+  bus.listen = "tcp://0.0.0.0:7000";
+  CHECK(publish_endpoint_for(bus) == "tcp://0.0.0.0:7001");
+  bus.listen = "tcp://127.0.0.1:*";
+  CHECK(publish_endpoint_for(bus) == "tcp://127.0.0.1:*");
+  bus.publish = "tcp://127.0.0.1:9000";
+  CHECK(publish_endpoint_for(bus) == "tcp://127.0.0.1:9000");
+}

@@ -1,0 +1,197 @@
+// Every message type survives encoding; malformed frames become errors, never crashes.
+#include <doctest/doctest.h>
+
+#include <random>
+
+#include "messages/codec.hpp"
+#include "messages/event.hpp"
+#include "messages/membership.hpp"
+#include "messages/model.hpp"
+#include "messages/round.hpp"
+#include "messages/tensor_frames.hpp"
+
+using namespace filo;
+
+namespace {
+std::string bytes_of(const zmq::message_t& frame) { return std::string(frame.data<char>(), frame.size()); }
+
+template <typename Message>
+void check_round_trip(const Message& original) {
+  const zmq::message_t frame = encode_frame(original);
+  auto decoded = decode_frame<Message>(frame, BodyLimits{});
+  REQUIRE_MESSAGE(decoded, decoded.error());
+  // Equal encodings of the decoded value and the original mean every field came back.
+  CHECK(bytes_of(encode_frame(decoded.value())) == bytes_of(frame));
+}
+
+zmq::message_t envelope_frame(std::uint16_t version) {
+  Envelope envelope;
+  envelope.protocol_version = version;
+  envelope.kind = MessageKind::kHeartbeat;
+  envelope.sender = "trainer@node-1/cpu";
+  return encode_frame(envelope);
+}
+}  // namespace
+
+TEST_CASE("every message type round-trips through msgpack") {
+  msg::HardwareReport report;
+  report.node = "node-1";
+  report.device = "cuda:0";
+  report.hostname = "h";
+  report.cpu_cores = 16;
+  report.memory_available_bytes = 1 << 30;
+  report.cpu_gemm_gflops = 104.5;
+  report.gpus.push_back({"NVIDIA H100", "GPU-1234", 9, 0, 80ll << 30, 79ll << 30});
+  report.priority = 2;
+  check_round_trip(report);
+  msg::Admission admission;
+  admission.admitted = true;
+  admission.run = {"run-1", "cnn", "fashion-mnist", 60000, 7};
+  admission.publish_endpoint = "tcp://10.0.0.1:5556";
+  admission.heartbeat_interval_ms = 250;
+  admission.liveness = 4;
+  check_round_trip(admission);
+  check_round_trip(msg::Heartbeat{42});
+  check_round_trip(msg::Leave{"shutting down"});
+  check_round_trip(msg::MembershipChange{"trainer@n/cpu", msg::MembershipChangeKind::kLost, "silent", 1.5});
+  msg::RoundPlan plan;
+  plan.round = 3;
+  plan.epoch = 1;
+  plan.model_version = 2;
+  plan.ranges = {{0, 10}, {50, 60}};
+  plan.micro_batch = 8;
+  plan.accumulation_steps = 3;
+  plan.deadline_seconds = 2.5;
+  check_round_trip(plan);
+  check_round_trip(msg::RoundOpened{3, 1, 2, {{"a", 10}, {"b", 20}}, 2.5});
+  msg::Contribution contribution;
+  contribution.round = 3;
+  contribution.samples = 20;
+  contribution.loss_sum = 12.5;
+  contribution.gradients = {{"0.weight", WireDType::kFloat32, {10, 784}, 1}};
+  contribution.buffers = {{"1.num_batches_tracked", WireDType::kInt64, {}, 1}};
+  check_round_trip(contribution);
+  check_round_trip(msg::RoundClosed{3, 1, 3, 0.25, {{"a", 10, 10, 0.1, true}, {"b", 20, 0, 0.0, false}}});
+  check_round_trip(msg::EpochEnded{1, 60000, true});
+  msg::ModelState state;
+  state.model_version = 9;
+  state.parameters = {{"0.weight", WireDType::kFloat32, {3, 3}, 1}};
+  check_round_trip(state);
+  check_round_trip(msg::SnapshotRequest{4});
+  check_round_trip(msg::Event{"round", "round 3", 3, 1, {{"loss", 0.5}}, {{"trainer", "a"}}});
+  check_round_trip(msg::RunFinished{"done", 0.9});
+}
+
+TEST_CASE("a valid envelope decodes; malformed ones are rejected with a reason") {
+  const BodyLimits limits;
+  CHECK(decode_envelope(envelope_frame(kProtocolVersion), limits));
+
+  SUBCASE("wrong protocol version") {
+    auto decoded = decode_envelope(envelope_frame(kProtocolVersion + 1), limits);
+    REQUIRE_FALSE(decoded);
+    CHECK(decoded.error().find("protocol version") != std::string::npos);
+  }
+  SUBCASE("truncated") {
+    const auto whole = envelope_frame(kProtocolVersion);
+    for (std::size_t cut = 1; cut < whole.size(); ++cut) {
+      zmq::message_t truncated(whole.data(), cut);
+      CHECK_FALSE(decode_envelope(truncated, limits));
+    }
+  }
+  SUBCASE("oversized") {
+    BodyLimits small;
+    small.max_bytes = 8;
+    auto decoded = decode_envelope(envelope_frame(kProtocolVersion), small);
+    REQUIRE_FALSE(decoded);
+    CHECK(decoded.error().find("exceeds") != std::string::npos);
+  }
+  SUBCASE("a hostile array32 header does not make the decoder reserve gigabytes") {
+    const unsigned char hostile[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    zmq::message_t frame(hostile, sizeof hostile);
+    CHECK_FALSE(decode_envelope(frame, limits));
+    CHECK_FALSE(decode_frame<msg::RoundPlan>(frame, limits));
+  }
+  SUBCASE("unknown kind and missing sender") {
+    Envelope envelope;
+    envelope.sender = "x";
+    envelope.kind = static_cast<MessageKind>(200);
+    CHECK_FALSE(decode_envelope(encode_frame(envelope), limits));
+    envelope.kind = MessageKind::kHeartbeat;
+    envelope.sender.clear();
+    CHECK_FALSE(decode_envelope(encode_frame(envelope), limits));
+  }
+  SUBCASE("no protocol version at all") {
+    std::map<std::string, std::string> not_an_envelope{{"sender", "x"}};
+    CHECK_FALSE(decode_envelope(encode_frame(not_an_envelope), limits));
+  }
+  SUBCASE("random bytes") {
+    std::mt19937 random(12345);
+    for (int trial = 0; trial < 2000; ++trial) {
+      std::vector<unsigned char> bytes(1 + random() % 64);
+      for (auto& byte : bytes) byte = static_cast<unsigned char>(random());
+      zmq::message_t frame(bytes.data(), bytes.size());
+      // Any outcome but a crash is acceptable for the body; the envelope needs its fields.
+      (void)decode_frame<msg::Contribution>(frame, limits);
+      (void)decode_frame<msg::HardwareReport>(frame, limits);
+      (void)decode_envelope(frame, limits);
+    }
+  }
+}
+
+TEST_CASE("a body of the wrong shape is an error value") {
+  const auto frame = encode_frame(std::string("not a map"));
+  auto decoded = decode_frame<msg::RoundPlan>(frame, BodyLimits{});
+  REQUIRE_FALSE(decoded);
+  CHECK(decoded.error().find("does not match") != std::string::npos);
+}
+
+TEST_CASE("tensors travel as frames and come back equal, chunked when large") {
+  const auto small = torch::randn({3, 4});
+  const auto counter = torch::tensor(7, torch::kInt64);
+  const auto large = torch::randn({700'000});  // 2.8 MB: three chunks
+  std::vector<zmq::message_t> frames;
+  const auto metas = append_tensor_frames({{"small", small}, {"counter", counter}, {"large", large}}, frames);
+  REQUIRE(metas.size() == 3);
+  CHECK(metas[2].frames == 3);
+  // Sending did not copy: the first frame points into the tensor.
+  CHECK(frames[0].data() == small.data_ptr());
+  auto list = std::make_shared<std::vector<zmq::message_t>>(std::move(frames));
+  auto received = read_tensor_frames(metas, list, 0);
+  REQUIRE_MESSAGE(received, received.error());
+  CHECK(torch::equal(received.value()[0].to_tensor(), small));
+  CHECK(received.value()[1].to_tensor().item<std::int64_t>() == 7);
+  CHECK(torch::equal(received.value()[2].to_tensor(), large));
+  auto reused = torch::empty({700'000});
+  received.value()[2].copy_into(reused);
+  CHECK(torch::equal(reused, large));
+}
+
+TEST_CASE("tensor frames that disagree with their description are rejected") {
+  std::vector<zmq::message_t> frames;
+  auto metas = append_tensor_frames({{"w", torch::ones({4, 4})}}, frames);
+  auto list = std::make_shared<std::vector<zmq::message_t>>(std::move(frames));
+  SUBCASE("wrong shape for the bytes") {
+    metas[0].shape = {4, 5};
+    auto result = read_tensor_frames(metas, list, 0);
+    REQUIRE_FALSE(result);
+    CHECK(result.error().find("bytes") != std::string::npos);
+  }
+  SUBCASE("more frames announced than sent") {
+    metas[0].frames = 2;
+    CHECK_FALSE(read_tensor_frames(metas, list, 0));
+  }
+  SUBCASE("frames left over") {
+    list->emplace_back(16);
+    CHECK_FALSE(read_tensor_frames(metas, list, 0));
+  }
+  SUBCASE("unknown dtype") {
+    metas[0].dtype = static_cast<WireDType>(99);
+    CHECK_FALSE(read_tensor_frames(metas, list, 0));
+  }
+  SUBCASE("negative or overflowing dimensions") {
+    metas[0].shape = {-4, -4};
+    CHECK_FALSE(read_tensor_frames(metas, list, 0));
+    metas[0].shape = {1ll << 40, 1ll << 40};
+    CHECK_FALSE(read_tensor_frames(metas, list, 0));
+  }
+}
