@@ -138,7 +138,10 @@ void Aggregator::handle(const msg::MembershipChange& change, const Incoming&) {
 
 void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
   if (open_) close_round("a new round opened");
-  if (!first_round_) first_round_ = Clock::now();
+  if (!first_round_) {
+    first_round_ = Clock::now();
+    epoch_started_ = *first_round_;  // epoch 1 is timed from its first round, not from start-up
+  }
   open_ = OpenRound{opened, Clock::now(), 0, {}, 0.0, 0};
   const auto deadline = open_->opened + std::chrono::duration_cast<Clock::duration>(
                                             std::chrono::duration<double>(opened.deadline_seconds));
@@ -332,8 +335,6 @@ void Aggregator::finish() {
       {"nodes", nodes},
       {"model_file", model_path},
   });
-  msg::RunFinished finished{"all " + std::to_string(samples_per_epoch_.size()) + " epochs trained", accuracy};
-  bus_.publish(kControlTopic, finished);
   msg::Event event;
   event.type = "finished";
   event.text = "run finished: test accuracy " + std::to_string(accuracy) + " after " +
@@ -342,6 +343,9 @@ void Aggregator::finish() {
   event.values["wall_seconds"] = wall_seconds;
   event.labels["run_dir"] = record_.run_dir();
   bus_.publish(kEventTopic, event);
+  // Last: monitors and nodes end when they see it.
+  msg::RunFinished finished{"all " + std::to_string(samples_per_epoch_.size()) + " epochs trained", accuracy};
+  bus_.publish(kControlTopic, finished);
   log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
   if (on_finished_) on_finished_();
 }

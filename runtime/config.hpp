@@ -34,7 +34,7 @@ struct OptimizerOptions {
 };
 
 struct ScheduleOptions {
-  std::int64_t epochs = 2;
+  std::int64_t epochs = 3;
   std::int64_t round_samples = 128;   /// samples per round over all trainers: the global batch
   std::int64_t micro_batch = 64;      /// largest batch one forward pass takes
   std::int64_t min_trainers = 1;      /// rounds start once this many trainers are admitted

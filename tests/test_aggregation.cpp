@@ -104,7 +104,7 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
   CHECK(max_relative_difference(untouched, reference) > 1e-3);
 }
 
-TEST_CASE("BatchNorm statistics are averaged by samples; counters are not divided") {
+TEST_CASE("BatchNorm statistics are averaged by samples and counters are not divided") {
   torch::manual_seed(5);
   auto model = make_model("cnn");
   GradientAverager averager(*model);

@@ -42,7 +42,7 @@ struct Bus {
 };
 }  // namespace
 
-TEST_CASE("an addressed message reaches the named actor with its tensors, unchanged") {
+TEST_CASE("an addressed message reaches the named actor with its tensors unchanged") {
   Bus bus;
   BusClient alice(bus.sockets, "alice");
   BusClient bob(bus.sockets, "bob");

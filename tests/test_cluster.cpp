@@ -155,7 +155,7 @@ TEST_CASE("a node facing no coordinator gives up with a clear error") {
   CHECK(read_file(run_dir + "/logs/node.log").find("no answer from the coordinator at tcp://127.0.0.1:9") != std::string::npos);
 }
 
-TEST_CASE("bad flags, configs and data paths are refused with what was wrong") {
+TEST_CASE("bad flags and configs and data paths are refused with what was wrong") {
   const std::string run_dir = fresh_run_dir("errors");
   const auto run = [&](std::vector<std::string> arguments) {
     const std::string log = run_dir + "/logs/out.log";

@@ -28,9 +28,9 @@ std::string error_of(const std::string& path, const std::vector<std::string>& ov
 }
 }  // namespace
 
-TEST_CASE("defaults, file values and command-line overrides, in that order") {
+TEST_CASE("defaults then file values then command-line overrides") {
   const Config defaults = load_config("", {});
-  CHECK(defaults.schedule.epochs == 2);
+  CHECK(defaults.schedule.epochs == 3);
   CHECK(defaults.local.nodes == 3);
   const auto path = write_temporary("[schedule]\nepochs = 5 # comment\nround_samples = 64\n[optimizer]\nname = \"sgd\"\n");
   const Config config = load_config(path, {"schedule.epochs=7", "node.name=gpu-box", "optimizer.learning_rate=0.1"});
@@ -42,7 +42,7 @@ TEST_CASE("defaults, file values and command-line overrides, in that order") {
   std::remove(path.c_str());
 }
 
-TEST_CASE("mistakes are named: unknown keys, wrong types, bad values, unreadable files") {
+TEST_CASE("mistakes are named: unknown keys and wrong types and bad values and unreadable files") {
   CHECK(error_of("", {"schedule.epocs=3"}).find("unknown configuration key 'schedule.epocs'") != std::string::npos);
   CHECK(error_of("", {"schedule.epochs=\"three\""}).find("schedule.epochs must be an integer") != std::string::npos);
   CHECK(error_of("", {"schedule.epochs=0"}).find("schedule.epochs must be >= 1") != std::string::npos);

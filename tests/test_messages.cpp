@@ -82,7 +82,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   check_round_trip(msg::RunFinished{"done", 0.9});
 }
 
-TEST_CASE("a valid envelope decodes; malformed ones are rejected with a reason") {
+TEST_CASE("a valid envelope decodes and malformed ones are rejected with a reason") {
   const BodyLimits limits;
   CHECK(decode_envelope(envelope_frame(kProtocolVersion), limits));
 
@@ -145,7 +145,7 @@ TEST_CASE("a body of the wrong shape is an error value") {
   CHECK(decoded.error().find("does not match") != std::string::npos);
 }
 
-TEST_CASE("tensors travel as frames and come back equal, chunked when large") {
+TEST_CASE("tensors travel as frames and come back equal and chunked when large") {
   const auto small = torch::randn({3, 4});
   const auto counter = torch::tensor(7, torch::kInt64);
   const auto large = torch::randn({700'000});  // 2.8 MB: three chunks

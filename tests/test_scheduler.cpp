@@ -9,7 +9,7 @@
 
 using namespace filo;
 
-TEST_CASE("a pool hands out every position once, and returned ranges come first") {
+TEST_CASE("a pool hands out every position once and returned ranges come first") {
   SamplePool pool;
   pool.reset(1000);
   std::vector<int> seen(1000, 0);
@@ -43,7 +43,7 @@ TEST_CASE("equal shares differ by at most one and sum to the total") {
   }
 }
 
-TEST_CASE("the epoch order is a permutation, the same everywhere, different per epoch") {
+TEST_CASE("the epoch order is a permutation that is the same everywhere and differs per epoch") {
   const auto first = epoch_order(7, 1, 5000);
   const auto again = epoch_order(7, 1, 5000);
   const auto second = epoch_order(7, 2, 5000);
@@ -55,7 +55,7 @@ TEST_CASE("the epoch order is a permutation, the same everywhere, different per 
   CHECK(pinned.sum().item<std::int64_t>() == 45);
 }
 
-TEST_CASE("plan ranges map to dataset indices; ranges outside the epoch are refused") {
+TEST_CASE("plan ranges map to dataset indices and ranges outside the epoch are refused") {
   const auto order = torch::arange(100, torch::kInt64).flip(0);
   const auto indices = indices_of(order, {{0, 2}, {50, 51}});
   CHECK(indices.size(0) == 3);

@@ -18,6 +18,7 @@
 #include "actors/node.hpp"
 #include "runtime/config.hpp"
 #include "runtime/log.hpp"
+#include "runtime/memory.hpp"
 #include "runtime/process.hpp"
 
 namespace {
@@ -272,6 +273,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   set_log_level(parse_log_level(common.log_level));
+  keep_message_memory();
   StopFlag stop;
   install_stop_signals(stop);
   try {
