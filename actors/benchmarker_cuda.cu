@@ -28,7 +28,9 @@ GpuProbe probe_gpus() {
   GpuProbe probe;
   int count = 0;
   if (cudaError_t status = cudaGetDeviceCount(&count); status != cudaSuccess) {
-    probe.status = failure("cudaGetDeviceCount", status);
+    const bool no_gpu = status == cudaErrorNoDevice || status == cudaErrorInsufficientDriver;
+    probe.status = (no_gpu ? std::string("no NVIDIA GPU or driver on this machine; ") : std::string()) +
+                   failure("cudaGetDeviceCount", status);
     return probe;
   }
   if (count == 0) probe.status = "the CUDA runtime sees no GPU";

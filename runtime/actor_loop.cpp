@@ -53,13 +53,14 @@ void ActorLoop::run_due_timers() {
 void ActorLoop::run() {
   while (!finishing()) {
     const auto wait = time_to_next_timer(Clock::now());
-    if (!poll_items_.empty()) {
-      zmq::poll(poll_items_.data(), poll_items_.size(), wait);
-      for (std::size_t i = 0; i < poll_items_.size() && !finishing(); ++i) {
-        if (poll_items_[i].revents & ZMQ_POLLIN) readers_[i]();
-      }
-    } else {
-      zmq::poll(static_cast<zmq::pollitem_t*>(nullptr), std::size_t{0}, wait);
+    try {
+      zmq::poll(poll_items_.empty() ? nullptr : poll_items_.data(), poll_items_.size(), wait);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+      continue;  // a signal arrived: look at the stop flag before anything else
+    }
+    for (std::size_t i = 0; i < poll_items_.size() && !finishing(); ++i) {
+      if (poll_items_[i].revents & ZMQ_POLLIN) readers_[i]();
     }
     if (!finishing()) run_due_timers();
   }

@@ -107,12 +107,15 @@ bool BusClient::send_frames(const std::string& to, MessageKind kind, zmq::messag
   frames.push_back(encode_frame(envelope));
   frames.push_back(std::move(body));
   for (auto& frame : tensor_frames) frames.push_back(std::move(frame));
-  if (!zmq::send_multipart(dealer_, frames)) {
+  try {
+    if (zmq::send_multipart(dealer_, frames)) return true;
     log(LogLevel::kWarn, name_, "dropped ", kind_name(kind), " to ", to,
         ": the bus did not take it within the send timeout");
-    return false;
+  } catch (const zmq::error_t& e) {
+    if (e.num() != EINTR) throw;
+    log(LogLevel::kWarn, name_, "dropped ", kind_name(kind), " to ", to, ": interrupted by a signal");
   }
-  return true;
+  return false;
 }
 
 std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {

@@ -28,6 +28,7 @@ constexpr std::chrono::seconds kCoordinatorStartTimeout{120};
 constexpr std::chrono::seconds kCoordinatorExitTimeout{60};
 constexpr std::chrono::seconds kNodeExitTimeout{15};
 constexpr std::chrono::milliseconds kStartPoll{50};
+constexpr int kExitInterrupted = 130;
 
 struct CommonOptions {
   std::string config_path;
@@ -131,6 +132,10 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     if (*code != 0) ++nodes_failed;
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (stop.stop_requested()) {
+    std::cerr << "filo local: interrupted; logs in " << logs << std::endl;
+    return kExitInterrupted;
+  }
   if (!coordinator_code || *coordinator_code != 0 || monitor_code != 0) {
     std::cerr << "filo local: the coordinator did not finish the run; its log ends:\n"
               << tail_of(logs + "/coordinator.log", 15);
