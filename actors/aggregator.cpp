@@ -133,6 +133,7 @@ void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) { pub
 void Aggregator::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
   live_[change.trainer] = change.change == Kind::kJoined || change.change == Kind::kRejoined;
+  if (change.cpu_gemm_gflops > 0) benchmark_gflops_[change.trainer] = change.cpu_gemm_gflops;
   if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
 }
 
@@ -196,7 +197,8 @@ void Aggregator::accept(const msg::Contribution& contribution, const Incoming& f
   const std::vector<ReceivedTensor> buffers(split, tensors.end());
   if (auto problem = averager_.problem(gradients, buffers)) return drop(*problem);
   averager_.add(gradients, buffers, contribution.samples);
-  open_->arrived[from.from] = Arrival{contribution.samples, contribution.compute_seconds};
+  open_->arrived[from.from] = Arrival{contribution.samples, contribution.compute_seconds,
+                                      seconds_between(open_->opened, Clock::now())};
   open_->loss_sum += contribution.loss_sum;
   open_->correct += contribution.correct;
 }
@@ -233,41 +235,56 @@ void Aggregator::close_round(const char* why) {
   event.type = "round";
   event.round = closed.round;
   event.epoch = closed.epoch;
+  double idle_sum = 0.0;
   for (const auto& [trainer, planned] : round.plan.planned_samples) {
     msg::TrainerOutcome outcome;
     outcome.trainer = trainer;
     outcome.planned_samples = planned;
     const auto arrived = round.arrived.find(trainer);
     outcome.delivered = arrived != round.arrived.end();
+    double idle_seconds = 0.0;
+    double samples_per_second = 0.0;
     if (outcome.delivered) {
       outcome.samples = arrived->second.samples;
       outcome.compute_seconds = arrived->second.compute_seconds;
+      outcome.arrival_seconds = arrived->second.arrival_seconds;
       samples += outcome.samples;
       totals_[trainer].samples += outcome.samples;
       totals_[trainer].compute_seconds += outcome.compute_seconds;
-      if (outcome.compute_seconds > 0)
-        event.values["samples_per_second/" + trainer] = outcome.samples / outcome.compute_seconds;
+      // Waiting for the slowest: the time between this contribution and the round's close.
+      idle_seconds = std::max(0.0, seconds - outcome.arrival_seconds);
+      idle_sum += idle_seconds;
+      if (outcome.compute_seconds > 0) samples_per_second = outcome.samples / outcome.compute_seconds;
+      event.values["samples_per_second/" + trainer] = samples_per_second;
+      event.values["idle_seconds/" + trainer] = idle_seconds;
     } else {
       log(LogLevel::kWarn, bus_.name(), "round ", closed.round, " closed (", why, ") without ",
           trainer, "'s ", planned, " samples; they go back to the pool");
       event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned";
     }
+    event.values["planned/" + trainer] = static_cast<double>(planned);
+    const auto benchmark = benchmark_gflops_.find(trainer);
     trainers.push_back({{"name", trainer}, {"planned", planned}, {"samples", outcome.samples},
-                        {"compute_seconds", outcome.compute_seconds}, {"delivered", outcome.delivered}});
+                        {"compute_seconds", outcome.compute_seconds}, {"samples_per_second", samples_per_second},
+                        {"arrival_seconds", outcome.arrival_seconds}, {"idle_seconds", idle_seconds},
+                        {"benchmark_gflops", benchmark == benchmark_gflops_.end() ? 0.0 : benchmark->second},
+                        {"delivered", outcome.delivered}});
     closed.outcomes.push_back(std::move(outcome));
   }
+  const double idle_fraction = seconds > 0 && !round.arrived.empty() ? idle_sum / (seconds * round.arrived.size()) : 0.0;
   bus_.send(kSchedulerName, closed, Stamp{closed.round, model_version_});
 
   epoch_samples_ += samples;
   epoch_loss_sum_ += round.loss_sum;
   record_.append_round({{"round", closed.round}, {"epoch", closed.epoch},
                         {"model_version", model_version_}, {"seconds", seconds},
-                        {"samples", samples},
+                        {"samples", samples}, {"idle_fraction", idle_fraction},
                         {"loss", samples ? round.loss_sum / samples : 0.0},
                         {"trainers", trainers}});
   event.values["samples"] = static_cast<double>(samples);
   event.values["loss"] = samples ? round.loss_sum / samples : 0.0;
   event.values["seconds"] = seconds;
+  event.values["idle_fraction"] = idle_fraction;
   event.values["epoch_samples_done"] = static_cast<double>(epoch_samples_);
   event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
   event.values["epochs"] = static_cast<double>(options_.epochs);

@@ -81,6 +81,7 @@ class Aggregator final {
   struct Arrival {
     std::uint64_t samples = 0;
     double compute_seconds = 0.0;
+    double arrival_seconds = 0.0;  // since the round opened
   };
   struct OpenRound {
     msg::RoundOpened plan;
@@ -114,6 +115,7 @@ class Aggregator final {
   std::optional<OpenRound> open_;
   std::vector<Incoming> early_;  // contributions for a round not yet opened
   std::map<std::string, bool> live_;
+  std::map<std::string, double> benchmark_gflops_;  // from each trainer's hardware report
   std::map<std::string, TrainerTotals> totals_;
   std::vector<std::uint64_t> samples_per_epoch_;
   std::vector<double> test_accuracy_per_epoch_;

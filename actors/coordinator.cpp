@@ -43,6 +43,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   run.train_samples = static_cast<std::uint64_t>(
       count_samples(config.data.dataset, config.data.path, Split::kTrain, config.data.train_limit));
   run.seed = config.schedule.seed;
+  run.micro_batch = static_cast<std::uint32_t>(config.schedule.micro_batch);
 
   zmq::context_t context;
   SocketFactory sockets(context, config.bus.socket_limits);

@@ -80,8 +80,9 @@ void Monitor::show_progress(const msg::Event& event) {
     const auto found = event.values.find(key);
     return found == event.values.end() ? 0.0 : found->second;
   };
-  for (const auto& [key, speed] : event.values) {
-    if (key.rfind("samples_per_second/", 0) == 0) samples_per_second_[key.substr(19)] = speed;
+  for (const auto& [key, value] : event.values) {
+    if (key.rfind("samples_per_second/", 0) == 0) samples_per_second_[key.substr(19)] = value;
+    if (key.rfind("planned/", 0) == 0) planned_[key.substr(8)] = value;
   }
   const double total = value("epoch_samples_total");
   const double fraction = total > 0 ? value("epoch_samples_done") / total : 0.0;
@@ -99,9 +100,10 @@ void Monitor::show_progress(const msg::Event& event) {
   line << "epoch " << event.epoch << "/" << static_cast<int>(value("epochs")) << " ["
        << std::string(filled, '#') << std::string(kBarWidth - filled, '.') << "] " << std::setw(3)
        << static_cast<int>(fraction * 100) << "%  round " << event.round << "  loss " << std::fixed
-       << std::setprecision(3) << value("loss") << " |";
+       << std::setprecision(3) << value("loss") << "  idle " << static_cast<int>(value("idle_fraction") * 100)
+       << "% |";
   for (const auto& [trainer, speed] : samples_per_second_) {
-    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s";
+    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s x" << static_cast<int>(planned_[trainer]);
   }
   if (terminal_) {
     std::cout << "\r" << line.str() << "\033[K" << std::flush;

@@ -47,6 +47,7 @@ class Monitor final {
   std::uint64_t last_epoch_ = 0;
   Clock::time_point last_draw_{};
   std::map<std::string, double> samples_per_second_;
+  std::map<std::string, double> planned_;
 };
 
 /// The events endpoint of a coordinator listening at `coordinator` (its port + 1).

@@ -43,6 +43,9 @@ int run_node(const Config& config, const StopFlag& process_stop) {
   options.heartbeat_interval = Milliseconds(config.bus.heartbeat_interval_ms);
   options.liveness = static_cast<int>(config.bus.liveness);
   options.connect_timeout_seconds = config.bus.connect_timeout_seconds;
+  options.max_micro_batch = static_cast<std::uint32_t>(config.node.max_micro_batch);
+  options.slowdown = config.node.slowdown;
+  if (options.slowdown > 1.0) log(LogLevel::kWarn, "node", name, ": slowdown test aid on, ", options.slowdown, "x slower");
   Trainer trainer(sockets, options, std::move(report), process_stop);
   return trainer.run();
 }

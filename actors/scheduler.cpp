@@ -2,13 +2,26 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "actors/aggregator.hpp"
+#include "messages/event.hpp"
 
 namespace filo {
 namespace {
 constexpr Milliseconds kStartCheckInterval{50};
-constexpr double kSpeedSmoothing = 0.3;  // weight of the newest measurement
+// Weight of the newest round: a node whose speed halves has moved about two thirds of the way to
+// its new share after 3 rounds, while one preempted round moves it by less than a third.
+constexpr double kSpeedSmoothing = 0.3;
+
+constexpr std::size_t kTransferWindow = 8;
+/// A trainer left out by the transfer rule is planned again this often, so that its estimate
+/// follows the network instead of freezing at its worst.
+constexpr std::uint64_t kLeftOutProbeRounds = 20;
+
+double smoothed(double previous, double measured) {
+  return previous <= 0.0 ? measured : kSpeedSmoothing * measured + (1 - kSpeedSmoothing) * previous;
+}
 }  // namespace
 
 void SamplePool::reset(std::uint64_t size) {
@@ -47,6 +60,107 @@ std::vector<std::uint64_t> equal_shares(std::uint64_t total, std::size_t parts) 
   return shares;
 }
 
+std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers,
+                                       std::uint64_t total, double max_transfer_ratio) {
+  const std::size_t count = trainers.size();
+  std::vector<Share> shares(count);
+  std::vector<double> speed(count);
+  double known_sum = 0.0;
+  std::size_t known = 0;
+  for (const auto& trainer : trainers) {
+    if (trainer.samples_per_second > 0) {
+      known_sum += trainer.samples_per_second;
+      ++known;
+    }
+  }
+  const double unknown_speed = known > 0 ? known_sum / known : 1.0;
+  for (std::size_t i = 0; i < count; ++i) {
+    shares[i].trainer = trainers[i].trainer;
+    speed[i] = trainers[i].samples_per_second > 0 ? trainers[i].samples_per_second : unknown_speed;
+  }
+  std::vector<bool> active(count, true);
+  std::vector<double> exact(count, 0.0);
+  while (true) {
+    double speed_sum = 0.0;
+    double speed_weighted_transfer = 0.0;
+    std::size_t remaining = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!active[i]) continue;
+      speed_sum += speed[i];
+      speed_weighted_transfer += speed[i] * trainers[i].transfer_seconds;
+      ++remaining;
+    }
+    if (remaining == 0) return shares;
+    // Everyone finishes at T: n_i = s_i (T - c_i) and sum n_i = total.
+    const double finish = (static_cast<double>(total) + speed_weighted_transfer) / speed_sum;
+    std::size_t worst = count;
+    double worst_ratio = -1.0;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!active[i]) continue;
+      exact[i] = speed[i] * (finish - trainers[i].transfer_seconds);
+      const double compute = finish - trainers[i].transfer_seconds;
+      const double ratio = compute > 0 ? trainers[i].transfer_seconds / compute : INFINITY;
+      if (ratio > worst_ratio) {
+        worst_ratio = ratio;
+        worst = i;
+      }
+    }
+    const bool hopeless = exact[worst] < 1.0;
+    const bool not_worth_it = max_transfer_ratio > 0 && worst_ratio >= max_transfer_ratio;
+    if (remaining > 1 && (hopeless || not_worth_it)) {
+      active[worst] = false;
+      std::ostringstream reason;
+      reason << "transfer/compute ratio " << (std::isfinite(worst_ratio) ? worst_ratio : 0.0)
+             << (hopeless ? " (its transfer alone outlasts the round)" : "") << " is at or above "
+             << max_transfer_ratio;
+      shares[worst].left_out = reason.str();
+      continue;
+    }
+    break;
+  }
+  // Whole samples: floors first, then the remainder to the largest fractions.
+  std::uint64_t assigned = 0;
+  std::vector<std::pair<double, std::size_t>> fractions;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!active[i]) continue;
+    const double value = std::max(0.0, exact[i]);
+    shares[i].samples = static_cast<std::uint64_t>(std::floor(value));
+    assigned += shares[i].samples;
+    fractions.emplace_back(value - std::floor(value), i);
+  }
+  std::sort(fractions.begin(), fractions.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t k = 0; assigned < total && !fractions.empty(); k = (k + 1) % fractions.size()) {
+    ++shares[fractions[k].second].samples;
+    ++assigned;
+  }
+  while (assigned > total) {  // floating error can only overshoot by a sample or two
+    for (auto& share : shares) {
+      if (assigned > total && share.samples > 0) {
+        --share.samples;
+        --assigned;
+      }
+    }
+  }
+  return shares;
+}
+
+void SpeedEstimate::observe(std::uint64_t samples, double seconds) {
+  if (samples == 0 || !(seconds > 0)) return;
+  smoothed_samples_ = smoothed(smoothed_samples_, static_cast<double>(samples));
+  smoothed_seconds_ = smoothed(smoothed_seconds_, seconds);
+}
+
+double SpeedEstimate::samples_per_second() const {
+  return smoothed_seconds_ > 0 ? smoothed_samples_ / smoothed_seconds_ : calibrated_;
+}
+
+MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
+                                 std::uint64_t max_for_device) {
+  std::uint64_t micro = std::max<std::uint64_t>(1, std::min(share, configured_micro_batch));
+  if (max_for_device > 0) micro = std::min(micro, max_for_device);
+  return {static_cast<std::uint32_t>(micro), static_cast<std::uint32_t>((share + micro - 1) / micro)};
+}
+
 Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint,
                      SchedulerOptions options, const StopFlag& stop)
     : options_(std::move(options)), bus_(sockets, kSchedulerName), loop_(stop) {
@@ -63,23 +177,73 @@ void Scheduler::run() { loop_.run(); }
 void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
   if (change.change == Kind::kJoined || change.change == Kind::kRejoined) {
-    live_[change.trainer] = TrainerState{};
-    if (started_ && !round_open_) plan_round();  // the cluster was idle, waiting for trainers
+    live_[change.trainer] = TrainerState{};  // planned once its calibration arrives
   } else {
     live_.erase(change.trainer);  // its in-flight samples return when the aggregator closes the round
   }
 }
 
+void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from) {
+  auto trainer = live_.find(from.from);
+  if (trainer == live_.end()) {
+    log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": not a live trainer");
+    return;
+  }
+  if (!(calibration.samples_per_second > 0) || !std::isfinite(calibration.samples_per_second)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": speed ",
+        calibration.samples_per_second, " is not a positive number");
+    return;
+  }
+  trainer->second.calibrated = true;
+  trainer->second.speed = SpeedEstimate(calibration.samples_per_second);
+  trainer->second.max_micro_batch = calibration.max_micro_batch;
+  log(LogLevel::kInfo, bus_.name(), from.from, " calibrated: ", static_cast<int>(calibration.samples_per_second),
+      " samples/s at micro-batch ", calibration.micro_batch,
+      calibration.max_micro_batch ? ", memory allows " + std::to_string(calibration.max_micro_batch) : std::string());
+  if (started_ && !round_open_) plan_round();  // the cluster was idle, waiting for trainers
+}
+
+double Scheduler::TrainerState::transfer_seconds() const {
+  return recent_transfers.empty() ? 0.0 : *std::min_element(recent_transfers.begin(), recent_transfers.end());
+}
+
+std::size_t Scheduler::calibrated_trainers() const {
+  std::size_t count = 0;
+  for (const auto& [trainer, state] : live_) count += state.calibrated ? 1 : 0;
+  return count;
+}
+
+std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
+  std::vector<TrainerEstimate> estimates;
+  for (auto& [trainer, state] : live_) {
+    if (!state.calibrated) continue;
+    double transfer = state.transfer_seconds();
+    if (state.left_out_since > 0 && round_ - state.left_out_since >= kLeftOutProbeRounds) {
+      transfer = 0.0;  // a probe: plan it once more and measure again
+      state.left_out_since = round_;
+    }
+    estimates.push_back({trainer, state.speed.samples_per_second(), transfer});
+  }
+  if (options_.schedule.split == "equal") {
+    std::vector<Share> shares;
+    const auto equal = equal_shares(total, estimates.size());
+    for (std::size_t i = 0; i < estimates.size(); ++i) shares.push_back({estimates[i].trainer, equal[i], {}});
+    return shares;
+  }
+  return proportional_shares(estimates, total, options_.schedule.max_transfer_ratio);
+}
+
 void Scheduler::maybe_start(Clock::time_point now) {
   if (started_) return;
-  if (live_.size() < static_cast<std::size_t>(options_.schedule.min_trainers)) {
+  if (calibrated_trainers() < static_cast<std::size_t>(options_.schedule.min_trainers)) {
     enough_trainers_since_.reset();
     return;
   }
   if (!enough_trainers_since_) enough_trainers_since_ = now;
   if (seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds) return;
   started_ = true;
-  log(LogLevel::kInfo, bus_.name(), "starting with ", live_.size(), " trainers: ",
+  log(LogLevel::kInfo, bus_.name(), "starting with ", calibrated_trainers(), " trainers (",
+      options_.schedule.split, " shares): ",
       options_.train_samples, " samples per epoch, ", options_.schedule.epochs, " epochs");
   plan_round();
 }
@@ -90,7 +254,7 @@ double Scheduler::deadline_seconds() const {
 }
 
 void Scheduler::plan_round() {
-  if (round_open_ || finished_ || live_.empty()) return;
+  if (round_open_ || finished_ || calibrated_trainers() == 0) return;
   const auto round_samples = static_cast<std::uint64_t>(options_.schedule.round_samples);
   std::vector<msg::SampleRange> taken = pool_.take(round_samples);
   std::uint64_t total = 0;
@@ -103,34 +267,49 @@ void Scheduler::plan_round() {
   opened.epoch = epoch_;
   opened.model_version = model_version_;
   opened.deadline_seconds = deadline_seconds();
-  std::vector<msg::RoundPlan> plans;
-  const auto shares = equal_shares(total, live_.size());
   SamplePool round_pool;
   round_pool.give_back(taken);
-  std::size_t index = 0;
+  std::vector<std::pair<std::string, msg::RoundPlan>> plans;
   in_flight_.clear();
-  for (const auto& [trainer, state] : live_) {
-    const std::uint64_t share = shares[index++];
-    if (share == 0) continue;
+  for (const Share& share : shares_for(total)) {
+    TrainerState& state = live_.at(share.trainer);
+    const bool was_left_out = state.left_out_since > 0;
+    if (!share.left_out.empty() || was_left_out != !share.left_out.empty()) {
+      if (share.left_out.empty()) {
+        state.left_out_since = 0;
+      } else if (!was_left_out) {
+        state.left_out_since = round_;
+      }
+      if (was_left_out != !share.left_out.empty()) {
+        const std::string text = share.left_out.empty() ? share.trainer + " is planned again"
+                                                        : share.trainer + " left out of the rounds: " + share.left_out;
+        log(LogLevel::kWarn, bus_.name(), text);
+        msg::Event event;
+        event.type = share.left_out.empty() ? "planned_again" : "left_out";
+        event.text = text;
+        event.round = round_;
+        event.labels["trainer"] = share.trainer;
+        bus_.publish(kEventTopic, event);
+      }
+    }
+    if (!share.left_out.empty() || share.samples == 0) continue;
+    const MicroBatchPlan micro = micro_batches_for(
+        share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;
     plan.round = round_;
     plan.epoch = epoch_;
     plan.model_version = model_version_;
-    plan.ranges = round_pool.take(share);
-    plan.micro_batch = static_cast<std::uint32_t>(
-        std::min<std::uint64_t>(share, static_cast<std::uint64_t>(options_.schedule.micro_batch)));
-    plan.accumulation_steps = static_cast<std::uint32_t>((share + plan.micro_batch - 1) / plan.micro_batch);
+    plan.ranges = round_pool.take(share.samples);
+    plan.micro_batch = micro.micro_batch;
+    plan.accumulation_steps = micro.accumulation_steps;
     plan.deadline_seconds = opened.deadline_seconds;
-    opened.planned_samples[trainer] = share;
-    in_flight_[trainer] = plan.ranges;
-    plans.push_back(std::move(plan));
+    opened.planned_samples[share.trainer] = share.samples;
+    in_flight_[share.trainer] = plan.ranges;
+    plans.emplace_back(share.trainer, std::move(plan));
   }
   // The aggregator learns of the round before any trainer can answer it.
   bus_.send(kAggregatorName, opened, Stamp{round_, model_version_});
-  index = 0;
-  for (const auto& [trainer, share] : opened.planned_samples) {
-    bus_.send(trainer, plans[index++], Stamp{round_, model_version_});
-  }
+  for (const auto& [trainer, plan] : plans) bus_.send(trainer, plan, Stamp{round_, model_version_});
   round_open_ = true;
 }
 
@@ -149,9 +328,10 @@ void Scheduler::handle(const msg::RoundClosed& closed, const Incoming&) {
       slowest = std::max(slowest, outcome.compute_seconds);
       auto trainer = live_.find(outcome.trainer);
       if (trainer != live_.end() && outcome.compute_seconds > 0) {
-        const double measured = static_cast<double>(outcome.samples) / outcome.compute_seconds;
-        double& speed = trainer->second.samples_per_second;
-        speed = speed == 0.0 ? measured : kSpeedSmoothing * measured + (1 - kSpeedSmoothing) * speed;
+        TrainerState& state = trainer->second;
+        state.speed.observe(outcome.samples, outcome.compute_seconds);
+        state.recent_transfers.push_back(std::max(0.0, outcome.arrival_seconds - outcome.compute_seconds));
+        if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
       }
     } else {
       pool_.give_back(in_flight_[outcome.trainer]);

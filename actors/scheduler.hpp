@@ -37,6 +37,53 @@ class SamplePool {
 /// Splits `total` into `parts` shares that differ by at most one, larger ones first.
 std::vector<std::uint64_t> equal_shares(std::uint64_t total, std::size_t parts);
 
+/// What the scheduler believes about one trainer.
+struct TrainerEstimate {
+  std::string trainer;
+  double samples_per_second = 0.0;  /// 0: not known yet
+  double transfer_seconds = 0.0;    /// per round: model down, contribution up, latency
+};
+
+struct Share {
+  std::string trainer;
+  std::uint64_t samples = 0;
+  std::string left_out;  /// why the trainer gets nothing this round, when it does not
+};
+
+/// Shares of `total` samples such that every trainer finishes together: transfer_i + n_i / s_i
+/// is the same T for all, with sum n_i = total. A trainer whose transfer time would be
+/// `max_transfer_ratio` of its compute time or more (or longer than the round) is left out,
+/// worst first, while others remain; 0 disables that rule. Unknown speeds count as the mean
+/// of the known ones.
+std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers,
+                                       std::uint64_t total, double max_transfer_ratio);
+
+/// A trainer's speed from its delivered rounds: a ratio of exponentially smoothed sums, so that
+/// a short round, whose time is mostly jitter, weighs less than a long one.
+class SpeedEstimate {
+ public:
+  SpeedEstimate() = default;
+  /// Starts from a calibration (samples/s).
+  explicit SpeedEstimate(double calibrated_samples_per_second) : calibrated_(calibrated_samples_per_second) {}
+  void observe(std::uint64_t samples, double seconds);
+  /// 0 while nothing is known.
+  double samples_per_second() const;
+
+ private:
+  double calibrated_ = 0.0;
+  double smoothed_samples_ = 0.0;
+  double smoothed_seconds_ = 0.0;
+};
+
+struct MicroBatchPlan {
+  std::uint32_t micro_batch = 0;
+  std::uint32_t accumulation_steps = 0;
+};
+/// A share larger than what one forward pass may take (configuration or device memory) runs as
+/// micro-batches whose gradients accumulate. `max_for_device` 0 means no device limit is known.
+MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
+                                 std::uint64_t max_for_device);
+
 struct SchedulerOptions {
   ScheduleOptions schedule;
   std::uint64_t train_samples = 0;  /// samples per epoch
@@ -44,19 +91,28 @@ struct SchedulerOptions {
 
 class Scheduler final {
  public:
-  using Inbox = std::variant<msg::MembershipChange, msg::RoundClosed>;
+  using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::RoundClosed>;
 
   Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
             const StopFlag& stop);
   void run();
 
   void handle(const msg::MembershipChange& change, const Incoming& from);
+  void handle(const msg::Calibration& calibration, const Incoming& from);
   void handle(const msg::RoundClosed& closed, const Incoming& from);
 
  private:
   struct TrainerState {
-    double samples_per_second = 0.0;  // smoothed from measured compute times
+    bool calibrated = false;           // planned only once its calibration arrived
+    SpeedEstimate speed;               // calibration, then measured compute times
+    std::deque<double> recent_transfers; // arrival minus compute time of recent rounds
+    std::uint32_t max_micro_batch = 0;   // 0: no memory limit known
+    std::uint64_t left_out_since = 0;    // round it was last left out in (0: it is not)
+    /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
+    double transfer_seconds() const;
   };
+  std::size_t calibrated_trainers() const;
+  std::vector<Share> shares_for(std::uint64_t total);
   void maybe_start(Clock::time_point now);
   void plan_round();
   void end_epoch();

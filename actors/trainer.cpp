@@ -5,6 +5,9 @@
 #include "actors/learning/models.hpp"
 #include "actors/learning/parameters.hpp"
 #include "actors/registrar.hpp"
+#include "actors/scheduler.hpp"
+
+#include <thread>
 
 namespace filo {
 namespace {
@@ -12,6 +15,10 @@ constexpr Milliseconds kRegisterRetry{1000};
 /// A plan usually arrives just after its model's broadcast; ask directly only past this grace.
 constexpr Milliseconds kSnapshotGrace{50};
 constexpr Milliseconds kSnapshotRetry{500};
+constexpr int kCalibrationWarmUp = 2;
+constexpr int kCalibrationMinSteps = 3;
+constexpr double kCalibrationMinSeconds = 0.3;
+constexpr Milliseconds kSlowdownSlice{5};
 }  // namespace
 
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
@@ -114,6 +121,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     return;
   }
   const bool new_run = !run_ || run_->run_id != admission.run.run_id;
+  const bool first_admission = state_ != State::kAdmitted;
   if (new_run) {
     const msg::RunSpec& run = admission.run;
     data_ = load_dataset(run.dataset, options_.data.path, Split::kTrain,
@@ -150,8 +158,45 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
   }
   state_ = State::kAdmitted;
+  if (first_admission) calibrate();  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = Clock::now();
+}
+
+void Trainer::simulate_slowdown(Clock::duration worked) {
+  if (options_.slowdown <= 1.0) return;
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(worked * (options_.slowdown - 1.0));
+  while (Clock::now() < until) {
+    // A test aid standing in for a slower device: sleeping costs no CPU that others need.
+    std::this_thread::sleep_for(std::min<Clock::duration>(kSlowdownSlice, until - Clock::now()));
+    loop_.run_due_timers();
+  }
+}
+
+void Trainer::calibrate() {
+  const std::int64_t micro_batch = std::max<std::uint32_t>(1, run_->micro_batch);
+  const auto indices = torch::arange(std::min<std::int64_t>(micro_batch, data_.size()), torch::kInt64);
+  std::uint64_t samples = 0;
+  Clock::duration measured{};
+  for (int step = 0; step < kCalibrationWarmUp + kCalibrationMinSteps ||
+                     std::chrono::duration<double>(measured).count() < kCalibrationMinSeconds;
+       ++step) {
+    const auto started = Clock::now();
+    train_share(model_, data_, indices, micro_batch);
+    simulate_slowdown(Clock::now() - started);
+    if (step >= kCalibrationWarmUp) {
+      measured += Clock::now() - started;
+      samples += static_cast<std::uint64_t>(indices.size(0));
+    }
+    loop_.run_due_timers();
+  }
+  msg::Calibration calibration;
+  calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
+  calibration.micro_batch = static_cast<std::uint32_t>(micro_batch);
+  calibration.max_micro_batch = options_.max_micro_batch;
+  log(LogLevel::kInfo, bus_.name(), "calibrated: ", static_cast<int>(calibration.samples_per_second),
+      " samples/s at micro-batch ", micro_batch, options_.slowdown > 1.0 ? " (slowdown test aid on)" : "");
+  bus_.send(kSchedulerName, calibration);
 }
 
 void Trainer::handle(const msg::Heartbeat&, const Incoming&) { last_heard_ = Clock::now(); }
@@ -213,8 +258,12 @@ void Trainer::train(const msg::RoundPlan& plan) {
   }
   const auto started = Clock::now();
   const auto indices = indices_of(order_, plan.ranges);
-  const ShareResult result = train_share(model_, data_, indices, std::max<std::uint32_t>(1, plan.micro_batch),
-                                         [this] { loop_.run_due_timers(); });
+  auto micro_batch_started = started;
+  const ShareResult result = train_share(model_, data_, indices, std::max<std::uint32_t>(1, plan.micro_batch), [&] {
+    simulate_slowdown(Clock::now() - micro_batch_started);
+    loop_.run_due_timers();
+    micro_batch_started = Clock::now();
+  });
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
 

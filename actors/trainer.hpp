@@ -48,6 +48,8 @@ struct TrainerOptions {
   Milliseconds heartbeat_interval{250};
   int liveness = 4;
   double connect_timeout_seconds = 30;
+  std::uint32_t max_micro_batch = 0;  /// reported to the scheduler; 0 = no memory limit known
+  double slowdown = 1.0;              /// TEST AID: see NodeOptions::slowdown
 };
 
 class Trainer final {
@@ -75,6 +77,10 @@ class Trainer final {
   void request_snapshot_soon();
   void train_if_ready();
   void train(const msg::RoundPlan& plan);
+  /// Measures the run's model at its micro-batch size and tells the scheduler.
+  void calibrate();
+  /// With --slowdown F, after work that took `worked`, waits (F - 1) x worked, serving timers.
+  void simulate_slowdown(Clock::duration worked);
 
   TrainerOptions options_;
   msg::HardwareReport report_;

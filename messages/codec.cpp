@@ -18,6 +18,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kSnapshotRequest: return "SnapshotRequest";
     case MessageKind::kEvent: return "Event";
     case MessageKind::kRunFinished: return "RunFinished";
+    case MessageKind::kCalibration: return "Calibration";
   }
   return "unknown";
 }

@@ -25,8 +25,9 @@ enum class MessageKind : std::uint8_t {
   kSnapshotRequest,
   kEvent,
   kRunFinished,
+  kCalibration,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kRunFinished);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kCalibration);
 
 std::string_view kind_name(MessageKind kind);
 

@@ -47,7 +47,8 @@ struct RunSpec {
   std::string dataset;          // built-in dataset name
   std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
   std::uint64_t seed = 0;       // epoch orders derive from it
-  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed)
+  std::uint32_t micro_batch = 0;  // the micro-batch size trainers calibrate at
+  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch)
 };
 
 // registrar → trainer: admitted (with what the run needs) or rejected (with why).

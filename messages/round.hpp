@@ -65,9 +65,21 @@ struct TrainerOutcome {
   std::string trainer;
   std::uint64_t planned_samples = 0;
   std::uint64_t samples = 0;       // counted into the model; 0 when it missed the round
-  double compute_seconds = 0.0;
+  double compute_seconds = 0.0;    // the trainer's own measure of its share, waits included
+  double arrival_seconds = 0.0;    // from the round's opening to its contribution's arrival
   bool delivered = false;
-  MSGPACK_DEFINE_MAP(trainer, planned_samples, samples, compute_seconds, delivered)
+  MSGPACK_DEFINE_MAP(trainer, planned_samples, samples, compute_seconds, arrival_seconds, delivered)
+};
+
+// trainer → scheduler, after admission and before its first round: the real model's speed on
+// this trainer at the run's micro-batch size (warm-up excluded), and the largest micro-batch its
+// memory allows (0: no limit known).
+struct Calibration {
+  static constexpr MessageKind kKind = MessageKind::kCalibration;
+  double samples_per_second = 0.0;
+  std::uint32_t micro_batch = 0;
+  std::uint32_t max_micro_batch = 0;
+  MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch)
 };
 
 // aggregator → scheduler: the round is closed and the model stepped; who delivered what.

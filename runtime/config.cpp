@@ -1,6 +1,7 @@
 #include "runtime/config.hpp"
 
 #include <set>
+#include <sstream>
 #include <toml++/toml.h>
 
 namespace filo {
@@ -117,6 +118,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("schedule", "start_grace_seconds", config.schedule.start_grace_seconds);
   reader.read("schedule", "deadline_min_seconds", config.schedule.deadline_min_seconds);
   reader.read("schedule", "deadline_factor", config.schedule.deadline_factor);
+  reader.read("schedule", "split", config.schedule.split);
+  reader.read("schedule", "max_transfer_ratio", config.schedule.max_transfer_ratio);
   std::int64_t seed = static_cast<std::int64_t>(config.schedule.seed);
   reader.read("schedule", "seed", seed);
   config.schedule.seed = static_cast<std::uint64_t>(seed);
@@ -134,9 +137,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "device", config.node.device);
   reader.read("node", "threads", config.node.threads);
   reader.read("node", "priority", config.node.priority);
+  reader.read("node", "max_micro_batch", config.node.max_micro_batch);
+  reader.read("node", "slowdown", config.node.slowdown);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
   reader.read("local", "nodes", config.local.nodes);
+  reader.read("local", "slowdowns", config.local.slowdowns);
   reader.reject_unknown();
 
   check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
@@ -159,8 +165,31 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.node.device == "cpu" || config.node.device.rfind("cuda", 0) == 0,
         "node.device must be \"cpu\" or \"cuda:N\", not \"" + config.node.device + "\"");
   check(config.local.nodes >= 1, "local.nodes must be >= 1");
+  check(config.schedule.split == "proportional" || config.schedule.split == "equal",
+        "schedule.split must be \"proportional\" or \"equal\", not \"" + config.schedule.split + "\"");
+  check(config.schedule.max_transfer_ratio >= 0, "schedule.max_transfer_ratio must be >= 0");
+  check(config.node.slowdown >= 1.0, "node.slowdown must be >= 1");
+  check(config.node.max_micro_batch >= 0, "node.max_micro_batch must be >= 0");
+  for (double factor : parse_slowdowns(config.local.slowdowns)) {
+    check(factor >= 1.0, "local.slowdowns must hold factors >= 1, like \"1,2,4\"");
+  }
   check(!config.run.run_dir.empty(), "run.run_dir must not be empty");
   return config;
+}
+
+std::vector<double> parse_slowdowns(const std::string& text) {
+  std::vector<double> factors;
+  std::stringstream list(text);
+  for (std::string item; std::getline(list, item, ',');) {
+    try {
+      std::size_t used = 0;
+      factors.push_back(std::stod(item, &used));
+      if (used != item.size() && item.find_first_not_of(' ', used) != std::string::npos) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw ConfigError("local.slowdowns: '" + item + "' is not a number (expected e.g. \"1,2,4\")");
+    }
+  }
+  return factors;
 }
 
 std::string publish_endpoint_for(const BusOptions& bus) {

@@ -42,6 +42,10 @@ struct ScheduleOptions {
   double deadline_min_seconds = 2.0;  /// a round's deadline is at least this...
   double deadline_factor = 4.0;       /// ...or this many times the last round's slowest trainer
   std::uint64_t seed = 1;
+  std::string split = "proportional"; /// "proportional" to measured speed, or "equal"
+  /// A trainer whose transfer time is this fraction of its compute time or more is left out of
+  /// the round (the rule of the project filo grew from); 0 disables the rule.
+  double max_transfer_ratio = 0.25;
 };
 
 struct BusOptions {
@@ -59,6 +63,10 @@ struct NodeOptions {
   std::string device = "cpu"; /// "cpu" or "cuda:N"
   std::int64_t threads = 1;   /// LibTorch intra-op threads of the trainer
   std::int64_t priority = 0;  /// user-set; carried in the hardware report
+  std::int64_t max_micro_batch = 0;  /// largest micro-batch this device's memory takes; 0 = no limit
+  /// TEST AID: behave this many times slower than this machine is (after a micro-batch that took
+  /// t seconds, wait (slowdown - 1) * t). Seen by the scheduler only through measurement.
+  double slowdown = 1.0;
 };
 
 struct RunOptions {
@@ -68,6 +76,7 @@ struct RunOptions {
 
 struct LocalOptions {
   std::int64_t nodes = 3;
+  std::string slowdowns;  /// TEST AID: "1,2,4" gives node i the i-th factor as node.slowdown
 };
 
 struct Config {
@@ -84,6 +93,9 @@ struct Config {
 /// Reads `path` (none: defaults only), applies `overrides` ("schedule.epochs=3"), checks every
 /// value. Throws ConfigError naming the file, the key and what was wrong.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+/// "1,2,4" → {1, 2, 4}; throws ConfigError naming a bad item.
+std::vector<double> parse_slowdowns(const std::string& text);
 
 /// The PUB endpoint the coordinator binds, from bus.publish or derived from bus.listen.
 std::string publish_endpoint_for(const BusOptions& bus);

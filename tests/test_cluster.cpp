@@ -178,6 +178,34 @@ TEST_CASE("bad flags and configs and data paths are refused with what was wrong"
   CHECK(text.find("unknown model 'resnet9000'") != std::string::npos);
 }
 
+TEST_CASE("with slowdowns 1 2 4 the faster trainers get larger shares and every sample is still trained once") {
+  const std::string run_dir = fresh_run_dir("slowdowns");
+  ChildProcess local({FILO_BINARY, "local", "--slowdowns", "1,2,4", "--epochs", "1", "--run-dir", run_dir, "--set",
+                      "data.train_limit=6000", "--set", "data.test_limit=500", "--set", "schedule.round_samples=256"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  REQUIRE(code);
+  REQUIRE_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
+  std::map<std::string, double> planned;
+  std::ifstream file(run_dir + "/rounds.jsonl");
+  int round = 0;
+  for (std::string line; std::getline(file, line);) {
+    const json parsed = json::parse(line);
+    if (++round <= 3) continue;  // shares settle after the first measured rounds
+    for (const auto& trainer : parsed.at("trainers")) planned[trainer.at("name")] += trainer.at("planned").get<double>();
+  }
+  const double fast = planned["trainer@node-1/cpu"];
+  const double medium = planned["trainer@node-2/cpu"];
+  const double slow = planned["trainer@node-3/cpu"];
+  INFO("planned after round 3: " << fast << " : " << medium << " : " << slow);
+  CHECK(fast > medium);
+  CHECK(medium > slow);
+  CHECK(fast > 2 * slow);
+  json summary;
+  std::ifstream(run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == json::array({6000}));
+}
+
 TEST_CASE("filo local runs a whole cluster and writes its summary") {
   const std::string run_dir = fresh_run_dir("local");
   ChildProcess local({FILO_BINARY, "local", "--nodes", "2", "--epochs", "1", "--run-dir", run_dir, "--set",

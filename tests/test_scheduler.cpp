@@ -1,6 +1,7 @@
 // Planning: every sample of an epoch is planned exactly once, whatever the shares and failures.
 #include <doctest/doctest.h>
 
+#include <random>
 #include <set>
 
 #include "actors/learning/epoch_order.hpp"
@@ -62,4 +63,90 @@ TEST_CASE("plan ranges map to dataset indices and ranges outside the epoch are r
   CHECK(indices[0].item<std::int64_t>() == 99);
   CHECK(indices[2].item<std::int64_t>() == 49);
   CHECK_THROWS(indices_of(order, {{90, 101}}));
+}
+
+namespace {
+std::map<std::string, Share> by_name(const std::vector<Share>& shares) {
+  std::map<std::string, Share> named;
+  for (const auto& share : shares) named[share.trainer] = share;
+  return named;
+}
+}  // namespace
+
+TEST_CASE("shares are proportional to speed when transfers cost nothing") {
+  const auto shares = by_name(proportional_shares({{"fast", 4000, 0}, {"medium", 2000, 0}, {"slow", 1000, 0}}, 700, 0.25));
+  CHECK(shares.at("fast").samples == 400);
+  CHECK(shares.at("medium").samples == 200);
+  CHECK(shares.at("slow").samples == 100);
+}
+
+TEST_CASE("a trainer with a costlier transfer gets less so that both finish together") {
+  // T = (200 + 1000 x 0.05) / 2000 = 0.125 s: 125 samples for the one without transfer, 75 for the other.
+  const auto shares = by_name(proportional_shares({{"near", 1000, 0.0}, {"far", 1000, 0.05}}, 200, 0.0));
+  CHECK(shares.at("near").samples == 125);
+  CHECK(shares.at("far").samples == 75);
+  CHECK(0.0 + 125 / 1000.0 == doctest::Approx(0.05 + 75 / 1000.0));
+}
+
+TEST_CASE("a trainer whose transfer is a quarter of its compute or more is left out, with the reason") {
+  // Alone among two equal trainers: T = (200 + 1000 x 0.04) / 2000 = 0.12, compute 0.08, ratio 0.5.
+  auto shares = by_name(proportional_shares({{"near", 1000, 0.0}, {"far", 1000, 0.04}}, 200, 0.25));
+  CHECK(shares.at("far").samples == 0);
+  CHECK(shares.at("far").left_out.find("transfer/compute ratio") != std::string::npos);
+  CHECK(shares.at("near").samples == 200);
+  // The rule is configurable: off, the far trainer works.
+  shares = by_name(proportional_shares({{"near", 1000, 0.0}, {"far", 1000, 0.04}}, 200, 0.0));
+  CHECK(shares.at("far").samples > 0);
+  // The last trainer standing is never left out.
+  shares = by_name(proportional_shares({{"far", 1000, 0.5}}, 200, 0.25));
+  CHECK(shares.at("far").samples == 200);
+}
+
+TEST_CASE("shares always add up to the round and unknown speeds count as the mean") {
+  std::mt19937 random(3);
+  for (int trial = 0; trial < 500; ++trial) {
+    std::vector<TrainerEstimate> trainers;
+    const int count = 1 + static_cast<int>(random() % 6);
+    for (int i = 0; i < count; ++i) {
+      trainers.push_back({"t" + std::to_string(i), static_cast<double>(random() % 5000),
+                          (random() % 10) / 1000.0});
+    }
+    const std::uint64_t total = 1 + random() % 1000;
+    std::uint64_t sum = 0;
+    for (const auto& share : proportional_shares(trainers, total, 0.25)) sum += share.samples;
+    CHECK(sum == total);
+  }
+  const auto shares = by_name(proportional_shares({{"known", 3000, 0}, {"new", 0, 0}}, 100, 0.25));
+  CHECK(shares.at("new").samples == 50);
+}
+
+TEST_CASE("a share larger than the device takes becomes accumulated micro-batches") {
+  auto plan = micro_batches_for(50, 64, 16);
+  CHECK(plan.micro_batch == 16);
+  CHECK(plan.accumulation_steps == 4);
+  plan = micro_batches_for(200, 64, 0);
+  CHECK(plan.micro_batch == 64);
+  CHECK(plan.accumulation_steps == 4);
+  plan = micro_batches_for(30, 64, 0);
+  CHECK(plan.micro_batch == 30);
+  CHECK(plan.accumulation_steps == 1);
+}
+
+TEST_CASE("a trainer that slows down gets a clearly smaller share within 3 rounds") {
+  SpeedEstimate fast(2000);
+  SpeedEstimate slowing(2000);
+  for (int round = 0; round < 5; ++round) {
+    fast.observe(100, 0.05);
+    slowing.observe(100, 0.05);
+  }
+  const auto before = by_name(proportional_shares({{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
+  CHECK(before.at("slowing").samples == 100);
+  for (int round = 0; round < 3; ++round) {
+    fast.observe(100, 0.05);
+    slowing.observe(100, 0.20);  // now 4x slower
+  }
+  const auto after = by_name(proportional_shares({{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
+  INFO("slowing trainer's share after 3 slow rounds: " << after.at("slowing").samples);
+  CHECK(after.at("slowing").samples < 70);
+  CHECK(after.at("slowing").samples + after.at("fast").samples == 200);
 }

@@ -102,12 +102,16 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   const std::string publish = endpoints.at("publish");
 
   std::vector<ChildProcess> nodes;
+  const std::vector<double> slowdowns = parse_slowdowns(probe.local.slowdowns);
   for (std::int64_t i = 1; i <= probe.local.nodes; ++i) {
     const std::string name = "node-" + std::to_string(i);
     std::vector<std::string> arguments{self, "node"};
     for (const auto& argument : passthrough_arguments(common)) arguments.push_back(argument);
     for (const auto& assignment : overrides) arguments.insert(arguments.end(), {"--set", assignment});
     arguments.insert(arguments.end(), {"--coordinator", router, "--name", name});
+    if (static_cast<std::size_t>(i) <= slowdowns.size()) {
+      arguments.insert(arguments.end(), {"--set", "node.slowdown=" + std::to_string(slowdowns[i - 1])});
+    }
     nodes.emplace_back(arguments, logs + "/" + name + ".log");
   }
   std::cout << "filo local: coordinator on " << router << " and " << probe.local.nodes
@@ -248,6 +252,8 @@ int main(int argc, char** argv) {
   node->add_option_function<std::string>("--name", flag("node.name"), "this node's name (default: hostname)");
   node->add_option_function<std::string>("--device", flag("node.device"), "cpu or cuda:N");
   node->add_option_function<std::string>("--threads", flag("node.threads"), "LibTorch threads of the trainer");
+  node->add_option_function<std::string>("--slowdown", flag("node.slowdown"),
+                                         "TEST AID: behave F times slower than this machine (waits after each micro-batch)");
 
   auto* monitor = app.add_subcommand("monitor", "show what a running cluster does");
   add_common(monitor);
@@ -264,6 +270,8 @@ int main(int argc, char** argv) {
   add_common(local);
   local->add_option_function<std::string>("--nodes", flag("local.nodes"), "trainer nodes to start (default 3)");
   local->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
+  local->add_option_function<std::string>("--slowdowns", flag("local.slowdowns"),
+                                          "TEST AID: slowdown factor per node, e.g. 1,2,4");
   local->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl, logs and the model go");
 
   auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
