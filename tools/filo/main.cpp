@@ -78,7 +78,9 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   const auto started = std::chrono::steady_clock::now();
 
   const std::string self = current_executable();
-  std::vector<std::string> coordinator_arguments{self, "coordinator"};
+  // All nodes share this machine: there is no network whose cost the transfer rule could weigh,
+  // only waits for a CPU. Given first, so that the user's own --set still wins.
+  std::vector<std::string> coordinator_arguments{self, "coordinator", "--set", "schedule.max_transfer_ratio=0"};
   for (const auto& argument : passthrough_arguments(common)) coordinator_arguments.push_back(argument);
   for (const auto& assignment : overrides) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", assignment});
   if (!listen_given) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", "bus.listen=tcp://127.0.0.1:*"});
