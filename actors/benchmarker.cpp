@@ -39,6 +39,19 @@ std::string hostname() {
 GpuProbe probe_gpus() { return {{}, "this build of filo has no CUDA support"}; }
 #endif
 
+std::vector<std::string> precisions_of(const msg::HardwareReport& report) {
+  if (report.device.rfind("cuda", 0) != 0) return {"fp32", "fp64"};
+  const auto colon = report.device.find(':');
+  const std::size_t index = colon == std::string::npos ? 0 : std::stoul(report.device.substr(colon + 1));
+  if (index >= report.gpus.size()) return {};
+  // Tensor-core formats by compute capability: FP16 from 5.3, BF16 and TF32 from 8.0 (Ampere).
+  const int capability = report.gpus[index].compute_capability_major * 10 + report.gpus[index].compute_capability_minor;
+  std::vector<std::string> precisions{"fp32", "fp64"};
+  if (capability >= 53) precisions.push_back("fp16");
+  if (capability >= 80) precisions.insert(precisions.end(), {"bf16", "tf32"});
+  return precisions;
+}
+
 double Benchmarker::cpu_gemm_gflops(double seconds) {
   torch::NoGradGuard no_grad;
   const auto a = torch::randn({kGemmSize, kGemmSize});
@@ -68,6 +81,7 @@ msg::HardwareReport Benchmarker::report() const {
   GpuProbe gpus = probe_gpus();
   report.gpus = std::move(gpus.gpus);
   report.gpu_status = std::move(gpus.status);
+  report.precisions = precisions_of(report);
   return report;
 }
 

@@ -2,6 +2,7 @@
 // The benchmarker: what a node has (from /proc and the CUDA runtime) and how fast its CPU
 // multiplies matrices through the BLAS the trainer uses.
 #include <string>
+#include <vector>
 
 #include "messages/membership.hpp"
 
@@ -26,5 +27,8 @@ class Benchmarker final {
  private:
   BenchmarkerOptions options_;
 };
+
+/// The precisions the report's device computes in, from its kind and compute capability.
+std::vector<std::string> precisions_of(const msg::HardwareReport& report);
 
 }  // namespace filo

@@ -65,7 +65,14 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
 
   RegistrarOptions registrar_options{run, hub.publish_endpoint(),
                                      Milliseconds(config.bus.heartbeat_interval_ms),
-                                     static_cast<int>(config.bus.liveness)};
+                                     static_cast<int>(config.bus.liveness), {}};
+  constexpr std::int64_t kMebibyte = 1 << 20;
+  registrar_options.policy.min_memory_bytes = config.admission.min_memory_mb * kMebibyte;
+  registrar_options.policy.min_device_memory_bytes = config.admission.min_device_memory_mb * kMebibyte;
+  registrar_options.policy.required_precisions = split_list(config.admission.required_precisions);
+  if (config.admission.check_dataset) {
+    registrar_options.policy.dataset_fingerprint = labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
+  }
   Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
   Scheduler scheduler(sockets, hub.inproc_router_endpoint(),
                       SchedulerOptions{config.schedule, run.train_samples}, actors_stop);

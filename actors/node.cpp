@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "actors/benchmarker.hpp"
+#include "actors/learning/dataset.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/trainer.hpp"
 
@@ -29,6 +30,11 @@ int run_node(const Config& config, const StopFlag& process_stop) {
                                              static_cast<int>(config.node.priority),
                                              static_cast<int>(config.node.threads)});
   msg::HardwareReport report = benchmarker.report();
+  try {
+    report.dataset_fingerprint = labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
+  } catch (const std::exception& e) {
+    log(LogLevel::kWarn, "node", name, ": no dataset to fingerprint (", e.what(), ")");
+  }
   log(LogLevel::kInfo, "node", name, ": ", report.cpu_cores, " cores, CPU GEMM ",
       static_cast<int>(report.cpu_gemm_gflops), " GFLOP/s on ", config.node.threads, " threads; ",
       report.gpus.empty() ? report.gpu_status : std::to_string(report.gpus.size()) + " GPU(s)");

@@ -1,12 +1,15 @@
 #include "actors/registrar.hpp"
 
+#include <algorithm>
+
 #include "actors/aggregator.hpp"
 #include "actors/scheduler.hpp"
 
 namespace filo {
 
-std::optional<std::string> report_problem(const msg::HardwareReport& report,
-                                          const std::string& sender) {
+std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
+                                          const AdmissionPolicy& policy) {
+  constexpr std::int64_t kMebibyte = 1 << 20;
   if (report.node.empty()) return std::string("hardware report names no node");
   if (report.device.empty()) return std::string("hardware report names no device");
   if (report.hostname.empty()) return std::string("hardware report has no hostname");
@@ -18,6 +21,27 @@ std::optional<std::string> report_problem(const msg::HardwareReport& report,
   }
   const std::string expected = "trainer@" + report.node + "/" + report.device;
   if (sender != expected) return "sender " + sender + " does not match its report (" + expected + ")";
+  if (report.memory_available_bytes < policy.min_memory_bytes) {
+    return "available memory " + std::to_string(report.memory_available_bytes / kMebibyte) +
+           " MiB is below the required " + std::to_string(policy.min_memory_bytes / kMebibyte) + " MiB";
+  }
+  if (policy.min_device_memory_bytes > 0 && report.device.rfind("cuda", 0) == 0) {
+    std::int64_t device_memory = 0;
+    for (const auto& gpu : report.gpus) device_memory = std::max(device_memory, gpu.total_memory_bytes);
+    if (device_memory < policy.min_device_memory_bytes) {
+      return "device memory " + std::to_string(device_memory / kMebibyte) + " MiB is below the required " +
+             std::to_string(policy.min_device_memory_bytes / kMebibyte) + " MiB";
+    }
+  }
+  for (const auto& precision : policy.required_precisions) {
+    if (std::find(report.precisions.begin(), report.precisions.end(), precision) == report.precisions.end()) {
+      return "device " + report.device + " does not compute in required precision " + precision;
+    }
+  }
+  if (!policy.dataset_fingerprint.empty() && report.dataset_fingerprint != policy.dataset_fingerprint) {
+    return "dataset fingerprint " + (report.dataset_fingerprint.empty() ? std::string("(none: no dataset found)") : report.dataset_fingerprint) +
+           " differs from the coordinator's " + policy.dataset_fingerprint + ": check data.path and data.dataset";
+  }
   return std::nullopt;
 }
 
@@ -53,7 +77,7 @@ void Registrar::reject(const std::string& trainer, const std::string& reason) {
 }
 
 void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) {
-  if (auto problem = report_problem(report, from.from)) {
+  if (auto problem = report_problem(report, from.from, options_.policy)) {
     reject(from.from, *problem);
     return;
   }

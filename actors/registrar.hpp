@@ -14,11 +14,20 @@ namespace filo {
 
 constexpr const char* kRegistrarName = "registrar";
 
+/// What a node must have to be admitted; zero or empty values admit everyone.
+struct AdmissionPolicy {
+  std::int64_t min_memory_bytes = 0;          /// available host memory
+  std::int64_t min_device_memory_bytes = 0;   /// total memory of the trainer's GPU (cuda devices)
+  std::vector<std::string> required_precisions;  /// e.g. {"bf16"}
+  std::string dataset_fingerprint;            /// the coordinator's; a node's must equal it
+};
+
 struct RegistrarOptions {
   msg::RunSpec run;                  /// what admitted trainers are told to train
   std::string publish_endpoint;      /// where trainers subscribe for models and control
   Milliseconds heartbeat_interval{250};
   int liveness = 4;                  /// missed intervals before a trainer is lost
+  AdmissionPolicy policy;
 };
 
 class Registrar final {
@@ -52,8 +61,8 @@ class Registrar final {
   std::map<std::string, bool> ever_admitted_;
 };
 
-/// Why `report` is incomplete or invalid, or nothing when it can be admitted.
-std::optional<std::string> report_problem(const msg::HardwareReport& report,
-                                          const std::string& sender);
+/// Why `report` is incomplete, invalid or short of `policy`, or nothing when it can be admitted.
+std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
+                                          const AdmissionPolicy& policy);
 
 }  // namespace filo

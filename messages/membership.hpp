@@ -35,9 +35,11 @@ struct HardwareReport {
   std::string gpu_status;       // why no GPU is listed, when none is
   std::int32_t priority = 0;
   std::int32_t torch_threads = 0;
+  std::vector<std::string> precisions;  // what the trainer's device computes in: "fp32", "bf16", ...
+  std::string dataset_fingerprint;      // of the node's copy of the training labels; empty: none
   MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes,
                      swap_available_bytes, cpu_gemm_gflops, gpus, gpu_status, priority,
-                     torch_threads)
+                     torch_threads, precisions, dataset_fingerprint)
 };
 
 // What every trainer of a run must agree on; the coordinator's configuration is the source.

@@ -19,6 +19,8 @@ class Reader {
     std::optional<T> value;
     if constexpr (std::is_same_v<T, std::string>) {
       value = node.value<std::string>();
+    } else if constexpr (std::is_same_v<T, bool>) {
+      if (node.is_boolean()) value = node.value<bool>();
     } else if constexpr (std::is_floating_point_v<T>) {
       value = node.value<double>();
     } else {
@@ -49,6 +51,7 @@ class Reader {
   template <typename T>
   static std::string kind_name() {
     if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_same_v<T, bool>) return "true or false";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else return "an integer";
   }
@@ -141,6 +144,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "slowdown", config.node.slowdown);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
+  reader.read("admission", "min_memory_mb", config.admission.min_memory_mb);
+  reader.read("admission", "min_device_memory_mb", config.admission.min_device_memory_mb);
+  reader.read("admission", "required_precisions", config.admission.required_precisions);
+  reader.read("admission", "check_dataset", config.admission.check_dataset);
   reader.read("local", "nodes", config.local.nodes);
   reader.read("local", "slowdowns", config.local.slowdowns);
   reader.reject_unknown();
@@ -167,6 +174,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.local.nodes >= 1, "local.nodes must be >= 1");
   check(config.schedule.split == "proportional" || config.schedule.split == "equal",
         "schedule.split must be \"proportional\" or \"equal\", not \"" + config.schedule.split + "\"");
+  for (const auto& precision : split_list(config.admission.required_precisions)) {
+    check(precision == "fp16" || precision == "bf16" || precision == "tf32" || precision == "fp32" || precision == "fp64",
+          "admission.required_precisions: unknown precision \"" + precision + "\" (known: fp16, bf16, tf32, fp32, fp64)");
+  }
+  check(config.admission.min_memory_mb >= 0 && config.admission.min_device_memory_mb >= 0,
+        "admission memory minimums must be >= 0");
   check(config.schedule.max_transfer_ratio >= 0, "schedule.max_transfer_ratio must be >= 0");
   check(config.node.slowdown >= 1.0, "node.slowdown must be >= 1");
   check(config.node.max_micro_batch >= 0, "node.max_micro_batch must be >= 0");
@@ -175,6 +188,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   check(!config.run.run_dir.empty(), "run.run_dir must not be empty");
   return config;
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  std::stringstream list(text);
+  for (std::string item; std::getline(list, item, ',');) {
+    const auto first = item.find_first_not_of(' ');
+    if (first == std::string::npos) continue;
+    items.push_back(item.substr(first, item.find_last_not_of(' ') - first + 1));
+  }
+  return items;
 }
 
 std::vector<double> parse_slowdowns(const std::string& text) {

@@ -74,6 +74,13 @@ struct RunOptions {
   std::int64_t threads = 1;             /// LibTorch threads of the coordinator (step, evaluation)
 };
 
+struct AdmissionOptions {
+  std::int64_t min_memory_mb = 0;         /// a node needs this much available memory
+  std::int64_t min_device_memory_mb = 0;  /// a cuda trainer's GPU needs this much memory
+  std::string required_precisions;        /// e.g. "bf16,fp16"; empty = none required
+  bool check_dataset = true;              /// a node's training labels must hash like the coordinator's
+};
+
 struct LocalOptions {
   std::int64_t nodes = 3;
   std::string slowdowns;  /// TEST AID: "1,2,4" gives node i the i-th factor as node.slowdown
@@ -87,12 +94,16 @@ struct Config {
   BusOptions bus;
   NodeOptions node;
   RunOptions run;
+  AdmissionOptions admission;
   LocalOptions local;
 };
 
 /// Reads `path` (none: defaults only), applies `overrides` ("schedule.epochs=3"), checks every
 /// value. Throws ConfigError naming the file, the key and what was wrong.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+/// "bf16, fp16" → {"bf16", "fp16"}.
+std::vector<std::string> split_list(const std::string& text);
 
 /// "1,2,4" → {1, 2, 4}; throws ConfigError naming a bad item.
 std::vector<double> parse_slowdowns(const std::string& text);

@@ -116,7 +116,7 @@ TEST_CASE("the registrar admits a complete report and rejects an incomplete one 
   StopFlag stop;
   Registrar registrar(bus.sockets, bus.hub.inproc_router_endpoint(),
                       RegistrarOptions{msg::RunSpec{"run-1", "mlp", "fashion-mnist", 100, 1},
-                                       "inproc://test-hub-pub", Milliseconds(100), 3},
+                                       "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}},
                       stop);
   ScopedThread registrar_thread([&] { registrar.run(); });
 

@@ -146,6 +146,18 @@ TEST_CASE("a trainer killed during the run costs only its share: the others fini
   CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("trainer@node-2/cpu lost") != std::string::npos);
 }
 
+TEST_CASE("a node that does not meet the admission policy is told why and exits 2") {
+  Cluster cluster(fresh_run_dir("rejected"), {"data.train_limit=500", "data.test_limit=100",
+                                              "admission.required_precisions=bf16"});
+  cluster.start_node("cpu-only");
+  const auto code = cluster.nodes.at("cpu-only").wait_for(60s);
+  REQUIRE(code);
+  CHECK(*code == 2);
+  CHECK(read_file(cluster.run_dir + "/logs/cpu-only.log").find("does not compute in required precision bf16") != std::string::npos);
+  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("rejected trainer@cpu-only/cpu") != std::string::npos);
+  cluster.coordinator->stop(5s);
+}
+
 TEST_CASE("a node facing no coordinator gives up with a clear error") {
   const std::string run_dir = fresh_run_dir("unreachable");
   ChildProcess node({FILO_BINARY, "node", "--coordinator", "tcp://127.0.0.1:9", "--name", "lonely", "--set",

@@ -1,6 +1,8 @@
 #include "actors/learning/dataset.hpp"
 
 #include <array>
+#include <cstdio>
+#include <vector>
 #include <filesystem>
 #include <stdexcept>
 #include <zlib.h>
@@ -126,6 +128,21 @@ Dataset load_dataset(const std::string& name, const std::string& directory, Spli
     throw std::runtime_error(files.labels + " holds a label above 9");
   }
   return Dataset(std::move(images), raw_labels.to(torch::kInt64));
+}
+
+std::string labels_fingerprint(const std::string& name, const std::string& directory, Split split) {
+  GzFile labels_file(files_for(name, directory, split).labels);
+  const std::int64_t count = read_header_count(labels_file, kLabelsMagic);
+  std::vector<unsigned char> labels(static_cast<std::size_t>(count));
+  labels_file.read(labels.data(), labels.size());
+  std::uint64_t hash = 14695981039346656037ull;
+  for (unsigned char label : labels) {
+    hash ^= label;
+    hash *= 1099511628211ull;
+  }
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+  return text;
 }
 
 std::int64_t count_samples(const std::string& name, const std::string& directory, Split split,

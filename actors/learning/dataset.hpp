@@ -31,6 +31,10 @@ class Dataset {
 Dataset load_dataset(const std::string& name, const std::string& directory, Split split,
                      std::int64_t limit = 0);
 
+/// A hex FNV-1a hash of all of `split`'s labels: nodes and coordinator compare it to make sure
+/// they train on the same data. Throws like load_dataset when the files are missing.
+std::string labels_fingerprint(const std::string& name, const std::string& directory, Split split);
+
 /// Samples in `split` without loading the images (reads one idx header).
 std::int64_t count_samples(const std::string& name, const std::string& directory, Split split,
                            std::int64_t limit = 0);

@@ -1,0 +1,86 @@
+// The registrar's admission rules: each admits what it should and rejects with the reason.
+#include <doctest/doctest.h>
+
+#include "actors/benchmarker.hpp"
+#include "actors/learning/dataset.hpp"
+#include "actors/registrar.hpp"
+
+using namespace filo;
+
+namespace {
+constexpr std::int64_t kMebibyte = 1 << 20;
+
+msg::HardwareReport gpu_report() {
+  msg::HardwareReport report;
+  report.node = "box";
+  report.device = "cuda:0";
+  report.hostname = "box";
+  report.cpu_cores = 16;
+  report.memory_available_bytes = 64 * 1024 * kMebibyte;
+  report.cpu_gemm_gflops = 500;
+  report.gpus.push_back({"NVIDIA RTX A4000", "GPU-1", 8, 6, 16 * 1024 * kMebibyte, 15 * 1024 * kMebibyte});
+  report.precisions = precisions_of(report);
+  report.dataset_fingerprint = "00112233aabbccdd";
+  return report;
+}
+
+std::string problem_of(const msg::HardwareReport& report, const AdmissionPolicy& policy) {
+  return report_problem(report, "trainer@" + report.node + "/" + report.device, policy).value_or("");
+}
+}  // namespace
+
+TEST_CASE("an empty policy admits any complete report") {
+  CHECK(problem_of(gpu_report(), AdmissionPolicy{}).empty());
+}
+
+TEST_CASE("minimum host memory admits above and rejects below with both figures") {
+  AdmissionPolicy policy;
+  policy.min_memory_bytes = 32 * 1024 * kMebibyte;
+  CHECK(problem_of(gpu_report(), policy).empty());
+  policy.min_memory_bytes = 128 * 1024 * kMebibyte;
+  const auto problem = problem_of(gpu_report(), policy);
+  CHECK(problem.find("available memory 65536 MiB is below the required 131072 MiB") != std::string::npos);
+}
+
+TEST_CASE("minimum device memory applies to GPU trainers only") {
+  AdmissionPolicy policy;
+  policy.min_device_memory_bytes = 24 * 1024 * kMebibyte;
+  CHECK(problem_of(gpu_report(), policy).find("device memory 16384 MiB is below the required 24576 MiB") != std::string::npos);
+  auto cpu = gpu_report();
+  cpu.device = "cpu";
+  cpu.gpus.clear();
+  cpu.precisions = precisions_of(cpu);
+  CHECK(problem_of(cpu, policy).empty());
+}
+
+TEST_CASE("required precisions follow the device's compute capability") {
+  AdmissionPolicy policy;
+  policy.required_precisions = {"bf16"};
+  CHECK(problem_of(gpu_report(), policy).empty());  // compute capability 8.6
+  auto old_gpu = gpu_report();
+  old_gpu.gpus[0].compute_capability_major = 7;
+  old_gpu.gpus[0].compute_capability_minor = 5;
+  old_gpu.precisions = precisions_of(old_gpu);
+  CHECK(problem_of(old_gpu, policy).find("does not compute in required precision bf16") != std::string::npos);
+  policy.required_precisions = {"fp16"};
+  CHECK(problem_of(old_gpu, policy).empty());
+}
+
+TEST_CASE("a node whose dataset differs from the coordinator's is rejected") {
+  AdmissionPolicy policy;
+  policy.dataset_fingerprint = "00112233aabbccdd";
+  CHECK(problem_of(gpu_report(), policy).empty());
+  auto other = gpu_report();
+  other.dataset_fingerprint = "ffffffffffffffff";
+  CHECK(problem_of(other, policy).find("dataset fingerprint ffffffffffffffff differs") != std::string::npos);
+  other.dataset_fingerprint.clear();
+  CHECK(problem_of(other, policy).find("no dataset found") != std::string::npos);
+}
+
+TEST_CASE("the fingerprint tells Fashion-MNIST's training labels from its test labels") {
+  const std::string path = "/usr/share/datasets/fashion-mnist";
+  const auto train = labels_fingerprint("fashion-mnist", path, Split::kTrain);
+  CHECK(train.size() == 16);
+  CHECK(train == labels_fingerprint("fashion-mnist", path, Split::kTrain));
+  CHECK(train != labels_fingerprint("fashion-mnist", path, Split::kTest));
+}
