@@ -48,31 +48,19 @@ int Monitor::run() {
 }
 
 void Monitor::handle(const msg::Event& event, const Incoming&) {
-  switch (options_.style) {
-    case MonitorStyle::kJson: {
-      nlohmann::json line{{"type", event.type}, {"text", event.text}, {"round", event.round},
-                          {"epoch", event.epoch}, {"values", event.values}, {"labels", event.labels}};
-      std::cout << line.dump() << std::endl;
-      return;
-    }
-    case MonitorStyle::kLines:
-      if (event.type == "round") {
-        // One line per round would scroll too fast to read; show every 10% of an epoch instead.
-        show_progress(event);
-        return;
-      }
-      end_progress_line();
-      std::cout << event.text << std::endl;
-      return;
-    case MonitorStyle::kProgress:
-      if (event.type == "round") {
-        show_progress(event);
-      } else {
-        end_progress_line();
-        std::cout << event.text << std::endl;
-      }
-      return;
+  if (options_.style == MonitorStyle::kJson) {
+    nlohmann::json line{{"type", event.type}, {"text", event.text}, {"round", event.round},
+                        {"epoch", event.epoch}, {"values", event.values}, {"labels", event.labels}};
+    std::cout << line.dump() << std::endl;
+    return;
   }
+  if (event.type == "round") {
+    // One line per round would scroll too fast to read: a progress line instead.
+    show_progress(event);
+    return;
+  }
+  end_progress_line();
+  std::cout << event.text << std::endl;
 }
 
 void Monitor::show_progress(const msg::Event& event) {

@@ -1,6 +1,6 @@
 #pragma once
 // A monitor subscribes to the coordinator's event stream and shows what the cluster does:
-// readable lines, one JSON object per line, or a live progress view.
+// readable lines with a live progress view, or one JSON object per line.
 #include <functional>
 #include <map>
 #include <string>
@@ -12,11 +12,13 @@
 
 namespace filo {
 
-enum class MonitorStyle { kLines, kJson, kProgress };
+/// kText: readable lines, with the epoch's progress redrawn in place on a terminal (and printed
+/// every 10% elsewhere); kJson: one JSON object per event.
+enum class MonitorStyle { kText, kJson };
 
 struct MonitorOptions {
   std::string events_endpoint;   /// the coordinator's PUB endpoint
-  MonitorStyle style = MonitorStyle::kLines;
+  MonitorStyle style = MonitorStyle::kText;
   bool exit_when_finished = true;
   /// Polled every tick; returning false ends the monitor (e.g. the coordinator process died).
   std::function<bool()> keep_going;

@@ -92,8 +92,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   const bool already_live = live_.count(from.from) > 0;
   live_[from.from] = TrainerRecord{report, Clock::now()};
   if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
-  const bool returning = ever_admitted_[from.from];
-  ever_admitted_[from.from] = true;
+  const bool returning = !ever_admitted_.insert(from.from).second;
   std::ostringstream reason;
   reason << report.hostname << ", " << report.cpu_cores << " cores, "
          << report.memory_available_bytes / (1 << 20) << " MiB free, CPU GEMM "

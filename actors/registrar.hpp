@@ -2,6 +2,7 @@
 // The registrar admits trainers after a complete hardware report, tracks their heartbeats and
 // announces joins and losses to the scheduler, the aggregator and the event stream.
 #include <map>
+#include <set>
 #include <string>
 #include <variant>
 
@@ -58,7 +59,7 @@ class Registrar final {
   BusClient bus_;
   ActorLoop loop_;
   std::map<std::string, TrainerRecord> live_;
-  std::map<std::string, bool> ever_admitted_;
+  std::set<std::string> ever_admitted_;
 };
 
 /// Why `report` is incomplete, invalid or short of `policy`, or nothing when it can be admitted.

@@ -92,16 +92,6 @@ std::pair<torch::Tensor, torch::Tensor> Dataset::batch(const torch::Tensor& indi
   return {images.unsqueeze(1), labels_.index_select(0, indices)};
 }
 
-std::uint64_t Dataset::fingerprint() const {
-  std::uint64_t hash = 14695981039346656037ull;
-  const auto* labels = labels_.data_ptr<std::int64_t>();
-  for (std::int64_t i = 0; i < size(); ++i) {
-    hash ^= static_cast<std::uint64_t>(labels[i]);
-    hash *= 1099511628211ull;
-  }
-  return hash;
-}
-
 Dataset load_dataset(const std::string& name, const std::string& directory, Split split,
                      std::int64_t limit) {
   const IdxFiles files = files_for(name, directory, split);

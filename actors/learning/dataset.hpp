@@ -18,8 +18,6 @@ class Dataset {
   std::int64_t size() const { return labels_.defined() ? labels_.size(0) : 0; }
   /// Normalised float images [n,1,28,28] and int64 labels [n] for dataset `indices`.
   std::pair<torch::Tensor, torch::Tensor> batch(const torch::Tensor& indices) const;
-  /// A 64-bit FNV-1a hash of the labels: cheap, and differs between datasets and prefixes.
-  std::uint64_t fingerprint() const;
 
  private:
   torch::Tensor images_;  // uint8 [n,28,28]

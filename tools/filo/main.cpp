@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iostream>
 #include <thread>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -65,11 +66,10 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   // The children get the same file and overrides, so read the configuration once here to check it.
   std::vector<std::string> overrides = flag_overrides;
   const Config probe = load(common, overrides);
-  const bool listen_given = std::any_of(overrides.begin(), overrides.end(), [](const std::string& o) {
-    return o.rfind("bus.listen=", 0) == 0;
-  }) || std::any_of(common.overrides.begin(), common.overrides.end(), [](const std::string& o) {
-    return o.rfind("bus.listen=", 0) == 0;
-  });
+  bool listen_given = false;
+  for (const std::vector<std::string>* list : {&std::as_const(overrides), &common.overrides}) {
+    for (const auto& assignment : *list) listen_given |= assignment.rfind("bus.listen=", 0) == 0;
+  }
   const std::string run_dir = probe.run.run_dir;
   const std::string logs = run_dir + "/logs";
   std::filesystem::create_directories(logs);
@@ -123,7 +123,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   SocketFactory sockets(context, probe.bus.socket_limits);
   MonitorOptions monitor_options;
   monitor_options.events_endpoint = publish;
-  monitor_options.style = MonitorStyle::kProgress;
+  monitor_options.style = MonitorStyle::kText;
   monitor_options.keep_going = [&coordinator] { return coordinator.running(); };
   int monitor_code = 0;
   {
@@ -163,7 +163,7 @@ int run_monitor_command(const CommonOptions& common, const std::string& coordina
   const Config config = load(common, {});
   MonitorOptions options;
   options.events_endpoint = !events.empty() ? events : events_endpoint_of(coordinator);
-  options.style = json ? MonitorStyle::kJson : MonitorStyle::kLines;
+  options.style = json ? MonitorStyle::kJson : MonitorStyle::kText;
   options.exit_when_finished = !follow;
   zmq::context_t context;
   SocketFactory sockets(context, config.bus.socket_limits);
