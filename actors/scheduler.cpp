@@ -133,14 +133,6 @@ std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& train
     ++shares[fractions[k].second].samples;
     ++assigned;
   }
-  while (assigned > total) {  // floating error can only overshoot by a sample or two
-    for (auto& share : shares) {
-      if (assigned > total && share.samples > 0) {
-        --share.samples;
-        --assigned;
-      }
-    }
-  }
   return shares;
 }
 
@@ -273,26 +265,20 @@ void Scheduler::plan_round() {
   in_flight_.clear();
   for (const Share& share : shares_for(total)) {
     TrainerState& state = live_.at(share.trainer);
-    const bool was_left_out = state.left_out_since > 0;
-    if (!share.left_out.empty() || was_left_out != !share.left_out.empty()) {
-      if (share.left_out.empty()) {
-        state.left_out_since = 0;
-      } else if (!was_left_out) {
-        state.left_out_since = round_;
-      }
-      if (was_left_out != !share.left_out.empty()) {
-        const std::string text = share.left_out.empty() ? share.trainer + " is planned again"
-                                                        : share.trainer + " left out of the rounds: " + share.left_out;
-        log(LogLevel::kWarn, bus_.name(), text);
-        msg::Event event;
-        event.type = share.left_out.empty() ? "planned_again" : "left_out";
-        event.text = text;
-        event.round = round_;
-        event.labels["trainer"] = share.trainer;
-        bus_.publish(kEventTopic, event);
-      }
+    const bool left_out = !share.left_out.empty();
+    if (left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
+      state.left_out_since = left_out ? round_ : 0;
+      const std::string text = left_out ? share.trainer + " left out of the rounds: " + share.left_out
+                                        : share.trainer + " is planned again";
+      log(LogLevel::kWarn, bus_.name(), text);
+      msg::Event event;
+      event.type = left_out ? "left_out" : "planned_again";
+      event.text = text;
+      event.round = round_;
+      event.labels["trainer"] = share.trainer;
+      bus_.publish(kEventTopic, event);
     }
-    if (!share.left_out.empty() || share.samples == 0) continue;
+    if (left_out || share.samples == 0) continue;
     const MicroBatchPlan micro = micro_batches_for(
         share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;

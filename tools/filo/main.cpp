@@ -72,6 +72,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   }
   const std::string run_dir = probe.run.run_dir;
   const std::string logs = run_dir + "/logs";
+  std::filesystem::remove_all(logs);  // one run's logs, not appended to the last run's
   std::filesystem::create_directories(logs);
   std::filesystem::remove(run_dir + "/coordinator.json");
   std::filesystem::remove(run_dir + "/summary.json");
