@@ -36,8 +36,37 @@ std::string hostname() {
 }  // namespace
 
 #ifndef FILO_HAVE_CUDA
-GpuProbe probe_gpus() { return {{}, "this build of filo has no CUDA support"}; }
+GpuProbe probe_gpus(const GpuBenchmarkOptions&) { return {{}, "this build of filo has no CUDA support"}; }
 #endif
+
+namespace {
+struct PublishedPeaks {
+  const char* name_contains;  // matched against the CUDA device name, first match wins
+  double fp16, bf16, tf32, fp32, fp64;
+};
+// NVIDIA datasheets, dense figures (the datasheets' headline tensor figures are with sparsity,
+// i.e. twice these). H200 has H100 SXM's compute.
+constexpr PublishedPeaks kPublishedPeaks[] = {
+    {"H100 PCIe", 756.0, 756.0, 378.0, 51.0, 51.0},
+    {"H100 NVL", 835.0, 835.0, 418.0, 60.0, 60.0},
+    {"H200", 989.0, 989.0, 494.0, 67.0, 67.0},
+    {"H100", 989.0, 989.0, 494.0, 67.0, 67.0},  // SXM5
+    {"A100", 312.0, 312.0, 156.0, 19.5, 19.5},
+};
+}  // namespace
+
+std::optional<double> published_peak_tflops(const std::string& gpu_name, const std::string& precision) {
+  for (const auto& peaks : kPublishedPeaks) {
+    if (gpu_name.find(peaks.name_contains) == std::string::npos) continue;
+    if (precision == "fp16") return peaks.fp16;
+    if (precision == "bf16") return peaks.bf16;
+    if (precision == "tf32") return peaks.tf32;
+    if (precision == "fp32") return peaks.fp32;
+    if (precision == "fp64") return peaks.fp64;
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
 
 std::vector<std::string> precisions_of(const msg::HardwareReport& report) {
   if (report.device.rfind("cuda", 0) != 0) return {"fp32", "fp64"};
@@ -78,7 +107,9 @@ msg::HardwareReport Benchmarker::report() const {
   report.priority = options_.priority;
   report.torch_threads = options_.torch_threads;
   report.cpu_gemm_gflops = cpu_gemm_gflops(options_.gemm_seconds);
-  GpuProbe gpus = probe_gpus();
+  GpuBenchmarkOptions gpu_options;
+  gpu_options.measure = options_.measure_gpus || options_.device.rfind("cuda", 0) == 0;
+  GpuProbe gpus = probe_gpus(gpu_options);
   report.gpus = std::move(gpus.gpus);
   report.gpu_status = std::move(gpus.status);
   report.precisions = precisions_of(report);

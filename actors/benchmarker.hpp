@@ -1,6 +1,7 @@
 #pragma once
 // The benchmarker: what a node has (from /proc and the CUDA runtime) and how fast its CPU
 // multiplies matrices through the BLAS the trainer uses.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,9 @@ struct BenchmarkerOptions {
   int priority = 0;
   int torch_threads = 1;
   double gemm_seconds = 0.3;   /// time budget of the CPU GEMM score
+  /// Run the cuBLAS GEMM and pinned-copy benchmarks on each GPU (a few seconds per GPU). Nodes
+  /// training on a GPU and `filo bench` do; CPU nodes only list their GPUs.
+  bool measure_gpus = false;
 };
 
 class Benchmarker final {
@@ -27,6 +31,11 @@ class Benchmarker final {
  private:
   BenchmarkerOptions options_;
 };
+
+/// A GPU's published dense (no sparsity) peak in TFLOP/s for a GEMM precision ("fp16", "bf16",
+/// "tf32", "fp32", "fp64"), from NVIDIA's datasheets, for the GPUs filo knows; none otherwise.
+/// FP64 is the FP64 tensor-core figure, which cuBLAS DGEMM uses on these parts.
+std::optional<double> published_peak_tflops(const std::string& gpu_name, const std::string& precision);
 
 /// The precisions the report's device computes in, from its kind and compute capability.
 std::vector<std::string> precisions_of(const msg::HardwareReport& report);

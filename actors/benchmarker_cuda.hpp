@@ -1,6 +1,6 @@
 #pragma once
-// GPU facts from the CUDA runtime. Built as CUDA code where a toolkit was found; elsewhere the
-// probe answers that this build has no CUDA.
+// GPU facts and speeds from the CUDA runtime and cuBLAS. Built as CUDA code where a toolkit was
+// found; elsewhere the probe answers that this build has no CUDA.
 #include <string>
 #include <vector>
 
@@ -13,7 +13,13 @@ struct GpuProbe {
   std::string status;  // why `gpus` is empty, when it is
 };
 
-/// Lists the visible GPUs; never fails on a machine without one.
-GpuProbe probe_gpus();
+struct GpuBenchmarkOptions {
+  bool measure = false;        /// run the GEMM and copy benchmarks, not just list devices
+  double seconds_per_test = 0.2;  /// timed span of each GEMM precision and copy direction
+};
+
+/// Lists the visible GPUs and, when asked, measures each; never fails on a machine without one.
+/// A failing CUDA or cuBLAS call is named, with its status string, in the GPU's benchmark_status.
+GpuProbe probe_gpus(const GpuBenchmarkOptions& options = {});
 
 }  // namespace filo

@@ -18,7 +18,14 @@ msg::HardwareReport gpu_report() {
   report.cpu_cores = 16;
   report.memory_available_bytes = 64 * 1024 * kMebibyte;
   report.cpu_gemm_gflops = 500;
-  report.gpus.push_back({"NVIDIA RTX A4000", "GPU-1", 8, 6, 16 * 1024 * kMebibyte, 15 * 1024 * kMebibyte});
+  msg::GpuInfo gpu;
+  gpu.name = "NVIDIA RTX A4000";
+  gpu.uuid = "GPU-1";
+  gpu.compute_capability_major = 8;
+  gpu.compute_capability_minor = 6;
+  gpu.total_memory_bytes = 16 * 1024 * kMebibyte;
+  gpu.free_memory_bytes = 15 * 1024 * kMebibyte;
+  report.gpus.push_back(gpu);
   report.precisions = precisions_of(report);
   report.dataset_fingerprint = "00112233aabbccdd";
   return report;
