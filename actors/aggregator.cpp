@@ -16,13 +16,13 @@ std::string node_of(const std::string& trainer) {
 }
 }  // namespace
 
-GradientAverager::GradientAverager(torch::nn::Module& model)
-    : parameters_(named_parameters(model)), buffers_(named_buffers(model)) {
+ContributionAverager::ContributionAverager(torch::nn::Module& model, Combine combine)
+    : combine_(combine), parameters_(named_parameters(model)), buffers_(named_buffers(model)) {
   for (const auto& parameter : parameters_) gradient_sums_.push_back(torch::zeros_like(parameter.tensor));
   for (const auto& buffer : buffers_) buffer_sums_.push_back(torch::zeros_like(buffer.tensor));
 }
 
-std::optional<std::string> GradientAverager::problem(const std::vector<ReceivedTensor>& gradients,
+std::optional<std::string> ContributionAverager::problem(const std::vector<ReceivedTensor>& gradients,
                                                      const std::vector<ReceivedTensor>& buffers) const {
   if (auto mismatch = layout_mismatch(gradients, parameters_)) return "gradients: " + *mismatch;
   if (auto mismatch = layout_mismatch(buffers, buffers_)) return "buffers: " + *mismatch;
@@ -31,10 +31,12 @@ std::optional<std::string> GradientAverager::problem(const std::vector<ReceivedT
   return std::nullopt;
 }
 
-void GradientAverager::add(const std::vector<ReceivedTensor>& gradients,
+void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
                            const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
   torch::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < gradients.size(); ++i) gradient_sums_[i].add_(gradients[i].to_tensor());
+  // Gradient sums are already weighted by their samples; deltas are per trainer and need it.
+  const double weight = combine_ == Combine::kParameterDeltas ? static_cast<double>(samples) : 1.0;
+  for (std::size_t i = 0; i < gradients.size(); ++i) gradient_sums_[i].add_(gradients[i].to_tensor(), weight);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     const auto buffer = buffers[i].to_tensor();
     if (torch::isFloatingType(buffer.scalar_type())) {
@@ -46,13 +48,14 @@ void GradientAverager::add(const std::vector<ReceivedTensor>& gradients,
   samples_ += samples;
 }
 
-bool GradientAverager::apply() {
+bool ContributionAverager::apply() {
   if (samples_ == 0) return false;
   torch::NoGradGuard no_grad;
   const double total = static_cast<double>(samples_);
+  const double scale = combine_ == Combine::kParameterDeltas ? -1.0 / total : 1.0 / total;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     auto& parameter = parameters_[i].tensor;
-    parameter.mutable_grad() = gradient_sums_[i].div(total);
+    parameter.mutable_grad() = gradient_sums_[i].mul(scale);
     gradient_sums_[i].zero_();
   }
   for (std::size_t i = 0; i < buffers_.size(); ++i) {
@@ -83,6 +86,19 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
   throw std::invalid_argument("unknown optimizer '" + options.name + "' (known: sgd, adam)");
 }
 
+std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOptions& options,
+                                                              std::vector<torch::Tensor> parameters) {
+  if (options.outer == "average") {
+    return std::make_unique<torch::optim::SGD>(std::move(parameters), torch::optim::SGDOptions(1.0));
+  }
+  if (options.outer == "nesterov") {
+    return std::make_unique<torch::optim::SGD>(
+        std::move(parameters),
+        torch::optim::SGDOptions(options.outer_learning_rate).momentum(options.outer_momentum).nesterov(true));
+  }
+  throw std::invalid_argument("unknown outer optimizer '" + options.outer + "' (known: average, nesterov)");
+}
+
 namespace {
 torch::nn::Sequential seeded_model(const msg::RunSpec& run) {
   torch::manual_seed(run.seed);  // the initial weights are the aggregator's; trainers receive them
@@ -98,8 +114,9 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       loop_(stop),
       on_finished_(std::move(on_finished)),
       model_(seeded_model(options_.run)),
-      optimizer_(make_optimizer(options_.optimizer, model_->parameters())),
-      averager_(*model_),
+      optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer, model_->parameters())
+                                                  : make_optimizer(options_.optimizer, model_->parameters())),
+      averager_(*model_, options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       test_set_(load_dataset(options_.data.dataset, options_.data.path, Split::kTest,
                              options_.data.test_limit)),
       record_(options_.run_dir) {
@@ -339,7 +356,9 @@ void Aggregator::finish() {
       {"run_id", options_.run.run_id},
       {"model", options_.run.model},
       {"dataset", options_.run.dataset},
+      {"mode", options_.run.mode},
       {"optimizer", options_.optimizer.name},
+      {"outer_optimizer", options_.run.mode == "local-sgd" ? options_.optimizer.outer : std::string()},
       {"final_test_accuracy", accuracy},
       {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
       {"epochs", samples_per_epoch_.size()},

@@ -25,23 +25,34 @@ namespace filo {
 
 constexpr const char* kAggregatorName = "aggregator";
 
-/// Gradient mode's arithmetic: sums of per-trainer gradient sums, divided by the total sample
-/// count, equal one large-batch gradient. Float buffers (BatchNorm statistics) become the
+/// What trainers send, and so how contributions combine.
+enum class Combine {
+  /// Gradient mode: per-trainer gradient sums, added and divided by the total sample count,
+  /// equal one large-batch gradient, which becomes each parameter's .grad().
+  kSummedGradients,
+  /// Local-SGD mode: per-trainer parameter deltas, weighted by samples; the mean delta's
+  /// negation becomes each parameter's .grad() (the pseudo-gradient an outer optimizer steps on).
+  kParameterDeltas,
+};
+
+/// Combines contributions weighted by samples. Float buffers (BatchNorm statistics) become the
 /// sample-weighted mean; integer buffers (counters) are never divided: they take the maximum.
-class GradientAverager {
+class ContributionAverager {
  public:
-  explicit GradientAverager(torch::nn::Module& model);
+  explicit ContributionAverager(torch::nn::Module& model, Combine combine = Combine::kSummedGradients);
   /// Why these tensors cannot be added (layout or non-finite values), or nothing.
   std::optional<std::string> problem(const std::vector<ReceivedTensor>& gradients,
                                      const std::vector<ReceivedTensor>& buffers) const;
   void add(const std::vector<ReceivedTensor>& gradients, const std::vector<ReceivedTensor>& buffers,
            std::uint64_t samples);
-  /// Writes the mean gradient into each parameter's .grad() and the combined buffers into the
-  /// model, then clears the sums. Returns false (and changes nothing) when nothing was added.
+  /// Writes the mean gradient (or negated mean delta) into each parameter's .grad() and the
+  /// combined buffers into the model, then clears the sums. Returns false (and changes nothing)
+  /// when nothing was added.
   bool apply();
   std::uint64_t samples() const { return samples_; }
 
  private:
+  Combine combine_;
   std::vector<NamedTensor> parameters_;
   std::vector<NamedTensor> buffers_;
   std::vector<torch::Tensor> gradient_sums_;
@@ -52,6 +63,10 @@ class GradientAverager {
 /// Builds the optimizer that configuration names.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
                                                         std::vector<torch::Tensor> parameters);
+/// Local-SGD's outer optimizer on the pseudo-gradient: "average" is SGD at rate 1 without
+/// momentum (the model becomes the mean of the trainers' models); "nesterov" is DiLoCo's.
+std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOptions& options,
+                                                              std::vector<torch::Tensor> parameters);
 
 struct AggregatorOptions {
   msg::RunSpec run;
@@ -108,7 +123,7 @@ class Aggregator final {
   std::function<void()> on_finished_;
   torch::nn::Sequential model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  GradientAverager averager_;
+  ContributionAverager averager_;
   Dataset test_set_;
   RunRecord record_;
   std::uint64_t model_version_ = 0;

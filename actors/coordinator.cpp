@@ -44,6 +44,11 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
       count_samples(config.data.dataset, config.data.path, Split::kTrain, config.data.train_limit));
   run.seed = config.schedule.seed;
   run.micro_batch = static_cast<std::uint32_t>(config.schedule.micro_batch);
+  run.mode = config.optimizer.mode;
+  run.optimizer = config.optimizer.name;
+  run.learning_rate = config.optimizer.learning_rate;
+  run.momentum = config.optimizer.momentum;
+  run.weight_decay = config.optimizer.weight_decay;
 
   zmq::context_t context;
   SocketFactory sockets(context, config.bus.socket_limits);
@@ -75,7 +80,10 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   }
   Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
   Scheduler scheduler(sockets, hub.inproc_router_endpoint(),
-                      SchedulerOptions{config.schedule, run.train_samples}, actors_stop);
+                      SchedulerOptions{config.schedule, run.train_samples,
+                                       config.optimizer.mode == "local-sgd"
+                                           ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
+                                           : 0}, actors_stop);
   Aggregator aggregator(
       sockets, hub.inproc_router_endpoint(),
       AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs},

@@ -247,7 +247,9 @@ double Scheduler::deadline_seconds() const {
 
 void Scheduler::plan_round() {
   if (round_open_ || finished_ || calibrated_trainers() == 0) return;
-  const auto round_samples = static_cast<std::uint64_t>(options_.schedule.round_samples);
+  const auto round_samples = options_.round_samples_per_trainer > 0
+                                 ? options_.round_samples_per_trainer * calibrated_trainers()
+                                 : static_cast<std::uint64_t>(options_.schedule.round_samples);
   std::vector<msg::SampleRange> taken = pool_.take(round_samples);
   std::uint64_t total = 0;
   for (const auto& range : taken) total += range.size();

@@ -87,6 +87,9 @@ MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_m
 struct SchedulerOptions {
   ScheduleOptions schedule;
   std::uint64_t train_samples = 0;  /// samples per epoch
+  /// local-sgd: a round holds this many samples per planned trainer (the sync interval), in place
+  /// of schedule.round_samples; 0 = gradient mode's fixed global batch.
+  std::uint64_t round_samples_per_trainer = 0;
 };
 
 class Scheduler final {

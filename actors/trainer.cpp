@@ -53,6 +53,48 @@ ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const
   return result;
 }
 
+ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
+                              const std::function<void()>& between_micro_batches) {
+  model->train();
+  ShareResult result;
+  const std::int64_t count = indices.size(0);
+  for (std::int64_t start = 0; start < count; start += micro_batch) {
+    const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
+    auto [images, labels] = data.batch(batch_indices);
+    optimizer.zero_grad();
+    const auto logits = model->forward(images);
+    const auto loss = torch::nn::functional::cross_entropy(logits, labels);
+    loss.backward();
+    optimizer.step();
+    const auto samples = static_cast<std::uint64_t>(batch_indices.size(0));
+    result.samples += samples;
+    result.loss_sum += loss.item<double>() * static_cast<double>(samples);
+    result.correct += static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().item<std::int64_t>());
+    if (between_micro_batches) between_micro_batches();
+  }
+  return result;
+}
+
+std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model, const std::vector<NamedTensor>& before) {
+  torch::NoGradGuard no_grad;
+  std::vector<NamedTensor> deltas;
+  const auto after = named_parameters(model);
+  TORCH_CHECK(after.size() == before.size(), "parameter_deltas: ", after.size(), " parameters, ", before.size(), " before");
+  for (std::size_t i = 0; i < after.size(); ++i) deltas.push_back({after[i].name, after[i].tensor - before[i].tensor});
+  return deltas;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
+                                                              std::vector<torch::Tensor> parameters) {
+  OptimizerOptions options;
+  options.name = run.optimizer;
+  options.learning_rate = run.learning_rate;
+  options.momentum = run.momentum;
+  options.weight_decay = run.weight_decay;
+  return make_optimizer(options, std::move(parameters));
+}
+
 Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
                  const StopFlag& stop)
     : options_(std::move(options)),
@@ -135,6 +177,8 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
       return;
     }
     model_ = make_model(run.model);
+    local_optimizer_.reset();
+    if (run.mode == "local-sgd") local_optimizer_ = make_local_optimizer(run, model_->parameters());
     model_version_.reset();
     last_loaded_version_ = 0;
     order_ = torch::Tensor();
@@ -259,11 +303,17 @@ void Trainer::train(const msg::RoundPlan& plan) {
   const auto started = Clock::now();
   const auto indices = indices_of(order_, plan.ranges);
   auto micro_batch_started = started;
-  const ShareResult result = train_share(model_, data_, indices, std::max<std::uint32_t>(1, plan.micro_batch), [&] {
+  const auto between_micro_batches = [&] {
     simulate_slowdown(Clock::now() - micro_batch_started);
     loop_.run_due_timers();
     micro_batch_started = Clock::now();
-  });
+  };
+  const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
+  std::vector<NamedTensor> before;
+  if (local_optimizer_) before = snapshot(named_parameters(*model_));
+  const ShareResult result =
+      local_optimizer_ ? train_local_steps(model_, data_, indices, micro_batch, *local_optimizer_, between_micro_batches)
+                       : train_share(model_, data_, indices, micro_batch, between_micro_batches);
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
 
@@ -275,10 +325,21 @@ void Trainer::train(const msg::RoundPlan& plan) {
   contribution.samples = result.samples;
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;
-  contribution.gradients = append_tensor_frames(named_gradients(*model_), frames);
+  contribution.gradients = append_tensor_frames(
+      local_optimizer_ ? parameter_deltas(*model_, before) : named_gradients(*model_), frames);
   contribution.buffers = append_tensor_frames(snapshot(named_buffers(*model_)), frames);
   contribution.compute_seconds = seconds_between(started, Clock::now());
   bus_.send(kAggregatorName, contribution, Stamp{plan.round, plan.model_version}, std::move(frames));
+}
+
+void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
+  if (!(slowdown.factor >= 1.0) || !std::isfinite(slowdown.factor)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored slowdown ", slowdown.factor, " from ", from.from, ": it must be >= 1");
+    return;
+  }
+  log(LogLevel::kInfo, bus_.name(), "TEST AID: slowdown ", options_.slowdown, " -> ", slowdown.factor, " (asked by ",
+      from.from, ")");
+  options_.slowdown = slowdown.factor;
 }
 
 void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {

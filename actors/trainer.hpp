@@ -2,6 +2,7 @@
 // The trainer registers its node, keeps a replica of the model at the version the aggregator
 // published, trains the samples each round's plan gives it and sends back summed gradients.
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -13,6 +14,7 @@
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
 #include "messages/round.hpp"
+#include "messages/test_aid.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
@@ -31,6 +33,19 @@ struct ShareResult {
 /// each micro-batch.
 ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
                         std::int64_t micro_batch, const std::function<void()>& between_micro_batches = {});
+
+/// Local-SGD: one `optimizer` step per micro-batch of `indices` on the micro-batch's mean loss
+/// (each local step is an ordinary training step). `loss_sum` is still per sample, summed.
+ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
+                              const std::function<void()>& between_micro_batches = {});
+
+/// Each parameter's change since `before` (copies taken with snapshot(named_parameters(...))).
+std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model, const std::vector<NamedTensor>& before);
+
+/// The optimizer a local-sgd trainer steps, as the run spec names it.
+std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
+                                                              std::vector<torch::Tensor> parameters);
 
 /// Dataset indices of `ranges` (positions in `order`).
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges);
@@ -55,7 +70,7 @@ struct TrainerOptions {
 class Trainer final {
  public:
   using Inbox = std::variant<msg::Admission, msg::Heartbeat, msg::RoundPlan, msg::ModelState,
-                             msg::RunFinished>;
+                             msg::RunFinished, msg::SetSlowdown>;
 
   Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
           const StopFlag& stop);
@@ -69,6 +84,7 @@ class Trainer final {
   void handle(const msg::RoundPlan& plan, const Incoming& from);
   void handle(const msg::ModelState& state, const Incoming& from);
   void handle(const msg::RunFinished& finished, const Incoming& from);
+  void handle(const msg::SetSlowdown& slowdown, const Incoming& from);
 
  private:
   enum class State { kRegistering, kAdmitted, kDone };
@@ -95,6 +111,7 @@ class Trainer final {
   std::string subscribed_to_;
   Dataset data_;
   torch::nn::Sequential model_{nullptr};
+  std::unique_ptr<torch::optim::Optimizer> local_optimizer_;  // local-sgd only; its state spans rounds
   std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;

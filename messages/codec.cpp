@@ -19,6 +19,7 @@ std::string_view kind_name(MessageKind kind) {
     case MessageKind::kEvent: return "Event";
     case MessageKind::kRunFinished: return "RunFinished";
     case MessageKind::kCalibration: return "Calibration";
+    case MessageKind::kSetSlowdown: return "SetSlowdown";
   }
   return "unknown";
 }

@@ -26,8 +26,9 @@ enum class MessageKind : std::uint8_t {
   kEvent,
   kRunFinished,
   kCalibration,
+  kSetSlowdown,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kCalibration);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kSetSlowdown);
 
 std::string_view kind_name(MessageKind kind);
 

@@ -16,8 +16,14 @@ struct GpuInfo {
   std::int32_t compute_capability_minor = 0;
   std::int64_t total_memory_bytes = 0;
   std::int64_t free_memory_bytes = 0;
+  // Measured by the benchmarker (empty or 0 when it was not run or failed; see benchmark_status).
+  std::map<std::string, double> gemm_tflops;  // cuBLAS GEMM by precision: fp16, bf16, tf32, fp32, fp64
+  double host_to_device_gbps = 0.0;           // pinned memory, GB/s (1e9 bytes)
+  double device_to_host_gbps = 0.0;
+  std::string benchmark_status;               // the failing call and its status string, when one failed
   MSGPACK_DEFINE_MAP(name, uuid, compute_capability_major, compute_capability_minor,
-                     total_memory_bytes, free_memory_bytes)
+                     total_memory_bytes, free_memory_bytes, gemm_tflops, host_to_device_gbps,
+                     device_to_host_gbps, benchmark_status)
 };
 
 // trainer → registrar, on start and whenever it must register again: who it is and what it has.
@@ -50,7 +56,14 @@ struct RunSpec {
   std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
   std::uint64_t seed = 0;       // epoch orders derive from it
   std::uint32_t micro_batch = 0;  // the micro-batch size trainers calibrate at
-  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch)
+  std::string mode = "gradient";  // "gradient" or "local-sgd"
+  // local-sgd: the optimizer each trainer steps locally
+  std::string optimizer;
+  double learning_rate = 0.0;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch, mode, optimizer,
+                     learning_rate, momentum, weight_decay)
 };
 
 // registrar → trainer: admitted (with what the run needs) or rejected (with why).

@@ -45,7 +45,8 @@ struct RoundOpened {
 };
 
 // trainer → aggregator: gradients summed over its samples (as tensor frames), its BatchNorm-style
-// buffers after its forward passes, and what the work cost.
+// buffers after its forward passes, and what the work cost. In local-sgd mode `gradients` holds
+// each parameter's delta over the round's local steps (after minus before) instead.
 struct Contribution {
   static constexpr MessageKind kKind = MessageKind::kContribution;
   std::uint64_t round = 0;

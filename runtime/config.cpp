@@ -110,10 +110,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("data", "train_limit", config.data.train_limit);
   reader.read("data", "test_limit", config.data.test_limit);
   reader.read("model", "name", config.model.name);
+  reader.read("optimizer", "mode", config.optimizer.mode);
   reader.read("optimizer", "name", config.optimizer.name);
   reader.read("optimizer", "learning_rate", config.optimizer.learning_rate);
   reader.read("optimizer", "momentum", config.optimizer.momentum);
   reader.read("optimizer", "weight_decay", config.optimizer.weight_decay);
+  reader.read("optimizer", "outer", config.optimizer.outer);
+  reader.read("optimizer", "outer_learning_rate", config.optimizer.outer_learning_rate);
+  reader.read("optimizer", "outer_momentum", config.optimizer.outer_momentum);
+  reader.read("optimizer", "sync_steps", config.optimizer.sync_steps);
   reader.read("schedule", "epochs", config.schedule.epochs);
   reader.read("schedule", "round_samples", config.schedule.round_samples);
   reader.read("schedule", "micro_batch", config.schedule.micro_batch);
@@ -157,6 +162,14 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.optimizer.name == "sgd" || config.optimizer.name == "adam",
         "optimizer.name must be \"sgd\" or \"adam\", not \"" + config.optimizer.name + "\"");
   check(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0");
+  check(config.optimizer.mode == "gradient" || config.optimizer.mode == "local-sgd",
+        "optimizer.mode must be \"gradient\" or \"local-sgd\", not \"" + config.optimizer.mode + "\"");
+  check(config.optimizer.outer == "average" || config.optimizer.outer == "nesterov",
+        "optimizer.outer must be \"average\" or \"nesterov\", not \"" + config.optimizer.outer + "\"");
+  check(config.optimizer.outer_learning_rate > 0, "optimizer.outer_learning_rate must be > 0");
+  check(config.optimizer.outer_momentum >= 0 && config.optimizer.outer_momentum < 1,
+        "optimizer.outer_momentum must be in [0, 1)");
+  check(config.optimizer.sync_steps >= 1, "optimizer.sync_steps must be >= 1");
   check(config.schedule.epochs >= 1, "schedule.epochs must be >= 1");
   check(config.schedule.round_samples >= 1, "schedule.round_samples must be >= 1");
   check(config.schedule.micro_batch >= 1, "schedule.micro_batch must be >= 1");

@@ -27,10 +27,22 @@ struct ModelOptions {
 };
 
 struct OptimizerOptions {
+  /// "gradient": trainers send summed gradients and the aggregator steps `name` on their mean.
+  /// "local-sgd": trainers step `name` locally over their share, one step per micro-batch, and
+  /// send parameter deltas; the aggregator combines them by samples and steps the outer optimizer.
+  std::string mode = "gradient";
   std::string name = "adam";  /// "sgd" (with momentum) or "adam"
   double learning_rate = 1e-3;
   double momentum = 0.9;      /// sgd only
   double weight_decay = 0.0;
+  /// local-sgd: "average" (the model becomes the sample-weighted mean of the trainers' models)
+  /// or "nesterov" (DiLoCo: SGD with Nesterov momentum on the mean delta as a pseudo-gradient).
+  std::string outer = "average";
+  double outer_learning_rate = 0.7;  /// nesterov only
+  double outer_momentum = 0.9;       /// nesterov only
+  /// local-sgd: the sync interval, in local steps per trainer per round on average (a round
+  /// holds sync_steps x micro_batch samples per trainer; faster trainers take more steps).
+  std::int64_t sync_steps = 8;
 };
 
 struct ScheduleOptions {

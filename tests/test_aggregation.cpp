@@ -70,7 +70,7 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
   copy_model(reference, combined);
   auto reference_optimizer = make_optimizer(sgd, reference->parameters());
   auto combined_optimizer = make_optimizer(sgd, combined->parameters());
-  GradientAverager averager(*combined);
+  ContributionAverager averager(*combined);
   std::vector<torch::nn::Sequential> replicas{make_model("mlp"), make_model("mlp"), make_model("mlp")};
 
   for (int round = 0; round < kRounds; ++round) {
@@ -107,7 +107,7 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
 TEST_CASE("BatchNorm statistics are averaged by samples and counters are not divided") {
   torch::manual_seed(5);
   auto model = make_model("cnn");
-  GradientAverager averager(*model);
+  ContributionAverager averager(*model);
   const auto make_contribution = [&](double mean_value, std::int64_t counter) {
     auto replica = make_model("cnn");
     for (auto& item : replica->named_buffers()) {
@@ -139,7 +139,7 @@ TEST_CASE("BatchNorm statistics are averaged by samples and counters are not div
 TEST_CASE("a contribution with NaN gradients or a foreign layout is refused and changes nothing") {
   torch::manual_seed(5);
   auto model = make_model("mlp");
-  GradientAverager averager(*model);
+  ContributionAverager averager(*model);
   auto replica = make_model("mlp");
   for (auto& parameter : replica->parameters()) parameter.mutable_grad() = torch::zeros_like(parameter);
   replica->parameters()[0].mutable_grad()[0][0] = std::numeric_limits<float>::quiet_NaN();
@@ -153,4 +153,144 @@ TEST_CASE("a contribution with NaN gradients or a foreign layout is refused and 
   auto [foreign_gradients, foreign_buffers] = over_the_wire(other);
   CHECK(averager.problem(foreign_gradients, foreign_buffers));
   CHECK_FALSE(averager.apply());  // nothing was added
+}
+
+namespace {
+/// A trainer's local-sgd contribution as the aggregator receives it: deltas and buffers.
+std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> deltas_over_the_wire(
+    torch::nn::Sequential& replica, const std::vector<NamedTensor>& before) {
+  std::vector<zmq::message_t> frames;
+  auto delta_metas = append_tensor_frames(parameter_deltas(*replica, before), frames);
+  auto buffer_metas = append_tensor_frames(snapshot(named_buffers(*replica)), frames);
+  auto list = std::make_shared<std::vector<zmq::message_t>>(std::move(frames));
+  std::vector<TensorMeta> metas = delta_metas;
+  metas.insert(metas.end(), buffer_metas.begin(), buffer_metas.end());
+  auto received = read_tensor_frames(metas, list, 0);
+  REQUIRE(received);
+  auto& all = received.value();
+  const auto split = all.begin() + static_cast<std::ptrdiff_t>(delta_metas.size());
+  return {std::vector<ReceivedTensor>(all.begin(), split), std::vector<ReceivedTensor>(split, all.end())};
+}
+
+msg::RunSpec local_sgd_run() {
+  msg::RunSpec run;
+  run.mode = "local-sgd";
+  run.optimizer = "sgd";
+  run.learning_rate = 0.05;
+  run.momentum = 0.9;
+  return run;
+}
+}  // namespace
+
+TEST_CASE("local-sgd with one trainer and plain averaging equals plain local training") {
+  const auto data = synthetic_dataset(600, 4);
+  constexpr int kRounds = 3;
+  constexpr std::int64_t kRoundSamples = 160;
+  constexpr std::int64_t kMicroBatch = 32;
+  torch::manual_seed(21);
+  auto reference = make_model("cnn");  // BatchNorm buffers travel too
+  auto combined = make_model("cnn");
+  auto replica = make_model("cnn");
+  copy_model(reference, combined);
+  copy_model(reference, replica);
+  auto reference_optimizer = make_local_optimizer(local_sgd_run(), reference->parameters());
+  // The trainer keeps its optimizer (and its momentum) across rounds, as Trainer does.
+  auto replica_optimizer = make_local_optimizer(local_sgd_run(), replica->parameters());
+  OptimizerOptions outer;
+  outer.outer = "average";
+  auto outer_optimizer = make_outer_optimizer(outer, combined->parameters());
+  ContributionAverager averager(*combined, Combine::kParameterDeltas);
+
+  for (int round = 0; round < kRounds; ++round) {
+    const auto indices = torch::arange(round * kRoundSamples, (round + 1) * kRoundSamples, torch::kInt64);
+    train_local_steps(reference, data, indices, kMicroBatch, *reference_optimizer);
+
+    copy_model(combined, replica);  // the model broadcast
+    const auto before = snapshot(named_parameters(*replica));
+    const auto result = train_local_steps(replica, data, indices, kMicroBatch, *replica_optimizer);
+    CHECK(result.samples == static_cast<std::uint64_t>(kRoundSamples));
+    auto [deltas, buffers] = deltas_over_the_wire(replica, before);
+    REQUIRE_FALSE(averager.problem(deltas, buffers));
+    averager.add(deltas, buffers, result.samples);
+    REQUIRE(averager.apply());
+    outer_optimizer->step();
+  }
+  const double difference = max_relative_difference(combined, reference);
+  INFO("max relative parameter difference: " << difference);
+  CHECK(difference < 1e-5);
+  auto reference_buffers = named_buffers(*reference);
+  auto combined_buffers = named_buffers(*combined);
+  for (std::size_t i = 0; i < reference_buffers.size(); ++i) {
+    CHECK(torch::allclose(reference_buffers[i].tensor.to(torch::kDouble), combined_buffers[i].tensor.to(torch::kDouble)));
+  }
+  torch::manual_seed(21);
+  auto untouched = make_model("cnn");
+  CHECK(max_relative_difference(untouched, reference) > 1e-3);
+}
+
+TEST_CASE("local-sgd combines several trainers' deltas as their sample-weighted mean") {
+  const auto data = synthetic_dataset(300, 6);
+  torch::manual_seed(8);
+  auto combined = make_model("mlp");
+  auto start = snapshot(named_parameters(*combined));
+  OptimizerOptions outer;
+  outer.outer = "average";
+  auto outer_optimizer = make_outer_optimizer(outer, combined->parameters());
+  ContributionAverager averager(*combined, Combine::kParameterDeltas);
+
+  const std::int64_t shares[] = {120, 60, 20};
+  std::vector<std::vector<NamedTensor>> deltas_of;
+  std::int64_t offset = 0;
+  for (const std::int64_t share : shares) {
+    auto replica = make_model("mlp");
+    copy_model(combined, replica);
+    auto optimizer = make_local_optimizer(local_sgd_run(), replica->parameters());
+    const auto before = snapshot(named_parameters(*replica));
+    const auto indices = torch::arange(offset, offset + share, torch::kInt64);
+    offset += share;
+    const auto result = train_local_steps(replica, data, indices, 20, *optimizer);
+    deltas_of.push_back(snapshot(parameter_deltas(*replica, before)));
+    auto [deltas, buffers] = deltas_over_the_wire(replica, before);
+    averager.add(deltas, buffers, result.samples);
+  }
+  REQUIRE(averager.apply());
+  outer_optimizer->step();
+  const auto after = named_parameters(*combined);
+  for (std::size_t p = 0; p < after.size(); ++p) {
+    auto expected = start[p].tensor.clone();
+    for (std::size_t t = 0; t < deltas_of.size(); ++t) expected += deltas_of[t][p].tensor * (double(shares[t]) / 200.0);
+    CHECK(torch::allclose(after[p].tensor, expected, 1e-5, 1e-6));
+    // Not the unweighted mean: the trainers' deltas differ, so weights matter.
+    auto unweighted = start[p].tensor.clone();
+    for (const auto& deltas : deltas_of) unweighted += deltas[p].tensor / 3.0;
+    CHECK_FALSE(torch::allclose(after[p].tensor, unweighted, 1e-5, 1e-6));
+  }
+}
+
+TEST_CASE("local-sgd with DiLoCo's outer Nesterov step moves further than plain averaging") {
+  torch::manual_seed(9);
+  auto model = make_model("mlp");
+  const auto start = snapshot(named_parameters(*model));
+  OptimizerOptions outer;
+  outer.outer = "nesterov";
+  outer.outer_learning_rate = 0.7;
+  outer.outer_momentum = 0.9;
+  auto outer_optimizer = make_outer_optimizer(outer, model->parameters());
+  ContributionAverager averager(*model, Combine::kParameterDeltas);
+  auto replica = make_model("mlp");
+  copy_model(model, replica);
+  const auto before = snapshot(named_parameters(*replica));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : replica->parameters()) parameter.add_(0.01);
+  }
+  auto [deltas, buffers] = deltas_over_the_wire(replica, before);
+  averager.add(deltas, buffers, 10);
+  REQUIRE(averager.apply());
+  outer_optimizer->step();
+  // First Nesterov step from zero momentum: p - lr * (g + momentum * g) with g = -delta.
+  const auto after = named_parameters(*model);
+  for (std::size_t p = 0; p < after.size(); ++p) {
+    CHECK(torch::allclose(after[p].tensor, start[p].tensor + 0.01 * 0.7 * 1.9, 1e-5, 1e-6));
+  }
 }

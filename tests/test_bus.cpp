@@ -114,8 +114,14 @@ TEST_CASE("publications reach subscribers of their topic") {
 TEST_CASE("the registrar admits a complete report and rejects an incomplete one with the reason") {
   Bus bus;
   StopFlag stop;
+  msg::RunSpec run;
+  run.run_id = "run-1";
+  run.model = "mlp";
+  run.dataset = "fashion-mnist";
+  run.train_samples = 100;
+  run.seed = 1;
   Registrar registrar(bus.sockets, bus.hub.inproc_router_endpoint(),
-                      RegistrarOptions{msg::RunSpec{"run-1", "mlp", "fashion-mnist", 100, 1},
+                      RegistrarOptions{run,
                                        "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}},
                       stop);
   ScopedThread registrar_thread([&] { registrar.run(); });

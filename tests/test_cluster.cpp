@@ -232,3 +232,45 @@ TEST_CASE("filo local runs a whole cluster and writes its summary") {
   CHECK(summary.at("nodes").size() == 2);
   CHECK(read_file(run_dir + "/local.log").find("epoch 1/1") != std::string::npos);
 }
+
+TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
+  Cluster cluster(fresh_run_dir("slow-mid-run"), {"data.train_limit=16000", "data.test_limit=200", "schedule.epochs=1",
+                                                  "schedule.min_trainers=2", "schedule.round_samples=256",
+                                                  "schedule.max_transfer_ratio=0"});
+  for (const char* name : {"node-1", "node-2"}) cluster.start_node(name);
+  const std::string rounds = cluster.run_dir + "/rounds.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (count_lines(rounds) < 8) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(10ms);
+  }
+  const std::size_t before = count_lines(rounds);
+  ChildProcess aid({FILO_BINARY, "slowdown", "--coordinator", cluster.router, "--trainer", "trainer@node-2/cpu",
+                    "--factor", "4"},
+                   cluster.run_dir + "/logs/slowdown.log");
+  REQUIRE(aid.wait_for(60s) == std::optional<int>(0));
+  // The trainer takes the new factor by this round at the latest.
+  const std::size_t sent = count_lines(rounds);
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE(code == std::optional<int>(0));
+
+  std::vector<double> share;  // node-2's planned fraction of each round
+  std::ifstream file(rounds);
+  for (std::string line; std::getline(file, line);) {
+    const json round = json::parse(line);
+    double total = 0.0, slowed = 0.0;
+    for (const auto& trainer : round.at("trainers")) {
+      total += trainer.at("planned").get<double>();
+      if (trainer.at("name") == "trainer@node-2/cpu") slowed = trainer.at("planned").get<double>();
+    }
+    share.push_back(total > 0 ? slowed / total : 0.0);
+  }
+  REQUIRE(share.size() > sent + 3);
+  double baseline = 0.0;
+  for (std::size_t r = 3; r < before; ++r) baseline += share[r];
+  baseline /= static_cast<double>(before - 3);
+  // Round numbers are 1-based, the vector 0-based: share[sent + 2] is round sent + 3.
+  INFO("node-2's share: " << baseline << " before the slowdown, " << share[sent + 2] << " three rounds after it arrived");
+  CHECK(share[sent + 2] < 0.7 * baseline);
+  CHECK(read_file(cluster.run_dir + "/logs/node-2.log").find("slowdown 1 -> 4") != std::string::npos);
+}

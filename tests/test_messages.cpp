@@ -9,6 +9,7 @@
 #include "messages/model.hpp"
 #include "messages/round.hpp"
 #include "messages/tensor_frames.hpp"
+#include "messages/test_aid.hpp"
 
 using namespace filo;
 
@@ -41,12 +42,27 @@ TEST_CASE("every message type round-trips through msgpack") {
   report.cpu_cores = 16;
   report.memory_available_bytes = 1 << 30;
   report.cpu_gemm_gflops = 104.5;
-  report.gpus.push_back({"NVIDIA H100", "GPU-1234", 9, 0, 80ll << 30, 79ll << 30});
+  msg::GpuInfo gpu;
+  gpu.name = "NVIDIA H100";
+  gpu.uuid = "GPU-1234";
+  gpu.compute_capability_major = 9;
+  gpu.total_memory_bytes = 80ll << 30;
+  gpu.free_memory_bytes = 79ll << 30;
+  report.gpus.push_back(gpu);
+  report.gpus.back().gemm_tflops = {{"bf16", 712.5}, {"fp64", 51.0}};
+  report.gpus.back().host_to_device_gbps = 51.2;
   report.priority = 2;
   check_round_trip(report);
   msg::Admission admission;
   admission.admitted = true;
-  admission.run = {"run-1", "cnn", "fashion-mnist", 60000, 7};
+  admission.run.run_id = "run-1";
+  admission.run.model = "cnn";
+  admission.run.dataset = "fashion-mnist";
+  admission.run.train_samples = 60000;
+  admission.run.seed = 7;
+  admission.run.mode = "local-sgd";
+  admission.run.optimizer = "adam";
+  admission.run.learning_rate = 1e-3;
   admission.publish_endpoint = "tcp://10.0.0.1:5556";
   admission.heartbeat_interval_ms = 250;
   admission.liveness = 4;
@@ -80,6 +96,8 @@ TEST_CASE("every message type round-trips through msgpack") {
   check_round_trip(msg::SnapshotRequest{4});
   check_round_trip(msg::Event{"round", "round 3", 3, 1, {{"loss", 0.5}}, {{"trainer", "a"}}});
   check_round_trip(msg::RunFinished{"done", 0.9});
+  check_round_trip(msg::Calibration{812.5, 64, 256});
+  check_round_trip(msg::SetSlowdown{4.0});
 }
 
 TEST_CASE("a valid envelope decodes and malformed ones are rejected with a reason") {

@@ -17,6 +17,8 @@
 #include "actors/learning/models.hpp"
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"
+#include "messages/test_aid.hpp"
+#include "runtime/bus.hpp"
 #include "runtime/config.hpp"
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
@@ -30,6 +32,7 @@ constexpr std::chrono::seconds kCoordinatorExitTimeout{60};
 constexpr std::chrono::seconds kNodeExitTimeout{15};
 constexpr std::chrono::milliseconds kStartPoll{50};
 constexpr int kExitInterrupted = 130;
+constexpr std::chrono::milliseconds kSlowdownDeliveryTimeout{5000};
 
 struct CommonOptions {
   std::string config_path;
@@ -173,6 +176,25 @@ int run_monitor_command(const CommonOptions& common, const std::string& coordina
   return monitor.run();
 }
 
+/// TEST AID: tells one trainer of a running cluster, through the coordinator's hub, to behave
+/// `factor` times slower from its next micro-batch on.
+int run_slowdown(const CommonOptions& common, const std::string& coordinator, const std::string& trainer, double factor) {
+  const Config config = load(common, {});
+  if (!(factor >= 1.0)) throw ConfigError("slowdown factor must be >= 1, not " + std::to_string(factor));
+  SocketLimits limits = config.bus.socket_limits;
+  limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
+  zmq::context_t context;
+  SocketFactory sockets(context, limits);
+  BusClient bus(sockets, "slowdown-aid-" + std::to_string(getpid()));
+  bus.connect(coordinator);
+  if (!bus.send(trainer, msg::SetSlowdown{factor})) {
+    std::cerr << "filo slowdown: could not queue the message for " << coordinator << std::endl;
+    return 1;
+  }
+  std::cout << "asked " << trainer << " to behave " << factor << "x slower (via " << coordinator << ")" << std::endl;
+  return 0;
+}
+
 int run_eval(const CommonOptions& common, const std::string& model_path) {
   const Config config = load(common, {});
   torch::set_num_threads(static_cast<int>(std::max<std::int64_t>(1, std::thread::hardware_concurrency())));
@@ -188,23 +210,34 @@ int run_eval(const CommonOptions& common, const std::string& model_path) {
 int run_bench(const CommonOptions& common, bool json) {
   const Config config = load(common, {});
   set_compute_threads(static_cast<int>(config.node.threads));
-  Benchmarker benchmarker(BenchmarkerOptions{node_name(config.node), config.node.device,
-                                             static_cast<int>(config.node.priority),
-                                             static_cast<int>(config.node.threads), 1.0});
-  const msg::HardwareReport report = benchmarker.report();
-  nlohmann::json gpus = nlohmann::json::array();
-  for (const auto& gpu : report.gpus) {
-    gpus.push_back({{"name", gpu.name}, {"uuid", gpu.uuid},
-                    {"compute_capability", std::to_string(gpu.compute_capability_major) + "." +
-                                               std::to_string(gpu.compute_capability_minor)},
-                    {"total_memory_bytes", gpu.total_memory_bytes}, {"free_memory_bytes", gpu.free_memory_bytes}});
-  }
+  BenchmarkerOptions options{node_name(config.node), config.node.device, static_cast<int>(config.node.priority),
+                             static_cast<int>(config.node.threads), 1.0};
+  options.measure_gpus = true;
+  const msg::HardwareReport report = Benchmarker(options).report();
+  const auto peak_json = [](const msg::GpuInfo& gpu) {
+    nlohmann::json peaks = nlohmann::json::object();
+    for (const auto& [precision, tflops] : gpu.gemm_tflops) {
+      if (auto peak = published_peak_tflops(gpu.name, precision)) peaks[precision] = *peak;
+    }
+    return peaks;
+  };
   if (json) {
+    nlohmann::json gpus = nlohmann::json::array();
+    for (const auto& gpu : report.gpus) {
+      gpus.push_back({{"name", gpu.name}, {"uuid", gpu.uuid},
+                      {"compute_capability", std::to_string(gpu.compute_capability_major) + "." +
+                                                 std::to_string(gpu.compute_capability_minor)},
+                      {"total_memory_bytes", gpu.total_memory_bytes}, {"free_memory_bytes", gpu.free_memory_bytes},
+                      {"gemm_tflops", gpu.gemm_tflops}, {"published_dense_peak_tflops", peak_json(gpu)},
+                      {"host_to_device_gbps", gpu.host_to_device_gbps},
+                      {"device_to_host_gbps", gpu.device_to_host_gbps}, {"benchmark_status", gpu.benchmark_status}});
+    }
     std::cout << nlohmann::json{{"node", report.node}, {"hostname", report.hostname}, {"cpu_cores", report.cpu_cores},
                                 {"memory_available_bytes", report.memory_available_bytes},
                                 {"swap_available_bytes", report.swap_available_bytes},
                                 {"torch_threads", report.torch_threads}, {"cpu_gemm_gflops", report.cpu_gemm_gflops},
-                                {"gpus", gpus}, {"gpu_status", report.gpu_status}}.dump(2)
+                                {"precisions", report.precisions}, {"gpus", gpus}, {"gpu_status", report.gpu_status}}
+                     .dump(2)
               << std::endl;
     return 0;
   }
@@ -219,8 +252,23 @@ int run_bench(const CommonOptions& common, bool json) {
   if (report.gpus.empty()) std::cout << std::setw(24) << "gpus" << "none: " << report.gpu_status << "\n";
   for (const auto& gpu : report.gpus) {
     std::cout << std::setw(24) << "gpu" << gpu.name << " " << gpu.uuid << " cc " << gpu.compute_capability_major << "."
-              << gpu.compute_capability_minor << ", " << gpu.free_memory_bytes / kMebibyte << " of "
-              << gpu.total_memory_bytes / kMebibyte << " MiB free\n";
+              << gpu.compute_capability_minor << ", " << std::setprecision(0) << gpu.free_memory_bytes / kMebibyte
+              << " of " << gpu.total_memory_bytes / kMebibyte << " MiB free\n";
+    if (!gpu.benchmark_status.empty()) std::cout << std::setw(24) << "  benchmark" << gpu.benchmark_status << "\n";
+    if (gpu.gemm_tflops.empty()) continue;
+    std::cout << "  " << std::setw(22) << "cublas gemm" << std::setw(14) << "TFLOP/s" << std::setw(22)
+              << "published dense peak" << "of peak\n";
+    for (const char* precision : {"fp16", "bf16", "tf32", "fp32", "fp64"}) {
+      const auto measured = gpu.gemm_tflops.find(precision);
+      if (measured == gpu.gemm_tflops.end()) continue;
+      const auto peak = published_peak_tflops(gpu.name, precision);
+      std::cout << "  " << std::setw(22) << precision << std::setw(14) << std::setprecision(1) << measured->second
+                << std::setw(22) << (peak ? std::to_string(static_cast<int>(*peak)) : std::string("unknown"));
+      if (peak) std::cout << std::setprecision(0) << 100.0 * measured->second / *peak << "%";
+      std::cout << "\n";
+    }
+    std::cout << "  " << std::setw(22) << "pinned host->device" << std::setprecision(1) << gpu.host_to_device_gbps
+              << " GB/s\n  " << std::setw(22) << "pinned device->host" << gpu.device_to_host_gbps << " GB/s\n";
   }
   return 0;
 }
@@ -287,6 +335,15 @@ int main(int argc, char** argv) {
   bool bench_json = false;
   bench->add_flag("--json", bench_json, "print JSON");
 
+  auto* slowdown = app.add_subcommand("slowdown", "TEST AID: make a running trainer behave F times slower");
+  add_common(slowdown);
+  std::string slowdown_coordinator;
+  std::string slowdown_trainer;
+  double slowdown_factor = 1.0;
+  slowdown->add_option("--coordinator", slowdown_coordinator, "the coordinator's tcp://HOST:PORT")->required();
+  slowdown->add_option("--trainer", slowdown_trainer, "the trainer's bus name, e.g. trainer@node-2/cpu")->required();
+  slowdown->add_option("--factor", slowdown_factor, "slowdown factor, >= 1 (1 = its own speed)")->required();
+
   CLI11_PARSE(app, argc, argv);
   set_log_level(parse_log_level(common.log_level));
   keep_message_memory();
@@ -299,6 +356,7 @@ int main(int argc, char** argv) {
     if (*local) return run_local(common, flag_overrides, stop);
     if (*eval) return run_eval(common, model_path);
     if (*bench) return run_bench(common, bench_json);
+    if (*slowdown) return run_slowdown(common, slowdown_coordinator, slowdown_trainer, slowdown_factor);
   } catch (const ConfigError& e) {
     std::cerr << "filo: " << e.what() << std::endl;
     return 2;
