@@ -102,9 +102,7 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       bus_(sockets, "trainer@" + options_.node + "/" + options_.device),
       loop_(stop) {
   bus_.connect(options_.coordinator);
-  loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
-  });
+  loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
   loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
 }
 
@@ -189,9 +187,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     const bool first_subscription = subscribed_to_.empty();
     bus_.subscribe(publish, {kModelTopic, kControlTopic});
     if (first_subscription) {
-      loop_.on_readable(bus_.published(), [this] {
-        while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
-      });
+      loop_.on_readable(bus_.published(), [this] { read_mailbox(bus_.published()); });
     }
     subscribed_to_ = publish;
   }
@@ -202,9 +198,42 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
   }
   state_ = State::kAdmitted;
-  if (first_admission) calibrate();  // the scheduler plans this trainer only once it knows its speed
+  if (first_admission) work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = Clock::now();
+}
+
+void Trainer::read_mailbox(zmq::socket_t& socket) {
+  while (auto incoming = bus_.receive(socket)) {
+    const MessageKind kind = incoming->envelope.kind;
+    if (working_ && kind != MessageKind::kHeartbeat && kind != MessageKind::kSetSlowdown) {
+      deferred_.push_back(std::move(*incoming));
+      continue;
+    }
+    dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  }
+}
+
+void Trainer::work(const std::function<void()>& job) {
+  {
+    struct WorkingScope {
+      bool& working;
+      explicit WorkingScope(bool& flag) : working(flag) { working = true; }
+      ~WorkingScope() { working = false; }
+    } scope(working_);
+    job();
+  }
+  while (!deferred_.empty() && !working_) {
+    Incoming incoming = std::move(deferred_.front());
+    deferred_.pop_front();
+    dispatch(*this, incoming, bus_.limits(), bus_.name());
+  }
+}
+
+void Trainer::serve_bus_while_working() {
+  loop_.run_due_timers();
+  read_mailbox(bus_.addressed());
+  if (!subscribed_to_.empty()) read_mailbox(bus_.published());
 }
 
 void Trainer::simulate_slowdown(Clock::duration worked) {
@@ -213,7 +242,7 @@ void Trainer::simulate_slowdown(Clock::duration worked) {
   while (Clock::now() < until) {
     // A test aid standing in for a slower device: sleeping costs no CPU that others need.
     std::this_thread::sleep_for(std::min<Clock::duration>(kSlowdownSlice, until - Clock::now()));
-    loop_.run_due_timers();
+    serve_bus_while_working();
   }
 }
 
@@ -232,7 +261,7 @@ void Trainer::calibrate() {
       measured += Clock::now() - started;
       samples += static_cast<std::uint64_t>(indices.size(0));
     }
-    loop_.run_due_timers();
+    serve_bus_while_working();
   }
   msg::Calibration calibration;
   calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
@@ -292,7 +321,7 @@ void Trainer::train_if_ready() {
   if (!pending_ || !model_version_ || *model_version_ != pending_->model_version) return;
   const msg::RoundPlan plan = *pending_;
   pending_.reset();
-  train(plan);
+  work([this, &plan] { train(plan); });
 }
 
 void Trainer::train(const msg::RoundPlan& plan) {
@@ -305,7 +334,7 @@ void Trainer::train(const msg::RoundPlan& plan) {
   auto micro_batch_started = started;
   const auto between_micro_batches = [&] {
     simulate_slowdown(Clock::now() - micro_batch_started);
-    loop_.run_due_timers();
+    serve_bus_while_working();
     micro_batch_started = Clock::now();
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);

@@ -1,6 +1,7 @@
 #pragma once
 // The trainer registers its node, keeps a replica of the model at the version the aggregator
 // published, trains the samples each round's plan gives it and sends back summed gradients.
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -95,8 +96,16 @@ class Trainer final {
   void train(const msg::RoundPlan& plan);
   /// Measures the run's model at its micro-batch size and tells the scheduler.
   void calibrate();
-  /// With --slowdown F, after work that took `worked`, waits (F - 1) x worked, serving timers.
+  /// With --slowdown F, after work that took `worked`, waits (F - 1) x worked, serving the bus.
   void simulate_slowdown(Clock::duration worked);
+  /// Reads both sockets; while working, only liveness and test-aid messages are handled and the
+  /// rest wait in `deferred_` (a model arriving mid-share must not overwrite the replica).
+  void read_mailbox(zmq::socket_t& socket);
+  /// Between micro-batches: due timers (heartbeats out) and the mailbox (heartbeats in), so that
+  /// a share longer than the liveness timeout does not look like a silent coordinator.
+  void serve_bus_while_working();
+  /// Runs `work` with the mailbox deferring, then handles what was deferred, in order.
+  void work(const std::function<void()>& job);
 
   TrainerOptions options_;
   msg::HardwareReport report_;
@@ -115,6 +124,8 @@ class Trainer final {
   std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
+  bool working_ = false;
+  std::deque<Incoming> deferred_;
   std::optional<Clock::time_point> snapshot_requested_;
   torch::Tensor order_;
   std::uint64_t order_epoch_ = 0;
