@@ -295,6 +295,7 @@ void Aggregator::close_round(const char* why) {
   epoch_loss_sum_ += round.loss_sum;
   record_.append_round({{"round", closed.round}, {"epoch", closed.epoch},
                         {"model_version", model_version_}, {"seconds", seconds},
+                        {"closed_seconds", seconds_between(*first_round_, Clock::now())},
                         {"samples", samples}, {"idle_fraction", idle_fraction},
                         {"loss", samples ? round.loss_sum / samples : 0.0},
                         {"trainers", trainers}});

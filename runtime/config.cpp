@@ -19,6 +19,13 @@ class Reader {
     std::optional<T> value;
     if constexpr (std::is_same_v<T, std::string>) {
       value = node.value<std::string>();
+      // "--slowdowns 4" or "--name 7" arrive as numbers; a string key takes their text.
+      if (!value && node.is_integer()) value = std::to_string(*node.value<std::int64_t>());
+      if (!value && node.is_floating_point()) {
+        std::ostringstream text;
+        text << *node.value<double>();
+        value = text.str();
+      }
     } else if constexpr (std::is_same_v<T, bool>) {
       if (node.is_boolean()) value = node.value<bool>();
     } else if constexpr (std::is_floating_point_v<T>) {

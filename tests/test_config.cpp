@@ -62,3 +62,10 @@ TEST_CASE("the publish endpoint follows the listen port unless set") {
   bus.publish = "tcp://127.0.0.1:9000";
   CHECK(publish_endpoint_for(bus) == "tcp://127.0.0.1:9000");
 }
+
+TEST_CASE("a string key given a number on the command line takes its text") {
+  const Config config = load_config("", {"local.slowdowns=4", "node.name=7"});
+  CHECK(config.local.slowdowns == "4");
+  CHECK(config.node.name == "7");
+  CHECK(parse_slowdowns(config.local.slowdowns) == std::vector<double>{4.0});
+}
