@@ -119,7 +119,9 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       averager_(*model_, options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       test_set_(load_dataset(options_.data.dataset, options_.data.path, Split::kTest,
                              options_.data.test_limit)),
-      record_(options_.run_dir) {
+      record_(options_.run_dir, options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt),
+      checkpoints_(options_.run_dir + "/checkpoints") {
+  if (options_.resume) restore(*options_.resume);
   bus_.connect(hub_endpoint);
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
@@ -159,6 +161,18 @@ void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
   if (!first_round_) {
     first_round_ = Clock::now();
     epoch_started_ = *first_round_;  // epoch 1 is timed from its first round, not from start-up
+    if (options_.resume) {
+      // Announced with the first round rather than at start-up, when monitors have reconnected.
+      msg::Event event;
+      event.type = "resumed";
+      event.round = opened.round;
+      event.epoch = opened.epoch;
+      event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) + "): resumed after round " +
+                   std::to_string(options_.resume->round) + " from its checkpoint";
+      event.values["resumed_after_round"] = static_cast<double>(options_.resume->round);
+      event.values["coordinator_start"] = static_cast<double>(options_.incarnation);
+      bus_.publish(kEventTopic, event);
+    }
   }
   open_ = OpenRound{opened, Clock::now(), 0, {}, 0.0, 0};
   const auto deadline = open_->opened + std::chrono::duration_cast<Clock::duration>(
@@ -194,6 +208,10 @@ void Aggregator::accept(const msg::Contribution& contribution, const Incoming& f
   const auto planned = open_->plan.planned_samples.find(from.from);
   if (planned == open_->plan.planned_samples.end()) return drop("no samples were planned for it");
   if (open_->arrived.count(from.from)) return drop("already counted (duplicate)");
+  if (contribution.incarnation != open_->plan.incarnation) {
+    return drop("planned by coordinator start " + std::to_string(contribution.incarnation) + ", this is start " +
+                std::to_string(open_->plan.incarnation));
+  }
   if (contribution.model_version != open_->plan.model_version) {
     return drop("computed on model version " + std::to_string(contribution.model_version) +
                 ", round is on " + std::to_string(open_->plan.model_version));
@@ -272,6 +290,10 @@ void Aggregator::close_round(const char* why) {
       idle_seconds = std::max(0.0, seconds - outcome.arrival_seconds);
       idle_sum += idle_seconds;
       if (outcome.compute_seconds > 0) samples_per_second = outcome.samples / outcome.compute_seconds;
+      const auto ranges = round.plan.planned_ranges.find(trainer);
+      if (ranges != round.plan.planned_ranges.end()) {
+        epoch_trained_.insert(epoch_trained_.end(), ranges->second.begin(), ranges->second.end());
+      }
       event.values["samples_per_second/" + trainer] = samples_per_second;
       event.values["idle_seconds/" + trainer] = idle_seconds;
     } else {
@@ -281,7 +303,12 @@ void Aggregator::close_round(const char* why) {
     }
     event.values["planned/" + trainer] = static_cast<double>(planned);
     const auto benchmark = benchmark_gflops_.find(trainer);
-    trainers.push_back({{"name", trainer}, {"planned", planned}, {"samples", outcome.samples},
+    nlohmann::json ranges = nlohmann::json::array();
+    const auto planned_ranges = round.plan.planned_ranges.find(trainer);
+    if (outcome.delivered && planned_ranges != round.plan.planned_ranges.end()) {
+      for (const auto& range : planned_ranges->second) ranges.push_back({range.begin, range.end});
+    }
+    trainers.push_back({{"ranges", ranges}, {"name", trainer}, {"planned", planned}, {"samples", outcome.samples},
                         {"compute_seconds", outcome.compute_seconds}, {"samples_per_second", samples_per_second},
                         {"arrival_seconds", outcome.arrival_seconds}, {"idle_seconds", idle_seconds},
                         {"benchmark_gflops", benchmark == benchmark_gflops_.end() ? 0.0 : benchmark->second},
@@ -309,6 +336,102 @@ void Aggregator::close_round(const char* why) {
   event.text = "round " + std::to_string(closed.round) + ": " + std::to_string(samples) +
                " samples, loss " + std::to_string(event.values["loss"]);
   bus_.publish(kEventTopic, event);
+  if (options_.checkpoint_every > 0 && rounds_closed_ % static_cast<std::uint64_t>(options_.checkpoint_every) == 0) {
+    write_checkpoint();
+  }
+}
+
+SchedulerResume scheduler_resume_of(const Checkpoint& checkpoint) {
+  SchedulerResume resume;
+  resume.epoch = checkpoint.meta.at("epoch").get<std::uint64_t>();
+  resume.round = checkpoint.meta.at("rounds_closed").get<std::uint64_t>();
+  resume.model_version = checkpoint.meta.at("model_version").get<std::uint64_t>();
+  for (const auto& range : checkpoint.meta.at("epoch_trained")) {
+    resume.trained.push_back({range.at(0).get<std::uint64_t>(), range.at(1).get<std::uint64_t>()});
+  }
+  return resume;
+}
+
+msg::RunSpec run_spec_of(const Checkpoint& checkpoint) {
+  const auto& run = checkpoint.meta.at("run");
+  msg::RunSpec spec;
+  spec.run_id = run.at("run_id");
+  spec.model = run.at("model");
+  spec.dataset = run.at("dataset");
+  spec.train_samples = run.at("train_samples");
+  spec.seed = run.at("seed");
+  spec.micro_batch = run.at("micro_batch");
+  spec.mode = run.at("mode");
+  spec.optimizer = run.at("optimizer");
+  spec.learning_rate = run.at("learning_rate");
+  spec.momentum = run.at("momentum");
+  spec.weight_decay = run.at("weight_decay");
+  return spec;
+}
+
+void Aggregator::write_checkpoint() {
+  // Model and optimizer state (Adam's moments, SGD's momentum) as one LibTorch archive.
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model_->save(model_archive);
+  optimizer_->save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  std::ostringstream payload;
+  archive.save_to(payload);
+  nlohmann::json trained = nlohmann::json::array();
+  for (const auto& range : epoch_trained_) trained.push_back({range.begin, range.end});
+  nlohmann::json totals = nlohmann::json::object();
+  for (const auto& [trainer, total] : totals_) totals[trainer] = {total.samples, total.compute_seconds};
+  const msg::RunSpec& run = options_.run;
+  const nlohmann::json meta{
+      {"run", {{"run_id", run.run_id}, {"model", run.model}, {"dataset", run.dataset},
+               {"train_samples", run.train_samples}, {"seed", run.seed}, {"micro_batch", run.micro_batch},
+               {"mode", run.mode}, {"optimizer", run.optimizer}, {"learning_rate", run.learning_rate},
+               {"momentum", run.momentum}, {"weight_decay", run.weight_decay}}},
+      {"incarnation", options_.incarnation},
+      {"model_version", model_version_},
+      {"rounds_closed", rounds_closed_},
+      {"epoch", epoch_},
+      {"epoch_trained", trained},
+      {"epoch_samples", epoch_samples_},
+      {"epoch_loss_sum", epoch_loss_sum_},
+      {"samples_per_epoch", samples_per_epoch_},
+      {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
+      {"totals", totals},
+      {"training_seconds", training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
+  };
+  try {
+    checkpoints_.write(rounds_closed_, meta, payload.str());
+  } catch (const std::exception& e) {
+    // A full disk must not stop training; the previous checkpoint still stands.
+    log(LogLevel::kError, bus_.name(), "checkpoint of round ", rounds_closed_, " not written: ", e.what());
+  }
+}
+
+void Aggregator::restore(const Checkpoint& checkpoint) {
+  std::istringstream payload(checkpoint.payload);
+  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+  archive.load_from(payload);
+  if (!archive.try_read("model", model_archive) || !archive.try_read("optimizer", optimizer_archive)) {
+    throw std::runtime_error(checkpoint.path + ": no model or optimizer state in its payload");
+  }
+  model_->load(model_archive);
+  optimizer_->load(optimizer_archive);
+  const auto& meta = checkpoint.meta;
+  model_version_ = meta.at("model_version");
+  rounds_closed_ = meta.at("rounds_closed");
+  epoch_ = meta.at("epoch");
+  epoch_trained_ = scheduler_resume_of(checkpoint).trained;
+  epoch_samples_ = meta.at("epoch_samples");
+  epoch_loss_sum_ = meta.at("epoch_loss_sum");
+  samples_per_epoch_ = meta.at("samples_per_epoch").get<std::vector<std::uint64_t>>();
+  test_accuracy_per_epoch_ = meta.at("test_accuracy_per_epoch").get<std::vector<double>>();
+  for (const auto& [trainer, total] : meta.at("totals").items()) {
+    totals_[trainer] = TrainerTotals{total.at(0).get<std::uint64_t>(), total.at(1).get<double>()};
+  }
+  training_seconds_before_ = meta.at("training_seconds");
+  log(LogLevel::kInfo, bus_.name(), "resumed from ", checkpoint.path, ": model version ", model_version_,
+      ", round ", rounds_closed_, ", epoch ", epoch_, " with ", epoch_samples_, " samples trained");
 }
 
 void Aggregator::handle(const msg::EpochEnded& ended, const Incoming&) {
@@ -340,7 +463,13 @@ void Aggregator::handle(const msg::EpochEnded& ended, const Incoming&) {
   epoch_samples_ = 0;
   epoch_loss_sum_ = 0.0;
   epoch_started_ = Clock::now();
-  if (ended.last) finish();
+  epoch_ = ended.epoch + 1;
+  epoch_trained_.clear();
+  if (ended.last) {
+    finish();
+  } else if (options_.checkpoint_every > 0) {
+    write_checkpoint();  // the evaluation is done: a resumed run does not repeat it
+  }
 }
 
 void Aggregator::finish() {
@@ -364,7 +493,8 @@ void Aggregator::finish() {
       {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
       {"epochs", samples_per_epoch_.size()},
       {"wall_seconds", wall_seconds},
-      {"training_seconds", first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0},
+      {"training_seconds", training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
+      {"coordinator_starts", options_.incarnation},
       {"rounds", rounds_closed_},
       {"model_version", model_version_},
       {"samples_per_epoch", samples_per_epoch_},
@@ -384,6 +514,7 @@ void Aggregator::finish() {
   msg::RunFinished finished{"all " + std::to_string(samples_per_epoch_.size()) + " epochs trained", accuracy};
   bus_.publish(kControlTopic, finished);
   log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
+  checkpoints_.clear();  // the run is over: model.pt and summary.json are its result
   if (on_finished_) on_finished_();
 }
 

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "actors/learning/dataset.hpp"
+#include "actors/scheduler.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
@@ -19,6 +20,7 @@
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/run_record.hpp"
 
 namespace filo {
@@ -74,7 +76,15 @@ struct AggregatorOptions {
   DataOptions data;        /// the test set evaluated after each epoch
   std::string run_dir;
   std::int64_t epochs = 1;
+  std::int64_t checkpoint_every = 1;   /// rounds between checkpoints; 0 = none
+  std::uint64_t incarnation = 1;       /// this start of the coordinator
+  std::optional<Checkpoint> resume;    /// continue from this checkpoint
 };
+
+/// The scheduler's part of a checkpoint: where the epoch stands.
+SchedulerResume scheduler_resume_of(const Checkpoint& checkpoint);
+/// The run a checkpoint belongs to.
+msg::RunSpec run_spec_of(const Checkpoint& checkpoint);
 
 class Aggregator final {
  public:
@@ -116,6 +126,8 @@ class Aggregator final {
   void close_round(const char* why);
   void publish_model(const std::string& to);
   void finish();
+  void write_checkpoint();
+  void restore(const Checkpoint& checkpoint);
 
   AggregatorOptions options_;
   BusClient bus_;
@@ -137,6 +149,10 @@ class Aggregator final {
   std::uint64_t epoch_samples_ = 0;
   double epoch_loss_sum_ = 0.0;
   std::uint64_t rounds_closed_ = 0;
+  std::uint64_t epoch_ = 1;
+  std::vector<msg::SampleRange> epoch_trained_;  // positions of this epoch delivered and counted
+  CheckpointStore checkpoints_;
+  double training_seconds_before_ = 0.0;  // of earlier incarnations of this run
   Clock::time_point started_ = Clock::now();
   std::optional<Clock::time_point> first_round_;
   Clock::time_point epoch_started_ = Clock::now();

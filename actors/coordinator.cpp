@@ -50,6 +50,40 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   run.momentum = config.optimizer.momentum;
   run.weight_decay = config.optimizer.weight_decay;
 
+  // A run directory with checkpoints is a run to resume: the nodes reconnect by themselves.
+  std::optional<Checkpoint> resume;
+  std::uint64_t incarnation = 1;
+  if (config.run.resume) {
+    CheckpointStore store(config.run.run_dir + "/checkpoints");
+    std::vector<std::string> problems;
+    resume = store.load_latest(problems);
+    for (const auto& problem : problems) {
+      log(LogLevel::kWarn, "coordinator", "checkpoint unusable, falling back to an older one: ", problem);
+    }
+    if (!resume && !problems.empty()) {
+      throw std::runtime_error("no usable checkpoint in " + store.directory() +
+                               "; move it away, or set run.resume=false to start the run over");
+    }
+  }
+  if (resume) {
+    const msg::RunSpec saved = run_spec_of(*resume);
+    const auto differs = [&](const std::string& what, const std::string& saved_value, const std::string& configured) {
+      if (saved_value != configured) {
+        throw ConfigError(resume->path + " is a checkpoint of a run with " + what + " " + saved_value + ", not " +
+                          configured + "; use another run.run_dir, or run.resume=false to start over");
+      }
+    };
+    differs("model", saved.model, run.model);
+    differs("dataset", saved.dataset, run.dataset);
+    differs("mode", saved.mode, run.mode);
+    differs("train samples", std::to_string(saved.train_samples), std::to_string(run.train_samples));
+    differs("seed", std::to_string(saved.seed), std::to_string(run.seed));
+    run = saved;
+    incarnation = resume->meta.at("incarnation").get<std::uint64_t>() + 1;
+    log(LogLevel::kWarn, "coordinator", "resuming run ", run.run_id, " after round ", resume->round, " from ",
+        resume->path, " (coordinator start ", incarnation, ")");
+  }
+
   zmq::context_t context;
   SocketFactory sockets(context, config.bus.socket_limits);
   Hub hub(sockets, HubOptions{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)});
@@ -58,6 +92,8 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                         nlohmann::json{{"router", hub.router_endpoint()},
                                        {"publish", hub.publish_endpoint()},
                                        {"run_id", run.run_id},
+                                       {"incarnation", incarnation},
+                                       {"resumed_after_round", resume ? resume->round : 0},
                                        {"pid", getpid()}}
                                 .dump(2));
   log(LogLevel::kInfo, "coordinator", "run ", run.run_id, ": listening on ", hub.router_endpoint(),
@@ -83,10 +119,13 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                       SchedulerOptions{config.schedule, run.train_samples,
                                        config.optimizer.mode == "local-sgd"
                                            ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
-                                           : 0}, actors_stop);
+                                           : 0,
+                                       incarnation,
+                                       resume ? std::optional<SchedulerResume>(scheduler_resume_of(*resume)) : std::nullopt}, actors_stop);
   Aggregator aggregator(
       sockets, hub.inproc_router_endpoint(),
-      AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs},
+      AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs,
+                        config.run.checkpoint_every, incarnation, resume},
       actors_stop, [&] {
         std::lock_guard<std::mutex> lock(finished_mutex);
         finished = true;

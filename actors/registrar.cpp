@@ -105,8 +105,12 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
 void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
   auto found = live_.find(from.from);
   if (found == live_.end()) {
-    // A trainer we declared lost is still talking: make it register again.
-    reject(from.from, "not admitted (declared lost or never registered); send a hardware report");
+    // A trainer we declared lost, or one of the run before a coordinator restart, is still
+    // talking: make it register again. Not a rejection; no event.
+    msg::Admission again;
+    again.register_again = true;
+    again.reason = "unknown to this registrar (declared lost, or the coordinator restarted)";
+    bus_.send(from.from, again);
     return;
   }
   found->second.last_heard = Clock::now();

@@ -29,6 +29,22 @@ void SamplePool::reset(std::uint64_t size) {
   if (size > 0) ranges_.push_back({0, size});
 }
 
+void SamplePool::assign(const std::vector<msg::SampleRange>& ranges) {
+  ranges_.assign(ranges.begin(), ranges.end());
+}
+
+std::vector<msg::SampleRange> untrained_ranges(std::vector<msg::SampleRange> trained, std::uint64_t size) {
+  std::sort(trained.begin(), trained.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  std::vector<msg::SampleRange> untrained;
+  std::uint64_t cursor = 0;
+  for (const auto& range : trained) {
+    if (range.begin > cursor) untrained.push_back({cursor, std::min(range.begin, size)});
+    cursor = std::max(cursor, range.end);
+  }
+  if (cursor < size) untrained.push_back({cursor, size});
+  return untrained;
+}
+
 std::vector<msg::SampleRange> SamplePool::take(std::uint64_t count) {
   std::vector<msg::SampleRange> taken;
   while (count > 0 && !ranges_.empty()) {
@@ -158,6 +174,14 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
     : options_(std::move(options)), bus_(sockets, kSchedulerName), loop_(stop) {
   bus_.connect(hub_endpoint);
   pool_.reset(options_.train_samples);
+  if (options_.resume) {
+    const SchedulerResume& resume = *options_.resume;
+    epoch_ = resume.epoch;
+    round_ = resume.round;
+    model_version_ = resume.model_version;
+    pool_.assign(untrained_ranges(resume.trained, options_.train_samples));
+    for (const auto& range : resume.trained) epoch_trained_ += range.size();
+  }
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
@@ -234,9 +258,10 @@ void Scheduler::maybe_start(Clock::time_point now) {
   if (!enough_trainers_since_) enough_trainers_since_ = now;
   if (seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds) return;
   started_ = true;
-  log(LogLevel::kInfo, bus_.name(), "starting with ", calibrated_trainers(), " trainers (",
-      options_.schedule.split, " shares): ",
-      options_.train_samples, " samples per epoch, ", options_.schedule.epochs, " epochs");
+  log(LogLevel::kInfo, bus_.name(), options_.resume ? "resuming" : "starting", " with ", calibrated_trainers(),
+      " trainers (", options_.schedule.split, " shares): ", options_.train_samples, " samples per epoch, ",
+      options_.schedule.epochs, " epochs; epoch ", epoch_, " has ", pool_.remaining(), " samples to train");
+  if (pool_.empty()) end_epoch();  // resumed just after an epoch's last round
   plan_round();
 }
 
@@ -261,6 +286,7 @@ void Scheduler::plan_round() {
   opened.epoch = epoch_;
   opened.model_version = model_version_;
   opened.deadline_seconds = deadline_seconds();
+  opened.incarnation = options_.incarnation;
   SamplePool round_pool;
   round_pool.give_back(taken);
   std::vector<std::pair<std::string, msg::RoundPlan>> plans;
@@ -291,7 +317,9 @@ void Scheduler::plan_round() {
     plan.micro_batch = micro.micro_batch;
     plan.accumulation_steps = micro.accumulation_steps;
     plan.deadline_seconds = opened.deadline_seconds;
+    plan.incarnation = options_.incarnation;
     opened.planned_samples[share.trainer] = share.samples;
+    opened.planned_ranges[share.trainer] = plan.ranges;
     in_flight_[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
   }

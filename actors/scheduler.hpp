@@ -23,6 +23,8 @@ constexpr const char* kSchedulerName = "scheduler";
 class SamplePool {
  public:
   void reset(std::uint64_t size);
+  /// Exactly `ranges` remain.
+  void assign(const std::vector<msg::SampleRange>& ranges);
   /// Removes and returns up to `count` positions from the front.
   std::vector<msg::SampleRange> take(std::uint64_t count);
   /// Puts `ranges` back at the front (they are retried first).
@@ -84,12 +86,25 @@ struct MicroBatchPlan {
 MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
                                  std::uint64_t max_for_device);
 
+/// Where a resumed run stands: the last closed round and the positions of its epoch trained.
+struct SchedulerResume {
+  std::uint64_t epoch = 1;
+  std::uint64_t round = 0;
+  std::uint64_t model_version = 0;
+  std::vector<msg::SampleRange> trained;
+};
+
+/// The positions of [0, size) not in `trained` (which may be unsorted, never overlapping).
+std::vector<msg::SampleRange> untrained_ranges(std::vector<msg::SampleRange> trained, std::uint64_t size);
+
 struct SchedulerOptions {
   ScheduleOptions schedule;
   std::uint64_t train_samples = 0;  /// samples per epoch
   /// local-sgd: a round holds this many samples per planned trainer (the sync interval), in place
   /// of schedule.round_samples; 0 = gradient mode's fixed global batch.
   std::uint64_t round_samples_per_trainer = 0;
+  std::uint64_t incarnation = 1;           /// this start of the coordinator (1 = fresh run)
+  std::optional<SchedulerResume> resume;   /// continue a checkpointed run
 };
 
 class Scheduler final {

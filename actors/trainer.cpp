@@ -149,6 +149,10 @@ void Trainer::register_again(const std::string& why) {
 
 void Trainer::handle(const msg::Admission& admission, const Incoming&) {
   last_heard_ = Clock::now();
+  if (!admission.admitted && admission.register_again) {
+    if (state_ == State::kAdmitted) register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
+    return;  // while registering, the report is on its way already
+  }
   if (!admission.admitted) {
     if (state_ == State::kAdmitted) {
       register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
@@ -193,6 +197,13 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
   }
   if (admission.heartbeat_interval_ms > 0) options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
   if (admission.liveness > 0) options_.liveness = admission.liveness;
+  if (first_admission) {
+    // Admitted afresh (perhaps by a restarted coordinator that resumed from a checkpoint older
+    // than this replica): take whatever model it has, even an older version.
+    model_version_.reset();
+    last_loaded_version_ = 0;
+    pending_.reset();
+  }
   if (state_ != State::kAdmitted) {
     log(LogLevel::kInfo, bus_.name(), "admitted to run ", admission.run.run_id, " (", admission.run.model,
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
@@ -351,6 +362,7 @@ void Trainer::train(const msg::RoundPlan& plan) {
   contribution.round = plan.round;
   contribution.epoch = plan.epoch;
   contribution.model_version = plan.model_version;
+  contribution.incarnation = plan.incarnation;
   contribution.samples = result.samples;
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;

@@ -75,7 +75,11 @@ struct Admission {
   std::string publish_endpoint;  // where model broadcasts and control messages are published
   std::int32_t heartbeat_interval_ms = 0;
   std::int32_t liveness = 0;     // missed heartbeats before a peer counts as lost
-  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness)
+  // Not a verdict on the node: the registrar does not know this trainer (it was declared lost,
+  // or the coordinator restarted) and wants its hardware report again.
+  bool register_again = false;
+  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness,
+                     register_again)
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides

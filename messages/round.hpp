@@ -29,8 +29,11 @@ struct RoundPlan {
   std::uint32_t micro_batch = 0;
   std::uint32_t accumulation_steps = 0;
   double deadline_seconds = 0.0;
+  // Which start of the coordinator planned it: a contribution is counted only by the same one,
+  // so that work queued for a coordinator that died is never counted by its successor.
+  std::uint64_t incarnation = 0;
   MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps,
-                     deadline_seconds)
+                     deadline_seconds, incarnation)
 };
 
 // scheduler → aggregator: the round is open; these trainers owe these many samples.
@@ -41,7 +44,12 @@ struct RoundOpened {
   std::uint64_t model_version = 0;
   std::map<std::string, std::uint64_t> planned_samples;
   double deadline_seconds = 0.0;
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, planned_samples, deadline_seconds)
+  std::uint64_t incarnation = 0;
+  // The positions each trainer trains: the aggregator records what was delivered, per epoch,
+  // so that a checkpoint knows exactly which samples are done.
+  std::map<std::string, std::vector<SampleRange>> planned_ranges;
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, planned_samples, deadline_seconds, incarnation,
+                     planned_ranges)
 };
 
 // trainer → aggregator: gradients summed over its samples (as tensor frames), its BatchNorm-style
@@ -58,8 +66,9 @@ struct Contribution {
   double compute_seconds = 0.0;
   std::vector<TensorMeta> gradients;
   std::vector<TensorMeta> buffers;
+  std::uint64_t incarnation = 0;  // the plan's
   MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds,
-                     gradients, buffers)
+                     gradients, buffers, incarnation)
 };
 
 struct TrainerOutcome {

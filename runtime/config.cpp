@@ -156,6 +156,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "slowdown", config.node.slowdown);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
+  reader.read("run", "checkpoint_every", config.run.checkpoint_every);
+  reader.read("run", "resume", config.run.resume);
   reader.read("admission", "min_memory_mb", config.admission.min_memory_mb);
   reader.read("admission", "min_device_memory_mb", config.admission.min_device_memory_mb);
   reader.read("admission", "required_precisions", config.admission.required_precisions);
@@ -189,6 +191,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
         "bus.max_message_bytes must be at least 1 MiB");
   check(config.node.threads >= 1, "node.threads must be >= 1");
   check(config.run.threads >= 1, "run.threads must be >= 1");
+  check(config.run.checkpoint_every >= 0, "run.checkpoint_every must be >= 0");
   check(config.node.device == "cpu" || config.node.device.rfind("cuda", 0) == 0,
         "node.device must be \"cpu\" or \"cuda:N\", not \"" + config.node.device + "\"");
   check(config.local.nodes >= 1, "local.nodes must be >= 1");

@@ -84,6 +84,11 @@ struct NodeOptions {
 struct RunOptions {
   std::string run_dir = "runs/latest";  /// summary.json, rounds.jsonl, final model
   std::int64_t threads = 1;             /// LibTorch threads of the coordinator (step, evaluation)
+  /// Rounds between checkpoints (model, optimizer, sample accounting) in run_dir/checkpoints;
+  /// 0 = none. A killed coordinator loses at most this many rounds.
+  std::int64_t checkpoint_every = 1;
+  /// Started on a run_dir that holds checkpoints, the coordinator resumes that run.
+  bool resume = true;
 };
 
 struct AdmissionOptions {

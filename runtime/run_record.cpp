@@ -10,11 +10,21 @@
 
 namespace filo {
 
-RunRecord::RunRecord(std::string run_dir) : run_dir_(std::move(run_dir)) {
+RunRecord::RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round)
+    : run_dir_(std::move(run_dir)) {
   std::error_code error;
   std::filesystem::create_directories(run_dir_, error);
   if (error) throw std::runtime_error("cannot create run directory " + run_dir_ + ": " + error.message());
-  rounds_.open(path("rounds.jsonl"), std::ios::out | std::ios::trunc);
+  std::string kept;
+  if (resumed_after_round) {
+    std::ifstream previous(path("rounds.jsonl"));
+    for (std::string line; std::getline(previous, line);) {
+      const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_object() && parsed.value("round", std::uint64_t{0}) <= *resumed_after_round) kept += line + "\n";
+    }
+  }
+  write_file_atomically(path("rounds.jsonl"), kept);
+  rounds_.open(path("rounds.jsonl"), std::ios::out | std::ios::app);
   if (!rounds_) throw std::runtime_error("cannot write " + path("rounds.jsonl"));
 }
 
@@ -40,10 +50,21 @@ void write_file_atomically(const std::string& path, const std::string& text) {
     }
     written += static_cast<std::size_t>(n);
   }
-  ::fsync(fd);
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    throw std::runtime_error("cannot fsync " + temporary + ": " + std::strerror(error));
+  }
   ::close(fd);
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
     throw std::runtime_error("cannot rename " + temporary + " to " + path + ": " + std::strerror(errno));
+  }
+  // The rename itself is durable only once the directory is.
+  const std::string directory = std::filesystem::path(path).parent_path().string();
+  const int directory_fd = ::open(directory.empty() ? "." : directory.c_str(), O_RDONLY | O_DIRECTORY);
+  if (directory_fd >= 0) {
+    ::fsync(directory_fd);
+    ::close(directory_fd);
   }
 }
 

@@ -1,7 +1,9 @@
 #pragma once
 // The run directory: rounds.jsonl (one line per round, appended and flushed as rounds close) and
 // summary.json (written atomically: temporary file, fsync, rename).
+#include <cstdint>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -10,8 +12,10 @@ namespace filo {
 
 class RunRecord {
  public:
-  /// Creates `run_dir` if needed and starts a fresh rounds.jsonl.
-  explicit RunRecord(std::string run_dir);
+  /// Creates `run_dir` if needed and starts a fresh rounds.jsonl, or, resuming after
+  /// `resumed_after_round`, keeps its lines up to that round and drops later ones (rounds that
+  /// closed after the checkpoint are trained again and recorded again).
+  explicit RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round = std::nullopt);
   void append_round(const nlohmann::json& line);
   void write_summary(const nlohmann::json& summary) const;
   const std::string& run_dir() const { return run_dir_; }

@@ -79,6 +79,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   std::filesystem::create_directories(logs);
   std::filesystem::remove(run_dir + "/coordinator.json");
   std::filesystem::remove(run_dir + "/summary.json");
+  std::filesystem::remove_all(run_dir + "/checkpoints");  // `filo local` always starts a fresh run
   const auto started = std::chrono::steady_clock::now();
 
   const std::string self = current_executable();

@@ -1,0 +1,119 @@
+#include "runtime/checkpoint.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+#include <stdexcept>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "runtime/run_record.hpp"
+
+namespace filo {
+namespace {
+constexpr const char* kMagic = "filo-checkpoint 1";
+constexpr const char* kPrefix = "round-";
+constexpr const char* kSuffix = ".ckpt";
+constexpr int kRoundDigits = 9;
+
+std::string crc32_hex(const std::string& bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // zlib takes uInt lengths; feed large payloads in pieces.
+  constexpr std::size_t kPiece = 1u << 30;
+  for (std::size_t offset = 0; offset < bytes.size(); offset += kPiece) {
+    const std::size_t length = std::min(kPiece, bytes.size() - offset);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + offset), static_cast<uInt>(length));
+  }
+  std::ostringstream hex;
+  hex << std::hex << std::setw(8) << std::setfill('0') << crc;
+  return hex.str();
+}
+
+std::string file_name(std::uint64_t round) {
+  std::ostringstream name;
+  name << kPrefix << std::setw(kRoundDigits) << std::setfill('0') << round << kSuffix;
+  return name.str();
+}
+}  // namespace
+
+CheckpointStore::CheckpointStore(std::string directory, std::size_t keep)
+    : directory_(std::move(directory)), keep_(std::max<std::size_t>(keep, 2)) {}
+
+void CheckpointStore::write(std::uint64_t round, const nlohmann::json& meta, const std::string& payload) const {
+  std::filesystem::create_directories(directory_);
+  nlohmann::json stamped = meta;
+  stamped["round"] = round;
+  const std::string body = stamped.dump() + "\n" + payload;
+  write_file_atomically(directory_ + "/" + file_name(round), std::string(kMagic) + "\n" + crc32_hex(body) + "\n" + body);
+  const auto files = files_newest_first();
+  for (std::size_t i = keep_; i < files.size(); ++i) std::filesystem::remove(files[i].second);
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> CheckpointStore::files_newest_first() const {
+  std::vector<std::pair<std::uint64_t, std::string>> files;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(directory_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(kPrefix, 0) != 0 || name.size() <= std::strlen(kPrefix) + std::strlen(kSuffix) ||
+        name.compare(name.size() - std::strlen(kSuffix), std::string::npos, kSuffix) != 0) {
+      continue;
+    }
+    const std::string digits = name.substr(std::strlen(kPrefix), name.size() - std::strlen(kPrefix) - std::strlen(kSuffix));
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    files.emplace_back(std::stoull(digits), entry.path().string());
+  }
+  std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return files;
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot open");
+  const std::string contents((std::istreambuf_iterator<char>(file)), {});
+  const std::size_t magic_end = contents.find('\n');
+  if (magic_end == std::string::npos || contents.compare(0, magic_end, kMagic) != 0) {
+    throw std::runtime_error("not a filo checkpoint (bad header)");
+  }
+  const std::size_t crc_end = contents.find('\n', magic_end + 1);
+  if (crc_end == std::string::npos) throw std::runtime_error("truncated before its checksum");
+  const std::string expected = contents.substr(magic_end + 1, crc_end - magic_end - 1);
+  const std::string body = contents.substr(crc_end + 1);
+  const std::string actual = crc32_hex(body);
+  if (actual != expected) {
+    throw std::runtime_error("checksum mismatch (stored " + expected + ", contents hash to " + actual +
+                             "): damaged or torn");
+  }
+  const std::size_t meta_end = body.find('\n');
+  if (meta_end == std::string::npos) throw std::runtime_error("no metadata line");
+  Checkpoint checkpoint;
+  checkpoint.meta = nlohmann::json::parse(body.substr(0, meta_end), nullptr, /*allow_exceptions=*/false);
+  if (checkpoint.meta.is_discarded() || !checkpoint.meta.contains("round")) {
+    throw std::runtime_error("metadata is not valid JSON with a round");
+  }
+  checkpoint.round = checkpoint.meta.at("round").get<std::uint64_t>();
+  checkpoint.payload = body.substr(meta_end + 1);
+  checkpoint.path = path;
+  return checkpoint;
+}
+
+std::optional<Checkpoint> CheckpointStore::load_latest(std::vector<std::string>& problems) const {
+  for (const auto& [round, path] : files_newest_first()) {
+    try {
+      return read_checkpoint(path);
+    } catch (const std::exception& e) {
+      problems.push_back(path + ": " + e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+void CheckpointStore::clear() const {
+  for (const auto& [round, path] : files_newest_first()) std::filesystem::remove(path);
+}
+
+}  // namespace filo

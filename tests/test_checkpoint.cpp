@@ -1,0 +1,75 @@
+// Checkpoints survive as written or are detected as damaged, and the previous one is used.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+#include "actors/scheduler.hpp"
+#include "runtime/checkpoint.hpp"
+
+using namespace filo;
+
+namespace {
+std::string fresh_directory(const std::string& name) {
+  const std::string path = "/tmp/filo-test-" + name + "-" + std::to_string(getpid());
+  std::filesystem::remove_all(path);
+  return path;
+}
+
+std::string binary_payload(char seed) {
+  std::string payload(100000, '\0');
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(seed + i * 31);
+  return payload;
+}
+}  // namespace
+
+TEST_CASE("a checkpoint reads back as written, and only the newest few are kept") {
+  CheckpointStore store(fresh_directory("checkpoints"), 3);
+  for (std::uint64_t round = 1; round <= 5; ++round) store.write(round, {{"epoch", 1}}, binary_payload(char(round)));
+  std::vector<std::string> problems;
+  const auto latest = store.load_latest(problems);
+  REQUIRE(latest);
+  CHECK(problems.empty());
+  CHECK(latest->round == 5);
+  CHECK(latest->meta.at("epoch") == 1);
+  CHECK(latest->payload == binary_payload(5));
+  std::size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(store.directory())) files += entry.is_regular_file();
+  CHECK(files == 3);
+}
+
+TEST_CASE("a damaged or truncated newest checkpoint is named and the previous good one is used") {
+  CheckpointStore store(fresh_directory("damaged"), 3);
+  store.write(7, {{"epoch", 2}}, binary_payload('a'));
+  store.write(8, {{"epoch", 2}}, binary_payload('b'));
+  store.write(9, {{"epoch", 2}}, binary_payload('c'));
+  const std::string newest = store.directory() + "/round-000000009.ckpt";
+  const std::string middle = store.directory() + "/round-000000008.ckpt";
+  {  // one flipped byte in the payload of the newest
+    std::fstream file(newest, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(-100, std::ios::end);
+    file.put('X');
+  }
+  std::filesystem::resize_file(middle, std::filesystem::file_size(middle) / 2);  // torn
+  std::vector<std::string> problems;
+  const auto latest = store.load_latest(problems);
+  REQUIRE(latest);
+  CHECK(latest->round == 7);
+  CHECK(latest->payload == binary_payload('a'));
+  REQUIRE(problems.size() == 2);
+  CHECK(problems[0].find("round-000000009.ckpt: checksum mismatch") != std::string::npos);
+  CHECK(problems[1].find("round-000000008.ckpt") != std::string::npos);
+}
+
+TEST_CASE("the untrained positions of an epoch are the complement of the trained ranges") {
+  const std::vector<msg::SampleRange> trained{{40, 60}, {0, 10}, {10, 20}, {90, 100}};
+  const auto untrained = untrained_ranges(trained, 100);
+  REQUIRE(untrained.size() == 2);
+  CHECK(untrained[0].begin == 20);
+  CHECK(untrained[0].end == 40);
+  CHECK(untrained[1].begin == 60);
+  CHECK(untrained[1].end == 90);
+  CHECK(untrained_ranges({}, 50).size() == 1);
+  CHECK(untrained_ranges({{0, 50}}, 50).empty());
+}
