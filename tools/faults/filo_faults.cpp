@@ -1,0 +1,468 @@
+// Scripted fault injection: runs a real cluster (a coordinator and trainer nodes, each a separate
+// process of the filo binary, over tcp loopback), applies one scenario's faults, records a
+// JSON-lines history of faults and bus events, and checks the run's invariants over it.
+//
+//   build/filo_faults --scenario kill-trainer --out /tmp/faults [--baseline /tmp/faults/baseline/summary.json]
+//
+// Scenarios: baseline (no faults), kill-trainer (SIGKILL at --kills distinct moments of a round,
+// each trainer in turn, restarted each time), stop-continue (SIGSTOP past the liveness timeout,
+// then SIGCONT), join (a third node mid-run), coordinator-restart (SIGKILL the coordinator,
+// start it again), corrupt-checkpoint (the same, with its newest checkpoint damaged first).
+// A longer soak: --scenario kill-trainer --kills 40 --set schedule.epochs=6.
+#include <CLI/CLI.hpp>
+#include <condition_variable>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "messages/codec.hpp"
+#include "messages/event.hpp"
+#include "runtime/bus.hpp"
+#include "runtime/clock.hpp"
+#include "runtime/process.hpp"
+#include "runtime/scoped_thread.hpp"
+#include "runtime/stop_signal.hpp"
+
+using namespace filo;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+constexpr auto kEventWait = 30s;
+constexpr auto kRunTimeout = 600s;
+constexpr double kAccuracyTolerance = 0.01;
+constexpr double kRejoinLimitSeconds = 5.0;
+constexpr std::uint64_t kMaxRoundsLostToCoordinatorKill = 1;
+
+/// Faults and bus events, timestamped from the scenario's start, in memory and in history.jsonl.
+class History {
+ public:
+  explicit History(const std::string& path) : file_(path, std::ios::trunc) {}
+
+  double record(json entry) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const double t = seconds_between(start_, Clock::now());
+    entry["t"] = t;
+    file_ << entry.dump() << '\n';
+    file_.flush();
+    entries_.push_back(std::move(entry));
+    changed_.notify_all();
+    return t;
+  }
+
+  /// The first entry from index `from` on that satisfies `match`, waiting up to `timeout`.
+  template <typename Match>
+  std::optional<json> wait_for(const Match& match, std::chrono::seconds timeout, double after_t = -1.0) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::size_t seen = 0;
+    while (true) {
+      for (; seen < entries_.size(); ++seen) {
+        if (entries_[seen].at("t").get<double>() > after_t && match(entries_[seen])) return entries_[seen];
+      }
+      if (changed_.wait_until(lock, deadline) == std::cv_status::timeout) return std::nullopt;
+    }
+  }
+
+  double now() const { return seconds_between(start_, Clock::now()); }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::ofstream file_;
+  std::vector<json> entries_;
+  Clock::time_point start_ = Clock::now();
+};
+
+/// Subscribes to the coordinator's events (and keeps subscribing across its restarts: zmq
+/// reconnects by itself) and records each one in the history.
+class EventRecorder {
+ public:
+  EventRecorder(const std::string& endpoint, History& history)
+      : sockets_(context_, SocketLimits{}), bus_(sockets_, "fault-recorder"), history_(history) {
+    bus_.subscribe(endpoint, {kEventTopic});
+    thread_ = ScopedThread([this] { run(); });
+  }
+  ~EventRecorder() { stop_.request_stop(); }
+
+ private:
+  void run() {
+    while (!stop_.stop_requested()) {
+      zmq::pollitem_t item{bus_.published().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      while (auto incoming = bus_.receive(bus_.published())) {
+        if (incoming->envelope.kind != MessageKind::kEvent) continue;
+        auto event = decode_frame<msg::Event>(incoming->body, bus_.limits());
+        if (!event) continue;
+        const auto& e = event.value();
+        history_.record({{"kind", "event"}, {"type", e.type}, {"text", e.text}, {"round", e.round},
+                         {"epoch", e.epoch}, {"values", e.values}, {"labels", e.labels}});
+      }
+    }
+  }
+
+  zmq::context_t context_;
+  SocketFactory sockets_;
+  BusClient bus_;
+  History& history_;
+  StopFlag stop_;
+  ScopedThread thread_;  // last: joined before the socket closes
+};
+
+int free_port_pair() {
+  // Two consecutive free ports: the coordinator listens on P and publishes on P + 1.
+  std::mt19937 random(static_cast<unsigned>(getpid()));
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int port = 20000 + static_cast<int>(random() % 20000) * 2;
+    zmq::context_t context;
+    try {
+      zmq::socket_t a(context, zmq::socket_type::router), b(context, zmq::socket_type::router);
+      a.set(zmq::sockopt::linger, 0);
+      b.set(zmq::sockopt::linger, 0);
+      a.bind("tcp://127.0.0.1:" + std::to_string(port));
+      b.bind("tcp://127.0.0.1:" + std::to_string(port + 1));
+      return port;
+    } catch (const zmq::error_t&) {
+    }
+  }
+  throw std::runtime_error("no two consecutive free ports found");
+}
+
+struct Instance {
+  std::string name;
+  ChildProcess process;
+  bool killed_on_purpose = false;
+};
+
+/// The processes of one scenario. Every start, kill and stop is a fault or an action in the history.
+class FaultCluster {
+ public:
+  FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history)
+      : run_dir_(std::move(run_dir)), settings_(std::move(settings)), history_(history), port_(free_port_pair()) {}
+
+  std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string events() const { return "tcp://127.0.0.1:" + std::to_string(port_ + 1); }
+  const std::string& run_dir() const { return run_dir_; }
+
+  void start_coordinator() {
+    std::vector<std::string> arguments{FILO_BINARY, "coordinator", "--listen", router(), "--run-dir", run_dir_};
+    for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
+    const std::string log = run_dir_ + "/logs/coordinator-" + std::to_string(++coordinator_starts_) + ".log";
+    coordinators_.push_back({"coordinator", ChildProcess(arguments, log), false});
+    history_.record({{"kind", "action"}, {"action", "start"}, {"target", "coordinator"}, {"log", log}});
+  }
+
+  double start_node(const std::string& name) {
+    std::vector<std::string> arguments{FILO_BINARY, "node", "--coordinator", router(), "--name", name};
+    for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
+    const std::string log = run_dir_ + "/logs/" + name + "-" + std::to_string(++node_starts_[name]) + ".log";
+    nodes_.push_back({name, ChildProcess(arguments, log), false});
+    return history_.record({{"kind", "action"}, {"action", "start"}, {"target", name}, {"log", log}});
+  }
+
+  double signal_node(const std::string& name, int signal_number) {
+    for (auto& instance : nodes_) {
+      if (instance.name != name || !instance.process.running()) continue;
+      instance.process.signal(signal_number);
+      if (signal_number == SIGKILL) instance.killed_on_purpose = true;
+      return history_.record({{"kind", "fault"}, {"action", strsignal(signal_number)}, {"target", name}});
+    }
+    throw std::runtime_error("no running process of " + name + " to signal");
+  }
+
+  double kill_coordinator() {
+    Instance& coordinator = coordinators_.back();
+    coordinator.process.signal(SIGKILL);
+    coordinator.killed_on_purpose = true;
+    coordinator.process.wait_for(10s);
+    return history_.record({{"kind", "fault"}, {"action", "Killed"}, {"target", "coordinator"}});
+  }
+
+  /// Waits for the run's end; returns the problems found with any process's exit.
+  std::vector<std::string> wait_for_exit() {
+    std::vector<std::string> problems;
+    const auto code = coordinators_.back().process.wait_for(kRunTimeout);
+    if (code != std::optional<int>(0)) {
+      problems.push_back("the coordinator " + (code ? "exited with " + std::to_string(*code) : std::string("did not finish")));
+    }
+    for (auto& instance : nodes_) {
+      const auto node_code = instance.process.wait_for(30s);
+      const int expected = instance.killed_on_purpose ? 128 + SIGKILL : 0;
+      if (node_code != std::optional<int>(expected)) {
+        problems.push_back(instance.name + " exited with " + (node_code ? std::to_string(*node_code) : std::string("nothing (hung)")) +
+                           ", expected " + std::to_string(expected));
+      }
+    }
+    return problems;
+  }
+
+ private:
+  std::string run_dir_;
+  std::vector<std::string> settings_;
+  History& history_;
+  int port_;
+  int coordinator_starts_ = 0;
+  std::map<std::string, int> node_starts_;
+  std::vector<Instance> coordinators_;
+  std::vector<Instance> nodes_;  // every instance ever started, in order
+};
+
+std::string trainer_of(const std::string& node) { return "trainer@" + node + "/cpu"; }
+
+bool is_event(const json& entry, const std::string& type) {
+  return entry.at("kind") == "event" && entry.at("type") == type;
+}
+
+bool delivered_by(const json& entry, const std::string& trainer) {
+  return is_event(entry, "round") && entry.at("values").contains("samples_per_second/" + trainer);
+}
+
+struct Measures {
+  std::vector<double> detection_seconds;
+  std::vector<double> rejoin_seconds;
+  std::optional<std::uint64_t> rounds_lost;
+  std::vector<std::string> problems;
+};
+
+json require(const std::optional<json>& entry, const std::string& what, Measures& measures) {
+  if (!entry) {
+    measures.problems.push_back("timed out waiting for " + what);
+    throw std::runtime_error("timed out waiting for " + what);
+  }
+  return *entry;
+}
+
+/// Kill (or stop) a trainer, measure until the registrar declares it lost, bring it back, and
+/// measure until it has contributed to a round.
+void fault_and_rejoin(FaultCluster& cluster, History& history, Measures& measures, const std::string& node,
+                      int signal_number, double moment_fraction, std::chrono::milliseconds stopped_for) {
+  const std::string trainer = trainer_of(node);
+  // The moment: a fraction of the round's time after a round closes.
+  const double after = history.now();
+  const auto closed = require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after),
+                              "a round to close", measures);
+  const double round_seconds = std::max(0.005, closed.at("values").value("seconds", 0.05));
+  std::this_thread::sleep_for(std::chrono::duration<double>(moment_fraction * round_seconds));
+  const double fault_t = cluster.signal_node(node, signal_number);
+  const auto lost = require(history.wait_for([&](const json& e) { return is_event(e, "lost") && e.at("labels").value("trainer", "") == trainer; },
+                                             kEventWait, fault_t),
+                            trainer + " to be declared lost", measures);
+  measures.detection_seconds.push_back(lost.at("t").get<double>() - fault_t);
+  double back_t = 0.0;
+  if (signal_number == SIGSTOP) {
+    std::this_thread::sleep_for(stopped_for);
+    back_t = cluster.signal_node(node, SIGCONT);
+  } else {
+    back_t = cluster.start_node(node);
+  }
+  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, back_t),
+                                   trainer + " to contribute again", measures);
+  const double rejoin = contributed.at("t").get<double>() - back_t;
+  measures.rejoin_seconds.push_back(rejoin);
+  if (rejoin > kRejoinLimitSeconds) {
+    std::ostringstream problem;
+    problem << trainer << " contributed " << rejoin << " s after it came back (limit " << kRejoinLimitSeconds << " s)";
+    measures.problems.push_back(problem.str());
+  }
+}
+
+void restart_coordinator(FaultCluster& cluster, History& history, Measures& measures, bool corrupt_newest) {
+  const auto round = require(history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 25; }, kEventWait),
+                             "round 25", measures);
+  (void)round;
+  const double kill_t = cluster.kill_coordinator();
+  std::uint64_t last_round = 0;
+  history.wait_for([&](const json& e) {
+    if (is_event(e, "round")) last_round = std::max<std::uint64_t>(last_round, e.at("round").get<std::uint64_t>());
+    return false;
+  }, 0s);
+  if (corrupt_newest) {
+    std::vector<std::string> files;
+    for (const auto& entry : std::filesystem::directory_iterator(cluster.run_dir() + "/checkpoints")) files.push_back(entry.path());
+    std::sort(files.begin(), files.end());
+    if (files.empty()) throw std::runtime_error("no checkpoint to corrupt");
+    {
+      std::fstream file(files.back(), std::ios::in | std::ios::out | std::ios::binary);
+      file.seekp(-64, std::ios::end);
+      file.put('\x5a');
+    }
+    history.record({{"kind", "fault"}, {"action", "corrupt"}, {"target", files.back()}});
+  }
+  cluster.start_coordinator();
+  const auto resumed = require(history.wait_for([](const json& e) { return is_event(e, "resumed"); }, kEventWait, kill_t),
+                               "the restarted coordinator to resume", measures);
+  const auto after = static_cast<std::uint64_t>(resumed.at("values").at("resumed_after_round").get<double>());
+  measures.rounds_lost = last_round > after ? last_round - after : 0;
+  measures.rejoin_seconds.push_back(resumed.at("t").get<double>() - kill_t);
+  const std::uint64_t allowed = kMaxRoundsLostToCoordinatorKill + (corrupt_newest ? 1 : 0);
+  if (*measures.rounds_lost > allowed) {
+    measures.problems.push_back(std::to_string(*measures.rounds_lost) + " rounds lost to the coordinator kill (at most " +
+                                std::to_string(allowed) + ")");
+  }
+}
+
+/// Invariants over the run's own record.
+void check_record(const std::string& run_dir, std::optional<double> baseline_accuracy, Measures& measures, json& result) {
+  json summary;
+  std::ifstream summary_file(run_dir + "/summary.json");
+  if (!summary_file) {
+    measures.problems.push_back("no summary.json: the run did not finish");
+    return;
+  }
+  summary_file >> summary;
+  const auto samples = summary.at("train_samples").get<std::uint64_t>();
+  for (const auto& epoch_samples : summary.at("samples_per_epoch")) {
+    if (epoch_samples.get<std::uint64_t>() != samples) {
+      measures.problems.push_back("an epoch trained " + epoch_samples.dump() + " samples, not " + std::to_string(samples));
+    }
+  }
+  std::ifstream rounds_file(run_dir + "/rounds.jsonl");
+  std::uint64_t expected_round = 1;
+  std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> trained;  // by epoch
+  for (std::string line; std::getline(rounds_file, line);) {
+    const json round = json::parse(line);
+    if (round.at("round").get<std::uint64_t>() != expected_round) {
+      measures.problems.push_back("round " + round.at("round").dump() + " follows round " + std::to_string(expected_round - 1));
+    }
+    expected_round = round.at("round").get<std::uint64_t>() + 1;
+    std::set<std::string> counted;
+    for (const auto& trainer : round.at("trainers")) {
+      if (!counted.insert(trainer.at("name").get<std::string>()).second) {
+        measures.problems.push_back("round " + round.at("round").dump() + " counts " + trainer.at("name").dump() + " twice");
+      }
+      for (const auto& range : trainer.at("ranges")) trained[round.at("epoch")].emplace_back(range.at(0), range.at(1));
+    }
+  }
+  for (auto& [epoch, ranges] : trained) {
+    std::sort(ranges.begin(), ranges.end());
+    std::uint64_t cursor = 0;
+    for (const auto& [begin, end] : ranges) {
+      if (begin != cursor) {
+        measures.problems.push_back("epoch " + std::to_string(epoch) + ": positions " + std::to_string(std::min(begin, cursor)) +
+                                    (begin < cursor ? " trained twice" : " never trained"));
+        break;
+      }
+      cursor = end;
+    }
+    if (cursor != samples) measures.problems.push_back("epoch " + std::to_string(epoch) + " ends at position " + std::to_string(cursor));
+  }
+  const double accuracy = summary.at("final_test_accuracy");
+  result["accuracy"] = accuracy;
+  result["rounds"] = summary.at("rounds");
+  if (baseline_accuracy) {
+    result["baseline_accuracy"] = *baseline_accuracy;
+    if (std::abs(accuracy - *baseline_accuracy) > kAccuracyTolerance) {
+      std::ostringstream problem;
+      problem << "accuracy " << accuracy << " is more than 1 point from the fault-free " << *baseline_accuracy;
+      measures.problems.push_back(problem.str());
+    }
+  }
+}
+
+std::string range_text(const std::vector<double>& values) {
+  if (values.empty()) return "-";
+  std::ostringstream text;
+  text << std::fixed << std::setprecision(2) << *std::min_element(values.begin(), values.end()) << "-"
+       << *std::max_element(values.begin(), values.end()) << " s";
+  return text.str();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"filo fault injection: one scenario, its history, its invariants"};
+  std::string scenario;
+  std::string out_root = "/tmp/filo-faults";
+  std::string baseline_path;
+  int kills = 5;
+  std::vector<std::string> extra_settings;
+  app.add_option("--scenario", scenario, "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint")
+      ->required();
+  app.add_option("--out", out_root, "scenario directories go here (OUT/SCENARIO)");
+  app.add_option("--baseline", baseline_path, "summary.json of a fault-free run: accuracy must be within 1 point of it");
+  app.add_option("--kills", kills, "kill-trainer: how many kills (distinct moments of a round)");
+  app.add_option("--set", extra_settings, "configuration override for every process, section.key=value");
+  CLI11_PARSE(app, argc, argv);
+
+  const std::string run_dir = out_root + "/" + scenario;
+  std::filesystem::remove_all(run_dir);
+  std::filesystem::create_directories(run_dir + "/logs");
+  const bool join = scenario == "join";
+  std::vector<std::string> settings{"data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=3",
+                                    "schedule.round_samples=128", "schedule.max_transfer_ratio=0",
+                                    std::string("schedule.min_trainers=") + (join ? "2" : "3"),
+                                    "bus.heartbeat_interval_ms=250", "bus.liveness=4"};
+  settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
+
+  History history(run_dir + "/history.jsonl");
+  Measures measures;
+  json result{{"scenario", scenario}};
+  const auto started = Clock::now();
+  try {
+    FaultCluster cluster(run_dir, settings, history);
+    EventRecorder recorder(cluster.events(), history);
+    cluster.start_coordinator();
+    for (const char* node : {"node-1", "node-2", "node-3"}) {
+      if (join && std::string(node) == "node-3") continue;
+      cluster.start_node(node);
+    }
+    const auto first_round = history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 3; }, 120s);
+    if (!first_round) throw std::runtime_error("the cluster never reached round 3");
+    if (scenario == "kill-trainer") {
+      for (int k = 0; k < kills; ++k) {
+        const double moment = (k + 0.5) / kills;  // distinct moments spread over the round
+        fault_and_rejoin(cluster, history, measures, "node-" + std::to_string(k % 3 + 1), SIGKILL, moment, 0ms);
+      }
+    } else if (scenario == "stop-continue") {
+      fault_and_rejoin(cluster, history, measures, "node-2", SIGSTOP, 0.5, 2500ms);
+    } else if (scenario == "join") {
+      const double start_t = cluster.start_node("node-3");
+      const auto contributed = require(history.wait_for([](const json& e) { return delivered_by(e, trainer_of("node-3")); }, kEventWait, start_t),
+                                       "node-3 to contribute", measures);
+      measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - start_t);
+    } else if (scenario == "coordinator-restart" || scenario == "corrupt-checkpoint") {
+      restart_coordinator(cluster, history, measures, scenario == "corrupt-checkpoint");
+    } else if (scenario != "baseline") {
+      throw std::runtime_error("unknown scenario '" + scenario + "'");
+    }
+    const auto exit_problems = cluster.wait_for_exit();
+    measures.problems.insert(measures.problems.end(), exit_problems.begin(), exit_problems.end());
+  } catch (const std::exception& e) {
+    measures.problems.push_back(std::string("scenario aborted: ") + e.what());
+  }
+  std::optional<double> baseline_accuracy;
+  if (!baseline_path.empty()) {
+    json baseline;
+    std::ifstream baseline_file(baseline_path);
+    if (baseline_file) {
+      baseline_file >> baseline;
+      baseline_accuracy = baseline.at("final_test_accuracy").get<double>();
+    } else {
+      measures.problems.push_back("no baseline summary at " + baseline_path);
+    }
+  }
+  check_record(run_dir, baseline_accuracy, measures, result);
+  result["detection_seconds"] = measures.detection_seconds;
+  result["back_to_work_seconds"] = measures.rejoin_seconds;
+  result["rounds_lost"] = measures.rounds_lost.value_or(0);
+  result["problems"] = measures.problems;
+  result["wall_seconds"] = seconds_between(started, Clock::now());
+  result["passed"] = measures.problems.empty();
+  std::ofstream(run_dir + "/result.json") << result.dump(2) << "\n";
+
+  std::cout << "scenario " << scenario << ": " << (measures.problems.empty() ? "PASS" : "FAIL") << "; detection "
+            << range_text(measures.detection_seconds) << ", back to work " << range_text(measures.rejoin_seconds)
+            << ", rounds lost " << result["rounds_lost"] << ", accuracy " << result.value("accuracy", 0.0);
+  if (baseline_accuracy) std::cout << " (fault-free " << *baseline_accuracy << ")";
+  std::cout << ", " << std::fixed << std::setprecision(0) << result["wall_seconds"].get<double>() << " s; history "
+            << run_dir << "/history.jsonl" << std::endl;
+  for (const auto& problem : measures.problems) std::cout << "  problem: " << problem << std::endl;
+  return measures.problems.empty() ? 0 : 1;
+}
