@@ -27,19 +27,25 @@ void copy_model(torch::nn::Sequential& from, torch::nn::Sequential& to) {
   for (std::size_t i = 0; i < source_buffers.size(); ++i) target_buffers[i].tensor.copy_(source_buffers[i].tensor);
 }
 
-/// What the trainer sends, as the aggregator receives it: real frames, zero-copy views.
-std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> over_the_wire(torch::nn::Sequential& replica) {
+/// What a trainer sends, as the aggregator receives it: real frames, zero-copy views. `first` is
+/// the gradients (gradient mode) or the parameter deltas (local-sgd); the buffers follow.
+std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> contribution_over_the_wire(
+    const std::vector<NamedTensor>& first, torch::nn::Sequential& replica) {
   std::vector<zmq::message_t> frames;
-  auto gradient_metas = append_tensor_frames(named_gradients(*replica), frames);
+  auto first_metas = append_tensor_frames(first, frames);
   auto buffer_metas = append_tensor_frames(snapshot(named_buffers(*replica)), frames);
   auto list = std::make_shared<std::vector<zmq::message_t>>(std::move(frames));
-  std::vector<TensorMeta> metas = gradient_metas;
+  std::vector<TensorMeta> metas = first_metas;
   metas.insert(metas.end(), buffer_metas.begin(), buffer_metas.end());
   auto received = read_tensor_frames(metas, list, 0);
   REQUIRE(received);
   auto& all = received.value();
-  const auto split = all.begin() + static_cast<std::ptrdiff_t>(gradient_metas.size());
+  const auto split = all.begin() + static_cast<std::ptrdiff_t>(first_metas.size());
   return {std::vector<ReceivedTensor>(all.begin(), split), std::vector<ReceivedTensor>(split, all.end())};
+}
+
+std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> over_the_wire(torch::nn::Sequential& replica) {
+  return contribution_over_the_wire(named_gradients(*replica), replica);
 }
 
 double max_relative_difference(torch::nn::Sequential& a, torch::nn::Sequential& b) {
@@ -156,20 +162,9 @@ TEST_CASE("a contribution with NaN gradients or a foreign layout is refused and 
 }
 
 namespace {
-/// A trainer's local-sgd contribution as the aggregator receives it: deltas and buffers.
 std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> deltas_over_the_wire(
     torch::nn::Sequential& replica, const std::vector<NamedTensor>& before) {
-  std::vector<zmq::message_t> frames;
-  auto delta_metas = append_tensor_frames(parameter_deltas(*replica, before), frames);
-  auto buffer_metas = append_tensor_frames(snapshot(named_buffers(*replica)), frames);
-  auto list = std::make_shared<std::vector<zmq::message_t>>(std::move(frames));
-  std::vector<TensorMeta> metas = delta_metas;
-  metas.insert(metas.end(), buffer_metas.begin(), buffer_metas.end());
-  auto received = read_tensor_frames(metas, list, 0);
-  REQUIRE(received);
-  auto& all = received.value();
-  const auto split = all.begin() + static_cast<std::ptrdiff_t>(delta_metas.size());
-  return {std::vector<ReceivedTensor>(all.begin(), split), std::vector<ReceivedTensor>(split, all.end())};
+  return contribution_over_the_wire(parameter_deltas(*replica, before), replica);
 }
 
 msg::RunSpec local_sgd_run() {
