@@ -14,7 +14,10 @@ constexpr Milliseconds kStartCheckInterval{50};
 // its new share after 3 rounds, while one preempted round moves it by less than a third.
 constexpr double kSpeedSmoothing = 0.3;
 
-constexpr std::size_t kTransferWindow = 8;
+constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 rounds
+/// A trainer's first rounds carry one-off costs (first model load, cold caches); its transfer
+/// counts once this many rounds are measured, so that no one is left out on its first round.
+constexpr std::size_t kTransferRoundsBeforeCounting = 3;
 /// A trainer left out by the transfer rule is planned again this often, so that its estimate
 /// follows the network instead of freezing at its worst.
 constexpr std::uint64_t kLeftOutProbeRounds = 20;
@@ -109,13 +112,21 @@ std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& train
     if (remaining == 0) return shares;
     // Everyone finishes at T: n_i = s_i (T - c_i) and sum n_i = total.
     const double finish = (static_cast<double>(total) + speed_weighted_transfer) / speed_sum;
+    // The rule weighs what a trainer's link costs beyond the best-connected trainer's: the part
+    // every trainer pays (planning, encoding, the coordinator's turn) is no reason to drop one,
+    // and on small rounds it alone can exceed a quarter of the compute.
+    double common_transfer = INFINITY;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (active[i]) common_transfer = std::min(common_transfer, trainers[i].transfer_seconds);
+    }
     std::size_t worst = count;
     double worst_ratio = -1.0;
     for (std::size_t i = 0; i < count; ++i) {
       if (!active[i]) continue;
       exact[i] = speed[i] * (finish - trainers[i].transfer_seconds);
       const double compute = finish - trainers[i].transfer_seconds;
-      const double ratio = compute > 0 ? trainers[i].transfer_seconds / compute : INFINITY;
+      const double link = trainers[i].transfer_seconds - common_transfer;
+      const double ratio = compute > 0 ? link / compute : INFINITY;
       if (ratio > worst_ratio) {
         worst_ratio = ratio;
         worst = i;
@@ -220,7 +231,8 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
 }
 
 double Scheduler::TrainerState::transfer_seconds() const {
-  return recent_transfers.empty() ? 0.0 : *std::min_element(recent_transfers.begin(), recent_transfers.end());
+  if (recent_transfers.size() < kTransferRoundsBeforeCounting) return 0.0;
+  return *std::min_element(recent_transfers.begin(), recent_transfers.end());
 }
 
 std::size_t Scheduler::calibrated_trainers() const {

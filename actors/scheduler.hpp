@@ -53,9 +53,9 @@ struct Share {
 };
 
 /// Shares of `total` samples such that every trainer finishes together: transfer_i + n_i / s_i
-/// is the same T for all, with sum n_i = total. A trainer whose transfer time would be
-/// `max_transfer_ratio` of its compute time or more (or longer than the round) is left out,
-/// worst first, while others remain; 0 disables that rule. Unknown speeds count as the mean
+/// is the same T for all, with sum n_i = total. A trainer whose transfer time beyond the
+/// best-connected trainer's would be `max_transfer_ratio` of its compute time or more (or whose
+/// transfer outlasts the round) is left out, worst first, while others remain; 0 disables that rule. Unknown speeds count as the mean
 /// of the known ones.
 std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers,
                                        std::uint64_t total, double max_transfer_ratio);

@@ -102,6 +102,22 @@ TEST_CASE("a trainer whose transfer is a quarter of its compute or more is left 
   CHECK(shares.at("far").samples == 200);
 }
 
+TEST_CASE("the transfer rule weighs a link against the best one, not the cost every trainer pays") {
+  // Small rounds: every trainer spends 10 ms outside its compute of about 33 ms (ratio 0.3).
+  // Leaving any of them out would only make the round longer.
+  auto shares = by_name(proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"c", 3000, 0.010}}, 300, 0.25));
+  for (const auto& name : {"a", "b", "c"}) {
+    CHECK(shares.at(name).left_out.empty());
+    CHECK(shares.at(name).samples == 100);
+  }
+  // One link 30 ms worse than the others: T = (300 + 3000 x 0.05) / 9000 = 0.05, so its compute
+  // is 10 ms against 30 ms of extra transfer. It is left out; the others share its samples.
+  shares = by_name(proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"slow-link", 3000, 0.040}}, 300, 0.25));
+  CHECK(shares.at("slow-link").samples == 0);
+  CHECK_FALSE(shares.at("slow-link").left_out.empty());
+  CHECK(shares.at("a").samples + shares.at("b").samples == 300);
+}
+
 TEST_CASE("shares always add up to the round and unknown speeds count as the mean") {
   std::mt19937 random(3);
   for (int trial = 0; trial < 500; ++trial) {
