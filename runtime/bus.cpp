@@ -1,18 +1,29 @@
 #include "runtime/bus.hpp"
 
+#include <algorithm>
+
 #include "runtime/actor_loop.hpp"
 
 namespace filo {
 namespace {
 constexpr std::size_t kMaxForwardsPerWakeup = 256;  // lets the loop look at its stop flag
 constexpr std::string_view kHubLogName = "hub";
+/// Publications queued per subscriber before the hub drops them for that subscriber. A queued
+/// broadcast is a whole model, so a trainer on a slow link would otherwise hold up to
+/// high_water_mark models in the coordinator's memory; one that misses broadcasts asks for a
+/// snapshot instead (Clone pattern), and events are small and read at once by monitors.
+constexpr int kPublishQueuePerSubscriber = 32;
 }  // namespace
 
 Hub::Hub(const SocketFactory& sockets, HubOptions options)
     : options_(std::move(options)),
       router_(sockets.make(zmq::socket_type::router)),
       publisher_(sockets.make(zmq::socket_type::pub)) {
+  // A peer that comes back under its name on a new connection (a restarted machine that sent no
+  // FIN, a link that was down) takes the name over; otherwise the stale connection keeps it.
+  router_.set(zmq::sockopt::router_handover, 1);
   router_.bind(inproc_router_endpoint());
+  publisher_.set(zmq::sockopt::sndhwm, std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
   publisher_.bind(inproc_publish_endpoint());
   if (!options_.router_endpoint.empty()) {
     router_.bind(options_.router_endpoint);
