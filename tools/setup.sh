@@ -9,7 +9,7 @@ packages=(
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev      # the bus
   libtorch-dev libopenblas0-pthread              # training (OpenBLAS: ~17x faster SGEMM than the reference BLAS)
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev  # configuration, command line, run records
-  doctest-dev                                     # tests
+  doctest-dev iproute2                            # tests; iproute2: ip netns and tc for the fault suite
   dataset-fashion-mnist                           # the built-in dataset
 )
 missing=()

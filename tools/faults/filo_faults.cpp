@@ -4,11 +4,15 @@
 //
 //   build/filo_faults --scenario kill-trainer --out /tmp/faults [--baseline /tmp/faults/baseline/summary.json]
 //
-// Scenarios: baseline (no faults), kill-trainer (SIGKILL at --kills distinct moments of a round,
-// each trainer in turn, restarted each time), stop-continue (SIGSTOP past the liveness timeout,
+// Scenarios: baseline (no faults), kill-trainer (SIGKILL of each trainer at 5 named moments of a
+// round and once as it is re-admitted, restarted each time), stop-continue (SIGSTOP past the liveness timeout,
 // then SIGCONT), join (a third node mid-run), coordinator-restart (SIGKILL the coordinator,
-// start it again), corrupt-checkpoint (the same, with its newest checkpoint damaged first).
-// A longer soak: --scenario kill-trainer --kills 40 --set schedule.epochs=6.
+// start it again), corrupt-checkpoint (the same, with its newest checkpoint damaged first),
+// link-down (a node's link down past the liveness timeout, then up) and bandwidth-cap (a node's
+// link capped by tc tbf until the scheduler leaves it out, then freed). The last two put every
+// node in its own network namespace joined to the host by a veth pair; --netns does that for any
+// scenario. Namespaces need root: where they are missing, those scenarios exit 77 (skipped).
+// A longer soak: --scenario kill-trainer --kills 40 --set schedule.epochs=12.
 #include <CLI/CLI.hpp>
 #include <condition_variable>
 #include <csignal>
@@ -30,6 +34,7 @@
 #include "runtime/process.hpp"
 #include "runtime/scoped_thread.hpp"
 #include "runtime/stop_signal.hpp"
+#include "tools/faults/node_network.hpp"
 
 using namespace filo;
 using namespace std::chrono_literals;
@@ -41,6 +46,9 @@ constexpr auto kRunTimeout = 600s;
 constexpr double kAccuracyTolerance = 0.01;
 constexpr double kRejoinLimitSeconds = 5.0;
 constexpr std::uint64_t kMaxRoundsLostToCoordinatorKill = 1;
+constexpr int kExitSkipped = 77;  // ctest's SKIP_RETURN_CODE
+constexpr auto kLinkDownFor = 3s;     // three times the liveness timeout of the scenarios
+constexpr int kCappedKilobits = 2000;  // a 2 Mbit/s link: the model takes longer than the compute
 
 /// Faults and bus events, timestamped from the scenario's start, in memory and in history.jsonl.
 class History {
@@ -145,15 +153,18 @@ struct Instance {
 /// The processes of one scenario. Every start, kill and stop is a fault or an action in the history.
 class FaultCluster {
  public:
-  FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history)
-      : run_dir_(std::move(run_dir)), settings_(std::move(settings)), history_(history), port_(free_port_pair()) {}
+  FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history, bool namespaces)
+      : run_dir_(std::move(run_dir)), settings_(std::move(settings)), history_(history), port_(free_port_pair()),
+        namespaces_(namespaces) {}
 
   std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   std::string events() const { return "tcp://127.0.0.1:" + std::to_string(port_ + 1); }
   const std::string& run_dir() const { return run_dir_; }
 
   void start_coordinator() {
-    std::vector<std::string> arguments{FILO_BINARY, "coordinator", "--listen", router(), "--run-dir", run_dir_};
+    // With namespaces the nodes reach the coordinator over their veth pairs, not loopback.
+    const std::string listen = namespaces_ ? "tcp://0.0.0.0:" + std::to_string(port_) : router();
+    std::vector<std::string> arguments{FILO_BINARY, "coordinator", "--listen", listen, "--run-dir", run_dir_};
     for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
     const std::string log = run_dir_ + "/logs/coordinator-" + std::to_string(++coordinator_starts_) + ".log";
     coordinators_.push_back({"coordinator", ChildProcess(arguments, log), false});
@@ -162,20 +173,50 @@ class FaultCluster {
 
   double start_node(const std::string& name) {
     std::vector<std::string> arguments{FILO_BINARY, "node", "--coordinator", router(), "--name", name};
+    if (namespaces_) {
+      NodeNetwork& network = network_of(name);
+      arguments[3] = "tcp://" + network.host_address() + ":" + std::to_string(port_);
+      const auto prefix = network.exec_prefix();
+      arguments.insert(arguments.begin(), prefix.begin(), prefix.end());  // ip netns exec execs: same pid
+    }
     for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
     const std::string log = run_dir_ + "/logs/" + name + "-" + std::to_string(++node_starts_[name]) + ".log";
     nodes_.push_back({name, ChildProcess(arguments, log), false});
     return history_.record({{"kind", "action"}, {"action", "start"}, {"target", name}, {"log", log}});
   }
 
-  double signal_node(const std::string& name, int signal_number) {
+  double signal_node(const std::string& name, int signal_number, const std::string& phase = {}) {
     for (auto& instance : nodes_) {
       if (instance.name != name || !instance.process.running()) continue;
       instance.process.signal(signal_number);
       if (signal_number == SIGKILL) instance.killed_on_purpose = true;
-      return history_.record({{"kind", "fault"}, {"action", strsignal(signal_number)}, {"target", name}});
+      json fault{{"kind", "fault"}, {"action", strsignal(signal_number)}, {"target", name}};
+      if (!phase.empty()) fault["phase"] = phase;
+      return history_.record(fault);
     }
     throw std::runtime_error("no running process of " + name + " to signal");
+  }
+
+  /// The node's own namespace and link, made on its first start (namespaces only).
+  NodeNetwork& network_of(const std::string& name) {
+    if (!namespaces_) throw std::logic_error("this scenario runs without network namespaces");
+    auto& network = networks_[name];
+    if (!network) {
+      network = std::make_unique<NodeNetwork>(static_cast<int>(networks_.size()), run_dir_ + "/logs/network.log");
+      history_.record({{"kind", "action"}, {"action", "namespace"}, {"target", name}, {"host_address", network->host_address()}});
+    }
+    return *network;
+  }
+
+  double set_link(const std::string& name, bool up) {
+    network_of(name).set_link_up(up);
+    return history_.record({{"kind", "fault"}, {"action", up ? "link up" : "link down"}, {"target", name}});
+  }
+
+  double cap_link(const std::string& name, int kilobits_per_second) {
+    network_of(name).cap_bandwidth(kilobits_per_second);
+    return history_.record({{"kind", "fault"}, {"action", kilobits_per_second > 0 ? "cap link" : "free link"},
+                            {"target", name}, {"kilobits_per_second", kilobits_per_second}});
   }
 
   double kill_coordinator() {
@@ -209,8 +250,10 @@ class FaultCluster {
   std::vector<std::string> settings_;
   History& history_;
   int port_;
+  bool namespaces_;
   int coordinator_starts_ = 0;
   std::map<std::string, int> node_starts_;
+  std::map<std::string, std::unique_ptr<NodeNetwork>> networks_;  // before the processes: outlives them
   std::vector<Instance> coordinators_;
   std::vector<Instance> nodes_;  // every instance ever started, in order
 };
@@ -240,38 +283,71 @@ json require(const std::optional<json>& entry, const std::string& what, Measures
   return *entry;
 }
 
+/// A moment of a round to strike at: the next round opens as the last one closes, so a fraction
+/// of the last round's time after its close lands in the same phase of the next.
+struct RoundMoment {
+  std::string phase;
+  double fraction;
+};
+
+const std::vector<RoundMoment> kRoundMoments{
+    {"round opening: plan and model arriving", 0.0},
+    {"computing, first quarter", 0.25},
+    {"computing, half way", 0.5},
+    {"computing, last quarter", 0.75},
+    {"sending its share", 0.95},
+};
+
+bool about(const json& entry, const std::string& type, const std::string& trainer) {
+  return is_event(entry, type) && entry.at("labels").value("trainer", "") == trainer;
+}
+
+/// Waits for `trainer`'s first contribution after `back_t` and holds it to the rejoin limit.
+void expect_back_to_work(History& history, Measures& measures, const std::string& trainer, double back_t,
+                         const std::string& came_back) {
+  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, back_t),
+                                   trainer + " to contribute after " + came_back, measures);
+  const double back = contributed.at("t").get<double>() - back_t;
+  measures.rejoin_seconds.push_back(back);
+  if (back > kRejoinLimitSeconds) {
+    std::ostringstream problem;
+    problem << trainer << " contributed " << back << " s after " << came_back << " (limit " << kRejoinLimitSeconds << " s)";
+    measures.problems.push_back(problem.str());
+  }
+}
+
 /// Kill (or stop) a trainer, measure until the registrar declares it lost, bring it back, and
 /// measure until it has contributed to a round.
 void fault_and_rejoin(FaultCluster& cluster, History& history, Measures& measures, const std::string& node,
-                      int signal_number, double moment_fraction, std::chrono::milliseconds stopped_for) {
+                      int signal_number, const RoundMoment& moment, std::chrono::milliseconds stopped_for,
+                      bool kill_again_when_admitted = false) {
   const std::string trainer = trainer_of(node);
-  // The moment: a fraction of the round's time after a round closes.
   const double after = history.now();
   const auto closed = require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after),
                               "a round to close", measures);
   const double round_seconds = std::max(0.005, closed.at("values").value("seconds", 0.05));
-  std::this_thread::sleep_for(std::chrono::duration<double>(moment_fraction * round_seconds));
-  const double fault_t = cluster.signal_node(node, signal_number);
+  std::this_thread::sleep_for(std::chrono::duration<double>(moment.fraction * round_seconds));
+  const double fault_t = cluster.signal_node(node, signal_number, moment.phase);
   const auto lost = require(history.wait_for([&](const json& e) { return is_event(e, "lost") && e.at("labels").value("trainer", "") == trainer; },
                                              kEventWait, fault_t),
                             trainer + " to be declared lost", measures);
   measures.detection_seconds.push_back(lost.at("t").get<double>() - fault_t);
-  double back_t = 0.0;
   if (signal_number == SIGSTOP) {
     std::this_thread::sleep_for(stopped_for);
-    back_t = cluster.signal_node(node, SIGCONT);
-  } else {
-    back_t = cluster.start_node(node);
+    expect_back_to_work(history, measures, trainer, cluster.signal_node(node, SIGCONT), "SIGCONT");
+    return;
   }
-  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, back_t),
-                                   trainer + " to contribute again", measures);
-  const double rejoin = contributed.at("t").get<double>() - back_t;
-  measures.rejoin_seconds.push_back(rejoin);
-  if (rejoin > kRejoinLimitSeconds) {
-    std::ostringstream problem;
-    problem << trainer << " contributed " << rejoin << " s after it came back (limit " << kRejoinLimitSeconds << " s)";
-    measures.problems.push_back(problem.str());
+  if (kill_again_when_admitted) {
+    // A kill outside the rounds: just re-admitted, while it calibrates and fetches its snapshot.
+    const double start_t = cluster.start_node(node);
+    require(history.wait_for([&](const json& e) { return about(e, "rejoined", trainer); }, kEventWait, start_t),
+            trainer + " to be re-admitted", measures);
+    const double again_t = cluster.signal_node(node, SIGKILL, "re-admitted: calibrating and fetching its snapshot");
+    const auto lost_again = require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, again_t),
+                                    trainer + " to be declared lost again", measures);
+    measures.detection_seconds.push_back(lost_again.at("t").get<double>() - again_t);
   }
+  expect_back_to_work(history, measures, trainer, cluster.start_node(node), "its restart");
 }
 
 void restart_coordinator(FaultCluster& cluster, History& history, Measures& measures, bool corrupt_newest) {
@@ -306,6 +382,41 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
   if (*measures.rounds_lost > allowed) {
     measures.problems.push_back(std::to_string(*measures.rounds_lost) + " rounds lost to the coordinator kill (at most " +
                                 std::to_string(allowed) + ")");
+  }
+}
+
+/// Take a node's link down past the liveness timeout and up again: the registrar declares it
+/// lost, its samples go to the others, and once the link is back it rejoins by itself.
+void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
+  const std::string trainer = trainer_of(node);
+  require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, history.now()), "a round to close", measures);
+  const double down_t = cluster.set_link(node, false);
+  const auto lost = require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, down_t),
+                            trainer + " to be declared lost", measures);
+  measures.detection_seconds.push_back(lost.at("t").get<double>() - down_t);
+  const double hold = std::chrono::duration<double>(kLinkDownFor).count() - (history.now() - down_t);
+  if (hold > 0) std::this_thread::sleep_for(std::chrono::duration<double>(hold));
+  expect_back_to_work(history, measures, trainer, cluster.set_link(node, true), "its link came back");
+}
+
+/// Cap a node's link until the scheduler's transfer rule leaves it out of the rounds, with no
+/// false loss on the way; then free the link and see it planned and contributing again.
+void cap_and_free(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
+  const std::string trainer = trainer_of(node);
+  const double cap_t = cluster.cap_link(node, kCappedKilobits);
+  const auto left_out = require(history.wait_for([&](const json& e) { return about(e, "left_out", trainer); }, kEventWait, cap_t),
+                                trainer + " to be left out of the rounds on its capped link", measures);
+  measures.detection_seconds.push_back(left_out.at("t").get<double>() - cap_t);
+  // Rounds go on at the others' pace while it is left out.
+  const auto round = left_out.at("round").get<std::uint64_t>() + 10;
+  require(history.wait_for([&](const json& e) { return is_event(e, "round") && e.at("round") >= round; }, kEventWait, cap_t),
+          "ten rounds without " + trainer, measures);
+  const double free_t = cluster.cap_link(node, 0);
+  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, free_t),
+                                   trainer + " to be planned and contribute once its link is free", measures);
+  measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - free_t);
+  if (auto lost = history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, 0s, cap_t)) {
+    measures.problems.push_back(trainer + " was declared lost on a slow but working link");
   }
 }
 
@@ -381,22 +492,39 @@ int main(int argc, char** argv) {
   std::string scenario;
   std::string out_root = "/tmp/filo-faults";
   std::string baseline_path;
-  int kills = 5;
+  int kills = static_cast<int>(kRoundMoments.size()) * 3;
+  bool netns = false;
   std::vector<std::string> extra_settings;
-  app.add_option("--scenario", scenario, "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint")
+  app.add_option("--scenario", scenario,
+                 "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, link-down, bandwidth-cap")
       ->required();
+  app.add_flag("--netns", netns, "every node in its own network namespace (root; always for link-down and bandwidth-cap)");
   app.add_option("--out", out_root, "scenario directories go here (OUT/SCENARIO)");
   app.add_option("--baseline", baseline_path, "summary.json of a fault-free run: accuracy must be within 1 point of it");
-  app.add_option("--kills", kills, "kill-trainer: how many kills (distinct moments of a round)");
+  app.add_option("--kills", kills,
+                 "kill-trainer: kills at the named moments of a round, each trainer in turn (15, and one more "
+                 "at re-admission); more for a soak add kills at random moments");
   app.add_option("--set", extra_settings, "configuration override for every process, section.key=value");
   CLI11_PARSE(app, argc, argv);
 
+  const bool namespaces = netns || scenario == "link-down" || scenario == "bandwidth-cap";
+  if (namespaces) {
+    std::string why;
+    if (!network_namespaces_available(why)) {
+      std::cout << "scenario " << scenario << ": SKIPPED: " << why << std::endl;
+      return kExitSkipped;
+    }
+    remove_stale_node_networks();
+  }
   const std::string run_dir = out_root + "/" + scenario;
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
-  std::vector<std::string> settings{"data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=3",
-                                    "schedule.round_samples=128", "schedule.max_transfer_ratio=0",
+  std::vector<std::string> settings{"data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=8",
+                                    "schedule.round_samples=128",
+                                    // The transfer rule stays on where it is the subject; elsewhere a
+                                    // busy 2-core machine could leave a trainer out the test needs.
+                                    scenario == "bandwidth-cap" ? "schedule.max_transfer_ratio=0.25" : "schedule.max_transfer_ratio=0",
                                     std::string("schedule.min_trainers=") + (join ? "2" : "3"),
                                     "bus.heartbeat_interval_ms=250", "bus.liveness=4"};
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
@@ -406,7 +534,7 @@ int main(int argc, char** argv) {
   json result{{"scenario", scenario}};
   const auto started = Clock::now();
   try {
-    FaultCluster cluster(run_dir, settings, history);
+    FaultCluster cluster(run_dir, settings, history, namespaces);
     EventRecorder recorder(cluster.events(), history);
     cluster.start_coordinator();
     for (const char* node : {"node-1", "node-2", "node-3"}) {
@@ -416,12 +544,17 @@ int main(int argc, char** argv) {
     const auto first_round = history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 3; }, 120s);
     if (!first_round) throw std::runtime_error("the cluster never reached round 3");
     if (scenario == "kill-trainer") {
+      // Every trainer at every named moment; the first kill of node-1 also kills it once more
+      // as it is re-admitted. Kills past those strike at random moments (a soak).
+      std::mt19937 random(7);
+      std::uniform_real_distribution<double> fraction(0.0, 1.0);
       for (int k = 0; k < kills; ++k) {
-        const double moment = (k + 0.5) / kills;  // distinct moments spread over the round
-        fault_and_rejoin(cluster, history, measures, "node-" + std::to_string(k % 3 + 1), SIGKILL, moment, 0ms);
+        const auto named = static_cast<std::size_t>(k) / 3;
+        const RoundMoment moment = named < kRoundMoments.size() ? kRoundMoments[named] : RoundMoment{"random", fraction(random)};
+        fault_and_rejoin(cluster, history, measures, "node-" + std::to_string(k % 3 + 1), SIGKILL, moment, 0ms, k == 0);
       }
     } else if (scenario == "stop-continue") {
-      fault_and_rejoin(cluster, history, measures, "node-2", SIGSTOP, 0.5, 2500ms);
+      fault_and_rejoin(cluster, history, measures, "node-2", SIGSTOP, kRoundMoments[2], 2500ms);
     } else if (scenario == "join") {
       const double start_t = cluster.start_node("node-3");
       const auto contributed = require(history.wait_for([](const json& e) { return delivered_by(e, trainer_of("node-3")); }, kEventWait, start_t),
@@ -429,6 +562,10 @@ int main(int argc, char** argv) {
       measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - start_t);
     } else if (scenario == "coordinator-restart" || scenario == "corrupt-checkpoint") {
       restart_coordinator(cluster, history, measures, scenario == "corrupt-checkpoint");
+    } else if (scenario == "link-down") {
+      link_down_and_up(cluster, history, measures, "node-2");
+    } else if (scenario == "bandwidth-cap") {
+      cap_and_free(cluster, history, measures, "node-3");
     } else if (scenario != "baseline") {
       throw std::runtime_error("unknown scenario '" + scenario + "'");
     }
