@@ -109,7 +109,7 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       loop_(stop) {
   bus_.connect(options_.coordinator);
   loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
-  loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
+  heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
 }
 
 int Trainer::run() {
@@ -201,7 +201,13 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     }
     subscribed_to_ = publish;
   }
-  if (admission.heartbeat_interval_ms > 0) options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
+  if (admission.heartbeat_interval_ms > 0 && Milliseconds(admission.heartbeat_interval_ms) != options_.heartbeat_interval) {
+    // The coordinator's interval rules: its registrar declares us lost after interval x liveness
+    // of its own, whatever this node's configuration says.
+    options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
+    loop_.cancel(heartbeat_timer_);
+    heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
+  }
   if (admission.liveness > 0) options_.liveness = admission.liveness;
   if (first_admission) {
     // Admitted afresh (perhaps by a restarted coordinator that resumed from a checkpoint older
@@ -392,6 +398,8 @@ void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
 void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
   log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",
       finished.final_test_accuracy);
+  // Said goodbye, so that a coordinator still closing its run does not count it lost.
+  if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"run finished"});
   state_ = State::kDone;
   exit_code_ = kExitFinished;
   loop_.quit();

@@ -111,6 +111,7 @@ class Trainer final {
   msg::HardwareReport report_;
   BusClient bus_;
   ActorLoop loop_;
+  ActorLoop::TimerId heartbeat_timer_{};
   State state_ = State::kRegistering;
   int exit_code_ = kExitFinished;
   Clock::time_point registering_since_ = Clock::now();

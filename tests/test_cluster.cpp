@@ -146,6 +146,20 @@ TEST_CASE("a trainer killed during the run costs only its share: the others fini
   CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("trainer@node-2/cpu lost") != std::string::npos);
 }
 
+TEST_CASE("a node configured with a slower heartbeat follows the coordinator's and is never declared lost") {
+  Cluster cluster(fresh_run_dir("heartbeat"), {"data.train_limit=2000", "data.test_limit=200", "schedule.epochs=1",
+                                               "bus.heartbeat_interval_ms=150", "bus.liveness=3"});
+  // Its own interval (1.5 s) alone would miss the coordinator's 0.45 s timeout three times over.
+  cluster.nodes.emplace("node-1", ChildProcess({FILO_BINARY, "node", "--coordinator", cluster.router, "--name", "node-1",
+                                                "--set", "bus.heartbeat_interval_ms=1500"},
+                                               cluster.run_dir + "/logs/node-1.log"));
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(cluster.run_dir + "/logs/coordinator.log"));
+  CHECK(cluster.nodes.at("node-1").wait_for(30s) == std::optional<int>(0));
+  const std::string log = read_file(cluster.run_dir + "/logs/coordinator.log");
+  CHECK_MESSAGE(log.find("trainer@node-1/cpu lost") == std::string::npos, log);
+}
+
 TEST_CASE("a node that does not meet the admission policy is told why and exits 2") {
   Cluster cluster(fresh_run_dir("rejected"), {"data.train_limit=500", "data.test_limit=100",
                                               "admission.required_precisions=bf16"});
