@@ -302,6 +302,7 @@ void Scheduler::plan_round() {
   SamplePool round_pool;
   round_pool.give_back(taken);
   std::vector<std::pair<std::string, msg::RoundPlan>> plans;
+  double expected_seconds = 0.0;  // the slowest planned share at its trainer's measured speed
   in_flight_.clear();
   for (const Share& share : shares_for(total)) {
     TrainerState& state = live_.at(share.trainer);
@@ -319,6 +320,8 @@ void Scheduler::plan_round() {
       bus_.publish(kEventTopic, event);
     }
     if (left_out || share.samples == 0) continue;
+    const double speed = state.speed.samples_per_second();
+    if (speed > 0) expected_seconds = std::max(expected_seconds, state.transfer_seconds() + share.samples / speed);
     const MicroBatchPlan micro = micro_batches_for(
         share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;
@@ -335,6 +338,11 @@ void Scheduler::plan_round() {
     in_flight_[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
   }
+  // A share the last round's times do not cover (the first round, a round after one that missed
+  // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
+  // slower than deadline_min_seconds per share could miss every deadline.
+  opened.deadline_seconds = std::max(opened.deadline_seconds, options_.schedule.deadline_factor * expected_seconds);
+  for (auto& [trainer, plan] : plans) plan.deadline_seconds = opened.deadline_seconds;
   // The aggregator learns of the round before any trainer can answer it.
   bus_.send(kAggregatorName, opened, Stamp{round_, model_version_});
   for (const auto& [trainer, plan] : plans) bus_.send(trainer, plan, Stamp{round_, model_version_});

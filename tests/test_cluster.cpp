@@ -232,6 +232,26 @@ TEST_CASE("with slowdowns 1 2 4 the faster trainers get larger shares and every 
   CHECK(summary.at("samples_per_epoch") == json::array({6000}));
 }
 
+TEST_CASE("a trainer whose share takes longer than the minimum deadline still delivers every round") {
+  // Slowed 8x, 1024 samples take about 2 s or more here: past deadline_min_seconds (1 s).
+  const std::string run_dir = fresh_run_dir("slow-share");
+  ChildProcess local({FILO_BINARY, "local", "--nodes", "1", "--slowdowns", "8", "--epochs", "1", "--run-dir", run_dir,
+                      "--set", "data.train_limit=2048", "--set", "data.test_limit=100", "--set", "schedule.round_samples=1024",
+                      "--set", "schedule.deadline_min_seconds=1"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(120s);
+  if (!code) local.stop(3s);
+  REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(run_dir + "/local.log"));
+  std::ifstream rounds(run_dir + "/rounds.jsonl");
+  std::size_t delivered_rounds = 0;
+  for (std::string line; std::getline(rounds, line);) {
+    const json round = json::parse(line);
+    CHECK(round.at("samples") == 1024);
+    delivered_rounds += 1;
+  }
+  CHECK(delivered_rounds == 2);
+}
+
 TEST_CASE("filo local runs a whole cluster and writes its summary") {
   const std::string run_dir = fresh_run_dir("local");
   ChildProcess local({FILO_BINARY, "local", "--nodes", "2", "--epochs", "1", "--run-dir", run_dir, "--set",
