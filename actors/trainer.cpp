@@ -278,8 +278,9 @@ void Trainer::calibrate() {
                      std::chrono::duration<double>(measured).count() < kCalibrationMinSeconds;
        ++step) {
     const auto started = Clock::now();
+    const WorkTimer work_timer;
     train_share(model_, data_, indices, micro_batch);
-    simulate_slowdown(Clock::now() - started);
+    simulate_slowdown(work_timer.busy());
     if (step >= kCalibrationWarmUp) {
       measured += Clock::now() - started;
       samples += static_cast<std::uint64_t>(indices.size(0));
@@ -354,11 +355,11 @@ void Trainer::train(const msg::RoundPlan& plan) {
   }
   const auto started = Clock::now();
   const auto indices = indices_of(order_, plan.ranges);
-  auto micro_batch_started = started;
+  WorkTimer micro_batch_timer;
   const auto between_micro_batches = [&] {
-    simulate_slowdown(Clock::now() - micro_batch_started);
+    simulate_slowdown(micro_batch_timer.busy());
     serve_bus_while_working();
-    micro_batch_started = Clock::now();
+    micro_batch_timer = WorkTimer();
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
   std::vector<NamedTensor> before;

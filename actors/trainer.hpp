@@ -97,6 +97,9 @@ class Trainer final {
   /// Measures the run's model at its micro-batch size and tells the scheduler.
   void calibrate();
   /// With --slowdown F, after work that took `worked`, waits (F - 1) x worked, serving the bus.
+  /// `worked` is the work's CPU time where that is less than its wall time: waiting for a CPU
+  /// that other processes hold is not the device's slowness, and multiplying it by F - 1 made a
+  /// slowed trainer on a shared machine F times more sensitive to its neighbours.
   void simulate_slowdown(Clock::duration worked);
   /// Reads both sockets; while working, only liveness and test-aid messages are handled and the
   /// rest wait in `deferred_` (a model arriving mid-share must not overwrite the replica).
