@@ -15,6 +15,7 @@
 #include "runtime/bus.hpp"
 #include "runtime/run_record.hpp"
 #include "runtime/scoped_thread.hpp"
+#include "runtime/cpu_affinity.hpp"
 
 namespace filo {
 namespace {
@@ -34,6 +35,7 @@ std::string make_run_id() {
 }  // namespace
 
 int run_coordinator(const Config& config, const StopFlag& process_stop) {
+  pin_to_cpus(0, parse_cpu_list(config.run.cpus, "run.cpus"));
   set_compute_threads(static_cast<int>(config.run.threads));
   make_model(config.model.name);  // an unknown model name fails here, before any socket opens
   msg::RunSpec run;

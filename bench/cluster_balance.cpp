@@ -8,6 +8,12 @@
 // the loss from the machine's.
 //
 //   build/cluster_balance [--slowdowns 1,2,4] [--samples 12000] [--round-samples 512]
+//                         [--node-cpus 0/1/1 --coordinator-cpus 1]
+//
+// --node-cpus pins the cluster runs' node i to the i-th CPU list (and --coordinator-cpus the
+// coordinator), standing in for separate machines as far as the cores allow: on 2 cores, the
+// fastest trainer gets a core of its own. Solo runs are never pinned: each has the whole machine,
+// so the ideal is the most a trainer ever did.
 //
 // Throughput counts the rounds after the third (calibration and the first measured rounds
 // settle shares), from the close of round 3 to the close of the last, so that the time between
@@ -108,6 +114,10 @@ int main(int argc, char** argv) {
   app.add_option("--samples", samples, "training samples per run (one epoch)");
   app.add_option("--round-samples", round_samples, "samples per round (global batch)");
   app.add_option("--run-root", run_root, "where the runs' directories go");
+  std::string node_cpus;
+  std::string coordinator_cpus;
+  app.add_option("--node-cpus", node_cpus, "cluster runs: pin node i to the i-th CPU list, e.g. 0/1/1");
+  app.add_option("--coordinator-cpus", coordinator_cpus, "cluster runs: pin the coordinator, e.g. 1");
   CLI11_PARSE(app, argc, argv);
   try {
     const std::vector<double> slowdowns = parse_slowdowns(slowdowns_text);
@@ -115,7 +125,10 @@ int main(int argc, char** argv) {
                                             "schedule.round_samples=" + std::to_string(round_samples)};
     std::cout << "cluster balance: " << slowdowns.size() << " trainers at slowdowns " << slowdowns_text << ", "
               << samples << " samples, " << round_samples << " per round; rounds after the "
-              << kSettleRounds << "rd counted\n\n";
+              << kSettleRounds << "rd counted";
+    if (!node_cpus.empty()) std::cout << "; cluster nodes pinned to " << node_cpus;
+    if (!coordinator_cpus.empty()) std::cout << ", coordinator to " << coordinator_cpus;
+    std::cout << "\n\n";
     double ideal = 0.0;
     std::cout << std::left << std::setw(34) << "run" << std::right << std::setw(12) << "samples/s" << std::setw(12)
               << "÷ ideal" << std::setw(14) << "idle frac." << std::setw(16) << "finish spread" << std::setw(22)
@@ -133,6 +146,8 @@ int main(int argc, char** argv) {
     for (const char* split : {"proportional", "equal"}) {
       std::vector<std::string> run_settings = settings;
       run_settings.push_back(std::string("schedule.split=") + split);
+      if (!node_cpus.empty()) run_settings.push_back("local.node_cpus=" + node_cpus);
+      if (!coordinator_cpus.empty()) run_settings.push_back("run.cpus=" + coordinator_cpus);
       const RunFigures cluster = run_local(run_root + "/cluster-" + split, slowdowns_text, slowdowns.size(), run_settings);
       std::cout << std::left << std::setw(34) << (std::string("cluster, ") + split + " split") << std::right
                 << std::setw(12) << std::setprecision(0) << cluster.samples_per_second << std::setw(12)

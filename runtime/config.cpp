@@ -1,5 +1,7 @@
 #include "runtime/config.hpp"
 
+#include "runtime/cpu_affinity.hpp"
+
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
@@ -151,11 +153,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "name", config.node.name);
   reader.read("node", "device", config.node.device);
   reader.read("node", "threads", config.node.threads);
+  reader.read("node", "cpus", config.node.cpus);
   reader.read("node", "priority", config.node.priority);
   reader.read("node", "max_micro_batch", config.node.max_micro_batch);
   reader.read("node", "slowdown", config.node.slowdown);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
+  reader.read("run", "cpus", config.run.cpus);
   reader.read("run", "checkpoint_every", config.run.checkpoint_every);
   reader.read("run", "resume", config.run.resume);
   reader.read("admission", "min_memory_mb", config.admission.min_memory_mb);
@@ -164,6 +168,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("admission", "check_dataset", config.admission.check_dataset);
   reader.read("local", "nodes", config.local.nodes);
   reader.read("local", "slowdowns", config.local.slowdowns);
+  reader.read("local", "node_cpus", config.local.node_cpus);
   reader.reject_unknown();
 
   check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
@@ -210,6 +215,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     check(factor >= 1.0, "local.slowdowns must hold factors >= 1, like \"1,2,4\"");
   }
   check(!config.run.run_dir.empty(), "run.run_dir must not be empty");
+  parse_cpu_list(config.node.cpus, "node.cpus");
+  parse_cpu_list(config.run.cpus, "run.cpus");
+  for (const auto& cpus : split_node_cpus(config.local.node_cpus)) parse_cpu_list(cpus, "local.node_cpus");
   return config;
 }
 
@@ -222,6 +230,13 @@ std::vector<std::string> split_list(const std::string& text) {
     items.push_back(item.substr(first, item.find_last_not_of(' ') - first + 1));
   }
   return items;
+}
+
+std::vector<std::string> split_node_cpus(const std::string& text) {
+  std::vector<std::string> lists;
+  std::stringstream all(text);
+  for (std::string list; std::getline(all, list, '/');) lists.push_back(list);
+  return lists;
 }
 
 std::vector<double> parse_slowdowns(const std::string& text) {

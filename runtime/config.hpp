@@ -74,6 +74,7 @@ struct NodeOptions {
   std::string name;           /// empty = this machine's hostname
   std::string device = "cpu"; /// "cpu" or "cuda:N"
   std::int64_t threads = 1;   /// LibTorch intra-op threads of the trainer
+  std::string cpus;           /// CPUs to pin the node to, "0-3,8"; empty: any
   std::int64_t priority = 0;  /// user-set; carried in the hardware report
   std::int64_t max_micro_batch = 0;  /// largest micro-batch this device's memory takes; 0 = no limit
   /// TEST AID: behave this many times slower than this machine is (after a micro-batch that took
@@ -84,6 +85,7 @@ struct NodeOptions {
 struct RunOptions {
   std::string run_dir = "runs/latest";  /// summary.json, rounds.jsonl, final model
   std::int64_t threads = 1;             /// LibTorch threads of the coordinator (step, evaluation)
+  std::string cpus;                     /// CPUs to pin the coordinator to, "0-3,8"; empty: any
   /// Rounds between checkpoints (model, optimizer, sample accounting) in run_dir/checkpoints;
   /// 0 = none. A killed coordinator loses at most this many rounds.
   std::int64_t checkpoint_every = 1;
@@ -101,6 +103,7 @@ struct AdmissionOptions {
 struct LocalOptions {
   std::int64_t nodes = 3;
   std::string slowdowns;  /// TEST AID: "1,2,4" gives node i the i-th factor as node.slowdown
+  std::string node_cpus;  /// "0/1/1" pins node i to the i-th CPU list as node.cpus
 };
 
 struct Config {
@@ -124,6 +127,8 @@ std::vector<std::string> split_list(const std::string& text);
 
 /// "1,2,4" → {1, 2, 4}; throws ConfigError naming a bad item.
 std::vector<double> parse_slowdowns(const std::string& text);
+/// local.node_cpus "0/1/1" -> {"0", "1", "1"}: one CPU list per node, in node order.
+std::vector<std::string> split_node_cpus(const std::string& text);
 
 /// The PUB endpoint the coordinator binds, from bus.publish or derived from bus.listen.
 std::string publish_endpoint_for(const BusOptions& bus);

@@ -1,5 +1,6 @@
 // filo: the command line. Subcommands start a coordinator, a node, a monitor, a whole local
 // cluster, evaluate a saved model, or print this machine's hardware report.
+#include <algorithm>
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
@@ -110,6 +111,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
 
   std::vector<ChildProcess> nodes;
   const std::vector<double> slowdowns = parse_slowdowns(probe.local.slowdowns);
+  const std::vector<std::string> node_cpus = split_node_cpus(probe.local.node_cpus);
   for (std::int64_t i = 1; i <= probe.local.nodes; ++i) {
     const std::string name = "node-" + std::to_string(i);
     std::vector<std::string> arguments{self, "node"};
@@ -118,6 +120,9 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     arguments.insert(arguments.end(), {"--coordinator", router, "--name", name});
     if (static_cast<std::size_t>(i) <= slowdowns.size()) {
       arguments.insert(arguments.end(), {"--set", "node.slowdown=" + std::to_string(slowdowns[i - 1])});
+    }
+    if (static_cast<std::size_t>(i) <= node_cpus.size()) {
+      arguments.insert(arguments.end(), {"--set", "node.cpus=" + node_cpus[i - 1]});
     }
     nodes.emplace_back(arguments, logs + "/" + name + ".log");
   }
@@ -129,11 +134,25 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   MonitorOptions monitor_options;
   monitor_options.events_endpoint = publish;
   monitor_options.style = MonitorStyle::kText;
-  monitor_options.keep_going = [&coordinator] { return coordinator.running(); };
+  // Every node failed (refused, misconfigured, crashed) leaves nothing to wait for: say so. Nodes
+  // that finished the run exit 0, possibly before the coordinator has written its summary.
+  bool all_nodes_failed = false;
+  monitor_options.keep_going = [&coordinator, &nodes, &all_nodes_failed] {
+    all_nodes_failed = std::all_of(nodes.begin(), nodes.end(), [](ChildProcess& node) {
+      return !node.running() && node.exit_code() != std::optional<int>(0);
+    });
+    return coordinator.running() && !all_nodes_failed;
+  };
   int monitor_code = 0;
   {
     Monitor monitor(sockets, monitor_options, stop);
     monitor_code = monitor.run();
+  }
+  if (all_nodes_failed && coordinator.running()) {
+    coordinator.stop(std::chrono::seconds(3));
+    std::cerr << "filo local: every node failed before the run finished; node-1's log ends:\n"
+              << tail_of(logs + "/node-1.log", 15);
+    return 1;
   }
   const auto coordinator_code = coordinator.wait_for(kCoordinatorExitTimeout);
   int nodes_failed = 0;
@@ -304,6 +323,7 @@ int main(int argc, char** argv) {
   node->add_option_function<std::string>("--name", flag("node.name"), "this node's name (default: hostname)");
   node->add_option_function<std::string>("--device", flag("node.device"), "cpu or cuda:N");
   node->add_option_function<std::string>("--threads", flag("node.threads"), "LibTorch threads of the trainer");
+  node->add_option_function<std::string>("--cpus", flag("node.cpus"), "pin the node to these CPUs, e.g. 0-3,8");
   node->add_option_function<std::string>("--slowdown", flag("node.slowdown"),
                                          "TEST AID: behave F times slower than this machine (waits after each micro-batch)");
 
@@ -324,6 +344,8 @@ int main(int argc, char** argv) {
   local->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
   local->add_option_function<std::string>("--slowdowns", flag("local.slowdowns"),
                                           "TEST AID: slowdown factor per node, e.g. 1,2,4");
+  local->add_option_function<std::string>("--node-cpus", flag("local.node_cpus"),
+                                          "pin node i to the i-th CPU list, e.g. 0/1/1 (run.cpus pins the coordinator)");
   local->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl, logs and the model go");
 
   auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
