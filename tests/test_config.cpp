@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 
 using namespace filo;
 
@@ -68,4 +69,14 @@ TEST_CASE("a string key given a number on the command line takes its text") {
   CHECK(config.local.slowdowns == "4");
   CHECK(config.node.name == "7");
   CHECK(parse_slowdowns(config.local.slowdowns) == std::vector<double>{4.0});
+}
+
+TEST_CASE("CPU lists pin nodes; bad ones are refused naming the key and the item") {
+  CHECK(parse_cpu_list("0-3,8", "node.cpus") == std::vector<int>{0, 1, 2, 3, 8});
+  CHECK(parse_cpu_list("", "node.cpus").empty());
+  CHECK(split_node_cpus("0/1,2/1") == std::vector<std::string>{"0", "1,2", "1"});
+  CHECK(error_of("", {"node.cpus=3-1"}).find("node.cpus: range '3-1' runs backwards") != std::string::npos);
+  CHECK(error_of("", {"local.node_cpus=0/x"}).find("local.node_cpus: 'x' is not a CPU number") != std::string::npos);
+  // An empty list pins nothing.
+  CHECK_NOTHROW(pin_to_cpus(0, {}));
 }
