@@ -331,7 +331,6 @@ void Scheduler::plan_round() {
     plan.ranges = round_pool.take(share.samples);
     plan.micro_batch = micro.micro_batch;
     plan.accumulation_steps = micro.accumulation_steps;
-    plan.deadline_seconds = opened.deadline_seconds;
     plan.incarnation = options_.incarnation;
     opened.planned_samples[share.trainer] = share.samples;
     opened.planned_ranges[share.trainer] = plan.ranges;
