@@ -280,7 +280,7 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
   }
   const std::size_t before = count_lines(rounds);
   ChildProcess aid({FILO_BINARY, "slowdown", "--coordinator", cluster.router, "--trainer", "trainer@node-2/cpu",
-                    "--factor", "4"},
+                    "--factor", "8"},
                    cluster.run_dir + "/logs/slowdown.log");
   REQUIRE(aid.wait_for(60s) == std::optional<int>(0));
   // The trainer takes the new factor by this round at the latest.
@@ -303,8 +303,10 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
   double baseline = 0.0;
   for (std::size_t r = 3; r < before; ++r) baseline += share[r];
   baseline /= static_cast<double>(before - 3);
-  // Round numbers are 1-based, the vector 0-based: share[sent + 2] is round sent + 3.
+  // Round numbers are 1-based, the vector 0-based: share[sent + 2] is round sent + 3. Factor 8,
+  // not 4: with smoothing weight 0.3, three rounds move the estimate two thirds of the way, and at
+  // 4x that lands near the 0.7 line on a machine whose CPU contention already swings speeds.
   INFO("node-2's share: " << baseline << " before the slowdown, " << share[sent + 2] << " three rounds after it arrived");
   CHECK(share[sent + 2] < 0.7 * baseline);
-  CHECK(read_file(cluster.run_dir + "/logs/node-2.log").find("slowdown 1 -> 4") != std::string::npos);
+  CHECK(read_file(cluster.run_dir + "/logs/node-2.log").find("slowdown 1 -> 8") != std::string::npos);
 }
