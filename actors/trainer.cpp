@@ -259,9 +259,9 @@ void Trainer::serve_bus_while_working() {
   if (!subscribed_to_.empty()) read_mailbox(bus_.published());
 }
 
-void Trainer::simulate_slowdown(Clock::duration worked) {
+void Trainer::simulate_slowdown(const WorkTimer& timer) {
   if (options_.slowdown <= 1.0) return;
-  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(worked * (options_.slowdown - 1.0));
+  const auto until = timer.started() + std::chrono::duration_cast<Clock::duration>(timer.busy() * options_.slowdown);
   while (Clock::now() < until) {
     // A test aid standing in for a slower device: sleeping costs no CPU that others need.
     std::this_thread::sleep_for(std::min<Clock::duration>(kSlowdownSlice, until - Clock::now()));
@@ -280,7 +280,7 @@ void Trainer::calibrate() {
     const auto started = Clock::now();
     const WorkTimer work_timer;
     train_share(model_, data_, indices, micro_batch);
-    simulate_slowdown(work_timer.busy());
+    simulate_slowdown(work_timer);
     if (step >= kCalibrationWarmUp) {
       measured += Clock::now() - started;
       samples += static_cast<std::uint64_t>(indices.size(0));
@@ -357,7 +357,7 @@ void Trainer::train(const msg::RoundPlan& plan) {
   const auto indices = indices_of(order_, plan.ranges);
   WorkTimer micro_batch_timer;
   const auto between_micro_batches = [&] {
-    simulate_slowdown(micro_batch_timer.busy());
+    simulate_slowdown(micro_batch_timer);
     serve_bus_while_working();
     micro_batch_timer = WorkTimer();
   };

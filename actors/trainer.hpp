@@ -96,11 +96,13 @@ class Trainer final {
   void train(const msg::RoundPlan& plan);
   /// Measures the run's model at its micro-batch size and tells the scheduler.
   void calibrate();
-  /// With --slowdown F, after work that took `worked`, waits (F - 1) x worked, serving the bus.
-  /// `worked` is the work's CPU time where that is less than its wall time: waiting for a CPU
-  /// that other processes hold is not the device's slowness, and multiplying it by F - 1 made a
-  /// slowed trainer on a shared machine F times more sensitive to its neighbours.
-  void simulate_slowdown(Clock::duration worked);
+  /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all, serving
+  /// the bus: it waits (F - 1) x t less whatever the work spent waiting for a CPU. t is the
+  /// work's CPU time where that is less than its wall time. A slowed device's micro-batch takes
+  /// F t however busy the host is; on a machine shared by several simulated nodes, waiting for a
+  /// CPU a neighbour holds is an artefact of sharing, not of the device, and adding it on top made
+  /// slowed trainers slower together than apart (their rounds start at the same moment).
+  void simulate_slowdown(const WorkTimer& timer);
   /// Reads both sockets; while working, only liveness and test-aid messages are handled and the
   /// rest wait in `deferred_` (a model arriving mid-share must not overwrite the replica).
   void read_mailbox(zmq::socket_t& socket);

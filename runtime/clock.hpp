@@ -1,4 +1,5 @@
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 
@@ -24,6 +25,7 @@ inline Clock::duration process_cpu_time() {
 class WorkTimer {
  public:
   WorkTimer() : wall_(Clock::now()), cpu_(process_cpu_time()) {}
+  Clock::time_point started() const { return wall_; }
   Clock::duration wall() const { return Clock::now() - wall_; }
   Clock::duration busy() const { return std::min(wall(), process_cpu_time() - cpu_); }
 

@@ -77,8 +77,8 @@ struct NodeOptions {
   std::string cpus;           /// CPUs to pin the node to, "0-3,8"; empty: any
   std::int64_t priority = 0;  /// user-set; carried in the hardware report
   std::int64_t max_micro_batch = 0;  /// largest micro-batch this device's memory takes; 0 = no limit
-  /// TEST AID: behave this many times slower than this machine is (after a micro-batch that took
-  /// t seconds, wait (slowdown - 1) * t). Seen by the scheduler only through measurement.
+  /// TEST AID: behave this many times slower than this machine is (a micro-batch whose work took
+  /// t seconds of CPU lasts slowdown * t in all). Seen by the scheduler only through measurement.
   double slowdown = 1.0;
 };
 
