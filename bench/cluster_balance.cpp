@@ -7,7 +7,7 @@
 // speeds the trainers measured inside that same run, which isolates the scheduler's share of
 // the loss from the machine's.
 //
-//   build/cluster_balance [--slowdowns 1,2,4] [--samples 12000] [--round-samples 512]
+//   build/cluster_balance [--slowdowns 1,2,4] [--samples 60000] [--round-samples 4096]
 //                         [--node-cpus 0/1/1 --coordinator-cpus 1]
 //
 // --node-cpus pins the cluster runs' node i to the i-th CPU list (and --coordinator-cpus the
@@ -25,6 +25,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -36,12 +37,14 @@ using nlohmann::json;
 
 namespace {
 constexpr std::size_t kSettleRounds = 3;
+constexpr double kSpreadTarget = 0.10;  // trainers should finish within 10% of the round time
 constexpr std::chrono::minutes kRunTimeout{20};
 
 struct RunFigures {
   double samples_per_second = 0.0;
   double idle_fraction = 0.0;   // mean over rounds: time trainers wait for the slowest ÷ round time
   double finish_spread = 0.0;   // mean over rounds: (last arrival − first arrival) ÷ round time
+  std::size_t rounds_spread_under_target = 0;  // rounds whose finish spread is under kSpreadTarget
   double sum_of_trainer_speeds = 0.0;  // each trainer's samples ÷ compute seconds in this run
   std::size_t rounds = 0;
 };
@@ -72,7 +75,11 @@ RunFigures figures_of(const std::string& rounds_path) {
       first = std::min(first, trainer.at("arrival_seconds").get<double>());
       last = std::max(last, trainer.at("arrival_seconds").get<double>());
     }
-    if (last >= first) figures.finish_spread += (last - first) / round.at("seconds").get<double>();
+    if (last >= first) {
+      const double spread = (last - first) / round.at("seconds").get<double>();
+      figures.finish_spread += spread;
+      if (spread < kSpreadTarget) ++figures.rounds_spread_under_target;
+    }
     ++figures.rounds;
   }
   // Round kSettleRounds (0-based) is the fourth: its samples were trained after the third closed.
@@ -107,8 +114,10 @@ RunFigures run_local(const std::string& run_dir, const std::string& slowdowns, s
 int main(int argc, char** argv) {
   CLI::App app{"cluster balance: solo vs cluster throughput, proportional vs equal split"};
   std::string slowdowns_text = "1,2,4";
-  std::int64_t samples = 12000;
-  std::int64_t round_samples = 512;
+  // Defaults: the whole training set in 4096-sample rounds, so that each trainer's share is many
+  // micro-batches and the time between rounds is a few percent of a round.
+  std::int64_t samples = 60000;
+  std::int64_t round_samples = 4096;
   std::string run_root = "/tmp/filo-cluster-balance";
   app.add_option("--slowdowns", slowdowns_text, "one trainer per factor (TEST AID slowdowns)");
   app.add_option("--samples", samples, "training samples per run (one epoch)");
@@ -131,8 +140,8 @@ int main(int argc, char** argv) {
     std::cout << "\n\n";
     double ideal = 0.0;
     std::cout << std::left << std::setw(34) << "run" << std::right << std::setw(12) << "samples/s" << std::setw(12)
-              << "÷ ideal" << std::setw(14) << "idle frac." << std::setw(16) << "finish spread" << std::setw(22)
-              << "÷ in-run trainer sum" << "\n";
+              << "÷ ideal" << std::setw(14) << "idle frac." << std::setw(16) << "finish spread" << std::setw(16)
+              << "rounds < 0.10" << std::setw(22) << "÷ in-run trainer sum" << "\n";
     std::cout << std::fixed;
     for (std::size_t i = 0; i < slowdowns.size(); ++i) {
       std::ostringstream factor;
@@ -152,8 +161,9 @@ int main(int argc, char** argv) {
       std::cout << std::left << std::setw(34) << (std::string("cluster, ") + split + " split") << std::right
                 << std::setw(12) << std::setprecision(0) << cluster.samples_per_second << std::setw(12)
                 << std::setprecision(2) << cluster.samples_per_second / ideal << std::setw(14)
-                << cluster.idle_fraction << std::setw(16) << cluster.finish_spread << std::setw(22)
-                << cluster.samples_per_second / cluster.sum_of_trainer_speeds << "\n";
+                << cluster.idle_fraction << std::setw(16) << cluster.finish_spread << std::setw(16)
+                << (std::to_string(cluster.rounds_spread_under_target) + "/" + std::to_string(cluster.rounds))
+                << std::setw(22) << cluster.samples_per_second / cluster.sum_of_trainer_speeds << "\n";
     }
     std::cout << "\nruns: " << run_root << "/*/rounds.jsonl" << std::endl;
   } catch (const std::exception& e) {
