@@ -21,6 +21,10 @@ constexpr std::size_t kTransferRoundsBeforeCounting = 3;
 /// A trainer left out by the transfer rule is planned again this often, so that its estimate
 /// follows the network instead of freezing at its worst.
 constexpr std::uint64_t kLeftOutProbeRounds = 20;
+/// After a probe that found the link this much faster than the transfer that kept it out, the
+/// next probe comes after kQuickProbeRounds: the link is changing, likely recovering.
+constexpr double kProbeImprovement = 0.75;
+constexpr std::uint64_t kQuickProbeRounds = 2;
 
 double smoothed(double previous, double measured) {
   return previous <= 0.0 ? measured : kSpeedSmoothing * measured + (1 - kSpeedSmoothing) * previous;
@@ -137,9 +141,11 @@ std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& train
     if (remaining > 1 && (hopeless || not_worth_it)) {
       active[worst] = false;
       std::ostringstream reason;
-      reason << "transfer/compute ratio " << (std::isfinite(worst_ratio) ? worst_ratio : 0.0)
-             << (hopeless ? " (its transfer alone outlasts the round)" : "") << " is at or above "
-             << max_transfer_ratio;
+      if (hopeless) {
+        reason << "its transfer alone (" << trainers[worst].transfer_seconds << " s) outlasts the round";
+      } else {
+        reason << "transfer/compute ratio " << worst_ratio << " is at or above " << max_transfer_ratio;
+      }
       shares[worst].left_out = reason.str();
       continue;
     }
@@ -230,6 +236,12 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   if (started_ && !round_open_) plan_round();  // the cluster was idle, waiting for trainers
 }
 
+std::uint64_t rounds_before_next_probe(double transfer_before_probe, double probe_transfer) {
+  const bool improving = probe_transfer >= 0.0 && transfer_before_probe > 0.0 &&
+                         probe_transfer < kProbeImprovement * transfer_before_probe;
+  return improving ? kQuickProbeRounds : kLeftOutProbeRounds;
+}
+
 double Scheduler::TrainerState::transfer_seconds() const {
   if (recent_transfers.size() < kTransferRoundsBeforeCounting) return 0.0;
   return *std::min_element(recent_transfers.begin(), recent_transfers.end());
@@ -246,7 +258,9 @@ std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
   for (auto& [trainer, state] : live_) {
     if (!state.calibrated) continue;
     double transfer = state.transfer_seconds();
-    if (state.left_out_since > 0 && round_ - state.left_out_since >= kLeftOutProbeRounds) {
+    const std::uint64_t probe_after = state.probe_after > 0 ? state.probe_after : kLeftOutProbeRounds;
+    if (state.left_out_since > 0 && round_ - state.left_out_since >= probe_after) {
+      state.probing_from = transfer;
       transfer = 0.0;  // a probe: plan it once more and measure again
       state.left_out_since = round_;
     }
@@ -307,8 +321,13 @@ void Scheduler::plan_round() {
   for (const Share& share : shares_for(total)) {
     TrainerState& state = live_.at(share.trainer);
     const bool left_out = !share.left_out.empty();
-    if (left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
+    // A probe plans a left-out trainer for one round without taking it back: it is planned again
+    // only once its measured link passes the rule.
+    const bool probe = state.probing_from.has_value();
+    if (probe) log(LogLevel::kInfo, bus_.name(), "probing ", share.trainer, "'s link with ", share.samples, " samples");
+    if (!probe && left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
       state.left_out_since = left_out ? round_ : 0;
+      state.probe_after = 0;
       const std::string text = left_out ? share.trainer + " left out of the rounds: " + share.left_out
                                         : share.trainer + " is planned again";
       log(LogLevel::kWarn, bus_.name(), text);
@@ -365,16 +384,21 @@ void Scheduler::handle(const msg::RoundClosed& closed, const Incoming&) {
       if (trainer != live_.end() && outcome.compute_seconds > 0) {
         TrainerState& state = trainer->second;
         state.speed.observe(outcome.samples, outcome.compute_seconds);
-        state.recent_transfers.push_back(std::max(0.0, outcome.arrival_seconds - outcome.compute_seconds));
+        const double transfer = std::max(0.0, outcome.arrival_seconds - outcome.compute_seconds);
+        state.recent_transfers.push_back(transfer);
         if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
+        if (state.probing_from) state.probe_after = rounds_before_next_probe(*state.probing_from, transfer);
       }
     } else {
+      auto trainer = live_.find(outcome.trainer);
+      if (trainer != live_.end() && trainer->second.probing_from) trainer->second.probe_after = 0;
       pool_.give_back(in_flight_[outcome.trainer]);
       log(LogLevel::kWarn, bus_.name(), outcome.trainer, " missed round ", closed.round, ": ",
           outcome.planned_samples, " samples return to the pool");
     }
   }
   in_flight_.clear();
+  for (auto& [trainer, state] : live_) state.probing_from.reset();
   if (slowest > 0) slowest_last_round_seconds_ = slowest;
   if (pool_.empty()) end_epoch();
   plan_round();

@@ -86,6 +86,13 @@ struct MicroBatchPlan {
 MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
                                  std::uint64_t max_for_device);
 
+/// A trainer left out by the transfer rule is planned once more now and then to measure its link
+/// again (a probe). How many rounds it waits for the next one, from the transfer that kept it out
+/// and what its last probe measured: a link clearly faster than before (a cap lifted, TCP still
+/// regrowing its window) is probed again soon; one as slow as before waits the long interval.
+/// `probe_transfer` < 0: the probe delivered nothing.
+std::uint64_t rounds_before_next_probe(double transfer_before_probe, double probe_transfer);
+
 /// Where a resumed run stands: the last closed round and the positions of its epoch trained.
 struct SchedulerResume {
   std::uint64_t epoch = 1;
@@ -126,6 +133,8 @@ class Scheduler final {
     std::deque<double> recent_transfers; // arrival minus compute time of recent rounds
     std::uint32_t max_micro_batch = 0;   // 0: no memory limit known
     std::uint64_t left_out_since = 0;    // round it was last left out in (0: it is not)
+    std::uint64_t probe_after = 0;       // rounds left out before its next probe (0: the long interval)
+    std::optional<double> probing_from;  // during a probe: the transfer that kept it out
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
   };

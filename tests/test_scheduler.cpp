@@ -166,3 +166,14 @@ TEST_CASE("a trainer that slows down gets a clearly smaller share within 3 round
   CHECK(after.at("slowing").samples < 70);
   CHECK(after.at("slowing").samples + after.at("fast").samples == 200);
 }
+
+TEST_CASE("a left-out trainer whose probe finds its link clearly faster is probed again soon") {
+  // Kept out by 0.8 s of transfer; the probe measured 0.3 s: the cap was lifted, TCP still recovering.
+  CHECK(rounds_before_next_probe(0.8, 0.3) < rounds_before_next_probe(0.8, 0.8));
+  CHECK(rounds_before_next_probe(0.8, 0.3) <= 2);
+  // As slow as before, or barely faster, or nothing delivered: the long interval.
+  CHECK(rounds_before_next_probe(0.8, 0.8) == 20);
+  CHECK(rounds_before_next_probe(0.8, 0.7) == 20);
+  CHECK(rounds_before_next_probe(0.8, -1.0) == 20);
+  CHECK(rounds_before_next_probe(0.0, 0.0) == 20);
+}

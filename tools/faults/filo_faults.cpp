@@ -412,8 +412,14 @@ void cap_and_free(FaultCluster& cluster, History& history, Measures& measures, c
   require(history.wait_for([&](const json& e) { return is_event(e, "round") && e.at("round") >= round; }, kEventWait, cap_t),
           "ten rounds without " + trainer, measures);
   const double free_t = cluster.cap_link(node, 0);
-  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, free_t),
-                                   trainer + " to be planned and contribute once its link is free", measures);
+  // Probes (a round now and then while left out) deliver too; back means planned again by the rule.
+  const auto planned_again = require(
+      history.wait_for([&](const json& e) { return about(e, "planned_again", trainer); }, kEventWait, free_t),
+      trainer + " to be planned again once its link is free", measures);
+  const auto contributed =
+      require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait,
+                               planned_again.at("t").get<double>()),
+              trainer + " to contribute once planned again", measures);
   measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - free_t);
   if (auto lost = history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, 0s, cap_t)) {
     measures.problems.push_back(trainer + " was declared lost on a slow but working link");
