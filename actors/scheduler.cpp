@@ -391,7 +391,9 @@ void Scheduler::handle(const msg::RoundClosed& closed, const Incoming&) {
       }
     } else {
       auto trainer = live_.find(outcome.trainer);
-      if (trainer != live_.end() && trainer->second.probing_from) trainer->second.probe_after = 0;
+      if (trainer != live_.end() && trainer->second.probing_from) {
+        trainer->second.probe_after = rounds_before_next_probe(*trainer->second.probing_from, -1.0);
+      }
       pool_.give_back(in_flight_[outcome.trainer]);
       log(LogLevel::kWarn, bus_.name(), outcome.trainer, " missed round ", closed.round, ": ",
           outcome.planned_samples, " samples return to the pool");
