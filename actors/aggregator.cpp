@@ -23,7 +23,7 @@ ContributionAverager::ContributionAverager(torch::nn::Module& model, Combine com
 }
 
 std::optional<std::string> ContributionAverager::problem(const std::vector<ReceivedTensor>& gradients,
-                                                     const std::vector<ReceivedTensor>& buffers) const {
+                                                         const std::vector<ReceivedTensor>& buffers) const {
   if (auto mismatch = layout_mismatch(gradients, parameters_)) return "gradients: " + *mismatch;
   if (auto mismatch = layout_mismatch(buffers, buffers_)) return "buffers: " + *mismatch;
   if (auto bad = non_finite(gradients)) return "gradients: " + *bad;
@@ -32,7 +32,7 @@ std::optional<std::string> ContributionAverager::problem(const std::vector<Recei
 }
 
 void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
-                           const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
+                               const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
   torch::NoGradGuard no_grad;
   // Gradient sums are already weighted by their samples; deltas are per trainer and need it.
   const double weight = combine_ == Combine::kParameterDeltas ? static_cast<double>(samples) : 1.0;
@@ -73,10 +73,10 @@ bool ContributionAverager::apply() {
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
                                                         std::vector<torch::Tensor> parameters) {
   if (options.name == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        std::move(parameters), torch::optim::SGDOptions(options.learning_rate)
-                                   .momentum(options.momentum)
-                                   .weight_decay(options.weight_decay));
+    return std::make_unique<torch::optim::SGD>(std::move(parameters),
+                                               torch::optim::SGDOptions(options.learning_rate)
+                                                   .momentum(options.momentum)
+                                                   .weight_decay(options.weight_decay));
   }
   if (options.name == "adam") {
     return std::make_unique<torch::optim::Adam>(
@@ -92,9 +92,10 @@ std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOpt
     return std::make_unique<torch::optim::SGD>(std::move(parameters), torch::optim::SGDOptions(1.0));
   }
   if (options.outer == "nesterov") {
-    return std::make_unique<torch::optim::SGD>(
-        std::move(parameters),
-        torch::optim::SGDOptions(options.outer_learning_rate).momentum(options.outer_momentum).nesterov(true));
+    return std::make_unique<torch::optim::SGD>(std::move(parameters),
+                                               torch::optim::SGDOptions(options.outer_learning_rate)
+                                                   .momentum(options.outer_momentum)
+                                                   .nesterov(true));
   }
   throw std::invalid_argument("unknown outer optimizer '" + options.outer + "' (known: average, nesterov)");
 }
@@ -107,28 +108,33 @@ torch::nn::Sequential seeded_model(const msg::RunSpec& run) {
 }  // namespace
 
 Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint,
-                       AggregatorOptions options, const StopFlag& stop,
-                       std::function<void()> on_finished)
+                       AggregatorOptions options, const StopFlag& stop, std::function<void()> on_finished)
     : options_(std::move(options)),
       bus_(sockets, kAggregatorName),
       loop_(stop),
       on_finished_(std::move(on_finished)),
       model_(seeded_model(options_.run)),
-      optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer, model_->parameters())
-                                                  : make_optimizer(options_.optimizer, model_->parameters())),
-      averager_(*model_, options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
-      test_set_(load_dataset(options_.data.dataset, options_.data.path, Split::kTest,
-                             options_.data.test_limit)),
-      record_(options_.run_dir, options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt),
+      optimizer_(options_.run.mode == "local-sgd"
+                     ? make_outer_optimizer(options_.optimizer, model_->parameters())
+                     : make_optimizer(options_.optimizer, model_->parameters())),
+      averager_(*model_,
+                options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
+      test_set_(
+          load_dataset(options_.data.dataset, options_.data.path, Split::kTest, options_.data.test_limit)),
+      record_(options_.run_dir,
+              options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt),
       checkpoints_(options_.run_dir + "/checkpoints") {
   if (options_.resume) restore(*options_.resume);
   bus_.connect(hub_endpoint);
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed()))
+      dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
 }
 
-void Aggregator::run() { loop_.run(); }
+void Aggregator::run() {
+  loop_.run();
+}
 
 void Aggregator::publish_model(const std::string& to) {
   // Copies, because the next optimizer step updates the parameters in place while zmq may still
@@ -147,7 +153,9 @@ void Aggregator::publish_model(const std::string& to) {
   }
 }
 
-void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) { publish_model(from.from); }
+void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
+  publish_model(from.from);
+}
 
 void Aggregator::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
@@ -167,8 +175,9 @@ void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
       event.type = "resumed";
       event.round = opened.round;
       event.epoch = opened.epoch;
-      event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) + "): resumed after round " +
-                   std::to_string(options_.resume->round) + " from its checkpoint";
+      event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
+                   "): resumed after round " + std::to_string(options_.resume->round) +
+                   " from its checkpoint";
       event.values["resumed_after_round"] = static_cast<double>(options_.resume->round);
       event.values["coordinator_start"] = static_cast<double>(options_.incarnation);
       bus_.publish(kEventTopic, event);
@@ -190,7 +199,8 @@ void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
 void Aggregator::handle(const msg::Contribution& contribution, const Incoming& from) {
   if (!open_ || contribution.round > open_->plan.round) {
     if (early_.size() < kMaxEarlyContributions) {
-      Incoming copy{from.from, from.envelope, zmq::message_t(from.body.data(), from.body.size()), from.tensor_frames};
+      Incoming copy{from.from, from.envelope, zmq::message_t(from.body.data(), from.body.size()),
+                    from.tensor_frames};
       early_.push_back(std::move(copy));
     }
     return;
@@ -204,21 +214,22 @@ void Aggregator::accept(const msg::Contribution& contribution, const Incoming& f
     log(LogLevel::kWarn, bus_.name(), "dropped contribution of ", from.from, " for round ",
         contribution.round, ": ", reason);
   };
-  if (contribution.round != open_->plan.round) return drop("round " + std::to_string(open_->plan.round) + " is open");
+  if (contribution.round != open_->plan.round)
+    return drop("round " + std::to_string(open_->plan.round) + " is open");
   const auto planned = open_->plan.planned_samples.find(from.from);
   if (planned == open_->plan.planned_samples.end()) return drop("no samples were planned for it");
   if (open_->arrived.count(from.from)) return drop("already counted (duplicate)");
   if (contribution.incarnation != open_->plan.incarnation) {
-    return drop("planned by coordinator start " + std::to_string(contribution.incarnation) + ", this is start " +
-                std::to_string(open_->plan.incarnation));
+    return drop("planned by coordinator start " + std::to_string(contribution.incarnation) +
+                ", this is start " + std::to_string(open_->plan.incarnation));
   }
   if (contribution.model_version != open_->plan.model_version) {
-    return drop("computed on model version " + std::to_string(contribution.model_version) +
-                ", round is on " + std::to_string(open_->plan.model_version));
+    return drop("computed on model version " + std::to_string(contribution.model_version) + ", round is on " +
+                std::to_string(open_->plan.model_version));
   }
   if (contribution.samples == 0 || contribution.samples > planned->second) {
-    return drop(std::to_string(contribution.samples) + " samples where " +
-                std::to_string(planned->second) + " were planned");
+    return drop(std::to_string(contribution.samples) + " samples where " + std::to_string(planned->second) +
+                " were planned");
   }
   if (!std::isfinite(contribution.loss_sum)) return drop("loss is not finite");
   // Gradients' frames come first, then the buffers'; read them as one list, then split.
@@ -297,8 +308,8 @@ void Aggregator::close_round(const char* why) {
       event.values["samples_per_second/" + trainer] = samples_per_second;
       event.values["idle_seconds/" + trainer] = idle_seconds;
     } else {
-      log(LogLevel::kWarn, bus_.name(), "round ", closed.round, " closed (", why, ") without ",
-          trainer, "'s ", planned, " samples; they go back to the pool");
+      log(LogLevel::kWarn, bus_.name(), "round ", closed.round, " closed (", why, ") without ", trainer,
+          "'s ", planned, " samples; they go back to the pool");
       event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned";
     }
     event.values["planned/" + trainer] = static_cast<double>(planned);
@@ -308,22 +319,31 @@ void Aggregator::close_round(const char* why) {
     if (outcome.delivered && planned_ranges != round.plan.planned_ranges.end()) {
       for (const auto& range : planned_ranges->second) ranges.push_back({range.begin, range.end});
     }
-    trainers.push_back({{"ranges", ranges}, {"name", trainer}, {"planned", planned}, {"samples", outcome.samples},
-                        {"compute_seconds", outcome.compute_seconds}, {"samples_per_second", samples_per_second},
-                        {"arrival_seconds", outcome.arrival_seconds}, {"idle_seconds", idle_seconds},
+    trainers.push_back({{"ranges", ranges},
+                        {"name", trainer},
+                        {"planned", planned},
+                        {"samples", outcome.samples},
+                        {"compute_seconds", outcome.compute_seconds},
+                        {"samples_per_second", samples_per_second},
+                        {"arrival_seconds", outcome.arrival_seconds},
+                        {"idle_seconds", idle_seconds},
                         {"benchmark_gflops", benchmark == benchmark_gflops_.end() ? 0.0 : benchmark->second},
                         {"delivered", outcome.delivered}});
     closed.outcomes.push_back(std::move(outcome));
   }
-  const double idle_fraction = seconds > 0 && !round.arrived.empty() ? idle_sum / (seconds * round.arrived.size()) : 0.0;
+  const double idle_fraction =
+      seconds > 0 && !round.arrived.empty() ? idle_sum / (seconds * round.arrived.size()) : 0.0;
   bus_.send(kSchedulerName, closed, Stamp{closed.round, model_version_});
 
   epoch_samples_ += samples;
   epoch_loss_sum_ += round.loss_sum;
-  record_.append_round({{"round", closed.round}, {"epoch", closed.epoch},
-                        {"model_version", model_version_}, {"seconds", seconds},
+  record_.append_round({{"round", closed.round},
+                        {"epoch", closed.epoch},
+                        {"model_version", model_version_},
+                        {"seconds", seconds},
                         {"closed_seconds", seconds_between(*first_round_, Clock::now())},
-                        {"samples", samples}, {"idle_fraction", idle_fraction},
+                        {"samples", samples},
+                        {"idle_fraction", idle_fraction},
                         {"loss", samples ? round.loss_sum / samples : 0.0},
                         {"trainers", trainers}});
   event.values["samples"] = static_cast<double>(samples);
@@ -333,10 +353,11 @@ void Aggregator::close_round(const char* why) {
   event.values["epoch_samples_done"] = static_cast<double>(epoch_samples_);
   event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
   event.values["epochs"] = static_cast<double>(options_.epochs);
-  event.text = "round " + std::to_string(closed.round) + ": " + std::to_string(samples) +
-               " samples, loss " + std::to_string(event.values["loss"]);
+  event.text = "round " + std::to_string(closed.round) + ": " + std::to_string(samples) + " samples, loss " +
+               std::to_string(event.values["loss"]);
   bus_.publish(kEventTopic, event);
-  if (options_.checkpoint_every > 0 && rounds_closed_ % static_cast<std::uint64_t>(options_.checkpoint_every) == 0) {
+  if (options_.checkpoint_every > 0 &&
+      rounds_closed_ % static_cast<std::uint64_t>(options_.checkpoint_every) == 0) {
     write_checkpoint();
   }
 }
@@ -384,10 +405,18 @@ void Aggregator::write_checkpoint() {
   for (const auto& [trainer, total] : totals_) totals[trainer] = {total.samples, total.compute_seconds};
   const msg::RunSpec& run = options_.run;
   const nlohmann::json meta{
-      {"run", {{"run_id", run.run_id}, {"model", run.model}, {"dataset", run.dataset},
-               {"train_samples", run.train_samples}, {"seed", run.seed}, {"micro_batch", run.micro_batch},
-               {"mode", run.mode}, {"optimizer", run.optimizer}, {"learning_rate", run.learning_rate},
-               {"momentum", run.momentum}, {"weight_decay", run.weight_decay}}},
+      {"run",
+       {{"run_id", run.run_id},
+        {"model", run.model},
+        {"dataset", run.dataset},
+        {"train_samples", run.train_samples},
+        {"seed", run.seed},
+        {"micro_batch", run.micro_batch},
+        {"mode", run.mode},
+        {"optimizer", run.optimizer},
+        {"learning_rate", run.learning_rate},
+        {"momentum", run.momentum},
+        {"weight_decay", run.weight_decay}}},
       {"incarnation", options_.incarnation},
       {"model_version", model_version_},
       {"rounds_closed", rounds_closed_},
@@ -398,7 +427,8 @@ void Aggregator::write_checkpoint() {
       {"samples_per_epoch", samples_per_epoch_},
       {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
       {"totals", totals},
-      {"training_seconds", training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
+      {"training_seconds",
+       training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
   };
   try {
     checkpoints_.write(rounds_closed_, meta, payload.str());
@@ -451,8 +481,8 @@ void Aggregator::handle(const msg::EpochEnded& ended, const Incoming&) {
   event.values["epochs"] = static_cast<double>(options_.epochs);
   std::ostringstream text;
   text << "epoch " << ended.epoch << "/" << options_.epochs << ": test accuracy " << accuracy
-       << ", train loss " << event.values["train_loss"] << ", " << epoch_samples_ << " samples in "
-       << seconds << " s";
+       << ", train loss " << event.values["train_loss"] << ", " << epoch_samples_ << " samples in " << seconds
+       << " s";
   event.text = text.str();
   log(LogLevel::kInfo, bus_.name(), event.text);
   bus_.publish(kEventTopic, event);
@@ -478,7 +508,9 @@ void Aggregator::finish() {
   save_model(model_, options_.run.model, model_path);
   nlohmann::json nodes = nlohmann::json::array();
   for (const auto& [trainer, totals] : totals_) {
-    nodes.push_back({{"name", node_of(trainer)}, {"trainer", trainer}, {"samples", totals.samples},
+    nodes.push_back({{"name", node_of(trainer)},
+                     {"trainer", trainer},
+                     {"samples", totals.samples},
                      {"compute_seconds", totals.compute_seconds}});
   }
   const double accuracy = test_accuracy_per_epoch_.empty() ? 0.0 : test_accuracy_per_epoch_.back();
@@ -493,7 +525,8 @@ void Aggregator::finish() {
       {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
       {"epochs", samples_per_epoch_.size()},
       {"wall_seconds", wall_seconds},
-      {"training_seconds", training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
+      {"training_seconds",
+       training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
       {"coordinator_starts", options_.incarnation},
       {"rounds", rounds_closed_},
       {"model_version", model_version_},

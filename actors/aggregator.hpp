@@ -19,8 +19,8 @@
 #include "messages/round.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
-#include "runtime/config.hpp"
 #include "runtime/checkpoint.hpp"
+#include "runtime/config.hpp"
 #include "runtime/run_record.hpp"
 
 namespace filo {
@@ -73,12 +73,12 @@ std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOpt
 struct AggregatorOptions {
   msg::RunSpec run;
   OptimizerOptions optimizer;
-  DataOptions data;        /// the test set evaluated after each epoch
+  DataOptions data;  /// the test set evaluated after each epoch
   std::string run_dir;
   std::int64_t epochs = 1;
-  std::int64_t checkpoint_every = 1;   /// rounds between checkpoints; 0 = none
-  std::uint64_t incarnation = 1;       /// this start of the coordinator
-  std::optional<Checkpoint> resume;    /// continue from this checkpoint
+  std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
+  std::uint64_t incarnation = 1;      /// this start of the coordinator
+  std::optional<Checkpoint> resume;   /// continue from this checkpoint
 };
 
 /// The scheduler's part of a checkpoint: where the epoch stands.
@@ -88,12 +88,12 @@ msg::RunSpec run_spec_of(const Checkpoint& checkpoint);
 
 class Aggregator final {
  public:
-  using Inbox = std::variant<msg::RoundOpened, msg::Contribution, msg::MembershipChange,
-                             msg::EpochEnded, msg::SnapshotRequest>;
+  using Inbox = std::variant<msg::RoundOpened, msg::Contribution, msg::MembershipChange, msg::EpochEnded,
+                             msg::SnapshotRequest>;
 
   /// `on_finished` is called once the run is over and everything is written.
-  Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint,
-             AggregatorOptions options, const StopFlag& stop, std::function<void()> on_finished);
+  Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint, AggregatorOptions options,
+             const StopFlag& stop, std::function<void()> on_finished);
   void run();
 
   void handle(const msg::RoundOpened& opened, const Incoming& from);

@@ -1,8 +1,8 @@
 #include "actors/benchmarker.hpp"
 
+#include <unistd.h>
 #include <fstream>
 #include <sstream>
-#include <unistd.h>
 
 #include <torch/torch.h>
 
@@ -36,7 +36,9 @@ std::string hostname() {
 }  // namespace
 
 #ifndef FILO_HAVE_CUDA
-GpuProbe probe_gpus(const GpuBenchmarkOptions&) { return {{}, "this build of filo has no CUDA support"}; }
+GpuProbe probe_gpus(const GpuBenchmarkOptions&) {
+  return {{}, "this build of filo has no CUDA support"};
+}
 #endif
 
 namespace {
@@ -47,10 +49,8 @@ struct PublishedPeaks {
 // NVIDIA datasheets, dense figures (the datasheets' headline tensor figures are with sparsity,
 // i.e. twice these). H200 has H100 SXM's compute.
 constexpr PublishedPeaks kPublishedPeaks[] = {
-    {"H100 PCIe", 756.0, 756.0, 378.0, 51.0, 51.0},
-    {"H100 NVL", 835.0, 835.0, 418.0, 60.0, 60.0},
-    {"H200", 989.0, 989.0, 494.0, 67.0, 67.0},
-    {"H100", 989.0, 989.0, 494.0, 67.0, 67.0},  // SXM5
+    {"H100 PCIe", 756.0, 756.0, 378.0, 51.0, 51.0}, {"H100 NVL", 835.0, 835.0, 418.0, 60.0, 60.0},
+    {"H200", 989.0, 989.0, 494.0, 67.0, 67.0},      {"H100", 989.0, 989.0, 494.0, 67.0, 67.0},  // SXM5
     {"A100", 312.0, 312.0, 156.0, 19.5, 19.5},
 };
 }  // namespace
@@ -74,7 +74,8 @@ std::vector<std::string> precisions_of(const msg::HardwareReport& report) {
   const std::size_t index = colon == std::string::npos ? 0 : std::stoul(report.device.substr(colon + 1));
   if (index >= report.gpus.size()) return {};
   // Tensor-core formats by compute capability: FP16 from 5.3, BF16 and TF32 from 8.0 (Ampere).
-  const int capability = report.gpus[index].compute_capability_major * 10 + report.gpus[index].compute_capability_minor;
+  const int capability =
+      report.gpus[index].compute_capability_major * 10 + report.gpus[index].compute_capability_minor;
   std::vector<std::string> precisions{"fp32", "fp64"};
   if (capability >= 53) precisions.push_back("fp16");
   if (capability >= 80) precisions.insert(precisions.end(), {"bf16", "tf32"});

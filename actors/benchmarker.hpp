@@ -14,7 +14,7 @@ struct BenchmarkerOptions {
   std::string device = "cpu";  /// the device the trainer will use
   int priority = 0;
   int torch_threads = 1;
-  double gemm_seconds = 0.3;   /// time budget of the CPU GEMM score
+  double gemm_seconds = 0.3;  /// time budget of the CPU GEMM score
   /// Run the cuBLAS GEMM and pinned-copy benchmarks on each GPU (a few seconds per GPU). Nodes
   /// training on a GPU and `filo bench` do; CPU nodes only list their GPUs.
   bool measure_gpus = false;

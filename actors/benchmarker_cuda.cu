@@ -29,8 +29,7 @@ struct CudaFailure : std::runtime_error {
 };
 
 std::string failure(const char* call, cudaError_t status) {
-  return std::string(call) + " failed: " + cudaGetErrorName(status) + " (" +
-         cudaGetErrorString(status) + ")";
+  return std::string(call) + " failed: " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")";
 }
 
 void check(cudaError_t status, const char* call) {
@@ -47,10 +46,9 @@ void check(cublasStatus_t status, const char* call) {
 std::string uuid_text(const cudaUUID_t& uuid) {
   char text[48];
   const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  std::snprintf(text, sizeof text,
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
+  std::snprintf(text, sizeof text, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+                b[15]);
   return text;
 }
 
@@ -170,8 +168,8 @@ double gemm_tflops(const CublasHandle& cublas, const GemmCase& test, std::size_t
   const double ms = mean_ms_per_run(
       [&] {
         check(cublasGemmEx(cublas.get(), CUBLAS_OP_N, CUBLAS_OP_N, side, side, side, alpha, a.get(),
-                           test.data_type, side, b.get(), test.data_type, side, beta, c.get(),
-                           test.data_type, side, test.compute_type, CUBLAS_GEMM_DEFAULT),
+                           test.data_type, side, b.get(), test.data_type, side, beta, c.get(), test.data_type,
+                           side, test.compute_type, CUBLAS_GEMM_DEFAULT),
               "cublasGemmEx");
       },
       seconds);

@@ -14,7 +14,7 @@ struct GpuProbe {
 };
 
 struct GpuBenchmarkOptions {
-  bool measure = false;        /// run the GEMM and copy benchmarks, not just list devices
+  bool measure = false;           /// run the GEMM and copy benchmarks, not just list devices
   double seconds_per_test = 0.2;  /// timed span of each GEMM precision and copy direction
 };
 

@@ -1,10 +1,10 @@
 #include "actors/coordinator.hpp"
 
+#include <unistd.h>
 #include <condition_variable>
 #include <ctime>
 #include <filesystem>
 #include <mutex>
-#include <unistd.h>
 
 #include "actors/aggregator.hpp"
 #include "actors/learning/compute_threads.hpp"
@@ -13,9 +13,9 @@
 #include "actors/registrar.hpp"
 #include "actors/scheduler.hpp"
 #include "runtime/bus.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/run_record.hpp"
 #include "runtime/scoped_thread.hpp"
-#include "runtime/cpu_affinity.hpp"
 
 namespace filo {
 namespace {
@@ -69,10 +69,12 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   }
   if (resume) {
     const msg::RunSpec saved = run_spec_of(*resume);
-    const auto differs = [&](const std::string& what, const std::string& saved_value, const std::string& configured) {
+    const auto differs = [&](const std::string& what, const std::string& saved_value,
+                             const std::string& configured) {
       if (saved_value != configured) {
-        throw ConfigError(resume->path + " is a checkpoint of a run with " + what + " " + saved_value + ", not " +
-                          configured + "; use another run.run_dir, or run.resume=false to start over");
+        throw ConfigError(resume->path + " is a checkpoint of a run with " + what + " " + saved_value +
+                          ", not " + configured +
+                          "; use another run.run_dir, or run.resume=false to start over");
       }
     };
     differs("model", saved.model, run.model);
@@ -97,7 +99,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                                        {"incarnation", incarnation},
                                        {"resumed_after_round", resume ? resume->round : 0},
                                        {"pid", getpid()}}
-                                .dump(2));
+                            .dump(2));
   log(LogLevel::kInfo, "coordinator", "run ", run.run_id, ": listening on ", hub.router_endpoint(),
       ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch");
 
@@ -106,24 +108,29 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   std::condition_variable finished_signal;
   bool finished = false;
 
-  RegistrarOptions registrar_options{run, hub.publish_endpoint(),
+  RegistrarOptions registrar_options{run,
+                                     hub.publish_endpoint(),
                                      Milliseconds(config.bus.heartbeat_interval_ms),
-                                     static_cast<int>(config.bus.liveness), {}};
+                                     static_cast<int>(config.bus.liveness),
+                                     {}};
   constexpr std::int64_t kMebibyte = 1 << 20;
   registrar_options.policy.min_memory_bytes = config.admission.min_memory_mb * kMebibyte;
   registrar_options.policy.min_device_memory_bytes = config.admission.min_device_memory_mb * kMebibyte;
   registrar_options.policy.required_precisions = split_list(config.admission.required_precisions);
   if (config.admission.check_dataset) {
-    registrar_options.policy.dataset_fingerprint = labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
+    registrar_options.policy.dataset_fingerprint =
+        labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
   }
   Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
-  Scheduler scheduler(sockets, hub.inproc_router_endpoint(),
-                      SchedulerOptions{config.schedule, run.train_samples,
-                                       config.optimizer.mode == "local-sgd"
-                                           ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
-                                           : 0,
-                                       incarnation,
-                                       resume ? std::optional<SchedulerResume>(scheduler_resume_of(*resume)) : std::nullopt}, actors_stop);
+  Scheduler scheduler(
+      sockets, hub.inproc_router_endpoint(),
+      SchedulerOptions{
+          config.schedule, run.train_samples,
+          config.optimizer.mode == "local-sgd"
+              ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
+              : 0,
+          incarnation, resume ? std::optional<SchedulerResume>(scheduler_resume_of(*resume)) : std::nullopt},
+      actors_stop);
   Aggregator aggregator(
       sockets, hub.inproc_router_endpoint(),
       AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs,

@@ -1,9 +1,9 @@
 #include "actors/monitor.hpp"
 
+#include <unistd.h>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -31,7 +31,8 @@ Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const Sto
     : options_(std::move(options)), bus_(sockets, "monitor"), loop_(stop), terminal_(isatty(STDOUT_FILENO)) {
   bus_.subscribe(options_.events_endpoint, {kEventTopic, kControlTopic});
   loop_.on_readable(bus_.published(), [this] {
-    while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.published()))
+      dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
   loop_.every(kTick, [this] {
     if (options_.keep_going && !options_.keep_going()) {
@@ -49,7 +50,7 @@ int Monitor::run() {
 
 void Monitor::handle(const msg::Event& event, const Incoming&) {
   if (options_.style == MonitorStyle::kJson) {
-    nlohmann::json line{{"type", event.type}, {"text", event.text}, {"round", event.round},
+    nlohmann::json line{{"type", event.type},   {"text", event.text},     {"round", event.round},
                         {"epoch", event.epoch}, {"values", event.values}, {"labels", event.labels}};
     std::cout << line.dump() << std::endl;
     return;
@@ -91,7 +92,8 @@ void Monitor::show_progress(const msg::Event& event) {
        << std::setprecision(3) << value("loss") << "  idle " << static_cast<int>(value("idle_fraction") * 100)
        << "% |";
   for (const auto& [trainer, speed] : samples_per_second_) {
-    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s x" << static_cast<int>(planned_[trainer]);
+    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s x"
+         << static_cast<int>(planned_[trainer]);
   }
   if (terminal_) {
     std::cout << "\r" << line.str() << "\033[K" << std::flush;
@@ -109,8 +111,10 @@ void Monitor::end_progress_line() {
 void Monitor::handle(const msg::RunFinished& finished, const Incoming&) {
   end_progress_line();
   if (options_.style == MonitorStyle::kJson) {
-    std::cout << nlohmann::json{{"type", "run_finished"}, {"text", finished.reason},
-                                {"final_test_accuracy", finished.final_test_accuracy}}.dump()
+    std::cout << nlohmann::json{{"type", "run_finished"},
+                                {"text", finished.reason},
+                                {"final_test_accuracy", finished.final_test_accuracy}}
+                     .dump()
               << std::endl;
   }
   if (options_.exit_when_finished) loop_.quit();

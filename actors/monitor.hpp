@@ -17,7 +17,7 @@ namespace filo {
 enum class MonitorStyle { kText, kJson };
 
 struct MonitorOptions {
-  std::string events_endpoint;   /// the coordinator's PUB endpoint
+  std::string events_endpoint;  /// the coordinator's PUB endpoint
   MonitorStyle style = MonitorStyle::kText;
   bool exit_when_finished = true;
   /// Polled every tick; returning false ends the monitor (e.g. the coordinator process died).

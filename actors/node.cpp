@@ -5,8 +5,8 @@
 #include <torch/torch.h>
 
 #include "actors/benchmarker.hpp"
-#include "actors/learning/dataset.hpp"
 #include "actors/learning/compute_threads.hpp"
+#include "actors/learning/dataset.hpp"
 #include "actors/trainer.hpp"
 #include "runtime/cpu_affinity.hpp"
 
@@ -28,8 +28,7 @@ int run_node(const Config& config, const StopFlag& process_stop) {
                              " but this LibTorch build or machine has no CUDA device");
   }
   const std::string name = node_name(config.node);
-  Benchmarker benchmarker(BenchmarkerOptions{name, config.node.device,
-                                             static_cast<int>(config.node.priority),
+  Benchmarker benchmarker(BenchmarkerOptions{name, config.node.device, static_cast<int>(config.node.priority),
                                              static_cast<int>(config.node.threads)});
   msg::HardwareReport report = benchmarker.report();
   try {
@@ -53,7 +52,8 @@ int run_node(const Config& config, const StopFlag& process_stop) {
   options.connect_timeout_seconds = config.bus.connect_timeout_seconds;
   options.max_micro_batch = static_cast<std::uint32_t>(config.node.max_micro_batch);
   options.slowdown = config.node.slowdown;
-  if (options.slowdown > 1.0) log(LogLevel::kWarn, "node", name, ": slowdown test aid on, ", options.slowdown, "x slower");
+  if (options.slowdown > 1.0)
+    log(LogLevel::kWarn, "node", name, ": slowdown test aid on, ", options.slowdown, "x slower");
   Trainer trainer(sockets, options, std::move(report), process_stop);
   return trainer.run();
 }

@@ -39,21 +39,24 @@ std::optional<std::string> report_problem(const msg::HardwareReport& report, con
     }
   }
   if (!policy.dataset_fingerprint.empty() && report.dataset_fingerprint != policy.dataset_fingerprint) {
-    return "dataset fingerprint " + (report.dataset_fingerprint.empty() ? std::string("(none: no dataset found)") : report.dataset_fingerprint) +
-           " differs from the coordinator's " + policy.dataset_fingerprint + ": check data.path and data.dataset";
+    return "dataset fingerprint " +
+           (report.dataset_fingerprint.empty() ? std::string("(none: no dataset found)")
+                                               : report.dataset_fingerprint) +
+           " differs from the coordinator's " + policy.dataset_fingerprint +
+           ": check data.path and data.dataset";
   }
   return std::nullopt;
 }
 
-Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoint,
-                     RegistrarOptions options, const StopFlag& stop)
+Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoint, RegistrarOptions options,
+                     const StopFlag& stop)
     : options_(std::move(options)), bus_(sockets, kRegistrarName), loop_(stop) {
   bus_.connect(hub_endpoint);
-  bus_.on_rejected_envelope([this](const std::string& peer, const std::string& reason) {
-    reject(peer, reason);
-  });
+  bus_.on_rejected_envelope(
+      [this](const std::string& peer, const std::string& reason) { reject(peer, reason); });
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed()))
+      dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
   loop_.every(options_.heartbeat_interval, [this] {
     reap(Clock::now());
@@ -61,7 +64,9 @@ Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoi
   });
 }
 
-void Registrar::run() { loop_.run(); }
+void Registrar::run() {
+  loop_.run();
+}
 
 void Registrar::reject(const std::string& trainer, const std::string& reason) {
   log(LogLevel::kWarn, bus_.name(), "rejected ", trainer, ": ", reason);
@@ -139,8 +144,8 @@ void Registrar::announce(const std::string& trainer, msg::MembershipChangeKind c
                          const std::string& reason, double cpu_gemm_gflops) {
   static constexpr const char* kChangeNames[] = {"joined", "rejoined", "lost", "left"};
   const char* change_name = kChangeNames[static_cast<int>(change)];
-  log(change == msg::MembershipChangeKind::kLost ? LogLevel::kWarn : LogLevel::kInfo, bus_.name(),
-      trainer, " ", change_name, ": ", reason);
+  log(change == msg::MembershipChangeKind::kLost ? LogLevel::kWarn : LogLevel::kInfo, bus_.name(), trainer,
+      " ", change_name, ": ", reason);
   msg::MembershipChange message{trainer, change, reason, cpu_gemm_gflops};
   bus_.send(kSchedulerName, message);
   bus_.send(kAggregatorName, message);

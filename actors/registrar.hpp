@@ -17,17 +17,17 @@ constexpr const char* kRegistrarName = "registrar";
 
 /// What a node must have to be admitted; zero or empty values admit everyone.
 struct AdmissionPolicy {
-  std::int64_t min_memory_bytes = 0;          /// available host memory
-  std::int64_t min_device_memory_bytes = 0;   /// total memory of the trainer's GPU (cuda devices)
+  std::int64_t min_memory_bytes = 0;             /// available host memory
+  std::int64_t min_device_memory_bytes = 0;      /// total memory of the trainer's GPU (cuda devices)
   std::vector<std::string> required_precisions;  /// e.g. {"bf16"}
-  std::string dataset_fingerprint;            /// the coordinator's; a node's must equal it
+  std::string dataset_fingerprint;               /// the coordinator's; a node's must equal it
 };
 
 struct RegistrarOptions {
-  msg::RunSpec run;                  /// what admitted trainers are told to train
-  std::string publish_endpoint;      /// where trainers subscribe for models and control
+  msg::RunSpec run;              /// what admitted trainers are told to train
+  std::string publish_endpoint;  /// where trainers subscribe for models and control
   Milliseconds heartbeat_interval{250};
-  int liveness = 4;                  /// missed intervals before a trainer is lost
+  int liveness = 4;  /// missed intervals before a trainer is lost
   AdmissionPolicy policy;
 };
 
@@ -52,8 +52,8 @@ class Registrar final {
     Clock::time_point last_heard;
   };
   void reject(const std::string& trainer, const std::string& reason);
-  void announce(const std::string& trainer, msg::MembershipChangeKind change,
-                const std::string& reason, double cpu_gemm_gflops);
+  void announce(const std::string& trainer, msg::MembershipChangeKind change, const std::string& reason,
+                double cpu_gemm_gflops);
 
   RegistrarOptions options_;
   BusClient bus_;

@@ -83,8 +83,8 @@ std::vector<std::uint64_t> equal_shares(std::uint64_t total, std::size_t parts) 
   return shares;
 }
 
-std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers,
-                                       std::uint64_t total, double max_transfer_ratio) {
+std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers, std::uint64_t total,
+                                       double max_transfer_ratio) {
   const std::size_t count = trainers.size();
   std::vector<Share> shares(count);
   std::vector<double> speed(count);
@@ -161,7 +161,8 @@ std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& train
     assigned += shares[i].samples;
     fractions.emplace_back(value - std::floor(value), i);
   }
-  std::sort(fractions.begin(), fractions.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::sort(fractions.begin(), fractions.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
   for (std::size_t k = 0; assigned < total && !fractions.empty(); k = (k + 1) % fractions.size()) {
     ++shares[fractions[k].second].samples;
     ++assigned;
@@ -186,8 +187,8 @@ MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_m
   return {static_cast<std::uint32_t>(micro), static_cast<std::uint32_t>((share + micro - 1) / micro)};
 }
 
-Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint,
-                     SchedulerOptions options, const StopFlag& stop)
+Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
+                     const StopFlag& stop)
     : options_(std::move(options)), bus_(sockets, kSchedulerName), loop_(stop) {
   bus_.connect(hub_endpoint);
   pool_.reset(options_.train_samples);
@@ -200,12 +201,15 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
     for (const auto& range : resume.trained) epoch_trained_ += range.size();
   }
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed()))
+      dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
   loop_.every(kStartCheckInterval, [this] { maybe_start(Clock::now()); });
 }
 
-void Scheduler::run() { loop_.run(); }
+void Scheduler::run() {
+  loop_.run();
+}
 
 void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
@@ -230,9 +234,11 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   trainer->second.calibrated = true;
   trainer->second.speed = SpeedEstimate(calibration.samples_per_second);
   trainer->second.max_micro_batch = calibration.max_micro_batch;
-  log(LogLevel::kInfo, bus_.name(), from.from, " calibrated: ", static_cast<int>(calibration.samples_per_second),
-      " samples/s at micro-batch ", calibration.micro_batch,
-      calibration.max_micro_batch ? ", memory allows " + std::to_string(calibration.max_micro_batch) : std::string());
+  log(LogLevel::kInfo, bus_.name(), from.from,
+      " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
+      calibration.micro_batch,
+      calibration.max_micro_batch ? ", memory allows " + std::to_string(calibration.max_micro_batch)
+                                  : std::string());
   if (started_ && !round_open_) plan_round();  // the cluster was idle, waiting for trainers
 }
 
@@ -284,9 +290,10 @@ void Scheduler::maybe_start(Clock::time_point now) {
   if (!enough_trainers_since_) enough_trainers_since_ = now;
   if (seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds) return;
   started_ = true;
-  log(LogLevel::kInfo, bus_.name(), options_.resume ? "resuming" : "starting", " with ", calibrated_trainers(),
-      " trainers (", options_.schedule.split, " shares): ", options_.train_samples, " samples per epoch, ",
-      options_.schedule.epochs, " epochs; epoch ", epoch_, " has ", pool_.remaining(), " samples to train");
+  log(LogLevel::kInfo, bus_.name(), options_.resume ? "resuming" : "starting", " with ",
+      calibrated_trainers(), " trainers (", options_.schedule.split, " shares): ", options_.train_samples,
+      " samples per epoch, ", options_.schedule.epochs, " epochs; epoch ", epoch_, " has ", pool_.remaining(),
+      " samples to train");
   if (pool_.empty()) end_epoch();  // resumed just after an epoch's last round
   plan_round();
 }
@@ -324,7 +331,9 @@ void Scheduler::plan_round() {
     // A probe plans a left-out trainer for one round without taking it back: it is planned again
     // only once its measured link passes the rule.
     const bool probe = state.probing_from.has_value();
-    if (probe) log(LogLevel::kInfo, bus_.name(), "probing ", share.trainer, "'s link with ", share.samples, " samples");
+    if (probe)
+      log(LogLevel::kInfo, bus_.name(), "probing ", share.trainer, "'s link with ", share.samples,
+          " samples");
     if (!probe && left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
       state.left_out_since = left_out ? round_ : 0;
       state.probe_after = 0;
@@ -340,7 +349,8 @@ void Scheduler::plan_round() {
     }
     if (left_out || share.samples == 0) continue;
     const double speed = state.speed.samples_per_second();
-    if (speed > 0) expected_seconds = std::max(expected_seconds, state.transfer_seconds() + share.samples / speed);
+    if (speed > 0)
+      expected_seconds = std::max(expected_seconds, state.transfer_seconds() + share.samples / speed);
     const MicroBatchPlan micro = micro_batches_for(
         share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;
@@ -359,7 +369,8 @@ void Scheduler::plan_round() {
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
-  opened.deadline_seconds = std::max(opened.deadline_seconds, options_.schedule.deadline_factor * expected_seconds);
+  opened.deadline_seconds =
+      std::max(opened.deadline_seconds, options_.schedule.deadline_factor * expected_seconds);
   for (auto& [trainer, plan] : plans) plan.deadline_seconds = opened.deadline_seconds;
   // The aggregator learns of the round before any trainer can answer it.
   bus_.send(kAggregatorName, opened, Stamp{round_, model_version_});

@@ -55,10 +55,10 @@ struct Share {
 /// Shares of `total` samples such that every trainer finishes together: transfer_i + n_i / s_i
 /// is the same T for all, with sum n_i = total. A trainer whose transfer time beyond the
 /// best-connected trainer's would be `max_transfer_ratio` of its compute time or more (or whose
-/// transfer outlasts the round) is left out, worst first, while others remain; 0 disables that rule. Unknown speeds count as the mean
-/// of the known ones.
-std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers,
-                                       std::uint64_t total, double max_transfer_ratio);
+/// transfer outlasts the round) is left out, worst first, while others remain; 0 disables that rule. Unknown
+/// speeds count as the mean of the known ones.
+std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers, std::uint64_t total,
+                                       double max_transfer_ratio);
 
 /// A trainer's speed from its delivered rounds: a ratio of exponentially smoothed sums, so that
 /// a short round, whose time is mostly jitter, weighs less than a long one.
@@ -110,8 +110,8 @@ struct SchedulerOptions {
   /// local-sgd: a round holds this many samples per planned trainer (the sync interval), in place
   /// of schedule.round_samples; 0 = gradient mode's fixed global batch.
   std::uint64_t round_samples_per_trainer = 0;
-  std::uint64_t incarnation = 1;           /// this start of the coordinator (1 = fresh run)
-  std::optional<SchedulerResume> resume;   /// continue a checkpointed run
+  std::uint64_t incarnation = 1;          /// this start of the coordinator (1 = fresh run)
+  std::optional<SchedulerResume> resume;  /// continue a checkpointed run
 };
 
 class Scheduler final {
@@ -128,13 +128,13 @@ class Scheduler final {
 
  private:
   struct TrainerState {
-    bool calibrated = false;           // planned only once its calibration arrived
-    SpeedEstimate speed;               // calibration, then measured compute times
-    std::deque<double> recent_transfers; // arrival minus compute time of recent rounds
-    std::uint32_t max_micro_batch = 0;   // 0: no memory limit known
-    std::uint64_t left_out_since = 0;    // round it was last left out in (0: it is not)
-    std::uint64_t probe_after = 0;       // rounds left out before its next probe (0: the long interval)
-    std::optional<double> probing_from;  // during a probe: the transfer that kept it out
+    bool calibrated = false;              // planned only once its calibration arrived
+    SpeedEstimate speed;                  // calibration, then measured compute times
+    std::deque<double> recent_transfers;  // arrival minus compute time of recent rounds
+    std::uint32_t max_micro_batch = 0;    // 0: no memory limit known
+    std::uint64_t left_out_since = 0;     // round it was last left out in (0: it is not)
+    std::uint64_t probe_after = 0;        // rounds left out before its next probe (0: the long interval)
+    std::optional<double> probing_from;   // during a probe: the transfer that kept it out
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
   };

@@ -26,7 +26,8 @@ torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::Samp
   for (const auto& range : ranges) {
     TORCH_CHECK(range.begin <= range.end && range.end <= static_cast<std::uint64_t>(order.size(0)),
                 "sample range [", range.begin, ", ", range.end, ") outside the epoch of ", order.size(0));
-    pieces.push_back(order.slice(0, static_cast<std::int64_t>(range.begin), static_cast<std::int64_t>(range.end)));
+    pieces.push_back(
+        order.slice(0, static_cast<std::int64_t>(range.begin), static_cast<std::int64_t>(range.end)));
   }
   return pieces.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(pieces);
 }
@@ -35,8 +36,8 @@ namespace {
 /// The micro-batch loop both modes share. `step(images, labels)` does a mode's work on one
 /// micro-batch and returns its logits and its loss summed over the micro-batch's samples.
 template <typename Step>
-ShareResult over_micro_batches(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                               std::int64_t micro_batch, const Step& step,
+ShareResult over_micro_batches(torch::nn::Sequential& model, const Dataset& data,
+                               const torch::Tensor& indices, std::int64_t micro_batch, const Step& step,
                                const std::function<void()>& between_micro_batches) {
   model->train();
   ShareResult result;
@@ -47,7 +48,8 @@ ShareResult over_micro_batches(torch::nn::Sequential& model, const Dataset& data
     const auto [logits, loss_sum] = step(images, labels);
     result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
     result.loss_sum += loss_sum;
-    result.correct += static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().template item<std::int64_t>());
+    result.correct +=
+        static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().template item<std::int64_t>());
     if (between_micro_batches) between_micro_batches();
   }
   return result;
@@ -74,7 +76,8 @@ ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data,
   const auto step = [&](const torch::Tensor& images, const torch::Tensor& labels) {
     optimizer.zero_grad();
     const auto logits = model->forward(images);
-    const auto loss = torch::nn::functional::cross_entropy(logits, labels);  // each local step is an ordinary step
+    const auto loss =
+        torch::nn::functional::cross_entropy(logits, labels);  // each local step is an ordinary step
     loss.backward();
     optimizer.step();
     return std::make_pair(logits, loss.item<double>() * static_cast<double>(labels.size(0)));
@@ -82,12 +85,15 @@ ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data,
   return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
 }
 
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model, const std::vector<NamedTensor>& before) {
+std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
+                                          const std::vector<NamedTensor>& before) {
   torch::NoGradGuard no_grad;
   std::vector<NamedTensor> deltas;
   const auto after = named_parameters(model);
-  TORCH_CHECK(after.size() == before.size(), "parameter_deltas: ", after.size(), " parameters, ", before.size(), " before");
-  for (std::size_t i = 0; i < after.size(); ++i) deltas.push_back({after[i].name, after[i].tensor - before[i].tensor});
+  TORCH_CHECK(after.size() == before.size(), "parameter_deltas: ", after.size(), " parameters, ",
+              before.size(), " before");
+  for (std::size_t i = 0; i < after.size(); ++i)
+    deltas.push_back({after[i].name, after[i].tensor - before[i].tensor});
   return deltas;
 }
 
@@ -156,7 +162,8 @@ void Trainer::register_again(const std::string& why) {
 void Trainer::handle(const msg::Admission& admission, const Incoming&) {
   last_heard_ = Clock::now();
   if (!admission.admitted && admission.register_again) {
-    if (state_ == State::kAdmitted) register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
+    if (state_ == State::kAdmitted)
+      register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
     return;  // while registering, the report is on its way already
   }
   if (!admission.admitted) {
@@ -177,8 +184,8 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     data_ = load_dataset(run.dataset, options_.data.path, Split::kTrain,
                          static_cast<std::int64_t>(run.train_samples));
     if (static_cast<std::uint64_t>(data_.size()) != run.train_samples) {
-      log(LogLevel::kError, bus_.name(), "the run trains ", run.train_samples, " samples of ",
-          run.dataset, " but this node has ", data_.size());
+      log(LogLevel::kError, bus_.name(), "the run trains ", run.train_samples, " samples of ", run.dataset,
+          " but this node has ", data_.size());
       exit_code_ = kExitRejected;
       state_ = State::kDone;
       loop_.quit();
@@ -201,7 +208,8 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     }
     subscribed_to_ = publish;
   }
-  if (admission.heartbeat_interval_ms > 0 && Milliseconds(admission.heartbeat_interval_ms) != options_.heartbeat_interval) {
+  if (admission.heartbeat_interval_ms > 0 &&
+      Milliseconds(admission.heartbeat_interval_ms) != options_.heartbeat_interval) {
     // The coordinator's interval rules: its registrar declares us lost after interval x liveness
     // of its own, whatever this node's configuration says.
     options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
@@ -221,7 +229,8 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
   }
   state_ = State::kAdmitted;
-  if (first_admission) work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
+  if (first_admission)
+    work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = Clock::now();
 }
@@ -261,7 +270,8 @@ void Trainer::serve_bus_while_working() {
 
 void Trainer::simulate_slowdown(const WorkTimer& timer) {
   if (options_.slowdown <= 1.0) return;
-  const auto until = timer.started() + std::chrono::duration_cast<Clock::duration>(timer.busy() * options_.slowdown);
+  const auto until =
+      timer.started() + std::chrono::duration_cast<Clock::duration>(timer.busy() * options_.slowdown);
   while (Clock::now() < until) {
     // A test aid standing in for a slower device: sleeping costs no CPU that others need.
     std::this_thread::sleep_for(std::min<Clock::duration>(kSlowdownSlice, until - Clock::now()));
@@ -296,12 +306,14 @@ void Trainer::calibrate() {
   bus_.send(kSchedulerName, calibration);
 }
 
-void Trainer::handle(const msg::Heartbeat&, const Incoming&) { last_heard_ = Clock::now(); }
+void Trainer::handle(const msg::Heartbeat&, const Incoming&) {
+  last_heard_ = Clock::now();
+}
 
 void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
   if (!run_) return;
-  const bool newer = !model_version_ ? state.model_version >= last_loaded_version_
-                                     : state.model_version > *model_version_;
+  const bool newer =
+      !model_version_ ? state.model_version >= last_loaded_version_ : state.model_version > *model_version_;
   if (!newer) return;
   std::vector<TensorMeta> metas = state.parameters;
   metas.insert(metas.end(), state.buffers.begin(), state.buffers.end());
@@ -365,8 +377,9 @@ void Trainer::train(const msg::RoundPlan& plan) {
   std::vector<NamedTensor> before;
   if (local_optimizer_) before = snapshot(named_parameters(*model_));
   const ShareResult result =
-      local_optimizer_ ? train_local_steps(model_, data_, indices, micro_batch, *local_optimizer_, between_micro_batches)
-                       : train_share(model_, data_, indices, micro_batch, between_micro_batches);
+      local_optimizer_
+          ? train_local_steps(model_, data_, indices, micro_batch, *local_optimizer_, between_micro_batches)
+          : train_share(model_, data_, indices, micro_batch, between_micro_batches);
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
 
@@ -388,11 +401,12 @@ void Trainer::train(const msg::RoundPlan& plan) {
 
 void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
   if (!(slowdown.factor >= 1.0) || !std::isfinite(slowdown.factor)) {
-    log(LogLevel::kWarn, bus_.name(), "ignored slowdown ", slowdown.factor, " from ", from.from, ": it must be >= 1");
+    log(LogLevel::kWarn, bus_.name(), "ignored slowdown ", slowdown.factor, " from ", from.from,
+        ": it must be >= 1");
     return;
   }
-  log(LogLevel::kInfo, bus_.name(), "TEST AID: slowdown ", options_.slowdown, " -> ", slowdown.factor, " (asked by ",
-      from.from, ")");
+  log(LogLevel::kInfo, bus_.name(), "TEST AID: slowdown ", options_.slowdown, " -> ", slowdown.factor,
+      " (asked by ", from.from, ")");
   options_.slowdown = slowdown.factor;
 }
 

@@ -42,7 +42,8 @@ ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data,
                               const std::function<void()>& between_micro_batches = {});
 
 /// Each parameter's change since `before` (copies taken with snapshot(named_parameters(...))).
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model, const std::vector<NamedTensor>& before);
+std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
+                                          const std::vector<NamedTensor>& before);
 
 /// The optimizer a local-sgd trainer steps, as the run spec names it.
 std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
@@ -59,8 +60,8 @@ constexpr int kExitCoordinatorUnreachable = 3;
 struct TrainerOptions {
   std::string node;
   std::string device = "cpu";
-  std::string coordinator;      /// the coordinator's listen endpoint
-  DataOptions data;             /// where this node finds the dataset
+  std::string coordinator;  /// the coordinator's listen endpoint
+  DataOptions data;         /// where this node finds the dataset
   Milliseconds heartbeat_interval{250};
   int liveness = 4;
   double connect_timeout_seconds = 30;
@@ -127,7 +128,7 @@ class Trainer final {
   Dataset data_;
   torch::nn::Sequential model_{nullptr};
   std::unique_ptr<torch::optim::Optimizer> local_optimizer_;  // local-sgd only; its state spans rounds
-  std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
+  std::optional<std::uint64_t> model_version_;                // none: no clean replica (after training on it)
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
   bool working_ = false;

@@ -91,7 +91,8 @@ Measurement measure_filo(std::size_t size, int messages) {
         auto tensors = read_tensor_frames(body.value().gradients, incoming->tensor_frames, 0);
         if (!tensors) throw std::runtime_error(tensors.error());
         const ReceivedTensor& tensor = tensors.value()[0];
-        torch::Tensor view = tensor.meta().frames == 1 ? tensor.to_tensor() : (tensor.copy_into(reused), reused);
+        torch::Tensor view =
+            tensor.meta().frames == 1 ? tensor.to_tensor() : (tensor.copy_into(reused), reused);
         if (i == 0) {
           if (!torch::equal(view, payload)) throw std::runtime_error("bench: received tensor differs");
           receiver.send("sender", msg::Heartbeat{});  // warm-up done: start the clock
@@ -154,7 +155,9 @@ void receive_all(int fd, char* data, std::size_t length) {
 struct Socket {
   int fd = -1;
   explicit Socket(int descriptor) : fd(descriptor) { check_call(fd >= 0, "socket"); }
-  ~Socket() { if (fd >= 0) ::close(fd); }
+  ~Socket() {
+    if (fd >= 0) ::close(fd);
+  }
   Socket(const Socket&) = delete;
   Socket& operator=(const Socket&) = delete;
 };
@@ -175,7 +178,7 @@ Measurement measure_plain_tcp(std::size_t size, int messages) {
   ScopedThread receiving([&] {
     try {
       Socket connection(::accept(listener.fd, nullptr, nullptr));
-      std::vector<char> reused(size);  // the same courtesy filo's receiver gets: a reused buffer
+      std::vector<char> reused(size);        // the same courtesy filo's receiver gets: a reused buffer
       for (int i = 0; i <= messages; ++i) {  // message 0 is the untimed warm-up
         std::uint64_t announced = 0;
         receive_all(connection.fd, reinterpret_cast<char*>(&announced), sizeof announced);
@@ -217,7 +220,8 @@ Measurement measure_plain_tcp(std::size_t size, int messages) {
 }
 
 std::string size_name(std::size_t size) {
-  return size >= kMebibyte ? std::to_string(size / kMebibyte) + " MB" : std::to_string(size / kKibibyte) + " KB";
+  return size >= kMebibyte ? std::to_string(size / kMebibyte) + " MB"
+                           : std::to_string(size / kKibibyte) + " KB";
 }
 
 }  // namespace
@@ -227,8 +231,10 @@ int main(int argc, char** argv) {
   double seconds_per_size = 2.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--max-mb") max_megabytes = std::stoul(argv[i + 1]);
-    else if (flag == "--seconds-per-size") seconds_per_size = std::stod(argv[i + 1]);
+    if (flag == "--max-mb")
+      max_megabytes = std::stoul(argv[i + 1]);
+    else if (flag == "--seconds-per-size")
+      seconds_per_size = std::stod(argv[i + 1]);
     else {
       std::cerr << "usage: bus_throughput [--max-mb N] [--seconds-per-size S]\n";
       return 2;
@@ -237,16 +243,17 @@ int main(int argc, char** argv) {
   set_log_level(LogLevel::kWarn);
   keep_message_memory();
   std::cout << "bus throughput over tcp loopback: filo messaging vs a plain TCP socket, same bytes\n"
-            << std::left << std::setw(10) << "size" << std::right << std::setw(10) << "messages" << std::setw(14)
-            << "filo MB/s" << std::setw(14) << "tcp MB/s" << std::setw(12) << "filo/tcp" << "\n";
+            << std::left << std::setw(10) << "size" << std::right << std::setw(10) << "messages"
+            << std::setw(14) << "filo MB/s" << std::setw(14) << "tcp MB/s" << std::setw(12) << "filo/tcp"
+            << "\n";
   try {
     for (std::size_t size = 4 * kKibibyte; size <= max_megabytes * kMebibyte; size *= 4) {
       const int messages = messages_for(size, seconds_per_size);
       const Measurement filo = measure_filo(size, messages);
       const Measurement tcp = measure_plain_tcp(size, messages);
       std::cout << std::left << std::setw(10) << size_name(size) << std::right << std::setw(10) << messages
-                << std::fixed << std::setprecision(0) << std::setw(14) << filo.megabytes_per_second() << std::setw(14)
-                << tcp.megabytes_per_second() << std::setprecision(2) << std::setw(12)
+                << std::fixed << std::setprecision(0) << std::setw(14) << filo.megabytes_per_second()
+                << std::setw(14) << tcp.megabytes_per_second() << std::setprecision(2) << std::setw(12)
                 << filo.megabytes_per_second() / tcp.megabytes_per_second() << std::endl;
     }
   } catch (const std::exception& e) {

@@ -42,10 +42,10 @@ constexpr std::chrono::minutes kRunTimeout{20};
 
 struct RunFigures {
   double samples_per_second = 0.0;
-  double idle_fraction = 0.0;   // mean over rounds: time trainers wait for the slowest ÷ round time
-  double finish_spread = 0.0;   // mean over rounds: (last arrival − first arrival) ÷ round time
+  double idle_fraction = 0.0;  // mean over rounds: time trainers wait for the slowest ÷ round time
+  double finish_spread = 0.0;  // mean over rounds: (last arrival − first arrival) ÷ round time
   std::size_t rounds_spread_under_target = 0;  // rounds whose finish spread is under kSpreadTarget
-  double sum_of_trainer_speeds = 0.0;  // each trainer's samples ÷ compute seconds in this run
+  double sum_of_trainer_speeds = 0.0;          // each trainer's samples ÷ compute seconds in this run
   std::size_t rounds = 0;
 };
 
@@ -98,14 +98,16 @@ RunFigures run_local(const std::string& run_dir, const std::string& slowdowns, s
                      const std::vector<std::string>& settings) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir);
-  std::vector<std::string> arguments{FILO_BINARY, "local", "--nodes", std::to_string(nodes), "--slowdowns",
-                                     slowdowns, "--epochs", "1", "--run-dir", run_dir, "--log-level", "warn"};
+  std::vector<std::string> arguments{FILO_BINARY,   "local",   "--nodes",     std::to_string(nodes),
+                                     "--slowdowns", slowdowns, "--epochs",    "1",
+                                     "--run-dir",   run_dir,   "--log-level", "warn"};
   for (const auto& setting : settings) arguments.insert(arguments.end(), {"--set", setting});
   ChildProcess local(arguments, run_dir + "/local.log");
   const auto code = local.wait_for(kRunTimeout);
   if (code != std::optional<int>(0)) {
-    throw std::runtime_error("filo local failed (exit " + (code ? std::to_string(*code) : std::string("timeout")) +
-                             "); see " + run_dir + "/local.log");
+    throw std::runtime_error("filo local failed (exit " +
+                             (code ? std::to_string(*code) : std::string("timeout")) + "); see " + run_dir +
+                             "/local.log");
   }
   return figures_of(run_dir + "/rounds.jsonl");
 }
@@ -130,34 +132,40 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     const std::vector<double> slowdowns = parse_slowdowns(slowdowns_text);
-    const std::vector<std::string> settings{"data.train_limit=" + std::to_string(samples), "data.test_limit=500",
+    const std::vector<std::string> settings{"data.train_limit=" + std::to_string(samples),
+                                            "data.test_limit=500",
                                             "schedule.round_samples=" + std::to_string(round_samples)};
-    std::cout << "cluster balance: " << slowdowns.size() << " trainers at slowdowns " << slowdowns_text << ", "
-              << samples << " samples, " << round_samples << " per round; rounds after the "
+    std::cout << "cluster balance: " << slowdowns.size() << " trainers at slowdowns " << slowdowns_text
+              << ", " << samples << " samples, " << round_samples << " per round; rounds after the "
               << kSettleRounds << "rd counted";
     if (!node_cpus.empty()) std::cout << "; cluster nodes pinned to " << node_cpus;
     if (!coordinator_cpus.empty()) std::cout << ", coordinator to " << coordinator_cpus;
     std::cout << "\n\n";
     double ideal = 0.0;
-    std::cout << std::left << std::setw(34) << "run" << std::right << std::setw(12) << "samples/s" << std::setw(12)
-              << "÷ ideal" << std::setw(14) << "idle frac." << std::setw(16) << "finish spread" << std::setw(16)
-              << "rounds < 0.10" << std::setw(22) << "÷ in-run trainer sum" << "\n";
+    std::cout << std::left << std::setw(34) << "run" << std::right << std::setw(12) << "samples/s"
+              << std::setw(12) << "÷ ideal" << std::setw(14) << "idle frac." << std::setw(16)
+              << "finish spread" << std::setw(16) << "rounds < 0.10" << std::setw(22)
+              << "÷ in-run trainer sum"
+              << "\n";
     std::cout << std::fixed;
     for (std::size_t i = 0; i < slowdowns.size(); ++i) {
       std::ostringstream factor;
       factor << slowdowns[i];
-      const RunFigures solo = run_local(run_root + "/solo-" + std::to_string(i + 1), factor.str(), 1, settings);
+      const RunFigures solo =
+          run_local(run_root + "/solo-" + std::to_string(i + 1), factor.str(), 1, settings);
       ideal += solo.samples_per_second;
-      std::cout << std::left << std::setw(34) << ("solo, slowdown " + factor.str()) << std::right << std::setw(12)
-                << std::setprecision(0) << solo.samples_per_second << "\n";
+      std::cout << std::left << std::setw(34) << ("solo, slowdown " + factor.str()) << std::right
+                << std::setw(12) << std::setprecision(0) << solo.samples_per_second << "\n";
     }
-    std::cout << std::left << std::setw(34) << "ideal (sum of solos)" << std::right << std::setw(12) << ideal << "\n";
+    std::cout << std::left << std::setw(34) << "ideal (sum of solos)" << std::right << std::setw(12) << ideal
+              << "\n";
     for (const char* split : {"proportional", "equal"}) {
       std::vector<std::string> run_settings = settings;
       run_settings.push_back(std::string("schedule.split=") + split);
       if (!node_cpus.empty()) run_settings.push_back("local.node_cpus=" + node_cpus);
       if (!coordinator_cpus.empty()) run_settings.push_back("run.cpus=" + coordinator_cpus);
-      const RunFigures cluster = run_local(run_root + "/cluster-" + split, slowdowns_text, slowdowns.size(), run_settings);
+      const RunFigures cluster =
+          run_local(run_root + "/cluster-" + split, slowdowns_text, slowdowns.size(), run_settings);
       std::cout << std::left << std::setw(34) << (std::string("cluster, ") + split + " split") << std::right
                 << std::setw(12) << std::setprecision(0) << cluster.samples_per_second << std::setw(12)
                 << std::setprecision(2) << cluster.samples_per_second / ideal << std::setw(14)

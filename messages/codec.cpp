@@ -4,22 +4,38 @@ namespace filo {
 
 std::string_view kind_name(MessageKind kind) {
   switch (kind) {
-    case MessageKind::kHardwareReport: return "HardwareReport";
-    case MessageKind::kAdmission: return "Admission";
-    case MessageKind::kHeartbeat: return "Heartbeat";
-    case MessageKind::kLeave: return "Leave";
-    case MessageKind::kMembershipChange: return "MembershipChange";
-    case MessageKind::kRoundPlan: return "RoundPlan";
-    case MessageKind::kRoundOpened: return "RoundOpened";
-    case MessageKind::kContribution: return "Contribution";
-    case MessageKind::kRoundClosed: return "RoundClosed";
-    case MessageKind::kEpochEnded: return "EpochEnded";
-    case MessageKind::kModelState: return "ModelState";
-    case MessageKind::kSnapshotRequest: return "SnapshotRequest";
-    case MessageKind::kEvent: return "Event";
-    case MessageKind::kRunFinished: return "RunFinished";
-    case MessageKind::kCalibration: return "Calibration";
-    case MessageKind::kSetSlowdown: return "SetSlowdown";
+    case MessageKind::kHardwareReport:
+      return "HardwareReport";
+    case MessageKind::kAdmission:
+      return "Admission";
+    case MessageKind::kHeartbeat:
+      return "Heartbeat";
+    case MessageKind::kLeave:
+      return "Leave";
+    case MessageKind::kMembershipChange:
+      return "MembershipChange";
+    case MessageKind::kRoundPlan:
+      return "RoundPlan";
+    case MessageKind::kRoundOpened:
+      return "RoundOpened";
+    case MessageKind::kContribution:
+      return "Contribution";
+    case MessageKind::kRoundClosed:
+      return "RoundClosed";
+    case MessageKind::kEpochEnded:
+      return "EpochEnded";
+    case MessageKind::kModelState:
+      return "ModelState";
+    case MessageKind::kSnapshotRequest:
+      return "SnapshotRequest";
+    case MessageKind::kEvent:
+      return "Event";
+    case MessageKind::kRunFinished:
+      return "RunFinished";
+    case MessageKind::kCalibration:
+      return "Calibration";
+    case MessageKind::kSetSlowdown:
+      return "SetSlowdown";
   }
   return "unknown";
 }
@@ -35,11 +51,9 @@ std::optional<std::string> unpack_frame(const zmq::message_t& frame, const BodyL
                                             /*bin=*/limits.max_bytes, /*ext=*/0, limits.max_depth);
   try {
     std::size_t offset = 0;
-    handle = msgpack::unpack(frame.data<char>(), frame.size(), offset, nullptr, nullptr,
-                             unpack_limits);
+    handle = msgpack::unpack(frame.data<char>(), frame.size(), offset, nullptr, nullptr, unpack_limits);
     if (offset != frame.size()) {
-      return "frame has " + std::to_string(frame.size() - offset) +
-             " trailing bytes after its msgpack body";
+      return "frame has " + std::to_string(frame.size() - offset) + " trailing bytes after its msgpack body";
     }
   } catch (const std::exception& e) {
     return std::string("malformed msgpack: ") + e.what();
@@ -63,13 +77,12 @@ Decoded<Envelope> decode_envelope(const zmq::message_t& frame, const BodyLimits&
     const auto& entry = object.via.map.ptr[i];
     if (entry.key.type == msgpack::type::STR && entry.key.as<std::string>() == "protocol_version") {
       has_version = true;
-      if (entry.val.type != msgpack::type::POSITIVE_INTEGER ||
-          entry.val.via.u64 != kProtocolVersion) {
-        return Decoded<Envelope>::failure(
-            "protocol version " +
-            (entry.val.type == msgpack::type::POSITIVE_INTEGER ? std::to_string(entry.val.via.u64)
-                                                               : std::string("(not a number)")) +
-            " where this build speaks " + std::to_string(kProtocolVersion));
+      if (entry.val.type != msgpack::type::POSITIVE_INTEGER || entry.val.via.u64 != kProtocolVersion) {
+        return Decoded<Envelope>::failure("protocol version " +
+                                          (entry.val.type == msgpack::type::POSITIVE_INTEGER
+                                               ? std::to_string(entry.val.via.u64)
+                                               : std::string("(not a number)")) +
+                                          " where this build speaks " + std::to_string(kProtocolVersion));
       }
     }
   }

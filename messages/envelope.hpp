@@ -35,10 +35,10 @@ std::string_view kind_name(MessageKind kind);
 struct Envelope {
   std::uint16_t protocol_version = kProtocolVersion;
   MessageKind kind = MessageKind::kHeartbeat;
-  std::string sender;              // actor name, e.g. "trainer@node-3/cpu"
-  std::uint64_t sequence = 0;      // per sender and socket, to detect loss and duplicates
-  std::uint64_t round = 0;         // the round the message belongs to, where it does
-  std::uint64_t model_version = 0; // the model version it was computed on, where it was
+  std::string sender;               // actor name, e.g. "trainer@node-3/cpu"
+  std::uint64_t sequence = 0;       // per sender and socket, to detect loss and duplicates
+  std::uint64_t round = 0;          // the round the message belongs to, where it does
+  std::uint64_t model_version = 0;  // the model version it was computed on, where it was
   MSGPACK_DEFINE_MAP(protocol_version, kind, sender, sequence, round, model_version)
 };
 

@@ -20,50 +20,50 @@ struct GpuInfo {
   std::map<std::string, double> gemm_tflops;  // cuBLAS GEMM by precision: fp16, bf16, tf32, fp32, fp64
   double host_to_device_gbps = 0.0;           // pinned memory, GB/s (1e9 bytes)
   double device_to_host_gbps = 0.0;
-  std::string benchmark_status;               // the failing call and its status string, when one failed
-  MSGPACK_DEFINE_MAP(name, uuid, compute_capability_major, compute_capability_minor,
-                     total_memory_bytes, free_memory_bytes, gemm_tflops, host_to_device_gbps,
-                     device_to_host_gbps, benchmark_status)
+  std::string benchmark_status;  // the failing call and its status string, when one failed
+  MSGPACK_DEFINE_MAP(name, uuid, compute_capability_major, compute_capability_minor, total_memory_bytes,
+                     free_memory_bytes, gemm_tflops, host_to_device_gbps, device_to_host_gbps,
+                     benchmark_status)
 };
 
 // trainer → registrar, on start and whenever it must register again: who it is and what it has.
 // A node is admitted only once a complete report arrives.
 struct HardwareReport {
   static constexpr MessageKind kKind = MessageKind::kHardwareReport;
-  std::string node;             // e.g. "node-3"
-  std::string device;           // "cpu" or "cuda:0"
+  std::string node;    // e.g. "node-3"
+  std::string device;  // "cpu" or "cuda:0"
   std::string hostname;
   std::int32_t cpu_cores = 0;
   std::int64_t memory_available_bytes = 0;
   std::int64_t swap_available_bytes = 0;
   double cpu_gemm_gflops = 0.0;
   std::vector<GpuInfo> gpus;
-  std::string gpu_status;       // why no GPU is listed, when none is
+  std::string gpu_status;  // why no GPU is listed, when none is
   std::int32_t priority = 0;
   std::int32_t torch_threads = 0;
   std::vector<std::string> precisions;  // what the trainer's device computes in: "fp32", "bf16", ...
   std::string dataset_fingerprint;      // of the node's copy of the training labels; empty: none
-  MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes,
-                     swap_available_bytes, cpu_gemm_gflops, gpus, gpu_status, priority,
-                     torch_threads, precisions, dataset_fingerprint)
+  MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes, swap_available_bytes,
+                     cpu_gemm_gflops, gpus, gpu_status, priority, torch_threads, precisions,
+                     dataset_fingerprint)
 };
 
 // What every trainer of a run must agree on; the coordinator's configuration is the source.
 struct RunSpec {
   std::string run_id;
-  std::string model;            // built-in model name
-  std::string dataset;          // built-in dataset name
+  std::string model;                // built-in model name
+  std::string dataset;              // built-in dataset name
   std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
-  std::uint64_t seed = 0;       // epoch orders derive from it
-  std::uint32_t micro_batch = 0;  // the micro-batch size trainers calibrate at
-  std::string mode = "gradient";  // "gradient" or "local-sgd"
+  std::uint64_t seed = 0;           // epoch orders derive from it
+  std::uint32_t micro_batch = 0;    // the micro-batch size trainers calibrate at
+  std::string mode = "gradient";    // "gradient" or "local-sgd"
   // local-sgd: the optimizer each trainer steps locally
   std::string optimizer;
   double learning_rate = 0.0;
   double momentum = 0.0;
   double weight_decay = 0.0;
-  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch, mode, optimizer,
-                     learning_rate, momentum, weight_decay)
+  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch, mode, optimizer, learning_rate,
+                     momentum, weight_decay)
 };
 
 // registrar → trainer: admitted (with what the run needs) or rejected (with why).
@@ -74,12 +74,11 @@ struct Admission {
   RunSpec run;
   std::string publish_endpoint;  // where model broadcasts and control messages are published
   std::int32_t heartbeat_interval_ms = 0;
-  std::int32_t liveness = 0;     // missed heartbeats before a peer counts as lost
+  std::int32_t liveness = 0;  // missed heartbeats before a peer counts as lost
   // Not a verdict on the node: the registrar does not know this trainer (it was declared lost,
   // or the coordinator restarted) and wants its hardware report again.
   bool register_again = false;
-  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness,
-                     register_again)
+  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness, register_again)
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides

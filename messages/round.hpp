@@ -32,8 +32,8 @@ struct RoundPlan {
   // Which start of the coordinator planned it: a contribution is counted only by the same one,
   // so that work queued for a coordinator that died is never counted by its successor.
   std::uint64_t incarnation = 0;
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps,
-                     deadline_seconds, incarnation)
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps, deadline_seconds,
+                     incarnation)
 };
 
 // scheduler → aggregator: the round is open; these trainers owe these many samples.
@@ -67,16 +67,16 @@ struct Contribution {
   std::vector<TensorMeta> gradients;
   std::vector<TensorMeta> buffers;
   std::uint64_t incarnation = 0;  // the plan's
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds,
-                     gradients, buffers, incarnation)
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds, gradients,
+                     buffers, incarnation)
 };
 
 struct TrainerOutcome {
   std::string trainer;
   std::uint64_t planned_samples = 0;
-  std::uint64_t samples = 0;       // counted into the model; 0 when it missed the round
-  double compute_seconds = 0.0;    // the trainer's own measure of its share, waits included
-  double arrival_seconds = 0.0;    // from the round's opening to its contribution's arrival
+  std::uint64_t samples = 0;     // counted into the model; 0 when it missed the round
+  double compute_seconds = 0.0;  // the trainer's own measure of its share, waits included
+  double arrival_seconds = 0.0;  // from the round's opening to its contribution's arrival
   bool delivered = false;
   MSGPACK_DEFINE_MAP(trainer, planned_samples, samples, compute_seconds, arrival_seconds, delivered)
 };

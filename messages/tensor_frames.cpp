@@ -7,14 +7,22 @@ namespace {
 
 WireDType to_wire_dtype(torch::ScalarType type) {
   switch (type) {
-    case torch::kFloat32: return WireDType::kFloat32;
-    case torch::kFloat64: return WireDType::kFloat64;
-    case torch::kFloat16: return WireDType::kFloat16;
-    case torch::kBFloat16: return WireDType::kBFloat16;
-    case torch::kInt64: return WireDType::kInt64;
-    case torch::kInt32: return WireDType::kInt32;
-    case torch::kUInt8: return WireDType::kUInt8;
-    default: break;
+    case torch::kFloat32:
+      return WireDType::kFloat32;
+    case torch::kFloat64:
+      return WireDType::kFloat64;
+    case torch::kFloat16:
+      return WireDType::kFloat16;
+    case torch::kBFloat16:
+      return WireDType::kBFloat16;
+    case torch::kInt64:
+      return WireDType::kInt64;
+    case torch::kInt32:
+      return WireDType::kInt32;
+    case torch::kUInt8:
+      return WireDType::kUInt8;
+    default:
+      break;
   }
   TORCH_CHECK(false, "tensor dtype ", type, " cannot travel on the filo bus");
 }
@@ -32,13 +40,20 @@ void release_tensor_reference(void*, void* hint) {
 
 torch::ScalarType to_scalar_type(WireDType dtype) {
   switch (dtype) {
-    case WireDType::kFloat32: return torch::kFloat32;
-    case WireDType::kFloat64: return torch::kFloat64;
-    case WireDType::kFloat16: return torch::kFloat16;
-    case WireDType::kBFloat16: return torch::kBFloat16;
-    case WireDType::kInt64: return torch::kInt64;
-    case WireDType::kInt32: return torch::kInt32;
-    case WireDType::kUInt8: return torch::kUInt8;
+    case WireDType::kFloat32:
+      return torch::kFloat32;
+    case WireDType::kFloat64:
+      return torch::kFloat64;
+    case WireDType::kFloat16:
+      return torch::kFloat16;
+    case WireDType::kBFloat16:
+      return torch::kBFloat16;
+    case WireDType::kInt64:
+      return torch::kInt64;
+    case WireDType::kInt32:
+      return torch::kInt32;
+    case WireDType::kUInt8:
+      return torch::kUInt8;
   }
   TORCH_CHECK(false, "unknown wire dtype ", static_cast<int>(dtype));
 }
@@ -46,12 +61,16 @@ torch::ScalarType to_scalar_type(WireDType dtype) {
 std::size_t element_size(WireDType dtype) {
   switch (dtype) {
     case WireDType::kFloat64:
-    case WireDType::kInt64: return 8;
+    case WireDType::kInt64:
+      return 8;
     case WireDType::kFloat32:
-    case WireDType::kInt32: return 4;
+    case WireDType::kInt32:
+      return 4;
     case WireDType::kFloat16:
-    case WireDType::kBFloat16: return 2;
-    case WireDType::kUInt8: return 1;
+    case WireDType::kBFloat16:
+      return 2;
+    case WireDType::kUInt8:
+      return 1;
   }
   return 0;
 }
@@ -90,7 +109,8 @@ torch::Tensor ReceivedTensor::to_tensor() const {
     const auto address = reinterpret_cast<std::uintptr_t>(frame.data());
     if (address % element_size(meta_.dtype) == 0 && frame.size() > 0) {
       FrameList keep_alive = frames_;
-      return torch::from_blob(frame.data(), meta_.shape, [keep_alive](void*) {}, options);
+      return torch::from_blob(
+          frame.data(), meta_.shape, [keep_alive](void*) {}, options);
     }
   }
   torch::Tensor copy = torch::empty(meta_.shape, options);
@@ -101,10 +121,10 @@ torch::Tensor ReceivedTensor::to_tensor() const {
 void ReceivedTensor::copy_into(torch::Tensor& destination) const {
   TORCH_CHECK(destination.is_contiguous() && destination.device().is_cpu(),
               "copy_into needs a contiguous CPU destination for ", meta_.name);
-  TORCH_CHECK(destination.sizes().vec() == meta_.shape &&
-                  destination.scalar_type() == to_scalar_type(meta_.dtype),
-              "destination for ", meta_.name, " has shape ", destination.sizes(), " and dtype ",
-              destination.scalar_type(), ", the tensor on the wire differs");
+  TORCH_CHECK(
+      destination.sizes().vec() == meta_.shape && destination.scalar_type() == to_scalar_type(meta_.dtype),
+      "destination for ", meta_.name, " has shape ", destination.sizes(), " and dtype ",
+      destination.scalar_type(), ", the tensor on the wire differs");
   auto* target = static_cast<char*>(destination.data_ptr());
   for (std::uint32_t i = 0; i < meta_.frames; ++i) {
     const zmq::message_t& frame = (*frames_)[first_frame_ + i];
@@ -114,8 +134,7 @@ void ReceivedTensor::copy_into(torch::Tensor& destination) const {
 }
 
 Decoded<std::vector<ReceivedTensor>> read_tensor_frames(const std::vector<TensorMeta>& metas,
-                                                        const FrameList& frames,
-                                                        std::size_t first_frame,
+                                                        const FrameList& frames, std::size_t first_frame,
                                                         const TensorFrameLimits& limits) {
   using Result = Decoded<std::vector<ReceivedTensor>>;
   if (metas.size() > limits.max_tensors) {
@@ -143,18 +162,16 @@ Decoded<std::vector<ReceivedTensor>> read_tensor_frames(const std::vector<Tensor
                              " bytes exceeds the limit");
     }
     if (meta.frames == 0 || frame + meta.frames > frames->size()) {
-      return Result::failure("tensor '" + meta.name + "' announces " +
-                             std::to_string(meta.frames) + " frames but the message has " +
-                             std::to_string(frames->size() - std::min(frame, frames->size())) +
-                             " left");
+      return Result::failure("tensor '" + meta.name + "' announces " + std::to_string(meta.frames) +
+                             " frames but the message has " +
+                             std::to_string(frames->size() - std::min(frame, frames->size())) + " left");
     }
     std::int64_t arrived_bytes = 0;
     for (std::uint32_t i = 0; i < meta.frames; ++i)
       arrived_bytes += static_cast<std::int64_t>((*frames)[frame + i].size());
     if (arrived_bytes != expected_bytes) {
-      return Result::failure("tensor '" + meta.name + "' should have " +
-                             std::to_string(expected_bytes) + " bytes for its shape and dtype, " +
-                             std::to_string(arrived_bytes) + " arrived");
+      return Result::failure("tensor '" + meta.name + "' should have " + std::to_string(expected_bytes) +
+                             " bytes for its shape and dtype, " + std::to_string(arrived_bytes) + " arrived");
     }
     received.emplace_back(meta, frames, frame);
     frame += meta.frames;

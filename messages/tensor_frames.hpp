@@ -65,8 +65,7 @@ struct TensorFrameLimits {
 /// Matches `metas` against `frames` starting at `first_frame`; checks that every tensor's shape
 /// and dtype account for exactly the bytes of its frames and that no frame is left over.
 Decoded<std::vector<ReceivedTensor>> read_tensor_frames(const std::vector<TensorMeta>& metas,
-                                                        const FrameList& frames,
-                                                        std::size_t first_frame,
+                                                        const FrameList& frames, std::size_t first_frame,
                                                         const TensorFrameLimits& limits = {});
 
 torch::ScalarType to_scalar_type(WireDType dtype);

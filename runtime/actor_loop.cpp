@@ -21,7 +21,9 @@ ActorLoop::TimerId ActorLoop::at(Clock::time_point when, Handler handler) {
   return id;
 }
 
-void ActorLoop::cancel(TimerId id) { timers_.erase(id); }
+void ActorLoop::cancel(TimerId id) {
+  timers_.erase(id);
+}
 
 Milliseconds ActorLoop::time_to_next_timer(Clock::time_point now) const {
   Milliseconds wait = kStopCheckInterval;

@@ -23,7 +23,8 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
   // FIN, a link that was down) takes the name over; otherwise the stale connection keeps it.
   router_.set(zmq::sockopt::router_handover, 1);
   router_.bind(inproc_router_endpoint());
-  publisher_.set(zmq::sockopt::sndhwm, std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
+  publisher_.set(zmq::sockopt::sndhwm,
+                 std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
   publisher_.bind(inproc_publish_endpoint());
   if (!options_.router_endpoint.empty()) {
     router_.bind(options_.router_endpoint);
@@ -45,8 +46,8 @@ Hub::~Hub() {
 void Hub::forward_one(std::vector<zmq::message_t>& frames) {
   // [from][to][envelope][body][tensors...]
   if (frames.size() < 4) {
-    log(LogLevel::kWarn, kHubLogName, "dropped a message of ", frames.size(),
-        " frames from ", frames.empty() ? std::string("?") : frames[0].to_string(),
+    log(LogLevel::kWarn, kHubLogName, "dropped a message of ", frames.size(), " frames from ",
+        frames.empty() ? std::string("?") : frames[0].to_string(),
         ": a message needs a destination, an envelope and a body");
     return;
   }
@@ -54,7 +55,7 @@ void Hub::forward_one(std::vector<zmq::message_t>& frames) {
   if (to.rfind(kPublishPrefix, 0) == 0) {
     const std::size_t prefix = std::char_traits<char>::length(kPublishPrefix);
     frames[1].rebuild(to.data() + prefix, to.size() - prefix);
-    frames.erase(frames.begin());  // [topic][envelope][body][tensors...]
+    frames.erase(frames.begin());             // [topic][envelope][body][tensors...]
     zmq::send_multipart(publisher_, frames);  // PUB never blocks: it drops for slow subscribers
     return;
   }
@@ -65,8 +66,8 @@ void Hub::forward_one(std::vector<zmq::message_t>& frames) {
     }
   } catch (const zmq::error_t& e) {
     if (e.num() != EHOSTUNREACH) throw;
-    log(LogLevel::kDebug, kHubLogName, "dropped a message for ", to, " from ",
-        frames[1].to_string(), ": no such peer connected");
+    log(LogLevel::kDebug, kHubLogName, "dropped a message for ", to, " from ", frames[1].to_string(),
+        ": no such peer connected");
   }
 }
 
@@ -75,8 +76,7 @@ void Hub::run() {
   loop.on_readable(router_, [this] {
     for (std::size_t i = 0; i < kMaxForwardsPerWakeup; ++i) {
       std::vector<zmq::message_t> frames;
-      if (!zmq::recv_multipart(router_, std::back_inserter(frames), zmq::recv_flags::dontwait))
-        return;
+      if (!zmq::recv_multipart(router_, std::back_inserter(frames), zmq::recv_flags::dontwait)) return;
       forward_one(frames);
     }
   });
@@ -89,10 +89,11 @@ BusClient::BusClient(const SocketFactory& sockets, std::string name, BodyLimits 
       sockets_(sockets),
       dealer_(sockets.make(zmq::socket_type::dealer, name_)) {}
 
-void BusClient::connect(const std::string& hub_endpoint) { dealer_.connect(hub_endpoint); }
+void BusClient::connect(const std::string& hub_endpoint) {
+  dealer_.connect(hub_endpoint);
+}
 
-void BusClient::subscribe(const std::string& publish_endpoint,
-                          const std::vector<std::string>& topics) {
+void BusClient::subscribe(const std::string& publish_endpoint, const std::vector<std::string>& topics) {
   if (subscriber_) {
     // Keep the socket (an actor loop polls it); only move it to the new endpoint.
     if (!subscribed_endpoint_.empty()) subscriber_.disconnect(subscribed_endpoint_);
@@ -104,8 +105,8 @@ void BusClient::subscribe(const std::string& publish_endpoint,
   subscribed_endpoint_ = publish_endpoint;
 }
 
-bool BusClient::send_frames(const std::string& to, MessageKind kind, zmq::message_t body,
-                            Stamp stamp, std::vector<zmq::message_t> tensor_frames) {
+bool BusClient::send_frames(const std::string& to, MessageKind kind, zmq::message_t body, Stamp stamp,
+                            std::vector<zmq::message_t> tensor_frames) {
   Envelope envelope;
   envelope.kind = kind;
   envelope.sender = name_;
@@ -143,8 +144,7 @@ std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {
     incoming.from = (*frames)[0].to_string();
     auto envelope = decode_envelope((*frames)[1], limits_);
     if (!envelope) {
-      log(LogLevel::kWarn, name_, "dropped a message from ", incoming.from, ": ",
-          envelope.error());
+      log(LogLevel::kWarn, name_, "dropped a message from ", incoming.from, ": ", envelope.error());
       if (on_rejected_envelope_ && socket.handle() == dealer_.handle())
         on_rejected_envelope_(incoming.from, envelope.error());
       continue;
@@ -152,8 +152,8 @@ std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {
     incoming.envelope = std::move(envelope.value());
     const bool addressed = socket.handle() == dealer_.handle();
     if (addressed && incoming.envelope.sender != incoming.from) {
-      log(LogLevel::kWarn, name_, "dropped ", kind_name(incoming.envelope.kind), " from ",
-          incoming.from, ": it claims to come from ", incoming.envelope.sender);
+      log(LogLevel::kWarn, name_, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
+          ": it claims to come from ", incoming.envelope.sender);
       continue;
     }
     incoming.body = std::move((*frames)[2]);
@@ -166,16 +166,14 @@ std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {
 std::string reachable_endpoint(const std::string& endpoint, const std::string& reachable) {
   const auto scheme_end = endpoint.find("://");
   const auto port_start = endpoint.rfind(':');
-  if (endpoint.rfind("tcp://", 0) != 0 || port_start == std::string::npos ||
-      port_start <= scheme_end)
+  if (endpoint.rfind("tcp://", 0) != 0 || port_start == std::string::npos || port_start <= scheme_end)
     return endpoint;
   const std::string host = endpoint.substr(scheme_end + 3, port_start - scheme_end - 3);
   if (host != "0.0.0.0" && host != "*" && host != "[::]" && host != "::") return endpoint;
   const auto reachable_scheme_end = reachable.find("://");
   const auto reachable_port = reachable.rfind(':');
   if (reachable.rfind("tcp://", 0) != 0 || reachable_port == std::string::npos) return endpoint;
-  return "tcp://" +
-         reachable.substr(reachable_scheme_end + 3, reachable_port - reachable_scheme_end - 3) +
+  return "tcp://" + reachable.substr(reachable_scheme_end + 3, reachable_port - reachable_scheme_end - 3) +
          endpoint.substr(port_start);
 }
 

@@ -37,9 +37,9 @@ struct Incoming {
 };
 
 struct HubOptions {
-  std::string name = "filo-hub";   // inproc endpoints are derived from it
-  std::string router_endpoint;     // tcp endpoint to bind for remote actors; empty: inproc only
-  std::string publish_endpoint;    // tcp endpoint to bind for subscribers; empty: inproc only
+  std::string name = "filo-hub";  // inproc endpoints are derived from it
+  std::string router_endpoint;    // tcp endpoint to bind for remote actors; empty: inproc only
+  std::string publish_endpoint;   // tcp endpoint to bind for subscribers; empty: inproc only
 };
 
 /// Forwards addressed messages between actors and relays publications; runs on its own thread.
@@ -122,8 +122,7 @@ class BusClient {
 
 namespace detail {
 template <typename Message, typename Actor>
-bool handle_if_kind(Actor& actor, Incoming& incoming, const BodyLimits& limits,
-                    std::string_view who) {
+bool handle_if_kind(Actor& actor, Incoming& incoming, const BodyLimits& limits, std::string_view who) {
   if (incoming.envelope.kind != Message::kKind) return false;
   auto decoded = decode_frame<Message>(incoming.body, limits);
   if (!decoded) {
@@ -140,8 +139,8 @@ void dispatch_to(Actor& actor, Incoming& incoming, const BodyLimits& limits, std
                  std::variant<Messages...>*) {
   const bool known = (handle_if_kind<Messages>(actor, incoming, limits, who) || ...);
   if (!known) {
-    log(LogLevel::kWarn, who, "dropped ", kind_name(incoming.envelope.kind), " from ",
-        incoming.from, ": not a message this actor takes");
+    log(LogLevel::kWarn, who, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
+        ": not a message this actor takes");
   }
 }
 }  // namespace detail
@@ -154,8 +153,8 @@ void dispatch(Actor& actor, Incoming& incoming, const BodyLimits& limits, std::s
   try {
     detail::dispatch_to(actor, incoming, limits, who, static_cast<typename Actor::Inbox*>(nullptr));
   } catch (const std::exception& e) {
-    log(LogLevel::kError, who, "dropped ", kind_name(incoming.envelope.kind), " from ",
-        incoming.from, ": handler failed: ", e.what());
+    log(LogLevel::kError, who, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
+        ": handler failed: ", e.what());
   }
 }
 

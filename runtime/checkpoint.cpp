@@ -1,16 +1,16 @@
 #include "runtime/checkpoint.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <sstream>
 #include <stdexcept>
-#include <unistd.h>
-#include <zlib.h>
 
 #include "runtime/run_record.hpp"
 
@@ -44,12 +44,14 @@ std::string file_name(std::uint64_t round) {
 CheckpointStore::CheckpointStore(std::string directory, std::size_t keep)
     : directory_(std::move(directory)), keep_(std::max<std::size_t>(keep, 2)) {}
 
-void CheckpointStore::write(std::uint64_t round, const nlohmann::json& meta, const std::string& payload) const {
+void CheckpointStore::write(std::uint64_t round, const nlohmann::json& meta,
+                            const std::string& payload) const {
   std::filesystem::create_directories(directory_);
   nlohmann::json stamped = meta;
   stamped["round"] = round;
   const std::string body = stamped.dump() + "\n" + payload;
-  write_file_atomically(directory_ + "/" + file_name(round), std::string(kMagic) + "\n" + crc32_hex(body) + "\n" + body);
+  write_file_atomically(directory_ + "/" + file_name(round),
+                        std::string(kMagic) + "\n" + crc32_hex(body) + "\n" + body);
   const auto files = files_newest_first();
   for (std::size_t i = keep_; i < files.size(); ++i) std::filesystem::remove(files[i].second);
 }
@@ -63,7 +65,8 @@ std::vector<std::pair<std::uint64_t, std::string>> CheckpointStore::files_newest
         name.compare(name.size() - std::strlen(kSuffix), std::string::npos, kSuffix) != 0) {
       continue;
     }
-    const std::string digits = name.substr(std::strlen(kPrefix), name.size() - std::strlen(kPrefix) - std::strlen(kSuffix));
+    const std::string digits =
+        name.substr(std::strlen(kPrefix), name.size() - std::strlen(kPrefix) - std::strlen(kSuffix));
     if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
     files.emplace_back(std::stoull(digits), entry.path().string());
   }

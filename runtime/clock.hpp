@@ -17,7 +17,8 @@ inline double seconds_between(Clock::time_point from, Clock::time_point to) {
 inline Clock::duration process_cpu_time() {
   timespec now{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec));
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(now.tv_sec) +
+                                                     std::chrono::nanoseconds(now.tv_nsec));
 }
 
 /// How long a piece of work took: its wall time, or its CPU time where that is less (the process

@@ -2,9 +2,9 @@
 
 #include "runtime/cpu_affinity.hpp"
 
+#include <toml++/toml.h>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 namespace filo {
 namespace {
@@ -46,8 +46,7 @@ class Reader {
     for (const auto& [section_name, section] : root_) {
       const std::string section_key(section_name.str());
       if (!section.is_table()) {
-        throw ConfigError(source_ + ": '" + section_key +
-                          "' must be a section ([" + section_key + "])");
+        throw ConfigError(source_ + ": '" + section_key + "' must be a section ([" + section_key + "])");
       }
       for (const auto& [key, value] : *section.as_table()) {
         const std::string full = section_key + "." + std::string(key.str());
@@ -59,10 +58,14 @@ class Reader {
  private:
   template <typename T>
   static std::string kind_name() {
-    if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "an integer";
+    if constexpr (std::is_same_v<T, std::string>)
+      return "a string";
+    else if constexpr (std::is_same_v<T, bool>)
+      return "true or false";
+    else if constexpr (std::is_floating_point_v<T>)
+      return "a number";
+    else
+      return "an integer";
   }
 
   const toml::table& root_;
@@ -106,8 +109,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     } catch (const toml::parse_error& e) {
       std::ostringstream where;
       where << e.source().begin;
-      throw ConfigError("cannot read configuration " + path + ": " + std::string(e.description()) +
-                        " (" + where.str() + ")");
+      throw ConfigError("cannot read configuration " + path + ": " + std::string(e.description()) + " (" +
+                        where.str() + ")");
     }
   }
   for (const auto& assignment : overrides) apply_override(root, assignment);
@@ -203,8 +206,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.schedule.split == "proportional" || config.schedule.split == "equal",
         "schedule.split must be \"proportional\" or \"equal\", not \"" + config.schedule.split + "\"");
   for (const auto& precision : split_list(config.admission.required_precisions)) {
-    check(precision == "fp16" || precision == "bf16" || precision == "tf32" || precision == "fp32" || precision == "fp64",
-          "admission.required_precisions: unknown precision \"" + precision + "\" (known: fp16, bf16, tf32, fp32, fp64)");
+    check(precision == "fp16" || precision == "bf16" || precision == "tf32" || precision == "fp32" ||
+              precision == "fp64",
+          "admission.required_precisions: unknown precision \"" + precision +
+              "\" (known: fp16, bf16, tf32, fp32, fp64)");
   }
   check(config.admission.min_memory_mb >= 0 && config.admission.min_device_memory_mb >= 0,
         "admission memory minimums must be >= 0");
@@ -246,7 +251,8 @@ std::vector<double> parse_slowdowns(const std::string& text) {
     try {
       std::size_t used = 0;
       factors.push_back(std::stod(item, &used));
-      if (used != item.size() && item.find_first_not_of(' ', used) != std::string::npos) throw std::invalid_argument(item);
+      if (used != item.size() && item.find_first_not_of(' ', used) != std::string::npos)
+        throw std::invalid_argument(item);
     } catch (const std::exception&) {
       throw ConfigError("local.slowdowns: '" + item + "' is not a number (expected e.g. \"1,2,4\")");
     }

@@ -18,8 +18,8 @@ struct ConfigError : std::runtime_error {
 struct DataOptions {
   std::string dataset = "fashion-mnist";
   std::string path = "/usr/share/datasets/fashion-mnist";  /// idx files, gzipped or not
-  std::int64_t train_limit = 0;  /// train on the first N training samples; 0 = all
-  std::int64_t test_limit = 0;   /// evaluate on the first N test samples; 0 = all
+  std::int64_t train_limit = 0;                            /// train on the first N training samples; 0 = all
+  std::int64_t test_limit = 0;                             /// evaluate on the first N test samples; 0 = all
 };
 
 struct ModelOptions {
@@ -33,7 +33,7 @@ struct OptimizerOptions {
   std::string mode = "gradient";
   std::string name = "adam";  /// "sgd" (with momentum) or "adam"
   double learning_rate = 1e-3;
-  double momentum = 0.9;      /// sgd only
+  double momentum = 0.9;  /// sgd only
   double weight_decay = 0.0;
   /// local-sgd: "average" (the model becomes the sample-weighted mean of the trainers' models)
   /// or "nesterov" (DiLoCo: SGD with Nesterov momentum on the mean delta as a pseudo-gradient).
@@ -54,14 +54,14 @@ struct ScheduleOptions {
   double deadline_min_seconds = 2.0;  /// a round's deadline is at least this...
   double deadline_factor = 4.0;       /// ...or this many times the last round's slowest trainer
   std::uint64_t seed = 1;
-  std::string split = "proportional"; /// "proportional" to measured speed, or "equal"
+  std::string split = "proportional";  /// "proportional" to measured speed, or "equal"
   /// A trainer whose transfer time is this fraction of its compute time or more is left out of
   /// the round (the rule of the project filo grew from); 0 disables the rule.
   double max_transfer_ratio = 0.25;
 };
 
 struct BusOptions {
-  std::string listen = "tcp://127.0.0.1:5555";       /// coordinator: where actors connect
+  std::string listen = "tcp://127.0.0.1:5555";  /// coordinator: where actors connect
   std::string publish;  /// coordinator: PUB endpoint; empty = listen's port + 1 ('*' stays '*')
   std::string coordinator = "tcp://127.0.0.1:5555";  /// node: the coordinator's listen address
   std::int64_t heartbeat_interval_ms = 250;
@@ -71,11 +71,11 @@ struct BusOptions {
 };
 
 struct NodeOptions {
-  std::string name;           /// empty = this machine's hostname
-  std::string device = "cpu"; /// "cpu" or "cuda:N"
-  std::int64_t threads = 1;   /// LibTorch intra-op threads of the trainer
-  std::string cpus;           /// CPUs to pin the node to, "0-3,8"; empty: any
-  std::int64_t priority = 0;  /// user-set; carried in the hardware report
+  std::string name;                  /// empty = this machine's hostname
+  std::string device = "cpu";        /// "cpu" or "cuda:N"
+  std::int64_t threads = 1;          /// LibTorch intra-op threads of the trainer
+  std::string cpus;                  /// CPUs to pin the node to, "0-3,8"; empty: any
+  std::int64_t priority = 0;         /// user-set; carried in the hardware report
   std::int64_t max_micro_batch = 0;  /// largest micro-batch this device's memory takes; 0 = no limit
   /// TEST AID: behave this many times slower than this machine is (a micro-batch whose work took
   /// t seconds of CPU lasts slowdown * t in all). Seen by the scheduler only through measurement.

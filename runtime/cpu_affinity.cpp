@@ -1,7 +1,7 @@
 #include "runtime/cpu_affinity.hpp"
 
-#include <filesystem>
 #include <sched.h>
+#include <filesystem>
 #include <sstream>
 #include <system_error>
 #include <thread>

@@ -1,8 +1,8 @@
 #pragma once
 // Pinning a process to CPUs: a node beside its GPU's NUMA-local cores, or one trainer per core
 // when several nodes share one machine (bench/cluster_balance --pin).
-#include <string>
 #include <sys/types.h>
+#include <string>
 #include <vector>
 
 namespace filo {

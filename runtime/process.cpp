@@ -1,13 +1,13 @@
 #include "runtime/process.hpp"
 
-#include <csignal>
 #include <fcntl.h>
 #include <spawn.h>
-#include <stdexcept>
 #include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+#include <stdexcept>
 #include <system_error>
 #include <thread>
-#include <unistd.h>
 
 extern char** environ;
 
@@ -24,8 +24,8 @@ ChildProcess::ChildProcess(const std::vector<std::string>& arguments, const std:
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   if (!log_path.empty()) {
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0644);
     posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
   }
   const int error = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
@@ -35,8 +35,7 @@ ChildProcess::ChildProcess(const std::vector<std::string>& arguments, const std:
   }
 }
 
-ChildProcess::ChildProcess(ChildProcess&& other) noexcept
-    : pid_(other.pid_), exit_code_(other.exit_code_) {
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept : pid_(other.pid_), exit_code_(other.exit_code_) {
   other.pid_ = -1;
 }
 
@@ -57,7 +56,9 @@ bool ChildProcess::reap(bool block) {
   return true;
 }
 
-bool ChildProcess::running() { return !reap(false); }
+bool ChildProcess::running() {
+  return !reap(false);
+}
 
 void ChildProcess::signal(int signal_number) {
   if (running()) ::kill(pid_, signal_number);

@@ -1,10 +1,10 @@
 #pragma once
 // Child processes for `filo local` and the multi-process tests: started with posix_spawn,
 // always reaped. A ChildProcess that goes out of scope still running is terminated, then killed.
+#include <sys/types.h>
 #include <chrono>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 namespace filo {

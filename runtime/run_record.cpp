@@ -1,12 +1,12 @@
 #include "runtime/run_record.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fcntl.h>
 #include <filesystem>
 #include <stdexcept>
-#include <unistd.h>
 
 namespace filo {
 
@@ -20,7 +20,8 @@ RunRecord::RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_a
     std::ifstream previous(path("rounds.jsonl"));
     for (std::string line; std::getline(previous, line);) {
       const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_object() && parsed.value("round", std::uint64_t{0}) <= *resumed_after_round) kept += line + "\n";
+      if (parsed.is_object() && parsed.value("round", std::uint64_t{0}) <= *resumed_after_round)
+        kept += line + "\n";
     }
   }
   write_file_atomically(path("rounds.jsonl"), kept);

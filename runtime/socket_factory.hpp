@@ -23,8 +23,7 @@ struct SocketLimits {
 
 class SocketFactory {
  public:
-  SocketFactory(zmq::context_t& context, SocketLimits limits)
-      : context_(context), limits_(limits) {}
+  SocketFactory(zmq::context_t& context, SocketLimits limits) : context_(context), limits_(limits) {}
 
   /// A socket of `type` with the process's limits applied. `routing_id` names DEALER peers.
   zmq::socket_t make(zmq::socket_type type, const std::string& routing_id = {}) const;

@@ -52,7 +52,8 @@ TEST_CASE("minimum host memory admits above and rejects below with both figures"
 TEST_CASE("minimum device memory applies to GPU trainers only") {
   AdmissionPolicy policy;
   policy.min_device_memory_bytes = 24 * 1024 * kMebibyte;
-  CHECK(problem_of(gpu_report(), policy).find("device memory 16384 MiB is below the required 24576 MiB") != std::string::npos);
+  CHECK(problem_of(gpu_report(), policy).find("device memory 16384 MiB is below the required 24576 MiB") !=
+        std::string::npos);
   auto cpu = gpu_report();
   cpu.device = "cpu";
   cpu.gpus.clear();

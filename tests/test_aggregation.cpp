@@ -24,7 +24,8 @@ void copy_model(torch::nn::Sequential& from, torch::nn::Sequential& to) {
   for (std::size_t i = 0; i < source.size(); ++i) target[i].tensor.copy_(source[i].tensor);
   auto source_buffers = named_buffers(*from);
   auto target_buffers = named_buffers(*to);
-  for (std::size_t i = 0; i < source_buffers.size(); ++i) target_buffers[i].tensor.copy_(source_buffers[i].tensor);
+  for (std::size_t i = 0; i < source_buffers.size(); ++i)
+    target_buffers[i].tensor.copy_(source_buffers[i].tensor);
 }
 
 /// What a trainer sends, as the aggregator receives it: real frames, zero-copy views. `first` is
@@ -44,7 +45,8 @@ std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> contribution
   return {std::vector<ReceivedTensor>(all.begin(), split), std::vector<ReceivedTensor>(split, all.end())};
 }
 
-std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> over_the_wire(torch::nn::Sequential& replica) {
+std::pair<std::vector<ReceivedTensor>, std::vector<ReceivedTensor>> over_the_wire(
+    torch::nn::Sequential& replica) {
   return contribution_over_the_wire(named_gradients(*replica), replica);
 }
 
@@ -80,7 +82,8 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
   std::vector<torch::nn::Sequential> replicas{make_model("mlp"), make_model("mlp"), make_model("mlp")};
 
   for (int round = 0; round < kRounds; ++round) {
-    const auto round_indices = torch::arange(round * kRoundSamples, (round + 1) * kRoundSamples, torch::kInt64);
+    const auto round_indices =
+        torch::arange(round * kRoundSamples, (round + 1) * kRoundSamples, torch::kInt64);
     // One process, one batch, mean loss.
     reference_optimizer->zero_grad();
     auto [images, labels] = data.batch(round_indices);
@@ -92,7 +95,8 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
       copy_model(combined, replicas[t]);
       const auto share = round_indices.slice(0, start, start + shares[t]);
       start += shares[t];
-      const auto result = train_share(replicas[t], data, share, /*micro_batch=*/16 + 3 * static_cast<std::int64_t>(t));
+      const auto result =
+          train_share(replicas[t], data, share, /*micro_batch=*/16 + 3 * static_cast<std::int64_t>(t));
       CHECK(result.samples == static_cast<std::uint64_t>(shares[t]));
       auto [gradients, buffers] = over_the_wire(replicas[t]);
       REQUIRE_FALSE(averager.problem(gradients, buffers));
@@ -216,7 +220,8 @@ TEST_CASE("local-sgd with one trainer and plain averaging equals plain local tra
   auto reference_buffers = named_buffers(*reference);
   auto combined_buffers = named_buffers(*combined);
   for (std::size_t i = 0; i < reference_buffers.size(); ++i) {
-    CHECK(torch::allclose(reference_buffers[i].tensor.to(torch::kDouble), combined_buffers[i].tensor.to(torch::kDouble)));
+    CHECK(torch::allclose(reference_buffers[i].tensor.to(torch::kDouble),
+                          combined_buffers[i].tensor.to(torch::kDouble)));
   }
   torch::manual_seed(21);
   auto untouched = make_model("cnn");
@@ -253,7 +258,8 @@ TEST_CASE("local-sgd combines several trainers' deltas as their sample-weighted 
   const auto after = named_parameters(*combined);
   for (std::size_t p = 0; p < after.size(); ++p) {
     auto expected = start[p].tensor.clone();
-    for (std::size_t t = 0; t < deltas_of.size(); ++t) expected += deltas_of[t][p].tensor * (double(shares[t]) / 200.0);
+    for (std::size_t t = 0; t < deltas_of.size(); ++t)
+      expected += deltas_of[t][p].tensor * (double(shares[t]) / 200.0);
     CHECK(torch::allclose(after[p].tensor, expected, 1e-5, 1e-6));
     // Not the unweighted mean: the trainers' deltas differ, so weights matter.
     auto unweighted = start[p].tensor.clone();

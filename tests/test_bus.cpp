@@ -121,8 +121,7 @@ TEST_CASE("the registrar admits a complete report and rejects an incomplete one 
   run.train_samples = 100;
   run.seed = 1;
   Registrar registrar(bus.sockets, bus.hub.inproc_router_endpoint(),
-                      RegistrarOptions{run,
-                                       "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}},
+                      RegistrarOptions{run, "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}},
                       stop);
   ScopedThread registrar_thread([&] { registrar.run(); });
 

@@ -1,9 +1,9 @@
 // Checkpoints survive as written or are detected as damaged, and the previous one is used.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "actors/scheduler.hpp"
 #include "runtime/checkpoint.hpp"
@@ -26,7 +26,8 @@ std::string binary_payload(char seed) {
 
 TEST_CASE("a checkpoint reads back as written, and only the newest few are kept") {
   CheckpointStore store(fresh_directory("checkpoints"), 3);
-  for (std::uint64_t round = 1; round <= 5; ++round) store.write(round, {{"epoch", 1}}, binary_payload(char(round)));
+  for (std::uint64_t round = 1; round <= 5; ++round)
+    store.write(round, {{"epoch", 1}}, binary_payload(char(round)));
   std::vector<std::string> problems;
   const auto latest = store.load_latest(problems);
   REQUIRE(latest);
@@ -35,7 +36,8 @@ TEST_CASE("a checkpoint reads back as written, and only the newest few are kept"
   CHECK(latest->meta.at("epoch") == 1);
   CHECK(latest->payload == binary_payload(5));
   std::size_t files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(store.directory())) files += entry.is_regular_file();
+  for (const auto& entry : std::filesystem::directory_iterator(store.directory()))
+    files += entry.is_regular_file();
   CHECK(files == 3);
 }
 

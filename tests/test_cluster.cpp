@@ -24,7 +24,8 @@ std::string fresh_run_dir(const std::string& name) {
   return path;
 }
 
-std::vector<std::string> with_overrides(std::vector<std::string> arguments, const std::vector<std::string>& overrides) {
+std::vector<std::string> with_overrides(std::vector<std::string> arguments,
+                                        const std::vector<std::string>& overrides) {
   for (const auto& assignment : overrides) arguments.insert(arguments.end(), {"--set", assignment});
   return arguments;
 }
@@ -49,9 +50,12 @@ struct Cluster {
   std::map<std::string, ChildProcess> nodes;
   std::string router;
 
-  Cluster(std::string dir, std::vector<std::string> settings) : run_dir(std::move(dir)), overrides(std::move(settings)) {
-    coordinator.emplace(with_overrides({FILO_BINARY, "coordinator", "--listen", "tcp://127.0.0.1:*", "--run-dir", run_dir}, overrides),
-                        run_dir + "/logs/coordinator.log");
+  Cluster(std::string dir, std::vector<std::string> settings)
+      : run_dir(std::move(dir)), overrides(std::move(settings)) {
+    coordinator.emplace(
+        with_overrides({FILO_BINARY, "coordinator", "--listen", "tcp://127.0.0.1:*", "--run-dir", run_dir},
+                       overrides),
+        run_dir + "/logs/coordinator.log");
     const auto deadline = std::chrono::steady_clock::now() + 60s;
     while (!std::filesystem::exists(run_dir + "/coordinator.json")) {
       REQUIRE_MESSAGE(coordinator->running(), read_file(run_dir + "/logs/coordinator.log"));
@@ -64,8 +68,10 @@ struct Cluster {
   }
 
   void start_node(const std::string& name) {
-    nodes.emplace(name, ChildProcess(with_overrides({FILO_BINARY, "node", "--coordinator", router, "--name", name}, overrides),
-                                     run_dir + "/logs/" + name + ".log"));
+    nodes.emplace(
+        name, ChildProcess(
+                  with_overrides({FILO_BINARY, "node", "--coordinator", router, "--name", name}, overrides),
+                  run_dir + "/logs/" + name + ".log"));
   }
 
   json summary() const {
@@ -103,10 +109,13 @@ TEST_CASE("a coordinator and 3 trainer processes over tcp train well above chanc
 
   // The saved model loads back and scores what the run reported.
   const std::string eval_log = cluster.run_dir + "/logs/eval.log";
-  ChildProcess eval({FILO_BINARY, "eval", summary.at("model_file").get<std::string>(), "--set", "data.test_limit=1000"}, eval_log);
+  ChildProcess eval(
+      {FILO_BINARY, "eval", summary.at("model_file").get<std::string>(), "--set", "data.test_limit=1000"},
+      eval_log);
   REQUIRE(eval.wait_for(120s) == std::optional<int>(0));
   const json evaluated = json::parse(read_file(eval_log));
-  CHECK(evaluated.at("test_accuracy").get<double>() == doctest::Approx(summary.at("final_test_accuracy").get<double>()));
+  CHECK(evaluated.at("test_accuracy").get<double>() ==
+        doctest::Approx(summary.at("final_test_accuracy").get<double>()));
 }
 
 TEST_CASE("a trainer killed during the run costs only its share: the others finish every epoch") {
@@ -143,16 +152,19 @@ TEST_CASE("a trainer killed during the run costs only its share: the others fini
     for (const auto& trainer : round.at("trainers")) missed |= !trainer.at("delivered").get<bool>();
   }
   CHECK(missed);
-  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("trainer@node-2/cpu lost") != std::string::npos);
+  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("trainer@node-2/cpu lost") !=
+        std::string::npos);
 }
 
 TEST_CASE("a node configured with a slower heartbeat follows the coordinator's and is never declared lost") {
-  Cluster cluster(fresh_run_dir("heartbeat"), {"data.train_limit=2000", "data.test_limit=200", "schedule.epochs=1",
-                                               "bus.heartbeat_interval_ms=150", "bus.liveness=3"});
+  Cluster cluster(fresh_run_dir("heartbeat"),
+                  {"data.train_limit=2000", "data.test_limit=200", "schedule.epochs=1",
+                   "bus.heartbeat_interval_ms=150", "bus.liveness=3"});
   // Its own interval (1.5 s) alone would miss the coordinator's 0.45 s timeout three times over.
-  cluster.nodes.emplace("node-1", ChildProcess({FILO_BINARY, "node", "--coordinator", cluster.router, "--name", "node-1",
-                                                "--set", "bus.heartbeat_interval_ms=1500"},
-                                               cluster.run_dir + "/logs/node-1.log"));
+  cluster.nodes.emplace(
+      "node-1", ChildProcess({FILO_BINARY, "node", "--coordinator", cluster.router, "--name", "node-1",
+                              "--set", "bus.heartbeat_interval_ms=1500"},
+                             cluster.run_dir + "/logs/node-1.log"));
   const auto code = cluster.coordinator->wait_for(kRunTimeout);
   REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(cluster.run_dir + "/logs/coordinator.log"));
   CHECK(cluster.nodes.at("node-1").wait_for(30s) == std::optional<int>(0));
@@ -161,14 +173,17 @@ TEST_CASE("a node configured with a slower heartbeat follows the coordinator's a
 }
 
 TEST_CASE("a node that does not meet the admission policy is told why and exits 2") {
-  Cluster cluster(fresh_run_dir("rejected"), {"data.train_limit=500", "data.test_limit=100",
-                                              "admission.required_precisions=bf16"});
+  Cluster cluster(fresh_run_dir("rejected"),
+                  {"data.train_limit=500", "data.test_limit=100", "admission.required_precisions=bf16"});
   cluster.start_node("cpu-only");
   const auto code = cluster.nodes.at("cpu-only").wait_for(60s);
   REQUIRE(code);
   CHECK(*code == 2);
-  CHECK(read_file(cluster.run_dir + "/logs/cpu-only.log").find("does not compute in required precision bf16") != std::string::npos);
-  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("rejected trainer@cpu-only/cpu") != std::string::npos);
+  CHECK(
+      read_file(cluster.run_dir + "/logs/cpu-only.log").find("does not compute in required precision bf16") !=
+      std::string::npos);
+  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("rejected trainer@cpu-only/cpu") !=
+        std::string::npos);
   cluster.coordinator->stop(5s);
 }
 
@@ -178,7 +193,8 @@ TEST_CASE("a node facing no coordinator gives up with a clear error") {
                      "bus.connect_timeout_seconds=1"},
                     run_dir + "/logs/node.log");
   CHECK(node.wait_for(60s) == std::optional<int>(3));
-  CHECK(read_file(run_dir + "/logs/node.log").find("no answer from the coordinator at tcp://127.0.0.1:9") != std::string::npos);
+  CHECK(read_file(run_dir + "/logs/node.log").find("no answer from the coordinator at tcp://127.0.0.1:9") !=
+        std::string::npos);
 }
 
 TEST_CASE("bad flags and configs and data paths are refused with what was wrong") {
@@ -193,22 +209,26 @@ TEST_CASE("bad flags and configs and data paths are refused with what was wrong"
   auto [code, text] = run({FILO_BINARY, "coordinator", "--set", "schedule.epochz=2"});
   CHECK(code == 2);
   CHECK(text.find("unknown configuration key 'schedule.epochz'") != std::string::npos);
-  std::tie(code, text) = run({FILO_BINARY, "coordinator", "--set", "data.path=/nonexistent", "--run-dir", run_dir});
+  std::tie(code, text) =
+      run({FILO_BINARY, "coordinator", "--set", "data.path=/nonexistent", "--run-dir", run_dir});
   CHECK(code == 1);
   CHECK(text.find("dataset file /nonexistent/train-") != std::string::npos);
   std::tie(code, text) = run({FILO_BINARY, "local", "--config", "/nonexistent.toml"});
   CHECK(code != 0);
   CHECK(text.find("/nonexistent.toml") != std::string::npos);
-  std::tie(code, text) = run({FILO_BINARY, "coordinator", "--set", "model.name=resnet9000", "--run-dir", run_dir});
+  std::tie(code, text) =
+      run({FILO_BINARY, "coordinator", "--set", "model.name=resnet9000", "--run-dir", run_dir});
   CHECK(code == 1);
   CHECK(text.find("unknown model 'resnet9000'") != std::string::npos);
 }
 
-TEST_CASE("with slowdowns 1 2 4 the faster trainers get larger shares and every sample is still trained once") {
+TEST_CASE(
+    "with slowdowns 1 2 4 the faster trainers get larger shares and every sample is still trained once") {
   const std::string run_dir = fresh_run_dir("slowdowns");
-  ChildProcess local({FILO_BINARY, "local", "--slowdowns", "1,2,4", "--epochs", "1", "--run-dir", run_dir, "--set",
-                      "data.train_limit=6000", "--set", "data.test_limit=500", "--set", "schedule.round_samples=256"},
-                     run_dir + "/local.log");
+  ChildProcess local(
+      {FILO_BINARY, "local", "--slowdowns", "1,2,4", "--epochs", "1", "--run-dir", run_dir, "--set",
+       "data.train_limit=6000", "--set", "data.test_limit=500", "--set", "schedule.round_samples=256"},
+      run_dir + "/local.log");
   const auto code = local.wait_for(kRunTimeout);
   REQUIRE(code);
   REQUIRE_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
@@ -218,7 +238,8 @@ TEST_CASE("with slowdowns 1 2 4 the faster trainers get larger shares and every 
   for (std::string line; std::getline(file, line);) {
     const json parsed = json::parse(line);
     if (++round <= 3) continue;  // shares settle after the first measured rounds
-    for (const auto& trainer : parsed.at("trainers")) planned[trainer.at("name")] += trainer.at("planned").get<double>();
+    for (const auto& trainer : parsed.at("trainers"))
+      planned[trainer.at("name")] += trainer.at("planned").get<double>();
   }
   const double fast = planned["trainer@node-1/cpu"];
   const double medium = planned["trainer@node-2/cpu"];
@@ -235,9 +256,9 @@ TEST_CASE("with slowdowns 1 2 4 the faster trainers get larger shares and every 
 TEST_CASE("a trainer whose share takes longer than the minimum deadline still delivers every round") {
   // Slowed 8x, 1024 samples take about 2 s or more here: past deadline_min_seconds (1 s).
   const std::string run_dir = fresh_run_dir("slow-share");
-  ChildProcess local({FILO_BINARY, "local", "--nodes", "1", "--slowdowns", "8", "--epochs", "1", "--run-dir", run_dir,
-                      "--set", "data.train_limit=2048", "--set", "data.test_limit=100", "--set", "schedule.round_samples=1024",
-                      "--set", "schedule.deadline_min_seconds=1"},
+  ChildProcess local({FILO_BINARY, "local", "--nodes", "1", "--slowdowns", "8", "--epochs", "1", "--run-dir",
+                      run_dir, "--set", "data.train_limit=2048", "--set", "data.test_limit=100", "--set",
+                      "schedule.round_samples=1024", "--set", "schedule.deadline_min_seconds=1"},
                      run_dir + "/local.log");
   const auto code = local.wait_for(120s);
   if (!code) local.stop(3s);
@@ -268,9 +289,9 @@ TEST_CASE("filo local runs a whole cluster and writes its summary") {
 }
 
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
-  Cluster cluster(fresh_run_dir("slow-mid-run"), {"data.train_limit=16000", "data.test_limit=200", "schedule.epochs=1",
-                                                  "schedule.min_trainers=2", "schedule.round_samples=256",
-                                                  "schedule.max_transfer_ratio=0"});
+  Cluster cluster(fresh_run_dir("slow-mid-run"),
+                  {"data.train_limit=16000", "data.test_limit=200", "schedule.epochs=1",
+                   "schedule.min_trainers=2", "schedule.round_samples=256", "schedule.max_transfer_ratio=0"});
   for (const char* name : {"node-1", "node-2"}) cluster.start_node(name);
   const std::string rounds = cluster.run_dir + "/rounds.jsonl";
   const auto deadline = std::chrono::steady_clock::now() + 120s;
@@ -279,8 +300,8 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
     std::this_thread::sleep_for(10ms);
   }
   const std::size_t before = count_lines(rounds);
-  ChildProcess aid({FILO_BINARY, "slowdown", "--coordinator", cluster.router, "--trainer", "trainer@node-2/cpu",
-                    "--factor", "8"},
+  ChildProcess aid({FILO_BINARY, "slowdown", "--coordinator", cluster.router, "--trainer",
+                    "trainer@node-2/cpu", "--factor", "8"},
                    cluster.run_dir + "/logs/slowdown.log");
   REQUIRE(aid.wait_for(60s) == std::optional<int>(0));
   // The trainer takes the new factor by this round at the latest.
@@ -306,7 +327,8 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
   // Round numbers are 1-based, the vector 0-based: share[sent + 2] is round sent + 3. Factor 8,
   // not 4: with smoothing weight 0.3, three rounds move the estimate two thirds of the way, and at
   // 4x that lands near the 0.7 line on a machine whose CPU contention already swings speeds.
-  INFO("node-2's share: " << baseline << " before the slowdown, " << share[sent + 2] << " three rounds after it arrived");
+  INFO("node-2's share: " << baseline << " before the slowdown, " << share[sent + 2]
+                          << " three rounds after it arrived");
   CHECK(share[sent + 2] < 0.7 * baseline);
   CHECK(read_file(cluster.run_dir + "/logs/node-2.log").find("slowdown 1 -> 8") != std::string::npos);
 }

@@ -33,8 +33,10 @@ TEST_CASE("defaults then file values then command-line overrides") {
   const Config defaults = load_config("", {});
   CHECK(defaults.schedule.epochs == 3);
   CHECK(defaults.local.nodes == 3);
-  const auto path = write_temporary("[schedule]\nepochs = 5 # comment\nround_samples = 64\n[optimizer]\nname = \"sgd\"\n");
-  const Config config = load_config(path, {"schedule.epochs=7", "node.name=gpu-box", "optimizer.learning_rate=0.1"});
+  const auto path =
+      write_temporary("[schedule]\nepochs = 5 # comment\nround_samples = 64\n[optimizer]\nname = \"sgd\"\n");
+  const Config config =
+      load_config(path, {"schedule.epochs=7", "node.name=gpu-box", "optimizer.learning_rate=0.1"});
   CHECK(config.schedule.epochs == 7);
   CHECK(config.schedule.round_samples == 64);
   CHECK(config.optimizer.name == "sgd");
@@ -44,8 +46,10 @@ TEST_CASE("defaults then file values then command-line overrides") {
 }
 
 TEST_CASE("mistakes are named: unknown keys and wrong types and bad values and unreadable files") {
-  CHECK(error_of("", {"schedule.epocs=3"}).find("unknown configuration key 'schedule.epocs'") != std::string::npos);
-  CHECK(error_of("", {"schedule.epochs=\"three\""}).find("schedule.epochs must be an integer") != std::string::npos);
+  CHECK(error_of("", {"schedule.epocs=3"}).find("unknown configuration key 'schedule.epocs'") !=
+        std::string::npos);
+  CHECK(error_of("", {"schedule.epochs=\"three\""}).find("schedule.epochs must be an integer") !=
+        std::string::npos);
   CHECK(error_of("", {"schedule.epochs=0"}).find("schedule.epochs must be >= 1") != std::string::npos);
   CHECK(error_of("", {"optimizer.name=rmsprop"}).find("optimizer.name") != std::string::npos);
   CHECK(error_of("", {"epochs=3"}).find("section.key=value") != std::string::npos);
@@ -76,7 +80,8 @@ TEST_CASE("CPU lists pin nodes; bad ones are refused naming the key and the item
   CHECK(parse_cpu_list("", "node.cpus").empty());
   CHECK(split_node_cpus("0/1,2/1") == std::vector<std::string>{"0", "1,2", "1"});
   CHECK(error_of("", {"node.cpus=3-1"}).find("node.cpus: range '3-1' runs backwards") != std::string::npos);
-  CHECK(error_of("", {"local.node_cpus=0/x"}).find("local.node_cpus: 'x' is not a CPU number") != std::string::npos);
+  CHECK(error_of("", {"local.node_cpus=0/x"}).find("local.node_cpus: 'x' is not a CPU number") !=
+        std::string::npos);
   // An empty list pins nothing.
   CHECK_NOTHROW(pin_to_cpus(0, {}));
 }

@@ -14,7 +14,9 @@
 using namespace filo;
 
 namespace {
-std::string bytes_of(const zmq::message_t& frame) { return std::string(frame.data<char>(), frame.size()); }
+std::string bytes_of(const zmq::message_t& frame) {
+  return std::string(frame.data<char>(), frame.size());
+}
 
 template <typename Message>
 void check_round_trip(const Message& original) {
@@ -79,7 +81,8 @@ TEST_CASE("every message type round-trips through msgpack") {
   plan.accumulation_steps = 3;
   plan.deadline_seconds = 2.5;
   check_round_trip(plan);
-  check_round_trip(msg::RoundOpened{3, 1, 2, {{"a", 10}, {"b", 20}}, 2.5, 4, {{"a", {{0, 10}}}, {"b", {{10, 30}}}}});
+  check_round_trip(
+      msg::RoundOpened{3, 1, 2, {{"a", 10}, {"b", 20}}, 2.5, 4, {{"a", {{0, 10}}}, {"b", {{10, 30}}}}});
   msg::Contribution contribution;
   contribution.round = 3;
   contribution.samples = 20;

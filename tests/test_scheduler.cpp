@@ -39,7 +39,9 @@ TEST_CASE("equal shares differ by at most one and sum to the total") {
       std::uint64_t sum = 0;
       for (auto share : shares) sum += share;
       CHECK(sum == total);
-      CHECK(*std::max_element(shares.begin(), shares.end()) - *std::min_element(shares.begin(), shares.end()) <= 1);
+      CHECK(*std::max_element(shares.begin(), shares.end()) -
+                *std::min_element(shares.begin(), shares.end()) <=
+            1);
     }
   }
 }
@@ -74,7 +76,8 @@ std::map<std::string, Share> by_name(const std::vector<Share>& shares) {
 }  // namespace
 
 TEST_CASE("shares are proportional to speed when transfers cost nothing") {
-  const auto shares = by_name(proportional_shares({{"fast", 4000, 0}, {"medium", 2000, 0}, {"slow", 1000, 0}}, 700, 0.25));
+  const auto shares =
+      by_name(proportional_shares({{"fast", 4000, 0}, {"medium", 2000, 0}, {"slow", 1000, 0}}, 700, 0.25));
   CHECK(shares.at("fast").samples == 400);
   CHECK(shares.at("medium").samples == 200);
   CHECK(shares.at("slow").samples == 100);
@@ -105,14 +108,16 @@ TEST_CASE("a trainer whose transfer is a quarter of its compute or more is left 
 TEST_CASE("the transfer rule weighs a link against the best one, not the cost every trainer pays") {
   // Small rounds: every trainer spends 10 ms outside its compute of about 33 ms (ratio 0.3).
   // Leaving any of them out would only make the round longer.
-  auto shares = by_name(proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"c", 3000, 0.010}}, 300, 0.25));
+  auto shares =
+      by_name(proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"c", 3000, 0.010}}, 300, 0.25));
   for (const auto& name : {"a", "b", "c"}) {
     CHECK(shares.at(name).left_out.empty());
     CHECK(shares.at(name).samples == 100);
   }
   // One link 30 ms worse than the others: T = (300 + 3000 x 0.05) / 9000 = 0.05, so its compute
   // is 10 ms against 30 ms of extra transfer. It is left out; the others share its samples.
-  shares = by_name(proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"slow-link", 3000, 0.040}}, 300, 0.25));
+  shares = by_name(
+      proportional_shares({{"a", 3000, 0.010}, {"b", 3000, 0.010}, {"slow-link", 3000, 0.040}}, 300, 0.25));
   CHECK(shares.at("slow-link").samples == 0);
   CHECK_FALSE(shares.at("slow-link").left_out.empty());
   CHECK(shares.at("a").samples + shares.at("b").samples == 300);
@@ -124,8 +129,8 @@ TEST_CASE("shares always add up to the round and unknown speeds count as the mea
     std::vector<TrainerEstimate> trainers;
     const int count = 1 + static_cast<int>(random() % 6);
     for (int i = 0; i < count; ++i) {
-      trainers.push_back({"t" + std::to_string(i), static_cast<double>(random() % 5000),
-                          (random() % 10) / 1000.0});
+      trainers.push_back(
+          {"t" + std::to_string(i), static_cast<double>(random() % 5000), (random() % 10) / 1000.0});
     }
     const std::uint64_t total = 1 + random() % 1000;
     std::uint64_t sum = 0;
@@ -155,13 +160,15 @@ TEST_CASE("a trainer that slows down gets a clearly smaller share within 3 round
     fast.observe(100, 0.05);
     slowing.observe(100, 0.05);
   }
-  const auto before = by_name(proportional_shares({{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
+  const auto before = by_name(proportional_shares(
+      {{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
   CHECK(before.at("slowing").samples == 100);
   for (int round = 0; round < 3; ++round) {
     fast.observe(100, 0.05);
     slowing.observe(100, 0.20);  // now 4x slower
   }
-  const auto after = by_name(proportional_shares({{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
+  const auto after = by_name(proportional_shares(
+      {{"fast", fast.samples_per_second(), 0}, {"slowing", slowing.samples_per_second(), 0}}, 200, 0.25));
   INFO("slowing trainer's share after 3 slow rounds: " << after.at("slowing").samples);
   CHECK(after.at("slowing").samples < 70);
   CHECK(after.at("slowing").samples + after.at("fast").samples == 200);

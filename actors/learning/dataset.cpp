@@ -1,11 +1,11 @@
 #include "actors/learning/dataset.hpp"
 
+#include <zlib.h>
 #include <array>
 #include <cstdio>
-#include <vector>
 #include <filesystem>
 #include <stdexcept>
-#include <zlib.h>
+#include <vector>
 
 namespace filo {
 namespace {
@@ -74,8 +74,8 @@ class GzFile {
 std::int64_t read_header_count(GzFile& file, std::uint32_t magic) {
   const std::uint32_t found = file.read_big_endian();
   if (found != magic) {
-    throw std::runtime_error(file.path() + " has idx magic " + std::to_string(found) +
-                             ", expected " + std::to_string(magic));
+    throw std::runtime_error(file.path() + " has idx magic " + std::to_string(found) + ", expected " +
+                             std::to_string(magic));
   }
   return file.read_big_endian();
 }
@@ -92,16 +92,15 @@ std::pair<torch::Tensor, torch::Tensor> Dataset::batch(const torch::Tensor& indi
   return {images.unsqueeze(1), labels_.index_select(0, indices)};
 }
 
-Dataset load_dataset(const std::string& name, const std::string& directory, Split split,
-                     std::int64_t limit) {
+Dataset load_dataset(const std::string& name, const std::string& directory, Split split, std::int64_t limit) {
   const IdxFiles files = files_for(name, directory, split);
   GzFile images_file(files.images);
   const std::int64_t image_count = read_header_count(images_file, kImagesMagic);
   const std::int64_t rows = images_file.read_big_endian();
   const std::int64_t columns = images_file.read_big_endian();
   if (rows != 28 || columns != 28) {
-    throw std::runtime_error(files.images + " holds " + std::to_string(rows) + "x" +
-                             std::to_string(columns) + " images; built-in models take 28x28");
+    throw std::runtime_error(files.images + " holds " + std::to_string(rows) + "x" + std::to_string(columns) +
+                             " images; built-in models take 28x28");
   }
   GzFile labels_file(files.labels);
   const std::int64_t label_count = read_header_count(labels_file, kLabelsMagic);

@@ -14,7 +14,8 @@ enum class Split { kTrain, kTest };
 class Dataset {
  public:
   Dataset() = default;
-  Dataset(torch::Tensor images, torch::Tensor labels) : images_(std::move(images)), labels_(std::move(labels)) {}
+  Dataset(torch::Tensor images, torch::Tensor labels)
+      : images_(std::move(images)), labels_(std::move(labels)) {}
   std::int64_t size() const { return labels_.defined() ? labels_.size(0) : 0; }
   /// Normalised float images [n,1,28,28] and int64 labels [n] for dataset `indices`.
   std::pair<torch::Tensor, torch::Tensor> batch(const torch::Tensor& indices) const;

@@ -11,12 +11,10 @@ namespace nn = torch::nn;
 
 torch::nn::Sequential make_model(const std::string& name) {
   if (name == "cnn") {
-    return nn::Sequential(
-        nn::Conv2d(nn::Conv2dOptions(1, 16, 5).padding(2)), nn::BatchNorm2d(16), nn::ReLU(),
-        nn::MaxPool2d(2),
-        nn::Conv2d(nn::Conv2dOptions(16, 32, 5).padding(2)), nn::BatchNorm2d(32), nn::ReLU(),
-        nn::MaxPool2d(2),
-        nn::Flatten(), nn::Linear(32 * 7 * 7, 10));
+    return nn::Sequential(nn::Conv2d(nn::Conv2dOptions(1, 16, 5).padding(2)), nn::BatchNorm2d(16), nn::ReLU(),
+                          nn::MaxPool2d(2), nn::Conv2d(nn::Conv2dOptions(16, 32, 5).padding(2)),
+                          nn::BatchNorm2d(32), nn::ReLU(), nn::MaxPool2d(2), nn::Flatten(),
+                          nn::Linear(32 * 7 * 7, 10));
   }
   if (name == "mlp") {
     return nn::Sequential(nn::Flatten(), nn::Linear(28 * 28, 128), nn::ReLU(), nn::Linear(128, 10));
@@ -71,7 +69,8 @@ double evaluate_accuracy(torch::nn::Sequential& model, const Dataset& dataset) {
   model->eval();
   std::int64_t correct = 0;
   for (std::int64_t start = 0; start < dataset.size(); start += kEvaluationBatch) {
-    const auto indices = torch::arange(start, std::min(dataset.size(), start + kEvaluationBatch), torch::kInt64);
+    const auto indices =
+        torch::arange(start, std::min(dataset.size(), start + kEvaluationBatch), torch::kInt64);
     auto [images, labels] = dataset.batch(indices);
     correct += model->forward(images).argmax(1).eq(labels).sum().item<std::int64_t>();
   }

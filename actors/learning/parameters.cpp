@@ -39,11 +39,12 @@ std::optional<std::string> layout_mismatch(const std::vector<ReceivedTensor>& re
   for (std::size_t i = 0; i < received.size(); ++i) {
     const auto& meta = received[i].meta();
     const auto& want = expected[i];
-    if (meta.name != want.name) return "tensor " + std::to_string(i) + " is '" + meta.name + "', expected '" + want.name + "'";
+    if (meta.name != want.name)
+      return "tensor " + std::to_string(i) + " is '" + meta.name + "', expected '" + want.name + "'";
     if (meta.shape != want.tensor.sizes().vec()) {
       std::ostringstream text;
-      text << "tensor '" << meta.name << "' has shape " << c10::IntArrayRef(meta.shape)
-           << ", expected " << want.tensor.sizes();
+      text << "tensor '" << meta.name << "' has shape " << c10::IntArrayRef(meta.shape) << ", expected "
+           << want.tensor.sizes();
       return text.str();
     }
     if (to_scalar_type(meta.dtype) != want.tensor.scalar_type()) {

@@ -2,17 +2,18 @@
 // process of the filo binary, over tcp loopback), applies one scenario's faults, records a
 // JSON-lines history of faults and bus events, and checks the run's invariants over it.
 //
-//   build/filo_faults --scenario kill-trainer --out /tmp/faults [--baseline /tmp/faults/baseline/summary.json]
+//   build/filo_faults --scenario kill-trainer --out /tmp/faults [--baseline
+//   /tmp/faults/baseline/summary.json]
 //
 // Scenarios: baseline (no faults), kill-trainer (SIGKILL of each trainer at 5 named moments of a
-// round and once as it is re-admitted, restarted each time), stop-continue (SIGSTOP past the liveness timeout,
-// then SIGCONT), join (a third node mid-run), coordinator-restart (SIGKILL the coordinator,
-// start it again), corrupt-checkpoint (the same, with its newest checkpoint damaged first),
-// link-down (a node's link down past the liveness timeout, then up) and bandwidth-cap (a node's
-// link capped by tc tbf until the scheduler leaves it out, then freed). The last two put every
-// node in its own network namespace joined to the host by a veth pair; --netns does that for any
-// scenario. Namespaces need root: where they are missing, those scenarios exit 77 (skipped).
-// A longer soak: --scenario kill-trainer --kills 40 --set schedule.epochs=12.
+// round and once as it is re-admitted, restarted each time), stop-continue (SIGSTOP past the liveness
+// timeout, then SIGCONT), join (a third node mid-run), coordinator-restart (SIGKILL the coordinator, start it
+// again), corrupt-checkpoint (the same, with its newest checkpoint damaged first), link-down (a node's link
+// down past the liveness timeout, then up) and bandwidth-cap (a node's link capped by tc tbf until the
+// scheduler leaves it out, then freed). The last two put every node in its own network namespace joined to
+// the host by a veth pair; --netns does that for any scenario. Namespaces need root: where they are missing,
+// those scenarios exit 77 (skipped). A longer soak: --scenario kill-trainer --kills 40 --set
+// schedule.epochs=12.
 #include <CLI/CLI.hpp>
 #include <condition_variable>
 #include <csignal>
@@ -46,8 +47,8 @@ constexpr auto kRunTimeout = 600s;
 constexpr double kAccuracyTolerance = 0.01;
 constexpr double kRejoinLimitSeconds = 5.0;
 constexpr std::uint64_t kMaxRoundsLostToCoordinatorKill = 1;
-constexpr int kExitSkipped = 77;  // ctest's SKIP_RETURN_CODE
-constexpr auto kLinkDownFor = 3s;     // three times the liveness timeout of the scenarios
+constexpr int kExitSkipped = 77;       // ctest's SKIP_RETURN_CODE
+constexpr auto kLinkDownFor = 3s;      // three times the liveness timeout of the scenarios
 constexpr int kCappedKilobits = 2000;  // a 2 Mbit/s link: the model takes longer than the compute
 
 /// Faults and bus events, timestamped from the scenario's start, in memory and in history.jsonl.
@@ -111,8 +112,13 @@ class EventRecorder {
         auto event = decode_frame<msg::Event>(incoming->body, bus_.limits());
         if (!event) continue;
         const auto& e = event.value();
-        history_.record({{"kind", "event"}, {"type", e.type}, {"text", e.text}, {"round", e.round},
-                         {"epoch", e.epoch}, {"values", e.values}, {"labels", e.labels}});
+        history_.record({{"kind", "event"},
+                         {"type", e.type},
+                         {"text", e.text},
+                         {"round", e.round},
+                         {"epoch", e.epoch},
+                         {"values", e.values},
+                         {"labels", e.labels}});
       }
     }
   }
@@ -154,7 +160,10 @@ struct Instance {
 class FaultCluster {
  public:
   FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history, bool namespaces)
-      : run_dir_(std::move(run_dir)), settings_(std::move(settings)), history_(history), port_(free_port_pair()),
+      : run_dir_(std::move(run_dir)),
+        settings_(std::move(settings)),
+        history_(history),
+        port_(free_port_pair()),
         namespaces_(namespaces) {}
 
   std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
@@ -202,8 +211,12 @@ class FaultCluster {
     if (!namespaces_) throw std::logic_error("this scenario runs without network namespaces");
     auto& network = networks_[name];
     if (!network) {
-      network = std::make_unique<NodeNetwork>(static_cast<int>(networks_.size()), run_dir_ + "/logs/network.log");
-      history_.record({{"kind", "action"}, {"action", "namespace"}, {"target", name}, {"host_address", network->host_address()}});
+      network =
+          std::make_unique<NodeNetwork>(static_cast<int>(networks_.size()), run_dir_ + "/logs/network.log");
+      history_.record({{"kind", "action"},
+                       {"action", "namespace"},
+                       {"target", name},
+                       {"host_address", network->host_address()}});
     }
     return *network;
   }
@@ -215,8 +228,10 @@ class FaultCluster {
 
   double cap_link(const std::string& name, int kilobits_per_second) {
     network_of(name).cap_bandwidth(kilobits_per_second);
-    return history_.record({{"kind", "fault"}, {"action", kilobits_per_second > 0 ? "cap link" : "free link"},
-                            {"target", name}, {"kilobits_per_second", kilobits_per_second}});
+    return history_.record({{"kind", "fault"},
+                            {"action", kilobits_per_second > 0 ? "cap link" : "free link"},
+                            {"target", name},
+                            {"kilobits_per_second", kilobits_per_second}});
   }
 
   double kill_coordinator() {
@@ -232,13 +247,15 @@ class FaultCluster {
     std::vector<std::string> problems;
     const auto code = coordinators_.back().process.wait_for(kRunTimeout);
     if (code != std::optional<int>(0)) {
-      problems.push_back("the coordinator " + (code ? "exited with " + std::to_string(*code) : std::string("did not finish")));
+      problems.push_back("the coordinator " +
+                         (code ? "exited with " + std::to_string(*code) : std::string("did not finish")));
     }
     for (auto& instance : nodes_) {
       const auto node_code = instance.process.wait_for(30s);
       const int expected = instance.killed_on_purpose ? 128 + SIGKILL : 0;
       if (node_code != std::optional<int>(expected)) {
-        problems.push_back(instance.name + " exited with " + (node_code ? std::to_string(*node_code) : std::string("nothing (hung)")) +
+        problems.push_back(instance.name + " exited with " +
+                           (node_code ? std::to_string(*node_code) : std::string("nothing (hung)")) +
                            ", expected " + std::to_string(expected));
       }
     }
@@ -258,7 +275,9 @@ class FaultCluster {
   std::vector<Instance> nodes_;  // every instance ever started, in order
 };
 
-std::string trainer_of(const std::string& node) { return "trainer@" + node + "/cpu"; }
+std::string trainer_of(const std::string& node) {
+  return "trainer@" + node + "/cpu";
+}
 
 bool is_event(const json& entry, const std::string& type) {
   return entry.at("kind") == "event" && entry.at("type") == type;
@@ -305,13 +324,15 @@ bool about(const json& entry, const std::string& type, const std::string& traine
 /// Waits for `trainer`'s first contribution after `back_t` and holds it to the rejoin limit.
 void expect_back_to_work(History& history, Measures& measures, const std::string& trainer, double back_t,
                          const std::string& came_back) {
-  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, back_t),
-                                   trainer + " to contribute after " + came_back, measures);
+  const auto contributed =
+      require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait, back_t),
+              trainer + " to contribute after " + came_back, measures);
   const double back = contributed.at("t").get<double>() - back_t;
   measures.rejoin_seconds.push_back(back);
   if (back > kRejoinLimitSeconds) {
     std::ostringstream problem;
-    problem << trainer << " contributed " << back << " s after " << came_back << " (limit " << kRejoinLimitSeconds << " s)";
+    problem << trainer << " contributed " << back << " s after " << came_back << " (limit "
+            << kRejoinLimitSeconds << " s)";
     measures.problems.push_back(problem.str());
   }
 }
@@ -323,14 +344,19 @@ void fault_and_rejoin(FaultCluster& cluster, History& history, Measures& measure
                       bool kill_again_when_admitted = false) {
   const std::string trainer = trainer_of(node);
   const double after = history.now();
-  const auto closed = require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after),
-                              "a round to close", measures);
+  const auto closed =
+      require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after),
+              "a round to close", measures);
   const double round_seconds = std::max(0.005, closed.at("values").value("seconds", 0.05));
   std::this_thread::sleep_for(std::chrono::duration<double>(moment.fraction * round_seconds));
   const double fault_t = cluster.signal_node(node, signal_number, moment.phase);
-  const auto lost = require(history.wait_for([&](const json& e) { return is_event(e, "lost") && e.at("labels").value("trainer", "") == trainer; },
-                                             kEventWait, fault_t),
-                            trainer + " to be declared lost", measures);
+  const auto lost =
+      require(history.wait_for(
+                  [&](const json& e) {
+                    return is_event(e, "lost") && e.at("labels").value("trainer", "") == trainer;
+                  },
+                  kEventWait, fault_t),
+              trainer + " to be declared lost", measures);
   measures.detection_seconds.push_back(lost.at("t").get<double>() - fault_t);
   if (signal_number == SIGSTOP) {
     std::this_thread::sleep_for(stopped_for);
@@ -340,29 +366,37 @@ void fault_and_rejoin(FaultCluster& cluster, History& history, Measures& measure
   if (kill_again_when_admitted) {
     // A kill outside the rounds: just re-admitted, while it calibrates and fetches its snapshot.
     const double start_t = cluster.start_node(node);
-    require(history.wait_for([&](const json& e) { return about(e, "rejoined", trainer); }, kEventWait, start_t),
-            trainer + " to be re-admitted", measures);
-    const double again_t = cluster.signal_node(node, SIGKILL, "re-admitted: calibrating and fetching its snapshot");
-    const auto lost_again = require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, again_t),
-                                    trainer + " to be declared lost again", measures);
+    require(
+        history.wait_for([&](const json& e) { return about(e, "rejoined", trainer); }, kEventWait, start_t),
+        trainer + " to be re-admitted", measures);
+    const double again_t =
+        cluster.signal_node(node, SIGKILL, "re-admitted: calibrating and fetching its snapshot");
+    const auto lost_again = require(
+        history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, again_t),
+        trainer + " to be declared lost again", measures);
     measures.detection_seconds.push_back(lost_again.at("t").get<double>() - again_t);
   }
   expect_back_to_work(history, measures, trainer, cluster.start_node(node), "its restart");
 }
 
 void restart_coordinator(FaultCluster& cluster, History& history, Measures& measures, bool corrupt_newest) {
-  const auto round = require(history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 25; }, kEventWait),
-                             "round 25", measures);
+  const auto round = require(
+      history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 25; }, kEventWait),
+      "round 25", measures);
   (void)round;
   const double kill_t = cluster.kill_coordinator();
   std::uint64_t last_round = 0;
-  history.wait_for([&](const json& e) {
-    if (is_event(e, "round")) last_round = std::max<std::uint64_t>(last_round, e.at("round").get<std::uint64_t>());
-    return false;
-  }, 0s);
+  history.wait_for(
+      [&](const json& e) {
+        if (is_event(e, "round"))
+          last_round = std::max<std::uint64_t>(last_round, e.at("round").get<std::uint64_t>());
+        return false;
+      },
+      0s);
   if (corrupt_newest) {
     std::vector<std::string> files;
-    for (const auto& entry : std::filesystem::directory_iterator(cluster.run_dir() + "/checkpoints")) files.push_back(entry.path());
+    for (const auto& entry : std::filesystem::directory_iterator(cluster.run_dir() + "/checkpoints"))
+      files.push_back(entry.path());
     std::sort(files.begin(), files.end());
     if (files.empty()) throw std::runtime_error("no checkpoint to corrupt");
     {
@@ -373,15 +407,17 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
     history.record({{"kind", "fault"}, {"action", "corrupt"}, {"target", files.back()}});
   }
   cluster.start_coordinator();
-  const auto resumed = require(history.wait_for([](const json& e) { return is_event(e, "resumed"); }, kEventWait, kill_t),
-                               "the restarted coordinator to resume", measures);
+  const auto resumed =
+      require(history.wait_for([](const json& e) { return is_event(e, "resumed"); }, kEventWait, kill_t),
+              "the restarted coordinator to resume", measures);
   const auto after = static_cast<std::uint64_t>(resumed.at("values").at("resumed_after_round").get<double>());
   measures.rounds_lost = last_round > after ? last_round - after : 0;
   measures.rejoin_seconds.push_back(resumed.at("t").get<double>() - kill_t);
   const std::uint64_t allowed = kMaxRoundsLostToCoordinatorKill + (corrupt_newest ? 1 : 0);
   if (*measures.rounds_lost > allowed) {
-    measures.problems.push_back(std::to_string(*measures.rounds_lost) + " rounds lost to the coordinator kill (at most " +
-                                std::to_string(allowed) + ")");
+    measures.problems.push_back(std::to_string(*measures.rounds_lost) +
+                                " rounds lost to the coordinator kill (at most " + std::to_string(allowed) +
+                                ")");
   }
 }
 
@@ -389,10 +425,12 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
 /// lost, its samples go to the others, and once the link is back it rejoins by itself.
 void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
   const std::string trainer = trainer_of(node);
-  require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, history.now()), "a round to close", measures);
+  require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, history.now()),
+          "a round to close", measures);
   const double down_t = cluster.set_link(node, false);
-  const auto lost = require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, down_t),
-                            trainer + " to be declared lost", measures);
+  const auto lost =
+      require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, down_t),
+              trainer + " to be declared lost", measures);
   measures.detection_seconds.push_back(lost.at("t").get<double>() - down_t);
   const double hold = std::chrono::duration<double>(kLinkDownFor).count() - (history.now() - down_t);
   if (hold > 0) std::this_thread::sleep_for(std::chrono::duration<double>(hold));
@@ -404,22 +442,23 @@ void link_down_and_up(FaultCluster& cluster, History& history, Measures& measure
 void cap_and_free(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
   const std::string trainer = trainer_of(node);
   const double cap_t = cluster.cap_link(node, kCappedKilobits);
-  const auto left_out = require(history.wait_for([&](const json& e) { return about(e, "left_out", trainer); }, kEventWait, cap_t),
-                                trainer + " to be left out of the rounds on its capped link", measures);
+  const auto left_out = require(
+      history.wait_for([&](const json& e) { return about(e, "left_out", trainer); }, kEventWait, cap_t),
+      trainer + " to be left out of the rounds on its capped link", measures);
   measures.detection_seconds.push_back(left_out.at("t").get<double>() - cap_t);
   // Rounds go on at the others' pace while it is left out.
   const auto round = left_out.at("round").get<std::uint64_t>() + 10;
-  require(history.wait_for([&](const json& e) { return is_event(e, "round") && e.at("round") >= round; }, kEventWait, cap_t),
+  require(history.wait_for([&](const json& e) { return is_event(e, "round") && e.at("round") >= round; },
+                           kEventWait, cap_t),
           "ten rounds without " + trainer, measures);
   const double free_t = cluster.cap_link(node, 0);
   // Probes (a round now and then while left out) deliver too; back means planned again by the rule.
   const auto planned_again = require(
       history.wait_for([&](const json& e) { return about(e, "planned_again", trainer); }, kEventWait, free_t),
       trainer + " to be planned again once its link is free", measures);
-  const auto contributed =
-      require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); }, kEventWait,
-                               planned_again.at("t").get<double>()),
-              trainer + " to contribute once planned again", measures);
+  const auto contributed = require(history.wait_for([&](const json& e) { return delivered_by(e, trainer); },
+                                                    kEventWait, planned_again.at("t").get<double>()),
+                                   trainer + " to contribute once planned again", measures);
   measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - free_t);
   if (auto lost = history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, 0s, cap_t)) {
     measures.problems.push_back(trainer + " was declared lost on a slow but working link");
@@ -427,7 +466,8 @@ void cap_and_free(FaultCluster& cluster, History& history, Measures& measures, c
 }
 
 /// Invariants over the run's own record.
-void check_record(const std::string& run_dir, std::optional<double> baseline_accuracy, Measures& measures, json& result) {
+void check_record(const std::string& run_dir, std::optional<double> baseline_accuracy, Measures& measures,
+                  json& result) {
   json summary;
   std::ifstream summary_file(run_dir + "/summary.json");
   if (!summary_file) {
@@ -438,7 +478,8 @@ void check_record(const std::string& run_dir, std::optional<double> baseline_acc
   const auto samples = summary.at("train_samples").get<std::uint64_t>();
   for (const auto& epoch_samples : summary.at("samples_per_epoch")) {
     if (epoch_samples.get<std::uint64_t>() != samples) {
-      measures.problems.push_back("an epoch trained " + epoch_samples.dump() + " samples, not " + std::to_string(samples));
+      measures.problems.push_back("an epoch trained " + epoch_samples.dump() + " samples, not " +
+                                  std::to_string(samples));
     }
   }
   std::ifstream rounds_file(run_dir + "/rounds.jsonl");
@@ -447,15 +488,18 @@ void check_record(const std::string& run_dir, std::optional<double> baseline_acc
   for (std::string line; std::getline(rounds_file, line);) {
     const json round = json::parse(line);
     if (round.at("round").get<std::uint64_t>() != expected_round) {
-      measures.problems.push_back("round " + round.at("round").dump() + " follows round " + std::to_string(expected_round - 1));
+      measures.problems.push_back("round " + round.at("round").dump() + " follows round " +
+                                  std::to_string(expected_round - 1));
     }
     expected_round = round.at("round").get<std::uint64_t>() + 1;
     std::set<std::string> counted;
     for (const auto& trainer : round.at("trainers")) {
       if (!counted.insert(trainer.at("name").get<std::string>()).second) {
-        measures.problems.push_back("round " + round.at("round").dump() + " counts " + trainer.at("name").dump() + " twice");
+        measures.problems.push_back("round " + round.at("round").dump() + " counts " +
+                                    trainer.at("name").dump() + " twice");
       }
-      for (const auto& range : trainer.at("ranges")) trained[round.at("epoch")].emplace_back(range.at(0), range.at(1));
+      for (const auto& range : trainer.at("ranges"))
+        trained[round.at("epoch")].emplace_back(range.at(0), range.at(1));
     }
   }
   for (auto& [epoch, ranges] : trained) {
@@ -463,13 +507,16 @@ void check_record(const std::string& run_dir, std::optional<double> baseline_acc
     std::uint64_t cursor = 0;
     for (const auto& [begin, end] : ranges) {
       if (begin != cursor) {
-        measures.problems.push_back("epoch " + std::to_string(epoch) + ": positions " + std::to_string(std::min(begin, cursor)) +
+        measures.problems.push_back("epoch " + std::to_string(epoch) + ": positions " +
+                                    std::to_string(std::min(begin, cursor)) +
                                     (begin < cursor ? " trained twice" : " never trained"));
         break;
       }
       cursor = end;
     }
-    if (cursor != samples) measures.problems.push_back("epoch " + std::to_string(epoch) + " ends at position " + std::to_string(cursor));
+    if (cursor != samples)
+      measures.problems.push_back("epoch " + std::to_string(epoch) + " ends at position " +
+                                  std::to_string(cursor));
   }
   const double accuracy = summary.at("final_test_accuracy");
   result["accuracy"] = accuracy;
@@ -478,7 +525,8 @@ void check_record(const std::string& run_dir, std::optional<double> baseline_acc
     result["baseline_accuracy"] = *baseline_accuracy;
     if (std::abs(accuracy - *baseline_accuracy) > kAccuracyTolerance) {
       std::ostringstream problem;
-      problem << "accuracy " << accuracy << " is more than 1 point from the fault-free " << *baseline_accuracy;
+      problem << "accuracy " << accuracy << " is more than 1 point from the fault-free "
+              << *baseline_accuracy;
       measures.problems.push_back(problem.str());
     }
   }
@@ -502,14 +550,18 @@ int main(int argc, char** argv) {
   bool netns = false;
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
-                 "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, link-down, bandwidth-cap")
+                 "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
+                 "link-down, bandwidth-cap")
       ->required();
-  app.add_flag("--netns", netns, "every node in its own network namespace (root; always for link-down and bandwidth-cap)");
+  app.add_flag("--netns", netns,
+               "every node in its own network namespace (root; always for link-down and bandwidth-cap)");
   app.add_option("--out", out_root, "scenario directories go here (OUT/SCENARIO)");
-  app.add_option("--baseline", baseline_path, "summary.json of a fault-free run: accuracy must be within 1 point of it");
-  app.add_option("--kills", kills,
-                 "kill-trainer: kills at the named moments of a round, each trainer in turn (15, and one more "
-                 "at re-admission); more for a soak add kills at random moments");
+  app.add_option("--baseline", baseline_path,
+                 "summary.json of a fault-free run: accuracy must be within 1 point of it");
+  app.add_option(
+      "--kills", kills,
+      "kill-trainer: kills at the named moments of a round, each trainer in turn (15, and one more "
+      "at re-admission); more for a soak add kills at random moments");
   app.add_option("--set", extra_settings, "configuration override for every process, section.key=value");
   CLI11_PARSE(app, argc, argv);
 
@@ -526,13 +578,13 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
-  std::vector<std::string> settings{"data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=8",
-                                    "schedule.round_samples=128",
-                                    // The transfer rule stays on where it is the subject; elsewhere a
-                                    // busy 2-core machine could leave a trainer out the test needs.
-                                    scenario == "bandwidth-cap" ? "schedule.max_transfer_ratio=0.25" : "schedule.max_transfer_ratio=0",
-                                    std::string("schedule.min_trainers=") + (join ? "2" : "3"),
-                                    "bus.heartbeat_interval_ms=250", "bus.liveness=4"};
+  std::vector<std::string> settings{
+      "data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=8", "schedule.round_samples=128",
+      // The transfer rule stays on where it is the subject; elsewhere a
+      // busy 2-core machine could leave a trainer out the test needs.
+      scenario == "bandwidth-cap" ? "schedule.max_transfer_ratio=0.25" : "schedule.max_transfer_ratio=0",
+      std::string("schedule.min_trainers=") + (join ? "2" : "3"), "bus.heartbeat_interval_ms=250",
+      "bus.liveness=4"};
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
@@ -547,7 +599,8 @@ int main(int argc, char** argv) {
       if (join && std::string(node) == "node-3") continue;
       cluster.start_node(node);
     }
-    const auto first_round = history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 3; }, 120s);
+    const auto first_round =
+        history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 3; }, 120s);
     if (!first_round) throw std::runtime_error("the cluster never reached round 3");
     if (scenario == "kill-trainer") {
       // Every trainer at every named moment; the first kill of node-1 also kills it once more
@@ -556,15 +609,19 @@ int main(int argc, char** argv) {
       std::uniform_real_distribution<double> fraction(0.0, 1.0);
       for (int k = 0; k < kills; ++k) {
         const auto named = static_cast<std::size_t>(k) / 3;
-        const RoundMoment moment = named < kRoundMoments.size() ? kRoundMoments[named] : RoundMoment{"random", fraction(random)};
-        fault_and_rejoin(cluster, history, measures, "node-" + std::to_string(k % 3 + 1), SIGKILL, moment, 0ms, k == 0);
+        const RoundMoment moment =
+            named < kRoundMoments.size() ? kRoundMoments[named] : RoundMoment{"random", fraction(random)};
+        fault_and_rejoin(cluster, history, measures, "node-" + std::to_string(k % 3 + 1), SIGKILL, moment,
+                         0ms, k == 0);
       }
     } else if (scenario == "stop-continue") {
       fault_and_rejoin(cluster, history, measures, "node-2", SIGSTOP, kRoundMoments[2], 2500ms);
     } else if (scenario == "join") {
       const double start_t = cluster.start_node("node-3");
-      const auto contributed = require(history.wait_for([](const json& e) { return delivered_by(e, trainer_of("node-3")); }, kEventWait, start_t),
-                                       "node-3 to contribute", measures);
+      const auto contributed =
+          require(history.wait_for([](const json& e) { return delivered_by(e, trainer_of("node-3")); },
+                                   kEventWait, start_t),
+                  "node-3 to contribute", measures);
       measures.rejoin_seconds.push_back(contributed.at("t").get<double>() - start_t);
     } else if (scenario == "coordinator-restart" || scenario == "corrupt-checkpoint") {
       restart_coordinator(cluster, history, measures, scenario == "corrupt-checkpoint");
@@ -600,12 +657,13 @@ int main(int argc, char** argv) {
   result["passed"] = measures.problems.empty();
   std::ofstream(run_dir + "/result.json") << result.dump(2) << "\n";
 
-  std::cout << "scenario " << scenario << ": " << (measures.problems.empty() ? "PASS" : "FAIL") << "; detection "
-            << range_text(measures.detection_seconds) << ", back to work " << range_text(measures.rejoin_seconds)
-            << ", rounds lost " << result["rounds_lost"] << ", accuracy " << result.value("accuracy", 0.0);
+  std::cout << "scenario " << scenario << ": " << (measures.problems.empty() ? "PASS" : "FAIL")
+            << "; detection " << range_text(measures.detection_seconds) << ", back to work "
+            << range_text(measures.rejoin_seconds) << ", rounds lost " << result["rounds_lost"]
+            << ", accuracy " << result.value("accuracy", 0.0);
   if (baseline_accuracy) std::cout << " (fault-free " << *baseline_accuracy << ")";
-  std::cout << ", " << std::fixed << std::setprecision(0) << result["wall_seconds"].get<double>() << " s; history "
-            << run_dir << "/history.jsonl" << std::endl;
+  std::cout << ", " << std::fixed << std::setprecision(0) << result["wall_seconds"].get<double>()
+            << " s; history " << run_dir << "/history.jsonl" << std::endl;
   for (const auto& problem : measures.problems) std::cout << "  problem: " << problem << std::endl;
   return measures.problems.empty() ? 0 : 1;
 }

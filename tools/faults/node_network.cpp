@@ -1,9 +1,9 @@
 #include "tools/faults/node_network.hpp"
 
+#include <unistd.h>
 #include <csignal>
 #include <filesystem>
 #include <stdexcept>
-#include <unistd.h>
 
 #include "runtime/process.hpp"
 
@@ -59,7 +59,8 @@ void remove_stale_node_networks() {
   for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
     const std::string name = entry.path().filename();
     if (name.rfind(kNamespacePrefix, 0) != 0) continue;
-    const pid_t owner = static_cast<pid_t>(std::atol(name.c_str() + std::char_traits<char>::length(kNamespacePrefix)));
+    const pid_t owner =
+        static_cast<pid_t>(std::atol(name.c_str() + std::char_traits<char>::length(kNamespacePrefix)));
     if (owner > 0 && (::kill(owner, 0) == 0 || errno == EPERM)) continue;  // its run is still going
     run_quietly({ip_tool(), "netns", "del", name}, "/dev/null");
   }
@@ -101,7 +102,9 @@ NodeNetwork::~NodeNetwork() {
   }
 }
 
-std::vector<std::string> NodeNetwork::exec_prefix() const { return {ip_tool(), "netns", "exec", namespace_}; }
+std::vector<std::string> NodeNetwork::exec_prefix() const {
+  return {ip_tool(), "netns", "exec", namespace_};
+}
 
 void NodeNetwork::set_link_up(bool up) {
   // The host side: taking one end down takes the carrier of both.
@@ -133,7 +136,9 @@ void NodeNetwork::run(std::vector<std::string> arguments) const {
   std::string text;
   for (const auto& argument : arguments) text += (text.empty() ? "" : " ") + argument;
   const int code = run_quietly(arguments, log_path_);
-  if (code != 0) throw std::runtime_error("'" + text + "' failed with exit code " + std::to_string(code) + " (see " + log_path_ + ")");
+  if (code != 0)
+    throw std::runtime_error("'" + text + "' failed with exit code " + std::to_string(code) + " (see " +
+                             log_path_ + ")");
 }
 
 }  // namespace filo

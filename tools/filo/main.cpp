@@ -1,19 +1,19 @@
 // filo: the command line. Subcommands start a coordinator, a node, a monitor, a whole local
 // cluster, evaluate a saved model, or print this machine's hardware report.
-#include <algorithm>
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
 #include <utility>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "actors/benchmarker.hpp"
-#include "actors/learning/compute_threads.hpp"
 #include "actors/coordinator.hpp"
+#include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/monitor.hpp"
@@ -61,7 +61,8 @@ std::string tail_of(const std::string& path, std::size_t lines) {
   std::vector<std::string> all;
   for (std::string line; std::getline(file, line);) all.push_back(line);
   std::string tail;
-  for (std::size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) tail += "  " + all[i] + "\n";
+  for (std::size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i)
+    tail += "  " + all[i] + "\n";
   return tail;
 }
 
@@ -86,10 +87,13 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   const std::string self = current_executable();
   // All nodes share this machine: there is no network whose cost the transfer rule could weigh,
   // only waits for a CPU. Given first, so that the user's own --set still wins.
-  std::vector<std::string> coordinator_arguments{self, "coordinator", "--set", "schedule.max_transfer_ratio=0"};
+  std::vector<std::string> coordinator_arguments{self, "coordinator", "--set",
+                                                 "schedule.max_transfer_ratio=0"};
   for (const auto& argument : passthrough_arguments(common)) coordinator_arguments.push_back(argument);
-  for (const auto& assignment : overrides) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", assignment});
-  if (!listen_given) coordinator_arguments.insert(coordinator_arguments.end(), {"--set", "bus.listen=tcp://127.0.0.1:*"});
+  for (const auto& assignment : overrides)
+    coordinator_arguments.insert(coordinator_arguments.end(), {"--set", assignment});
+  if (!listen_given)
+    coordinator_arguments.insert(coordinator_arguments.end(), {"--set", "bus.listen=tcp://127.0.0.1:*"});
   coordinator_arguments.insert(coordinator_arguments.end(),
                                {"--set", "schedule.min_trainers=" + std::to_string(probe.local.nodes)});
   ChildProcess coordinator(coordinator_arguments, logs + "/coordinator.log");
@@ -99,7 +103,8 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   const auto give_up = std::chrono::steady_clock::now() + kCoordinatorStartTimeout;
   while (!std::filesystem::exists(run_dir + "/coordinator.json")) {
     if (!coordinator.running() || stop.stop_requested() || std::chrono::steady_clock::now() > give_up) {
-      std::cerr << "filo local: the coordinator did not start; its log (" << logs << "/coordinator.log) ends:\n"
+      std::cerr << "filo local: the coordinator did not start; its log (" << logs
+                << "/coordinator.log) ends:\n"
                 << tail_of(logs + "/coordinator.log", 15);
       return 1;
     }
@@ -126,8 +131,8 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     }
     nodes.emplace_back(arguments, logs + "/" + name + ".log");
   }
-  std::cout << "filo local: coordinator on " << router << " and " << probe.local.nodes
-            << " nodes; logs in " << logs << "; watch with: filo monitor --events " << publish << std::endl;
+  std::cout << "filo local: coordinator on " << router << " and " << probe.local.nodes << " nodes; logs in "
+            << logs << "; watch with: filo monitor --events " << publish << std::endl;
 
   zmq::context_t context;
   SocketFactory sockets(context, probe.bus.socket_limits);
@@ -176,9 +181,10 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   std::cout << "done in " << std::fixed << std::setprecision(1) << seconds << " s: test accuracy "
             << std::setprecision(4) << summary.value("final_test_accuracy", 0.0) << " after "
             << summary.value("rounds", 0) << " rounds; samples per epoch "
-            << summary["samples_per_epoch"].dump() << "\nsummary: " << run_dir << "/summary.json, model: "
-            << summary.value("model_file", std::string()) << std::endl;
-  if (nodes_failed > 0) std::cerr << "filo local: " << nodes_failed << " node(s) exited with an error; see " << logs << std::endl;
+            << summary["samples_per_epoch"].dump() << "\nsummary: " << run_dir
+            << "/summary.json, model: " << summary.value("model_file", std::string()) << std::endl;
+  if (nodes_failed > 0)
+    std::cerr << "filo local: " << nodes_failed << " node(s) exited with an error; see " << logs << std::endl;
   return 0;
 }
 
@@ -198,7 +204,8 @@ int run_monitor_command(const CommonOptions& common, const std::string& coordina
 
 /// TEST AID: tells one trainer of a running cluster, through the coordinator's hub, to behave
 /// `factor` times slower from its next micro-batch on.
-int run_slowdown(const CommonOptions& common, const std::string& coordinator, const std::string& trainer, double factor) {
+int run_slowdown(const CommonOptions& common, const std::string& coordinator, const std::string& trainer,
+                 double factor) {
   const Config config = load(common, {});
   if (!(factor >= 1.0)) throw ConfigError("slowdown factor must be >= 1, not " + std::to_string(factor));
   SocketLimits limits = config.bus.socket_limits;
@@ -211,7 +218,8 @@ int run_slowdown(const CommonOptions& common, const std::string& coordinator, co
     std::cerr << "filo slowdown: could not queue the message for " << coordinator << std::endl;
     return 1;
   }
-  std::cout << "asked " << trainer << " to behave " << factor << "x slower (via " << coordinator << ")" << std::endl;
+  std::cout << "asked " << trainer << " to behave " << factor << "x slower (via " << coordinator << ")"
+            << std::endl;
   return 0;
 }
 
@@ -219,10 +227,15 @@ int run_eval(const CommonOptions& common, const std::string& model_path) {
   const Config config = load(common, {});
   torch::set_num_threads(static_cast<int>(std::max<std::int64_t>(1, std::thread::hardware_concurrency())));
   LoadedModel loaded = load_model(model_path);
-  const Dataset test = load_dataset(config.data.dataset, config.data.path, Split::kTest, config.data.test_limit);
+  const Dataset test =
+      load_dataset(config.data.dataset, config.data.path, Split::kTest, config.data.test_limit);
   const double accuracy = evaluate_accuracy(loaded.model, test);
-  std::cout << nlohmann::json{{"model", loaded.name}, {"file", model_path}, {"dataset", config.data.dataset},
-                              {"test_samples", test.size()}, {"test_accuracy", accuracy}}.dump()
+  std::cout << nlohmann::json{{"model", loaded.name},
+                              {"file", model_path},
+                              {"dataset", config.data.dataset},
+                              {"test_samples", test.size()},
+                              {"test_accuracy", accuracy}}
+                   .dump()
             << std::endl;
   return 0;
 }
@@ -230,8 +243,9 @@ int run_eval(const CommonOptions& common, const std::string& model_path) {
 int run_bench(const CommonOptions& common, bool json) {
   const Config config = load(common, {});
   set_compute_threads(static_cast<int>(config.node.threads));
-  BenchmarkerOptions options{node_name(config.node), config.node.device, static_cast<int>(config.node.priority),
-                             static_cast<int>(config.node.threads), 1.0};
+  BenchmarkerOptions options{node_name(config.node), config.node.device,
+                             static_cast<int>(config.node.priority), static_cast<int>(config.node.threads),
+                             1.0};
   options.measure_gpus = true;
   const msg::HardwareReport report = Benchmarker(options).report();
   const auto peak_json = [](const msg::GpuInfo& gpu) {
@@ -244,19 +258,28 @@ int run_bench(const CommonOptions& common, bool json) {
   if (json) {
     nlohmann::json gpus = nlohmann::json::array();
     for (const auto& gpu : report.gpus) {
-      gpus.push_back({{"name", gpu.name}, {"uuid", gpu.uuid},
+      gpus.push_back({{"name", gpu.name},
+                      {"uuid", gpu.uuid},
                       {"compute_capability", std::to_string(gpu.compute_capability_major) + "." +
                                                  std::to_string(gpu.compute_capability_minor)},
-                      {"total_memory_bytes", gpu.total_memory_bytes}, {"free_memory_bytes", gpu.free_memory_bytes},
-                      {"gemm_tflops", gpu.gemm_tflops}, {"published_dense_peak_tflops", peak_json(gpu)},
+                      {"total_memory_bytes", gpu.total_memory_bytes},
+                      {"free_memory_bytes", gpu.free_memory_bytes},
+                      {"gemm_tflops", gpu.gemm_tflops},
+                      {"published_dense_peak_tflops", peak_json(gpu)},
                       {"host_to_device_gbps", gpu.host_to_device_gbps},
-                      {"device_to_host_gbps", gpu.device_to_host_gbps}, {"benchmark_status", gpu.benchmark_status}});
+                      {"device_to_host_gbps", gpu.device_to_host_gbps},
+                      {"benchmark_status", gpu.benchmark_status}});
     }
-    std::cout << nlohmann::json{{"node", report.node}, {"hostname", report.hostname}, {"cpu_cores", report.cpu_cores},
+    std::cout << nlohmann::json{{"node", report.node},
+                                {"hostname", report.hostname},
+                                {"cpu_cores", report.cpu_cores},
                                 {"memory_available_bytes", report.memory_available_bytes},
                                 {"swap_available_bytes", report.swap_available_bytes},
-                                {"torch_threads", report.torch_threads}, {"cpu_gemm_gflops", report.cpu_gemm_gflops},
-                                {"precisions", report.precisions}, {"gpus", gpus}, {"gpu_status", report.gpu_status}}
+                                {"torch_threads", report.torch_threads},
+                                {"cpu_gemm_gflops", report.cpu_gemm_gflops},
+                                {"precisions", report.precisions},
+                                {"gpus", gpus},
+                                {"gpu_status", report.gpu_status}}
                      .dump(2)
               << std::endl;
     return 0;
@@ -269,26 +292,33 @@ int run_bench(const CommonOptions& common, bool json) {
             << std::setw(24) << "swap available" << report.swap_available_bytes / kMebibyte << " MiB\n"
             << std::setw(24) << "cpu fp32 gemm" << std::setprecision(1) << report.cpu_gemm_gflops
             << " GFLOP/s on " << report.torch_threads << " thread(s)\n";
-  if (report.gpus.empty()) std::cout << std::setw(24) << "gpus" << "none: " << report.gpu_status << "\n";
+  if (report.gpus.empty())
+    std::cout << std::setw(24) << "gpus"
+              << "none: " << report.gpu_status << "\n";
   for (const auto& gpu : report.gpus) {
-    std::cout << std::setw(24) << "gpu" << gpu.name << " " << gpu.uuid << " cc " << gpu.compute_capability_major << "."
-              << gpu.compute_capability_minor << ", " << std::setprecision(0) << gpu.free_memory_bytes / kMebibyte
-              << " of " << gpu.total_memory_bytes / kMebibyte << " MiB free\n";
-    if (!gpu.benchmark_status.empty()) std::cout << std::setw(24) << "  benchmark" << gpu.benchmark_status << "\n";
+    std::cout << std::setw(24) << "gpu" << gpu.name << " " << gpu.uuid << " cc "
+              << gpu.compute_capability_major << "." << gpu.compute_capability_minor << ", "
+              << std::setprecision(0) << gpu.free_memory_bytes / kMebibyte << " of "
+              << gpu.total_memory_bytes / kMebibyte << " MiB free\n";
+    if (!gpu.benchmark_status.empty())
+      std::cout << std::setw(24) << "  benchmark" << gpu.benchmark_status << "\n";
     if (gpu.gemm_tflops.empty()) continue;
     std::cout << "  " << std::setw(22) << "cublas gemm" << std::setw(14) << "TFLOP/s" << std::setw(22)
-              << "published dense peak" << "of peak\n";
+              << "published dense peak"
+              << "of peak\n";
     for (const char* precision : {"fp16", "bf16", "tf32", "fp32", "fp64"}) {
       const auto measured = gpu.gemm_tflops.find(precision);
       if (measured == gpu.gemm_tflops.end()) continue;
       const auto peak = published_peak_tflops(gpu.name, precision);
-      std::cout << "  " << std::setw(22) << precision << std::setw(14) << std::setprecision(1) << measured->second
-                << std::setw(22) << (peak ? std::to_string(static_cast<int>(*peak)) : std::string("unknown"));
+      std::cout << "  " << std::setw(22) << precision << std::setw(14) << std::setprecision(1)
+                << measured->second << std::setw(22)
+                << (peak ? std::to_string(static_cast<int>(*peak)) : std::string("unknown"));
       if (peak) std::cout << std::setprecision(0) << 100.0 * measured->second / *peak << "%";
       std::cout << "\n";
     }
-    std::cout << "  " << std::setw(22) << "pinned host->device" << std::setprecision(1) << gpu.host_to_device_gbps
-              << " GB/s\n  " << std::setw(22) << "pinned device->host" << gpu.device_to_host_gbps << " GB/s\n";
+    std::cout << "  " << std::setw(22) << "pinned host->device" << std::setprecision(1)
+              << gpu.host_to_device_gbps << " GB/s\n  " << std::setw(22) << "pinned device->host"
+              << gpu.device_to_host_gbps << " GB/s\n";
   }
   return 0;
 }
@@ -302,7 +332,8 @@ int main(int argc, char** argv) {
   const auto add_common = [&common](CLI::App* command) {
     command->add_option("--config", common.config_path, "TOML configuration file (see configs/)")
         ->check(CLI::ExistingFile);
-    command->add_option("--set", common.overrides, "override a configuration value: section.key=value (repeatable)");
+    command->add_option("--set", common.overrides,
+                        "override a configuration value: section.key=value (repeatable)");
     command->add_option("--log-level", common.log_level, "debug, info, warn or error")
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
   };
@@ -311,21 +342,28 @@ int main(int argc, char** argv) {
     return [&flag_overrides, key](const std::string& value) { flag_overrides.push_back(key + "=" + value); };
   };
 
-  auto* coordinator = app.add_subcommand("coordinator", "run the registrar, scheduler and aggregator of one run");
+  auto* coordinator =
+      app.add_subcommand("coordinator", "run the registrar, scheduler and aggregator of one run");
   add_common(coordinator);
-  coordinator->add_option_function<std::string>("--listen", flag("bus.listen"), "endpoint to bind, tcp://HOST:PORT (events on PORT+1)");
+  coordinator->add_option_function<std::string>("--listen", flag("bus.listen"),
+                                                "endpoint to bind, tcp://HOST:PORT (events on PORT+1)");
   coordinator->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
-  coordinator->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl and the model go");
+  coordinator->add_option_function<std::string>("--run-dir", flag("run.run_dir"),
+                                                "where summary.json, rounds.jsonl and the model go");
 
   auto* node = app.add_subcommand("node", "benchmark this machine and run a trainer for a coordinator");
   add_common(node);
-  node->add_option_function<std::string>("--coordinator", flag("bus.coordinator"), "the coordinator's tcp://HOST:PORT");
+  node->add_option_function<std::string>("--coordinator", flag("bus.coordinator"),
+                                         "the coordinator's tcp://HOST:PORT");
   node->add_option_function<std::string>("--name", flag("node.name"), "this node's name (default: hostname)");
   node->add_option_function<std::string>("--device", flag("node.device"), "cpu or cuda:N");
-  node->add_option_function<std::string>("--threads", flag("node.threads"), "LibTorch threads of the trainer");
-  node->add_option_function<std::string>("--cpus", flag("node.cpus"), "pin the node to these CPUs, e.g. 0-3,8");
-  node->add_option_function<std::string>("--slowdown", flag("node.slowdown"),
-                                         "TEST AID: behave F times slower than this machine (waits after each micro-batch)");
+  node->add_option_function<std::string>("--threads", flag("node.threads"),
+                                         "LibTorch threads of the trainer");
+  node->add_option_function<std::string>("--cpus", flag("node.cpus"),
+                                         "pin the node to these CPUs, e.g. 0-3,8");
+  node->add_option_function<std::string>(
+      "--slowdown", flag("node.slowdown"),
+      "TEST AID: behave F times slower than this machine (waits after each micro-batch)");
 
   auto* monitor = app.add_subcommand("monitor", "show what a running cluster does");
   add_common(monitor);
@@ -333,25 +371,31 @@ int main(int argc, char** argv) {
   std::string monitor_events;
   bool monitor_json = false;
   bool monitor_follow = false;
-  monitor->add_option("coordinator", monitor_coordinator, "the coordinator's tcp://HOST:PORT (events are read from PORT+1)");
+  monitor->add_option("coordinator", monitor_coordinator,
+                      "the coordinator's tcp://HOST:PORT (events are read from PORT+1)");
   monitor->add_option("--events", monitor_events, "the exact events endpoint, when not PORT+1");
   monitor->add_flag("--json", monitor_json, "one JSON object per event");
   monitor->add_flag("--follow", monitor_follow, "keep listening after a run finishes");
 
   auto* local = app.add_subcommand("local", "start a coordinator and N nodes on this machine and train");
   add_common(local);
-  local->add_option_function<std::string>("--nodes", flag("local.nodes"), "trainer nodes to start (default 3)");
+  local->add_option_function<std::string>("--nodes", flag("local.nodes"),
+                                          "trainer nodes to start (default 3)");
   local->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
   local->add_option_function<std::string>("--slowdowns", flag("local.slowdowns"),
                                           "TEST AID: slowdown factor per node, e.g. 1,2,4");
-  local->add_option_function<std::string>("--node-cpus", flag("local.node_cpus"),
-                                          "pin node i to the i-th CPU list, e.g. 0/1/1 (run.cpus pins the coordinator)");
-  local->add_option_function<std::string>("--run-dir", flag("run.run_dir"), "where summary.json, rounds.jsonl, logs and the model go");
+  local->add_option_function<std::string>(
+      "--node-cpus", flag("local.node_cpus"),
+      "pin node i to the i-th CPU list, e.g. 0/1/1 (run.cpus pins the coordinator)");
+  local->add_option_function<std::string>("--run-dir", flag("run.run_dir"),
+                                          "where summary.json, rounds.jsonl, logs and the model go");
 
   auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
   add_common(eval);
   std::string model_path;
-  eval->add_option("model", model_path, "model file written by a run (RUN_DIR/model.pt)")->required()->check(CLI::ExistingFile);
+  eval->add_option("model", model_path, "model file written by a run (RUN_DIR/model.pt)")
+      ->required()
+      ->check(CLI::ExistingFile);
 
   auto* bench = app.add_subcommand("bench", "print this machine's hardware report and benchmark scores");
   add_common(bench);
@@ -363,8 +407,10 @@ int main(int argc, char** argv) {
   std::string slowdown_coordinator;
   std::string slowdown_trainer;
   double slowdown_factor = 1.0;
-  slowdown->add_option("--coordinator", slowdown_coordinator, "the coordinator's tcp://HOST:PORT")->required();
-  slowdown->add_option("--trainer", slowdown_trainer, "the trainer's bus name, e.g. trainer@node-2/cpu")->required();
+  slowdown->add_option("--coordinator", slowdown_coordinator, "the coordinator's tcp://HOST:PORT")
+      ->required();
+  slowdown->add_option("--trainer", slowdown_trainer, "the trainer's bus name, e.g. trainer@node-2/cpu")
+      ->required();
   slowdown->add_option("--factor", slowdown_factor, "slowdown factor, >= 1 (1 = its own speed)")->required();
 
   CLI11_PARSE(app, argc, argv);
@@ -375,7 +421,9 @@ int main(int argc, char** argv) {
   try {
     if (*coordinator) return run_coordinator(load(common, flag_overrides), stop);
     if (*node) return run_node(load(common, flag_overrides), stop);
-    if (*monitor) return run_monitor_command(common, monitor_coordinator, monitor_events, monitor_json, monitor_follow, stop);
+    if (*monitor)
+      return run_monitor_command(common, monitor_coordinator, monitor_events, monitor_json, monitor_follow,
+                                 stop);
     if (*local) return run_local(common, flag_overrides, stop);
     if (*eval) return run_eval(common, model_path);
     if (*bench) return run_bench(common, bench_json);
