@@ -1,379 +1,47 @@
 #include "actors/aggregator.hpp"
 
+#include <cmath>
+#include <sstream>
+
 #include "actors/learning/models.hpp"
+#include "actors/learning/optimizers.hpp"
 #include "actors/learning/parameters.hpp"
-#include "actors/scheduler.hpp"
 
 namespace filo {
 namespace {
-constexpr std::size_t kMaxEarlyContributions = 256;
+/// How often a finished evaluation is looked for.
+constexpr Milliseconds kEvaluationPoll{50};
+/// Rounds opened and not yet combined: one being combined and one open, with room for a few a
+/// lost CombineRound leaves behind until the scheduler sends it again.
+constexpr std::size_t kMaxHeldRounds = 4;
+constexpr std::size_t kMaxWaitingCombines = 16;
+constexpr std::size_t kRememberedAnswers = 16;
 
-std::string node_of(const std::string& trainer) {
-  const auto at = trainer.find('@');
-  const auto slash = trainer.find('/', at == std::string::npos ? 0 : at);
-  if (at == std::string::npos) return trainer;
-  return trainer.substr(at + 1, slash == std::string::npos ? std::string::npos : slash - at - 1);
-}
-}  // namespace
-
-ContributionAverager::ContributionAverager(torch::nn::Module& model, Combine combine)
-    : combine_(combine), parameters_(named_parameters(model)), buffers_(named_buffers(model)) {
-  for (const auto& parameter : parameters_) gradient_sums_.push_back(torch::zeros_like(parameter.tensor));
-  for (const auto& buffer : buffers_) buffer_sums_.push_back(torch::zeros_like(buffer.tensor));
-}
-
-std::optional<std::string> ContributionAverager::problem(const std::vector<ReceivedTensor>& gradients,
-                                                         const std::vector<ReceivedTensor>& buffers) const {
-  if (auto mismatch = layout_mismatch(gradients, parameters_)) return "gradients: " + *mismatch;
-  if (auto mismatch = layout_mismatch(buffers, buffers_)) return "buffers: " + *mismatch;
-  if (auto bad = non_finite(gradients)) return "gradients: " + *bad;
-  if (auto bad = non_finite(buffers)) return "buffers: " + *bad;
-  return std::nullopt;
-}
-
-void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
-                               const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
-  torch::NoGradGuard no_grad;
-  // Gradient sums are already weighted by their samples; deltas are per trainer and need it.
-  const double weight = combine_ == Combine::kParameterDeltas ? static_cast<double>(samples) : 1.0;
-  for (std::size_t i = 0; i < gradients.size(); ++i) gradient_sums_[i].add_(gradients[i].to_tensor(), weight);
-  for (std::size_t i = 0; i < buffers.size(); ++i) {
-    const auto buffer = buffers[i].to_tensor();
-    if (torch::isFloatingType(buffer.scalar_type())) {
-      buffer_sums_[i].add_(buffer, static_cast<double>(samples));
-    } else {
-      buffer_sums_[i] = samples_ == 0 ? buffer.clone() : torch::maximum(buffer_sums_[i], buffer);
-    }
-  }
-  samples_ += samples;
-}
-
-bool ContributionAverager::apply() {
-  if (samples_ == 0) return false;
-  torch::NoGradGuard no_grad;
-  const double total = static_cast<double>(samples_);
-  const double scale = combine_ == Combine::kParameterDeltas ? -1.0 / total : 1.0 / total;
-  for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    auto& parameter = parameters_[i].tensor;
-    parameter.mutable_grad() = gradient_sums_[i].mul(scale);
-    gradient_sums_[i].zero_();
-  }
-  for (std::size_t i = 0; i < buffers_.size(); ++i) {
-    if (torch::isFloatingType(buffers_[i].tensor.scalar_type())) {
-      buffers_[i].tensor.copy_(buffer_sums_[i].div(total));
-    } else {
-      buffers_[i].tensor.copy_(buffer_sums_[i]);
-    }
-    buffer_sums_[i].zero_();
-  }
-  samples_ = 0;
-  return true;
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        std::vector<torch::Tensor> parameters) {
-  if (options.name == "sgd") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters),
-                                               torch::optim::SGDOptions(options.learning_rate)
-                                                   .momentum(options.momentum)
-                                                   .weight_decay(options.weight_decay));
-  }
-  if (options.name == "adam") {
-    return std::make_unique<torch::optim::Adam>(
-        std::move(parameters),
-        torch::optim::AdamOptions(options.learning_rate).weight_decay(options.weight_decay));
-  }
-  throw std::invalid_argument("unknown optimizer '" + options.name + "' (known: sgd, adam)");
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOptions& options,
-                                                              std::vector<torch::Tensor> parameters) {
-  if (options.outer == "average") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters), torch::optim::SGDOptions(1.0));
-  }
-  if (options.outer == "nesterov") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters),
-                                               torch::optim::SGDOptions(options.outer_learning_rate)
-                                                   .momentum(options.outer_momentum)
-                                                   .nesterov(true));
-  }
-  throw std::invalid_argument("unknown outer optimizer '" + options.outer + "' (known: average, nesterov)");
-}
-
-namespace {
 torch::nn::Sequential seeded_model(const msg::RunSpec& run) {
   torch::manual_seed(run.seed);  // the initial weights are the aggregator's; trainers receive them
   return make_model(run.model);
 }
+
+nlohmann::json run_spec_json(const msg::RunSpec& run) {
+  return {{"run_id", run.run_id},
+          {"model", run.model},
+          {"dataset", run.dataset},
+          {"train_samples", run.train_samples},
+          {"seed", run.seed},
+          {"micro_batch", run.micro_batch},
+          {"mode", run.mode},
+          {"optimizer", run.optimizer},
+          {"learning_rate", run.learning_rate},
+          {"momentum", run.momentum},
+          {"weight_decay", run.weight_decay}};
+}
+
+bool finite_and_not_negative(double value) {
+  return std::isfinite(value) && value >= 0.0;
+}
 }  // namespace
 
-Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint,
-                       AggregatorOptions options, const StopFlag& stop, std::function<void()> on_finished)
-    : options_(std::move(options)),
-      bus_(sockets, kAggregatorName),
-      loop_(stop),
-      on_finished_(std::move(on_finished)),
-      model_(seeded_model(options_.run)),
-      optimizer_(options_.run.mode == "local-sgd"
-                     ? make_outer_optimizer(options_.optimizer, model_->parameters())
-                     : make_optimizer(options_.optimizer, model_->parameters())),
-      averager_(*model_,
-                options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
-      test_set_(
-          load_dataset(options_.data.dataset, options_.data.path, Split::kTest, options_.data.test_limit)),
-      record_(options_.run_dir,
-              options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt),
-      checkpoints_(options_.run_dir + "/checkpoints") {
-  if (options_.resume) restore(*options_.resume);
-  bus_.connect(hub_endpoint);
-  loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
-  });
-}
-
-void Aggregator::run() {
-  loop_.run();
-}
-
-void Aggregator::publish_model(const std::string& to) {
-  // Copies, because the next optimizer step updates the parameters in place while zmq may still
-  // be sending these frames.
-  std::vector<zmq::message_t> frames;
-  msg::ModelState state;
-  state.model_version = model_version_;
-  state.round = rounds_closed_;
-  state.parameters = append_tensor_frames(snapshot(named_parameters(*model_)), frames);
-  state.buffers = append_tensor_frames(snapshot(named_buffers(*model_)), frames);
-  const Stamp stamp{rounds_closed_, model_version_};
-  if (to.empty()) {
-    bus_.publish(kModelTopic, state, stamp, std::move(frames));
-  } else {
-    bus_.send(to, state, stamp, std::move(frames));
-  }
-}
-
-void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
-  publish_model(from.from);
-}
-
-void Aggregator::handle(const msg::MembershipChange& change, const Incoming&) {
-  using Kind = msg::MembershipChangeKind;
-  live_[change.trainer] = change.change == Kind::kJoined || change.change == Kind::kRejoined;
-  if (change.cpu_gemm_gflops > 0) benchmark_gflops_[change.trainer] = change.cpu_gemm_gflops;
-  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
-}
-
-void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
-  if (open_) close_round("a new round opened");
-  if (!first_round_) {
-    first_round_ = Clock::now();
-    epoch_started_ = *first_round_;  // epoch 1 is timed from its first round, not from start-up
-    if (options_.resume) {
-      // Announced with the first round rather than at start-up, when monitors have reconnected.
-      msg::Event event;
-      event.type = "resumed";
-      event.round = opened.round;
-      event.epoch = opened.epoch;
-      event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
-                   "): resumed after round " + std::to_string(options_.resume->round) +
-                   " from its checkpoint";
-      event.values["resumed_after_round"] = static_cast<double>(options_.resume->round);
-      event.values["coordinator_start"] = static_cast<double>(options_.incarnation);
-      bus_.publish(kEventTopic, event);
-    }
-  }
-  open_ = OpenRound{opened, Clock::now(), 0, {}, 0.0, 0};
-  const auto deadline = open_->opened + std::chrono::duration_cast<Clock::duration>(
-                                            std::chrono::duration<double>(opened.deadline_seconds));
-  const std::uint64_t round = opened.round;
-  open_->deadline_timer = loop_.at(deadline, [this, round] {
-    if (open_ && open_->plan.round == round) close_round("deadline passed");
-  });
-  std::vector<Incoming> early;
-  early.swap(early_);
-  for (auto& incoming : early) dispatch(*this, incoming, bus_.limits(), bus_.name());
-  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
-}
-
-void Aggregator::handle(const msg::Contribution& contribution, const Incoming& from) {
-  if (!open_ || contribution.round > open_->plan.round) {
-    if (early_.size() < kMaxEarlyContributions) {
-      Incoming copy{from.from, from.envelope, zmq::message_t(from.body.data(), from.body.size()),
-                    from.tensor_frames};
-      early_.push_back(std::move(copy));
-    }
-    return;
-  }
-  accept(contribution, from);
-  if (open_ && every_live_trainer_answered()) close_round("every live trainer answered");
-}
-
-void Aggregator::accept(const msg::Contribution& contribution, const Incoming& from) {
-  const auto drop = [&](const std::string& reason) {
-    log(LogLevel::kWarn, bus_.name(), "dropped contribution of ", from.from, " for round ",
-        contribution.round, ": ", reason);
-  };
-  if (contribution.round != open_->plan.round)
-    return drop("round " + std::to_string(open_->plan.round) + " is open");
-  const auto planned = open_->plan.planned_samples.find(from.from);
-  if (planned == open_->plan.planned_samples.end()) return drop("no samples were planned for it");
-  if (open_->arrived.count(from.from)) return drop("already counted (duplicate)");
-  if (contribution.incarnation != open_->plan.incarnation) {
-    return drop("planned by coordinator start " + std::to_string(contribution.incarnation) +
-                ", this is start " + std::to_string(open_->plan.incarnation));
-  }
-  if (contribution.model_version != open_->plan.model_version) {
-    return drop("computed on model version " + std::to_string(contribution.model_version) + ", round is on " +
-                std::to_string(open_->plan.model_version));
-  }
-  if (contribution.samples == 0 || contribution.samples > planned->second) {
-    return drop(std::to_string(contribution.samples) + " samples where " + std::to_string(planned->second) +
-                " were planned");
-  }
-  if (!std::isfinite(contribution.loss_sum)) return drop("loss is not finite");
-  // Gradients' frames come first, then the buffers'; read them as one list, then split.
-  std::vector<TensorMeta> metas = contribution.gradients;
-  metas.insert(metas.end(), contribution.buffers.begin(), contribution.buffers.end());
-  auto received = read_tensor_frames(metas, from.tensor_frames, 0);
-  if (!received) return drop(received.error());
-  auto& tensors = received.value();
-  const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(contribution.gradients.size());
-  const std::vector<ReceivedTensor> gradients(tensors.begin(), split);
-  const std::vector<ReceivedTensor> buffers(split, tensors.end());
-  if (auto problem = averager_.problem(gradients, buffers)) return drop(*problem);
-  averager_.add(gradients, buffers, contribution.samples);
-  open_->arrived[from.from] = Arrival{contribution.samples, contribution.compute_seconds,
-                                      seconds_between(open_->opened, Clock::now())};
-  open_->loss_sum += contribution.loss_sum;
-  open_->correct += contribution.correct;
-}
-
-bool Aggregator::every_live_trainer_answered() const {
-  for (const auto& [trainer, samples] : open_->plan.planned_samples) {
-    const auto live = live_.find(trainer);
-    const bool is_live = live != live_.end() && live->second;
-    if (is_live && !open_->arrived.count(trainer)) return false;
-  }
-  return true;
-}
-
-void Aggregator::close_round(const char* why) {
-  OpenRound round = std::move(*open_);
-  open_.reset();
-  loop_.cancel(round.deadline_timer);
-  const double seconds = seconds_between(round.opened, Clock::now());
-  if (averager_.apply()) {
-    optimizer_->step();
-    ++model_version_;
-  }
-  ++rounds_closed_;
-  publish_model("");
-
-  msg::RoundClosed closed;
-  closed.round = round.plan.round;
-  closed.epoch = round.plan.epoch;
-  closed.model_version = model_version_;
-  closed.round_seconds = seconds;
-  std::uint64_t samples = 0;
-  nlohmann::json trainers = nlohmann::json::array();
-  msg::Event event;
-  event.type = "round";
-  event.round = closed.round;
-  event.epoch = closed.epoch;
-  double idle_sum = 0.0;
-  for (const auto& [trainer, planned] : round.plan.planned_samples) {
-    msg::TrainerOutcome outcome;
-    outcome.trainer = trainer;
-    outcome.planned_samples = planned;
-    const auto arrived = round.arrived.find(trainer);
-    outcome.delivered = arrived != round.arrived.end();
-    double idle_seconds = 0.0;
-    double samples_per_second = 0.0;
-    if (outcome.delivered) {
-      outcome.samples = arrived->second.samples;
-      outcome.compute_seconds = arrived->second.compute_seconds;
-      outcome.arrival_seconds = arrived->second.arrival_seconds;
-      samples += outcome.samples;
-      totals_[trainer].samples += outcome.samples;
-      totals_[trainer].compute_seconds += outcome.compute_seconds;
-      // Waiting for the slowest: the time between this contribution and the round's close.
-      idle_seconds = std::max(0.0, seconds - outcome.arrival_seconds);
-      idle_sum += idle_seconds;
-      if (outcome.compute_seconds > 0) samples_per_second = outcome.samples / outcome.compute_seconds;
-      const auto ranges = round.plan.planned_ranges.find(trainer);
-      if (ranges != round.plan.planned_ranges.end()) {
-        epoch_trained_.insert(epoch_trained_.end(), ranges->second.begin(), ranges->second.end());
-      }
-      event.values["samples_per_second/" + trainer] = samples_per_second;
-      event.values["idle_seconds/" + trainer] = idle_seconds;
-    } else {
-      log(LogLevel::kWarn, bus_.name(), "round ", closed.round, " closed (", why, ") without ", trainer,
-          "'s ", planned, " samples; they go back to the pool");
-      event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned";
-    }
-    event.values["planned/" + trainer] = static_cast<double>(planned);
-    const auto benchmark = benchmark_gflops_.find(trainer);
-    nlohmann::json ranges = nlohmann::json::array();
-    const auto planned_ranges = round.plan.planned_ranges.find(trainer);
-    if (outcome.delivered && planned_ranges != round.plan.planned_ranges.end()) {
-      for (const auto& range : planned_ranges->second) ranges.push_back({range.begin, range.end});
-    }
-    trainers.push_back({{"ranges", ranges},
-                        {"name", trainer},
-                        {"planned", planned},
-                        {"samples", outcome.samples},
-                        {"compute_seconds", outcome.compute_seconds},
-                        {"samples_per_second", samples_per_second},
-                        {"arrival_seconds", outcome.arrival_seconds},
-                        {"idle_seconds", idle_seconds},
-                        {"benchmark_gflops", benchmark == benchmark_gflops_.end() ? 0.0 : benchmark->second},
-                        {"delivered", outcome.delivered}});
-    closed.outcomes.push_back(std::move(outcome));
-  }
-  const double idle_fraction =
-      seconds > 0 && !round.arrived.empty() ? idle_sum / (seconds * round.arrived.size()) : 0.0;
-  bus_.send(kSchedulerName, closed, Stamp{closed.round, model_version_});
-
-  epoch_samples_ += samples;
-  epoch_loss_sum_ += round.loss_sum;
-  record_.append_round({{"round", closed.round},
-                        {"epoch", closed.epoch},
-                        {"model_version", model_version_},
-                        {"seconds", seconds},
-                        {"closed_seconds", seconds_between(*first_round_, Clock::now())},
-                        {"samples", samples},
-                        {"idle_fraction", idle_fraction},
-                        {"loss", samples ? round.loss_sum / samples : 0.0},
-                        {"trainers", trainers}});
-  event.values["samples"] = static_cast<double>(samples);
-  event.values["loss"] = samples ? round.loss_sum / samples : 0.0;
-  event.values["seconds"] = seconds;
-  event.values["idle_fraction"] = idle_fraction;
-  event.values["epoch_samples_done"] = static_cast<double>(epoch_samples_);
-  event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
-  event.values["epochs"] = static_cast<double>(options_.epochs);
-  event.text = "round " + std::to_string(closed.round) + ": " + std::to_string(samples) + " samples, loss " +
-               std::to_string(event.values["loss"]);
-  bus_.publish(kEventTopic, event);
-  if (options_.checkpoint_every > 0 &&
-      rounds_closed_ % static_cast<std::uint64_t>(options_.checkpoint_every) == 0) {
-    write_checkpoint();
-  }
-}
-
-SchedulerResume scheduler_resume_of(const Checkpoint& checkpoint) {
-  SchedulerResume resume;
-  resume.epoch = checkpoint.meta.at("epoch").get<std::uint64_t>();
-  resume.round = checkpoint.meta.at("rounds_closed").get<std::uint64_t>();
-  resume.model_version = checkpoint.meta.at("model_version").get<std::uint64_t>();
-  for (const auto& range : checkpoint.meta.at("epoch_trained")) {
-    resume.trained.push_back({range.at(0).get<std::uint64_t>(), range.at(1).get<std::uint64_t>()});
-  }
-  return resume;
-}
-
-msg::RunSpec run_spec_of(const Checkpoint& checkpoint) {
+msg::RunSpec checkpoint_run_spec(const Checkpoint& checkpoint) {
   const auto& run = checkpoint.meta.at("run");
   msg::RunSpec spec;
   spec.run_id = run.at("run_id");
@@ -390,8 +58,251 @@ msg::RunSpec run_spec_of(const Checkpoint& checkpoint) {
   return spec;
 }
 
-void Aggregator::write_checkpoint() {
-  // Model and optimizer state (Adam's moments, SGD's momentum) as one LibTorch archive.
+nlohmann::json checkpoint_round_state(const Checkpoint& checkpoint) {
+  return checkpoint.meta.at("round_state");
+}
+
+Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint,
+                       AggregatorOptions options, const StopFlag& stop, const TimeSource& time)
+    : options_(std::move(options)),
+      bus_(sockets, kAggregatorName),
+      loop_(stop, time),
+      model_(seeded_model(options_.run)),
+      optimizer_(options_.run.mode == "local-sgd"
+                     ? make_outer_optimizer(options_.optimizer, model_->parameters())
+                     : make_optimizer(options_.optimizer, model_->parameters())),
+      averager_(*model_,
+                options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
+      checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints")),
+      evaluator_(make_model(options_.run.model), load_dataset(options_.data.dataset, options_.data.path,
+                                                              Split::kTest, options_.data.test_limit)) {
+  if (options_.resume) restore(*options_.resume);
+  averaged_round_ = last_combined_round_ + 1;
+  bus_.connect(hub_endpoint);
+  loop_.on_readable(bus_.addressed(), [this] {
+    while (auto incoming = bus_.receive(bus_.addressed()))
+      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+  });
+  loop_.every(kEvaluationPoll, [this] { collect_evaluation(); });
+}
+
+void Aggregator::run() {
+  loop_.run();
+}
+
+void Aggregator::count_drop(const std::string& reason) {
+  if (options_.drops) options_.drops->count(reason);
+}
+
+void Aggregator::publish_model(const std::string& to) {
+  // Staged into a reused buffer: the next step updates the parameters in place while zmq may still
+  // be sending these frames.
+  std::vector<zmq::message_t> frames;
+  msg::ModelState state;
+  state.model_version = model_version_;
+  state.round = last_combined_round_;
+  state.parameters = model_buffers_.stage(named_parameters(*model_), frames);
+  state.buffers = model_buffers_.stage(named_buffers(*model_), frames);
+  const Stamp stamp{last_combined_round_, model_version_};
+  if (to.empty()) {
+    bus_.publish(kModelTopic, state, stamp, std::move(frames));
+  } else {
+    bus_.send(to, state, stamp, std::move(frames));
+  }
+}
+
+void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
+  publish_model(from.from);
+}
+
+void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
+  if (opened.round <= last_combined_round_ || rounds_.count(opened.round)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored the opening of round ", opened.round, ": already seen");
+    return;
+  }
+  rounds_[opened.round] = HeldRound{opened, {}};
+  while (rounds_.size() > kMaxHeldRounds) {
+    log(LogLevel::kWarn, bus_.name(), "dropped the contributions held for round ", rounds_.begin()->first,
+        ": no CombineRound came for it");
+    count_drop("round: never combined");
+    rounds_.erase(rounds_.begin());
+  }
+}
+
+void Aggregator::refuse(const Incoming& from, const msg::Contribution& contribution,
+                        const std::string& reason) {
+  log(LogLevel::kWarn, bus_.name(), "refused the contribution of ", from.from, " to round ",
+      contribution.round, ": ", reason);
+  count_drop("contribution: " + reason.substr(0, reason.find(':')));
+  msg::ContributionReceived report;
+  report.round = contribution.round;
+  report.trainer = from.from;
+  report.accepted = false;
+  report.reason = reason;
+  bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
+}
+
+void Aggregator::handle(const msg::Contribution& contribution, const Incoming& from) {
+  // Not for an open round of this start of the coordinator: nothing to tell the scheduler.
+  const auto quietly = [&](const std::string& reason) {
+    log(LogLevel::kWarn, bus_.name(), "dropped the contribution of ", from.from, " to round ",
+        contribution.round, ": ", reason);
+    count_drop("contribution: " + reason);
+  };
+  if (contribution.incarnation != options_.incarnation)
+    return quietly("planned by another start of the coordinator");
+  const auto round = rounds_.find(contribution.round);
+  if (round == rounds_.end()) {
+    return quietly(contribution.round <= last_combined_round_ ? "its round was already combined"
+                                                              : "its round was never opened");
+  }
+  const msg::RoundOpened& plan = round->second.plan;
+  const auto planned = plan.planned_samples.find(from.from);
+  if (planned == plan.planned_samples.end()) return quietly("its sender was not planned in that round");
+  if (round->second.held.count(from.from)) return quietly("a second contribution from the same trainer");
+
+  // From here on the sender was planned: the scheduler hears of a refusal and need not wait.
+  if (contribution.model_version != plan.model_version) {
+    return refuse(from, contribution,
+                  "wrong model version: computed on " + std::to_string(contribution.model_version) +
+                      ", planned on " + std::to_string(plan.model_version));
+  }
+  if (contribution.samples != planned->second) {
+    return refuse(from, contribution,
+                  "wrong sample count: " + std::to_string(contribution.samples) + " where " +
+                      std::to_string(planned->second) + " were planned");
+  }
+  if (!finite_and_not_negative(contribution.loss_sum) ||
+      !finite_and_not_negative(contribution.compute_seconds) ||
+      !finite_and_not_negative(contribution.model_wait_seconds) ||
+      !finite_and_not_negative(contribution.staging_seconds) || contribution.correct > contribution.samples) {
+    return refuse(from, contribution,
+                  "bad numbers: loss, times and counts must be finite, not negative, within the share");
+  }
+  std::vector<TensorMeta> metas = contribution.gradients;
+  metas.insert(metas.end(), contribution.buffers.begin(), contribution.buffers.end());
+  auto received = read_tensor_frames(metas, from.tensor_frames, 0);
+  if (!received) return refuse(from, contribution, "bad tensors: " + received.error());
+  auto& tensors = received.value();
+  const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(contribution.gradients.size());
+  Held held{contribution, std::vector<ReceivedTensor>(tensors.begin(), split),
+            std::vector<ReceivedTensor>(split, tensors.end())};
+  if (auto problem = averager_.problem(held.gradients, held.buffers)) {
+    return refuse(from, contribution, "bad tensors: " + *problem);
+  }
+  if (contribution.round == averaged_round_) {
+    averager_.add(held.gradients, held.buffers, contribution.samples);
+    averaged_.insert(from.from);
+  }
+  round->second.held.emplace(from.from, std::move(held));
+
+  msg::ContributionReceived report;
+  report.round = contribution.round;
+  report.trainer = from.from;
+  report.accepted = true;
+  report.samples = contribution.samples;
+  report.loss_sum = contribution.loss_sum;
+  report.correct = contribution.correct;
+  report.compute_seconds = contribution.compute_seconds;
+  report.model_wait_seconds = contribution.model_wait_seconds;
+  report.staging_seconds = contribution.staging_seconds;
+  bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
+}
+
+void Aggregator::handle(const msg::CombineRound& combine_message, const Incoming&) {
+  if (combine_message.round <= last_combined_round_) {
+    // A repeat (the scheduler missed the answer): answered again, never applied twice.
+    if (last_answer_ && last_answer_->round == combine_message.round) {
+      bus_.send(kSchedulerName, *last_answer_);
+    } else {
+      msg::RoundCombined again;
+      again.round = combine_message.round;
+      again.model_version = combine_message.model_version;
+      bus_.send(kSchedulerName, again);
+    }
+    return;
+  }
+  if (combine_message.round > last_combined_round_ + 1) {
+    // An earlier round's CombineRound was lost: rounds are combined in order, so this one waits
+    // until the scheduler sends the missing one again.
+    log(LogLevel::kWarn, bus_.name(), "CombineRound ", combine_message.round, " waits for round ",
+        last_combined_round_ + 1, "'s");
+    if (waiting_combines_.size() < kMaxWaitingCombines)
+      waiting_combines_[combine_message.round] = combine_message;
+    return;
+  }
+  combine(combine_message);
+  for (auto next = waiting_combines_.begin();
+       next != waiting_combines_.end() && next->first == last_combined_round_ + 1;
+       next = waiting_combines_.begin()) {
+    const msg::CombineRound waiting = next->second;
+    waiting_combines_.erase(next);
+    combine(waiting);
+  }
+  while (!waiting_combines_.empty() && waiting_combines_.begin()->first <= last_combined_round_) {
+    waiting_combines_.erase(waiting_combines_.begin());
+  }
+}
+
+void Aggregator::combine(const msg::CombineRound& order) {
+  const auto started = Clock::now();
+  msg::RoundCombined answer;
+  answer.round = order.round;
+  const auto round = rounds_.find(order.round);
+  std::set<std::string> present;
+  for (const auto& trainer : order.trainers) {
+    if (round != rounds_.end() && round->second.held.count(trainer)) {
+      present.insert(trainer);
+    } else {
+      answer.problem += (answer.problem.empty() ? "no contribution held for " : ", ") + trainer;
+    }
+  }
+  // Usually the sums already hold exactly the trainers named; otherwise they are added again.
+  if (averaged_round_ != order.round || averaged_ != present) {
+    averager_.clear();
+    for (const auto& trainer : present) {
+      const Held& held = round->second.held.at(trainer);
+      averager_.add(held.gradients, held.buffers, held.header.samples);
+    }
+  }
+  const bool stepped = averager_.apply();
+  const auto combined = Clock::now();
+  if (stepped) optimizer_->step();
+  const auto step_done = Clock::now();
+  // The version follows the scheduler's count even when nothing could be combined, so that trainers
+  // planned on it are not left waiting for a version that never comes.
+  const bool new_version = order.model_version != model_version_;
+  model_version_ = order.model_version;
+  last_combined_round_ = order.round;
+  if (new_version) publish_model("");
+  const auto published = Clock::now();
+
+  rounds_.erase(rounds_.begin(), rounds_.upper_bound(order.round));
+  averaged_round_ = order.round + 1;
+  averaged_.clear();
+  averager_.clear();
+  const auto next = rounds_.find(averaged_round_);
+  if (next != rounds_.end()) {
+    for (const auto& [trainer, held] : next->second.held) {
+      averager_.add(held.gradients, held.buffers, held.header.samples);
+      averaged_.insert(trainer);
+    }
+  }
+  if (order.checkpoint) checkpoint(order);
+  answer.model_version = model_version_;
+  answer.combine_seconds = seconds_between(started, combined);
+  answer.step_seconds = seconds_between(combined, step_done);
+  answer.publish_seconds = seconds_between(step_done, published);
+  if (!answer.problem.empty()) {
+    log(LogLevel::kError, bus_.name(), "round ", order.round,
+        " combined without what it named: ", answer.problem);
+  }
+  last_answer_ = answer;
+  bus_.send(kSchedulerName, answer, Stamp{order.round, model_version_});
+}
+
+void Aggregator::checkpoint(const msg::CombineRound& order) {
+  // The snapshot is taken here, between rounds; writing and fsync happen on the writer's thread.
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model_->save(model_archive);
   optimizer_->save(optimizer_archive);
@@ -399,43 +310,18 @@ void Aggregator::write_checkpoint() {
   archive.write("optimizer", optimizer_archive);
   std::ostringstream payload;
   archive.save_to(payload);
-  nlohmann::json trained = nlohmann::json::array();
-  for (const auto& range : epoch_trained_) trained.push_back({range.begin, range.end});
-  nlohmann::json totals = nlohmann::json::object();
-  for (const auto& [trainer, total] : totals_) totals[trainer] = {total.samples, total.compute_seconds};
-  const msg::RunSpec& run = options_.run;
-  const nlohmann::json meta{
-      {"run",
-       {{"run_id", run.run_id},
-        {"model", run.model},
-        {"dataset", run.dataset},
-        {"train_samples", run.train_samples},
-        {"seed", run.seed},
-        {"micro_batch", run.micro_batch},
-        {"mode", run.mode},
-        {"optimizer", run.optimizer},
-        {"learning_rate", run.learning_rate},
-        {"momentum", run.momentum},
-        {"weight_decay", run.weight_decay}}},
-      {"incarnation", options_.incarnation},
-      {"model_version", model_version_},
-      {"rounds_closed", rounds_closed_},
-      {"epoch", epoch_},
-      {"epoch_trained", trained},
-      {"epoch_samples", epoch_samples_},
-      {"epoch_loss_sum", epoch_loss_sum_},
-      {"samples_per_epoch", samples_per_epoch_},
-      {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
-      {"totals", totals},
-      {"training_seconds",
-       training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
-  };
-  try {
-    checkpoints_.write(rounds_closed_, meta, payload.str());
-  } catch (const std::exception& e) {
-    // A full disk must not stop training; the previous checkpoint still stands.
-    log(LogLevel::kError, bus_.name(), "checkpoint of round ", rounds_closed_, " not written: ", e.what());
+  nlohmann::json round_state = nlohmann::json::parse(order.round_state, nullptr, /*allow_exceptions=*/false);
+  if (round_state.is_discarded()) {
+    log(LogLevel::kError, bus_.name(), "round ", order.round,
+        " not checkpointed: its round state is not JSON");
+    return;
   }
+  checkpoints_.submit(order.round,
+                      {{"run", run_spec_json(options_.run)},
+                       {"incarnation", options_.incarnation},
+                       {"model_version", model_version_},
+                       {"round_state", std::move(round_state)}},
+                      payload.str());
 }
 
 void Aggregator::restore(const Checkpoint& checkpoint) {
@@ -447,108 +333,58 @@ void Aggregator::restore(const Checkpoint& checkpoint) {
   }
   model_->load(model_archive);
   optimizer_->load(optimizer_archive);
-  const auto& meta = checkpoint.meta;
-  model_version_ = meta.at("model_version");
-  rounds_closed_ = meta.at("rounds_closed");
-  epoch_ = meta.at("epoch");
-  epoch_trained_ = scheduler_resume_of(checkpoint).trained;
-  epoch_samples_ = meta.at("epoch_samples");
-  epoch_loss_sum_ = meta.at("epoch_loss_sum");
-  samples_per_epoch_ = meta.at("samples_per_epoch").get<std::vector<std::uint64_t>>();
-  test_accuracy_per_epoch_ = meta.at("test_accuracy_per_epoch").get<std::vector<double>>();
-  for (const auto& [trainer, total] : meta.at("totals").items()) {
-    totals_[trainer] = TrainerTotals{total.at(0).get<std::uint64_t>(), total.at(1).get<double>()};
-  }
-  training_seconds_before_ = meta.at("training_seconds");
+  model_version_ = checkpoint.meta.at("model_version").get<std::uint64_t>();
+  last_combined_round_ = checkpoint.round;
   log(LogLevel::kInfo, bus_.name(), "resumed from ", checkpoint.path, ": model version ", model_version_,
-      ", round ", rounds_closed_, ", epoch ", epoch_, " with ", epoch_samples_, " samples trained");
+      " after round ", last_combined_round_);
 }
 
-void Aggregator::handle(const msg::EpochEnded& ended, const Incoming&) {
-  if (open_) close_round("epoch ended");
-  const double accuracy = evaluate_accuracy(model_, test_set_);
-  const double seconds = seconds_between(epoch_started_, Clock::now());
-  samples_per_epoch_.push_back(epoch_samples_);
-  test_accuracy_per_epoch_.push_back(accuracy);
-  msg::Event event;
-  event.type = "epoch";
-  event.epoch = ended.epoch;
-  event.round = rounds_closed_;
-  event.values["test_accuracy"] = accuracy;
-  event.values["train_loss"] = epoch_samples_ ? epoch_loss_sum_ / epoch_samples_ : 0.0;
-  event.values["samples"] = static_cast<double>(epoch_samples_);
-  event.values["seconds"] = seconds;
-  event.values["epochs"] = static_cast<double>(options_.epochs);
-  std::ostringstream text;
-  text << "epoch " << ended.epoch << "/" << options_.epochs << ": test accuracy " << accuracy
-       << ", train loss " << event.values["train_loss"] << ", " << epoch_samples_ << " samples in " << seconds
-       << " s";
-  event.text = text.str();
-  log(LogLevel::kInfo, bus_.name(), event.text);
-  bus_.publish(kEventTopic, event);
-  if (epoch_samples_ != ended.samples) {
-    log(LogLevel::kError, bus_.name(), "epoch ", ended.epoch, ": aggregated ", epoch_samples_,
-        " samples but the scheduler counted ", ended.samples);
+void Aggregator::handle(const msg::Evaluate& evaluate, const Incoming&) {
+  const auto done = evaluated_.find(evaluate.epoch);
+  if (done != evaluated_.end()) {
+    bus_.send(kSchedulerName, done->second);
+    return;
   }
-  epoch_samples_ = 0;
-  epoch_loss_sum_ = 0.0;
-  epoch_started_ = Clock::now();
-  epoch_ = ended.epoch + 1;
-  epoch_trained_.clear();
-  if (ended.last) {
-    finish();
-  } else if (options_.checkpoint_every > 0) {
-    write_checkpoint();  // the evaluation is done: a resumed run does not repeat it
+  if (evaluating_) {
+    if (evaluating_->epoch != evaluate.epoch) {
+      log(LogLevel::kError, bus_.name(), "asked to evaluate epoch ", evaluate.epoch, " while epoch ",
+          evaluating_->epoch, " is being evaluated; ignored");
+    }
+    return;
   }
+  if (evaluate.model_version != model_version_) {
+    log(LogLevel::kWarn, bus_.name(), "epoch ", evaluate.epoch, " ended at model version ",
+        evaluate.model_version, " but the model is at ", model_version_, " now; evaluating that");
+  }
+  evaluating_ = evaluate;
+  evaluator_.start(evaluate.epoch, model_version_, named_parameters(*model_), named_buffers(*model_));
 }
 
-void Aggregator::finish() {
-  const double wall_seconds = seconds_between(started_, Clock::now());
-  const std::string model_path = record_.path("model.pt");
-  save_model(model_, options_.run.model, model_path);
-  nlohmann::json nodes = nlohmann::json::array();
-  for (const auto& [trainer, totals] : totals_) {
-    nodes.push_back({{"name", node_of(trainer)},
-                     {"trainer", trainer},
-                     {"samples", totals.samples},
-                     {"compute_seconds", totals.compute_seconds}});
+void Aggregator::collect_evaluation() {
+  if (!evaluating_) return;
+  auto result = evaluator_.take_result();
+  if (!result) return;
+  msg::Evaluated evaluated;
+  evaluated.epoch = result->epoch;
+  evaluated.model_version = result->model_version;
+  evaluated.metrics = result->metrics;
+  evaluated.problem = result->problem;
+  if (evaluating_->last) {
+    // The run is over: the model file is its result, and checkpoints are no longer needed.
+    try {
+      const std::string path = options_.run_dir + "/model.pt";
+      save_model(model_, options_.run.model, path);
+      evaluated.model_files.push_back(path);
+    } catch (const std::exception& e) {
+      evaluated.problem +=
+          std::string(evaluated.problem.empty() ? "" : "; ") + "model not saved: " + e.what();
+    }
+    checkpoints_.clear();
   }
-  const double accuracy = test_accuracy_per_epoch_.empty() ? 0.0 : test_accuracy_per_epoch_.back();
-  record_.write_summary({
-      {"run_id", options_.run.run_id},
-      {"model", options_.run.model},
-      {"dataset", options_.run.dataset},
-      {"mode", options_.run.mode},
-      {"optimizer", options_.optimizer.name},
-      {"outer_optimizer", options_.run.mode == "local-sgd" ? options_.optimizer.outer : std::string()},
-      {"final_test_accuracy", accuracy},
-      {"test_accuracy_per_epoch", test_accuracy_per_epoch_},
-      {"epochs", samples_per_epoch_.size()},
-      {"wall_seconds", wall_seconds},
-      {"training_seconds",
-       training_seconds_before_ + (first_round_ ? seconds_between(*first_round_, Clock::now()) : 0.0)},
-      {"coordinator_starts", options_.incarnation},
-      {"rounds", rounds_closed_},
-      {"model_version", model_version_},
-      {"samples_per_epoch", samples_per_epoch_},
-      {"train_samples", options_.run.train_samples},
-      {"nodes", nodes},
-      {"model_file", model_path},
-  });
-  msg::Event event;
-  event.type = "finished";
-  event.text = "run finished: test accuracy " + std::to_string(accuracy) + " after " +
-               std::to_string(rounds_closed_) + " rounds in " + std::to_string(wall_seconds) + " s";
-  event.values["final_test_accuracy"] = accuracy;
-  event.values["wall_seconds"] = wall_seconds;
-  event.labels["run_dir"] = record_.run_dir();
-  bus_.publish(kEventTopic, event);
-  // Last: monitors and nodes end when they see it.
-  msg::RunFinished finished{"all " + std::to_string(samples_per_epoch_.size()) + " epochs trained", accuracy};
-  bus_.publish(kControlTopic, finished);
-  log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
-  checkpoints_.clear();  // the run is over: model.pt and summary.json are its result
-  if (on_finished_) on_finished_();
+  evaluating_.reset();
+  evaluated_[evaluated.epoch] = evaluated;
+  while (evaluated_.size() > kRememberedAnswers) evaluated_.erase(evaluated_.begin());
+  bus_.send(kSchedulerName, evaluated);
 }
 
 }  // namespace filo

@@ -1,161 +1,110 @@
 #pragma once
-// The aggregator combines the trainers' contributions weighted by samples, steps the model,
-// keeps the model version and the run record, and publishes each new model.
-#include <functional>
+// The aggregator keeps the model, its optimizer and its version. It accepts contributions only
+// from trainers the scheduler planned for an open round (and says so to the scheduler, accepted or
+// refused), holds them, and when the scheduler closes the round combines exactly the ones it names,
+// steps, and publishes the new model at once. It also evaluates an epoch's model, answers
+// snapshot requests, and writes checkpoints from a snapshot taken between rounds on a thread of
+// their own. It does not decide which contributions count, when a round ends or what an epoch is:
+// the scheduler does.
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "actors/learning/averaging.hpp"
 #include "actors/learning/dataset.hpp"
-#include "actors/scheduler.hpp"
-#include "messages/event.hpp"
+#include "actors/learning/evaluation.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
 #include "messages/round.hpp"
+#include "messages/send_buffers.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/checkpoint.hpp"
 #include "runtime/config.hpp"
-#include "runtime/run_record.hpp"
+#include "runtime/drop_counters.hpp"
 
 namespace filo {
-
-constexpr const char* kAggregatorName = "aggregator";
-
-/// What trainers send, and so how contributions combine.
-enum class Combine {
-  /// Gradient mode: per-trainer gradient sums, added and divided by the total sample count,
-  /// equal one large-batch gradient, which becomes each parameter's .grad().
-  kSummedGradients,
-  /// Local-SGD mode: per-trainer parameter deltas, weighted by samples; the mean delta's
-  /// negation becomes each parameter's .grad() (the pseudo-gradient an outer optimizer steps on).
-  kParameterDeltas,
-};
-
-/// Combines contributions weighted by samples. Float buffers (BatchNorm statistics) become the
-/// sample-weighted mean; integer buffers (counters) are never divided: they take the maximum.
-class ContributionAverager {
- public:
-  explicit ContributionAverager(torch::nn::Module& model, Combine combine = Combine::kSummedGradients);
-  /// Why these tensors cannot be added (layout or non-finite values), or nothing.
-  std::optional<std::string> problem(const std::vector<ReceivedTensor>& gradients,
-                                     const std::vector<ReceivedTensor>& buffers) const;
-  void add(const std::vector<ReceivedTensor>& gradients, const std::vector<ReceivedTensor>& buffers,
-           std::uint64_t samples);
-  /// Writes the mean gradient (or negated mean delta) into each parameter's .grad() and the
-  /// combined buffers into the model, then clears the sums. Returns false (and changes nothing)
-  /// when nothing was added.
-  bool apply();
-  std::uint64_t samples() const { return samples_; }
-
- private:
-  Combine combine_;
-  std::vector<NamedTensor> parameters_;
-  std::vector<NamedTensor> buffers_;
-  std::vector<torch::Tensor> gradient_sums_;
-  std::vector<torch::Tensor> buffer_sums_;
-  std::uint64_t samples_ = 0;
-};
-
-/// Builds the optimizer that configuration names.
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        std::vector<torch::Tensor> parameters);
-/// Local-SGD's outer optimizer on the pseudo-gradient: "average" is SGD at rate 1 without
-/// momentum (the model becomes the mean of the trainers' models); "nesterov" is DiLoCo's.
-std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOptions& options,
-                                                              std::vector<torch::Tensor> parameters);
 
 struct AggregatorOptions {
   msg::RunSpec run;
   OptimizerOptions optimizer;
   DataOptions data;  /// the test set evaluated after each epoch
   std::string run_dir;
-  std::int64_t epochs = 1;
-  std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
-  std::uint64_t incarnation = 1;      /// this start of the coordinator
-  std::optional<Checkpoint> resume;   /// continue from this checkpoint
+  std::uint64_t incarnation = 1;     /// this start of the coordinator
+  std::optional<Checkpoint> resume;  /// continue from this checkpoint's model and optimizer
+  DropCounters* drops = nullptr;     /// refused messages of this process; may be null
 };
 
-/// The scheduler's part of a checkpoint: where the epoch stands.
-SchedulerResume scheduler_resume_of(const Checkpoint& checkpoint);
-/// The run a checkpoint belongs to.
-msg::RunSpec run_spec_of(const Checkpoint& checkpoint);
+/// What a checkpoint written by the aggregator says about the run and the round state it carries.
+msg::RunSpec checkpoint_run_spec(const Checkpoint& checkpoint);
+nlohmann::json checkpoint_round_state(const Checkpoint& checkpoint);
 
 class Aggregator final {
  public:
-  using Inbox = std::variant<msg::RoundOpened, msg::Contribution, msg::MembershipChange, msg::EpochEnded,
+  using Inbox = std::variant<msg::RoundOpened, msg::Contribution, msg::CombineRound, msg::Evaluate,
                              msg::SnapshotRequest>;
 
-  /// `on_finished` is called once the run is over and everything is written.
   Aggregator(const SocketFactory& sockets, const std::string& hub_endpoint, AggregatorOptions options,
-             const StopFlag& stop, std::function<void()> on_finished);
+             const StopFlag& stop, const TimeSource& time = steady_time());
   void run();
 
   void handle(const msg::RoundOpened& opened, const Incoming& from);
   void handle(const msg::Contribution& contribution, const Incoming& from);
-  void handle(const msg::MembershipChange& change, const Incoming& from);
-  void handle(const msg::EpochEnded& ended, const Incoming& from);
+  void handle(const msg::CombineRound& combine, const Incoming& from);
+  void handle(const msg::Evaluate& evaluate, const Incoming& from);
   void handle(const msg::SnapshotRequest& request, const Incoming& from);
 
+  /// Waits until the checkpoints asked for so far are on disk (tests; the end of a run).
+  bool wait_for_checkpoints(std::chrono::milliseconds timeout) { return checkpoints_.wait_idle(timeout); }
+  /// Host buffers allocated for model broadcasts so far: flat once rounds repeat.
+  std::size_t model_buffer_allocations() const { return model_buffers_.allocations(); }
+
  private:
-  struct Arrival {
-    std::uint64_t samples = 0;
-    double compute_seconds = 0.0;
-    double arrival_seconds = 0.0;  // since the round opened
+  struct Held {
+    msg::Contribution header;
+    std::vector<ReceivedTensor> gradients;  // views into the message's frames, kept alive with them
+    std::vector<ReceivedTensor> buffers;
   };
-  struct OpenRound {
+  struct HeldRound {
     msg::RoundOpened plan;
-    Clock::time_point opened;
-    ActorLoop::TimerId deadline_timer = 0;
-    std::map<std::string, Arrival> arrived;
-    double loss_sum = 0.0;
-    std::uint64_t correct = 0;
-  };
-  struct TrainerTotals {
-    std::uint64_t samples = 0;
-    double compute_seconds = 0.0;
+    std::map<std::string, Held> held;
   };
 
-  void accept(const msg::Contribution& contribution, const Incoming& from);
-  bool every_live_trainer_answered() const;
-  void close_round(const char* why);
+  void refuse(const Incoming& from, const msg::Contribution& contribution, const std::string& reason);
+  void combine(const msg::CombineRound& combine);
+  void answer(const msg::RoundCombined& answer);
   void publish_model(const std::string& to);
-  void finish();
-  void write_checkpoint();
+  void checkpoint(const msg::CombineRound& combine);
+  void collect_evaluation();
   void restore(const Checkpoint& checkpoint);
+  void count_drop(const std::string& reason);
 
   AggregatorOptions options_;
   BusClient bus_;
   ActorLoop loop_;
-  std::function<void()> on_finished_;
   torch::nn::Sequential model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   ContributionAverager averager_;
-  Dataset test_set_;
-  RunRecord record_;
+  /// Which round's contributions the averager's sums hold, and whose: added as they arrive, so
+  /// that a round's close usually finds its sum ready.
+  std::uint64_t averaged_round_ = 0;
+  std::set<std::string> averaged_;
+  SendBuffers model_buffers_;
   std::uint64_t model_version_ = 0;
-  std::optional<OpenRound> open_;
-  std::vector<Incoming> early_;  // contributions for a round not yet opened
-  std::map<std::string, bool> live_;
-  std::map<std::string, double> benchmark_gflops_;  // from each trainer's hardware report
-  std::map<std::string, TrainerTotals> totals_;
-  std::vector<std::uint64_t> samples_per_epoch_;
-  std::vector<double> test_accuracy_per_epoch_;
-  std::uint64_t epoch_samples_ = 0;
-  double epoch_loss_sum_ = 0.0;
-  std::uint64_t rounds_closed_ = 0;
-  std::uint64_t epoch_ = 1;
-  std::vector<msg::SampleRange> epoch_trained_;  // positions of this epoch delivered and counted
-  CheckpointStore checkpoints_;
-  double training_seconds_before_ = 0.0;  // of earlier incarnations of this run
-  Clock::time_point started_ = Clock::now();
-  std::optional<Clock::time_point> first_round_;
-  Clock::time_point epoch_started_ = Clock::now();
+  std::uint64_t last_combined_round_ = 0;
+  std::optional<msg::RoundCombined> last_answer_;                // sent again to a repeated CombineRound
+  std::map<std::uint64_t, HeldRound> rounds_;                    // opened, not yet combined
+  std::map<std::uint64_t, msg::CombineRound> waiting_combines_;  // arrived before an earlier round's
+  std::optional<msg::Evaluate> evaluating_;
+  std::map<std::uint64_t, msg::Evaluated> evaluated_;  // kept to answer a repeated Evaluate
+  CheckpointWriter checkpoints_;
+  EvaluationWorker evaluator_;
 };
 
 }  // namespace filo

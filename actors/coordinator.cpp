@@ -12,10 +12,11 @@
 #include "actors/learning/models.hpp"
 #include "actors/registrar.hpp"
 #include "actors/scheduler.hpp"
+#include "runtime/actor_thread.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/cpu_affinity.hpp"
+#include "runtime/drop_counters.hpp"
 #include "runtime/run_record.hpp"
-#include "runtime/scoped_thread.hpp"
 
 namespace filo {
 namespace {
@@ -68,7 +69,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
     }
   }
   if (resume) {
-    const msg::RunSpec saved = run_spec_of(*resume);
+    const msg::RunSpec saved = checkpoint_run_spec(*resume);
     const auto differs = [&](const std::string& what, const std::string& saved_value,
                              const std::string& configured) {
       if (saved_value != configured) {
@@ -104,6 +105,8 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
       ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch");
 
   StopFlag actors_stop;
+  ActorFailures failures;
+  DropCounters drops;
   std::mutex finished_mutex;
   std::condition_variable finished_signal;
   bool finished = false;
@@ -122,34 +125,54 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
         labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
   }
   Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
-  Scheduler scheduler(
-      sockets, hub.inproc_router_endpoint(),
-      SchedulerOptions{
-          config.schedule, run.train_samples,
-          config.optimizer.mode == "local-sgd"
-              ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
-              : 0,
-          incarnation, resume ? std::optional<SchedulerResume>(scheduler_resume_of(*resume)) : std::nullopt},
-      actors_stop);
-  Aggregator aggregator(
-      sockets, hub.inproc_router_endpoint(),
-      AggregatorOptions{run, config.optimizer, config.data, config.run.run_dir, config.schedule.epochs,
-                        config.run.checkpoint_every, incarnation, resume},
-      actors_stop, [&] {
-        std::lock_guard<std::mutex> lock(finished_mutex);
-        finished = true;
-        finished_signal.notify_all();
-      });
+
+  SchedulerOptions scheduler_options;
+  scheduler_options.schedule = config.schedule;
+  scheduler_options.run = run;
+  scheduler_options.optimizer = config.optimizer;
+  scheduler_options.run_dir = config.run.run_dir;
+  scheduler_options.round_samples_per_trainer =
+      config.optimizer.mode == "local-sgd"
+          ? static_cast<std::uint64_t>(config.optimizer.sync_steps * config.schedule.micro_batch)
+          : 0;
+  scheduler_options.incarnation = incarnation;
+  scheduler_options.checkpoint_every = config.run.checkpoint_every;
+  if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
+  scheduler_options.drops = &drops;
+  Scheduler scheduler(sockets, hub.inproc_router_endpoint(), scheduler_options, actors_stop, [&] {
+    std::lock_guard<std::mutex> lock(finished_mutex);
+    finished = true;
+    finished_signal.notify_all();
+  });
+
+  AggregatorOptions aggregator_options;
+  aggregator_options.run = run;
+  aggregator_options.optimizer = config.optimizer;
+  aggregator_options.data = config.data;
+  aggregator_options.run_dir = config.run.run_dir;
+  aggregator_options.incarnation = incarnation;
+  aggregator_options.resume = resume;
+  aggregator_options.drops = &drops;
+  Aggregator aggregator(sockets, hub.inproc_router_endpoint(), aggregator_options, actors_stop);
   {
-    ScopedThread registrar_thread([&] { registrar.run(); });
-    ScopedThread scheduler_thread([&] { scheduler.run(); });
-    ScopedThread aggregator_thread([&] { aggregator.run(); });
+    ActorThread registrar_thread(
+        kRegistrarName, [&] { registrar.run(); }, failures, actors_stop);
+    ActorThread scheduler_thread(
+        kSchedulerName, [&] { scheduler.run(); }, failures, actors_stop);
+    ActorThread aggregator_thread(
+        kAggregatorName, [&] { aggregator.run(); }, failures, actors_stop);
     std::unique_lock<std::mutex> lock(finished_mutex);
     // The signal handler can only set a flag, so the wait looks at it every slice.
-    while (!finished && !process_stop.stop_requested()) finished_signal.wait_for(lock, kWaitSlice);
+    while (!finished && !process_stop.stop_requested() && !failures.any()) {
+      finished_signal.wait_for(lock, kWaitSlice);
+    }
     if (finished) finished_signal.wait_for(lock, kFinishLinger);
     actors_stop.request_stop();
   }  // actor threads joined here, before their sockets close
+  if (failures.any()) {
+    log(LogLevel::kError, "coordinator", "stopped because an actor failed: ", failures.describe());
+    return kExitActorFailed;
+  }
   if (!finished) {
     log(LogLevel::kWarn, "coordinator", "stopped before the run finished");
     return kExitInterrupted;

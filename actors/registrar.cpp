@@ -2,9 +2,6 @@
 
 #include <algorithm>
 
-#include "actors/aggregator.hpp"
-#include "actors/scheduler.hpp"
-
 namespace filo {
 
 std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
@@ -49,8 +46,8 @@ std::optional<std::string> report_problem(const msg::HardwareReport& report, con
 }
 
 Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoint, RegistrarOptions options,
-                     const StopFlag& stop)
-    : options_(std::move(options)), bus_(sockets, kRegistrarName), loop_(stop) {
+                     const StopFlag& stop, const TimeSource& time)
+    : options_(std::move(options)), bus_(sockets, kRegistrarName), loop_(stop, time) {
   bus_.connect(hub_endpoint);
   bus_.on_rejected_envelope(
       [this](const std::string& peer, const std::string& reason) { reject(peer, reason); });
@@ -59,7 +56,7 @@ Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoi
       dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
   loop_.every(options_.heartbeat_interval, [this] {
-    reap(Clock::now());
+    reap(loop_.now());
     for (const auto& [trainer, record] : live_) bus_.send(trainer, msg::Heartbeat{});
   });
 }
@@ -95,7 +92,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   bus_.send(from.from, admission);
 
   const bool already_live = live_.count(from.from) > 0;
-  live_[from.from] = TrainerRecord{report, Clock::now()};
+  live_[from.from] = TrainerRecord{report, loop_.now()};
   if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
   const bool returning = !ever_admitted_.insert(from.from).second;
   std::ostringstream reason;
@@ -104,7 +101,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
          << static_cast<int>(report.cpu_gemm_gflops) << " GFLOP/s";
   for (const auto& gpu : report.gpus) reason << ", " << gpu.name;
   announce(from.from, returning ? msg::MembershipChangeKind::kRejoined : msg::MembershipChangeKind::kJoined,
-           reason.str(), report.cpu_gemm_gflops);
+           reason.str(), report.cpu_gemm_gflops, report.hostname);
 }
 
 void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
@@ -118,12 +115,12 @@ void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
     bus_.send(from.from, again);
     return;
   }
-  found->second.last_heard = Clock::now();
+  found->second.last_heard = loop_.now();
 }
 
 void Registrar::handle(const msg::Leave& leave, const Incoming& from) {
   if (live_.erase(from.from) == 0) return;
-  announce(from.from, msg::MembershipChangeKind::kLeft, leave.reason, 0.0);
+  announce(from.from, msg::MembershipChangeKind::kLeft, leave.reason, 0.0, {});
 }
 
 void Registrar::reap(Clock::time_point now) {
@@ -133,7 +130,7 @@ void Registrar::reap(Clock::time_point now) {
       const std::string trainer = it->first;
       it = live_.erase(it);
       announce(trainer, msg::MembershipChangeKind::kLost,
-               "no heartbeat for " + std::to_string(timeout.count()) + " ms", 0.0);
+               "no heartbeat for " + std::to_string(timeout.count()) + " ms", 0.0, {});
     } else {
       ++it;
     }
@@ -141,14 +138,15 @@ void Registrar::reap(Clock::time_point now) {
 }
 
 void Registrar::announce(const std::string& trainer, msg::MembershipChangeKind change,
-                         const std::string& reason, double cpu_gemm_gflops) {
+                         const std::string& reason, double cpu_gemm_gflops, const std::string& hostname) {
   static constexpr const char* kChangeNames[] = {"joined", "rejoined", "lost", "left"};
   const char* change_name = kChangeNames[static_cast<int>(change)];
   log(change == msg::MembershipChangeKind::kLost ? LogLevel::kWarn : LogLevel::kInfo, bus_.name(), trainer,
       " ", change_name, ": ", reason);
-  msg::MembershipChange message{trainer, change, reason, cpu_gemm_gflops};
-  bus_.send(kSchedulerName, message);
-  bus_.send(kAggregatorName, message);
+  msg::MembershipChange message{trainer, change, reason, cpu_gemm_gflops, hostname};
+  if (!bus_.send(kSchedulerName, message)) {
+    log(LogLevel::kError, bus_.name(), "the scheduler was not told that ", trainer, " ", change_name);
+  }
   msg::Event event;
   event.type = change_name;
   event.text = trainer + " " + change_name + ": " + reason;

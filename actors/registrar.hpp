@@ -1,6 +1,6 @@
 #pragma once
 // The registrar admits trainers after a complete hardware report, tracks their heartbeats and
-// announces joins and losses to the scheduler, the aggregator and the event stream.
+// announces joins and losses to the scheduler and the event stream.
 #include <map>
 #include <set>
 #include <string>
@@ -12,8 +12,6 @@
 #include "runtime/bus.hpp"
 
 namespace filo {
-
-constexpr const char* kRegistrarName = "registrar";
 
 /// What a node must have to be admitted; zero or empty values admit everyone.
 struct AdmissionPolicy {
@@ -36,7 +34,7 @@ class Registrar final {
   using Inbox = std::variant<msg::HardwareReport, msg::Heartbeat, msg::Leave>;
 
   Registrar(const SocketFactory& sockets, const std::string& hub_endpoint, RegistrarOptions options,
-            const StopFlag& stop);
+            const StopFlag& stop, const TimeSource& time = steady_time());
   /// Runs the actor loop on the calling thread until stop.
   void run();
 
@@ -53,7 +51,7 @@ class Registrar final {
   };
   void reject(const std::string& trainer, const std::string& reason);
   void announce(const std::string& trainer, msg::MembershipChangeKind change, const std::string& reason,
-                double cpu_gemm_gflops);
+                double cpu_gemm_gflops, const std::string& hostname);
 
   RegistrarOptions options_;
   BusClient bus_;

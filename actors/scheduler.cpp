@@ -2,233 +2,146 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <sstream>
 
-#include "actors/aggregator.hpp"
 #include "messages/event.hpp"
 
 namespace filo {
 namespace {
 constexpr Milliseconds kStartCheckInterval{50};
-// Weight of the newest round: a node whose speed halves has moved about two thirds of the way to
-// its new share after 3 rounds, while one preempted round moves it by less than a third.
-constexpr double kSpeedSmoothing = 0.3;
-
 constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 rounds
 /// A trainer's first rounds carry one-off costs (first model load, cold caches); its transfer
 /// counts once this many rounds are measured, so that no one is left out on its first round.
 constexpr std::size_t kTransferRoundsBeforeCounting = 3;
-/// A trainer left out by the transfer rule is planned again this often, so that its estimate
-/// follows the network instead of freezing at its worst.
-constexpr std::uint64_t kLeftOutProbeRounds = 20;
-/// After a probe that found the link this much faster than the transfer that kept it out, the
-/// next probe comes after kQuickProbeRounds: the link is changing, likely recovering.
-constexpr double kProbeImprovement = 0.75;
-constexpr std::uint64_t kQuickProbeRounds = 2;
+/// How often unanswered messages to the aggregator are looked at.
+constexpr Milliseconds kResendCheckInterval{250};
+/// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
+/// again: a message lost between the coordinator's actors must not stall the run.
+constexpr double kCombineResendSeconds = 1.0;
+constexpr double kCombineResendFactor = 8.0;
+/// An evaluation takes a pass over the test set; one unanswered this long is asked for again.
+constexpr double kEvaluateResendSeconds = 120.0;
 
-double smoothed(double previous, double measured) {
-  return previous <= 0.0 ? measured : kSpeedSmoothing * measured + (1 - kSpeedSmoothing) * previous;
+nlohmann::json ranges_json(const std::vector<msg::SampleRange>& ranges) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& range : ranges) list.push_back({range.begin, range.end});
+  return list;
 }
 }  // namespace
 
-void SamplePool::reset(std::uint64_t size) {
-  ranges_.clear();
-  if (size > 0) ranges_.push_back({0, size});
-}
-
-void SamplePool::assign(const std::vector<msg::SampleRange>& ranges) {
-  ranges_.assign(ranges.begin(), ranges.end());
-}
-
-std::vector<msg::SampleRange> untrained_ranges(std::vector<msg::SampleRange> trained, std::uint64_t size) {
-  std::sort(trained.begin(), trained.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
-  std::vector<msg::SampleRange> untrained;
-  std::uint64_t cursor = 0;
-  for (const auto& range : trained) {
-    if (range.begin > cursor) untrained.push_back({cursor, std::min(range.begin, size)});
-    cursor = std::max(cursor, range.end);
+nlohmann::json to_json(const RoundState& state) {
+  nlohmann::json totals = nlohmann::json::object();
+  for (const auto& [trainer, total] : state.totals) {
+    totals[trainer] = {{"samples", total.samples},
+                       {"compute_seconds", total.compute_seconds},
+                       {"rounds_delivered", total.rounds_delivered},
+                       {"rounds_missed", total.rounds_missed}};
   }
-  if (cursor < size) untrained.push_back({cursor, size});
-  return untrained;
+  return {{"epoch", state.epoch},
+          {"round", state.round},
+          {"model_version", state.model_version},
+          {"trained", ranges_json(state.trained)},
+          {"epoch_samples", state.epoch_samples},
+          {"epoch_loss_sum", state.epoch_loss_sum},
+          {"epoch_correct", state.epoch_correct},
+          {"samples_per_epoch", state.samples_per_epoch},
+          {"train_loss_per_epoch", state.train_loss_per_epoch},
+          {"test_accuracy_per_epoch", state.test_accuracy_per_epoch},
+          {"epoch_end_seconds", state.epoch_end_seconds},
+          {"totals", totals},
+          {"training_seconds", state.training_seconds},
+          {"last_round_record", state.last_round_record}};
 }
 
-std::vector<msg::SampleRange> SamplePool::take(std::uint64_t count) {
-  std::vector<msg::SampleRange> taken;
-  while (count > 0 && !ranges_.empty()) {
-    msg::SampleRange& front = ranges_.front();
-    const std::uint64_t piece = std::min(count, front.size());
-    taken.push_back({front.begin, front.begin + piece});
-    front.begin += piece;
-    count -= piece;
-    if (front.size() == 0) ranges_.pop_front();
-  }
-  return taken;
-}
-
-void SamplePool::give_back(const std::vector<msg::SampleRange>& ranges) {
-  for (auto it = ranges.rbegin(); it != ranges.rend(); ++it) {
-    if (it->size() > 0) ranges_.push_front(*it);
-  }
-}
-
-std::uint64_t SamplePool::remaining() const {
-  std::uint64_t total = 0;
-  for (const auto& range : ranges_) total += range.size();
-  return total;
-}
-
-std::vector<std::uint64_t> equal_shares(std::uint64_t total, std::size_t parts) {
-  std::vector<std::uint64_t> shares(parts, parts == 0 ? 0 : total / parts);
-  for (std::size_t i = 0; i < parts && i < total % parts; ++i) ++shares[i];
-  return shares;
-}
-
-std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers, std::uint64_t total,
-                                       double max_transfer_ratio) {
-  const std::size_t count = trainers.size();
-  std::vector<Share> shares(count);
-  std::vector<double> speed(count);
-  double known_sum = 0.0;
-  std::size_t known = 0;
-  for (const auto& trainer : trainers) {
-    if (trainer.samples_per_second > 0) {
-      known_sum += trainer.samples_per_second;
-      ++known;
+RoundState round_state_from_json(const nlohmann::json& json) {
+  RoundState state;
+  try {
+    state.epoch = json.at("epoch").get<std::uint64_t>();
+    state.round = json.at("round").get<std::uint64_t>();
+    state.model_version = json.at("model_version").get<std::uint64_t>();
+    for (const auto& range : json.at("trained")) {
+      state.trained.push_back({range.at(0).get<std::uint64_t>(), range.at(1).get<std::uint64_t>()});
     }
-  }
-  const double unknown_speed = known > 0 ? known_sum / known : 1.0;
-  for (std::size_t i = 0; i < count; ++i) {
-    shares[i].trainer = trainers[i].trainer;
-    speed[i] = trainers[i].samples_per_second > 0 ? trainers[i].samples_per_second : unknown_speed;
-  }
-  std::vector<bool> active(count, true);
-  std::vector<double> exact(count, 0.0);
-  while (true) {
-    double speed_sum = 0.0;
-    double speed_weighted_transfer = 0.0;
-    std::size_t remaining = 0;
-    for (std::size_t i = 0; i < count; ++i) {
-      if (!active[i]) continue;
-      speed_sum += speed[i];
-      speed_weighted_transfer += speed[i] * trainers[i].transfer_seconds;
-      ++remaining;
+    state.epoch_samples = json.at("epoch_samples").get<std::uint64_t>();
+    state.epoch_loss_sum = json.at("epoch_loss_sum").get<double>();
+    state.epoch_correct = json.at("epoch_correct").get<std::uint64_t>();
+    state.samples_per_epoch = json.at("samples_per_epoch").get<std::vector<std::uint64_t>>();
+    state.train_loss_per_epoch = json.at("train_loss_per_epoch").get<std::vector<double>>();
+    state.test_accuracy_per_epoch = json.at("test_accuracy_per_epoch").get<std::vector<double>>();
+    state.epoch_end_seconds = json.at("epoch_end_seconds").get<std::vector<double>>();
+    for (const auto& [trainer, total] : json.at("totals").items()) {
+      state.totals[trainer] = TrainerTotals{
+          total.at("samples").get<std::uint64_t>(), total.at("compute_seconds").get<double>(),
+          total.at("rounds_delivered").get<std::uint64_t>(), total.at("rounds_missed").get<std::uint64_t>()};
     }
-    if (remaining == 0) return shares;
-    // Everyone finishes at T: n_i = s_i (T - c_i) and sum n_i = total.
-    const double finish = (static_cast<double>(total) + speed_weighted_transfer) / speed_sum;
-    // The rule weighs what a trainer's link costs beyond the best-connected trainer's: the part
-    // every trainer pays (planning, encoding, the coordinator's turn) is no reason to drop one,
-    // and on small rounds it alone can exceed a quarter of the compute.
-    double common_transfer = INFINITY;
-    for (std::size_t i = 0; i < count; ++i) {
-      if (active[i]) common_transfer = std::min(common_transfer, trainers[i].transfer_seconds);
-    }
-    std::size_t worst = count;
-    double worst_ratio = -1.0;
-    for (std::size_t i = 0; i < count; ++i) {
-      if (!active[i]) continue;
-      exact[i] = speed[i] * (finish - trainers[i].transfer_seconds);
-      const double compute = finish - trainers[i].transfer_seconds;
-      const double link = trainers[i].transfer_seconds - common_transfer;
-      const double ratio = compute > 0 ? link / compute : INFINITY;
-      if (ratio > worst_ratio) {
-        worst_ratio = ratio;
-        worst = i;
-      }
-    }
-    const bool hopeless = exact[worst] < 1.0;
-    const bool not_worth_it = max_transfer_ratio > 0 && worst_ratio >= max_transfer_ratio;
-    if (remaining > 1 && (hopeless || not_worth_it)) {
-      active[worst] = false;
-      std::ostringstream reason;
-      if (hopeless) {
-        reason << "its transfer alone (" << trainers[worst].transfer_seconds << " s) outlasts the round";
-      } else {
-        reason << "transfer/compute ratio " << worst_ratio << " is at or above " << max_transfer_ratio;
-      }
-      shares[worst].left_out = reason.str();
-      continue;
-    }
-    break;
+    state.training_seconds = json.at("training_seconds").get<double>();
+    state.last_round_record = json.at("last_round_record").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
-  // Whole samples: floors first, then the remainder to the largest fractions.
-  std::uint64_t assigned = 0;
-  std::vector<std::pair<double, std::size_t>> fractions;
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!active[i]) continue;
-    const double value = std::max(0.0, exact[i]);
-    shares[i].samples = static_cast<std::uint64_t>(std::floor(value));
-    assigned += shares[i].samples;
-    fractions.emplace_back(value - std::floor(value), i);
-  }
-  std::sort(fractions.begin(), fractions.end(),
-            [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (std::size_t k = 0; assigned < total && !fractions.empty(); k = (k + 1) % fractions.size()) {
-    ++shares[fractions[k].second].samples;
-    ++assigned;
-  }
-  return shares;
-}
-
-void SpeedEstimate::observe(std::uint64_t samples, double seconds) {
-  if (samples == 0 || !(seconds > 0)) return;
-  smoothed_samples_ = smoothed(smoothed_samples_, static_cast<double>(samples));
-  smoothed_seconds_ = smoothed(smoothed_seconds_, seconds);
-}
-
-double SpeedEstimate::samples_per_second() const {
-  return smoothed_seconds_ > 0 ? smoothed_samples_ / smoothed_seconds_ : calibrated_;
-}
-
-MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
-                                 std::uint64_t max_for_device) {
-  std::uint64_t micro = std::max<std::uint64_t>(1, std::min(share, configured_micro_batch));
-  if (max_for_device > 0) micro = std::min(micro, max_for_device);
-  return {static_cast<std::uint32_t>(micro), static_cast<std::uint32_t>((share + micro - 1) / micro)};
+  return state;
 }
 
 Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
-                     const StopFlag& stop)
-    : options_(std::move(options)), bus_(sockets, kSchedulerName), loop_(stop) {
+                     const StopFlag& stop, std::function<void()> on_finished, const TimeSource& time)
+    : options_(std::move(options)),
+      bus_(sockets, kSchedulerName),
+      loop_(stop, time),
+      on_finished_(std::move(on_finished)),
+      record_(options_.run_dir,
+              options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt,
+              options_.resume ? options_.resume->last_round_record : std::string()),
+      state_(options_.resume.value_or(RoundState{})),
+      epoch_started_(loop_.now()),
+      started_at_(loop_.now()) {
   bus_.connect(hub_endpoint);
-  pool_.reset(options_.train_samples);
-  if (options_.resume) {
-    const SchedulerResume& resume = *options_.resume;
-    epoch_ = resume.epoch;
-    round_ = resume.round;
-    model_version_ = resume.model_version;
-    pool_.assign(untrained_ranges(resume.trained, options_.train_samples));
-    for (const auto& range : resume.trained) epoch_trained_ += range.size();
-  }
+  pool_.reset(options_.run.train_samples);
+  if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed()))
       dispatch(*this, *incoming, bus_.limits(), bus_.name());
   });
-  loop_.every(kStartCheckInterval, [this] { maybe_start(Clock::now()); });
+  loop_.every(kStartCheckInterval, [this] { maybe_start(loop_.now()); });
+  loop_.every(kResendCheckInterval, [this] { resend_unanswered(loop_.now()); });
 }
 
 void Scheduler::run() {
   loop_.run();
 }
 
+void Scheduler::count_drop(const std::string& reason) {
+  if (options_.drops) options_.drops->count(reason);
+}
+
 void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
   if (change.change == Kind::kJoined || change.change == Kind::kRejoined) {
-    live_[change.trainer] = TrainerState{};  // planned once its calibration arrives
+    TrainerState state;  // planned once its calibration arrives
+    state.hostname = change.hostname;
+    state.benchmark_gflops = change.cpu_gemm_gflops;
+    live_[change.trainer] = state;
+    // A trainer that registered again has dropped whatever plan it had.
+    if (open_ && open_->planned.count(change.trainer) && !open_->answered(change.trainer)) {
+      open_->refused[change.trainer] = "it registered again during the round";
+    }
   } else {
-    live_.erase(change.trainer);  // its in-flight samples return when the aggregator closes the round
+    live_.erase(change.trainer);
   }
+  if (open_ && every_live_planned_trainer_answered()) close_round("every live trainer answered");
 }
 
 void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from) {
   auto trainer = live_.find(from.from);
   if (trainer == live_.end()) {
     log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": not a live trainer");
+    count_drop("calibration: not a live trainer");
     return;
   }
   if (!(calibration.samples_per_second > 0) || !std::isfinite(calibration.samples_per_second)) {
     log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": speed ",
         calibration.samples_per_second, " is not a positive number");
+    count_drop("calibration: speed not a positive number");
     return;
   }
   trainer->second.calibrated = true;
@@ -239,13 +152,8 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
       calibration.micro_batch,
       calibration.max_micro_batch ? ", memory allows " + std::to_string(calibration.max_micro_batch)
                                   : std::string());
-  if (started_ && !round_open_) plan_round();  // the cluster was idle, waiting for trainers
-}
-
-std::uint64_t rounds_before_next_probe(double transfer_before_probe, double probe_transfer) {
-  const bool improving = probe_transfer >= 0.0 && transfer_before_probe > 0.0 &&
-                         probe_transfer < kProbeImprovement * transfer_before_probe;
-  return improving ? kQuickProbeRounds : kLeftOutProbeRounds;
+  if (started_ && !open_) plan_round();  // the cluster was idle, waiting for trainers
+  maybe_start(loop_.now());
 }
 
 double Scheduler::TrainerState::transfer_seconds() const {
@@ -265,10 +173,10 @@ std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
     if (!state.calibrated) continue;
     double transfer = state.transfer_seconds();
     const std::uint64_t probe_after = state.probe_after > 0 ? state.probe_after : kLeftOutProbeRounds;
-    if (state.left_out_since > 0 && round_ - state.left_out_since >= probe_after) {
+    if (state.left_out_since > 0 && state_.round + 1 - state.left_out_since >= probe_after) {
       state.probing_from = transfer;
       transfer = 0.0;  // a probe: plan it once more and measure again
-      state.left_out_since = round_;
+      state.left_out_since = state_.round + 1;
     }
     estimates.push_back({trainer, state.speed.samples_per_second(), transfer});
   }
@@ -291,10 +199,31 @@ void Scheduler::maybe_start(Clock::time_point now) {
   if (seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds) return;
   started_ = true;
   log(LogLevel::kInfo, bus_.name(), options_.resume ? "resuming" : "starting", " with ",
-      calibrated_trainers(), " trainers (", options_.schedule.split, " shares): ", options_.train_samples,
-      " samples per epoch, ", options_.schedule.epochs, " epochs; epoch ", epoch_, " has ", pool_.remaining(),
-      " samples to train");
-  if (pool_.empty()) end_epoch();  // resumed just after an epoch's last round
+      calibrated_trainers(), " trainers (", options_.schedule.split, " shares): ", options_.run.train_samples,
+      " samples per epoch, ", options_.schedule.epochs, " epochs; epoch ", state_.epoch, " has ",
+      pool_.remaining(), " samples to train");
+  if (options_.resume) {
+    // Announced with the first round rather than at start-up, when monitors have reconnected.
+    msg::Event event;
+    event.type = "resumed";
+    event.round = state_.round;
+    event.epoch = state_.epoch;
+    event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
+                 "): resumed after round " + std::to_string(state_.round) + " from its checkpoint";
+    event.values["resumed_after_round"] = static_cast<double>(state_.round);
+    event.values["coordinator_start"] = static_cast<double>(options_.incarnation);
+    bus_.publish(kEventTopic, event);
+    // An epoch that ended just before the coordinator died was never scored. Checkpoints wait
+    // while an evaluation is under way, so the restored model is that epoch's final one.
+    if (state_.test_accuracy_per_epoch.size() < state_.samples_per_epoch.size()) {
+      const std::uint64_t epoch = state_.samples_per_epoch.size();
+      const bool last = epoch >= static_cast<std::uint64_t>(options_.schedule.epochs);
+      planning_done_ = last;
+      send_evaluate(msg::Evaluate{epoch, state_.model_version, last});
+    }
+  }
+  first_round_ = now;
+  epoch_started_ = now;
   plan_round();
 }
 
@@ -303,8 +232,12 @@ double Scheduler::deadline_seconds() const {
                   options_.schedule.deadline_factor * slowest_last_round_seconds_);
 }
 
+double Scheduler::training_seconds() const {
+  return state_.training_seconds + (first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0);
+}
+
 void Scheduler::plan_round() {
-  if (round_open_ || finished_ || calibrated_trainers() == 0) return;
+  if (open_ || planning_done_ || calibrated_trainers() == 0 || pool_.empty()) return;
   const auto round_samples = options_.round_samples_per_trainer > 0
                                  ? options_.round_samples_per_trainer * calibrated_trainers()
                                  : static_cast<std::uint64_t>(options_.schedule.round_samples);
@@ -313,18 +246,19 @@ void Scheduler::plan_round() {
   for (const auto& range : taken) total += range.size();
   if (total == 0) return;
 
-  ++round_;
+  OpenRound round;
+  round.round = state_.round + 1;
+  round.epoch = state_.epoch;
+  round.model_version = state_.model_version;
   msg::RoundOpened opened;
-  opened.round = round_;
-  opened.epoch = epoch_;
-  opened.model_version = model_version_;
-  opened.deadline_seconds = deadline_seconds();
+  opened.round = round.round;
+  opened.epoch = round.epoch;
+  opened.model_version = round.model_version;
   opened.incarnation = options_.incarnation;
   SamplePool round_pool;
   round_pool.give_back(taken);
   std::vector<std::pair<std::string, msg::RoundPlan>> plans;
   double expected_seconds = 0.0;  // the slowest planned share at its trainer's measured speed
-  in_flight_.clear();
   for (const Share& share : shares_for(total)) {
     TrainerState& state = live_.at(share.trainer);
     const bool left_out = !share.left_out.empty();
@@ -335,7 +269,7 @@ void Scheduler::plan_round() {
       log(LogLevel::kInfo, bus_.name(), "probing ", share.trainer, "'s link with ", share.samples,
           " samples");
     if (!probe && left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
-      state.left_out_since = left_out ? round_ : 0;
+      state.left_out_since = left_out ? round.round : 0;
       state.probe_after = 0;
       const std::string text = left_out ? share.trainer + " left out of the rounds: " + share.left_out
                                         : share.trainer + " is planned again";
@@ -343,8 +277,9 @@ void Scheduler::plan_round() {
       msg::Event event;
       event.type = left_out ? "left_out" : "planned_again";
       event.text = text;
-      event.round = round_;
+      event.round = round.round;
       event.labels["trainer"] = share.trainer;
+      if (left_out) event.labels["reason"] = share.left_out;
       bus_.publish(kEventTopic, event);
     }
     if (left_out || share.samples == 0) continue;
@@ -354,79 +289,378 @@ void Scheduler::plan_round() {
     const MicroBatchPlan micro = micro_batches_for(
         share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;
-    plan.round = round_;
-    plan.epoch = epoch_;
-    plan.model_version = model_version_;
+    plan.round = round.round;
+    plan.epoch = round.epoch;
+    plan.model_version = round.model_version;
     plan.ranges = round_pool.take(share.samples);
     plan.micro_batch = micro.micro_batch;
     plan.accumulation_steps = micro.accumulation_steps;
     plan.incarnation = options_.incarnation;
     opened.planned_samples[share.trainer] = share.samples;
-    opened.planned_ranges[share.trainer] = plan.ranges;
-    in_flight_[share.trainer] = plan.ranges;
+    round.planned[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
   }
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
-  opened.deadline_seconds =
-      std::max(opened.deadline_seconds, options_.schedule.deadline_factor * expected_seconds);
-  for (auto& [trainer, plan] : plans) plan.deadline_seconds = opened.deadline_seconds;
-  // The aggregator learns of the round before any trainer can answer it.
-  bus_.send(kAggregatorName, opened, Stamp{round_, model_version_});
-  for (const auto& [trainer, plan] : plans) bus_.send(trainer, plan, Stamp{round_, model_version_});
-  round_open_ = true;
+  round.deadline_seconds = std::max(deadline_seconds(), options_.schedule.deadline_factor * expected_seconds);
+  for (auto& [trainer, plan] : plans) plan.deadline_seconds = round.deadline_seconds;
+  const Stamp stamp{round.round, round.model_version};
+  // The aggregator learns of the round before any trainer can answer it (the hub keeps the order).
+  if (!bus_.send(kAggregatorName, opened, stamp)) {
+    log(LogLevel::kError, bus_.name(), "round ", round.round,
+        " could not be announced to the aggregator; its "
+        "contributions will be refused and its samples planned again");
+  }
+  for (const auto& [trainer, plan] : plans) bus_.send(trainer, plan, stamp);
+  round.opened = loop_.now();
+  const std::uint64_t number = round.round;
+  round.deadline_timer =
+      loop_.at(round.opened + to_clock_duration(std::chrono::duration<double>(round.deadline_seconds)),
+               [this, number] {
+                 if (open_ && open_->round == number) close_round("deadline passed");
+               });
+  open_ = std::move(round);
 }
 
-void Scheduler::handle(const msg::RoundClosed& closed, const Incoming&) {
-  if (!round_open_ || closed.round != round_) {
-    log(LogLevel::kWarn, bus_.name(), "ignored RoundClosed for round ", closed.round,
-        " (open round: ", round_open_ ? std::to_string(round_) : std::string("none"), ")");
+void Scheduler::handle(const msg::ContributionReceived& received, const Incoming&) {
+  if (!open_ || received.round != open_->round) {
+    log(LogLevel::kDebug, bus_.name(), "ignored the aggregator's report of ", received.trainer, " for round ",
+        received.round, ": that round is closed");
+    count_drop("contribution: arrived after its round closed");
     return;
   }
-  round_open_ = false;
-  model_version_ = closed.model_version;
+  if (!open_->planned.count(received.trainer) || open_->answered(received.trainer)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored a report of ", received.trainer, " for round ", received.round,
+        ": not planned, or reported before");
+    return;
+  }
+  if (received.accepted) {
+    open_->arrived[received.trainer] = Arrival{received, seconds_between(open_->opened, loop_.now())};
+  } else {
+    open_->refused[received.trainer] = received.reason;
+    log(LogLevel::kWarn, bus_.name(), received.trainer, "'s contribution to round ", received.round,
+        " was refused: ", received.reason);
+  }
+  if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
+}
+
+bool Scheduler::every_live_planned_trainer_answered() const {
+  for (const auto& [trainer, ranges] : open_->planned) {
+    if (live_.count(trainer) && !open_->answered(trainer)) return false;
+  }
+  return true;
+}
+
+void Scheduler::close_round(const std::string& why) {
+  OpenRound round = std::move(*open_);
+  open_.reset();
+  loop_.cancel(round.deadline_timer);
+  const double seconds = seconds_between(round.opened, loop_.now());
+
+  msg::CombineRound combine;
+  combine.round = round.round;
+  combine.epoch = round.epoch;
+  std::uint64_t samples = 0;
+  double loss_sum = 0.0;
+  std::uint64_t correct = 0;
   double slowest = 0.0;
-  for (const auto& outcome : closed.outcomes) {
-    if (outcome.delivered) {
-      epoch_trained_ += outcome.samples;
-      slowest = std::max(slowest, outcome.compute_seconds);
-      auto trainer = live_.find(outcome.trainer);
-      if (trainer != live_.end() && outcome.compute_seconds > 0) {
-        TrainerState& state = trainer->second;
-        state.speed.observe(outcome.samples, outcome.compute_seconds);
-        const double transfer = std::max(0.0, outcome.arrival_seconds - outcome.compute_seconds);
+  double idle_sum = 0.0;
+  nlohmann::json trainers = nlohmann::json::array();
+  msg::Event event;
+  event.type = "round";
+  event.round = round.round;
+  event.epoch = round.epoch;
+  for (const auto& [trainer, ranges] : round.planned) {
+    std::uint64_t planned = 0;
+    for (const auto& range : ranges) planned += range.size();
+    const auto arrived = round.arrived.find(trainer);
+    const bool delivered = arrived != round.arrived.end();
+    auto live = live_.find(trainer);
+    TrainerTotals& totals = state_.totals[trainer];
+    nlohmann::json line{{"name", trainer}, {"planned", planned}, {"delivered", delivered}};
+    if (delivered) {
+      const msg::ContributionReceived& report = arrived->second.report;
+      const double arrival = arrived->second.arrival_seconds;
+      combine.trainers.push_back(trainer);
+      samples += report.samples;
+      loss_sum += report.loss_sum;
+      correct += report.correct;
+      state_.trained.insert(state_.trained.end(), ranges.begin(), ranges.end());
+      totals.samples += report.samples;
+      totals.compute_seconds += report.compute_seconds;
+      ++totals.rounds_delivered;
+      slowest = std::max(slowest, report.compute_seconds);
+      // Waiting for the slowest: the time between this contribution and the round's close.
+      const double idle = std::max(0.0, seconds - arrival);
+      idle_sum += idle;
+      const double samples_per_second =
+          report.compute_seconds > 0 ? report.samples / report.compute_seconds : 0.0;
+      if (live != live_.end() && report.compute_seconds > 0) {
+        TrainerState& state = live->second;
+        state.speed.observe(report.samples, report.compute_seconds);
+        const double transfer = std::max(0.0, arrival - report.compute_seconds);
         state.recent_transfers.push_back(transfer);
         if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
         if (state.probing_from) state.probe_after = rounds_before_next_probe(*state.probing_from, transfer);
       }
+      line.update({{"samples", report.samples},
+                   {"compute_seconds", report.compute_seconds},
+                   {"model_wait_seconds", report.model_wait_seconds},
+                   {"staging_seconds", report.staging_seconds},
+                   {"samples_per_second", samples_per_second},
+                   {"arrival_seconds", arrival},
+                   {"idle_seconds", idle},
+                   {"ranges", ranges_json(ranges)}});
+      event.values["samples_per_second/" + trainer] = samples_per_second;
+      event.values["idle_seconds/" + trainer] = idle;
+      event.values["compute_seconds/" + trainer] = report.compute_seconds;
+      event.values["arrival_seconds/" + trainer] = arrival;
     } else {
-      auto trainer = live_.find(outcome.trainer);
-      if (trainer != live_.end() && trainer->second.probing_from) {
-        trainer->second.probe_after = rounds_before_next_probe(*trainer->second.probing_from, -1.0);
+      if (live != live_.end() && live->second.probing_from) {
+        live->second.probe_after = rounds_before_next_probe(*live->second.probing_from, -1.0);
       }
-      pool_.give_back(in_flight_[outcome.trainer]);
-      log(LogLevel::kWarn, bus_.name(), outcome.trainer, " missed round ", closed.round, ": ",
-          outcome.planned_samples, " samples return to the pool");
+      pool_.give_back(ranges);
+      ++totals.rounds_missed;
+      const auto refused = round.refused.find(trainer);
+      const std::string reason = refused != round.refused.end() ? refused->second
+                                 : live == live_.end()          ? "lost"
+                                                       : "no contribution by the close (" + why + ")";
+      log(LogLevel::kWarn, bus_.name(), trainer, " missed round ", round.round, " (", reason, "): ", planned,
+          " samples return to the pool");
+      event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned: " + reason;
+      line.update({{"samples", 0}, {"missed_reason", reason}, {"ranges", nlohmann::json::array()}});
+    }
+    if (live != live_.end()) line["benchmark_gflops"] = live->second.benchmark_gflops;
+    event.values["planned/" + trainer] = static_cast<double>(planned);
+    trainers.push_back(std::move(line));
+    if (live != live_.end()) live->second.probing_from.reset();
+  }
+  if (slowest > 0) slowest_last_round_seconds_ = slowest;
+  state_.round = round.round;
+  state_.model_version = round.model_version + (combine.trainers.empty() ? 0 : 1);
+  state_.epoch_samples += samples;
+  state_.epoch_loss_sum += loss_sum;
+  state_.epoch_correct += correct;
+  combine.model_version = state_.model_version;
+
+  const double idle_fraction = seconds > 0 && !round.arrived.empty()
+                                   ? idle_sum / (seconds * static_cast<double>(round.arrived.size()))
+                                   : 0.0;
+  const double loss = samples ? loss_sum / static_cast<double>(samples) : 0.0;
+  const nlohmann::json record{
+      {"round", round.round},
+      {"epoch", round.epoch},
+      {"model_version", state_.model_version},
+      {"seconds", seconds},
+      {"closed_seconds", first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0},
+      {"samples", samples},
+      {"idle_fraction", idle_fraction},
+      {"loss", loss},
+      {"closed_because", why},
+      {"trainers", trainers}};
+  event.values["samples"] = static_cast<double>(samples);
+  event.values["loss"] = loss;
+  event.values["seconds"] = seconds;
+  event.values["idle_fraction"] = idle_fraction;
+  event.values["epoch_samples_done"] = static_cast<double>(state_.epoch_samples);
+  event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
+  event.values["epochs"] = static_cast<double>(options_.schedule.epochs);
+  event.values["model_version"] = static_cast<double>(state_.model_version);
+  event.text = "round " + std::to_string(round.round) + ": " + std::to_string(samples) + " samples, loss " +
+               std::to_string(loss);
+
+  // The epoch is over once its pool is empty: every position was counted (nothing is in flight,
+  // since this was the only open round).
+  std::optional<msg::Evaluate> evaluate;
+  const bool epoch_done = pool_.empty();
+  const bool evaluation_under_way = evaluation_.has_value();
+  if (epoch_done) {
+    state_.samples_per_epoch.push_back(state_.epoch_samples);
+    state_.train_loss_per_epoch.push_back(
+        state_.epoch_samples ? state_.epoch_loss_sum / static_cast<double>(state_.epoch_samples) : 0.0);
+    state_.epoch_end_seconds.push_back(training_seconds());
+    const bool last = state_.epoch >= static_cast<std::uint64_t>(options_.schedule.epochs);
+    evaluate = msg::Evaluate{state_.epoch, state_.model_version, last};
+    if (last) {
+      planning_done_ = true;
+    } else {
+      ++state_.epoch;
+      state_.trained.clear();
+      state_.epoch_samples = 0;
+      state_.epoch_loss_sum = 0.0;
+      state_.epoch_correct = 0;
+      pool_.reset(options_.run.train_samples);
     }
   }
-  in_flight_.clear();
-  for (auto& [trainer, state] : live_) state.probing_from.reset();
-  if (slowest > 0) slowest_last_round_seconds_ = slowest;
-  if (pool_.empty()) end_epoch();
+  // Checkpoints wait while an evaluation is under way: a coordinator resumed from the epoch's last
+  // round then scores that epoch's own final model.
+  const auto every = static_cast<std::uint64_t>(std::max<std::int64_t>(0, options_.checkpoint_every));
+  combine.checkpoint = every > 0 && !evaluation_under_way && (round.round % every == 0 || epoch_done);
+  if (combine.checkpoint) {
+    state_.last_round_record = record.dump();
+    RoundState saved = state_;
+    saved.training_seconds = training_seconds();
+    combine.round_state = to_json(saved).dump();
+  }
+  // The aggregator first: it combines while the next round is planned and the record written.
+  if (!bus_.send(kAggregatorName, combine, Stamp{round.round, state_.model_version})) {
+    log(LogLevel::kError, bus_.name(), "CombineRound ", round.round,
+        " was not taken by the bus; sending it again soon");
+  }
+  unanswered_[round.round] = Unanswered{combine, loop_.now()};
+  if (evaluate) send_evaluate(*evaluate);
   plan_round();
+
+  record_.append_round(record);
+  bus_.publish(kEventTopic, event);
+  if (epoch_done) epoch_started_ = loop_.now();
 }
 
-void Scheduler::end_epoch() {
-  const bool last = epoch_ >= static_cast<std::uint64_t>(options_.schedule.epochs);
-  bus_.send(kAggregatorName, msg::EpochEnded{epoch_, epoch_trained_, last});
-  if (last) {
-    finished_ = true;
-    return;
+void Scheduler::send_evaluate(const msg::Evaluate& evaluate) {
+  evaluation_ = PendingEvaluation{evaluate, loop_.now()};
+  if (!bus_.send(kAggregatorName, evaluate)) {
+    log(LogLevel::kError, bus_.name(), "Evaluate of epoch ", evaluate.epoch,
+        " was not taken by the bus; sending it again later");
   }
-  ++epoch_;
-  epoch_trained_ = 0;
-  pool_.reset(options_.train_samples);
+}
+
+void Scheduler::resend_unanswered(Clock::time_point now) {
+  const double patience = std::max(kCombineResendSeconds, kCombineResendFactor * slowest_combine_seconds_);
+  for (auto& [round, unanswered] : unanswered_) {
+    if (seconds_between(unanswered.sent, now) < patience) continue;
+    log(LogLevel::kWarn, bus_.name(), "no answer to CombineRound ", round, " after ", patience,
+        " s: sending it again");
+    count_drop("combine: sent again, unanswered");
+    bus_.send(kAggregatorName, unanswered.message, Stamp{round, unanswered.message.model_version});
+    unanswered.sent = now;
+  }
+  if (evaluation_ && seconds_between(evaluation_->sent, now) >= kEvaluateResendSeconds) {
+    log(LogLevel::kWarn, bus_.name(), "no answer to Evaluate of epoch ", evaluation_->message.epoch,
+        ": asking again");
+    send_evaluate(evaluation_->message);
+  }
+}
+
+void Scheduler::handle(const msg::RoundCombined& combined, const Incoming&) {
+  const auto unanswered = unanswered_.find(combined.round);
+  if (unanswered == unanswered_.end()) return;  // an answer to a repeat
+  if (combined.model_version != unanswered->second.message.model_version || !combined.problem.empty()) {
+    log(LogLevel::kError, bus_.name(), "round ", combined.round, " combined into version ",
+        combined.model_version, " where ", unanswered->second.message.model_version, " was expected",
+        combined.problem.empty() ? std::string() : ": " + combined.problem);
+  }
+  unanswered_.erase(unanswered);
+  ++combines_answered_;
+  combine_timing_sums_["combine_seconds"] += combined.combine_seconds;
+  combine_timing_sums_["step_seconds"] += combined.step_seconds;
+  combine_timing_sums_["publish_seconds"] += combined.publish_seconds;
+  slowest_combine_seconds_ = std::max(
+      slowest_combine_seconds_, combined.combine_seconds + combined.step_seconds + combined.publish_seconds);
+}
+
+void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
+  if (!evaluation_ || evaluated.epoch != evaluation_->message.epoch) return;  // an answer to a repeat
+  const bool last = evaluation_->message.last;
+  evaluation_.reset();
+  if (!evaluated.problem.empty())
+    log(LogLevel::kError, bus_.name(), "epoch ", evaluated.epoch, ": ", evaluated.problem);
+  const auto found = evaluated.metrics.find("test_accuracy");
+  const double accuracy = found == evaluated.metrics.end() ? 0.0 : found->second;
+  if (state_.test_accuracy_per_epoch.size() < evaluated.epoch)
+    state_.test_accuracy_per_epoch.resize(evaluated.epoch);
+  state_.test_accuracy_per_epoch[evaluated.epoch - 1] = accuracy;
+  const std::size_t index = evaluated.epoch - 1;
+  const std::uint64_t samples = index < state_.samples_per_epoch.size() ? state_.samples_per_epoch[index] : 0;
+  const double train_loss =
+      index < state_.train_loss_per_epoch.size() ? state_.train_loss_per_epoch[index] : 0.0;
+  msg::Event event;
+  event.type = "epoch";
+  event.epoch = evaluated.epoch;
+  event.round = state_.round;
+  for (const auto& [name, value] : evaluated.metrics) event.values[name] = value;
+  event.values["test_accuracy"] = accuracy;
+  event.values["train_loss"] = train_loss;
+  event.values["samples"] = static_cast<double>(samples);
+  event.values["epochs"] = static_cast<double>(options_.schedule.epochs);
+  const double ended_at = index < state_.epoch_end_seconds.size() ? state_.epoch_end_seconds[index] : 0.0;
+  event.values["training_seconds"] = ended_at;
+  std::ostringstream text;
+  text << "epoch " << evaluated.epoch << "/" << options_.schedule.epochs << ": test accuracy " << accuracy
+       << ", train loss " << train_loss << ", " << samples << " samples, " << std::fixed
+       << std::setprecision(1) << ended_at << " s of training";
+  event.text = text.str();
+  log(LogLevel::kInfo, bus_.name(), event.text);
+  bus_.publish(kEventTopic, event);
+  if (last) finish(evaluated);
+}
+
+void Scheduler::finish(const msg::Evaluated& evaluated) {
+  if (finished_) return;
+  finished_ = true;
+  const double wall_seconds = seconds_between(started_at_, loop_.now());
+  nlohmann::json nodes = nlohmann::json::array();
+  for (const auto& [trainer, totals] : state_.totals) {
+    nodes.push_back({{"name", node_of_trainer(trainer)},
+                     {"trainer", trainer},
+                     {"samples", totals.samples},
+                     {"compute_seconds", totals.compute_seconds},
+                     {"rounds_delivered", totals.rounds_delivered},
+                     {"rounds_missed", totals.rounds_missed}});
+  }
+  const double accuracy =
+      state_.test_accuracy_per_epoch.empty() ? 0.0 : state_.test_accuracy_per_epoch.back();
+  nlohmann::json timing = nlohmann::json::object();
+  if (combines_answered_ > 0) {
+    for (const char* part : {"combine_seconds", "step_seconds", "publish_seconds"}) {
+      timing[part] = combine_timing_sums_[part] / static_cast<double>(combines_answered_);
+    }
+  }
+  nlohmann::json drops = nlohmann::json::object();
+  if (options_.drops) {
+    for (const auto& [reason, count] : options_.drops->snapshot()) drops[reason] = count;
+  }
+  const std::string model_file =
+      evaluated.model_files.empty() ? std::string() : evaluated.model_files.front();
+  record_.write_summary({
+      {"run_id", options_.run.run_id},
+      {"model", options_.run.model},
+      {"dataset", options_.run.dataset},
+      {"mode", options_.run.mode},
+      {"optimizer", options_.optimizer.name},
+      {"outer_optimizer", options_.run.mode == "local-sgd" ? options_.optimizer.outer : std::string()},
+      {"final_test_accuracy", accuracy},
+      {"test_accuracy_per_epoch", state_.test_accuracy_per_epoch},
+      {"train_loss_per_epoch", state_.train_loss_per_epoch},
+      {"epoch_end_seconds", state_.epoch_end_seconds},
+      {"epochs", state_.samples_per_epoch.size()},
+      {"wall_seconds", wall_seconds},
+      {"training_seconds", training_seconds()},
+      {"coordinator_starts", options_.incarnation},
+      {"rounds", state_.round},
+      {"model_version", state_.model_version},
+      {"samples_per_epoch", state_.samples_per_epoch},
+      {"train_samples", options_.run.train_samples},
+      {"nodes", nodes},
+      {"model_file", model_file},
+      {"model_files", evaluated.model_files},
+      {"aggregator_timing", timing},
+      {"dropped", drops},
+  });
+  msg::Event event;
+  event.type = "finished";
+  event.text = "run finished: test accuracy " + std::to_string(accuracy) + " after " +
+               std::to_string(state_.round) + " rounds in " + std::to_string(wall_seconds) + " s";
+  event.values["final_test_accuracy"] = accuracy;
+  event.values["wall_seconds"] = wall_seconds;
+  event.labels["run_dir"] = record_.run_dir();
+  bus_.publish(kEventTopic, event);
+  // Last: monitors and nodes end when they see it.
+  bus_.publish(kControlTopic,
+               msg::RunFinished{"all " + std::to_string(state_.samples_per_epoch.size()) + " epochs trained",
+                                accuracy});
+  log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
+  if (on_finished_) on_finished_();
 }
 
 }  // namespace filo

@@ -1,130 +1,95 @@
 #pragma once
-// The scheduler plans each round: which positions of the epoch's shuffled order each live trainer
-// trains, in what micro-batches, by when. Samples of a trainer that missed a round go back to the
-// front of the pool, so every sample is trained exactly once per epoch.
+// The scheduler owns every round from plan to close. It keeps the one membership view (from the
+// registrar's announcements), each trainer's measured speed and link, the epoch's pool of
+// untrained positions and the run record. It plans a round, records arrivals as the aggregator
+// reports them, decides when the round closes (every live planned trainer answered, or the
+// deadline), returns missed samples to the pool, and tells the aggregator exactly which
+// contributions to combine. It plans the next round at once, while the aggregator combines.
+//
+// Its state after each round (RoundState) is the one piece of round state that must survive a
+// coordinator restart; it travels to the aggregator inside CombineRound and is checkpointed there
+// beside the model and optimizer of the same moment.
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "actors/shares.hpp"
 #include "messages/membership.hpp"
 #include "messages/round.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
+#include "runtime/drop_counters.hpp"
+#include "runtime/run_record.hpp"
 
 namespace filo {
 
-constexpr const char* kSchedulerName = "scheduler";
-
-/// The epoch's not-yet-trained positions, as ranges.
-class SamplePool {
- public:
-  void reset(std::uint64_t size);
-  /// Exactly `ranges` remain.
-  void assign(const std::vector<msg::SampleRange>& ranges);
-  /// Removes and returns up to `count` positions from the front.
-  std::vector<msg::SampleRange> take(std::uint64_t count);
-  /// Puts `ranges` back at the front (they are retried first).
-  void give_back(const std::vector<msg::SampleRange>& ranges);
-  std::uint64_t remaining() const;
-  bool empty() const { return ranges_.empty(); }
-
- private:
-  std::deque<msg::SampleRange> ranges_;
-};
-
-/// Splits `total` into `parts` shares that differ by at most one, larger ones first.
-std::vector<std::uint64_t> equal_shares(std::uint64_t total, std::size_t parts);
-
-/// What the scheduler believes about one trainer.
-struct TrainerEstimate {
-  std::string trainer;
-  double samples_per_second = 0.0;  /// 0: not known yet
-  double transfer_seconds = 0.0;    /// per round: model down, contribution up, latency
-};
-
-struct Share {
-  std::string trainer;
+/// A trainer's totals over the run.
+struct TrainerTotals {
   std::uint64_t samples = 0;
-  std::string left_out;  /// why the trainer gets nothing this round, when it does not
+  double compute_seconds = 0.0;
+  std::uint64_t rounds_delivered = 0;
+  std::uint64_t rounds_missed = 0;
 };
 
-/// Shares of `total` samples such that every trainer finishes together: transfer_i + n_i / s_i
-/// is the same T for all, with sum n_i = total. A trainer whose transfer time beyond the
-/// best-connected trainer's would be `max_transfer_ratio` of its compute time or more (or whose
-/// transfer outlasts the round) is left out, worst first, while others remain; 0 disables that rule. Unknown
-/// speeds count as the mean of the known ones.
-std::vector<Share> proportional_shares(const std::vector<TrainerEstimate>& trainers, std::uint64_t total,
-                                       double max_transfer_ratio);
-
-/// A trainer's speed from its delivered rounds: a ratio of exponentially smoothed sums, so that
-/// a short round, whose time is mostly jitter, weighs less than a long one.
-class SpeedEstimate {
- public:
-  SpeedEstimate() = default;
-  /// Starts from a calibration (samples/s).
-  explicit SpeedEstimate(double calibrated_samples_per_second) : calibrated_(calibrated_samples_per_second) {}
-  void observe(std::uint64_t samples, double seconds);
-  /// 0 while nothing is known.
-  double samples_per_second() const;
-
- private:
-  double calibrated_ = 0.0;
-  double smoothed_samples_ = 0.0;
-  double smoothed_seconds_ = 0.0;
+/// Where the run stands after a closed round: what a resumed coordinator continues from.
+struct RoundState {
+  std::uint64_t epoch = 1;                /// the epoch in progress
+  std::uint64_t round = 0;                /// the last closed round
+  std::uint64_t model_version = 0;        /// the version that round's combination produces
+  std::vector<msg::SampleRange> trained;  /// positions of `epoch` counted so far
+  std::uint64_t epoch_samples = 0;
+  double epoch_loss_sum = 0.0;
+  std::uint64_t epoch_correct = 0;
+  std::vector<std::uint64_t> samples_per_epoch;  /// of finished epochs
+  std::vector<double> train_loss_per_epoch;      /// of finished epochs
+  std::vector<double> test_accuracy_per_epoch;   /// of evaluated epochs (may lag by one)
+  std::vector<double> epoch_end_seconds;         /// training seconds when each epoch's last round closed
+  std::map<std::string, TrainerTotals> totals;
+  double training_seconds = 0.0;  /// of earlier starts of the coordinator
+  std::string last_round_record;  /// the rounds.jsonl line of `round`
 };
-
-struct MicroBatchPlan {
-  std::uint32_t micro_batch = 0;
-  std::uint32_t accumulation_steps = 0;
-};
-/// A share larger than what one forward pass may take (configuration or device memory) runs as
-/// micro-batches whose gradients accumulate. `max_for_device` 0 means no device limit is known.
-MicroBatchPlan micro_batches_for(std::uint64_t share, std::uint64_t configured_micro_batch,
-                                 std::uint64_t max_for_device);
-
-/// A trainer left out by the transfer rule is planned once more now and then to measure its link
-/// again (a probe). How many rounds it waits for the next one, from the transfer that kept it out
-/// and what its last probe measured: a link clearly faster than before (a cap lifted, TCP still
-/// regrowing its window) is probed again soon; one as slow as before waits the long interval.
-/// `probe_transfer` < 0: the probe delivered nothing.
-std::uint64_t rounds_before_next_probe(double transfer_before_probe, double probe_transfer);
-
-/// Where a resumed run stands: the last closed round and the positions of its epoch trained.
-struct SchedulerResume {
-  std::uint64_t epoch = 1;
-  std::uint64_t round = 0;
-  std::uint64_t model_version = 0;
-  std::vector<msg::SampleRange> trained;
-};
-
-/// The positions of [0, size) not in `trained` (which may be unsorted, never overlapping).
-std::vector<msg::SampleRange> untrained_ranges(std::vector<msg::SampleRange> trained, std::uint64_t size);
+nlohmann::json to_json(const RoundState& state);
+/// Throws std::runtime_error naming the field that is missing or malformed.
+RoundState round_state_from_json(const nlohmann::json& json);
 
 struct SchedulerOptions {
   ScheduleOptions schedule;
-  std::uint64_t train_samples = 0;  /// samples per epoch
+  msg::RunSpec run;
+  OptimizerOptions optimizer;  /// named in summary.json
+  std::string run_dir;
   /// local-sgd: a round holds this many samples per planned trainer (the sync interval), in place
   /// of schedule.round_samples; 0 = gradient mode's fixed global batch.
   std::uint64_t round_samples_per_trainer = 0;
-  std::uint64_t incarnation = 1;          /// this start of the coordinator (1 = fresh run)
-  std::optional<SchedulerResume> resume;  /// continue a checkpointed run
+  std::uint64_t incarnation = 1;      /// this start of the coordinator (1 = fresh run)
+  std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
+  std::optional<RoundState> resume;   /// continue a checkpointed run
+  DropCounters* drops = nullptr;      /// refused messages of this process, for records; may be null
 };
 
 class Scheduler final {
  public:
-  using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::RoundClosed>;
+  using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::ContributionReceived,
+                             msg::RoundCombined, msg::Evaluated>;
 
+  /// `on_finished` is called once the run is over and its summary written.
   Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
-            const StopFlag& stop);
+            const StopFlag& stop, std::function<void()> on_finished = {},
+            const TimeSource& time = steady_time());
   void run();
 
   void handle(const msg::MembershipChange& change, const Incoming& from);
   void handle(const msg::Calibration& calibration, const Incoming& from);
-  void handle(const msg::RoundClosed& closed, const Incoming& from);
+  void handle(const msg::ContributionReceived& received, const Incoming& from);
+  void handle(const msg::RoundCombined& combined, const Incoming& from);
+  void handle(const msg::Evaluated& evaluated, const Incoming& from);
 
  private:
   struct TrainerState {
@@ -135,31 +100,74 @@ class Scheduler final {
     std::uint64_t left_out_since = 0;     // round it was last left out in (0: it is not)
     std::uint64_t probe_after = 0;        // rounds left out before its next probe (0: the long interval)
     std::optional<double> probing_from;   // during a probe: the transfer that kept it out
+    std::string hostname;
+    double benchmark_gflops = 0.0;
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
   };
+  struct Arrival {
+    msg::ContributionReceived report;
+    double arrival_seconds = 0.0;  // from the plans going out to the aggregator's report
+  };
+  struct OpenRound {
+    std::uint64_t round = 0;
+    std::uint64_t epoch = 0;
+    std::uint64_t model_version = 0;
+    Clock::time_point opened;
+    double deadline_seconds = 0.0;
+    ActorLoop::TimerId deadline_timer = 0;
+    std::map<std::string, std::vector<msg::SampleRange>> planned;
+    std::map<std::string, Arrival> arrived;
+    std::map<std::string, std::string> refused;  // trainer → why its contribution does not count
+    bool answered(const std::string& trainer) const {
+      return arrived.count(trainer) || refused.count(trainer);
+    }
+  };
+  struct Unanswered {
+    msg::CombineRound message;
+    Clock::time_point sent;
+  };
+  struct PendingEvaluation {
+    msg::Evaluate message;
+    Clock::time_point sent;
+  };
+
   std::size_t calibrated_trainers() const;
   std::vector<Share> shares_for(std::uint64_t total);
   void maybe_start(Clock::time_point now);
   void plan_round();
-  void end_epoch();
+  bool every_live_planned_trainer_answered() const;
+  void close_round(const std::string& why);
+  void resend_unanswered(Clock::time_point now);
+  void send_evaluate(const msg::Evaluate& evaluate);
+  void finish(const msg::Evaluated& evaluated);
   double deadline_seconds() const;
+  double training_seconds() const;
+  void count_drop(const std::string& reason);
 
   SchedulerOptions options_;
   BusClient bus_;
   ActorLoop loop_;
+  std::function<void()> on_finished_;
+  RunRecord record_;
+  RoundState state_;
   std::map<std::string, TrainerState> live_;
   SamplePool pool_;
-  std::map<std::string, std::vector<msg::SampleRange>> in_flight_;
+  std::optional<OpenRound> open_;
+  std::map<std::uint64_t, Unanswered> unanswered_;  // combines the aggregator has not confirmed
+  std::optional<PendingEvaluation> evaluation_;
   std::optional<Clock::time_point> enough_trainers_since_;
   bool started_ = false;
-  bool round_open_ = false;
+  bool planning_done_ = false;  // the last epoch's last round has closed
   bool finished_ = false;
-  std::uint64_t epoch_ = 1;
-  std::uint64_t round_ = 0;
-  std::uint64_t model_version_ = 0;
-  std::uint64_t epoch_trained_ = 0;
   double slowest_last_round_seconds_ = 0.0;
+  std::optional<Clock::time_point> first_round_;
+  Clock::time_point epoch_started_;
+  Clock::time_point started_at_;
+  /// Means over the run of what the aggregator reported (combine, step, publish).
+  std::map<std::string, double> combine_timing_sums_;
+  std::uint64_t combines_answered_ = 0;
+  double slowest_combine_seconds_ = 0.0;
 };
 
 }  // namespace filo

@@ -1,11 +1,9 @@
 #include "actors/trainer.hpp"
 
-#include "actors/aggregator.hpp"
 #include "actors/learning/epoch_order.hpp"
 #include "actors/learning/models.hpp"
+#include "actors/learning/optimizers.hpp"
 #include "actors/learning/parameters.hpp"
-#include "actors/registrar.hpp"
-#include "actors/scheduler.hpp"
 
 #include <thread>
 
@@ -21,106 +19,22 @@ constexpr double kCalibrationMinSeconds = 0.3;
 constexpr Milliseconds kSlowdownSlice{5};
 }  // namespace
 
-torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
-  std::vector<torch::Tensor> pieces;
-  for (const auto& range : ranges) {
-    TORCH_CHECK(range.begin <= range.end && range.end <= static_cast<std::uint64_t>(order.size(0)),
-                "sample range [", range.begin, ", ", range.end, ") outside the epoch of ", order.size(0));
-    pieces.push_back(
-        order.slice(0, static_cast<std::int64_t>(range.begin), static_cast<std::int64_t>(range.end)));
-  }
-  return pieces.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(pieces);
-}
-
-namespace {
-/// The micro-batch loop both modes share. `step(images, labels)` does a mode's work on one
-/// micro-batch and returns its logits and its loss summed over the micro-batch's samples.
-template <typename Step>
-ShareResult over_micro_batches(torch::nn::Sequential& model, const Dataset& data,
-                               const torch::Tensor& indices, std::int64_t micro_batch, const Step& step,
-                               const std::function<void()>& between_micro_batches) {
-  model->train();
-  ShareResult result;
-  const std::int64_t count = indices.size(0);
-  for (std::int64_t start = 0; start < count; start += micro_batch) {
-    const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
-    auto [images, labels] = data.batch(batch_indices);
-    const auto [logits, loss_sum] = step(images, labels);
-    result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
-    result.loss_sum += loss_sum;
-    result.correct +=
-        static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().template item<std::int64_t>());
-    if (between_micro_batches) between_micro_batches();
-  }
-  return result;
-}
-}  // namespace
-
-ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches) {
-  for (auto& parameter : model->parameters()) parameter.mutable_grad() = torch::Tensor();
-  const auto step = [&](const torch::Tensor& images, const torch::Tensor& labels) {
-    const auto logits = model->forward(images);
-    // Summed, not averaged: the aggregator divides once by the round's total sample count.
-    const auto loss = torch::nn::functional::cross_entropy(
-        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-    loss.backward();
-    return std::make_pair(logits, loss.item<double>());
-  };
-  return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
-}
-
-ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
-                              const std::function<void()>& between_micro_batches) {
-  const auto step = [&](const torch::Tensor& images, const torch::Tensor& labels) {
-    optimizer.zero_grad();
-    const auto logits = model->forward(images);
-    const auto loss =
-        torch::nn::functional::cross_entropy(logits, labels);  // each local step is an ordinary step
-    loss.backward();
-    optimizer.step();
-    return std::make_pair(logits, loss.item<double>() * static_cast<double>(labels.size(0)));
-  };
-  return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
-}
-
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
-                                          const std::vector<NamedTensor>& before) {
-  torch::NoGradGuard no_grad;
-  std::vector<NamedTensor> deltas;
-  const auto after = named_parameters(model);
-  TORCH_CHECK(after.size() == before.size(), "parameter_deltas: ", after.size(), " parameters, ",
-              before.size(), " before");
-  for (std::size_t i = 0; i < after.size(); ++i)
-    deltas.push_back({after[i].name, after[i].tensor - before[i].tensor});
-  return deltas;
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
-                                                              std::vector<torch::Tensor> parameters) {
-  OptimizerOptions options;
-  options.name = run.optimizer;
-  options.learning_rate = run.learning_rate;
-  options.momentum = run.momentum;
-  options.weight_decay = run.weight_decay;
-  return make_optimizer(options, std::move(parameters));
-}
-
 Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
-                 const StopFlag& stop)
+                 const StopFlag& stop, const TimeSource& time)
     : options_(std::move(options)),
       report_(std::move(report)),
-      bus_(sockets, "trainer@" + options_.node + "/" + options_.device),
-      loop_(stop) {
+      bus_(sockets, trainer_name(options_.node, options_.device)),
+      loop_(stop, time),
+      registering_since_(loop_.now()),
+      last_heard_(loop_.now()) {
   bus_.connect(options_.coordinator);
   loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
-  heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
+  heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
 }
 
 int Trainer::run() {
   log(LogLevel::kInfo, bus_.name(), "registering with ", options_.coordinator);
-  tick(Clock::now());
+  tick(loop_.now());
   loop_.run();
   if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"process stopping"});
   return exit_code_;
@@ -154,13 +68,13 @@ void Trainer::tick(Clock::time_point now) {
 void Trainer::register_again(const std::string& why) {
   log(LogLevel::kWarn, bus_.name(), why, "; registering again");
   state_ = State::kRegistering;
-  registering_since_ = Clock::now();
+  registering_since_ = loop_.now();
   last_report_sent_ = {};
   pending_.reset();
 }
 
 void Trainer::handle(const msg::Admission& admission, const Incoming&) {
-  last_heard_ = Clock::now();
+  last_heard_ = loop_.now();
   if (!admission.admitted && admission.register_again) {
     if (state_ == State::kAdmitted)
       register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
@@ -214,7 +128,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
     // of its own, whatever this node's configuration says.
     options_.heartbeat_interval = Milliseconds(admission.heartbeat_interval_ms);
     loop_.cancel(heartbeat_timer_);
-    heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(Clock::now()); });
+    heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
   }
   if (admission.liveness > 0) options_.liveness = admission.liveness;
   if (first_admission) {
@@ -232,7 +146,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
   if (first_admission)
     work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
-  snapshot_requested_ = Clock::now();
+  snapshot_requested_ = loop_.now();
 }
 
 void Trainer::read_mailbox(zmq::socket_t& socket) {
@@ -307,7 +221,7 @@ void Trainer::calibrate() {
 }
 
 void Trainer::handle(const msg::Heartbeat&, const Incoming&) {
-  last_heard_ = Clock::now();
+  last_heard_ = loop_.now();
 }
 
 void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
@@ -339,16 +253,17 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
 void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
   if (state_ != State::kAdmitted) return;
   pending_ = plan;
+  pending_since_ = Clock::now();
   train_if_ready();
   if (pending_) request_snapshot_soon();
 }
 
 void Trainer::request_snapshot_soon() {
-  loop_.at(Clock::now() + kSnapshotGrace, [this] {
+  loop_.at(loop_.now() + kSnapshotGrace, [this] {
     if (!pending_ || (model_version_ && *model_version_ == pending_->model_version)) return;
-    if (snapshot_requested_ && Clock::now() - *snapshot_requested_ < kSnapshotRetry) return;
+    if (snapshot_requested_ && loop_.now() - *snapshot_requested_ < kSnapshotRetry) return;
     bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
-    snapshot_requested_ = Clock::now();
+    snapshot_requested_ = loop_.now();
     request_snapshot_soon();
   });
 }
@@ -356,11 +271,12 @@ void Trainer::request_snapshot_soon() {
 void Trainer::train_if_ready() {
   if (!pending_ || !model_version_ || *model_version_ != pending_->model_version) return;
   const msg::RoundPlan plan = *pending_;
+  const double model_wait = seconds_between(pending_since_, Clock::now());
   pending_.reset();
-  work([this, &plan] { train(plan); });
+  work([this, &plan, model_wait] { train(plan, model_wait); });
 }
 
-void Trainer::train(const msg::RoundPlan& plan) {
+void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   if (!order_.defined() || order_epoch_ != plan.epoch) {
     order_ = epoch_order(run_->seed, plan.epoch, data_.size());
     order_epoch_ = plan.epoch;
@@ -382,6 +298,7 @@ void Trainer::train(const msg::RoundPlan& plan) {
           : train_share(model_, data_, indices, micro_batch, between_micro_batches);
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
+  const auto computed = Clock::now();
 
   std::vector<zmq::message_t> frames;
   msg::Contribution contribution;
@@ -392,10 +309,12 @@ void Trainer::train(const msg::RoundPlan& plan) {
   contribution.samples = result.samples;
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;
-  contribution.gradients = append_tensor_frames(
+  contribution.gradients = send_buffers_.stage(
       local_optimizer_ ? parameter_deltas(*model_, before) : named_gradients(*model_), frames);
-  contribution.buffers = append_tensor_frames(snapshot(named_buffers(*model_)), frames);
-  contribution.compute_seconds = seconds_between(started, Clock::now());
+  contribution.buffers = send_buffers_.stage(named_buffers(*model_), frames);
+  contribution.compute_seconds = seconds_between(started, computed);
+  contribution.model_wait_seconds = model_wait_seconds;
+  contribution.staging_seconds = seconds_between(computed, Clock::now());
   bus_.send(kAggregatorName, contribution, Stamp{plan.round, plan.model_version}, std::move(frames));
 }
 

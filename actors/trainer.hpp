@@ -11,46 +11,18 @@
 #include <torch/torch.h>
 
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/training.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
 #include "messages/round.hpp"
+#include "messages/send_buffers.hpp"
 #include "messages/test_aid.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
 
 namespace filo {
-
-struct ShareResult {
-  std::uint64_t samples = 0;
-  double loss_sum = 0.0;
-  std::uint64_t correct = 0;
-};
-
-/// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
-/// summed loss in each parameter's .grad() (fresh tensors: earlier gradients are released, not
-/// zeroed, so frames still being sent keep their values). Calls `between_micro_batches` after
-/// each micro-batch.
-ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches = {});
-
-/// Local-SGD: one `optimizer` step per micro-batch of `indices` on the micro-batch's mean loss
-/// (each local step is an ordinary training step). `loss_sum` is still per sample, summed.
-ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
-                              const std::function<void()>& between_micro_batches = {});
-
-/// Each parameter's change since `before` (copies taken with snapshot(named_parameters(...))).
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
-                                          const std::vector<NamedTensor>& before);
-
-/// The optimizer a local-sgd trainer steps, as the run spec names it.
-std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
-                                                              std::vector<torch::Tensor> parameters);
-
-/// Dataset indices of `ranges` (positions in `order`).
-torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges);
 
 /// Exit codes of a node process.
 constexpr int kExitFinished = 0;
@@ -75,11 +47,13 @@ class Trainer final {
                              msg::RunFinished, msg::SetSlowdown>;
 
   Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
-          const StopFlag& stop);
+          const StopFlag& stop, const TimeSource& time = steady_time());
   /// Runs until the run finishes (0), the node is rejected (2), the coordinator stays silent
   /// past the connect timeout (3), or the process is asked to stop (0).
   int run();
   const std::string& name() const { return bus_.name(); }
+  /// Host buffers allocated for contributions so far: flat once rounds repeat.
+  std::size_t send_buffer_allocations() const { return send_buffers_.allocations(); }
 
   void handle(const msg::Admission& admission, const Incoming& from);
   void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
@@ -94,7 +68,7 @@ class Trainer final {
   void register_again(const std::string& why);
   void request_snapshot_soon();
   void train_if_ready();
-  void train(const msg::RoundPlan& plan);
+  void train(const msg::RoundPlan& plan, double model_wait_seconds);
   /// Measures the run's model at its micro-batch size and tells the scheduler.
   void calibrate();
   /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all, serving
@@ -120,9 +94,9 @@ class Trainer final {
   ActorLoop::TimerId heartbeat_timer_{};
   State state_ = State::kRegistering;
   int exit_code_ = kExitFinished;
-  Clock::time_point registering_since_ = Clock::now();
+  Clock::time_point registering_since_;
   Clock::time_point last_report_sent_{};
-  Clock::time_point last_heard_ = Clock::now();
+  Clock::time_point last_heard_;
   std::optional<msg::RunSpec> run_;
   std::string subscribed_to_;
   Dataset data_;
@@ -131,6 +105,8 @@ class Trainer final {
   std::optional<std::uint64_t> model_version_;                // none: no clean replica (after training on it)
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
+  Clock::time_point pending_since_{};  // when the pending plan arrived
+  SendBuffers send_buffers_;
   bool working_ = false;
   std::deque<Incoming> deferred_;
   std::optional<Clock::time_point> snapshot_requested_;

@@ -20,10 +20,16 @@ std::string_view kind_name(MessageKind kind) {
       return "RoundOpened";
     case MessageKind::kContribution:
       return "Contribution";
-    case MessageKind::kRoundClosed:
-      return "RoundClosed";
-    case MessageKind::kEpochEnded:
-      return "EpochEnded";
+    case MessageKind::kContributionReceived:
+      return "ContributionReceived";
+    case MessageKind::kCombineRound:
+      return "CombineRound";
+    case MessageKind::kRoundCombined:
+      return "RoundCombined";
+    case MessageKind::kEvaluate:
+      return "Evaluate";
+    case MessageKind::kEvaluated:
+      return "Evaluated";
     case MessageKind::kModelState:
       return "ModelState";
     case MessageKind::kSnapshotRequest:

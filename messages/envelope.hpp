@@ -8,7 +8,7 @@
 namespace filo {
 
 /// Bumped whenever a message's meaning changes incompatibly.
-constexpr std::uint16_t kProtocolVersion = 1;
+constexpr std::uint16_t kProtocolVersion = 2;
 
 enum class MessageKind : std::uint8_t {
   kHardwareReport = 1,
@@ -19,8 +19,11 @@ enum class MessageKind : std::uint8_t {
   kRoundPlan,
   kRoundOpened,
   kContribution,
-  kRoundClosed,
-  kEpochEnded,
+  kContributionReceived,
+  kCombineRound,
+  kRoundCombined,
+  kEvaluate,
+  kEvaluated,
   kModelState,
   kSnapshotRequest,
   kEvent,

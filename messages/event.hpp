@@ -21,7 +21,7 @@ struct Event {
   MSGPACK_DEFINE_MAP(type, text, round, epoch, values, labels)
 };
 
-// aggregator → everyone (published on topic "control"): the run is over; nodes exit.
+// scheduler → everyone (published on topic "control"): the run is over; nodes and monitors exit.
 struct RunFinished {
   static constexpr MessageKind kKind = MessageKind::kRunFinished;
   std::string reason;

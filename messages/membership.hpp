@@ -98,14 +98,16 @@ struct Leave {
 
 enum class MembershipChangeKind : std::uint8_t { kJoined = 0, kRejoined, kLost, kLeft };
 
-// registrar → scheduler and aggregator: a trainer joined, came back, was lost or left.
+// registrar → scheduler: a trainer joined, came back, was lost or left. The scheduler keeps the
+// one membership view that rounds are planned and closed by.
 struct MembershipChange {
   static constexpr MessageKind kKind = MessageKind::kMembershipChange;
   std::string trainer;
   MembershipChangeKind change = MembershipChangeKind::kJoined;
   std::string reason;
   double cpu_gemm_gflops = 0.0;
-  MSGPACK_DEFINE_MAP(trainer, change, reason, cpu_gemm_gflops)
+  std::string hostname;
+  MSGPACK_DEFINE_MAP(trainer, change, reason, cpu_gemm_gflops, hostname)
 };
 
 }  // namespace filo::msg

@@ -1,5 +1,15 @@
 #pragma once
-// One round of training: plan out, contributions in, round closed.
+// One round of training. The scheduler owns every round from plan to close; the aggregator holds
+// and combines contributions when told which to combine:
+//
+//   scheduler  --RoundOpened-->           aggregator   (who may contribute, on which version)
+//   scheduler  --RoundPlan-->             trainer      (what to train)
+//   trainer    --Contribution-->          aggregator   (gradients as tensor frames)
+//   aggregator --ContributionReceived-->  scheduler    (accepted or refused, and what it cost)
+//   scheduler  --CombineRound-->          aggregator   (exactly these, then step and publish)
+//   aggregator --RoundCombined-->         scheduler    (done; the scheduler sends again until then)
+//   scheduler  --Evaluate-->              aggregator   (at an epoch's end)
+//   aggregator --Evaluated-->             scheduler
 #include <cstdint>
 #include <map>
 #include <string>
@@ -16,6 +26,7 @@ struct SampleRange {
   std::uint64_t begin = 0;
   std::uint64_t end = 0;
   std::uint64_t size() const { return end - begin; }
+  bool operator==(const SampleRange& other) const { return begin == other.begin && end == other.end; }
   MSGPACK_DEFINE(begin, end)
 };
 
@@ -36,20 +47,16 @@ struct RoundPlan {
                      incarnation)
 };
 
-// scheduler → aggregator: the round is open; these trainers owe these many samples.
+// scheduler → aggregator, before the round's plans go out: which trainers may contribute to this
+// round, how many samples each, computed on which model version. Anything else is refused.
 struct RoundOpened {
   static constexpr MessageKind kKind = MessageKind::kRoundOpened;
   std::uint64_t round = 0;
   std::uint64_t epoch = 0;
   std::uint64_t model_version = 0;
-  std::map<std::string, std::uint64_t> planned_samples;
-  double deadline_seconds = 0.0;
   std::uint64_t incarnation = 0;
-  // The positions each trainer trains: the aggregator records what was delivered, per epoch,
-  // so that a checkpoint knows exactly which samples are done.
-  std::map<std::string, std::vector<SampleRange>> planned_ranges;
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, planned_samples, deadline_seconds, incarnation,
-                     planned_ranges)
+  std::map<std::string, std::uint64_t> planned_samples;
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, incarnation, planned_samples)
 };
 
 // trainer → aggregator: gradients summed over its samples (as tensor frames), its BatchNorm-style
@@ -63,22 +70,84 @@ struct Contribution {
   std::uint64_t samples = 0;
   double loss_sum = 0.0;
   std::uint64_t correct = 0;
-  double compute_seconds = 0.0;
+  double compute_seconds = 0.0;     // forward and backward over the share (slowdown aid included)
+  double model_wait_seconds = 0.0;  // from the plan's arrival to the start of training (model not there yet)
+  double staging_seconds = 0.0;     // copying the results into send buffers
   std::vector<TensorMeta> gradients;
   std::vector<TensorMeta> buffers;
   std::uint64_t incarnation = 0;  // the plan's
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds, gradients,
-                     buffers, incarnation)
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds,
+                     model_wait_seconds, staging_seconds, gradients, buffers, incarnation)
 };
 
-struct TrainerOutcome {
+// aggregator → scheduler, for each contribution from a trainer planned in an open round: accepted
+// (held for combining) or refused with the reason, and what its sender reported. The scheduler
+// records arrivals from these alone.
+struct ContributionReceived {
+  static constexpr MessageKind kKind = MessageKind::kContributionReceived;
+  std::uint64_t round = 0;
   std::string trainer;
-  std::uint64_t planned_samples = 0;
-  std::uint64_t samples = 0;     // counted into the model; 0 when it missed the round
-  double compute_seconds = 0.0;  // the trainer's own measure of its share, waits included
-  double arrival_seconds = 0.0;  // from the round's opening to its contribution's arrival
-  bool delivered = false;
-  MSGPACK_DEFINE_MAP(trainer, planned_samples, samples, compute_seconds, arrival_seconds, delivered)
+  bool accepted = false;
+  std::string reason;  // why it was refused
+  std::uint64_t samples = 0;
+  double loss_sum = 0.0;
+  std::uint64_t correct = 0;
+  double compute_seconds = 0.0;
+  double model_wait_seconds = 0.0;
+  double staging_seconds = 0.0;
+  MSGPACK_DEFINE_MAP(round, trainer, accepted, reason, samples, loss_sum, correct, compute_seconds,
+                     model_wait_seconds, staging_seconds)
+};
+
+// scheduler → aggregator when it closes a round: add exactly these trainers' contributions, step,
+// and publish `model_version` (the version stays when `trainers` is empty). Rounds are combined in
+// order; the scheduler sends it again until RoundCombined answers, and a repeat of a combined round
+// is answered again, never applied twice. With `checkpoint`, the aggregator then writes a
+// checkpoint holding the model, the optimizer and `round_state` (the scheduler's state after this
+// round, JSON), so that both halves describe the same moment.
+struct CombineRound {
+  static constexpr MessageKind kKind = MessageKind::kCombineRound;
+  std::uint64_t round = 0;
+  std::uint64_t epoch = 0;
+  std::vector<std::string> trainers;
+  std::uint64_t model_version = 0;
+  bool checkpoint = false;
+  std::string round_state;
+  MSGPACK_DEFINE_MAP(round, epoch, trainers, model_version, checkpoint, round_state)
+};
+
+// aggregator → scheduler: the round is combined and its model published; what that took.
+struct RoundCombined {
+  static constexpr MessageKind kKind = MessageKind::kRoundCombined;
+  std::uint64_t round = 0;
+  std::uint64_t model_version = 0;
+  double combine_seconds = 0.0;  // adding the contributions and writing the mean gradient
+  double step_seconds = 0.0;     // the optimizer step
+  double publish_seconds = 0.0;  // copying the model into send buffers and handing it to the bus
+  std::string problem;           // set when the round could not be combined as asked
+  MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem)
+};
+
+// scheduler → aggregator at an epoch's end: score model version `model_version` on the test set;
+// when `last`, also write the final model files.
+struct Evaluate {
+  static constexpr MessageKind kKind = MessageKind::kEvaluate;
+  std::uint64_t epoch = 0;
+  std::uint64_t model_version = 0;
+  bool last = false;
+  MSGPACK_DEFINE_MAP(epoch, model_version, last)
+};
+
+// aggregator → scheduler: the test-set scores of an epoch's model (e.g. "test_accuracy"), and the
+// files written when it was the last.
+struct Evaluated {
+  static constexpr MessageKind kKind = MessageKind::kEvaluated;
+  std::uint64_t epoch = 0;
+  std::uint64_t model_version = 0;
+  std::map<std::string, double> metrics;
+  std::vector<std::string> model_files;
+  std::string problem;  // why the evaluation or the model files failed, when they did
+  MSGPACK_DEFINE_MAP(epoch, model_version, metrics, model_files, problem)
 };
 
 // trainer → scheduler, after admission and before its first round: the real model's speed on
@@ -90,26 +159,6 @@ struct Calibration {
   std::uint32_t micro_batch = 0;
   std::uint32_t max_micro_batch = 0;
   MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch)
-};
-
-// aggregator → scheduler: the round is closed and the model stepped; who delivered what.
-struct RoundClosed {
-  static constexpr MessageKind kKind = MessageKind::kRoundClosed;
-  std::uint64_t round = 0;
-  std::uint64_t epoch = 0;
-  std::uint64_t model_version = 0;  // the version the step produced
-  double round_seconds = 0.0;
-  std::vector<TrainerOutcome> outcomes;
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, round_seconds, outcomes)
-};
-
-// scheduler → aggregator: every sample of the epoch has been trained.
-struct EpochEnded {
-  static constexpr MessageKind kKind = MessageKind::kEpochEnded;
-  std::uint64_t epoch = 0;
-  std::uint64_t samples = 0;
-  bool last = false;
-  MSGPACK_DEFINE_MAP(epoch, samples, last)
 };
 
 }  // namespace filo::msg

@@ -5,6 +5,17 @@
 namespace filo {
 namespace {
 
+bool known_dtype(WireDType dtype) {
+  return static_cast<std::uint8_t>(dtype) <= static_cast<std::uint8_t>(WireDType::kUInt8);
+}
+
+// zmq calls this when it is done with a frame; the hint owns a reference to the tensor.
+void release_tensor_reference(void*, void* hint) {
+  std::unique_ptr<torch::Tensor> owned(static_cast<torch::Tensor*>(hint));
+}
+
+}  // namespace
+
 WireDType to_wire_dtype(torch::ScalarType type) {
   switch (type) {
     case torch::kFloat32:
@@ -26,17 +37,6 @@ WireDType to_wire_dtype(torch::ScalarType type) {
   }
   TORCH_CHECK(false, "tensor dtype ", type, " cannot travel on the filo bus");
 }
-
-bool known_dtype(WireDType dtype) {
-  return static_cast<std::uint8_t>(dtype) <= static_cast<std::uint8_t>(WireDType::kUInt8);
-}
-
-// zmq calls this when it is done with a frame; the hint owns a reference to the tensor.
-void release_tensor_reference(void*, void* hint) {
-  std::unique_ptr<torch::Tensor> owned(static_cast<torch::Tensor*>(hint));
-}
-
-}  // namespace
 
 torch::ScalarType to_scalar_type(WireDType dtype) {
   switch (dtype) {
@@ -130,6 +130,30 @@ void ReceivedTensor::copy_into(torch::Tensor& destination) const {
     const zmq::message_t& frame = (*frames_)[first_frame_ + i];
     std::memcpy(target, frame.data(), frame.size());
     target += frame.size();
+  }
+}
+
+void ReceivedTensor::add_to(torch::Tensor& sum, double weight) const {
+  TORCH_CHECK(sum.is_contiguous() && sum.device().is_cpu() && sum.sizes().vec() == meta_.shape &&
+                  sum.scalar_type() == to_scalar_type(meta_.dtype),
+              "add_to: the sum for ", meta_.name, " does not match the tensor on the wire");
+  const auto options = torch::TensorOptions().dtype(to_scalar_type(meta_.dtype));
+  const auto element = static_cast<std::int64_t>(element_size(meta_.dtype));
+  auto flat = sum.view({-1});
+  std::int64_t offset = 0;
+  for (std::uint32_t i = 0; i < meta_.frames; ++i) {
+    zmq::message_t& frame = (*frames_)[first_frame_ + i];
+    const std::int64_t count = static_cast<std::int64_t>(frame.size()) / element;
+    if (count == 0) continue;
+    torch::Tensor piece;
+    if (reinterpret_cast<std::uintptr_t>(frame.data()) % static_cast<std::uintptr_t>(element) == 0) {
+      piece = torch::from_blob(frame.data(), {count}, options);
+    } else {  // a frame that zmq placed off an element boundary: read it through an aligned copy
+      piece = torch::empty({count}, options);
+      std::memcpy(piece.data_ptr(), frame.data(), frame.size());
+    }
+    flat.slice(0, offset, offset + count).add_(piece, weight);
+    offset += count;
   }
 }
 

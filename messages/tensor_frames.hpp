@@ -50,6 +50,9 @@ class ReceivedTensor {
   torch::Tensor to_tensor() const;
   /// Copies into `destination` (same shape and dtype), reusing its memory.
   void copy_into(torch::Tensor& destination) const;
+  /// sum += weight * this, frame by frame: no temporary for a tensor spread over several frames.
+  /// `sum` must be a contiguous CPU tensor of the same shape and dtype.
+  void add_to(torch::Tensor& sum, double weight) const;
 
  private:
   TensorMeta meta_;
@@ -69,6 +72,8 @@ Decoded<std::vector<ReceivedTensor>> read_tensor_frames(const std::vector<Tensor
                                                         const TensorFrameLimits& limits = {});
 
 torch::ScalarType to_scalar_type(WireDType dtype);
+/// The wire code of `type`; throws for dtypes the bus does not carry.
+WireDType to_wire_dtype(torch::ScalarType type);
 std::size_t element_size(WireDType dtype);
 
 }  // namespace filo

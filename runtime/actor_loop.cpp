@@ -11,7 +11,7 @@ void ActorLoop::on_readable(zmq::socket_t& socket, Handler handler) {
 
 ActorLoop::TimerId ActorLoop::every(Milliseconds interval, Handler handler) {
   const TimerId id = next_timer_id_++;
-  timers_.emplace(id, Timer{Clock::now() + interval, interval, std::move(handler)});
+  timers_.emplace(id, Timer{now() + interval, interval, std::move(handler)});
   return id;
 }
 
@@ -35,7 +35,7 @@ Milliseconds ActorLoop::time_to_next_timer(Clock::time_point now) const {
 }
 
 void ActorLoop::run_due_timers() {
-  const auto now = Clock::now();
+  const auto now = this->now();
   std::vector<TimerId> due;
   for (const auto& [id, timer] : timers_)
     if (timer.due <= now) due.push_back(id);
@@ -54,7 +54,7 @@ void ActorLoop::run_due_timers() {
 
 void ActorLoop::run() {
   while (!finishing()) {
-    const auto wait = time_to_next_timer(Clock::now());
+    const auto wait = time_to_next_timer(now());
     try {
       zmq::poll(poll_items_.empty() ? nullptr : poll_items_.data(), poll_items_.size(), wait);
     } catch (const zmq::error_t& e) {

@@ -1,6 +1,7 @@
 #pragma once
 // One thread owns its sockets and runs this loop: poll until the next deadline, then fire timers.
-// No sleeps; the stop flag is looked at least every kStopCheckInterval.
+// No sleeps; the stop flag is looked at least every kStopCheckInterval. Timers follow the loop's
+// TimeSource, so a test can move an actor's time by hand.
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -20,7 +21,8 @@ class ActorLoop {
   using Handler = std::function<void()>;
   using TimerId = std::uint64_t;
 
-  explicit ActorLoop(const StopFlag& stop) : stop_(stop) {}
+  explicit ActorLoop(const StopFlag& stop, const TimeSource& time = steady_time())
+      : stop_(stop), time_(time) {}
 
   /// Calls `handler` whenever `socket` has input; the handler drains what it wants.
   void on_readable(zmq::socket_t& socket, Handler handler);
@@ -40,6 +42,10 @@ class ActorLoop {
   /// heartbeats going.
   void run_due_timers();
 
+  /// The time as this loop's actor sees it.
+  Clock::time_point now() const { return time_.now(); }
+  const TimeSource& time() const { return time_; }
+
  private:
   struct Timer {
     Clock::time_point due;
@@ -50,6 +56,7 @@ class ActorLoop {
   Milliseconds time_to_next_timer(Clock::time_point now) const;
 
   const StopFlag& stop_;
+  const TimeSource& time_;
   bool quit_ = false;
   std::vector<zmq::pollitem_t> poll_items_;
   std::deque<Handler> readers_;  // a deque: a handler may add a reader while it runs

@@ -13,6 +13,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "messages/addresses.hpp"
 #include "messages/codec.hpp"
 #include "messages/tensor_frames.hpp"
 #include "runtime/log.hpp"
@@ -20,13 +21,6 @@
 #include "runtime/stop_signal.hpp"
 
 namespace filo {
-
-/// Published topics. Trainers read model and control; monitors read event and control.
-constexpr const char* kModelTopic = "model";
-constexpr const char* kEventTopic = "event";
-constexpr const char* kControlTopic = "control";
-/// A destination that starts with this is published on the hub's PUB under the rest as topic.
-constexpr const char* kPublishPrefix = "pub:";
 
 /// A message as an actor receives it.
 struct Incoming {

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "runtime/log.hpp"
 #include "runtime/run_record.hpp"
 
 namespace filo {
@@ -117,6 +118,80 @@ std::optional<Checkpoint> CheckpointStore::load_latest(std::vector<std::string>&
 
 void CheckpointStore::clear() const {
   for (const auto& [round, path] : files_newest_first()) std::filesystem::remove(path);
+}
+
+CheckpointWriter::CheckpointWriter(CheckpointStore store)
+    : store_(std::move(store)), thread_([this] { run(); }) {}
+
+CheckpointWriter::~CheckpointWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+void CheckpointWriter::submit(std::uint64_t round, nlohmann::json meta, std::string payload) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pending_) ++superseded_;
+    pending_ = Pending{round, std::move(meta), std::move(payload)};
+  }
+  changed_.notify_all();
+}
+
+bool CheckpointWriter::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_for(lock, timeout, [this] { return !pending_ && !writing_; });
+}
+
+void CheckpointWriter::clear() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return !pending_ && !writing_; });
+  store_.clear();
+}
+
+std::uint64_t CheckpointWriter::written() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return written_;
+}
+
+std::uint64_t CheckpointWriter::superseded() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return superseded_;
+}
+
+std::string CheckpointWriter::last_error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_error_;
+}
+
+void CheckpointWriter::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    changed_.wait(lock, [this] { return stopping_ || pending_; });
+    if (!pending_) return;  // stopping with nothing left to write
+    Pending job = std::move(*pending_);
+    pending_.reset();
+    writing_ = true;
+    lock.unlock();
+    std::string error;
+    try {
+      store_.write(job.round, job.meta, job.payload);
+    } catch (const std::exception& e) {
+      error = e.what();
+      log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);
+    }
+    lock.lock();
+    writing_ = false;
+    if (error.empty()) {
+      ++written_;
+    } else {
+      last_error_ = error;
+    }
+    changed_.notify_all();
+  }
 }
 
 }  // namespace filo

@@ -6,9 +6,13 @@
 //
 // File layout: "filo-checkpoint 1\n", the CRC-32 of the rest as 8 hex digits and "\n", then one
 // line of JSON metadata, then the binary payload (a LibTorch archive) to the end.
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -44,6 +48,47 @@ class CheckpointStore {
 
   std::string directory_;
   std::size_t keep_;
+};
+
+/// Writes checkpoints on a thread of its own, so that the actor that takes them never waits on
+/// fsync: it hands over a snapshot and goes on. When the disk is slower than the rounds, only the
+/// newest snapshot not yet written is kept (an older one would be superseded anyway).
+class CheckpointWriter {
+ public:
+  explicit CheckpointWriter(CheckpointStore store);
+  /// Writes what is pending, then joins the thread.
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  void submit(std::uint64_t round, nlohmann::json meta, std::string payload);
+  /// Waits until everything submitted so far is written or has failed; false after `timeout`.
+  bool wait_idle(std::chrono::milliseconds timeout);
+  /// Waits until idle, then deletes every checkpoint (the run finished; its model is the result).
+  void clear();
+  std::uint64_t written() const;
+  std::uint64_t superseded() const;
+  /// The last failure (a full disk must not stop training: the previous checkpoint still stands).
+  std::string last_error() const;
+
+ private:
+  struct Pending {
+    std::uint64_t round = 0;
+    nlohmann::json meta;
+    std::string payload;
+  };
+  void run();
+
+  CheckpointStore store_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::optional<Pending> pending_;
+  bool writing_ = false;
+  bool stopping_ = false;
+  std::uint64_t written_ = 0;
+  std::uint64_t superseded_ = 0;
+  std::string last_error_;
+  std::thread thread_;  // last: started once everything above exists
 };
 
 /// Reads and verifies one checkpoint file; throws std::runtime_error saying what is wrong.

@@ -1,5 +1,6 @@
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <ctime>
 
@@ -12,6 +13,42 @@ using Milliseconds = std::chrono::milliseconds;
 inline double seconds_between(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
+
+template <typename Rep, typename Period>
+Clock::duration to_clock_duration(std::chrono::duration<Rep, Period> duration) {
+  return std::chrono::duration_cast<Clock::duration>(duration);
+}
+
+/// Where actors read the time: the steady clock in a running cluster, a clock that a test moves
+/// by hand (ManualTime) so that liveness, deadlines and probes are tested without sleeping.
+class TimeSource {
+ public:
+  virtual ~TimeSource() = default;
+  virtual Clock::time_point now() const = 0;
+};
+
+class SteadyTime final : public TimeSource {
+ public:
+  Clock::time_point now() const override { return Clock::now(); }
+};
+
+/// The real clock. Stateless, so sharing one is not sharing state.
+inline const TimeSource& steady_time() {
+  static const SteadyTime time;
+  return time;
+}
+
+/// A clock that stands still until advance() moves it. Safe to read from actor threads while the
+/// test thread moves it.
+class ManualTime final : public TimeSource {
+ public:
+  explicit ManualTime(Clock::time_point start = Clock::now()) : ticks_(start.time_since_epoch().count()) {}
+  Clock::time_point now() const override { return Clock::time_point(Clock::duration(ticks_.load())); }
+  void advance(Clock::duration by) { ticks_ += by.count(); }
+
+ private:
+  std::atomic<Clock::rep> ticks_;
+};
 
 /// CPU time used by this process so far, all threads: what work cost, apart from waiting for a CPU.
 inline Clock::duration process_cpu_time() {

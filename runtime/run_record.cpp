@@ -10,7 +10,8 @@
 
 namespace filo {
 
-RunRecord::RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round)
+RunRecord::RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round,
+                     const std::string& last_line)
     : run_dir_(std::move(run_dir)) {
   std::error_code error;
   std::filesystem::create_directories(run_dir_, error);
@@ -18,11 +19,15 @@ RunRecord::RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_a
   std::string kept;
   if (resumed_after_round) {
     std::ifstream previous(path("rounds.jsonl"));
+    bool has_last = false;
     for (std::string line; std::getline(previous, line);) {
       const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_object() && parsed.value("round", std::uint64_t{0}) <= *resumed_after_round)
-        kept += line + "\n";
+      if (!parsed.is_object()) continue;
+      const auto round = parsed.value("round", std::uint64_t{0});
+      if (round <= *resumed_after_round) kept += line + "\n";
+      has_last = has_last || round == *resumed_after_round;
     }
+    if (!has_last && !last_line.empty()) kept += last_line + "\n";
   }
   write_file_atomically(path("rounds.jsonl"), kept);
   rounds_.open(path("rounds.jsonl"), std::ios::out | std::ios::app);

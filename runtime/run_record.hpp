@@ -14,8 +14,11 @@ class RunRecord {
  public:
   /// Creates `run_dir` if needed and starts a fresh rounds.jsonl, or, resuming after
   /// `resumed_after_round`, keeps its lines up to that round and drops later ones (rounds that
-  /// closed after the checkpoint are trained again and recorded again).
-  explicit RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round = std::nullopt);
+  /// closed after the checkpoint are trained again and recorded again). `last_line` is that
+  /// round's own line as the checkpoint kept it: written again if the file lacks it (the
+  /// coordinator died between checkpointing the round and recording it).
+  explicit RunRecord(std::string run_dir, std::optional<std::uint64_t> resumed_after_round = std::nullopt,
+                     const std::string& last_line = {});
   void append_round(const nlohmann::json& line);
   void write_summary(const nlohmann::json& summary) const;
   const std::string& run_dir() const { return run_dir_; }

@@ -2,10 +2,11 @@
 // take the same steps as one process training on the whole round batch.
 #include <doctest/doctest.h>
 
-#include "actors/aggregator.hpp"
+#include "actors/learning/averaging.hpp"
 #include "actors/learning/models.hpp"
+#include "actors/learning/optimizers.hpp"
 #include "actors/learning/parameters.hpp"
-#include "actors/trainer.hpp"
+#include "actors/learning/training.hpp"
 
 using namespace filo;
 

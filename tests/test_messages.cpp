@@ -71,7 +71,8 @@ TEST_CASE("every message type round-trips through msgpack") {
   check_round_trip(admission);
   check_round_trip(msg::Heartbeat{42});
   check_round_trip(msg::Leave{"shutting down"});
-  check_round_trip(msg::MembershipChange{"trainer@n/cpu", msg::MembershipChangeKind::kLost, "silent", 1.5});
+  check_round_trip(
+      msg::MembershipChange{"trainer@n/cpu", msg::MembershipChangeKind::kLost, "silent", 1.5, "host-1"});
   msg::RoundPlan plan;
   plan.round = 3;
   plan.epoch = 1;
@@ -81,8 +82,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   plan.accumulation_steps = 3;
   plan.deadline_seconds = 2.5;
   check_round_trip(plan);
-  check_round_trip(
-      msg::RoundOpened{3, 1, 2, {{"a", 10}, {"b", 20}}, 2.5, 4, {{"a", {{0, 10}}}, {"b", {{10, 30}}}}});
+  check_round_trip(msg::RoundOpened{3, 1, 2, 4, {{"a", 10}, {"b", 20}}});
   msg::Contribution contribution;
   contribution.round = 3;
   contribution.samples = 20;
@@ -90,8 +90,11 @@ TEST_CASE("every message type round-trips through msgpack") {
   contribution.gradients = {{"0.weight", WireDType::kFloat32, {10, 784}, 1}};
   contribution.buffers = {{"1.num_batches_tracked", WireDType::kInt64, {}, 1}};
   check_round_trip(contribution);
-  check_round_trip(msg::RoundClosed{3, 1, 3, 0.25, {{"a", 10, 10, 0.1, true}, {"b", 20, 0, 0.0, false}}});
-  check_round_trip(msg::EpochEnded{1, 60000, true});
+  check_round_trip(msg::ContributionReceived{3, "a", false, "bad tensors", 20, 12.5, 7, 0.5, 0.01, 0.001});
+  check_round_trip(msg::CombineRound{3, 1, {"a", "b"}, 4, true, "{\"round\":3}"});
+  check_round_trip(msg::RoundCombined{3, 4, 0.001, 0.002, 0.003, ""});
+  check_round_trip(msg::Evaluate{1, 4, true});
+  check_round_trip(msg::Evaluated{1, 4, {{"test_accuracy", 0.88}}, {"runs/x/model.pt"}, ""});
   msg::ModelState state;
   state.model_version = 9;
   state.parameters = {{"0.weight", WireDType::kFloat32, {3, 3}, 1}};
@@ -145,17 +148,47 @@ TEST_CASE("a valid envelope decodes and malformed ones are rejected with a reaso
     std::map<std::string, std::string> not_an_envelope{{"sender", "x"}};
     CHECK_FALSE(decode_envelope(encode_frame(not_an_envelope), limits));
   }
-  SUBCASE("random bytes") {
+  SUBCASE("random bytes and damaged messages decode or fail with a reason, never anything else") {
     std::mt19937 random(12345);
+    std::size_t rejected = 0;
+    std::size_t tried = 0;
+    const auto check_clean = [&](const zmq::message_t& frame) {
+      const auto envelope = decode_envelope(frame, limits);
+      const auto contribution = decode_frame<msg::Contribution>(frame, limits);
+      const auto report = decode_frame<msg::HardwareReport>(frame, limits);
+      // Each outcome is a value or a failure that says why.
+      CHECK((envelope || !envelope.error().empty()));
+      CHECK((contribution || !contribution.error().empty()));
+      CHECK((report || !report.error().empty()));
+      ++tried;
+      rejected += envelope ? 0 : 1;
+    };
     for (int trial = 0; trial < 2000; ++trial) {
       std::vector<unsigned char> bytes(1 + random() % 64);
       for (auto& byte : bytes) byte = static_cast<unsigned char>(random());
-      zmq::message_t frame(bytes.data(), bytes.size());
-      // Any outcome but a crash is acceptable for the body; the envelope needs its fields.
-      (void)decode_frame<msg::Contribution>(frame, limits);
-      (void)decode_frame<msg::HardwareReport>(frame, limits);
-      (void)decode_envelope(frame, limits);
+      check_clean(zmq::message_t(bytes.data(), bytes.size()));
     }
+    // Valid messages with bytes flipped or cut short: the inputs most likely to get deep.
+    msg::Contribution contribution;
+    contribution.round = 7;
+    contribution.samples = 42;
+    contribution.gradients = {{"0.weight", WireDType::kFloat32, {10, 784}, 8}};
+    for (const zmq::message_t& valid : {envelope_frame(kProtocolVersion), encode_frame(contribution)}) {
+      const std::string bytes(valid.data<char>(), valid.size());
+      for (int trial = 0; trial < 2000; ++trial) {
+        std::string damaged = bytes;
+        if (trial % 2 == 0) {
+          damaged[random() % damaged.size()] = static_cast<char>(random());
+        } else {
+          damaged.resize(random() % damaged.size());
+          if (damaged.empty()) damaged = "\xc1";  // never-used msgpack byte
+        }
+        check_clean(zmq::message_t(damaged.data(), damaged.size()));
+      }
+    }
+    CHECK(tried == 6000);
+    // Random bytes are almost never an envelope: the decoder must have said no to nearly all.
+    CHECK(rejected > 5000);
   }
 }
 

@@ -54,8 +54,15 @@ TEST_CASE("the epoch order is a permutation that is the same everywhere and diff
   CHECK_FALSE(torch::equal(first, second));
   CHECK(torch::equal(std::get<0>(first.sort()), torch::arange(5000, torch::kInt64)));
   // Pinned values: a change here would make nodes of different builds train different samples.
-  const auto pinned = epoch_order(1, 1, 10);
-  CHECK(pinned.sum().item<std::int64_t>() == 45);
+  const auto as_vector = [](const torch::Tensor& order, std::int64_t count) {
+    std::vector<std::int64_t> values(order.data_ptr<std::int64_t>(), order.data_ptr<std::int64_t>() + count);
+    return values;
+  };
+  CHECK(as_vector(epoch_order(1, 1, 10), 10) == std::vector<std::int64_t>{3, 6, 9, 7, 8, 2, 0, 4, 1, 5});
+  CHECK(as_vector(epoch_order(7, 2, 12), 12) ==
+        std::vector<std::int64_t>{10, 5, 4, 2, 9, 6, 3, 0, 7, 1, 8, 11});
+  CHECK(as_vector(epoch_order(1, 3, 60000), 6) ==
+        std::vector<std::int64_t>{54569, 10947, 52324, 24161, 21976, 40818});
 }
 
 TEST_CASE("plan ranges map to dataset indices and ranges outside the epoch are refused") {

@@ -55,27 +55,3 @@ LoadedModel load_model(const std::string& path) {
 }
 
 }  // namespace filo
-
-#include "actors/learning/dataset.hpp"
-
-namespace filo {
-namespace {
-constexpr std::int64_t kEvaluationBatch = 1000;
-}
-
-double evaluate_accuracy(torch::nn::Sequential& model, const Dataset& dataset) {
-  if (dataset.size() == 0) return 0.0;
-  torch::NoGradGuard no_grad;
-  model->eval();
-  std::int64_t correct = 0;
-  for (std::int64_t start = 0; start < dataset.size(); start += kEvaluationBatch) {
-    const auto indices =
-        torch::arange(start, std::min(dataset.size(), start + kEvaluationBatch), torch::kInt64);
-    auto [images, labels] = dataset.batch(indices);
-    correct += model->forward(images).argmax(1).eq(labels).sum().item<std::int64_t>();
-  }
-  model->train();
-  return static_cast<double>(correct) / static_cast<double>(dataset.size());
-}
-
-}  // namespace filo

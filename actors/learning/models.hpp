@@ -23,9 +23,3 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path);
 
 }  // namespace filo
-
-namespace filo {
-class Dataset;
-/// Fraction of `dataset` that `model` classifies correctly (eval mode, no gradients).
-double evaluate_accuracy(torch::nn::Sequential& model, const Dataset& dataset);
-}  // namespace filo

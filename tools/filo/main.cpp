@@ -15,6 +15,7 @@
 #include "actors/coordinator.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/evaluation.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"

@@ -1,0 +1,528 @@
+// A round hop by hop, in one process over inproc: the scheduler owns it from plan to close, the
+// aggregator combines what it is told to, trainers compute. Time that matters to the protocol
+// (deadlines, resends) is a ManualTime the test moves, so nothing here sleeps to make time pass.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "actors/aggregator.hpp"
+#include "actors/learning/models.hpp"
+#include "actors/learning/parameters.hpp"
+#include "actors/registrar.hpp"
+#include "actors/scheduler.hpp"
+#include "actors/trainer.hpp"
+#include "messages/membership.hpp"
+#include "messages/round.hpp"
+#include "runtime/actor_thread.hpp"
+
+using namespace filo;
+
+namespace {
+constexpr Milliseconds kPatience{5000};
+
+std::string fresh_directory(const std::string& name) {
+  const std::string path = "/tmp/filo-rounds-" + name + "-" + std::to_string(getpid());
+  std::filesystem::remove_all(path);
+  std::filesystem::create_directories(path);
+  return path;
+}
+
+/// The next message of type `Message` that `client` receives, skipping other kinds; fails the test
+/// after kPatience of real time.
+template <typename Message>
+std::pair<Message, Incoming> expect(BusClient& client) {
+  const auto deadline = Clock::now() + kPatience;
+  while (Clock::now() < deadline) {
+    zmq::pollitem_t item{client.addressed().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(20));
+    while (auto incoming = client.receive(client.addressed())) {
+      if (incoming->envelope.kind != Message::kKind) continue;
+      auto decoded = decode_frame<Message>(incoming->body, client.limits());
+      REQUIRE_MESSAGE(decoded, decoded.error());
+      return {decoded.value(), std::move(*incoming)};
+    }
+  }
+  FAIL(client.name() << " received no " << kind_name(Message::kKind) << " within " << kPatience.count()
+                     << " ms");
+  throw std::logic_error("unreachable");
+}
+
+/// True when nothing of type `Message` reaches `client` within `wait` of real time.
+template <typename Message>
+bool nothing_of(BusClient& client, Milliseconds wait) {
+  const auto deadline = Clock::now() + wait;
+  while (Clock::now() < deadline) {
+    zmq::pollitem_t item{client.addressed().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(10));
+    while (auto incoming = client.receive(client.addressed())) {
+      if (incoming->envelope.kind == Message::kKind) return false;
+    }
+  }
+  return true;
+}
+
+std::uint64_t total(const std::vector<msg::SampleRange>& ranges) {
+  std::uint64_t sum = 0;
+  for (const auto& range : ranges) sum += range.size();
+  return sum;
+}
+
+/// A scheduler on its own thread, with the registrar, the aggregator and two trainers played by
+/// the test through bus clients of the same names.
+struct SchedulerUnderTest {
+  zmq::context_t context;
+  SocketFactory sockets{context, SocketLimits{}};
+  Hub hub{sockets, HubOptions{"rounds-hub-" + std::to_string(getpid()), "", ""}};
+  ManualTime time;
+  StopFlag stop;
+  ActorFailures failures;
+  DropCounters drops;
+  std::string run_dir = fresh_directory("scheduler");
+  BusClient registrar{sockets, kRegistrarName};
+  BusClient aggregator{sockets, kAggregatorName};
+  BusClient slow{sockets, trainer_name("slow", "cpu")};
+  BusClient fast{sockets, trainer_name("fast", "cpu")};
+  std::optional<Scheduler> scheduler;
+  std::optional<ActorThread> thread;
+
+  explicit SchedulerUnderTest(std::uint64_t train_samples = 1200) {
+    for (BusClient* client : {&registrar, &aggregator, &slow, &fast})
+      client->connect(hub.inproc_router_endpoint());
+    SchedulerOptions options;
+    options.schedule.round_samples = 400;
+    options.schedule.micro_batch = 64;
+    options.schedule.min_trainers = 2;
+    options.schedule.start_grace_seconds = 0.0;
+    options.schedule.deadline_min_seconds = 2.0;
+    options.schedule.epochs = 1;
+    options.schedule.max_transfer_ratio = 0.0;
+    options.run.run_id = "test";
+    options.run.train_samples = train_samples;
+    options.run_dir = run_dir;
+    options.checkpoint_every = 0;
+    options.drops = &drops;
+    scheduler.emplace(sockets, hub.inproc_router_endpoint(), options, stop, nullptr, time);
+    thread.emplace(
+        "scheduler", [this] { scheduler->run(); }, failures, stop);
+    // Both trainers join and calibrate: "fast" three times as fast as "slow".
+    for (const auto* trainer : {&slow, &fast}) {
+      msg::MembershipChange joined;
+      joined.trainer = trainer->name();
+      joined.change = msg::MembershipChangeKind::kJoined;
+      registrar.send(kSchedulerName, joined);
+    }
+  }
+  ~SchedulerUnderTest() {
+    stop.request_stop();
+    thread.reset();
+    CHECK_FALSE(failures.any());
+  }
+
+  /// The trainers calibrate ("fast" three times as fast as "slow"), which starts the run; returns
+  /// the first round's opening. Messages from different senders may reach the scheduler in any
+  /// order, so a calibration that overtook its trainer's join is sent again.
+  msg::RoundOpened start() {
+    for (int attempt = 0; attempt < 25; ++attempt) {
+      slow.send(kSchedulerName, msg::Calibration{100.0, 64, 0});
+      fast.send(kSchedulerName, msg::Calibration{300.0, 64, 0});
+      const auto deadline = Clock::now() + Milliseconds(200);
+      while (Clock::now() < deadline) {
+        zmq::pollitem_t item{aggregator.addressed().handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(&item, 1, Milliseconds(20));
+        while (auto incoming = aggregator.receive(aggregator.addressed())) {
+          if (incoming->envelope.kind != msg::RoundOpened::kKind) continue;
+          auto decoded = decode_frame<msg::RoundOpened>(incoming->body, aggregator.limits());
+          REQUIRE(decoded);
+          CHECK(incoming->from == kSchedulerName);
+          return decoded.value();
+        }
+      }
+    }
+    FAIL("the scheduler never opened a round");
+    throw std::logic_error("unreachable");
+  }
+
+  /// The aggregator's report that `trainer` delivered its whole plan.
+  void delivered(const msg::RoundPlan& plan, const BusClient& trainer) {
+    msg::ContributionReceived report;
+    report.round = plan.round;
+    report.trainer = trainer.name();
+    report.accepted = true;
+    report.samples = total(plan.ranges);
+    report.loss_sum = 1.0;
+    report.compute_seconds = 0.01;
+    aggregator.send(kSchedulerName, report);
+  }
+};
+}  // namespace
+
+TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
+  SchedulerUnderTest test;
+  const msg::RoundOpened opened = test.start();
+  CHECK(opened.round == 1);
+  CHECK(opened.model_version == 0);
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  CHECK(total(slow_plan.ranges) == 100);  // 400 samples at speeds 100 : 300
+  CHECK(total(fast_plan.ranges) == 300);
+  CHECK(opened.planned_samples.at(test.slow.name()) == 100);
+  CHECK(opened.planned_samples.at(test.fast.name()) == 300);
+
+  test.delivered(fast_plan, test.fast);
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));  // still waiting for "slow"
+  test.delivered(slow_plan, test.slow);
+  const auto [combine, unused_combine] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine.round == 1);
+  CHECK(combine.model_version == 1);
+  CHECK(std::set<std::string>(combine.trainers.begin(), combine.trainers.end()) ==
+        std::set<std::string>{test.slow.name(), test.fast.name()});
+  // Round 2 is planned at once, on the version round 1 produces, before the aggregator answers.
+  const auto [next, unused_next] = expect<msg::RoundOpened>(test.aggregator);
+  CHECK(next.round == 2);
+  CHECK(next.model_version == 1);
+  const auto [next_plan, unused_next_plan] = expect<msg::RoundPlan>(test.fast);
+  CHECK(next_plan.model_version == 1);
+  CHECK(next_plan.ranges.front().begin == 400);
+}
+
+TEST_CASE("a trainer lost mid-round closes the round without it and its samples are planned again first") {
+  SchedulerUnderTest test;
+  test.start();
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  test.delivered(fast_plan, test.fast);
+  msg::MembershipChange lost;
+  lost.trainer = test.slow.name();
+  lost.change = msg::MembershipChangeKind::kLost;
+  test.registrar.send(kSchedulerName, lost);
+  const auto [combine, unused_combine] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine.trainers == std::vector<std::string>{test.fast.name()});
+  // The next round goes to the one trainer left, and opens with the lost trainer's positions.
+  const auto [next_plan, unused_next] = expect<msg::RoundPlan>(test.fast);
+  CHECK(next_plan.round == 2);
+  REQUIRE_FALSE(next_plan.ranges.empty());
+  CHECK(next_plan.ranges.front() == slow_plan.ranges.front());
+  CHECK(total(next_plan.ranges) == 400);
+}
+
+TEST_CASE(
+    "at its deadline a round closes without the late trainer, whose report is then refused and counted") {
+  SchedulerUnderTest test;
+  test.start();
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  test.delivered(fast_plan, test.fast);
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));
+  test.time.advance(
+      std::chrono::milliseconds(static_cast<std::int64_t>(slow_plan.deadline_seconds * 1000) + 10));
+  const auto [combine, unused_combine] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine.trainers == std::vector<std::string>{test.fast.name()});
+  const auto [next_plan, unused_next] = expect<msg::RoundPlan>(test.fast);
+  const auto before = test.drops.snapshot()["contribution: arrived after its round closed"];
+  test.delivered(slow_plan, test.slow);  // too late: round 1 is closed
+  const auto counted_deadline = Clock::now() + kPatience;
+  while (test.drops.snapshot()["contribution: arrived after its round closed"] == before &&
+         Clock::now() < counted_deadline) {
+    std::this_thread::yield();
+  }
+  CHECK(test.drops.snapshot()["contribution: arrived after its round closed"] == before + 1);
+  // Its samples were given back: round 2 (or 3) plans them again.
+  std::uint64_t slow_first = slow_plan.ranges.front().begin;
+  bool planned_again = false;
+  for (const auto& range : next_plan.ranges) planned_again |= range.begin == slow_first;
+  const auto [slow_next, unused_slow_next] = expect<msg::RoundPlan>(test.slow);
+  for (const auto& range : slow_next.ranges) planned_again |= range.begin == slow_first;
+  CHECK(planned_again);
+}
+
+TEST_CASE("a lost CombineRound is sent again, and the run does not stall") {
+  SchedulerUnderTest test;
+  test.start();
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  test.delivered(slow_plan, test.slow);
+  test.delivered(fast_plan, test.fast);
+  const auto [lost, unused_lost] =
+      expect<msg::CombineRound>(test.aggregator);  // the aggregator never sees it
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(300)));
+  test.time.advance(std::chrono::seconds(2));
+  const auto [again, unused_again] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(again.round == lost.round);
+  CHECK(again.trainers == lost.trainers);
+  CHECK(again.model_version == lost.model_version);
+  msg::RoundCombined answer;
+  answer.round = again.round;
+  answer.model_version = again.model_version;
+  test.aggregator.send(kSchedulerName, answer);
+  CHECK(test.drops.snapshot()["combine: sent again, unanswered"] >= 1);
+  // Answered: no more repeats of round 1 however long it waits (round 2 closes at its deadline).
+  std::this_thread::sleep_for(Milliseconds(100));  // lets the answer reach the scheduler first
+  test.time.advance(std::chrono::seconds(3));
+  const auto [next, unused_next] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(next.round == 2);
+  test.time.advance(std::chrono::seconds(3));
+  const auto [after, unused_after] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(after.round != 1);
+}
+
+namespace {
+/// A whole coordinator and two trainers in one process over inproc, in real time.
+struct ClusterInProcess {
+  zmq::context_t context;
+  SocketFactory sockets{context, SocketLimits{}};
+  Hub hub{sockets, HubOptions{"cluster-hub-" + std::to_string(getpid()), "", ""}};
+  StopFlag stop;
+  ActorFailures failures;
+  DropCounters drops;
+  std::string run_dir = fresh_directory("cluster");
+  std::optional<Registrar> registrar;
+  std::optional<Scheduler> scheduler;
+  std::optional<Aggregator> aggregator;
+  std::vector<std::unique_ptr<Trainer>> trainers;
+  std::vector<std::unique_ptr<ActorThread>> threads;
+  std::atomic<bool> finished{false};
+
+  ClusterInProcess() {
+    msg::RunSpec run;
+    run.run_id = "in-process";
+    run.model = "mlp";
+    run.dataset = "fashion-mnist";
+    run.train_samples = 2048;
+    run.seed = 3;
+    run.micro_batch = 64;
+    run.mode = "gradient";
+    RegistrarOptions registrar_options{run, hub.inproc_publish_endpoint(), Milliseconds(100), 10, {}};
+    registrar.emplace(sockets, hub.inproc_router_endpoint(), registrar_options, stop);
+    SchedulerOptions scheduler_options;
+    scheduler_options.schedule.epochs = 2;
+    scheduler_options.schedule.round_samples = 256;
+    scheduler_options.schedule.min_trainers = 2;
+    scheduler_options.schedule.start_grace_seconds = 0.0;
+    scheduler_options.run = run;
+    scheduler_options.run_dir = run_dir;
+    scheduler_options.checkpoint_every = 4;
+    scheduler_options.drops = &drops;
+    scheduler.emplace(sockets, hub.inproc_router_endpoint(), scheduler_options, stop,
+                      [this] { finished = true; });
+    AggregatorOptions aggregator_options;
+    aggregator_options.run = run;
+    aggregator_options.data.test_limit = 500;
+    aggregator_options.run_dir = run_dir;
+    aggregator_options.drops = &drops;
+    aggregator.emplace(sockets, hub.inproc_router_endpoint(), aggregator_options, stop);
+    for (const char* node : {"a", "b"}) {
+      TrainerOptions options;
+      options.node = node;
+      options.coordinator = hub.inproc_router_endpoint();
+      options.heartbeat_interval = Milliseconds(100);
+      options.liveness = 10;
+      msg::HardwareReport report;
+      report.node = node;
+      report.device = "cpu";
+      report.hostname = "in-process";
+      report.cpu_cores = 1;
+      report.memory_available_bytes = 1 << 30;
+      report.cpu_gemm_gflops = 1.0;
+      trainers.push_back(std::make_unique<Trainer>(sockets, options, report, stop));
+    }
+    threads.push_back(std::make_unique<ActorThread>(
+        "registrar", [this] { registrar->run(); }, failures, stop));
+    threads.push_back(std::make_unique<ActorThread>(
+        "scheduler", [this] { scheduler->run(); }, failures, stop));
+    threads.push_back(std::make_unique<ActorThread>(
+        "aggregator", [this] { aggregator->run(); }, failures, stop));
+    for (auto& trainer : trainers) {
+      Trainer* raw = trainer.get();
+      threads.push_back(std::make_unique<ActorThread>(
+          raw->name(), [raw] { raw->run(); }, failures, stop));
+    }
+  }
+  ~ClusterInProcess() {
+    stop.request_stop();
+    threads.clear();
+  }
+};
+}  // namespace
+
+TEST_CASE("a coordinator's actors and two trainers in one process train every sample of every epoch once") {
+  ClusterInProcess cluster;
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (!cluster.finished && !cluster.failures.any() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Milliseconds(20));  // the test's own wait for a real run to end
+  }
+  REQUIRE_MESSAGE(cluster.finished.load(), cluster.failures.describe());
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048}));
+  CHECK(summary.at("rounds").get<std::uint64_t>() >= 16);  // 2 epochs of 8 full rounds at least
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.5);
+  // Every position of each epoch was recorded exactly once in rounds.jsonl.
+  std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> ranges;
+  std::ifstream rounds(cluster.run_dir + "/rounds.jsonl");
+  for (std::string line; std::getline(rounds, line);) {
+    const auto parsed = nlohmann::json::parse(line);
+    for (const auto& trainer : parsed.at("trainers")) {
+      for (const auto& range : trainer.at("ranges"))
+        ranges[parsed.at("epoch")].push_back({range[0], range[1]});
+    }
+  }
+  REQUIRE(ranges.size() == 2);
+  for (auto& [epoch, list] : ranges) {
+    std::sort(list.begin(), list.end());
+    std::uint64_t cursor = 0;
+    for (const auto& [begin, end] : list) {
+      CHECK(begin == cursor);
+      cursor = end;
+    }
+    CHECK(cursor == 2048);
+  }
+  // Send buffers are reused: what was allocated does not grow with the number of rounds.
+  CHECK(cluster.aggregator->model_buffer_allocations() <= 4);
+  for (const auto& trainer : cluster.trainers) CHECK(trainer->send_buffer_allocations() <= 4);
+}
+
+namespace {
+/// An aggregator on its own thread; the scheduler and trainers are played by the test.
+struct AggregatorUnderTest {
+  zmq::context_t context;
+  SocketFactory sockets{context, SocketLimits{}};
+  Hub hub{sockets, HubOptions{"aggregator-hub-" + std::to_string(getpid()), "", ""}};
+  StopFlag stop;
+  ActorFailures failures;
+  DropCounters drops;
+  std::string run_dir = fresh_directory("aggregator");
+  BusClient scheduler{sockets, kSchedulerName};
+  BusClient planned_a{sockets, trainer_name("a", "cpu")};
+  BusClient planned_b{sockets, trainer_name("b", "cpu")};
+  BusClient stranger{sockets, trainer_name("c", "cpu")};
+  std::optional<Aggregator> aggregator;
+  std::optional<ActorThread> thread;
+
+  AggregatorUnderTest() {
+    for (BusClient* client : {&scheduler, &planned_a, &planned_b, &stranger}) {
+      client->connect(hub.inproc_router_endpoint());
+    }
+    AggregatorOptions options;
+    options.run.run_id = "aggregator-test";
+    options.run.model = "mlp";
+    options.run.dataset = "fashion-mnist";
+    options.run.seed = 5;
+    options.optimizer.name = "sgd";
+    options.optimizer.learning_rate = 0.1;
+    options.optimizer.momentum = 0.0;
+    options.data.test_limit = 100;
+    options.run_dir = run_dir;
+    options.drops = &drops;
+    aggregator.emplace(sockets, hub.inproc_router_endpoint(), options, stop);
+    thread.emplace(
+        "aggregator", [this] { aggregator->run(); }, failures, stop);
+  }
+  ~AggregatorUnderTest() {
+    stop.request_stop();
+    thread.reset();
+    CHECK_FALSE(failures.any());
+  }
+
+  /// A contribution of `samples` samples whose gradients are `value` everywhere (mlp's layout).
+  void contribute(BusClient& trainer, std::uint64_t round, std::uint64_t samples, float value) {
+    std::vector<NamedTensor> gradients;
+    for (const auto& parameter : named_parameters(*make_model("mlp"))) {
+      gradients.push_back({parameter.name, torch::full_like(parameter.tensor, value)});
+    }
+    std::vector<zmq::message_t> frames;
+    msg::Contribution contribution;
+    contribution.round = round;
+    contribution.epoch = 1;
+    contribution.samples = samples;
+    contribution.loss_sum = 2.0 * static_cast<double>(samples);
+    contribution.compute_seconds = 0.01;
+    contribution.incarnation = 1;
+    contribution.gradients = append_tensor_frames(gradients, frames);
+    trainer.send(kAggregatorName, contribution, Stamp{round, 0}, std::move(frames));
+  }
+
+  /// The model the aggregator holds now, asked for the way a late trainer asks.
+  std::pair<msg::ModelState, torch::Tensor> snapshot() {
+    stranger.send(kAggregatorName, msg::SnapshotRequest{0});
+    auto [state, incoming] = expect<msg::ModelState>(stranger);
+    auto tensors = read_tensor_frames(state.parameters, incoming.tensor_frames, 0);
+    REQUIRE(tensors);
+    return {state, tensors.value().front().to_tensor().clone()};
+  }
+
+  std::uint64_t drops_of(const std::string& reason) { return drops.snapshot()[reason]; }
+};
+}  // namespace
+
+TEST_CASE(
+    "the aggregator refuses what was not planned or is malformed, combines a round once, and publishes it") {
+  AggregatorUnderTest test;
+  const auto [initial, initial_weights] = test.snapshot();
+  CHECK(initial.model_version == 0);
+
+  msg::RoundOpened opened;
+  opened.round = 1;
+  opened.epoch = 1;
+  opened.model_version = 0;
+  opened.incarnation = 1;
+  opened.planned_samples = {{test.planned_a.name(), 10}, {test.planned_b.name(), 20}};
+  // The opening and the trainers' messages come from different senders: the test knows the
+  // opening arrived once a stranger's contribution is refused as unplanned rather than unopened.
+  const std::string unplanned = "contribution: its sender was not planned in that round";
+  for (int attempt = 0; attempt < 50 && test.drops_of(unplanned) == 0; ++attempt) {
+    test.scheduler.send(kAggregatorName, opened);
+    test.contribute(test.stranger, 1, 10, 0.5f);
+    std::this_thread::sleep_for(Milliseconds(20));
+  }
+  REQUIRE(test.drops_of(unplanned) >= 1);
+  CHECK(nothing_of<msg::ContributionReceived>(test.scheduler,
+                                              Milliseconds(100)));  // strangers are not reported
+
+  test.contribute(test.planned_a, 1, 10, std::numeric_limits<float>::quiet_NaN());
+  const auto [refused, unused_refused] = expect<msg::ContributionReceived>(test.scheduler);
+  CHECK(refused.trainer == test.planned_a.name());
+  CHECK_FALSE(refused.accepted);
+  CHECK(refused.reason.find("NaN") != std::string::npos);
+  CHECK(test.drops_of("contribution: bad tensors") == 1);
+
+  test.contribute(test.planned_b, 1, 7, 0.5f);  // 7 samples where 20 were planned
+  const auto [wrong_count, unused_wrong] = expect<msg::ContributionReceived>(test.scheduler);
+  CHECK_FALSE(wrong_count.accepted);
+  CHECK(wrong_count.reason.find("wrong sample count") != std::string::npos);
+
+  test.contribute(test.planned_b, 1, 20, 0.5f);
+  const auto [accepted, unused_accepted] = expect<msg::ContributionReceived>(test.scheduler);
+  CHECK(accepted.trainer == test.planned_b.name());
+  CHECK(accepted.accepted);
+  CHECK(accepted.samples == 20);
+  CHECK(accepted.loss_sum == doctest::Approx(40.0));
+
+  msg::CombineRound combine;
+  combine.round = 1;
+  combine.epoch = 1;
+  combine.trainers = {test.planned_b.name()};
+  combine.model_version = 1;
+  test.scheduler.send(kAggregatorName, combine);
+  const auto [combined, unused_combined] = expect<msg::RoundCombined>(test.scheduler);
+  CHECK(combined.round == 1);
+  CHECK(combined.model_version == 1);
+  CHECK(combined.problem.empty());
+  const auto [stepped, stepped_weights] = test.snapshot();
+  CHECK(stepped.model_version == 1);
+  // SGD at rate 0.1 on the mean gradient: a sum of 0.5 over 20 samples.
+  CHECK(torch::allclose(stepped_weights, initial_weights - 0.1 * (0.5 / 20.0)));
+
+  // A repeat is answered again and never applied twice.
+  test.scheduler.send(kAggregatorName, combine);
+  const auto [again, unused_again] = expect<msg::RoundCombined>(test.scheduler);
+  CHECK(again.round == 1);
+  const auto [unchanged, unchanged_weights] = test.snapshot();
+  CHECK(unchanged.model_version == 1);
+  CHECK(torch::equal(unchanged_weights, stepped_weights));
+  // A contribution for the combined round is refused quietly, and counted.
+  test.contribute(test.planned_a, 1, 10, 0.5f);
+  CHECK(nothing_of<msg::ContributionReceived>(test.scheduler, Milliseconds(200)));
+  CHECK(test.drops_of("contribution: its round was already combined") == 1);
+}
