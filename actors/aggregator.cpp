@@ -3,9 +3,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "actors/learning/models.hpp"
-#include "actors/learning/optimizers.hpp"
-#include "actors/learning/parameters.hpp"
+#include "runtime/digest.hpp"
 
 namespace filo {
 namespace {
@@ -17,14 +15,13 @@ constexpr std::size_t kMaxHeldRounds = 4;
 constexpr std::size_t kMaxWaitingCombines = 16;
 constexpr std::size_t kRememberedAnswers = 16;
 
-torch::nn::Sequential seeded_model(const msg::RunSpec& run) {
-  torch::manual_seed(run.seed);  // the initial weights are the aggregator's; trainers receive them
-  return make_model(run.model);
-}
-
 nlohmann::json run_spec_json(const msg::RunSpec& run) {
   return {{"run_id", run.run_id},
           {"model", run.model},
+          {"task", run.task},
+          {"model_sha256", run.model_sha256},
+          {"data_format", run.data_format},
+          {"dataset_fingerprint", run.dataset_fingerprint},
           {"dataset", run.dataset},
           {"train_samples", run.train_samples},
           {"seed", run.seed},
@@ -46,6 +43,10 @@ msg::RunSpec checkpoint_run_spec(const Checkpoint& checkpoint) {
   msg::RunSpec spec;
   spec.run_id = run.at("run_id");
   spec.model = run.at("model");
+  spec.task = run.value("task", std::string("classification"));
+  spec.model_sha256 = run.value("model_sha256", std::string());
+  spec.data_format = run.value("data_format", std::string("idx"));
+  spec.dataset_fingerprint = run.value("dataset_fingerprint", std::string());
   spec.dataset = run.at("dataset");
   spec.train_samples = run.at("train_samples");
   spec.seed = run.at("seed");
@@ -67,15 +68,16 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
     : options_(std::move(options)),
       bus_(sockets, kAggregatorName),
       loop_(stop, time),
-      model_(seeded_model(options_.run)),
-      optimizer_(options_.run.mode == "local-sgd"
-                     ? make_outer_optimizer(options_.optimizer, model_->parameters())
-                     : make_optimizer(options_.optimizer, model_->parameters())),
-      averager_(*model_,
+      model_(Model::from_archive(options_.model_archive, "the run's model")),
+      layout_(fingerprint_hex(model_.layout())),
+      optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer)
+                                                  : make_optimizer(options_.optimizer)),
+      averager_(model_,
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints")),
-      evaluator_(make_model(options_.run.model), load_dataset(options_.data.dataset, options_.data.path,
-                                                              Split::kTest, options_.data.test_limit)) {
+      evaluator_(
+          model_.clone(), parse_task(options_.run.task),
+          load_dataset(options_.data.dataset, options_.data.path, Split::kTest, options_.data.test_limit)) {
   if (options_.resume) restore(*options_.resume);
   averaged_round_ = last_combined_round_ + 1;
   bus_.connect(hub_endpoint);
@@ -101,8 +103,9 @@ void Aggregator::publish_model(const std::string& to) {
   msg::ModelState state;
   state.model_version = model_version_;
   state.round = last_combined_round_;
-  state.parameters = model_buffers_.stage(named_parameters(*model_), frames);
-  state.buffers = model_buffers_.stage(named_buffers(*model_), frames);
+  state.parameters = stage(model_.parameters(), model_buffers_, frames);
+  state.buffers = stage(model_.buffers(), model_buffers_, frames);
+  state.layout = layout_;
   const Stamp stamp{last_combined_round_, model_version_};
   if (to.empty()) {
     bus_.publish(kModelTopic, state, stamp, std::move(frames));
@@ -179,6 +182,8 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
     return refuse(from, contribution,
                   "bad numbers: loss, times and counts must be finite, not negative, within the share");
   }
+  if (contribution.layout != layout_)
+    return refuse(from, contribution, "bad tensors: a model of another layout");
   std::vector<TensorMeta> metas = contribution.gradients;
   metas.insert(metas.end(), contribution.buffers.begin(), contribution.buffers.end());
   auto received = read_tensor_frames(metas, from.tensor_frames, 0);
@@ -187,12 +192,21 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(contribution.gradients.size());
   Held held{contribution, std::vector<ReceivedTensor>(tensors.begin(), split),
             std::vector<ReceivedTensor>(split, tensors.end())};
-  if (auto problem = averager_.problem(held.gradients, held.buffers)) {
+  if (auto problem = averager_.layout_problem(held.gradients, held.buffers)) {
     return refuse(from, contribution, "bad tensors: " + *problem);
   }
   if (contribution.round == averaged_round_) {
+    // Added at once, then one check of the sums: a NaN or infinity can only be this one's.
     averager_.add(held.gradients, held.buffers, contribution.samples);
+    if (!averager_.sums_finite()) {
+      average_again(contribution.round, from.from);
+      return refuse(from, contribution, "bad tensors: its gradients or buffers hold NaN or infinity");
+    }
     averaged_.insert(from.from);
+  } else if (auto bad = non_finite(held.gradients)) {
+    return refuse(from, contribution, "bad tensors: " + *bad);
+  } else if (auto bad_buffer = non_finite(held.buffers)) {
+    return refuse(from, contribution, "bad tensors: " + *bad_buffer);
   }
   round->second.held.emplace(from.from, std::move(held));
 
@@ -207,6 +221,17 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   report.model_wait_seconds = contribution.model_wait_seconds;
   report.staging_seconds = contribution.staging_seconds;
   bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
+}
+
+void Aggregator::average_again(std::uint64_t round, const std::string& without) {
+  averager_.clear();
+  const auto held = rounds_.find(round);
+  if (held == rounds_.end()) return;
+  for (const auto& trainer : averaged_) {
+    if (trainer == without || !held->second.held.count(trainer)) continue;
+    const Held& contribution = held->second.held.at(trainer);
+    averager_.add(contribution.gradients, contribution.buffers, contribution.header.samples);
+  }
 }
 
 void Aggregator::handle(const msg::CombineRound& combine_message, const Incoming&) {
@@ -267,7 +292,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
   }
   const bool stepped = averager_.apply();
   const auto combined = Clock::now();
-  if (stepped) optimizer_->step();
+  if (stepped) optimizer_->step(model_.parameters(), model_.gradients());
   const auto step_done = Clock::now();
   // The version follows the scheduler's count even when nothing could be combined, so that trainers
   // planned on it are not left waiting for a version that never comes.
@@ -304,7 +329,12 @@ void Aggregator::combine(const msg::CombineRound& order) {
 void Aggregator::checkpoint(const msg::CombineRound& order) {
   // The snapshot is taken here, between rounds; writing and fsync happen on the writer's thread.
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
-  model_->save(model_archive);
+  for (std::size_t i = 0; i < model_.parameters().groups().size(); ++i) {
+    model_archive.write("parameters." + std::to_string(i), model_.parameters().groups()[i].flat);
+  }
+  for (std::size_t i = 0; i < model_.buffers().groups().size(); ++i) {
+    model_archive.write("buffers." + std::to_string(i), model_.buffers().groups()[i].flat);
+  }
   optimizer_->save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
@@ -331,8 +361,22 @@ void Aggregator::restore(const Checkpoint& checkpoint) {
   if (!archive.try_read("model", model_archive) || !archive.try_read("optimizer", optimizer_archive)) {
     throw std::runtime_error(checkpoint.path + ": no model or optimizer state in its payload");
   }
-  model_->load(model_archive);
-  optimizer_->load(optimizer_archive);
+  if (checkpoint.meta.value("model_layout", std::string()) != layout_) {
+    throw std::runtime_error(checkpoint.path + " holds a model of another layout than the one configured");
+  }
+  torch::NoGradGuard no_grad;
+  const auto restore_groups = [&](const std::string& prefix, FlatTensors& tensors) {
+    for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
+      torch::Tensor value;
+      model_archive.read(prefix + "." + std::to_string(i), value);
+      TORCH_CHECK(value.numel() == tensors.groups()[i].flat.numel(), checkpoint.path, ": ", prefix, " group ",
+                  i, " does not fit the model");
+      tensors.groups()[i].flat.copy_(value);
+    }
+  };
+  restore_groups("parameters", model_.parameters());
+  restore_groups("buffers", model_.buffers());
+  optimizer_->load(optimizer_archive, model_.parameters());
   model_version_ = checkpoint.meta.at("model_version").get<std::uint64_t>();
   last_combined_round_ = checkpoint.round;
   log(LogLevel::kInfo, bus_.name(), "resumed from ", checkpoint.path, ": model version ", model_version_,
@@ -345,35 +389,31 @@ void Aggregator::handle(const msg::Evaluate& evaluate, const Incoming&) {
     bus_.send(kSchedulerName, done->second);
     return;
   }
-  if (evaluating_) {
-    if (evaluating_->epoch != evaluate.epoch) {
-      log(LogLevel::kError, bus_.name(), "asked to evaluate epoch ", evaluate.epoch, " while epoch ",
-          evaluating_->epoch, " is being evaluated; ignored");
-    }
-    return;
-  }
+  if (evaluating_.count(evaluate.epoch)) return;  // a repeat while it is being scored
   if (evaluate.model_version != model_version_) {
     log(LogLevel::kWarn, bus_.name(), "epoch ", evaluate.epoch, " ended at model version ",
         evaluate.model_version, " but the model is at ", model_version_, " now; evaluating that");
   }
-  evaluating_ = evaluate;
-  evaluator_.start(evaluate.epoch, model_version_, named_parameters(*model_), named_buffers(*model_));
+  evaluating_[evaluate.epoch] = evaluate;
+  evaluator_.submit(evaluate.epoch, model_version_, model_);
 }
 
 void Aggregator::collect_evaluation() {
-  if (!evaluating_) return;
   auto result = evaluator_.take_result();
   if (!result) return;
+  const auto asked = evaluating_.find(result->epoch);
+  const bool last = asked != evaluating_.end() && asked->second.last;
+  if (asked != evaluating_.end()) evaluating_.erase(asked);
   msg::Evaluated evaluated;
   evaluated.epoch = result->epoch;
   evaluated.model_version = result->model_version;
   evaluated.metrics = result->metrics;
   evaluated.problem = result->problem;
-  if (evaluating_->last) {
+  if (last) {
     // The run is over: the model file is its result, and checkpoints are no longer needed.
     try {
       const std::string path = options_.run_dir + "/model.pt";
-      save_model(model_, options_.run.model, path);
+      model_.save(path);
       evaluated.model_files.push_back(path);
     } catch (const std::exception& e) {
       evaluated.problem +=
@@ -381,7 +421,6 @@ void Aggregator::collect_evaluation() {
     }
     checkpoints_.clear();
   }
-  evaluating_.reset();
   evaluated_[evaluated.epoch] = evaluated;
   while (evaluated_.size() > kRememberedAnswers) evaluated_.erase(evaluated_.begin());
   bus_.send(kSchedulerName, evaluated);

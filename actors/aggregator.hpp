@@ -19,6 +19,8 @@
 #include "actors/learning/averaging.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/evaluation.hpp"
+#include "actors/learning/model.hpp"
+#include "actors/learning/optimizers.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
 #include "messages/round.hpp"
@@ -33,6 +35,7 @@ namespace filo {
 
 struct AggregatorOptions {
   msg::RunSpec run;
+  std::string model_archive;  /// the run's model as TorchScript bytes: its initial weights
   OptimizerOptions optimizer;
   DataOptions data;  /// the test set evaluated after each epoch
   std::string run_dir;
@@ -77,6 +80,8 @@ class Aggregator final {
   };
 
   void refuse(const Incoming& from, const msg::Contribution& contribution, const std::string& reason);
+  /// Sums of round `round` again from the contributions held for it, leaving out `without`.
+  void average_again(std::uint64_t round, const std::string& without);
   void combine(const msg::CombineRound& combine);
   void answer(const msg::RoundCombined& answer);
   void publish_model(const std::string& to);
@@ -88,8 +93,9 @@ class Aggregator final {
   AggregatorOptions options_;
   BusClient bus_;
   ActorLoop loop_;
-  torch::nn::Sequential model_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  Model model_;
+  std::string layout_;  // fingerprint of the model's flat layout, checked on every message
+  std::unique_ptr<FlatOptimizer> optimizer_;
   ContributionAverager averager_;
   /// Which round's contributions the averager's sums hold, and whose: added as they arrive, so
   /// that a round's close usually finds its sum ready.
@@ -101,8 +107,8 @@ class Aggregator final {
   std::optional<msg::RoundCombined> last_answer_;                // sent again to a repeated CombineRound
   std::map<std::uint64_t, HeldRound> rounds_;                    // opened, not yet combined
   std::map<std::uint64_t, msg::CombineRound> waiting_combines_;  // arrived before an earlier round's
-  std::optional<msg::Evaluate> evaluating_;
-  std::map<std::uint64_t, msg::Evaluated> evaluated_;  // kept to answer a repeated Evaluate
+  std::map<std::uint64_t, msg::Evaluate> evaluating_;            // by epoch, submitted to the evaluator
+  std::map<std::uint64_t, msg::Evaluated> evaluated_;            // kept to answer a repeated Evaluate
   CheckpointWriter checkpoints_;
   EvaluationWorker evaluator_;
 };

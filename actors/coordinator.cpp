@@ -4,17 +4,21 @@
 #include <condition_variable>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include "actors/aggregator.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
+#include "actors/learning/task.hpp"
 #include "actors/registrar.hpp"
 #include "actors/scheduler.hpp"
 #include "runtime/actor_thread.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/cpu_affinity.hpp"
+#include "runtime/digest.hpp"
 #include "runtime/drop_counters.hpp"
 #include "runtime/run_record.hpp"
 
@@ -24,6 +28,10 @@ constexpr Milliseconds kWaitSlice{50};
 /// After the run ends, the hub keeps forwarding this long so RunFinished reaches every node.
 constexpr Milliseconds kFinishLinger{500};
 constexpr int kExitInterrupted = 130;
+/// Training samples the model is tried on before the run starts.
+constexpr std::int64_t kProbeSamples = 2;
+/// Classes of the built-in idx datasets (MNIST, Fashion-MNIST).
+constexpr std::int64_t kBuiltInClasses = 10;
 
 std::string make_run_id() {
   char stamp[32];
@@ -33,15 +41,69 @@ std::string make_run_id() {
   std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
   return std::string(stamp) + "-" + std::to_string(getpid());
 }
+
+/// The run's model as TorchScript bytes: the user's file (model.path) or a built-in model built
+/// from the seed. Before any socket opens, it is loaded and run on one batch of the training set, so
+/// that a model filo cannot train is refused at once with the reason.
+std::string prepare_model(const Config& config, msg::RunSpec& run) {
+  const Task task = parse_task(config.model.task);
+  const Dataset probe = load_dataset(config.data.dataset, config.data.path, Split::kTrain, kProbeSamples);
+  auto [inputs, targets] = probe.batch(torch::arange(probe.size(), torch::kInt64));
+  const std::int64_t classes = kBuiltInClasses;
+  std::string archive;
+  std::string source;
+  std::optional<Model> model;
+  try {
+    if (!config.model.path.empty()) {
+      source = config.model.path;
+      std::ifstream file(source, std::ios::binary);
+      if (!file) throw ConfigError("model.path: cannot read " + source);
+      archive.assign(std::istreambuf_iterator<char>(file), {});
+      model.emplace(Model::from_archive(archive, source));
+      run.model = std::filesystem::path(source).filename().string();
+    } else {
+      source = "built-in model '" + config.model.name + "'";
+      ModelShape shape;
+      shape.sample_shape = inputs.sizes().slice(1).vec();
+      shape.classes = classes;
+      BuiltInModelOptions options;
+      options.layers = config.model.layers;
+      options.heads = config.model.heads;
+      options.width = config.model.width;
+      options.dropout = config.model.dropout;
+      torch::manual_seed(config.schedule.seed);  // the initial weights are the run's, the same every start
+      model.emplace(build_model(config.model.name, shape, options));
+      archive = model->archive();  // before the probe below moves BatchNorm's statistics
+      run.model = config.model.name;
+    }
+    torch::NoGradGuard no_grad;
+    const torch::Tensor outputs = model->forward(inputs);
+    if (auto problem = output_problem(task, outputs, targets, classes)) throw ModelError(*problem);
+  } catch (const ModelError& e) {
+    throw ConfigError("cannot train " + source + ": " + e.what());
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(e.what());  // an unknown model name or a shape it cannot take
+  } catch (const c10::Error& e) {
+    throw ConfigError("cannot train " + source +
+                      ": one batch of the training set fails in its forward: " + e.what_without_backtrace());
+  }
+  run.task = task_name(task);
+  run.model_sha256 = sha256_hex(archive);
+  run.model_bytes = archive.size();
+  log(LogLevel::kInfo, "coordinator", "model ", run.model, " (", task_name(task),
+      "): ", model->parameters().numel(), " parameters, archive ", archive.size(), " bytes, sha256 ",
+      run.model_sha256.substr(0, 12));
+  return archive;
+}
 }  // namespace
 
 int run_coordinator(const Config& config, const StopFlag& process_stop) {
   pin_to_cpus(0, parse_cpu_list(config.run.cpus, "run.cpus"));
   set_compute_threads(static_cast<int>(config.run.threads));
-  make_model(config.model.name);  // an unknown model name fails here, before any socket opens
+  use_plain_torchscript_execution();
   msg::RunSpec run;
   run.run_id = make_run_id();
-  run.model = config.model.name;
+  const auto model_archive = std::make_shared<const std::string>(prepare_model(config, run));
   run.dataset = config.data.dataset;
   run.train_samples = static_cast<std::uint64_t>(
       count_samples(config.data.dataset, config.data.path, Split::kTrain, config.data.train_limit));
@@ -79,11 +141,12 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
       }
     };
     differs("model", saved.model, run.model);
+    differs("task", saved.task, run.task);
     differs("dataset", saved.dataset, run.dataset);
     differs("mode", saved.mode, run.mode);
     differs("train samples", std::to_string(saved.train_samples), std::to_string(run.train_samples));
     differs("seed", std::to_string(saved.seed), std::to_string(run.seed));
-    run = saved;
+    run.run_id = saved.run_id;  // the same run; everything else was checked equal above
     incarnation = resume->meta.at("incarnation").get<std::uint64_t>() + 1;
     log(LogLevel::kWarn, "coordinator", "resuming run ", run.run_id, " after round ", resume->round, " from ",
         resume->path, " (coordinator start ", incarnation, ")");
@@ -111,11 +174,12 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   std::condition_variable finished_signal;
   bool finished = false;
 
-  RegistrarOptions registrar_options{run,
-                                     hub.publish_endpoint(),
-                                     Milliseconds(config.bus.heartbeat_interval_ms),
-                                     static_cast<int>(config.bus.liveness),
-                                     {}};
+  RegistrarOptions registrar_options;
+  registrar_options.run = run;
+  registrar_options.model_archive = model_archive;
+  registrar_options.publish_endpoint = hub.publish_endpoint();
+  registrar_options.heartbeat_interval = Milliseconds(config.bus.heartbeat_interval_ms);
+  registrar_options.liveness = static_cast<int>(config.bus.liveness);
   constexpr std::int64_t kMebibyte = 1 << 20;
   registrar_options.policy.min_memory_bytes = config.admission.min_memory_mb * kMebibyte;
   registrar_options.policy.min_device_memory_bytes = config.admission.min_device_memory_mb * kMebibyte;
@@ -147,6 +211,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
 
   AggregatorOptions aggregator_options;
   aggregator_options.run = run;
+  aggregator_options.model_archive = *model_archive;
   aggregator_options.optimizer = config.optimizer;
   aggregator_options.data = config.data;
   aggregator_options.run_dir = config.run.run_dir;

@@ -7,6 +7,7 @@
 #include "actors/benchmarker.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/model.hpp"
 #include "actors/trainer.hpp"
 #include "runtime/cpu_affinity.hpp"
 
@@ -23,6 +24,7 @@ int run_node(const Config& config, const StopFlag& process_stop) {
   // Debian's LibTorch otherwise picks one thread, or all cores in other builds: say it.
   pin_to_cpus(0, parse_cpu_list(config.node.cpus, "node.cpus"));
   set_compute_threads(static_cast<int>(config.node.threads));
+  use_plain_torchscript_execution();
   if (config.node.device != "cpu" && !torch::cuda::is_available()) {
     throw std::runtime_error("node.device is " + config.node.device +
                              " but this LibTorch build or machine has no CUDA device");

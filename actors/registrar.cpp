@@ -89,7 +89,11 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   admission.publish_endpoint = options_.publish_endpoint;
   admission.heartbeat_interval_ms = static_cast<std::int32_t>(options_.heartbeat_interval.count());
   admission.liveness = options_.liveness;
-  bus_.send(from.from, admission);
+  std::vector<zmq::message_t> frames;
+  if (options_.model_archive) {
+    admission.model_archive.push_back(append_bytes_frames("model", options_.model_archive, frames));
+  }
+  bus_.send(from.from, admission, {}, std::move(frames));
 
   const bool already_live = live_.count(from.from) > 0;
   live_[from.from] = TrainerRecord{report, loop_.now()};

@@ -2,6 +2,7 @@
 // The registrar admits trainers after a complete hardware report, tracks their heartbeats and
 // announces joins and losses to the scheduler and the event stream.
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <variant>
@@ -22,8 +23,9 @@ struct AdmissionPolicy {
 };
 
 struct RegistrarOptions {
-  msg::RunSpec run;              /// what admitted trainers are told to train
-  std::string publish_endpoint;  /// where trainers subscribe for models and control
+  msg::RunSpec run;                                  /// what admitted trainers are told to train
+  std::shared_ptr<const std::string> model_archive;  /// sent with every admission (TorchScript bytes)
+  std::string publish_endpoint;                      /// where trainers subscribe for models and control
   Milliseconds heartbeat_interval{250};
   int liveness = 4;  /// missed intervals before a trainer is lost
   AdmissionPolicy policy;

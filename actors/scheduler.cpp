@@ -474,7 +474,7 @@ void Scheduler::close_round(const std::string& why) {
   // since this was the only open round).
   std::optional<msg::Evaluate> evaluate;
   const bool epoch_done = pool_.empty();
-  const bool evaluation_under_way = evaluation_.has_value();
+  const bool evaluation_under_way = !evaluations_.empty();
   if (epoch_done) {
     state_.samples_per_epoch.push_back(state_.epoch_samples);
     state_.train_loss_per_epoch.push_back(
@@ -518,7 +518,7 @@ void Scheduler::close_round(const std::string& why) {
 }
 
 void Scheduler::send_evaluate(const msg::Evaluate& evaluate) {
-  evaluation_ = PendingEvaluation{evaluate, loop_.now()};
+  evaluations_[evaluate.epoch] = PendingEvaluation{evaluate, loop_.now()};
   if (!bus_.send(kAggregatorName, evaluate)) {
     log(LogLevel::kError, bus_.name(), "Evaluate of epoch ", evaluate.epoch,
         " was not taken by the bus; sending it again later");
@@ -535,10 +535,11 @@ void Scheduler::resend_unanswered(Clock::time_point now) {
     bus_.send(kAggregatorName, unanswered.message, Stamp{round, unanswered.message.model_version});
     unanswered.sent = now;
   }
-  if (evaluation_ && seconds_between(evaluation_->sent, now) >= kEvaluateResendSeconds) {
-    log(LogLevel::kWarn, bus_.name(), "no answer to Evaluate of epoch ", evaluation_->message.epoch,
-        ": asking again");
-    send_evaluate(evaluation_->message);
+  for (auto& [epoch, evaluation] : evaluations_) {
+    if (seconds_between(evaluation.sent, now) < kEvaluateResendSeconds) continue;
+    log(LogLevel::kWarn, bus_.name(), "no answer to Evaluate of epoch ", epoch, ": asking again");
+    bus_.send(kAggregatorName, evaluation.message);
+    evaluation.sent = now;
   }
 }
 
@@ -560,9 +561,10 @@ void Scheduler::handle(const msg::RoundCombined& combined, const Incoming&) {
 }
 
 void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
-  if (!evaluation_ || evaluated.epoch != evaluation_->message.epoch) return;  // an answer to a repeat
-  const bool last = evaluation_->message.last;
-  evaluation_.reset();
+  const auto pending = evaluations_.find(evaluated.epoch);
+  if (pending == evaluations_.end()) return;  // an answer to a repeat
+  const bool last = pending->second.message.last;
+  evaluations_.erase(pending);
   if (!evaluated.problem.empty())
     log(LogLevel::kError, bus_.name(), "epoch ", evaluated.epoch, ": ", evaluated.problem);
   const auto found = evaluated.metrics.find("test_accuracy");

@@ -154,8 +154,8 @@ class Scheduler final {
   std::map<std::string, TrainerState> live_;
   SamplePool pool_;
   std::optional<OpenRound> open_;
-  std::map<std::uint64_t, Unanswered> unanswered_;  // combines the aggregator has not confirmed
-  std::optional<PendingEvaluation> evaluation_;
+  std::map<std::uint64_t, Unanswered> unanswered_;          // combines the aggregator has not confirmed
+  std::map<std::uint64_t, PendingEvaluation> evaluations_;  // by epoch, not yet answered
   std::optional<Clock::time_point> enough_trainers_since_;
   bool started_ = false;
   bool planning_done_ = false;  // the last epoch's last round has closed

@@ -1,9 +1,8 @@
 #include "actors/trainer.hpp"
 
 #include "actors/learning/epoch_order.hpp"
-#include "actors/learning/models.hpp"
 #include "actors/learning/optimizers.hpp"
-#include "actors/learning/parameters.hpp"
+#include "runtime/digest.hpp"
 
 #include <thread>
 
@@ -73,7 +72,7 @@ void Trainer::register_again(const std::string& why) {
   pending_.reset();
 }
 
-void Trainer::handle(const msg::Admission& admission, const Incoming&) {
+void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   last_heard_ = loop_.now();
   if (!admission.admitted && admission.register_again) {
     if (state_ == State::kAdmitted)
@@ -105,9 +104,42 @@ void Trainer::handle(const msg::Admission& admission, const Incoming&) {
       loop_.quit();
       return;
     }
-    model_ = make_model(run.model);
+    // The coordinator's model, checked against the digest it announced: nodes need no model file.
+    std::string problem;
+    try {
+      auto archive = read_tensor_frames(admission.model_archive, from.tensor_frames, 0);
+      if (!archive || archive.value().size() != 1) {
+        problem =
+            "the admission carries no model archive" + (archive ? std::string() : ": " + archive.error());
+      } else {
+        const torch::Tensor bytes = archive.value().front().to_tensor();
+        const std::string archive_bytes(static_cast<const char*>(bytes.data_ptr()),
+                                        static_cast<std::size_t>(bytes.nbytes()));
+        if (sha256_hex(archive_bytes) != run.model_sha256) {
+          problem = "the model archive does not match its announced SHA-256 (damaged in transit?)";
+        } else {
+          model_.emplace(
+              Model::from_archive(archive_bytes, "the coordinator's model", torch::Device(options_.device)));
+          task_ = parse_task(run.task);
+          layout_ = fingerprint_hex(model_->layout());
+        }
+      }
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+    if (!problem.empty()) {
+      log(LogLevel::kError, bus_.name(), "cannot train run ", run.run_id, ": ", problem);
+      exit_code_ = kExitRejected;
+      state_ = State::kDone;
+      loop_.quit();
+      return;
+    }
     local_optimizer_.reset();
-    if (run.mode == "local-sgd") local_optimizer_ = make_local_optimizer(run, model_->parameters());
+    if (run.mode == "local-sgd") {
+      local_optimizer_ = make_local_optimizer(run);
+      local_before_ = model_->parameters().zeros_like();
+      local_deltas_ = model_->parameters().zeros_like();
+    }
     model_version_.reset();
     last_loaded_version_ = 0;
     order_ = torch::Tensor();
@@ -203,7 +235,7 @@ void Trainer::calibrate() {
        ++step) {
     const auto started = Clock::now();
     const WorkTimer work_timer;
-    train_share(model_, data_, indices, micro_batch);
+    train_share(*model_, task_, data_, indices, micro_batch);
     simulate_slowdown(work_timer);
     if (step >= kCalibrationWarmUp) {
       measured += Clock::now() - started;
@@ -236,14 +268,20 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", received.error());
     return;
   }
-  auto targets = named_parameters(*model_);
-  auto buffers = named_buffers(*model_);
-  targets.insert(targets.end(), buffers.begin(), buffers.end());
-  if (auto mismatch = layout_mismatch(received.value(), targets)) {
+  auto& tensors = received.value();
+  const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(state.parameters.size());
+  const std::vector<ReceivedTensor> parameters(tensors.begin(), split);
+  const std::vector<ReceivedTensor> buffers(split, tensors.end());
+  std::optional<std::string> mismatch;
+  if (state.layout != layout_) mismatch = "a model of another layout";
+  if (!mismatch) mismatch = model_->parameters().wire_mismatch(parameters);
+  if (!mismatch) mismatch = model_->buffers().wire_mismatch(buffers);
+  if (mismatch) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", *mismatch);
     return;
   }
-  copy_received(received.value(), targets);
+  model_->parameters().copy_from(parameters);
+  model_->buffers().copy_from(buffers);
   model_version_ = state.model_version;
   last_loaded_version_ = state.model_version;
   snapshot_requested_.reset();
@@ -290,12 +328,11 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
     micro_batch_timer = WorkTimer();
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
-  std::vector<NamedTensor> before;
-  if (local_optimizer_) before = snapshot(named_parameters(*model_));
+  if (local_optimizer_) local_before_.copy_from(model_->parameters());
   const ShareResult result =
-      local_optimizer_
-          ? train_local_steps(model_, data_, indices, micro_batch, *local_optimizer_, between_micro_batches)
-          : train_share(model_, data_, indices, micro_batch, between_micro_batches);
+      local_optimizer_ ? train_local_steps(*model_, task_, data_, indices, micro_batch, *local_optimizer_,
+                                           between_micro_batches)
+                       : train_share(*model_, task_, data_, indices, micro_batch, between_micro_batches);
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
   const auto computed = Clock::now();
@@ -309,9 +346,11 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   contribution.samples = result.samples;
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;
-  contribution.gradients = send_buffers_.stage(
-      local_optimizer_ ? parameter_deltas(*model_, before) : named_gradients(*model_), frames);
-  contribution.buffers = send_buffers_.stage(named_buffers(*model_), frames);
+  if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
+  contribution.gradients =
+      stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, frames);
+  contribution.buffers = stage(model_->buffers(), send_buffers_, frames);
+  contribution.layout = layout_;
   contribution.compute_seconds = seconds_between(started, computed);
   contribution.model_wait_seconds = model_wait_seconds;
   contribution.staging_seconds = seconds_between(computed, Clock::now());

@@ -11,6 +11,9 @@
 #include <torch/torch.h>
 
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/model.hpp"
+#include "actors/learning/optimizers.hpp"
+#include "actors/learning/task.hpp"
 #include "actors/learning/training.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
@@ -100,9 +103,13 @@ class Trainer final {
   std::optional<msg::RunSpec> run_;
   std::string subscribed_to_;
   Dataset data_;
-  torch::nn::Sequential model_{nullptr};
-  std::unique_ptr<torch::optim::Optimizer> local_optimizer_;  // local-sgd only; its state spans rounds
-  std::optional<std::uint64_t> model_version_;                // none: no clean replica (after training on it)
+  std::optional<Model> model_;
+  Task task_ = Task::kClassification;
+  std::string layout_;                              // fingerprint of the model's flat layout
+  std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
+  FlatTensors local_before_;                        // local-sgd: the parameters a round started from
+  FlatTensors local_deltas_;
+  std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
   Clock::time_point pending_since_{};  // when the pending plan arrived

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "messages/envelope.hpp"
+#include "messages/tensor_frames.hpp"
 
 namespace filo::msg {
 
@@ -48,11 +49,22 @@ struct HardwareReport {
                      dataset_fingerprint)
 };
 
-// What every trainer of a run must agree on; the coordinator's configuration is the source.
+// What every trainer of a run must agree on; the coordinator's configuration is the source. The
+// model itself travels with the Admission that carries this, as a TorchScript archive.
 struct RunSpec {
   std::string run_id;
-  std::string model;                // built-in model name
-  std::string dataset;              // built-in dataset name
+  std::string model;                    // what the model is called: a built-in name or the user's file name
+  std::string task = "classification";  // or "language_model"
+  std::string model_sha256;             // of the TorchScript archive the Admission carries
+  std::uint64_t model_bytes = 0;
+  std::string dataset;              // built-in dataset name (idx) or the coordinator's data.path's name
+  std::string data_format = "idx";  // idx, numpy, image_folder, tokens
+  std::int64_t image_size = 0;      // image_folder: the side images are resized to
+  std::int64_t context = 0;         // tokens: the window length
+  bool augment = false;             // image data: random crop and flip while training
+  std::vector<double> mean;         // per-channel normalisation of integer images
+  std::vector<double> std;
+  std::string dataset_fingerprint;  // of the coordinator's training set (nodes check theirs)
   std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
   std::uint64_t seed = 0;           // epoch orders derive from it
   std::uint32_t micro_batch = 0;    // the micro-batch size trainers calibrate at
@@ -62,11 +74,13 @@ struct RunSpec {
   double learning_rate = 0.0;
   double momentum = 0.0;
   double weight_decay = 0.0;
-  MSGPACK_DEFINE_MAP(run_id, model, dataset, train_samples, seed, micro_batch, mode, optimizer, learning_rate,
-                     momentum, weight_decay)
+  MSGPACK_DEFINE_MAP(run_id, model, task, model_sha256, model_bytes, dataset, data_format, image_size,
+                     context, augment, mean, std, dataset_fingerprint, train_samples, seed, micro_batch, mode,
+                     optimizer, learning_rate, momentum, weight_decay)
 };
 
-// registrar → trainer: admitted (with what the run needs) or rejected (with why).
+// registrar → trainer: admitted (with what the run needs, and the model's TorchScript archive as
+// a uint8 tensor in frames after the body) or rejected (with why).
 struct Admission {
   static constexpr MessageKind kKind = MessageKind::kAdmission;
   bool admitted = false;
@@ -78,7 +92,9 @@ struct Admission {
   // Not a verdict on the node: the registrar does not know this trainer (it was declared lost,
   // or the coordinator restarted) and wants its hardware report again.
   bool register_again = false;
-  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness, register_again)
+  std::vector<TensorMeta> model_archive;  // admitted: one uint8 tensor, the archive's bytes
+  MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness, register_again,
+                     model_archive)
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides

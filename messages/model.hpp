@@ -9,7 +9,8 @@
 namespace filo::msg {
 
 // aggregator → everyone (published on topic "model") after each step, and → one trainer in reply
-// to a SnapshotRequest. Parameters and buffers follow as tensor frames.
+// to a SnapshotRequest. Parameters and buffers follow as tensor frames, one flat tensor per dtype;
+// `layout` fingerprints the names, dtypes and shapes those flat tensors hold.
 struct ModelState {
   static constexpr MessageKind kKind = MessageKind::kModelState;
   std::uint64_t model_version = 0;
@@ -17,7 +18,8 @@ struct ModelState {
   std::uint64_t epoch = 0;
   std::vector<TensorMeta> parameters;
   std::vector<TensorMeta> buffers;
-  MSGPACK_DEFINE_MAP(model_version, round, epoch, parameters, buffers)
+  std::string layout;
+  MSGPACK_DEFINE_MAP(model_version, round, epoch, parameters, buffers, layout)
 };
 
 // trainer → aggregator: send me the current model (a late joiner asks rather than hoping to

@@ -59,9 +59,10 @@ struct RoundOpened {
   MSGPACK_DEFINE_MAP(round, epoch, model_version, incarnation, planned_samples)
 };
 
-// trainer → aggregator: gradients summed over its samples (as tensor frames), its BatchNorm-style
-// buffers after its forward passes, and what the work cost. In local-sgd mode `gradients` holds
-// each parameter's delta over the round's local steps (after minus before) instead.
+// trainer → aggregator: gradients summed over its samples and its BatchNorm-style buffers after its
+// forward passes (as tensor frames, one flat tensor per dtype, laid out as `layout` fingerprints),
+// and what the work cost. In local-sgd mode `gradients` holds the parameters' change over the
+// round's local steps (after minus before) instead.
 struct Contribution {
   static constexpr MessageKind kKind = MessageKind::kContribution;
   std::uint64_t round = 0;
@@ -75,9 +76,10 @@ struct Contribution {
   double staging_seconds = 0.0;     // copying the results into send buffers
   std::vector<TensorMeta> gradients;
   std::vector<TensorMeta> buffers;
+  std::string layout;
   std::uint64_t incarnation = 0;  // the plan's
   MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds,
-                     model_wait_seconds, staging_seconds, gradients, buffers, incarnation)
+                     model_wait_seconds, staging_seconds, gradients, buffers, layout, incarnation)
 };
 
 // aggregator → scheduler, for each contribution from a trainer planned in an open round: accepted

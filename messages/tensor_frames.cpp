@@ -102,6 +102,32 @@ std::vector<TensorMeta> append_tensor_frames(const std::vector<NamedTensor>& ten
   return metas;
 }
 
+namespace {
+void release_bytes_reference(void*, void* hint) {
+  std::unique_ptr<std::shared_ptr<const std::string>> owned(
+      static_cast<std::shared_ptr<const std::string>*>(hint));
+}
+}  // namespace
+
+TensorMeta append_bytes_frames(const std::string& name, std::shared_ptr<const std::string> bytes,
+                               std::vector<zmq::message_t>& frames) {
+  TensorMeta meta;
+  meta.name = name;
+  meta.dtype = WireDType::kUInt8;
+  meta.shape = {static_cast<std::int64_t>(bytes->size())};
+  std::size_t offset = 0;
+  do {
+    const std::size_t length = std::min(kChunkBytes, bytes->size() - offset);
+    auto reference = std::make_unique<std::shared_ptr<const std::string>>(bytes);
+    // zmq takes a non-const pointer but never writes through it for a message it sends.
+    frames.emplace_back(const_cast<char*>(bytes->data()) + offset, length, release_bytes_reference,
+                        reference.release());
+    offset += length;
+    ++meta.frames;
+  } while (offset < bytes->size());
+  return meta;
+}
+
 torch::Tensor ReceivedTensor::to_tensor() const {
   const auto options = torch::TensorOptions().dtype(to_scalar_type(meta_.dtype));
   if (meta_.frames == 1) {

@@ -37,6 +37,11 @@ struct NamedTensor {
 std::vector<TensorMeta> append_tensor_frames(const std::vector<NamedTensor>& tensors,
                                              std::vector<zmq::message_t>& frames);
 
+/// Appends `bytes` as one uint8 tensor named `name` (frames of at most kChunkBytes that point into
+/// the string, which stays alive until zmq has sent them) and returns its description.
+TensorMeta append_bytes_frames(const std::string& name, std::shared_ptr<const std::string> bytes,
+                               std::vector<zmq::message_t>& frames);
+
 /// Frames received after a body; shared so that tensor views can keep them alive.
 using FrameList = std::shared_ptr<std::vector<zmq::message_t>>;
 

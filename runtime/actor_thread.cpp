@@ -1,6 +1,7 @@
 #include "runtime/actor_thread.hpp"
 
 #include "runtime/log.hpp"
+#include "runtime/thread_name.hpp"
 
 namespace filo {
 
@@ -31,6 +32,7 @@ std::string ActorFailures::describe() const {
 ActorThread::ActorThread(std::string actor, std::function<void()> body, ActorFailures& failures,
                          StopFlag& stop)
     : thread_([actor = std::move(actor), body = std::move(body), &failures, &stop] {
+        name_this_thread(actor);
         try {
           body();
         } catch (const std::exception& e) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/actor_loop.hpp"
+#include "runtime/thread_name.hpp"
 
 namespace filo {
 namespace {
@@ -72,6 +73,7 @@ void Hub::forward_one(std::vector<zmq::message_t>& frames) {
 }
 
 void Hub::run() {
+  name_this_thread("hub");
   ActorLoop loop(stop_);
   loop.on_readable(router_, [this] {
     for (std::size_t i = 0; i < kMaxForwardsPerWakeup; ++i) {

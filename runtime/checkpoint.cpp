@@ -14,6 +14,7 @@
 
 #include "runtime/log.hpp"
 #include "runtime/run_record.hpp"
+#include "runtime/thread_name.hpp"
 
 namespace filo {
 namespace {
@@ -168,6 +169,7 @@ std::string CheckpointWriter::last_error() const {
 }
 
 void CheckpointWriter::run() {
+  name_this_thread("checkpoints");
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
     changed_.wait(lock, [this] { return stopping_ || pending_; });

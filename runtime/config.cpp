@@ -122,6 +122,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("data", "train_limit", config.data.train_limit);
   reader.read("data", "test_limit", config.data.test_limit);
   reader.read("model", "name", config.model.name);
+  reader.read("model", "path", config.model.path);
+  reader.read("model", "task", config.model.task);
+  reader.read("model", "layers", config.model.layers);
+  reader.read("model", "heads", config.model.heads);
+  reader.read("model", "width", config.model.width);
+  reader.read("model", "dropout", config.model.dropout);
   reader.read("optimizer", "mode", config.optimizer.mode);
   reader.read("optimizer", "name", config.optimizer.name);
   reader.read("optimizer", "learning_rate", config.optimizer.learning_rate);
@@ -187,6 +193,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.optimizer.outer_momentum >= 0 && config.optimizer.outer_momentum < 1,
         "optimizer.outer_momentum must be in [0, 1)");
   check(config.optimizer.sync_steps >= 1, "optimizer.sync_steps must be >= 1");
+  check(config.model.task == "classification" || config.model.task == "language_model",
+        "model.task must be \"classification\" or \"language_model\", not \"" + config.model.task + "\"");
+  check(config.model.layers >= 1 && config.model.heads >= 1 && config.model.width >= 1,
+        "model.layers, model.heads and model.width must be >= 1");
+  check(config.model.dropout >= 0 && config.model.dropout < 1, "model.dropout must be in [0, 1)");
   check(config.schedule.epochs >= 1, "schedule.epochs must be >= 1");
   check(config.schedule.round_samples >= 1, "schedule.round_samples must be >= 1");
   check(config.schedule.micro_batch >= 1, "schedule.micro_batch must be >= 1");

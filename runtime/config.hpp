@@ -23,7 +23,15 @@ struct DataOptions {
 };
 
 struct ModelOptions {
-  std::string name = "cnn";  /// built-in: "cnn" (two conv layers + BatchNorm), "mlp"
+  /// Built in: "cnn" (two conv layers + BatchNorm), "mlp", "resnet18" (CIFAR-style), "gpt".
+  std::string name = "cnn";
+  /// A TorchScript file (torch.jit.script(model).save(path)) to train instead of a built-in model.
+  std::string path;
+  std::string task = "classification";  /// or "language_model"
+  std::int64_t layers = 4;              /// gpt: transformer blocks
+  std::int64_t heads = 4;               /// gpt: attention heads
+  std::int64_t width = 128;             /// gpt: embedding width
+  double dropout = 0.0;                 /// gpt: dropout
 };
 
 struct OptimizerOptions {

@@ -8,19 +8,27 @@
 #include <set>
 
 #include "actors/aggregator.hpp"
+#include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
-#include "actors/learning/parameters.hpp"
 #include "actors/registrar.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/trainer.hpp"
 #include "messages/membership.hpp"
 #include "messages/round.hpp"
 #include "runtime/actor_thread.hpp"
+#include "runtime/digest.hpp"
 
 using namespace filo;
 
 namespace {
 constexpr Milliseconds kPatience{5000};
+
+/// The built-in mlp for 28x28 images as the coordinator sends it: TorchScript bytes.
+std::shared_ptr<const std::string> mlp_archive(std::uint64_t seed) {
+  torch::manual_seed(seed);
+  return std::make_shared<const std::string>(
+      Model(build_model("mlp", ModelShape{{1, 28, 28}, 10, 0})).archive());
+}
 
 std::string fresh_directory(const std::string& name) {
   const std::string path = "/tmp/filo-rounds-" + name + "-" + std::to_string(getpid());
@@ -293,13 +301,18 @@ struct ClusterInProcess {
     run.seed = 3;
     run.micro_batch = 64;
     run.mode = "gradient";
-    RegistrarOptions registrar_options{run, hub.inproc_publish_endpoint(), Milliseconds(100), 10, {}};
+    const auto archive = mlp_archive(3);
+    run.model_sha256 = sha256_hex(*archive);
+    run.model_bytes = archive->size();
+    RegistrarOptions registrar_options{run, archive, hub.inproc_publish_endpoint(), Milliseconds(100),
+                                       10,  {}};
     registrar.emplace(sockets, hub.inproc_router_endpoint(), registrar_options, stop);
     SchedulerOptions scheduler_options;
     scheduler_options.schedule.epochs = 2;
     scheduler_options.schedule.round_samples = 256;
     scheduler_options.schedule.min_trainers = 2;
     scheduler_options.schedule.start_grace_seconds = 0.0;
+    scheduler_options.schedule.max_transfer_ratio = 0.0;  // one process: no link to weigh
     scheduler_options.run = run;
     scheduler_options.run_dir = run_dir;
     scheduler_options.checkpoint_every = 4;
@@ -308,6 +321,7 @@ struct ClusterInProcess {
                       [this] { finished = true; });
     AggregatorOptions aggregator_options;
     aggregator_options.run = run;
+    aggregator_options.model_archive = *archive;
     aggregator_options.data.test_limit = 500;
     aggregator_options.run_dir = run_dir;
     aggregator_options.drops = &drops;
@@ -352,6 +366,7 @@ TEST_CASE("a coordinator's actors and two trainers in one process train every sa
   while (!cluster.finished && !cluster.failures.any() && Clock::now() < deadline) {
     std::this_thread::sleep_for(Milliseconds(20));  // the test's own wait for a real run to end
   }
+  INFO("finished " << cluster.finished.load() << " failed " << cluster.failures.any());
   REQUIRE_MESSAGE(cluster.finished.load(), cluster.failures.describe());
   nlohmann::json summary;
   std::ifstream(cluster.run_dir + "/summary.json") >> summary;
@@ -409,6 +424,7 @@ struct AggregatorUnderTest {
     options.run.model = "mlp";
     options.run.dataset = "fashion-mnist";
     options.run.seed = 5;
+    options.model_archive = *mlp_archive(5);
     options.optimizer.name = "sgd";
     options.optimizer.learning_rate = 0.1;
     options.optimizer.momentum = 0.0;
@@ -427,10 +443,9 @@ struct AggregatorUnderTest {
 
   /// A contribution of `samples` samples whose gradients are `value` everywhere (mlp's layout).
   void contribute(BusClient& trainer, std::uint64_t round, std::uint64_t samples, float value) {
-    std::vector<NamedTensor> gradients;
-    for (const auto& parameter : named_parameters(*make_model("mlp"))) {
-      gradients.push_back({parameter.name, torch::full_like(parameter.tensor, value)});
-    }
+    Model model = Model::from_archive(*mlp_archive(5), "test");
+    for (auto& group : model.gradients().groups()) group.flat.fill_(value);
+    const auto gradients = model.gradients().wire();
     std::vector<zmq::message_t> frames;
     msg::Contribution contribution;
     contribution.round = round;
@@ -440,6 +455,7 @@ struct AggregatorUnderTest {
     contribution.compute_seconds = 0.01;
     contribution.incarnation = 1;
     contribution.gradients = append_tensor_frames(gradients, frames);
+    contribution.layout = fingerprint_hex(model.layout());
     trainer.send(kAggregatorName, contribution, Stamp{round, 0}, std::move(frames));
   }
 

@@ -1,21 +1,18 @@
 #include "actors/learning/averaging.hpp"
 
-#include "actors/learning/parameters.hpp"
-
 namespace filo {
 
-ContributionAverager::ContributionAverager(torch::nn::Module& model, Combine combine)
-    : combine_(combine), parameters_(named_parameters(model)), buffers_(named_buffers(model)) {
-  for (const auto& parameter : parameters_) gradient_sums_.push_back(torch::zeros_like(parameter.tensor));
-  for (const auto& buffer : buffers_) buffer_sums_.push_back(torch::zeros_like(buffer.tensor));
-}
+ContributionAverager::ContributionAverager(Model& model, Combine combine)
+    : combine_(combine),
+      gradients_(model.gradients()),
+      buffers_(model.buffers()),
+      gradient_sums_(model.gradients().zeros_like()),
+      buffer_sums_(model.buffers().zeros_like()) {}
 
-std::optional<std::string> ContributionAverager::problem(const std::vector<ReceivedTensor>& gradients,
-                                                         const std::vector<ReceivedTensor>& buffers) const {
-  if (auto mismatch = layout_mismatch(gradients, parameters_)) return "gradients: " + *mismatch;
-  if (auto mismatch = layout_mismatch(buffers, buffers_)) return "buffers: " + *mismatch;
-  if (auto bad = non_finite(gradients)) return "gradients: " + *bad;
-  if (auto bad = non_finite(buffers)) return "buffers: " + *bad;
+std::optional<std::string> ContributionAverager::layout_problem(
+    const std::vector<ReceivedTensor>& gradients, const std::vector<ReceivedTensor>& buffers) const {
+  if (auto mismatch = gradient_sums_.wire_mismatch(gradients)) return "gradients: " + *mismatch;
+  if (auto mismatch = buffer_sums_.wire_mismatch(buffers)) return "buffers: " + *mismatch;
   return std::nullopt;
 }
 
@@ -24,23 +21,33 @@ void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
   torch::NoGradGuard no_grad;
   // Gradient sums are already weighted by their samples; deltas are per trainer and need it.
   const double weight = combine_ == Combine::kParameterDeltas ? static_cast<double>(samples) : 1.0;
-  for (std::size_t i = 0; i < gradients.size(); ++i) gradients[i].add_to(gradient_sums_[i], weight);
+  for (std::size_t i = 0; i < gradients.size(); ++i)
+    gradients[i].add_to(gradient_sums_.groups()[i].flat, weight);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
-    if (torch::isFloatingType(buffer_sums_[i].scalar_type())) {
-      buffers[i].add_to(buffer_sums_[i], static_cast<double>(samples));
+    torch::Tensor& sum = buffer_sums_.groups()[i].flat;
+    if (sum.is_floating_point()) {
+      buffers[i].add_to(sum, static_cast<double>(samples));
     } else if (samples_ == 0) {
-      buffers[i].copy_into(buffer_sums_[i]);
+      buffers[i].copy_into(sum);
     } else {
-      const auto buffer = buffers[i].to_tensor();
-      torch::maximum_out(buffer_sums_[i], buffer_sums_[i], buffer);
+      torch::maximum_out(sum, sum, buffers[i].to_tensor());
     }
   }
   samples_ += samples;
 }
 
+bool ContributionAverager::sums_finite() const {
+  for (const FlatTensors* sums : {&gradient_sums_, &buffer_sums_}) {
+    for (const auto& group : sums->groups()) {
+      if (group.flat.is_floating_point() && !torch::isfinite(group.flat).all().item<bool>()) return false;
+    }
+  }
+  return true;
+}
+
 void ContributionAverager::clear() {
-  for (auto& sum : gradient_sums_) sum.zero_();
-  for (auto& sum : buffer_sums_) sum.zero_();
+  gradient_sums_.zero();
+  buffer_sums_.zero();
   samples_ = 0;
 }
 
@@ -49,17 +56,26 @@ bool ContributionAverager::apply() {
   torch::NoGradGuard no_grad;
   const double total = static_cast<double>(samples_);
   const double scale = combine_ == Combine::kParameterDeltas ? -1.0 / total : 1.0 / total;
-  for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    auto& parameter = parameters_[i].tensor;
-    if (!parameter.grad().defined()) parameter.mutable_grad() = torch::empty_like(parameter);
-    torch::mul_out(parameter.mutable_grad(), gradient_sums_[i], scale);
+  for (std::size_t i = 0; i < gradients_.groups().size(); ++i) {
+    gradients_.groups()[i].flat.copy_(gradient_sums_.groups()[i].flat).mul_(scale);
   }
-  for (std::size_t i = 0; i < buffers_.size(); ++i) {
-    buffers_[i].tensor.copy_(buffer_sums_[i]);
-    if (torch::isFloatingType(buffers_[i].tensor.scalar_type())) buffers_[i].tensor.div_(total);
+  for (std::size_t i = 0; i < buffers_.groups().size(); ++i) {
+    torch::Tensor& buffer = buffers_.groups()[i].flat;
+    buffer.copy_(buffer_sums_.groups()[i].flat);
+    if (buffer.is_floating_point()) buffer.div_(total);
   }
   clear();
   return true;
+}
+
+std::optional<std::string> non_finite(const std::vector<ReceivedTensor>& received) {
+  for (const auto& tensor : received) {
+    if (!torch::isFloatingType(to_scalar_type(tensor.meta().dtype))) continue;
+    if (!torch::isfinite(tensor.to_tensor()).all().item<bool>()) {
+      return "group '" + tensor.meta().name + "' holds NaN or infinity";
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace filo

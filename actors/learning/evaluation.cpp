@@ -1,29 +1,33 @@
 #include "actors/learning/evaluation.hpp"
 
-#include "actors/learning/parameters.hpp"
+#include "runtime/thread_name.hpp"
 
 namespace filo {
 namespace {
 constexpr std::int64_t kEvaluationBatch = 1000;
 }
 
-double evaluate_accuracy(torch::nn::Sequential& model, const Dataset& dataset) {
-  if (dataset.size() == 0) return 0.0;
+std::map<std::string, double> evaluate(Model& model, Task task, const Dataset& dataset) {
+  if (dataset.size() == 0) return {};
   torch::NoGradGuard no_grad;
-  model->eval();
+  model.train(false);
+  double loss_sum = 0.0;
   std::int64_t correct = 0;
   for (std::int64_t start = 0; start < dataset.size(); start += kEvaluationBatch) {
     const auto indices =
         torch::arange(start, std::min(dataset.size(), start + kEvaluationBatch), torch::kInt64);
-    auto [images, labels] = dataset.batch(indices);
-    correct += model->forward(images).argmax(1).eq(labels).sum().item<std::int64_t>();
+    auto [inputs, targets] = dataset.batch(indices);
+    const BatchLoss loss =
+        batch_loss(task, model.forward(inputs.to(model.device())), targets.to(model.device()));
+    loss_sum += loss.loss_sum.item<double>();
+    correct += loss.correct;
   }
-  model->train();
-  return static_cast<double>(correct) / static_cast<double>(dataset.size());
+  model.train(true);
+  return task_metrics(task, loss_sum, correct, dataset.size());
 }
 
-EvaluationWorker::EvaluationWorker(torch::nn::Sequential replica, Dataset test_set)
-    : replica_(std::move(replica)), test_set_(std::move(test_set)), thread_([this] { run(); }) {}
+EvaluationWorker::EvaluationWorker(Model replica, Task task, Dataset test_set)
+    : replica_(std::move(replica)), task_(task), test_set_(std::move(test_set)), thread_([this] { run(); }) {}
 
 EvaluationWorker::~EvaluationWorker() {
   {
@@ -34,53 +38,50 @@ EvaluationWorker::~EvaluationWorker() {
   thread_.join();
 }
 
-bool EvaluationWorker::start(std::uint64_t epoch, std::uint64_t model_version,
-                             const std::vector<NamedTensor>& parameters,
-                             const std::vector<NamedTensor>& buffers) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (busy_) return false;
+void EvaluationWorker::submit(std::uint64_t epoch, std::uint64_t model_version, const Model& model) {
+  Job job{Result{epoch, model_version, {}, {}}, model.parameters().zeros_like(),
+          model.buffers().zeros_like()};
+  job.parameters.copy_from(model.parameters());
+  job.buffers.copy_from(model.buffers());
   {
-    torch::NoGradGuard no_grad;
-    auto targets = named_parameters(*replica_);
-    for (std::size_t i = 0; i < targets.size(); ++i) targets[i].tensor.copy_(parameters.at(i).tensor);
-    auto target_buffers = named_buffers(*replica_);
-    for (std::size_t i = 0; i < target_buffers.size(); ++i)
-      target_buffers[i].tensor.copy_(buffers.at(i).tensor);
+    std::lock_guard<std::mutex> lock(mutex_);
+    jobs_.push_back(std::move(job));
   }
-  job_ = Result{epoch, model_version, {}, {}};
-  result_.reset();
-  busy_ = true;
   work_ready_.notify_all();
-  return true;
 }
 
 std::optional<EvaluationWorker::Result> EvaluationWorker::take_result() {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::optional<Result> result = std::move(result_);
-  result_.reset();
+  if (results_.empty()) return std::nullopt;
+  Result result = std::move(results_.front());
+  results_.pop_front();
   return result;
 }
 
-bool EvaluationWorker::busy() const {
+std::size_t EvaluationWorker::outstanding() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return busy_;
+  return jobs_.size() + results_.size();
 }
 
 void EvaluationWorker::run() {
+  name_this_thread("evaluation");
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
-    work_ready_.wait(lock, [this] { return stopping_ || busy_; });
+    work_ready_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
     if (stopping_) return;
-    Result result = job_;
+    Job job = std::move(jobs_.front());
     lock.unlock();
+    Result result = job.result;
     try {
-      result.metrics["test_accuracy"] = evaluate_accuracy(replica_, test_set_);
+      replica_.parameters().copy_from(job.parameters);
+      replica_.buffers().copy_from(job.buffers);
+      result.metrics = evaluate(replica_, task_, test_set_);
     } catch (const std::exception& e) {
       result.problem = std::string("evaluation failed: ") + e.what();
     }
     lock.lock();
-    result_ = std::move(result);
-    busy_ = false;
+    jobs_.pop_front();
+    results_.push_back(std::move(result));
   }
 }
 

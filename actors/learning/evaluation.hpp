@@ -3,22 +3,24 @@
 // aggregator goes on combining rounds while an epoch's model is scored.
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include <torch/torch.h>
 
 #include "actors/learning/dataset.hpp"
-#include "messages/tensor_frames.hpp"
+#include "actors/learning/model.hpp"
+#include "actors/learning/task.hpp"
 
 namespace filo {
 
-/// Fraction of `dataset` that `model` classifies correctly (eval mode, no gradients).
-double evaluate_accuracy(torch::nn::Sequential& model, const Dataset& dataset);
+/// The task's metrics of `model` on `dataset` (eval mode, no gradients): "test_accuracy" for
+/// classification, "test_perplexity" for a language model, and "test_loss" for both.
+std::map<std::string, double> evaluate(Model& model, Task task, const Dataset& dataset);
 
 class EvaluationWorker {
  public:
@@ -29,31 +31,36 @@ class EvaluationWorker {
     std::string problem;  // what failed, when scoring failed
   };
 
-  /// `replica` is a model of the run's architecture that only this worker uses.
-  EvaluationWorker(torch::nn::Sequential replica, Dataset test_set);
+  /// `replica` is a model of the run's layout that only this worker uses.
+  EvaluationWorker(Model replica, Task task, Dataset test_set);
   ~EvaluationWorker();
   EvaluationWorker(const EvaluationWorker&) = delete;
   EvaluationWorker& operator=(const EvaluationWorker&) = delete;
 
-  /// Copies `parameters` and `buffers` into the replica now and scores it in the background.
-  /// Returns false, changing nothing, while an earlier evaluation is still under way.
-  bool start(std::uint64_t epoch, std::uint64_t model_version, const std::vector<NamedTensor>& parameters,
-             const std::vector<NamedTensor>& buffers);
-  /// The result of the last evaluation, once, when it has finished.
+  /// Copies `model`'s parameters and buffers now and scores them in the background, after any
+  /// evaluation still under way (a short epoch can end before the last one was scored).
+  void submit(std::uint64_t epoch, std::uint64_t model_version, const Model& model);
+  /// The next finished result, in the order they were submitted.
   std::optional<Result> take_result();
-  bool busy() const;
+  /// Evaluations submitted and not yet taken.
+  std::size_t outstanding() const;
 
  private:
+  struct Job {
+    Result result;
+    FlatTensors parameters;
+    FlatTensors buffers;
+  };
   void run();
 
-  torch::nn::Sequential replica_;
+  Model replica_;
+  Task task_;
   Dataset test_set_;
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;
   bool stopping_ = false;
-  bool busy_ = false;
-  Result job_;
-  std::optional<Result> result_;
+  std::deque<Job> jobs_;
+  std::deque<Result> results_;
   std::thread thread_;  // last: started once everything above exists
 };
 

@@ -1,47 +1,163 @@
 #include "actors/learning/optimizers.hpp"
 
+#include <cmath>
 #include <stdexcept>
 
 namespace filo {
+namespace {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& options,
-                                                        std::vector<torch::Tensor> parameters) {
+/// Saves one tensor per group under "<prefix>.<group index>".
+void save_groups(torch::serialize::OutputArchive& archive, const std::string& prefix,
+                 const FlatTensors& tensors) {
+  for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
+    archive.write(prefix + "." + std::to_string(i), tensors.groups()[i].flat);
+  }
+}
+
+/// Restores what save_groups wrote into `tensors`, made like `layout`; false when absent.
+bool load_groups(torch::serialize::InputArchive& archive, const std::string& prefix, FlatTensors& tensors,
+                 const FlatTensors& layout) {
+  torch::Tensor first;
+  if (!archive.try_read(prefix + ".0", first)) return false;
+  tensors = layout.zeros_like();
+  for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
+    torch::Tensor value;
+    archive.read(prefix + "." + std::to_string(i), value);
+    TORCH_CHECK(value.numel() == tensors.groups()[i].flat.numel(), "optimizer state '", prefix,
+                "' does not fit the model");
+    tensors.groups()[i].flat.copy_(value);
+  }
+  return true;
+}
+
+class FlatSgd final : public FlatOptimizer {
+ public:
+  FlatSgd(double learning_rate, double momentum, double weight_decay, bool nesterov)
+      : learning_rate_(learning_rate),
+        momentum_(momentum),
+        weight_decay_(weight_decay),
+        nesterov_(nesterov) {}
+
+  void step(FlatTensors& parameters, const FlatTensors& gradients) override {
+    torch::NoGradGuard no_grad;
+    if (momentum_ != 0.0 && momentum_buffers_.empty()) {
+      momentum_buffers_ = gradients.zeros_like();
+      first_ = true;
+    }
+    for (std::size_t g = 0; g < parameters.groups().size(); ++g) {
+      torch::Tensor parameter = parameters.groups()[g].flat;
+      torch::Tensor direction = gradients.groups()[g].flat;
+      if (!parameter.is_floating_point()) continue;
+      if (weight_decay_ != 0.0) direction = direction.add(parameter, weight_decay_);
+      if (momentum_ != 0.0) {
+        torch::Tensor& buffer = momentum_buffers_.groups()[g].flat;
+        if (first_) {
+          buffer.copy_(direction);
+        } else {
+          buffer.mul_(momentum_).add_(direction);
+        }
+        direction = nesterov_ ? direction.add(buffer, momentum_) : buffer;
+      }
+      parameter.add_(direction, -learning_rate_);
+    }
+    first_ = false;
+  }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    if (!momentum_buffers_.empty()) save_groups(archive, "momentum", momentum_buffers_);
+  }
+  void load(torch::serialize::InputArchive& archive, const FlatTensors& layout) override {
+    if (momentum_ != 0.0 && load_groups(archive, "momentum", momentum_buffers_, layout)) first_ = false;
+  }
+
+ private:
+  double learning_rate_;
+  double momentum_;
+  double weight_decay_;
+  bool nesterov_;
+  bool first_ = true;
+  FlatTensors momentum_buffers_;
+};
+
+class FlatAdam final : public FlatOptimizer {
+ public:
+  FlatAdam(double learning_rate, double weight_decay)
+      : learning_rate_(learning_rate), weight_decay_(weight_decay) {}
+
+  void step(FlatTensors& parameters, const FlatTensors& gradients) override {
+    torch::NoGradGuard no_grad;
+    if (exp_avg_.empty()) {
+      exp_avg_ = gradients.zeros_like();
+      exp_avg_sq_ = gradients.zeros_like();
+    }
+    ++steps_;
+    const double bias_correction1 = 1.0 - std::pow(kBeta1, static_cast<double>(steps_));
+    const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(kBeta2, static_cast<double>(steps_)));
+    const double step_size = learning_rate_ / bias_correction1;
+    for (std::size_t g = 0; g < parameters.groups().size(); ++g) {
+      torch::Tensor parameter = parameters.groups()[g].flat;
+      if (!parameter.is_floating_point()) continue;
+      torch::Tensor gradient = gradients.groups()[g].flat;
+      if (weight_decay_ != 0.0) gradient = gradient.add(parameter, weight_decay_);
+      torch::Tensor& exp_avg = exp_avg_.groups()[g].flat;
+      torch::Tensor& exp_avg_sq = exp_avg_sq_.groups()[g].flat;
+      exp_avg.mul_(kBeta1).add_(gradient, 1.0 - kBeta1);
+      exp_avg_sq.mul_(kBeta2).addcmul_(gradient, gradient, 1.0 - kBeta2);
+      const torch::Tensor denominator = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(kEpsilon);
+      parameter.addcdiv_(exp_avg, denominator, -step_size);
+    }
+  }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    archive.write("adam.steps", torch::tensor(steps_, torch::kInt64));
+    if (!exp_avg_.empty()) {
+      save_groups(archive, "adam.exp_avg", exp_avg_);
+      save_groups(archive, "adam.exp_avg_sq", exp_avg_sq_);
+    }
+  }
+  void load(torch::serialize::InputArchive& archive, const FlatTensors& layout) override {
+    torch::Tensor steps;
+    if (archive.try_read("adam.steps", steps)) steps_ = steps.item<std::int64_t>();
+    load_groups(archive, "adam.exp_avg", exp_avg_, layout);
+    load_groups(archive, "adam.exp_avg_sq", exp_avg_sq_, layout);
+  }
+
+ private:
+  static constexpr double kBeta1 = 0.9;
+  static constexpr double kBeta2 = 0.999;
+  static constexpr double kEpsilon = 1e-8;
+  double learning_rate_;
+  double weight_decay_;
+  std::int64_t steps_ = 0;
+  FlatTensors exp_avg_;
+  FlatTensors exp_avg_sq_;
+};
+
+}  // namespace
+
+std::unique_ptr<FlatOptimizer> make_optimizer(const OptimizerOptions& options) {
   if (options.name == "sgd") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters),
-                                               torch::optim::SGDOptions(options.learning_rate)
-                                                   .momentum(options.momentum)
-                                                   .weight_decay(options.weight_decay));
+    return std::make_unique<FlatSgd>(options.learning_rate, options.momentum, options.weight_decay, false);
   }
-  if (options.name == "adam") {
-    return std::make_unique<torch::optim::Adam>(
-        std::move(parameters),
-        torch::optim::AdamOptions(options.learning_rate).weight_decay(options.weight_decay));
-  }
+  if (options.name == "adam") return std::make_unique<FlatAdam>(options.learning_rate, options.weight_decay);
   throw std::invalid_argument("unknown optimizer '" + options.name + "' (known: sgd, adam)");
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_outer_optimizer(const OptimizerOptions& options,
-                                                              std::vector<torch::Tensor> parameters) {
-  if (options.outer == "average") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters), torch::optim::SGDOptions(1.0));
-  }
+std::unique_ptr<FlatOptimizer> make_outer_optimizer(const OptimizerOptions& options) {
+  if (options.outer == "average") return std::make_unique<FlatSgd>(1.0, 0.0, 0.0, false);
   if (options.outer == "nesterov") {
-    return std::make_unique<torch::optim::SGD>(std::move(parameters),
-                                               torch::optim::SGDOptions(options.outer_learning_rate)
-                                                   .momentum(options.outer_momentum)
-                                                   .nesterov(true));
+    return std::make_unique<FlatSgd>(options.outer_learning_rate, options.outer_momentum, 0.0, true);
   }
   throw std::invalid_argument("unknown outer optimizer '" + options.outer + "' (known: average, nesterov)");
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_local_optimizer(const msg::RunSpec& run,
-                                                              std::vector<torch::Tensor> parameters) {
+std::unique_ptr<FlatOptimizer> make_local_optimizer(const msg::RunSpec& run) {
   OptimizerOptions options;
   options.name = run.optimizer;
   options.learning_rate = run.learning_rate;
   options.momentum = run.momentum;
   options.weight_decay = run.weight_decay;
-  return make_optimizer(options, std::move(parameters));
+  return make_optimizer(options);
 }
 
 }  // namespace filo

@@ -1,7 +1,5 @@
 #include "actors/learning/training.hpp"
 
-#include "actors/learning/parameters.hpp"
-
 namespace filo {
 
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
@@ -16,70 +14,63 @@ torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::Samp
 }
 
 namespace {
-/// The micro-batch loop both modes share. `step(images, labels)` does a mode's work on one
-/// micro-batch and returns its logits and its loss summed over the micro-batch's samples.
+/// The micro-batch loop both modes share. `step(inputs, targets)` does a mode's work on one
+/// micro-batch and returns its loss summed over the micro-batch's samples and its correct count.
 template <typename Step>
-ShareResult over_micro_batches(torch::nn::Sequential& model, const Dataset& data,
-                               const torch::Tensor& indices, std::int64_t micro_batch, const Step& step,
+ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::Tensor& indices,
+                               std::int64_t micro_batch, const Step& step,
                                const std::function<void()>& between_micro_batches) {
-  model->train();
+  model.train(true);
   ShareResult result;
   const std::int64_t count = indices.size(0);
   for (std::int64_t start = 0; start < count; start += micro_batch) {
     const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
-    auto [images, labels] = data.batch(batch_indices);
-    const auto [logits, loss_sum] = step(images, labels);
+    auto [inputs, targets] = data.batch(batch_indices);
+    const auto [loss_sum, correct] = step(inputs.to(model.device()), targets.to(model.device()));
     result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
     result.loss_sum += loss_sum;
-    result.correct +=
-        static_cast<std::uint64_t>(logits.argmax(1).eq(labels).sum().template item<std::int64_t>());
+    result.correct += static_cast<std::uint64_t>(correct);
     if (between_micro_batches) between_micro_batches();
   }
+  model.reattach_buffers();
   return result;
 }
 }  // namespace
 
-ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
                         std::int64_t micro_batch, const std::function<void()>& between_micro_batches) {
-  for (auto& parameter : model->parameters()) {
-    if (parameter.grad().defined()) parameter.mutable_grad().zero_();
-  }
-  const auto step = [&](const torch::Tensor& images, const torch::Tensor& labels) {
-    const auto logits = model->forward(images);
+  model.zero_gradients();
+  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
     // Summed, not averaged: the aggregator divides once by the round's total sample count.
-    const auto loss = torch::nn::functional::cross_entropy(
-        logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-    loss.backward();
-    return std::make_pair(logits, loss.item<double>());
+    BatchLoss loss = batch_loss(task, model.forward(inputs), targets);
+    loss.loss_sum.backward();
+    return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
   };
   return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
 }
 
-ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
+ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
+                              std::int64_t micro_batch, FlatOptimizer& optimizer,
                               const std::function<void()>& between_micro_batches) {
-  const auto step = [&](const torch::Tensor& images, const torch::Tensor& labels) {
-    optimizer.zero_grad();
-    const auto logits = model->forward(images);
-    const auto loss =
-        torch::nn::functional::cross_entropy(logits, labels);  // each local step is an ordinary step
-    loss.backward();
-    optimizer.step();
-    return std::make_pair(logits, loss.item<double>() * static_cast<double>(labels.size(0)));
+  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
+    model.zero_gradients();
+    BatchLoss loss = batch_loss(task, model.forward(inputs), targets);
+    const double samples = static_cast<double>(targets.size(0));
+    (loss.loss_sum / samples).backward();  // each local step is an ordinary step on the mean loss
+    optimizer.step(model.parameters(), model.gradients());
+    return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
   };
   return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
 }
 
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
-                                          const std::vector<NamedTensor>& before) {
+void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas) {
   torch::NoGradGuard no_grad;
-  std::vector<NamedTensor> deltas;
-  const auto after = named_parameters(model);
-  TORCH_CHECK(after.size() == before.size(), "parameter_deltas: ", after.size(), " parameters, ",
-              before.size(), " before");
-  for (std::size_t i = 0; i < after.size(); ++i)
-    deltas.push_back({after[i].name, after[i].tensor - before[i].tensor});
-  return deltas;
+  const auto& after = model.parameters().groups();
+  TORCH_CHECK(after.size() == before.groups().size() && after.size() == deltas.groups().size(),
+              "parameter_deltas: layouts differ");
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    torch::sub_out(deltas.groups()[i].flat, after[i].flat, before.groups()[i].flat);
+  }
 }
 
 }  // namespace filo

@@ -8,8 +8,10 @@
 #include <torch/torch.h>
 
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/model.hpp"
+#include "actors/learning/optimizers.hpp"
+#include "actors/learning/task.hpp"
 #include "messages/round.hpp"
-#include "messages/tensor_frames.hpp"
 
 namespace filo {
 
@@ -20,21 +22,19 @@ struct ShareResult {
 };
 
 /// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
-/// summed loss in each parameter's .grad(). Gradients left by an earlier share are zeroed in place
-/// (they are copied into send buffers before they go out, so reusing them is safe). Calls
-/// `between_micro_batches` after each micro-batch.
-ShareResult train_share(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
+/// summed loss in the model's flat gradients (zeroed first). Calls `between_micro_batches` after
+/// each micro-batch.
+ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
                         std::int64_t micro_batch, const std::function<void()>& between_micro_batches = {});
 
 /// Local-SGD: one `optimizer` step per micro-batch of `indices` on the micro-batch's mean loss
 /// (each local step is an ordinary training step). `loss_sum` is still per sample, summed.
-ShareResult train_local_steps(torch::nn::Sequential& model, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, torch::optim::Optimizer& optimizer,
+ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
+                              std::int64_t micro_batch, FlatOptimizer& optimizer,
                               const std::function<void()>& between_micro_batches = {});
 
-/// Each parameter's change since `before` (copies taken with snapshot(named_parameters(...))).
-std::vector<NamedTensor> parameter_deltas(const torch::nn::Module& model,
-                                          const std::vector<NamedTensor>& before);
+/// deltas = the model's parameters - before (same layout).
+void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas);
 
 /// Dataset indices of `ranges` (positions in `order`).
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges);

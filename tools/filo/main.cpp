@@ -16,7 +16,8 @@
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/evaluation.hpp"
-#include "actors/learning/models.hpp"
+#include "actors/learning/model.hpp"
+#include "actors/learning/task.hpp"
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"
 #include "messages/test_aid.hpp"
@@ -227,17 +228,17 @@ int run_slowdown(const CommonOptions& common, const std::string& coordinator, co
 int run_eval(const CommonOptions& common, const std::string& model_path) {
   const Config config = load(common, {});
   torch::set_num_threads(static_cast<int>(std::max<std::int64_t>(1, std::thread::hardware_concurrency())));
-  LoadedModel loaded = load_model(model_path);
+  use_plain_torchscript_execution();
+  Model model = Model::from_file(model_path);
+  const Task task = parse_task(config.model.task);
   const Dataset test =
       load_dataset(config.data.dataset, config.data.path, Split::kTest, config.data.test_limit);
-  const double accuracy = evaluate_accuracy(loaded.model, test);
-  std::cout << nlohmann::json{{"model", loaded.name},
-                              {"file", model_path},
-                              {"dataset", config.data.dataset},
-                              {"test_samples", test.size()},
-                              {"test_accuracy", accuracy}}
-                   .dump()
-            << std::endl;
+  nlohmann::json line{{"file", model_path},
+                      {"task", task_name(task)},
+                      {"dataset", config.data.dataset},
+                      {"test_samples", test.size()}};
+  for (const auto& [name, value] : evaluate(model, task, test)) line[name] = value;
+  std::cout << line.dump() << std::endl;
   return 0;
 }
 
