@@ -19,6 +19,7 @@
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/npy.hpp"
 #include "actors/learning/safetensors.hpp"
+#include "runtime/config.hpp"
 #include "runtime/process.hpp"
 
 using namespace filo;
@@ -606,6 +607,43 @@ TEST_CASE("dataset fingerprints are equal for equal content and differ for one c
   write_file(directory / "t/train.bin",
              std::string(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2));
   CHECK(token_print != dataset_fingerprint(spec, directory / "t"));
+}
+
+TEST_CASE("data configuration: format keys, comma-separated mean and std, and their checks") {
+  const Config config =
+      load_config("", {"data.format=image_folder", "data.path=/srv/pets", "data.image_size=64",
+                       "data.augment=true", "data.mean=0.4914, 0.4822,0.4465", "data.std=0.247,0.243,0.261",
+                       "data.test_limit=500", "data.train_limit=2000"});
+  const DatasetSpec train = dataset_spec(config.data, Split::kTrain, 9);
+  CHECK(train.format == "image_folder");
+  CHECK(train.image_size == 64);
+  CHECK(train.augment);
+  CHECK(train.mean == std::vector<double>{0.4914, 0.4822, 0.4465});
+  CHECK(train.std == std::vector<double>{0.247, 0.243, 0.261});
+  CHECK(train.limit == 2000);
+  CHECK(train.seed == 9);
+  CHECK(dataset_spec(config.data, Split::kTest, 9).limit == 500);
+  // The defaults are the built-in idx Fashion-MNIST.
+  const DatasetSpec defaults = dataset_spec(load_config("", {}).data, Split::kTrain, 1);
+  CHECK(defaults.format == "idx");
+  CHECK(defaults.name == "fashion-mnist");
+  CHECK(defaults.mean.empty());
+
+  const auto refused = [](const std::vector<std::string>& overrides) {
+    try {
+      load_config("", overrides);
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  CHECK(refused({"data.format=csv"}).find("data.format") != std::string::npos);
+  CHECK(refused({"data.format=image_folder"}).find("data.image_size must be > 0") != std::string::npos);
+  CHECK(refused({"data.format=tokens"}).find("data.context must be > 0") != std::string::npos);
+  CHECK(refused({"data.mean=0.5,x", "data.std=1,1"}).find("data.mean: 'x' is not a number") !=
+        std::string::npos);
+  CHECK(refused({"data.mean=0.5", "data.std=1,1"}).find("as many values") != std::string::npos);
+  CHECK(refused({"data.mean=0.5", "data.std=0"}).find("data.std values must be > 0") != std::string::npos);
 }
 
 TEST_CASE("safetensors: a round trip keeps names, dtypes, shapes, values and metadata") {

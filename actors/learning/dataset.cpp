@@ -15,6 +15,7 @@
 #include "actors/learning/image_folder.hpp"
 #include "actors/learning/npy.hpp"
 #include "actors/learning/tokens.hpp"
+#include "runtime/config.hpp"
 
 namespace filo {
 namespace {
@@ -424,6 +425,20 @@ torch::Tensor Dataset::augmented(const torch::Tensor& samples, const torch::Tens
 }
 
 // ---- free functions -----------------------------------------------------------------------------
+
+DatasetSpec dataset_spec(const DataOptions& data, Split split, std::uint64_t seed) {
+  DatasetSpec spec;
+  spec.format = data.format;
+  spec.name = data.dataset;
+  spec.image_size = data.image_size;
+  spec.context = data.context;
+  spec.augment = data.augment;
+  spec.mean = data.mean;
+  spec.std = data.std;
+  spec.limit = split == Split::kTrain ? data.train_limit : data.test_limit;
+  spec.seed = seed;
+  return spec;
+}
 
 Dataset load_dataset(const DatasetSpec& spec, const std::string& path, Split split) {
   check_spec(spec);

@@ -37,6 +37,8 @@
 
 namespace filo {
 
+struct DataOptions;  // runtime/config.hpp
+
 enum class Split { kTrain, kTest };
 
 /// Statistics come from at most this many training samples (evenly strided).
@@ -131,6 +133,10 @@ class Dataset {
   bool augment_ = false;
   std::uint64_t seed_ = 1;
 };
+
+/// The spec the configuration's data.* keys describe for `split` (its limit), augmenting with `seed`
+/// (the run's schedule.seed).
+DatasetSpec dataset_spec(const DataOptions& data, Split split, std::uint64_t seed);
 
 /// Loads `split` of the dataset `spec` describes from `path` (a directory). Throws
 /// std::runtime_error naming the file and what was wrong.
