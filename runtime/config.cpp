@@ -117,10 +117,19 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   Config config;
   Reader reader(root, source);
+  reader.read("data", "format", config.data.format);
   reader.read("data", "dataset", config.data.dataset);
   reader.read("data", "path", config.data.path);
   reader.read("data", "train_limit", config.data.train_limit);
   reader.read("data", "test_limit", config.data.test_limit);
+  reader.read("data", "image_size", config.data.image_size);
+  reader.read("data", "context", config.data.context);
+  reader.read("data", "augment", config.data.augment);
+  std::string mean, std;  // comma lists, like the other list-valued keys
+  reader.read("data", "mean", mean);
+  reader.read("data", "std", std);
+  config.data.mean = parse_numbers(mean, "data.mean");
+  config.data.std = parse_numbers(std, "data.std");
   reader.read("model", "name", config.model.name);
   reader.read("model", "path", config.model.path);
   reader.read("model", "task", config.model.task);
@@ -182,6 +191,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
   check(config.data.test_limit >= 0, "data.test_limit must be >= 0");
+  const std::string& format = config.data.format;
+  check(format == "idx" || format == "numpy" || format == "image_folder" || format == "tokens",
+        "data.format must be \"idx\", \"numpy\", \"image_folder\" or \"tokens\", not \"" + format + "\"");
+  check(config.data.image_size > 0 || format != "image_folder",
+        "data.image_size must be > 0 with data.format = \"image_folder\"");
+  check(config.data.image_size >= 0, "data.image_size must be >= 0");
+  check(config.data.context > 0 || format != "tokens",
+        "data.context must be > 0 with data.format = \"tokens\"");
+  check(config.data.context >= 0, "data.context must be >= 0");
+  check(config.data.mean.size() == config.data.std.size(), "data.mean and data.std must have as many values");
+  for (const double deviation : config.data.std) check(deviation > 0, "data.std values must be > 0");
   check(config.optimizer.name == "sgd" || config.optimizer.name == "adam",
         "optimizer.name must be \"sgd\" or \"adam\", not \"" + config.optimizer.name + "\"");
   check(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0");
@@ -269,6 +289,20 @@ std::vector<double> parse_slowdowns(const std::string& text) {
     }
   }
   return factors;
+}
+
+std::vector<double> parse_numbers(const std::string& text, const std::string& key) {
+  std::vector<double> numbers;
+  for (const auto& item : split_list(text)) {
+    try {
+      std::size_t used = 0;
+      numbers.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw ConfigError(key + ": '" + item + "' is not a number (expected e.g. \"0.4914,0.4822,0.4465\")");
+    }
+  }
+  return numbers;
 }
 
 std::string publish_endpoint_for(const BusOptions& bus) {

@@ -16,10 +16,17 @@ struct ConfigError : std::runtime_error {
 };
 
 struct DataOptions {
-  std::string dataset = "fashion-mnist";
-  std::string path = "/usr/share/datasets/fashion-mnist";  /// idx files, gzipped or not
+  std::string format = "idx";             /// idx, numpy, image_folder or tokens (actors/learning/dataset.hpp)
+  std::string dataset = "fashion-mnist";  /// idx: fashion-mnist or mnist
+  std::string path = "/usr/share/datasets/fashion-mnist";  /// the dataset's directory
   std::int64_t train_limit = 0;                            /// train on the first N training samples; 0 = all
   std::int64_t test_limit = 0;                             /// evaluate on the first N test samples; 0 = all
+  std::int64_t image_size = 0;  /// image_folder: images are resized to this square size (required there)
+  std::int64_t context = 0;     /// tokens: window length in tokens (required there)
+  bool augment = false;         /// images: random crop (pad 4) and horizontal flip of training samples
+  /// Normalisation per channel (or one value for all), from "0.4914,0.4822,0.4465"; empty: the
+  /// training set's own statistics for integer images, none for float inputs.
+  std::vector<double> mean, std;
 };
 
 struct ModelOptions {
@@ -135,6 +142,9 @@ std::vector<std::string> split_list(const std::string& text);
 
 /// "1,2,4" → {1, 2, 4}; throws ConfigError naming a bad item.
 std::vector<double> parse_slowdowns(const std::string& text);
+
+/// "0.5, 0.25" → {0.5, 0.25}; throws ConfigError naming `key` and a bad item.
+std::vector<double> parse_numbers(const std::string& text, const std::string& key);
 /// local.node_cpus "0/1/1" -> {"0", "1", "1"}: one CPU list per node, in node order.
 std::vector<std::string> split_node_cpus(const std::string& text);
 

@@ -11,6 +11,8 @@ packages=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev  # configuration, command line, run records
   doctest-dev iproute2                            # tests; iproute2: ip netns and tc for the fault suite
   dataset-fashion-mnist                           # the built-in dataset
+  libstb-dev                                      # image folders: stb_image decodes PNG/JPEG, stb_image_resize scales
+  python3-numpy                                   # tests: .npy fixtures and reading safetensors back from Python
 )
 missing=()
 for package in "${packages[@]}"; do
