@@ -75,9 +75,9 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       averager_(model_,
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints")),
-      evaluator_(
-          model_.clone(), parse_task(options_.run.task),
-          load_dataset(options_.data.dataset, options_.data.path, Split::kTest, options_.data.test_limit)) {
+      evaluator_(model_.clone(), parse_task(options_.run.task),
+                 load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
+                              Split::kTest)) {
   if (options_.resume) restore(*options_.resume);
   averaged_round_ = last_combined_round_ + 1;
   bus_.connect(hub_endpoint);

@@ -30,8 +30,6 @@ constexpr Milliseconds kFinishLinger{500};
 constexpr int kExitInterrupted = 130;
 /// Training samples the model is tried on before the run starts.
 constexpr std::int64_t kProbeSamples = 2;
-/// Classes of the built-in idx datasets (MNIST, Fashion-MNIST).
-constexpr std::int64_t kBuiltInClasses = 10;
 
 std::string make_run_id() {
   char stamp[32];
@@ -47,9 +45,20 @@ std::string make_run_id() {
 /// that a model filo cannot train is refused at once with the reason.
 std::string prepare_model(const Config& config, msg::RunSpec& run) {
   const Task task = parse_task(config.model.task);
-  const Dataset probe = load_dataset(config.data.dataset, config.data.path, Split::kTrain, kProbeSamples);
+  DatasetSpec probe_spec = dataset_spec(config.data, Split::kTrain, config.schedule.seed);
+  probe_spec.limit = kProbeSamples;
+  const Dataset probe = load_dataset(probe_spec, config.data.path, Split::kTrain);
+  if ((task == Task::kLanguageModel) != probe.is_tokens()) {
+    throw ConfigError("model.task is " + task_name(task) + " but data.format \"" + config.data.format +
+                      "\" holds " +
+                      (probe.is_tokens() ? "token windows (use model.task = \"language_model\")"
+                                         : "labelled samples (use model.task = \"classification\")"));
+  }
   auto [inputs, targets] = probe.batch(torch::arange(probe.size(), torch::kInt64));
-  const std::int64_t classes = kBuiltInClasses;
+  const std::int64_t classes = probe.num_classes();
+  // Nodes normalise with the coordinator's statistics, so that every copy of the data is fed alike.
+  run.mean = probe.mean();
+  run.std = probe.std();
   std::string archive;
   std::string source;
   std::optional<Model> model;
@@ -66,6 +75,7 @@ std::string prepare_model(const Config& config, msg::RunSpec& run) {
       ModelShape shape;
       shape.sample_shape = inputs.sizes().slice(1).vec();
       shape.classes = classes;
+      shape.vocabulary = probe.is_tokens() ? classes : 0;
       BuiltInModelOptions options;
       options.layers = config.model.layers;
       options.heads = config.model.heads;
@@ -104,9 +114,16 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   msg::RunSpec run;
   run.run_id = make_run_id();
   const auto model_archive = std::make_shared<const std::string>(prepare_model(config, run));
-  run.dataset = config.data.dataset;
-  run.train_samples = static_cast<std::uint64_t>(
-      count_samples(config.data.dataset, config.data.path, Split::kTrain, config.data.train_limit));
+  run.dataset = config.data.format == "idx" ? config.data.dataset
+                                            : std::filesystem::path(config.data.path).filename().string();
+  run.data_format = config.data.format;
+  run.image_size = config.data.image_size;
+  run.context = config.data.context;
+  run.augment = config.data.augment;
+  const DatasetSpec train_spec = dataset_spec(config.data, Split::kTrain, config.schedule.seed);
+  run.train_samples = static_cast<std::uint64_t>(count_samples(train_spec, config.data.path, Split::kTrain));
+  if (config.admission.check_dataset)
+    run.dataset_fingerprint = dataset_fingerprint(train_spec, config.data.path);
   run.seed = config.schedule.seed;
   run.micro_batch = static_cast<std::uint32_t>(config.schedule.micro_batch);
   run.mode = config.optimizer.mode;
@@ -185,8 +202,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   registrar_options.policy.min_device_memory_bytes = config.admission.min_device_memory_mb * kMebibyte;
   registrar_options.policy.required_precisions = split_list(config.admission.required_precisions);
   if (config.admission.check_dataset) {
-    registrar_options.policy.dataset_fingerprint =
-        labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
+    registrar_options.policy.dataset_fingerprint = run.dataset_fingerprint;
   }
   Registrar registrar(sockets, hub.inproc_router_endpoint(), registrar_options, actors_stop);
 

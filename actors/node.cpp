@@ -33,10 +33,15 @@ int run_node(const Config& config, const StopFlag& process_stop) {
   Benchmarker benchmarker(BenchmarkerOptions{name, config.node.device, static_cast<int>(config.node.priority),
                                              static_cast<int>(config.node.threads)});
   msg::HardwareReport report = benchmarker.report();
+  // Fingerprinted in the format this node's configuration names, which is usually the run's; when
+  // it is not, the registrar names the run's format and the trainer fingerprints again.
   try {
-    report.dataset_fingerprint = labels_fingerprint(config.data.dataset, config.data.path, Split::kTrain);
+    report.dataset_format = config.data.format;
+    report.dataset_fingerprint =
+        dataset_fingerprint(dataset_spec(config.data, Split::kTrain, config.schedule.seed), config.data.path);
   } catch (const std::exception& e) {
-    log(LogLevel::kWarn, "node", name, ": no dataset to fingerprint (", e.what(), ")");
+    report.dataset_fingerprint.clear();
+    log(LogLevel::kWarn, "node", name, ": no dataset to fingerprint yet (", e.what(), ")");
   }
   log(LogLevel::kInfo, "node", name, ": ", report.cpu_cores, " cores, CPU GEMM ",
       static_cast<int>(report.cpu_gemm_gflops), " GFLOP/s on ", config.node.threads, " threads; ",

@@ -35,12 +35,13 @@ std::optional<std::string> report_problem(const msg::HardwareReport& report, con
       return "device " + report.device + " does not compute in required precision " + precision;
     }
   }
+  // The reason never says what the coordinator's fingerprint is: a stranger could register with it.
   if (!policy.dataset_fingerprint.empty() && report.dataset_fingerprint != policy.dataset_fingerprint) {
-    return "dataset fingerprint " +
-           (report.dataset_fingerprint.empty() ? std::string("(none: no dataset found)")
-                                               : report.dataset_fingerprint) +
-           " differs from the coordinator's " + policy.dataset_fingerprint +
-           ": check data.path and data.dataset";
+    if (report.dataset_fingerprint.empty()) {
+      return "no copy of the run's training set found at the node's data.path" +
+             (report.dataset_problem.empty() ? std::string() : " (" + report.dataset_problem + ")");
+    }
+    return "the node's copy of the training set differs from the coordinator's: check data.path";
   }
   return std::nullopt;
 }
@@ -79,6 +80,19 @@ void Registrar::reject(const std::string& trainer, const std::string& reason) {
 }
 
 void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) {
+  const bool fingerprint_needed = !options_.policy.dataset_fingerprint.empty();
+  if (fingerprint_needed && report.dataset_problem.empty() &&
+      (report.dataset_fingerprint.empty() || report.dataset_format != options_.run.data_format)) {
+    // The node cannot know the run's format before it asks: tell it, and let it report again.
+    msg::Admission describe;
+    describe.describe_data = true;
+    describe.run = options_.run;
+    describe.run.dataset_fingerprint.clear();
+    describe.reason =
+        "fingerprint the run's training set (" + options_.run.data_format + ") and report again";
+    bus_.send(from.from, describe);
+    return;
+  }
   if (auto problem = report_problem(report, from.from, options_.policy)) {
     reject(from.from, *problem);
     return;

@@ -74,6 +74,10 @@ void Trainer::register_again(const std::string& why) {
 
 void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   last_heard_ = loop_.now();
+  if (!admission.admitted && admission.describe_data) {
+    describe_data(admission.run);
+    return;
+  }
   if (!admission.admitted && admission.register_again) {
     if (state_ == State::kAdmitted)
       register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
@@ -94,8 +98,16 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   const bool first_admission = state_ != State::kAdmitted;
   if (new_run) {
     const msg::RunSpec& run = admission.run;
-    data_ = load_dataset(run.dataset, options_.data.path, Split::kTrain,
-                         static_cast<std::int64_t>(run.train_samples));
+    try {
+      data_ = load_dataset(dataset_spec(run, static_cast<std::int64_t>(run.train_samples)),
+                           options_.data.path, Split::kTrain);
+    } catch (const std::exception& e) {
+      log(LogLevel::kError, bus_.name(), "cannot read the run's training set: ", e.what());
+      exit_code_ = kExitRejected;
+      state_ = State::kDone;
+      loop_.quit();
+      return;
+    }
     if (static_cast<std::uint64_t>(data_.size()) != run.train_samples) {
       log(LogLevel::kError, bus_.name(), "the run trains ", run.train_samples, " samples of ", run.dataset,
           " but this node has ", data_.size());
@@ -179,6 +191,27 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = loop_.now();
+}
+
+void Trainer::describe_data(const msg::RunSpec& run) {
+  const std::string key = run.data_format + "|" + run.dataset + "|" + std::to_string(run.image_size) + "|" +
+                          std::to_string(run.context) + "|" + options_.data.path;
+  if (key != described_) {
+    // Computed once per dataset spec: a node that registers again reports the same fingerprint.
+    report_.dataset_format = run.data_format;
+    report_.dataset_fingerprint.clear();
+    report_.dataset_problem.clear();
+    try {
+      report_.dataset_fingerprint = dataset_fingerprint(dataset_spec(run, 0), options_.data.path);
+    } catch (const std::exception& e) {
+      report_.dataset_problem = e.what();
+      log(LogLevel::kWarn, bus_.name(), "no copy of the run's training set at ", options_.data.path, ": ",
+          e.what());
+    }
+    described_ = key;
+  }
+  last_report_sent_ = {};  // report again at the next tick
+  tick(loop_.now());
 }
 
 void Trainer::read_mailbox(zmq::socket_t& socket) {
@@ -330,9 +363,10 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
   if (local_optimizer_) local_before_.copy_from(model_->parameters());
   const ShareResult result =
-      local_optimizer_ ? train_local_steps(*model_, task_, data_, indices, micro_batch, *local_optimizer_,
-                                           between_micro_batches)
-                       : train_share(*model_, task_, data_, indices, micro_batch, between_micro_batches);
+      local_optimizer_
+          ? train_local_steps(*model_, task_, data_, indices, micro_batch, *local_optimizer_, plan.epoch,
+                              between_micro_batches)
+          : train_share(*model_, task_, data_, indices, micro_batch, plan.epoch, between_micro_batches);
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
   const auto computed = Clock::now();

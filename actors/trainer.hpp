@@ -69,6 +69,8 @@ class Trainer final {
   enum class State { kRegistering, kAdmitted, kDone };
   void tick(Clock::time_point now);
   void register_again(const std::string& why);
+  /// Fingerprints this node's copy of the run's training set, as the registrar asked.
+  void describe_data(const msg::RunSpec& run);
   void request_snapshot_soon();
   void train_if_ready();
   void train(const msg::RoundPlan& plan, double model_wait_seconds);
@@ -102,6 +104,7 @@ class Trainer final {
   Clock::time_point last_heard_;
   std::optional<msg::RunSpec> run_;
   std::string subscribed_to_;
+  std::string described_;  // the dataset spec report_'s fingerprint was computed for
   Dataset data_;
   std::optional<Model> model_;
   Task task_ = Task::kClassification;

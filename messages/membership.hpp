@@ -43,10 +43,14 @@ struct HardwareReport {
   std::int32_t priority = 0;
   std::int32_t torch_threads = 0;
   std::vector<std::string> precisions;  // what the trainer's device computes in: "fp32", "bf16", ...
-  std::string dataset_fingerprint;      // of the node's copy of the training labels; empty: none
+  // The node's copy of the run's training set, fingerprinted in the format the registrar named
+  // (empty until it has asked; dataset_problem says why there is none).
+  std::string dataset_fingerprint;
+  std::string dataset_format;
+  std::string dataset_problem;
   MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes, swap_available_bytes,
                      cpu_gemm_gflops, gpus, gpu_status, priority, torch_threads, precisions,
-                     dataset_fingerprint)
+                     dataset_fingerprint, dataset_format, dataset_problem)
 };
 
 // What every trainer of a run must agree on; the coordinator's configuration is the source. The
@@ -93,8 +97,11 @@ struct Admission {
   // or the coordinator restarted) and wants its hardware report again.
   bool register_again = false;
   std::vector<TensorMeta> model_archive;  // admitted: one uint8 tensor, the archive's bytes
+  // Not a verdict either: fingerprint your copy of the run's training set (run names its format;
+  // its fingerprint is left out) and report again.
+  bool describe_data = false;
   MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness, register_again,
-                     model_archive)
+                     model_archive, describe_data)
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides

@@ -440,6 +440,20 @@ DatasetSpec dataset_spec(const DataOptions& data, Split split, std::uint64_t see
   return spec;
 }
 
+DatasetSpec dataset_spec(const msg::RunSpec& run, std::int64_t limit) {
+  DatasetSpec spec;
+  spec.format = run.data_format;
+  spec.name = run.dataset;
+  spec.image_size = run.image_size;
+  spec.context = run.context;
+  spec.augment = run.augment;
+  spec.mean = run.mean;
+  spec.std = run.std;
+  spec.limit = limit;
+  spec.seed = run.seed;
+  return spec;
+}
+
 Dataset load_dataset(const DatasetSpec& spec, const std::string& path, Split split) {
   check_spec(spec);
   if (spec.format == "idx") return load_idx(spec, path, split);

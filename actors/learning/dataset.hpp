@@ -35,6 +35,8 @@
 
 #include <torch/torch.h>
 
+#include "messages/membership.hpp"
+
 namespace filo {
 
 struct DataOptions;  // runtime/config.hpp
@@ -137,6 +139,10 @@ class Dataset {
 /// The spec the configuration's data.* keys describe for `split` (its limit), augmenting with `seed`
 /// (the run's schedule.seed).
 DatasetSpec dataset_spec(const DataOptions& data, Split split, std::uint64_t seed);
+
+/// The spec of the run's dataset as the coordinator named it in `run`, with `limit` samples (0 =
+/// all): every node reads its own copy alike.
+DatasetSpec dataset_spec(const msg::RunSpec& run, std::int64_t limit);
 
 /// Loads `split` of the dataset `spec` describes from `path` (a directory). Throws
 /// std::runtime_error naming the file and what was wrong.

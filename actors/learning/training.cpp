@@ -18,14 +18,14 @@ namespace {
 /// micro-batch and returns its loss summed over the micro-batch's samples and its correct count.
 template <typename Step>
 ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::Tensor& indices,
-                               std::int64_t micro_batch, const Step& step,
+                               std::int64_t micro_batch, std::uint64_t epoch, const Step& step,
                                const std::function<void()>& between_micro_batches) {
   model.train(true);
   ShareResult result;
   const std::int64_t count = indices.size(0);
   for (std::int64_t start = 0; start < count; start += micro_batch) {
     const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
-    auto [inputs, targets] = data.batch(batch_indices);
+    auto [inputs, targets] = data.batch(batch_indices, /*training=*/true, epoch);
     const auto [loss_sum, correct] = step(inputs.to(model.device()), targets.to(model.device()));
     result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
     result.loss_sum += loss_sum;
@@ -38,7 +38,8 @@ ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::T
 }  // namespace
 
 ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches) {
+                        std::int64_t micro_batch, std::uint64_t epoch,
+                        const std::function<void()>& between_micro_batches) {
   model.zero_gradients();
   const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
     // Summed, not averaged: the aggregator divides once by the round's total sample count.
@@ -46,11 +47,11 @@ ShareResult train_share(Model& model, Task task, const Dataset& data, const torc
     loss.loss_sum.backward();
     return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
   };
-  return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
+  return over_micro_batches(model, data, indices, micro_batch, epoch, step, between_micro_batches);
 }
 
 ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, FlatOptimizer& optimizer,
+                              std::int64_t micro_batch, FlatOptimizer& optimizer, std::uint64_t epoch,
                               const std::function<void()>& between_micro_batches) {
   const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
     model.zero_gradients();
@@ -60,7 +61,7 @@ ShareResult train_local_steps(Model& model, Task task, const Dataset& data, cons
     optimizer.step(model.parameters(), model.gradients());
     return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
   };
-  return over_micro_batches(model, data, indices, micro_batch, step, between_micro_batches);
+  return over_micro_batches(model, data, indices, micro_batch, epoch, step, between_micro_batches);
 }
 
 void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas) {

@@ -22,15 +22,16 @@ struct ShareResult {
 };
 
 /// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
-/// summed loss in the model's flat gradients (zeroed first). Calls `between_micro_batches` after
-/// each micro-batch.
+/// summed loss in the model's flat gradients (zeroed first). `epoch` drives the data's training
+/// augmentation. Calls `between_micro_batches` after each micro-batch.
 ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, const std::function<void()>& between_micro_batches = {});
+                        std::int64_t micro_batch, std::uint64_t epoch = 0,
+                        const std::function<void()>& between_micro_batches = {});
 
 /// Local-SGD: one `optimizer` step per micro-batch of `indices` on the micro-batch's mean loss
 /// (each local step is an ordinary training step). `loss_sum` is still per sample, summed.
 ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, FlatOptimizer& optimizer,
+                              std::int64_t micro_batch, FlatOptimizer& optimizer, std::uint64_t epoch = 0,
                               const std::function<void()>& between_micro_batches = {});
 
 /// deltas = the model's parameters - before (same layout).

@@ -231,8 +231,8 @@ int run_eval(const CommonOptions& common, const std::string& model_path) {
   use_plain_torchscript_execution();
   Model model = Model::from_file(model_path);
   const Task task = parse_task(config.model.task);
-  const Dataset test =
-      load_dataset(config.data.dataset, config.data.path, Split::kTest, config.data.test_limit);
+  const Dataset test = load_dataset(dataset_spec(config.data, Split::kTest, config.schedule.seed),
+                                    config.data.path, Split::kTest);
   nlohmann::json line{{"file", model_path},
                       {"task", task_name(task)},
                       {"dataset", config.data.dataset},
