@@ -11,6 +11,7 @@ packages=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev  # configuration, command line, run records
   doctest-dev iproute2                            # tests; iproute2: ip netns and tc for the fault suite
   dataset-fashion-mnist                           # the built-in dataset
+  libmicrohttpd-dev                               # the dashboard's embedded HTTP server
 )
 missing=()
 for package in "${packages[@]}"; do
