@@ -12,6 +12,8 @@ packages=(
   doctest-dev iproute2                            # tests; iproute2: ip netns and tc for the fault suite
   dataset-fashion-mnist                           # the built-in dataset
   libmicrohttpd-dev                               # the dashboard's embedded HTTP server
+  chromium                                        # tests: a real headless browser renders the dashboard
+  prometheus                                      # tests: promtool checks /metrics (the server is not used)
 )
 missing=()
 for package in "${packages[@]}"; do
