@@ -56,7 +56,8 @@ std::string get(int port, const std::string& path) {
 }
 }  // namespace
 
-TEST_CASE("a monitor keeps each trainer's speed, share, idle time and delivered and missed rounds") {
+TEST_CASE(
+    "a monitor keeps each trainer's speed and share and idle time and its delivered and missed rounds") {
   FleetState fleet;
   fleet.apply(membership("joined", kFast, "vm, 2 cores"), 0.0);
   fleet.apply(membership("joined", kSlow, "vm, 2 cores"), 0.0);
@@ -115,7 +116,7 @@ TEST_CASE("a trainer's state follows membership events until the registrar's rol
   CHECK_FALSE(fleet.heartbeat_age(fleet.trainers().at(kSlow), 6.0).has_value());
 }
 
-TEST_CASE("the Prometheus text has a HELP and TYPE before every family, counters end in _total") {
+TEST_CASE("the Prometheus text has a HELP and TYPE before every family and its counters end in _total") {
   FleetState fleet;
   fleet.apply(round_event(1), 1.0);
   fleet.apply(round_event(2, false), 2.0);
@@ -160,7 +161,7 @@ TEST_CASE("the terminal table has a row per trainer with its state and speed") {
   CHECK(rows[3].find("no heartbeat") != std::string::npos);
 }
 
-TEST_CASE("a run directory's report is one HTML file with the rounds, the losses and the rejoins") {
+TEST_CASE("a run directory's report is one HTML file with the rounds and the losses and the rejoins") {
   const std::string dir = "/tmp/filo-test-report-" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -229,7 +230,7 @@ TEST_CASE("a run directory's report is one HTML file with the rounds, the losses
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("the dashboard serves the page, the fleet's state and /metrics from the events it hears") {
+TEST_CASE("the dashboard serves the page and the fleet's state and /metrics from the events it hears") {
   zmq::context_t context;
   SocketFactory sockets(context, SocketLimits{});
   Hub hub(sockets, HubOptions{"dashboard-test-hub", {}, {}});
