@@ -14,6 +14,7 @@ packages=(
   libmicrohttpd-dev                               # the dashboard's embedded HTTP server
   chromium                                        # tests: a real headless browser renders the dashboard
   prometheus                                      # tests: promtool checks /metrics (the server is not used)
+  slurm-wlm munge                                 # tests: tools/slurm/filo.sbatch on a single-machine SLURM
 )
 missing=()
 for package in "${packages[@]}"; do
