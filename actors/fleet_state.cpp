@@ -278,6 +278,16 @@ void FleetState::apply_round(const msg::Event& event, double time) {
       view.arrival_seconds = find_value(values, "arrival_seconds/" + name);
       if (!view.arrival_seconds) view.arrival_seconds = std::max(0.0, seconds - view.idle_seconds);
       if (auto memory = find_value(values, "peak_memory_bytes/" + name)) view.peak_memory_bytes = memory;
+      if (view.compute_seconds && *view.compute_seconds > 0) {
+        view.recent.emplace_back(entry.planned, *view.compute_seconds);
+        if (view.recent.size() > kRecentRounds) view.recent.pop_front();
+        double recent_samples = 0.0, recent_seconds = 0.0;
+        for (const auto& [samples, compute] : view.recent) {
+          recent_samples += samples;
+          recent_seconds += compute;
+        }
+        view.recent_samples_per_second = recent_samples / recent_seconds;
+      }
       entry.compute_seconds = view.compute_seconds.value_or(0.0);
       entry.arrival_seconds = *view.arrival_seconds;
       entry.idle_seconds = view.idle_seconds;
@@ -340,6 +350,7 @@ nlohmann::json FleetState::to_json(double now) const {
          {"planned_samples", view.planned_samples},
          {"share", view.share},
          {"samples_per_second", view.samples_per_second},
+         {"recent_samples_per_second", view.recent_samples_per_second},
          {"idle_seconds", view.idle_seconds},
          {"idle_seconds_total", view.idle_seconds_total},
          {"compute_seconds", optional_json(view.compute_seconds)},
@@ -467,6 +478,9 @@ std::string FleetState::prometheus_text(double now) const {
   per_trainer("filo_trainer_samples_per_second", "gauge",
               "Samples/s the trainer computed in its last delivered round.",
               [](const TrainerView& v) { return v.samples_per_second; });
+  per_trainer("filo_trainer_recent_samples_per_second", "gauge",
+              "Samples/s over the trainer's last 10 delivered rounds (samples / compute seconds).",
+              [](const TrainerView& v) { return v.recent_samples_per_second; });
   per_trainer("filo_trainer_planned_samples", "gauge", "Samples planned for the trainer in the last round.",
               [](const TrainerView& v) { return v.planned_samples; });
   per_trainer("filo_trainer_share_ratio", "gauge", "The trainer's planned share of the last round's samples.",
@@ -532,9 +546,9 @@ std::string FleetState::table_text(double now) const {
     out << std::left << std::setw(26) << name << std::setw(14) << view.machine << std::setw(8) << view.device
         << std::setw(10) << state_name(view.state) << std::right << std::setw(6)
         << static_cast<int>(view.share * 100 + 0.5) << "%" << std::setw(11)
-        << static_cast<long long>(view.samples_per_second + 0.5) << std::setw(8) << std::setprecision(2)
-        << view.idle_seconds << std::setw(11) << heartbeat.str() << std::setw(10) << view.rounds_delivered
-        << std::setw(8) << view.rounds_missed << "  " << note << "\n";
+        << static_cast<long long>(view.recent_samples_per_second + 0.5) << std::setw(8)
+        << std::setprecision(2) << view.idle_seconds << std::setw(11) << heartbeat.str() << std::setw(10)
+        << view.rounds_delivered << std::setw(8) << view.rounds_missed << "  " << note << "\n";
   }
   return out.str();
 }

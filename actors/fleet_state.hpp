@@ -30,9 +30,11 @@ struct TrainerView {
   TrainerState state = TrainerState::kTraining;
   std::string reason;  // why lost, left, rejected or left out
   double planned_samples = 0.0;
-  double share = 0.0;  // planned ÷ the round's planned total
-  double samples_per_second = 0.0;
-  double idle_seconds = 0.0;  // waiting for the slowest, last delivered round
+  double share = 0.0;                            // planned ÷ the round's planned total
+  double samples_per_second = 0.0;               // last delivered round
+  double recent_samples_per_second = 0.0;        // last kRecentRounds delivered rounds: steadier to read
+  std::deque<std::pair<double, double>> recent;  // (samples, compute seconds) of those rounds
+  double idle_seconds = 0.0;                     // waiting for the slowest, last delivered round
   double idle_seconds_total = 0.0;
   std::optional<double> compute_seconds;
   std::optional<double> arrival_seconds;
@@ -102,6 +104,7 @@ class FleetState {
   static constexpr std::size_t kMaxSeriesPoints = 1200;
   static constexpr std::size_t kTimelineRounds = 40;
   static constexpr std::size_t kMaxEvents = 400;
+  static constexpr std::size_t kRecentRounds = 10;
 
   /// Takes one event seen at `time` (seconds on the owner's clock: since the monitor started,
   /// or the run's training time when replaying a run directory).

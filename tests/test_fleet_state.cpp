@@ -75,10 +75,20 @@ TEST_CASE(
   CHECK(slow.rounds_delivered == 1);
   CHECK(slow.rounds_missed == 1);
   CHECK(slow.samples == 32);
+  CHECK(fast.recent_samples_per_second == doctest::Approx(300));
+  CHECK(slow.recent_samples_per_second == doctest::Approx(100));  // the missed round does not count
   CHECK(fleet.run().round == 2);
   CHECK(fleet.run().samples == 224);
   CHECK(fleet.events().back().type == "missed");
   CHECK(fleet.timeline().back().trainers.size() == 2);
+
+  // A round without node-2 in its plan leaves it no share.
+  msg::Event without_slow = round_event(3);
+  for (const char* key : {"planned/", "samples_per_second/", "idle_seconds/"})
+    without_slow.values.erase(key + std::string(kSlow));
+  fleet.apply(without_slow, 3.0);
+  CHECK(fleet.trainers().at(kSlow).share == 0.0);
+  CHECK(fleet.trainers().at(kFast).share == doctest::Approx(1.0));
 }
 
 TEST_CASE("a trainer's state follows membership events until the registrar's roll call says otherwise") {

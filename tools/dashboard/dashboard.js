@@ -97,10 +97,15 @@ function lineChart(id, series, options) {
     }
   }
   if (series.length > 1) {
+    // Top right, on a pale box so that lines under it do not hide the names.
     const legend = svgElement("g", {class: "legend"});
+    const legendWidth = 16 + 7 * Math.max(...series.map(s => s.name.length));
+    const legendLeft = width - right - legendWidth - 4;
+    legend.appendChild(svgElement("rect", {x: legendLeft - 4, y: top, width: legendWidth + 8, height: 14 * series.length + 6,
+                                           fill: "#ffffff", "fill-opacity": 0.85, stroke: "#e5e7eb"}));
     series.forEach((s, i) => {
-      legend.appendChild(svgElement("rect", {x: left + 8, y: top + 4 + 14 * i, width: 10, height: 10, fill: s.colour}));
-      legend.appendChild(svgElement("text", {x: left + 22, y: top + 13 + 14 * i}, s.name));
+      legend.appendChild(svgElement("rect", {x: legendLeft, y: top + 4 + 14 * i, width: 10, height: 10, fill: s.colour}));
+      legend.appendChild(svgElement("text", {x: legendLeft + 14, y: top + 13 + 14 * i}, s.name));
     });
     svg.appendChild(legend);
   }
@@ -112,19 +117,20 @@ function lineChart(id, series, options) {
 function shareChart(id, trainers) {
   const container = document.getElementById(id);
   container.textContent = "";
-  const active = trainers.filter(t => t.planned_samples > 0 || t.samples_per_second > 0);
+  const speedOf = t => t.recent_samples_per_second || t.samples_per_second;
+  const active = trainers.filter(t => t.planned_samples > 0 || speedOf(t) > 0);
   if (active.length === 0) {
     container.innerHTML = '<div class="empty">no data yet</div>';
     return;
   }
-  const speedTotal = active.reduce((sum, t) => sum + t.samples_per_second, 0);
+  const speedTotal = active.reduce((sum, t) => sum + speedOf(t), 0);
   const width = 560, rowHeight = 34, left = 150, right = 50, top = 8;
   const height = top + rowHeight * active.length + 24;
   const x = v => left + v * (width - left - right);
   const svg = svgElement("svg", {viewBox: `0 0 ${width} ${height}`, role: "img"});
   active.forEach((t, i) => {
     const y0 = top + i * rowHeight;
-    const speedShare = speedTotal > 0 ? t.samples_per_second / speedTotal : 0;
+    const speedShare = speedTotal > 0 ? speedOf(t) / speedTotal : 0;
     svg.appendChild(svgElement("text", {x: left - 8, y: y0 + 18, "text-anchor": "end"}, shortName(t.name)));
     svg.appendChild(svgElement("rect", {x: left, y: y0 + 3, width: Math.max(0, x(t.share) - left), height: 12, fill: colourOf(t.name)}));
     svg.appendChild(svgElement("rect", {x: left, y: y0 + 16, width: Math.max(0, x(speedShare) - left), height: 12,
@@ -132,7 +138,7 @@ function shareChart(id, trainers) {
     svg.appendChild(svgElement("text", {x: x(t.share) + 4, y: y0 + 13}, (100 * t.share).toFixed(0) + "% planned"));
     svg.appendChild(svgElement("text", {x: x(speedShare) + 4, y: y0 + 26}, (100 * speedShare).toFixed(0) + "% of speed"));
   });
-  svg.appendChild(svgElement("text", {x: left, y: height - 6}, "solid: planned share of the last round; pale: share of measured samples/s"));
+  svg.appendChild(svgElement("text", {x: left, y: height - 6}, "solid: planned share of the last round; pale: share of samples/s over the last 10 rounds"));
   container.appendChild(svg);
 }
 
@@ -205,7 +211,9 @@ function render(state) {
 
   // A lost or rejected trainer's last speed is not part of the fleet's; one that left at the end is.
   const counts = t => t.state !== "lost" && t.state !== "rejected";
-  const speedTotal = state.trainers.reduce((sum, t) => sum + (counts(t) ? t.samples_per_second : 0), 0);
+  // Speeds over each trainer's last 10 rounds: a single round's figure jumps with every hiccup.
+  const speedOf = t => t.recent_samples_per_second || t.samples_per_second;
+  const speedTotal = state.trainers.reduce((sum, t) => sum + (counts(t) ? speedOf(t) : 0), 0);
   const dropped = Object.entries(run.dropped || {}).map(([reason, count]) => `${reason} ${count}`).join(", ");
   document.getElementById("summary").innerHTML =
       card("loss (last round)", fixed(run.loss, 4)) +
@@ -220,7 +228,7 @@ function render(state) {
 
   const body = document.querySelector("#trainers tbody");
   body.innerHTML = state.trainers.map(t => {
-    const speedShare = speedTotal > 0 && counts(t) ? t.samples_per_second / speedTotal : 0;
+    const speedShare = speedTotal > 0 && counts(t) ? speedOf(t) / speedTotal : 0;
     const machine = t.host && t.host !== t.machine ? `${t.machine} (${t.host})` : t.machine;
     // Until the registrar reports heartbeat ages, the time since the trainer's last share stands in.
     const heartbeat = t.heartbeat_age_seconds !== null ? fixed(t.heartbeat_age_seconds, 1) + " s"
@@ -231,7 +239,7 @@ function render(state) {
         `<td>${escapeHtml(machine)}</td><td>${escapeHtml(t.device || "–")}</td><td>${escapeHtml(t.precision || "–")}</td>` +
         `<td><span class="state ${t.state}">${t.state.replace("_", " ")}</span>${rejoined}</td>` +
         `<td class="num">${fixed(100 * t.share, 1)}% (${fixed(t.planned_samples, 0)})</td>` +
-        `<td class="num speed">${fixed(t.samples_per_second, 0)}</td>` +
+        `<td class="num speed" title="last round: ${fixed(t.samples_per_second, 0)}">${fixed(speedOf(t), 0)}</td>` +
         `<td class="num">${fixed(100 * speedShare, 1)}%</td>` +
         `<td class="num">${fixed(t.idle_seconds, 3)} / ${fixed(t.idle_seconds_total, 1)}</td>` +
         `<td class="num">${heartbeat}</td>` +
