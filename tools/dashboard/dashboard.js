@@ -138,7 +138,7 @@ function shareChart(id, trainers) {
     svg.appendChild(svgElement("text", {x: x(t.share) + 4, y: y0 + 13}, (100 * t.share).toFixed(0) + "% planned"));
     svg.appendChild(svgElement("text", {x: x(speedShare) + 4, y: y0 + 26}, (100 * speedShare).toFixed(0) + "% of speed"));
   });
-  svg.appendChild(svgElement("text", {x: left, y: height - 6}, "solid: planned share of the last round; pale: share of samples/s over the last 10 rounds"));
+  svg.appendChild(svgElement("text", {x: left, y: height - 6}, "solid: planned share (last round); pale: share of samples/s (last 10 rounds)"));
   container.appendChild(svg);
 }
 
