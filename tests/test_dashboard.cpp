@@ -164,11 +164,11 @@ TEST_CASE(
   for (const char* trainer : kTrainers) {
     const auto row = dom.find(std::string("data-trainer=\"") + trainer + "\"");
     REQUIRE_MESSAGE(row != std::string::npos, trainer, " has no row in the rendered page");
-    const std::string cell = "class=\"num speed\">";
-    const auto speed = dom.find(cell, row);
-    REQUIRE(speed != std::string::npos);
-    const std::string shown =
-        dom.substr(speed + cell.size(), dom.find('<', speed + cell.size()) - speed - cell.size());
+    // <td class="num speed" title="last round: N">M</td>: M is what people read.
+    const auto cell = dom.find("class=\"num speed\"", row);
+    REQUIRE_MESSAGE(cell != std::string::npos, trainer, "'s row has no speed");
+    const auto text = dom.find('>', cell) + 1;
+    const std::string shown = dom.substr(text, dom.find('<', text) - text);
     CHECK_MESSAGE(std::atof(shown.c_str()) > 0, trainer, " shows '", shown, "' samples/s");
   }
   CHECK(run_chromium({"--virtual-time-budget=4000", "--window-size=1400,1000",
