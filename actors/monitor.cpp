@@ -1,6 +1,7 @@
 #include "actors/monitor.hpp"
 
 #include <unistd.h>
+#include <algorithm>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
@@ -13,6 +14,7 @@ namespace filo {
 namespace {
 constexpr Milliseconds kTick{200};
 constexpr Milliseconds kRedrawInterval{100};
+constexpr Milliseconds kTableRedrawInterval{500};
 constexpr int kBarWidth = 30;
 
 std::string short_name(const std::string& trainer) {
@@ -29,6 +31,12 @@ std::string events_endpoint_of(const std::string& coordinator) {
 
 Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const StopFlag& stop)
     : options_(std::move(options)), bus_(sockets, "monitor"), loop_(stop), terminal_(isatty(STDOUT_FILENO)) {
+  if (options_.style == MonitorStyle::kTable && !terminal_) options_.style = MonitorStyle::kText;
+  if (!options_.record_path.empty()) {
+    record_.open(options_.record_path, std::ios::app);
+    if (!record_) throw std::runtime_error("cannot append events to " + options_.record_path);
+  }
+  if (options_.style == MonitorStyle::kTable) loop_.every(kTableRedrawInterval, [this] { draw_table(); });
   bus_.subscribe(options_.events_endpoint, {kEventTopic, kControlTopic});
   loop_.on_readable(bus_.published(), [this] {
     while (auto incoming = bus_.receive(bus_.published()))
@@ -45,14 +53,23 @@ Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const Sto
 int Monitor::run() {
   loop_.run();
   end_progress_line();
+  if (options_.style == MonitorStyle::kTable) draw_table();
   return exit_code_;
 }
 
 void Monitor::handle(const msg::Event& event, const Incoming&) {
+  const double unix_time = unix_time_now();
+  if (record_.is_open()) record_ << event_json(event, unix_time).dump() << "\n" << std::flush;
   if (options_.style == MonitorStyle::kJson) {
-    nlohmann::json line{{"type", event.type},   {"text", event.text},     {"round", event.round},
-                        {"epoch", event.epoch}, {"values", event.values}, {"labels", event.labels}};
-    std::cout << line.dump() << std::endl;
+    std::cout << event_json(event, unix_time).dump() << std::endl;
+    return;
+  }
+  if (options_.style == MonitorStyle::kTable) {
+    fleet_.apply(event, seconds_between(started_, Clock::now()));
+    if (event.type == "round" || event.type == "members" || event.type == "dropped") return;  // in the table
+    clear_table();
+    std::cout << event.text << std::endl;
+    draw_table();
     return;
   }
   if (event.type == "round") {
@@ -106,6 +123,19 @@ void Monitor::show_progress(const msg::Event& event) {
 void Monitor::end_progress_line() {
   if (progress_line_open_) std::cout << std::endl;
   progress_line_open_ = false;
+}
+
+void Monitor::clear_table() {
+  // Back to the table's first line, then erase to the end of the screen.
+  if (table_lines_ > 0) std::cout << "\033[" << table_lines_ << "F\033[J";
+  table_lines_ = 0;
+}
+
+void Monitor::draw_table() {
+  const std::string table = fleet_.table_text(seconds_between(started_, Clock::now()));
+  clear_table();
+  std::cout << table << std::flush;
+  table_lines_ = static_cast<int>(std::count(table.begin(), table.end(), '\n'));
 }
 
 void Monitor::handle(const msg::RunFinished& finished, const Incoming&) {

@@ -1,11 +1,14 @@
 #pragma once
 // A monitor subscribes to the coordinator's event stream and shows what the cluster does:
-// readable lines with a live progress view, or one JSON object per line.
+// readable lines with a live progress view, a live table of the trainers, or one JSON object
+// per line.
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
 #include <variant>
 
+#include "actors/fleet_state.hpp"
 #include "messages/event.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
@@ -13,13 +16,17 @@
 namespace filo {
 
 /// kText: readable lines, with the epoch's progress redrawn in place on a terminal (and printed
-/// every 10% elsewhere); kJson: one JSON object per event.
-enum class MonitorStyle { kText, kJson };
+/// every 10% elsewhere); kTable: one row per trainer redrawn in place, with membership and fault
+/// events printed above it (a terminal; elsewhere it falls back to kText); kJson: one JSON
+/// object per event.
+enum class MonitorStyle { kText, kTable, kJson };
 
 struct MonitorOptions {
   std::string events_endpoint;  /// the coordinator's PUB endpoint
   MonitorStyle style = MonitorStyle::kText;
   bool exit_when_finished = true;
+  /// When set, every event is appended here as one JSON line (a run's events.jsonl).
+  std::string record_path;
   /// Polled every tick; returning false ends the monitor (e.g. the coordinator process died).
   std::function<bool()> keep_going;
 };
@@ -38,6 +45,8 @@ class Monitor final {
  private:
   void show_progress(const msg::Event& event);
   void end_progress_line();
+  void draw_table();
+  void clear_table();
 
   MonitorOptions options_;
   BusClient bus_;
@@ -50,6 +59,10 @@ class Monitor final {
   Clock::time_point last_draw_{};
   std::map<std::string, double> samples_per_second_;
   std::map<std::string, double> planned_;
+  std::ofstream record_;
+  Clock::time_point started_ = Clock::now();
+  FleetState fleet_;
+  int table_lines_ = 0;  // lines of the table on screen, to move back over when redrawing
 };
 
 /// The events endpoint of a coordinator listening at `coordinator` (its port + 1).

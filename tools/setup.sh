@@ -13,6 +13,10 @@ packages=(
   dataset-fashion-mnist                           # the built-in dataset
   libstb-dev                                      # image folders: stb_image decodes PNG/JPEG, stb_image_resize scales
   python3-numpy                                   # tests: .npy fixtures and reading safetensors back from Python
+  libmicrohttpd-dev                               # the dashboard's embedded HTTP server
+  chromium                                        # tests: a real headless browser renders the dashboard
+  prometheus                                      # tests: promtool checks /metrics (the server is not used)
+  slurm-wlm munge                                 # tests: tools/slurm/filo.sbatch on a single-machine SLURM
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -1,10 +1,13 @@
-// filo: the command line. Subcommands start a coordinator, a node, a monitor, a whole local
-// cluster, evaluate a saved model, or print this machine's hardware report.
+// filo: the command line. Subcommands start a coordinator, a node, a monitor (in the terminal or
+// as a web dashboard), a whole local cluster, write a run's report, evaluate a saved model, or
+// print this machine's hardware report.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -13,6 +16,7 @@
 
 #include "actors/benchmarker.hpp"
 #include "actors/coordinator.hpp"
+#include "actors/dashboard.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/evaluation.hpp"
@@ -20,12 +24,14 @@
 #include "actors/learning/task.hpp"
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"
+#include "actors/run_report.hpp"
 #include "messages/test_aid.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
 #include "runtime/process.hpp"
+#include "runtime/scoped_thread.hpp"
 
 namespace {
 using namespace filo;
@@ -36,6 +42,9 @@ constexpr std::chrono::seconds kNodeExitTimeout{15};
 constexpr std::chrono::milliseconds kStartPoll{50};
 constexpr int kExitInterrupted = 130;
 constexpr std::chrono::milliseconds kSlowdownDeliveryTimeout{5000};
+/// `filo local`'s dashboard: loopback, any free port, unless --web says otherwise.
+constexpr const char* kLocalDashboardAddress = "127.0.0.1:0";
+constexpr const char* kNoDashboard = "off";
 
 struct CommonOptions {
   std::string config_path;
@@ -69,7 +78,7 @@ std::string tail_of(const std::string& path, std::size_t lines) {
 }
 
 int run_local(const CommonOptions& common, const std::vector<std::string>& flag_overrides,
-              const StopFlag& stop) {
+              const std::string& web_address, const StopFlag& stop) {
   // The children get the same file and overrides, so read the configuration once here to check it.
   std::vector<std::string> overrides = flag_overrides;
   const Config probe = load(common, overrides);
@@ -83,6 +92,8 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   std::filesystem::create_directories(logs);
   std::filesystem::remove(run_dir + "/coordinator.json");
   std::filesystem::remove(run_dir + "/summary.json");
+  std::filesystem::remove(run_dir + "/events.jsonl");
+  std::filesystem::remove(run_dir + "/report.html");
   std::filesystem::remove_all(run_dir + "/checkpoints");  // `filo local` always starts a fresh run
   const auto started = std::chrono::steady_clock::now();
 
@@ -138,9 +149,25 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
 
   zmq::context_t context;
   SocketFactory sockets(context, probe.bus.socket_limits);
+  // The dashboard is a monitor of its own, on a thread of its own: a slow browser slows neither
+  // the terminal view nor, since monitors only listen, the run.
+  std::atomic<bool> run_over{false};
+  std::optional<Dashboard> dashboard;
+  if (web_address != kNoDashboard) {
+    DashboardOptions dashboard_options;
+    dashboard_options.events_endpoint = publish;
+    dashboard_options.web_address = web_address;
+    dashboard_options.keep_going = [&run_over] { return !run_over.load(); };
+    dashboard.emplace(sockets, dashboard_options, stop);
+    std::cout << "filo local: dashboard at " << dashboard->url() << " (metrics at " << dashboard->url()
+              << "metrics)" << std::endl;
+  }
+  ScopedThread dashboard_thread;
+  if (dashboard) dashboard_thread = ScopedThread([&dashboard] { dashboard->run(); });
   MonitorOptions monitor_options;
   monitor_options.events_endpoint = publish;
   monitor_options.style = MonitorStyle::kText;
+  monitor_options.record_path = run_dir + "/events.jsonl";  // what `filo report` reads
   // Every node failed (refused, misconfigured, crashed) leaves nothing to wait for: say so. Nodes
   // that finished the run exit 0, possibly before the coordinator has written its summary.
   bool all_nodes_failed = false;
@@ -156,12 +183,15 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     monitor_code = monitor.run();
   }
   if (all_nodes_failed && coordinator.running()) {
+    run_over = true;
     coordinator.stop(std::chrono::seconds(3));
     std::cerr << "filo local: every node failed before the run finished; node-1's log ends:\n"
               << tail_of(logs + "/node-1.log", 15);
     return 1;
   }
   const auto coordinator_code = coordinator.wait_for(kCoordinatorExitTimeout);
+  run_over = true;
+  dashboard_thread.join();
   int nodes_failed = 0;
   for (auto& node : nodes) {
     auto code = node.wait_for(kNodeExitTimeout);
@@ -185,23 +215,58 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
             << summary.value("rounds", 0) << " rounds; samples per epoch "
             << summary["samples_per_epoch"].dump() << "\nsummary: " << run_dir
             << "/summary.json, model: " << summary.value("model_file", std::string()) << std::endl;
+  try {
+    std::cout << "report: " << write_run_report(run_dir) << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "filo local: could not write the run's report: " << e.what() << std::endl;
+  }
   if (nodes_failed > 0)
     std::cerr << "filo local: " << nodes_failed << " node(s) exited with an error; see " << logs << std::endl;
   return 0;
 }
 
-int run_monitor_command(const CommonOptions& common, const std::string& coordinator,
-                        const std::string& events, bool json, bool follow, const StopFlag& stop) {
+struct MonitorCommand {
+  std::string coordinator = "tcp://127.0.0.1:5555";
+  std::string events;
+  bool json = false;
+  bool lines = false;
+  bool follow = false;
+  std::string web;
+  std::string record;
+};
+
+int run_monitor_command(const CommonOptions& common, const MonitorCommand& command, const StopFlag& stop) {
   const Config config = load(common, {});
-  MonitorOptions options;
-  options.events_endpoint = !events.empty() ? events : events_endpoint_of(coordinator);
-  options.style = json ? MonitorStyle::kJson : MonitorStyle::kText;
-  options.exit_when_finished = !follow;
+  const std::string events =
+      !command.events.empty() ? command.events : events_endpoint_of(command.coordinator);
   zmq::context_t context;
   SocketFactory sockets(context, config.bus.socket_limits);
-  if (!json) std::cout << "filo monitor: listening to " << options.events_endpoint << std::endl;
+  if (!command.web.empty()) {
+    DashboardOptions options;
+    options.events_endpoint = events;
+    options.web_address = command.web;
+    options.record_path = command.record;
+    options.exit_when_finished = !command.follow;
+    Dashboard dashboard(sockets, options, stop);
+    std::cout << "filo monitor: dashboard of " << events << " at " << dashboard.url() << " (metrics at "
+              << dashboard.url() << "metrics)" << std::endl;
+    return dashboard.run();
+  }
+  MonitorOptions options;
+  options.events_endpoint = events;
+  options.style = command.json    ? MonitorStyle::kJson
+                  : command.lines ? MonitorStyle::kText
+                                  : MonitorStyle::kTable;
+  options.exit_when_finished = !command.follow;
+  options.record_path = command.record;
+  if (!command.json) std::cout << "filo monitor: listening to " << options.events_endpoint << std::endl;
   Monitor monitor(sockets, options, stop);
   return monitor.run();
+}
+
+int run_report_command(const std::string& run_dir, const std::string& output) {
+  std::cout << "report: " << write_run_report(run_dir, output) << std::endl;
+  return 0;
 }
 
 /// TEST AID: tells one trainer of a running cluster, through the coordinator's hub, to behave
@@ -369,15 +434,19 @@ int main(int argc, char** argv) {
 
   auto* monitor = app.add_subcommand("monitor", "show what a running cluster does");
   add_common(monitor);
-  std::string monitor_coordinator = "tcp://127.0.0.1:5555";
-  std::string monitor_events;
-  bool monitor_json = false;
-  bool monitor_follow = false;
-  monitor->add_option("coordinator", monitor_coordinator,
+  MonitorCommand monitor_command;
+  monitor->add_option("coordinator", monitor_command.coordinator,
                       "the coordinator's tcp://HOST:PORT (events are read from PORT+1)");
-  monitor->add_option("--events", monitor_events, "the exact events endpoint, when not PORT+1");
-  monitor->add_flag("--json", monitor_json, "one JSON object per event");
-  monitor->add_flag("--follow", monitor_follow, "keep listening after a run finishes");
+  monitor->add_option("--events", monitor_command.events, "the exact events endpoint, when not PORT+1");
+  monitor->add_flag("--json", monitor_command.json, "one JSON object per event");
+  monitor->add_flag("--lines", monitor_command.lines,
+                    "readable lines instead of the live table (the default away from a terminal)");
+  monitor->add_flag("--follow", monitor_command.follow, "keep listening (and serving) after a run finishes");
+  monitor->add_option("--web", monitor_command.web,
+                      "serve a live dashboard and /metrics at HOST:PORT (PORT alone: 127.0.0.1:PORT)");
+  monitor->add_option(
+      "--record", monitor_command.record,
+      "also append every event as a JSON line to this file (RUN_DIR/events.jsonl for filo report)");
 
   auto* local = app.add_subcommand("local", "start a coordinator and N nodes on this machine and train");
   add_common(local);
@@ -391,6 +460,18 @@ int main(int argc, char** argv) {
       "pin node i to the i-th CPU list, e.g. 0/1/1 (run.cpus pins the coordinator)");
   local->add_option_function<std::string>("--run-dir", flag("run.run_dir"),
                                           "where summary.json, rounds.jsonl, logs and the model go");
+  std::string local_web = kLocalDashboardAddress;
+  local->add_option("--web", local_web,
+                    "serve the live dashboard at HOST:PORT (default 127.0.0.1:0, any free port; off: none)");
+
+  auto* report = app.add_subcommand("report", "write a run's report: one self-contained HTML file");
+  add_common(report);
+  std::string report_run_dir;
+  std::string report_output;
+  report->add_option("run_dir", report_run_dir, "the run directory (holds rounds.jsonl and summary.json)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  report->add_option("--output", report_output, "where to write it (default RUN_DIR/report.html)");
 
   auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
   add_common(eval);
@@ -423,10 +504,9 @@ int main(int argc, char** argv) {
   try {
     if (*coordinator) return run_coordinator(load(common, flag_overrides), stop);
     if (*node) return run_node(load(common, flag_overrides), stop);
-    if (*monitor)
-      return run_monitor_command(common, monitor_coordinator, monitor_events, monitor_json, monitor_follow,
-                                 stop);
-    if (*local) return run_local(common, flag_overrides, stop);
+    if (*monitor) return run_monitor_command(common, monitor_command, stop);
+    if (*local) return run_local(common, flag_overrides, local_web, stop);
+    if (*report) return run_report_command(report_run_dir, report_output);
     if (*eval) return run_eval(common, model_path);
     if (*bench) return run_bench(common, bench_json);
     if (*slowdown) return run_slowdown(common, slowdown_coordinator, slowdown_trainer, slowdown_factor);

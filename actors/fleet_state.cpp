@@ -1,0 +1,556 @@
+#include "actors/fleet_state.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iomanip>
+#include <set>
+#include <sstream>
+
+namespace filo {
+namespace {
+constexpr const char* kPlannedPrefix = "planned/";
+constexpr int kTableBarWidth = 20;
+
+/// The value of `key` in `values`, if the sender put it there: the coordinator adds keys over time,
+/// so a missing one means "not reported", never zero.
+std::optional<double> find_value(const std::map<std::string, double>& values, const std::string& key) {
+  const auto found = values.find(key);
+  if (found == values.end()) return std::nullopt;
+  return found->second;
+}
+
+std::string find_label(const std::map<std::string, std::string>& labels, const std::string& key) {
+  const auto found = labels.find(key);
+  return found == labels.end() ? std::string() : found->second;
+}
+
+/// Keys "<prefix><trainer>" of `values` or `labels`, as trainer names.
+template <typename Map>
+std::set<std::string> trainers_with(const Map& map, const std::string& prefix) {
+  std::set<std::string> names;
+  for (const auto& entry : map)
+    if (entry.first.rfind(prefix, 0) == 0) names.insert(entry.first.substr(prefix.size()));
+  return names;
+}
+
+/// Keeps a long run's series bounded: past `limit` points, every other older point goes.
+void append_thinned(std::vector<SeriesPoint>& series, SeriesPoint point, std::size_t limit) {
+  series.push_back(point);
+  if (series.size() <= limit) return;
+  std::vector<SeriesPoint> thinned;
+  thinned.reserve(limit / 2 + 2);
+  for (std::size_t i = 0; i + 1 < series.size(); i += 2) thinned.push_back(series[i]);
+  thinned.push_back(series.back());
+  series.swap(thinned);
+}
+
+nlohmann::json optional_json(const std::optional<double>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+}
+
+nlohmann::json series_json(const std::vector<SeriesPoint>& series) {
+  nlohmann::json points = nlohmann::json::array();
+  for (const auto& point : series) points.push_back({point.time, point.x, point.value});
+  return points;
+}
+
+std::string prometheus_number(double value) {
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", value);
+  return text;
+}
+
+std::string prometheus_label_value(const std::string& value) {
+  std::string escaped;
+  for (char c : value) {
+    if (c == '\\')
+      escaped += "\\\\";
+    else if (c == '"')
+      escaped += "\\\"";
+    else if (c == '\n')
+      escaped += "\\n";
+    else
+      escaped += c;
+  }
+  return escaped;
+}
+
+/// Writes one metric family: HELP, TYPE, then its samples.
+class MetricWriter {
+ public:
+  explicit MetricWriter(std::ostringstream& out) : out_(out) {}
+  void family(const std::string& name, const std::string& type, const std::string& help) {
+    out_ << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+    name_ = name;
+  }
+  void sample(double value, const std::vector<std::pair<std::string, std::string>>& labels = {}) {
+    out_ << name_;
+    if (!labels.empty()) {
+      out_ << "{";
+      for (std::size_t i = 0; i < labels.size(); ++i)
+        out_ << (i ? "," : "") << labels[i].first << "=\"" << prometheus_label_value(labels[i].second)
+             << "\"";
+      out_ << "}";
+    }
+    out_ << " " << prometheus_number(value) << "\n";
+  }
+
+ private:
+  std::ostringstream& out_;
+  std::string name_;
+};
+}  // namespace
+
+const char* state_name(TrainerState state) {
+  switch (state) {
+    case TrainerState::kTraining:
+      return "training";
+    case TrainerState::kLost:
+      return "lost";
+    case TrainerState::kLeft:
+      return "left";
+    case TrainerState::kRejected:
+      return "rejected";
+    case TrainerState::kLeftOut:
+      return "left_out";
+  }
+  return "training";
+}
+
+namespace {
+std::optional<TrainerState> parse_state(const std::string& text) {
+  for (auto state : {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft,
+                     TrainerState::kRejected, TrainerState::kLeftOut})
+    if (text == state_name(state)) return state;
+  return std::nullopt;
+}
+}  // namespace
+
+nlohmann::json event_json(const msg::Event& event, double unix_time) {
+  return {{"type", event.type},     {"text", event.text},     {"round", event.round}, {"epoch", event.epoch},
+          {"values", event.values}, {"labels", event.labels}, {"time", unix_time}};
+}
+
+msg::Event event_from_json(const nlohmann::json& line) {
+  msg::Event event;
+  event.type = line.value("type", std::string());
+  event.text = line.value("text", std::string());
+  event.round = line.value("round", std::uint64_t{0});
+  event.epoch = line.value("epoch", std::uint64_t{0});
+  if (line.contains("values")) event.values = line.at("values").get<std::map<std::string, double>>();
+  if (line.contains("labels")) event.labels = line.at("labels").get<std::map<std::string, std::string>>();
+  return event;
+}
+
+double unix_time_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::pair<std::string, std::string> machine_and_device(const std::string& trainer) {
+  const auto at = trainer.find('@');
+  const auto slash = trainer.find('/', at == std::string::npos ? 0 : at);
+  if (at == std::string::npos || slash == std::string::npos) return {trainer, ""};
+  return {trainer.substr(at + 1, slash - at - 1), trainer.substr(slash + 1)};
+}
+
+TrainerView& FleetState::trainer(const std::string& name) {
+  auto found = trainers_.find(name);
+  if (found != trainers_.end()) return found->second;
+  TrainerView view;
+  view.name = name;
+  std::tie(view.machine, view.device) = machine_and_device(name);
+  return trainers_.emplace(name, std::move(view)).first->second;
+}
+
+void FleetState::note(const msg::Event& event, double time, const std::string& trainer,
+                      const std::string& text) {
+  events_.push_back(EventView{time, event.round, event.type, trainer, text});
+  if (events_.size() > kMaxEvents) events_.pop_front();
+}
+
+void FleetState::apply(const msg::Event& event, double time) {
+  ++events_seen_;
+  const std::string who = find_label(event.labels, "trainer");
+  if (event.type == "round") {
+    apply_round(event, time);
+  } else if (event.type == "members") {
+    apply_members(event, time);
+  } else if (event.type == "dropped") {
+    for (const auto& reason : trainers_with(event.values, "dropped/"))
+      run_.dropped[reason] = event.values.at("dropped/" + reason);
+  } else if (event.type == "epoch") {
+    run_.epoch = std::max(run_.epoch, event.epoch);
+    if (auto accuracy = find_value(event.values, "test_accuracy")) {
+      run_.test_accuracy = *accuracy;
+      append_thinned(accuracy_, SeriesPoint{time, static_cast<double>(event.epoch), *accuracy},
+                     kMaxSeriesPoints);
+    }
+    note(event, time, "", event.text);
+  } else if (event.type == "finished") {
+    run_.finished = true;
+    run_.finished_text = event.text;
+    run_.run_dir = find_label(event.labels, "run_dir");
+    note(event, time, "", event.text);
+  } else if (!who.empty()) {
+    // Membership and the transfer rule: joined, rejoined, lost, left, rejected, left_out,
+    // planned_again, and whatever kinds come later (shown, with no state change).
+    TrainerView& view = trainer(who);
+    if (event.type == "joined" || event.type == "planned_again") {
+      view.state = TrainerState::kTraining;
+      view.reason.clear();
+    } else if (event.type == "rejoined") {
+      view.state = TrainerState::kTraining;
+      view.reason.clear();
+      ++view.rejoins;
+    } else if (event.type == "lost") {
+      view.state = TrainerState::kLost;
+      ++view.losses;
+    } else if (event.type == "left") {
+      view.state = TrainerState::kLeft;
+    } else if (event.type == "rejected") {
+      view.state = TrainerState::kRejected;
+    } else if (event.type == "left_out") {
+      view.state = TrainerState::kLeftOut;
+    }
+    if (view.state != TrainerState::kTraining) {
+      // The text reads "<trainer> <what>: <reason>"; the reason is what follows the first ": ".
+      const auto colon = event.text.find(": ");
+      view.reason = colon == std::string::npos ? event.text : event.text.substr(colon + 2);
+    }
+    note(event, time, who, event.text);
+  } else {
+    note(event, time, "", event.text);  // resumed, and kinds this version does not know
+  }
+}
+
+void FleetState::apply_round(const msg::Event& event, double time) {
+  const auto& values = event.values;
+  run_.round = event.round;
+  run_.epoch = event.epoch;
+  ++run_.rounds_seen;
+  if (auto epochs = find_value(values, "epochs")) run_.epochs = static_cast<std::uint64_t>(*epochs);
+  if (auto done = find_value(values, "epoch_samples_done")) run_.epoch_samples_done = *done;
+  if (auto total = find_value(values, "epoch_samples_total")) run_.epoch_samples_total = *total;
+  if (auto idle = find_value(values, "idle_fraction")) run_.idle_fraction = *idle;
+  if (auto samples = find_value(values, "samples")) run_.samples += static_cast<std::uint64_t>(*samples);
+  const double seconds = find_value(values, "seconds").value_or(0.0);
+  if (auto loss = find_value(values, "loss")) {
+    run_.loss = *loss;
+    append_thinned(loss_, SeriesPoint{time, static_cast<double>(event.round), *loss}, kMaxSeriesPoints);
+  }
+
+  const std::set<std::string> planned = trainers_with(values, kPlannedPrefix);
+  double planned_total = 0.0;
+  for (const auto& name : planned) planned_total += values.at(kPlannedPrefix + name);
+  RoundView round{event.round, event.epoch, time, seconds, {}};
+  for (auto& [name, view] : trainers_) {
+    if (planned.count(name) > 0) continue;
+    view.planned_samples = 0.0;  // not in this round's plan: its share now is none
+    view.share = 0.0;
+  }
+  for (const auto& name : planned) {
+    TrainerView& view = trainer(name);
+    TimelineEntry entry;
+    entry.trainer = name;
+    entry.planned = values.at(kPlannedPrefix + name);
+    entry.delivered = event.labels.count("missed/" + name) == 0;
+    view.planned_samples = entry.planned;
+    view.share = planned_total > 0 ? entry.planned / planned_total : 0.0;
+    if (auto device = find_label(event.labels, "device/" + name); !device.empty()) view.device = device;
+    if (auto precision = find_label(event.labels, "precision/" + name); !precision.empty())
+      view.precision = precision;
+    if (entry.delivered) {
+      ++view.rounds_delivered;
+      entry.samples = entry.planned;
+      view.samples += static_cast<std::uint64_t>(entry.planned);
+      view.last_delivery_at = time;
+      view.samples_per_second = find_value(values, "samples_per_second/" + name).value_or(0.0);
+      view.idle_seconds = find_value(values, "idle_seconds/" + name).value_or(0.0);
+      view.idle_seconds_total += view.idle_seconds;
+      // Older coordinators send neither compute nor arrival times: both follow from what they do send.
+      view.compute_seconds = find_value(values, "compute_seconds/" + name);
+      if (!view.compute_seconds && view.samples_per_second > 0)
+        view.compute_seconds = entry.planned / view.samples_per_second;
+      view.arrival_seconds = find_value(values, "arrival_seconds/" + name);
+      if (!view.arrival_seconds) view.arrival_seconds = std::max(0.0, seconds - view.idle_seconds);
+      if (auto memory = find_value(values, "peak_memory_bytes/" + name)) view.peak_memory_bytes = memory;
+      if (view.compute_seconds && *view.compute_seconds > 0) {
+        view.recent.emplace_back(entry.planned, *view.compute_seconds);
+        if (view.recent.size() > kRecentRounds) view.recent.pop_front();
+        double recent_samples = 0.0, recent_seconds = 0.0;
+        for (const auto& [samples, compute] : view.recent) {
+          recent_samples += samples;
+          recent_seconds += compute;
+        }
+        view.recent_samples_per_second = recent_samples / recent_seconds;
+      }
+      entry.compute_seconds = view.compute_seconds.value_or(0.0);
+      entry.arrival_seconds = *view.arrival_seconds;
+      entry.idle_seconds = view.idle_seconds;
+      append_thinned(speed_[name],
+                     SeriesPoint{time, static_cast<double>(event.round), view.samples_per_second},
+                     kMaxSeriesPoints);
+    } else {
+      ++view.rounds_missed;
+      note(event, time, name,
+           "round " + std::to_string(event.round) + " closed without " + name + ": " +
+               event.labels.at("missed/" + name));
+      events_.back().type = "missed";
+    }
+    round.trainers.push_back(entry);
+  }
+  timeline_.push_back(std::move(round));
+  if (timeline_.size() > kTimelineRounds) timeline_.pop_front();
+}
+
+void FleetState::apply_members(const msg::Event& event, double time) {
+  // The registrar's periodic roll call is the authority on state; it names every trainer it knows.
+  for (const auto& name : trainers_with(event.labels, "state/")) {
+    TrainerView& view = trainer(name);
+    if (auto state = parse_state(event.labels.at("state/" + name))) view.state = *state;
+    if (auto host = find_label(event.labels, "host/" + name); !host.empty()) view.host = host;
+    if (auto device = find_label(event.labels, "device/" + name); !device.empty()) view.device = device;
+    if (auto precision = find_label(event.labels, "precision/" + name); !precision.empty())
+      view.precision = precision;
+    if (view.state != TrainerState::kTraining) {
+      if (auto reason = find_label(event.labels, "reason/" + name); !reason.empty()) view.reason = reason;
+    } else {
+      view.reason.clear();
+    }
+  }
+  for (const auto& name : trainers_with(event.values, "heartbeat_age_seconds/")) {
+    TrainerView& view = trainer(name);
+    view.heartbeat_age_seconds = event.values.at("heartbeat_age_seconds/" + name);
+    view.heartbeat_age_at = time;
+  }
+}
+
+std::optional<double> FleetState::heartbeat_age(const TrainerView& trainer, double now) const {
+  if (!trainer.heartbeat_age_seconds) return std::nullopt;
+  return *trainer.heartbeat_age_seconds + std::max(0.0, now - trainer.heartbeat_age_at);
+}
+
+nlohmann::json FleetState::to_json(double now) const {
+  nlohmann::json trainers = nlohmann::json::array();
+  for (const auto& [name, view] : trainers_) {
+    trainers.push_back(
+        {{"name", name},
+         {"machine", view.machine},
+         {"host", view.host},
+         {"device", view.device},
+         {"precision", view.precision},
+         {"state", state_name(view.state)},
+         {"reason", view.reason},
+         {"rejoins", view.rejoins},
+         {"losses", view.losses},
+         {"planned_samples", view.planned_samples},
+         {"share", view.share},
+         {"samples_per_second", view.samples_per_second},
+         {"recent_samples_per_second", view.recent_samples_per_second},
+         {"idle_seconds", view.idle_seconds},
+         {"idle_seconds_total", view.idle_seconds_total},
+         {"compute_seconds", optional_json(view.compute_seconds)},
+         {"arrival_seconds", optional_json(view.arrival_seconds)},
+         {"peak_memory_bytes", optional_json(view.peak_memory_bytes)},
+         {"heartbeat_age_seconds", optional_json(heartbeat_age(view, now))},
+         {"since_delivery_seconds",
+          view.last_delivery_at < 0 ? nlohmann::json(nullptr) : nlohmann::json(now - view.last_delivery_at)},
+         {"rounds_delivered", view.rounds_delivered},
+         {"rounds_missed", view.rounds_missed},
+         {"samples", view.samples}});
+  }
+  nlohmann::json speed = nlohmann::json::object();
+  for (const auto& [name, series] : speed_) speed[name] = series_json(series);
+  nlohmann::json timeline = nlohmann::json::array();
+  for (const auto& round : timeline_) {
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& entry : round.trainers) {
+      entries.push_back({{"trainer", entry.trainer},
+                         {"planned", entry.planned},
+                         {"samples", entry.samples},
+                         {"arrival_seconds", entry.arrival_seconds},
+                         {"compute_seconds", entry.compute_seconds},
+                         {"idle_seconds", entry.idle_seconds},
+                         {"delivered", entry.delivered}});
+    }
+    timeline.push_back({{"round", round.round},
+                        {"epoch", round.epoch},
+                        {"time", round.time},
+                        {"seconds", round.seconds},
+                        {"trainers", entries}});
+  }
+  nlohmann::json events = nlohmann::json::array();
+  for (const auto& event : events_) {
+    events.push_back({{"time", event.time},
+                      {"round", event.round},
+                      {"type", event.type},
+                      {"trainer", event.trainer},
+                      {"text", event.text}});
+  }
+  return {{"now", now},
+          {"run",
+           {{"round", run_.round},
+            {"epoch", run_.epoch},
+            {"epochs", run_.epochs},
+            {"epoch_samples_done", run_.epoch_samples_done},
+            {"epoch_samples_total", run_.epoch_samples_total},
+            {"loss", run_.loss},
+            {"idle_fraction", run_.idle_fraction},
+            {"test_accuracy", optional_json(run_.test_accuracy)},
+            {"samples", run_.samples},
+            {"rounds_seen", run_.rounds_seen},
+            {"finished", run_.finished},
+            {"finished_text", run_.finished_text},
+            {"run_dir", run_.run_dir},
+            {"dropped", run_.dropped}}},
+          {"trainers", trainers},
+          {"loss", series_json(loss_)},
+          {"accuracy", series_json(accuracy_)},
+          {"speed", speed},
+          {"timeline", timeline},
+          {"events", events},
+          {"events_seen", events_seen_}};
+}
+
+std::string FleetState::prometheus_text(double now) const {
+  std::ostringstream out;
+  MetricWriter metric(out);
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  const auto of = [](const TrainerView& view) {
+    return Labels{{"trainer", view.name}, {"machine", view.machine}};
+  };
+
+  metric.family("filo_run_round", "gauge", "The last round that closed.");
+  metric.sample(static_cast<double>(run_.round));
+  metric.family("filo_run_epoch", "gauge", "The epoch of the last round (1-based).");
+  metric.sample(static_cast<double>(run_.epoch));
+  metric.family("filo_run_epochs", "gauge", "Epochs the run trains.");
+  metric.sample(static_cast<double>(run_.epochs));
+  metric.family("filo_run_epoch_progress_ratio", "gauge", "Share of the epoch's samples trained so far.");
+  metric.sample(run_.epoch_samples_total > 0 ? run_.epoch_samples_done / run_.epoch_samples_total : 0.0);
+  metric.family("filo_run_loss", "gauge", "Mean training loss of the last round.");
+  metric.sample(run_.loss);
+  if (run_.test_accuracy) {
+    metric.family("filo_run_test_accuracy", "gauge", "Test accuracy after the last evaluated epoch.");
+    metric.sample(*run_.test_accuracy);
+  }
+  metric.family("filo_run_idle_ratio", "gauge",
+                "Share of the last round trainers spent waiting for the slowest.");
+  metric.sample(run_.idle_fraction);
+  metric.family("filo_run_samples_total", "counter", "Samples aggregated in the rounds this monitor saw.");
+  metric.sample(static_cast<double>(run_.samples));
+  metric.family("filo_run_rounds_seen_total", "counter", "Rounds this monitor saw close.");
+  metric.sample(static_cast<double>(run_.rounds_seen));
+  metric.family("filo_run_finished", "gauge", "1 once the run has finished.");
+  metric.sample(run_.finished ? 1.0 : 0.0);
+  if (!run_.dropped.empty()) {
+    metric.family("filo_messages_dropped_total", "counter", "Messages the coordinator refused, by reason.");
+    for (const auto& [reason, count] : run_.dropped) metric.sample(count, {{"reason", reason}});
+  }
+  metric.family("filo_monitor_events_total", "counter", "Events this monitor received.");
+  metric.sample(static_cast<double>(events_seen_));
+  if (trainers_.empty()) return out.str();
+
+  metric.family("filo_trainer_info", "gauge", "A trainer's machine, host, device and precision (always 1).");
+  for (const auto& [name, view] : trainers_) {
+    metric.sample(1.0, {{"trainer", name},
+                        {"machine", view.machine},
+                        {"host", view.host},
+                        {"device", view.device},
+                        {"precision", view.precision}});
+  }
+  metric.family("filo_trainer_state", "gauge", "1 for the trainer's current state, 0 for the others.");
+  for (const auto& [name, view] : trainers_) {
+    for (auto state : {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft,
+                       TrainerState::kRejected, TrainerState::kLeftOut}) {
+      metric.sample(view.state == state ? 1.0 : 0.0, {{"trainer", name}, {"state", state_name(state)}});
+    }
+  }
+  const auto per_trainer = [&](const std::string& family, const std::string& type, const std::string& help,
+                               auto value_of) {
+    metric.family(family, type, help);
+    for (const auto& [name, view] : trainers_) metric.sample(value_of(view), of(view));
+  };
+  per_trainer("filo_trainer_samples_per_second", "gauge",
+              "Samples/s the trainer computed in its last delivered round.",
+              [](const TrainerView& v) { return v.samples_per_second; });
+  per_trainer("filo_trainer_recent_samples_per_second", "gauge",
+              "Samples/s over the trainer's last 10 delivered rounds (samples / compute seconds).",
+              [](const TrainerView& v) { return v.recent_samples_per_second; });
+  per_trainer("filo_trainer_planned_samples", "gauge", "Samples planned for the trainer in the last round.",
+              [](const TrainerView& v) { return v.planned_samples; });
+  per_trainer("filo_trainer_share_ratio", "gauge", "The trainer's planned share of the last round's samples.",
+              [](const TrainerView& v) { return v.share; });
+  per_trainer("filo_trainer_idle_seconds", "gauge",
+              "Seconds the trainer waited for the slowest in its last delivered round.",
+              [](const TrainerView& v) { return v.idle_seconds; });
+  per_trainer("filo_trainer_idle_seconds_total", "counter",
+              "Seconds the trainer waited for the slowest, all rounds seen.",
+              [](const TrainerView& v) { return v.idle_seconds_total; });
+  per_trainer("filo_trainer_rounds_delivered_total", "counter",
+              "Rounds whose share the trainer delivered in time.",
+              [](const TrainerView& v) { return static_cast<double>(v.rounds_delivered); });
+  per_trainer("filo_trainer_rounds_missed_total", "counter",
+              "Rounds that closed without the trainer's share.",
+              [](const TrainerView& v) { return static_cast<double>(v.rounds_missed); });
+  per_trainer("filo_trainer_samples_total", "counter", "Samples the trainer delivered.",
+              [](const TrainerView& v) { return static_cast<double>(v.samples); });
+  per_trainer("filo_trainer_rejoins_total", "counter", "Times the trainer came back after it was lost.",
+              [](const TrainerView& v) { return static_cast<double>(v.rejoins); });
+  metric.family("filo_trainer_heartbeat_age_seconds", "gauge",
+                "Seconds since the registrar last heard the trainer.");
+  for (const auto& [name, view] : trainers_)
+    if (auto age = heartbeat_age(view, now)) metric.sample(*age, of(view));
+  metric.family("filo_trainer_seconds_since_delivery", "gauge",
+                "Seconds since the trainer's last delivered round.");
+  for (const auto& [name, view] : trainers_)
+    if (view.last_delivery_at >= 0) metric.sample(now - view.last_delivery_at, of(view));
+  metric.family("filo_trainer_peak_memory_bytes", "gauge",
+                "The trainer's peak device memory in its last round.");
+  for (const auto& [name, view] : trainers_)
+    if (view.peak_memory_bytes) metric.sample(*view.peak_memory_bytes, of(view));
+  return out.str();
+}
+
+std::string FleetState::table_text(double now) const {
+  std::ostringstream out;
+  const double fraction =
+      run_.epoch_samples_total > 0 ? run_.epoch_samples_done / run_.epoch_samples_total : 0.0;
+  const int filled = std::clamp(static_cast<int>(fraction * kTableBarWidth), 0, kTableBarWidth);
+  out << "round " << run_.round << "  epoch " << run_.epoch << "/" << run_.epochs << " ["
+      << std::string(filled, '#') << std::string(kTableBarWidth - filled, '.') << "] " << std::setw(3)
+      << static_cast<int>(fraction * 100) << "%  loss " << std::fixed << std::setprecision(3) << run_.loss
+      << "  idle " << static_cast<int>(run_.idle_fraction * 100) << "%";
+  if (run_.test_accuracy) out << "  test accuracy " << std::setprecision(4) << *run_.test_accuracy;
+  if (run_.finished) out << "  finished";
+  out << "\n";
+  out << std::left << std::setw(26) << "trainer" << std::setw(14) << "machine" << std::setw(8) << "device"
+      << std::setw(10) << "state" << std::right << std::setw(7) << "share" << std::setw(11) << "samples/s"
+      << std::setw(8) << "idle s" << std::setw(11) << "heartbeat" << std::setw(10) << "delivered"
+      << std::setw(8) << "missed"
+      << "  note\n";
+  for (const auto& [name, view] : trainers_) {
+    const auto age = heartbeat_age(view, now);
+    std::ostringstream heartbeat;
+    if (age)
+      heartbeat << std::fixed << std::setprecision(1) << *age << " s";
+    else
+      heartbeat << "-";
+    std::string note = view.reason;
+    if (view.rejoins > 0)
+      note = "rejoined x" + std::to_string(view.rejoins) + (note.empty() ? "" : "; " + note);
+    out << std::left << std::setw(26) << name << std::setw(14) << view.machine << std::setw(8) << view.device
+        << std::setw(10) << state_name(view.state) << std::right << std::setw(6)
+        << static_cast<int>(view.share * 100 + 0.5) << "%" << std::setw(11)
+        << static_cast<long long>(view.recent_samples_per_second + 0.5) << std::setw(8)
+        << std::setprecision(2) << view.idle_seconds << std::setw(11) << heartbeat.str() << std::setw(10)
+        << view.rounds_delivered << std::setw(8) << view.rounds_missed << "  " << note << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace filo

@@ -1,0 +1,193 @@
+#include "actors/run_report.hpp"
+
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+
+#include "actors/fleet_state.hpp"
+#include "actors/web_assets.hpp"
+#include "runtime/run_record.hpp"
+
+namespace filo {
+namespace {
+std::string asset_text(const char* name) {
+  const WebAsset* asset = find_web_asset(name);
+  if (asset == nullptr) throw std::logic_error(std::string("web asset missing from the build: ") + name);
+  return std::string(asset->bytes);
+}
+
+void replace_once(std::string& text, const std::string& from, const std::string& to) {
+  const auto at = text.find(from);
+  if (at == std::string::npos) throw std::logic_error("the dashboard page lacks '" + from + "'");
+  text.replace(at, from.size(), to);
+}
+
+std::vector<nlohmann::json> read_json_lines(const std::string& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream file(path);
+  for (std::string line; std::getline(file, line);) {
+    if (line.empty()) continue;
+    // A run killed mid-write leaves a torn last line: what came before it still counts.
+    auto parsed = nlohmann::json::parse(line, nullptr, false);
+    if (!parsed.is_discarded()) lines.push_back(std::move(parsed));
+  }
+  return lines;
+}
+
+/// A rounds.jsonl line as the `round` event the aggregator published for it.
+msg::Event round_event(const nlohmann::json& line, double epoch_samples_done, double epoch_samples_total,
+                       double epochs) {
+  msg::Event event;
+  event.type = "round";
+  event.round = line.value("round", std::uint64_t{0});
+  event.epoch = line.value("epoch", std::uint64_t{0});
+  event.values["loss"] = line.value("loss", 0.0);
+  event.values["samples"] = line.value("samples", 0.0);
+  event.values["seconds"] = line.value("seconds", 0.0);
+  event.values["idle_fraction"] = line.value("idle_fraction", 0.0);
+  event.values["epoch_samples_done"] = epoch_samples_done;
+  event.values["epoch_samples_total"] = epoch_samples_total;
+  event.values["epochs"] = epochs;
+  for (const auto& trainer : line.value("trainers", nlohmann::json::array())) {
+    const std::string name = trainer.value("name", std::string());
+    event.values["planned/" + name] = trainer.value("planned", 0.0);
+    if (!trainer.value("delivered", false)) {
+      event.labels["missed/" + name] = std::to_string(trainer.value("planned", 0)) + " samples reassigned";
+      continue;
+    }
+    for (const char* key : {"samples_per_second", "idle_seconds", "compute_seconds", "arrival_seconds"})
+      if (trainer.contains(key)) event.values[std::string(key) + "/" + name] = trainer.at(key).get<double>();
+  }
+  return event;
+}
+
+std::string utc_now() {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M UTC", &utc);
+  return stamp;
+}
+}  // namespace
+
+nlohmann::json run_state_from_directory(const std::string& run_dir) {
+  const std::string rounds_path = run_dir + "/rounds.jsonl";
+  if (!std::filesystem::exists(rounds_path))
+    throw std::runtime_error(rounds_path + " does not exist: is " + run_dir + " a run directory?");
+  nlohmann::json summary = nlohmann::json::object();
+  if (std::ifstream file{run_dir + "/summary.json"}) {
+    summary = nlohmann::json::parse(file, nullptr, false);
+    if (summary.is_discarded()) summary = nlohmann::json::object();
+  }
+  const std::vector<nlohmann::json> rounds = read_json_lines(rounds_path);
+  const std::vector<nlohmann::json> recorded = read_json_lines(run_dir + "/events.jsonl");
+
+  // Recorded membership and fault events go in after the last round that preceded them in the
+  // recording; rounds, epochs and the end come from the run's own record, which is complete.
+  std::multimap<std::uint64_t, msg::Event> events_after_round;
+  std::uint64_t last_round = 0;
+  for (const auto& line : recorded) {
+    msg::Event event = event_from_json(line);
+    if (event.type == "round")
+      last_round = event.round;
+    else if (event.type != "epoch" && event.type != "finished")
+      events_after_round.emplace(last_round, event);
+  }
+
+  const auto accuracies = summary.value("test_accuracy_per_epoch", std::vector<double>{});
+  const double epochs = summary.contains("epochs") ? summary.at("epochs").get<double>()
+                        : rounds.empty()           ? 0.0
+                                                   : rounds.back().value("epoch", 0.0);
+  const double epoch_total = summary.value("train_samples", 0.0);
+  FleetState fleet;
+  const auto apply_events_after = [&](std::uint64_t round, double time) {
+    const auto [from, to] = events_after_round.equal_range(round);
+    for (auto it = from; it != to; ++it) fleet.apply(it->second, time);
+    events_after_round.erase(from, to);
+  };
+  const auto end_epoch = [&](std::uint64_t epoch, std::uint64_t round, double samples, double time) {
+    msg::Event event;
+    event.type = "epoch";
+    event.epoch = epoch;
+    event.round = round;
+    event.values["samples"] = samples;
+    std::string text = "epoch " + std::to_string(epoch) + ": " +
+                       std::to_string(static_cast<long long>(samples)) + " samples";
+    if (epoch >= 1 && epoch <= accuracies.size()) {
+      event.values["test_accuracy"] = accuracies[epoch - 1];
+      text += ", test accuracy " + std::to_string(accuracies[epoch - 1]);
+    }
+    event.text = text;
+    fleet.apply(event, time);
+  };
+
+  apply_events_after(0, 0.0);
+  double time_offset = 0.0;  // closed_seconds restarts with each coordinator start
+  double last_closed = 0.0;
+  double time = 0.0;
+  std::uint64_t epoch = 0;
+  double epoch_done = 0.0;
+  for (const auto& line : rounds) {
+    const std::uint64_t round_epoch = line.value("epoch", std::uint64_t{0});
+    if (epoch != 0 && round_epoch != epoch) {
+      end_epoch(epoch, line.value("round", std::uint64_t{1}) - 1, epoch_done, time);
+      epoch_done = 0.0;
+    }
+    epoch = round_epoch;
+    const double closed = line.value("closed_seconds", last_closed + line.value("seconds", 0.0));
+    if (closed < last_closed) time_offset += last_closed;
+    last_closed = closed;
+    time = time_offset + closed;
+    epoch_done += line.value("samples", 0.0);
+    fleet.apply(round_event(line, epoch_done, epoch_total, epochs), time);
+    apply_events_after(line.value("round", std::uint64_t{0}), time);
+  }
+  for (auto& [round, event] : events_after_round)
+    fleet.apply(event, time);  // after rounds no longer on record
+  if (epoch != 0 && !summary.empty()) end_epoch(epoch, fleet.run().round, epoch_done, time);
+  if (!summary.empty()) {
+    msg::Event finished;
+    finished.type = "finished";
+    finished.text = "run finished: test accuracy " +
+                    std::to_string(summary.value("final_test_accuracy", 0.0)) + " after " +
+                    std::to_string(summary.value("rounds", 0)) + " rounds in " +
+                    std::to_string(summary.value("wall_seconds", 0.0)) + " s";
+    finished.labels["run_dir"] = run_dir;
+    fleet.apply(finished, time);
+  }
+
+  nlohmann::json state = fleet.to_json(time);
+  state["mode"] = "report";
+  state["run_dir"] = std::filesystem::absolute(run_dir).lexically_normal().string();
+  state["written"] = utc_now();
+  state["wall_seconds"] = summary.value("wall_seconds", time);
+  state["summary"] = summary;
+  state["events_recorded"] = !recorded.empty();
+  return state;
+}
+
+std::string report_html(const nlohmann::json& state) {
+  std::string page = asset_text("index.html");
+  // ASCII-only JSON with "</" broken up cannot end the inline script early.
+  std::string data = state.dump(-1, ' ', true);
+  for (std::size_t at = data.find("</"); at != std::string::npos; at = data.find("</", at + 3))
+    data.replace(at, 2, "<\\/");
+  replace_once(page, "<title>filo dashboard</title>", "<title>filo run report</title>");
+  replace_once(page, "<link rel=\"stylesheet\" href=\"dashboard.css\">",
+               "<style>\n" + asset_text("dashboard.css") + "</style>");
+  replace_once(page, "<script src=\"dashboard.js\"></script>",
+               "<script>window.FILO_STATE = " + data + ";</script>\n<script>\n" + asset_text("dashboard.js") +
+                   "</script>");
+  return page;
+}
+
+std::string write_run_report(const std::string& run_dir, const std::string& output) {
+  const std::string path = output.empty() ? run_dir + "/report.html" : output;
+  write_file_atomically(path, report_html(run_state_from_directory(run_dir)));
+  return path;
+}
+
+}  // namespace filo
