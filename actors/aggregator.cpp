@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "runtime/digest.hpp"
+#include "runtime/safetensors.hpp"
 
 namespace filo {
 namespace {
@@ -14,6 +15,8 @@ constexpr Milliseconds kEvaluationPoll{50};
 constexpr std::size_t kMaxHeldRounds = 4;
 constexpr std::size_t kMaxWaitingCombines = 16;
 constexpr std::size_t kRememberedAnswers = 16;
+/// Labels a trainer sends for the records (its precision) are cut to this length.
+constexpr std::size_t kMaxLabelLength = 16;
 
 nlohmann::json run_spec_json(const msg::RunSpec& run) {
   return {{"run_id", run.run_id},
@@ -182,6 +185,15 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
     return refuse(from, contribution,
                   "bad numbers: loss, times and counts must be finite, not negative, within the share");
   }
+  if (contribution.overflow) {
+    // fp16: its gradients overflowed at the plan's loss scale; the scheduler skips the round's step.
+    if (!contribution.gradients.empty() || !contribution.buffers.empty() ||
+        (from.tensor_frames && !from.tensor_frames->empty())) {
+      return refuse(from, contribution, "bad tensors: an overflow report carries tensors");
+    }
+    report_received(from, contribution, /*overflow=*/true);
+    return;
+  }
   if (contribution.layout != layout_)
     return refuse(from, contribution, "bad tensors: a model of another layout");
   std::vector<TensorMeta> metas = contribution.gradients;
@@ -209,7 +221,10 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
     return refuse(from, contribution, "bad tensors: " + *bad_buffer);
   }
   round->second.held.emplace(from.from, std::move(held));
+  report_received(from, contribution, /*overflow=*/false);
+}
 
+void Aggregator::report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow) {
   msg::ContributionReceived report;
   report.round = contribution.round;
   report.trainer = from.from;
@@ -220,6 +235,9 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   report.compute_seconds = contribution.compute_seconds;
   report.model_wait_seconds = contribution.model_wait_seconds;
   report.staging_seconds = contribution.staging_seconds;
+  report.overflow = overflow;
+  report.precision = contribution.precision.substr(0, kMaxLabelLength);
+  report.peak_memory_bytes = contribution.peak_memory_bytes;
   bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
 }
 
@@ -327,19 +345,19 @@ void Aggregator::combine(const msg::CombineRound& order) {
 }
 
 void Aggregator::checkpoint(const msg::CombineRound& order) {
-  // The snapshot is taken here, between rounds; writing and fsync happen on the writer's thread.
-  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  // The snapshot is copied here, between rounds; encoding, checksum and fsync happen on the writer's
+  // thread.
+  const auto copy = [](const torch::Tensor& tensor) {
+    return tensor.device().is_cpu() ? tensor.detach().clone() : tensor.detach().to(torch::kCPU);
+  };
+  std::vector<NamedTensor> snapshot;
   for (std::size_t i = 0; i < model_.parameters().groups().size(); ++i) {
-    model_archive.write("parameters." + std::to_string(i), model_.parameters().groups()[i].flat);
+    snapshot.push_back({"model.parameters." + std::to_string(i), copy(model_.parameters().groups()[i].flat)});
   }
   for (std::size_t i = 0; i < model_.buffers().groups().size(); ++i) {
-    model_archive.write("buffers." + std::to_string(i), model_.buffers().groups()[i].flat);
+    snapshot.push_back({"model.buffers." + std::to_string(i), copy(model_.buffers().groups()[i].flat)});
   }
-  optimizer_->save(optimizer_archive);
-  archive.write("model", model_archive);
-  archive.write("optimizer", optimizer_archive);
-  std::ostringstream payload;
-  archive.save_to(payload);
+  for (const auto& state : optimizer_->state()) snapshot.push_back({state.name, copy(state.tensor)});
   nlohmann::json round_state = nlohmann::json::parse(order.round_state, nullptr, /*allow_exceptions=*/false);
   if (round_state.is_discarded()) {
     log(LogLevel::kError, bus_.name(), "round ", order.round,
@@ -350,33 +368,34 @@ void Aggregator::checkpoint(const msg::CombineRound& order) {
                       {{"run", run_spec_json(options_.run)},
                        {"incarnation", options_.incarnation},
                        {"model_version", model_version_},
+                       {"model_layout", layout_},
                        {"round_state", std::move(round_state)}},
-                      payload.str());
+                      std::move(snapshot));
 }
 
 void Aggregator::restore(const Checkpoint& checkpoint) {
-  std::istringstream payload(checkpoint.payload);
-  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
-  archive.load_from(payload);
-  if (!archive.try_read("model", model_archive) || !archive.try_read("optimizer", optimizer_archive)) {
-    throw std::runtime_error(checkpoint.path + ": no model or optimizer state in its payload");
-  }
   if (checkpoint.meta.value("model_layout", std::string()) != layout_) {
     throw std::runtime_error(checkpoint.path + " holds a model of another layout than the one configured");
   }
+  const SafetensorsFile file =
+      decode_safetensors(reinterpret_cast<const std::uint8_t*>(checkpoint.payload.data()),
+                         checkpoint.payload.size(), checkpoint.path);
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& named : file.tensors) tensors[named.name] = named.tensor;
   torch::NoGradGuard no_grad;
-  const auto restore_groups = [&](const std::string& prefix, FlatTensors& tensors) {
-    for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
-      torch::Tensor value;
-      model_archive.read(prefix + "." + std::to_string(i), value);
-      TORCH_CHECK(value.numel() == tensors.groups()[i].flat.numel(), checkpoint.path, ": ", prefix, " group ",
-                  i, " does not fit the model");
-      tensors.groups()[i].flat.copy_(value);
+  const auto restore_groups = [&](const std::string& prefix, FlatTensors& target) {
+    for (std::size_t i = 0; i < target.groups().size(); ++i) {
+      const auto found = tensors.find(prefix + "." + std::to_string(i));
+      if (found == tensors.end() || found->second.numel() != target.groups()[i].flat.numel()) {
+        throw std::runtime_error(checkpoint.path + ": " + prefix + " group " + std::to_string(i) +
+                                 " is missing or does not fit the model");
+      }
+      target.groups()[i].flat.copy_(found->second);
     }
   };
-  restore_groups("parameters", model_.parameters());
-  restore_groups("buffers", model_.buffers());
-  optimizer_->load(optimizer_archive, model_.parameters());
+  restore_groups("model.parameters", model_.parameters());
+  restore_groups("model.buffers", model_.buffers());
+  optimizer_->load_state(tensors, model_.parameters());
   model_version_ = checkpoint.meta.at("model_version").get<std::uint64_t>();
   last_combined_round_ = checkpoint.round;
   log(LogLevel::kInfo, bus_.name(), "resumed from ", checkpoint.path, ": model version ", model_version_,

@@ -80,6 +80,8 @@ class Aggregator final {
   };
 
   void refuse(const Incoming& from, const msg::Contribution& contribution, const std::string& reason);
+  /// Tells the scheduler that `contribution` was accepted (held, or an fp16 overflow report).
+  void report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow);
   /// Sums of round `round` again from the contributions held for it, leaving out `without`.
   void average_again(std::uint64_t round, const std::string& without);
   void combine(const msg::CombineRound& combine);

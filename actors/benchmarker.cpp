@@ -110,6 +110,7 @@ msg::HardwareReport Benchmarker::report() const {
   report.cpu_gemm_gflops = cpu_gemm_gflops(options_.gemm_seconds);
   GpuBenchmarkOptions gpu_options;
   gpu_options.measure = options_.measure_gpus || options_.device.rfind("cuda", 0) == 0;
+  if (options_.device.rfind("cuda:", 0) == 0) gpu_options.only_device = std::stoi(options_.device.substr(5));
   GpuProbe gpus = probe_gpus(gpu_options);
   report.gpus = std::move(gpus.gpus);
   report.gpu_status = std::move(gpus.status);

@@ -220,6 +220,7 @@ GpuProbe probe_gpus(const GpuBenchmarkOptions& options) {
   }
   if (count == 0) probe.status = "the CUDA runtime sees no GPU";
   for (int device = 0; device < count; ++device) {
+    if (options.only_device >= 0 && device != options.only_device) continue;
     cudaDeviceProp properties{};
     if (cudaError_t status = cudaGetDeviceProperties(&properties, device); status != cudaSuccess) {
       probe.status = failure("cudaGetDeviceProperties", status);

@@ -16,6 +16,9 @@ struct GpuProbe {
 struct GpuBenchmarkOptions {
   bool measure = false;           /// run the GEMM and copy benchmarks, not just list devices
   double seconds_per_test = 0.2;  /// timed span of each GEMM precision and copy direction
+  /// Only this device is listed and measured (a trainer's own), so that a node creates no CUDA
+  /// context on GPUs it does not train on; -1: every visible GPU (filo bench).
+  int only_device = -1;
 };
 
 /// Lists the visible GPUs and, when asked, measures each; never fails on a machine without one.

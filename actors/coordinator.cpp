@@ -127,6 +127,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   run.seed = config.schedule.seed;
   run.micro_batch = static_cast<std::uint32_t>(config.schedule.micro_batch);
   run.mode = config.optimizer.mode;
+  run.precision = config.train.precision;
   run.optimizer = config.optimizer.name;
   run.learning_rate = config.optimizer.learning_rate;
   run.momentum = config.optimizer.momentum;
@@ -217,6 +218,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
           : 0;
   scheduler_options.incarnation = incarnation;
   scheduler_options.checkpoint_every = config.run.checkpoint_every;
+  scheduler_options.train = config.train;
   if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
   Scheduler scheduler(sockets, hub.inproc_router_endpoint(), scheduler_options, actors_stop, [&] {

@@ -22,6 +22,27 @@ constexpr double kCombineResendSeconds = 1.0;
 constexpr double kCombineResendFactor = 8.0;
 /// An evaluation takes a pass over the test set; one unanswered this long is asked for again.
 constexpr double kEvaluateResendSeconds = 120.0;
+/// Labels a trainer sends for the records (device, precision) are cut to this length.
+constexpr std::size_t kMaxLabelLength = 16;
+/// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
+constexpr double kMinLossScale = 1.0;
+constexpr double kMaxLossScale = 16777216.0;
+
+/// Appends `range` to an epoch's trained positions, merging it with a neighbour where it continues
+/// one: the list stays a handful of ranges, so checkpointing it every round stays cheap.
+void add_trained(std::vector<msg::SampleRange>& trained, const msg::SampleRange& range) {
+  for (auto& existing : trained) {
+    if (existing.end == range.begin) {
+      existing.end = range.end;
+      return;
+    }
+    if (range.end == existing.begin) {
+      existing.begin = range.begin;
+      return;
+    }
+  }
+  trained.push_back(range);
+}
 
 nlohmann::json ranges_json(const std::vector<msg::SampleRange>& ranges) {
   nlohmann::json list = nlohmann::json::array();
@@ -51,7 +72,9 @@ nlohmann::json to_json(const RoundState& state) {
           {"epoch_end_seconds", state.epoch_end_seconds},
           {"totals", totals},
           {"training_seconds", state.training_seconds},
-          {"last_round_record", state.last_round_record}};
+          {"last_round_record", state.last_round_record},
+          {"loss_scale", state.loss_scale},
+          {"good_steps", state.good_steps}};
 }
 
 RoundState round_state_from_json(const nlohmann::json& json) {
@@ -77,6 +100,8 @@ RoundState round_state_from_json(const nlohmann::json& json) {
     }
     state.training_seconds = json.at("training_seconds").get<double>();
     state.last_round_record = json.at("last_round_record").get<std::string>();
+    state.loss_scale = json.value("loss_scale", 0.0);
+    state.good_steps = json.value("good_steps", std::uint64_t{0});
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
@@ -98,6 +123,7 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
   bus_.connect(hub_endpoint);
   pool_.reset(options_.run.train_samples);
   if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
+  if (state_.loss_scale <= 0) state_.loss_scale = options_.train.loss_scale;
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed()))
       dispatch(*this, *incoming, bus_.limits(), bus_.name());
@@ -147,6 +173,8 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   trainer->second.calibrated = true;
   trainer->second.speed = SpeedEstimate(calibration.samples_per_second);
   trainer->second.max_micro_batch = calibration.max_micro_batch;
+  trainer->second.device = calibration.device.substr(0, kMaxLabelLength);
+  trainer->second.precision = calibration.precision.substr(0, kMaxLabelLength);
   log(LogLevel::kInfo, bus_.name(), from.from,
       " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
       calibration.micro_batch,
@@ -296,6 +324,7 @@ void Scheduler::plan_round() {
     plan.micro_batch = micro.micro_batch;
     plan.accumulation_steps = micro.accumulation_steps;
     plan.incarnation = options_.incarnation;
+    plan.loss_scale = state_.loss_scale;
     opened.planned_samples[share.trainer] = share.samples;
     round.planned[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
@@ -371,11 +400,15 @@ void Scheduler::close_round(const std::string& why) {
   event.type = "round";
   event.round = round.round;
   event.epoch = round.epoch;
+  // fp16: one overflow anywhere skips the round's step for everyone (every replica stays equal), and
+  // its samples go back to the pool to be trained again at half the loss scale.
+  const bool overflow = std::any_of(round.arrived.begin(), round.arrived.end(),
+                                    [](const auto& arrival) { return arrival.second.report.overflow; });
   for (const auto& [trainer, ranges] : round.planned) {
     std::uint64_t planned = 0;
     for (const auto& range : ranges) planned += range.size();
     const auto arrived = round.arrived.find(trainer);
-    const bool delivered = arrived != round.arrived.end();
+    const bool delivered = arrived != round.arrived.end() && !overflow;
     auto live = live_.find(trainer);
     TrainerTotals& totals = state_.totals[trainer];
     nlohmann::json line{{"name", trainer}, {"planned", planned}, {"delivered", delivered}};
@@ -386,7 +419,7 @@ void Scheduler::close_round(const std::string& why) {
       samples += report.samples;
       loss_sum += report.loss_sum;
       correct += report.correct;
-      state_.trained.insert(state_.trained.end(), ranges.begin(), ranges.end());
+      for (const auto& range : ranges) add_trained(state_.trained, range);
       totals.samples += report.samples;
       totals.compute_seconds += report.compute_seconds;
       ++totals.rounds_delivered;
@@ -423,20 +456,59 @@ void Scheduler::close_round(const std::string& why) {
       pool_.give_back(ranges);
       ++totals.rounds_missed;
       const auto refused = round.refused.find(trainer);
-      const std::string reason = refused != round.refused.end() ? refused->second
-                                 : live == live_.end()          ? "lost"
-                                                       : "no contribution by the close (" + why + ")";
+      std::string reason = "no contribution by the close (" + why + ")";
+      if (overflow) {
+        reason = "fp16 gradients overflowed in the fleet: step skipped";
+      } else if (refused != round.refused.end()) {
+        reason = refused->second;
+      } else if (live == live_.end()) {
+        reason = "lost";
+      }
       log(LogLevel::kWarn, bus_.name(), trainer, " missed round ", round.round, " (", reason, "): ", planned,
           " samples return to the pool");
       event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned: " + reason;
       line.update({{"samples", 0}, {"missed_reason", reason}, {"ranges", nlohmann::json::array()}});
     }
-    if (live != live_.end()) line["benchmark_gflops"] = live->second.benchmark_gflops;
+    if (live != live_.end()) {
+      TrainerState& state = live->second;
+      if (arrived != round.arrived.end()) {
+        const auto& report = arrived->second.report;
+        if (!report.precision.empty()) state.precision = report.precision;
+        state.peak_memory_bytes = report.peak_memory_bytes;
+      }
+      line.update({{"benchmark_gflops", state.benchmark_gflops},
+                   {"device", state.device},
+                   {"precision", state.precision},
+                   {"peak_memory_bytes", state.peak_memory_bytes}});
+      event.labels["device/" + trainer] = state.device;
+      event.labels["precision/" + trainer] = state.precision;
+      event.values["peak_memory_bytes/" + trainer] = static_cast<double>(state.peak_memory_bytes);
+    }
     event.values["planned/" + trainer] = static_cast<double>(planned);
     trainers.push_back(std::move(line));
     if (live != live_.end()) live->second.probing_from.reset();
   }
   if (slowest > 0) slowest_last_round_seconds_ = slowest;
+  if (overflow) {
+    state_.loss_scale = std::max(kMinLossScale, state_.loss_scale / 2);
+    state_.good_steps = 0;
+    log(LogLevel::kWarn, bus_.name(), "round ", round.round,
+        ": fp16 gradients overflowed; step skipped, loss scale ", state_.loss_scale);
+    msg::Event skipped;
+    skipped.type = "overflow";
+    skipped.round = round.round;
+    skipped.epoch = round.epoch;
+    skipped.text = "round " + std::to_string(round.round) +
+                   ": fp16 overflow, step skipped for every trainer; loss "
+                   "scale halved to " +
+                   std::to_string(state_.loss_scale);
+    skipped.values["loss_scale"] = state_.loss_scale;
+    bus_.publish(kEventTopic, skipped);
+  } else if (!combine.trainers.empty() &&
+             ++state_.good_steps >= static_cast<std::uint64_t>(options_.train.loss_scale_growth_interval)) {
+    state_.loss_scale = std::min(kMaxLossScale, state_.loss_scale * 2);
+    state_.good_steps = 0;
+  }
   state_.round = round.round;
   state_.model_version = round.model_version + (combine.trainers.empty() ? 0 : 1);
   state_.epoch_samples += samples;
@@ -458,6 +530,7 @@ void Scheduler::close_round(const std::string& why) {
       {"idle_fraction", idle_fraction},
       {"loss", loss},
       {"closed_because", why},
+      {"loss_scale", state_.loss_scale},
       {"trainers", trainers}};
   event.values["samples"] = static_cast<double>(samples);
   event.values["loss"] = loss;

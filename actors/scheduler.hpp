@@ -55,6 +55,8 @@ struct RoundState {
   std::map<std::string, TrainerTotals> totals;
   double training_seconds = 0.0;  /// of earlier starts of the coordinator
   std::string last_round_record;  /// the rounds.jsonl line of `round`
+  double loss_scale = 0.0;        /// fp16 trainers' loss scale for the next round (0: not set yet)
+  std::uint64_t good_steps = 0;   /// steps since the loss scale last changed
 };
 nlohmann::json to_json(const RoundState& state);
 /// Throws std::runtime_error naming the field that is missing or malformed.
@@ -70,6 +72,7 @@ struct SchedulerOptions {
   std::uint64_t round_samples_per_trainer = 0;
   std::uint64_t incarnation = 1;      /// this start of the coordinator (1 = fresh run)
   std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
+  TrainOptions train;                 /// the fleet's fp16 loss scale starts and grows by these
   std::optional<RoundState> resume;   /// continue a checkpointed run
   DropCounters* drops = nullptr;      /// refused messages of this process, for records; may be null
 };
@@ -102,6 +105,9 @@ class Scheduler final {
     std::optional<double> probing_from;   // during a probe: the transfer that kept it out
     std::string hostname;
     double benchmark_gflops = 0.0;
+    std::string device;     // from its calibration
+    std::string precision;  // from its calibration, then its contributions
+    std::int64_t peak_memory_bytes = 0;
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
   };

@@ -1,8 +1,11 @@
 #include "actors/trainer.hpp"
 
+#include "actors/learning/device.hpp"
 #include "actors/learning/epoch_order.hpp"
 #include "actors/learning/optimizers.hpp"
 #include "runtime/digest.hpp"
+
+#include <torch/cuda.h>
 
 #include <thread>
 
@@ -16,6 +19,9 @@ constexpr int kCalibrationWarmUp = 2;
 constexpr int kCalibrationMinSteps = 3;
 constexpr double kCalibrationMinSeconds = 0.3;
 constexpr Milliseconds kSlowdownSlice{5};
+/// Micro-batches are probed up to this size, and what fits on the device is planned with this margin.
+constexpr std::int64_t kMaxProbedMicroBatch = 8192;
+constexpr double kMicroBatchMemoryMargin = 0.8;
 }  // namespace
 
 Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
@@ -133,6 +139,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
           model_.emplace(
               Model::from_archive(archive_bytes, "the coordinator's model", torch::Device(options_.device)));
           task_ = parse_task(run.task);
+          precision_ = resolve_precision(run.precision, model_->device());
           layout_ = fingerprint_hex(model_->layout());
         }
       }
@@ -258,6 +265,41 @@ void Trainer::simulate_slowdown(const WorkTimer& timer) {
   }
 }
 
+ShareOptions Trainer::share_options(std::int64_t micro_batch, std::uint64_t epoch, double loss_scale,
+                                    std::function<void()> between) const {
+  ShareOptions options;
+  options.task = task_;
+  options.micro_batch = micro_batch;
+  options.epoch = epoch;
+  options.precision = precision_;
+  options.loss_scale = precision_ == Precision::kFp16 && loss_scale > 0 ? loss_scale : 1.0;
+  options.between_micro_batches = std::move(between);
+  return options;
+}
+
+std::uint32_t Trainer::probe_max_micro_batch(std::int64_t micro_batch) {
+  if (model_->device().is_cpu()) return options_.max_micro_batch;  // host memory: no probe
+  // Doubling micro-batches of the real model until the device runs out of memory; what fits, less
+  // a margin, is what the scheduler may plan in one forward pass.
+  std::int64_t fits = 0;
+  for (std::int64_t size = micro_batch; size <= std::min<std::int64_t>(data_.size(), kMaxProbedMicroBatch);
+       size *= 2) {
+    try {
+      train_share(*model_, data_, torch::arange(size, torch::kInt64), share_options(size, 0, 1.0, {}));
+      fits = size;
+    } catch (const c10::Error& e) {
+      if (std::string(e.what()).find("out of memory") == std::string::npos) throw;
+      break;
+    }
+    serve_bus_while_working();
+  }
+  model_->zero_gradients();
+  const auto limit = static_cast<std::uint32_t>(static_cast<double>(fits) * kMicroBatchMemoryMargin);
+  log(LogLevel::kInfo, bus_.name(), "device memory takes micro-batches of ", fits, ": planning at most ",
+      limit);
+  return options_.max_micro_batch > 0 ? std::min(options_.max_micro_batch, limit) : limit;
+}
+
 void Trainer::calibrate() {
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, run_->micro_batch);
   const auto indices = torch::arange(std::min<std::int64_t>(micro_batch, data_.size()), torch::kInt64);
@@ -268,7 +310,8 @@ void Trainer::calibrate() {
        ++step) {
     const auto started = Clock::now();
     const WorkTimer work_timer;
-    train_share(*model_, task_, data_, indices, micro_batch);
+    train_share(*model_, data_, indices, share_options(micro_batch, 0, 1.0, {}));
+    if (!model_->device().is_cpu()) torch::cuda::synchronize();
     simulate_slowdown(work_timer);
     if (step >= kCalibrationWarmUp) {
       measured += Clock::now() - started;
@@ -279,9 +322,12 @@ void Trainer::calibrate() {
   msg::Calibration calibration;
   calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
   calibration.micro_batch = static_cast<std::uint32_t>(micro_batch);
-  calibration.max_micro_batch = options_.max_micro_batch;
+  calibration.max_micro_batch = probe_max_micro_batch(micro_batch);
+  calibration.device = device_name(model_->device());
+  calibration.precision = precision_name(precision_);
   log(LogLevel::kInfo, bus_.name(), "calibrated: ", static_cast<int>(calibration.samples_per_second),
-      " samples/s at micro-batch ", micro_batch, options_.slowdown > 1.0 ? " (slowdown test aid on)" : "");
+      " samples/s at micro-batch ", micro_batch, " in ", calibration.precision,
+      options_.slowdown > 1.0 ? " (slowdown test aid on)" : "");
   bus_.send(kSchedulerName, calibration);
 }
 
@@ -362,11 +408,12 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
   if (local_optimizer_) local_before_.copy_from(model_->parameters());
-  const ShareResult result =
-      local_optimizer_
-          ? train_local_steps(*model_, task_, data_, indices, micro_batch, *local_optimizer_, plan.epoch,
-                              between_micro_batches)
-          : train_share(*model_, task_, data_, indices, micro_batch, plan.epoch, between_micro_batches);
+  const ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
+  const ShareResult result = local_optimizer_
+                                 ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
+                                 : train_share(*model_, data_, indices, share);
+  if (!model_->device().is_cpu())
+    torch::cuda::synchronize();  // compute time is the device's, not the launch's
   // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
   model_version_.reset();
   const auto computed = Clock::now();
@@ -380,11 +427,16 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   contribution.samples = result.samples;
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;
-  if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
-  contribution.gradients =
-      stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, frames);
-  contribution.buffers = stage(model_->buffers(), send_buffers_, frames);
   contribution.layout = layout_;
+  contribution.precision = precision_name(precision_);
+  contribution.peak_memory_bytes = peak_memory_bytes(model_->device());
+  contribution.overflow = result.overflow;
+  if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
+    if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
+    contribution.gradients =
+        stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, frames);
+    contribution.buffers = stage(model_->buffers(), send_buffers_, frames);
+  }
   contribution.compute_seconds = seconds_between(started, computed);
   contribution.model_wait_seconds = model_wait_seconds;
   contribution.staging_seconds = seconds_between(computed, Clock::now());

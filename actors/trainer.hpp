@@ -76,6 +76,10 @@ class Trainer final {
   void train(const msg::RoundPlan& plan, double model_wait_seconds);
   /// Measures the run's model at its micro-batch size and tells the scheduler.
   void calibrate();
+  /// On a GPU, the largest micro-batch of the run's model the device holds, less a margin.
+  std::uint32_t probe_max_micro_batch(std::int64_t micro_batch);
+  ShareOptions share_options(std::int64_t micro_batch, std::uint64_t epoch, double loss_scale,
+                             std::function<void()> between) const;
   /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all, serving
   /// the bus: it waits (F - 1) x t less whatever the work spent waiting for a CPU. t is the
   /// work's CPU time where that is less than its wall time. A slowed device's micro-batch takes
@@ -108,6 +112,7 @@ class Trainer final {
   Dataset data_;
   std::optional<Model> model_;
   Task task_ = Task::kClassification;
+  Precision precision_ = Precision::kFp32;
   std::string layout_;                              // fingerprint of the model's flat layout
   std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
   FlatTensors local_before_;                        // local-sgd: the parameters a round started from

@@ -73,6 +73,7 @@ struct RunSpec {
   std::uint64_t seed = 0;           // epoch orders derive from it
   std::uint32_t micro_batch = 0;    // the micro-batch size trainers calibrate at
   std::string mode = "gradient";    // "gradient" or "local-sgd"
+  std::string precision = "fp32";   // train.precision: each trainer resolves "auto" for its device
   // local-sgd: the optimizer each trainer steps locally
   std::string optimizer;
   double learning_rate = 0.0;
@@ -80,7 +81,7 @@ struct RunSpec {
   double weight_decay = 0.0;
   MSGPACK_DEFINE_MAP(run_id, model, task, model_sha256, model_bytes, dataset, data_format, image_size,
                      context, augment, mean, std, dataset_fingerprint, train_samples, seed, micro_batch, mode,
-                     optimizer, learning_rate, momentum, weight_decay)
+                     precision, optimizer, learning_rate, momentum, weight_decay)
 };
 
 // registrar → trainer: admitted (with what the run needs, and the model's TorchScript archive as

@@ -43,8 +43,11 @@ struct RoundPlan {
   // Which start of the coordinator planned it: a contribution is counted only by the same one,
   // so that work queued for a coordinator that died is never counted by its successor.
   std::uint64_t incarnation = 0;
+  // fp16 trainers multiply their loss by this before backward and divide their gradients by it
+  // after; the scheduler halves it after an overflow anywhere and doubles it after a run of good steps.
+  double loss_scale = 1.0;
   MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps, deadline_seconds,
-                     incarnation)
+                     incarnation, loss_scale)
 };
 
 // scheduler → aggregator, before the round's plans go out: which trainers may contribute to this
@@ -78,8 +81,13 @@ struct Contribution {
   std::vector<TensorMeta> buffers;
   std::string layout;
   std::uint64_t incarnation = 0;  // the plan's
+  bool overflow = false;          // fp16: a gradient overflowed at the plan's loss scale; no tensors follow
+  std::string precision;          // what it computed in
+  std::int64_t peak_memory_bytes =
+      0;  // its device's peak allocation so far (the process's peak RSS on a CPU)
   MSGPACK_DEFINE_MAP(round, epoch, model_version, samples, loss_sum, correct, compute_seconds,
-                     model_wait_seconds, staging_seconds, gradients, buffers, layout, incarnation)
+                     model_wait_seconds, staging_seconds, gradients, buffers, layout, incarnation, overflow,
+                     precision, peak_memory_bytes)
 };
 
 // aggregator → scheduler, for each contribution from a trainer planned in an open round: accepted
@@ -97,8 +105,11 @@ struct ContributionReceived {
   double compute_seconds = 0.0;
   double model_wait_seconds = 0.0;
   double staging_seconds = 0.0;
+  bool overflow = false;
+  std::string precision;
+  std::int64_t peak_memory_bytes = 0;
   MSGPACK_DEFINE_MAP(round, trainer, accepted, reason, samples, loss_sum, correct, compute_seconds,
-                     model_wait_seconds, staging_seconds)
+                     model_wait_seconds, staging_seconds, overflow, precision, peak_memory_bytes)
 };
 
 // scheduler → aggregator when it closes a round: add exactly these trainers' contributions, step,
@@ -160,7 +171,9 @@ struct Calibration {
   double samples_per_second = 0.0;
   std::uint32_t micro_batch = 0;
   std::uint32_t max_micro_batch = 0;
-  MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch)
+  std::string device;     // "cpu", "cuda:0", ...
+  std::string precision;  // what it computes in (train.precision resolved for its device)
+  MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch, device, precision)
 };
 
 }  // namespace filo::msg

@@ -14,6 +14,7 @@
 
 #include "runtime/log.hpp"
 #include "runtime/run_record.hpp"
+#include "runtime/safetensors.hpp"
 #include "runtime/thread_name.hpp"
 
 namespace filo {
@@ -133,11 +134,11 @@ CheckpointWriter::~CheckpointWriter() {
   thread_.join();
 }
 
-void CheckpointWriter::submit(std::uint64_t round, nlohmann::json meta, std::string payload) {
+void CheckpointWriter::submit(std::uint64_t round, nlohmann::json meta, std::vector<NamedTensor> tensors) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (pending_) ++superseded_;
-    pending_ = Pending{round, std::move(meta), std::move(payload)};
+    pending_ = Pending{round, std::move(meta), std::move(tensors)};
   }
   changed_.notify_all();
 }
@@ -180,7 +181,7 @@ void CheckpointWriter::run() {
     lock.unlock();
     std::string error;
     try {
-      store_.write(job.round, job.meta, job.payload);
+      store_.write(job.round, job.meta, encode_safetensors(job.tensors));
     } catch (const std::exception& e) {
       error = e.what();
       log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);

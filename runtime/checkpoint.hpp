@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "messages/tensor_frames.hpp"
+
 namespace filo {
 
 struct Checkpoint {
@@ -61,7 +63,9 @@ class CheckpointWriter {
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  void submit(std::uint64_t round, nlohmann::json meta, std::string payload);
+  /// Writes a checkpoint of `round` whose payload is `tensors` in safetensors form (encoded on the
+  /// writer's thread). The tensors must be the caller's copies: it must not change them after.
+  void submit(std::uint64_t round, nlohmann::json meta, std::vector<NamedTensor> tensors);
   /// Waits until everything submitted so far is written or has failed; false after `timeout`.
   bool wait_idle(std::chrono::milliseconds timeout);
   /// Waits until idle, then deletes every checkpoint (the run finished; its model is the result).
@@ -75,7 +79,7 @@ class CheckpointWriter {
   struct Pending {
     std::uint64_t round = 0;
     nlohmann::json meta;
-    std::string payload;
+    std::vector<NamedTensor> tensors;
   };
   void run();
 

@@ -3,6 +3,7 @@
 #include "runtime/cpu_affinity.hpp"
 
 #include <toml++/toml.h>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -158,6 +159,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   std::int64_t seed = static_cast<std::int64_t>(config.schedule.seed);
   reader.read("schedule", "seed", seed);
   config.schedule.seed = static_cast<std::uint64_t>(seed);
+  reader.read("train", "precision", config.train.precision);
+  reader.read("train", "loss_scale", config.train.loss_scale);
+  reader.read("train", "loss_scale_growth_interval", config.train.loss_scale_growth_interval);
   reader.read("bus", "listen", config.bus.listen);
   reader.read("bus", "publish", config.bus.publish);
   reader.read("bus", "coordinator", config.bus.coordinator);
@@ -218,6 +222,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.model.layers >= 1 && config.model.heads >= 1 && config.model.width >= 1,
         "model.layers, model.heads and model.width must be >= 1");
   check(config.model.dropout >= 0 && config.model.dropout < 1, "model.dropout must be in [0, 1)");
+  check(config.train.precision == "fp32" || config.train.precision == "bf16" ||
+            config.train.precision == "fp16" || config.train.precision == "auto",
+        "train.precision must be \"fp32\", \"bf16\", \"fp16\" or \"auto\", not \"" + config.train.precision +
+            "\"");
+  check(config.train.loss_scale >= 1 && std::isfinite(config.train.loss_scale),
+        "train.loss_scale must be >= 1");
+  check(config.train.loss_scale_growth_interval >= 1, "train.loss_scale_growth_interval must be >= 1");
   check(config.schedule.epochs >= 1, "schedule.epochs must be >= 1");
   check(config.schedule.round_samples >= 1, "schedule.round_samples must be >= 1");
   check(config.schedule.micro_batch >= 1, "schedule.micro_batch must be >= 1");

@@ -75,6 +75,14 @@ struct ScheduleOptions {
   double max_transfer_ratio = 0.25;
 };
 
+struct TrainOptions {
+  /// What trainers compute forward passes and losses in: "fp32", "bf16", "fp16", or "auto" (bf16 on
+  /// a CPU or a GPU of compute capability 8.0+, fp16 on older GPUs). Parameters stay fp32.
+  std::string precision = "fp32";
+  double loss_scale = 65536.0;                     /// fp16: the first loss scale
+  std::int64_t loss_scale_growth_interval = 2000;  /// fp16: good steps before the scale doubles
+};
+
 struct BusOptions {
   std::string listen = "tcp://127.0.0.1:5555";  /// coordinator: where actors connect
   std::string publish;  /// coordinator: PUB endpoint; empty = listen's port + 1 ('*' stays '*')
@@ -126,6 +134,7 @@ struct Config {
   ModelOptions model;
   OptimizerOptions optimizer;
   ScheduleOptions schedule;
+  TrainOptions train;
   BusOptions bus;
   NodeOptions node;
   RunOptions run;

@@ -59,6 +59,12 @@ double max_relative_difference(const Model& a, const Model& b) {
   return worst;
 }
 
+ShareOptions classification(std::int64_t micro_batch) {
+  ShareOptions options;
+  options.micro_batch = micro_batch;
+  return options;
+}
+
 std::vector<torch::Tensor> module_parameters(Model& model) {
   std::vector<torch::Tensor> parameters;
   for (const auto& parameter : model.module().named_parameters()) parameters.push_back(parameter.value);
@@ -113,8 +119,8 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
         copy_model(combined, replicas[t]);
         const auto share = round_indices.slice(0, start, start + shares[t]);
         start += shares[t];
-        const auto result = train_share(replicas[t], Task::kClassification, data, share,
-                                        /*micro_batch=*/16 + 3 * static_cast<std::int64_t>(t));
+        const auto result =
+            train_share(replicas[t], data, share, classification(16 + 3 * static_cast<std::int64_t>(t)));
         CHECK(result.samples == static_cast<std::uint64_t>(shares[t]));
         auto [gradients, buffers] = over_the_wire(replicas[t].gradients(), replicas[t].buffers());
         REQUIRE_FALSE(averager.layout_problem(gradients, buffers));
@@ -232,12 +238,12 @@ TEST_CASE("local-sgd with one trainer and plain averaging equals plain local tra
 
   for (int round = 0; round < kRounds; ++round) {
     const auto indices = torch::arange(round * kRoundSamples, (round + 1) * kRoundSamples, torch::kInt64);
-    train_local_steps(reference, Task::kClassification, data, indices, kMicroBatch, *reference_optimizer);
+    train_local_steps(reference, data, indices, *reference_optimizer, classification(kMicroBatch));
 
     copy_model(combined, replica);  // the model broadcast
     before.copy_from(replica.parameters());
     const auto result =
-        train_local_steps(replica, Task::kClassification, data, indices, kMicroBatch, *replica_optimizer);
+        train_local_steps(replica, data, indices, *replica_optimizer, classification(kMicroBatch));
     CHECK(result.samples == static_cast<std::uint64_t>(kRoundSamples));
     parameter_deltas(replica, before, deltas);
     auto [received_deltas, buffers] = over_the_wire(deltas, replica.buffers());
@@ -281,7 +287,7 @@ TEST_CASE("local-sgd combines several trainers' deltas as their sample-weighted 
     before.copy_from(replica.parameters());
     const auto indices = torch::arange(offset, offset + share, torch::kInt64);
     offset += share;
-    const auto result = train_local_steps(replica, Task::kClassification, data, indices, 20, *optimizer);
+    const auto result = train_local_steps(replica, data, indices, *optimizer, classification(20));
     FlatTensors deltas = replica.parameters().zeros_like();
     parameter_deltas(replica, before, deltas);
     deltas_of.push_back(deltas.groups()[0].flat.clone());

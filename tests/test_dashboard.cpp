@@ -215,7 +215,7 @@ TEST_CASE("the report of a run with a killed and restarted trainer shows the los
   const std::string run_dir = out + "/run";
   std::filesystem::create_directories(run_dir + "/logs");
   const std::vector<std::string> settings{
-      "--set", "data.train_limit=4000",   "--set", "data.test_limit=500",      "--set", "schedule.epochs=2",
+      "--set", "data.train_limit=16000",  "--set", "data.test_limit=500",      "--set", "schedule.epochs=2",
       "--set", "schedule.min_trainers=3", "--set", "schedule.round_samples=96"};
   std::vector<std::string> coordinator_arguments{FILO_BINARY,         "coordinator", "--listen",
                                                  "tcp://127.0.0.1:*", "--run-dir",   run_dir};

@@ -18,9 +18,9 @@
 
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/npy.hpp"
-#include "actors/learning/safetensors.hpp"
 #include "runtime/config.hpp"
 #include "runtime/process.hpp"
+#include "runtime/safetensors.hpp"
 
 using namespace filo;
 namespace fs = std::filesystem;

@@ -12,7 +12,9 @@ packages=(
   doctest-dev iproute2                            # tests; iproute2: ip netns and tc for the fault suite
   dataset-fashion-mnist                           # the built-in dataset
   libstb-dev                                      # image folders: stb_image decodes PNG/JPEG, stb_image_resize scales
+  libsodium-dev                                   # SHA-256 of model archives and datasets (and CurveZMQ's crypto)
   python3-numpy                                   # tests: .npy fixtures and reading safetensors back from Python
+  python3-torch                                   # tests and benches: TorchScript models written in Python, the DDP peer
   libmicrohttpd-dev                               # the dashboard's embedded HTTP server
   chromium                                        # tests: a real headless browser renders the dashboard
   prometheus                                      # tests: promtool checks /metrics (the server is not used)

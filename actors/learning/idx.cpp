@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "actors/learning/mapped_file.hpp"
+#include "runtime/mapped_file.hpp"
 
 namespace filo {
 namespace {

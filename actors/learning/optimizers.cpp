@@ -6,30 +6,32 @@
 namespace filo {
 namespace {
 
-/// Saves one tensor per group under "<prefix>.<group index>".
-void save_groups(torch::serialize::OutputArchive& archive, const std::string& prefix,
-                 const FlatTensors& tensors) {
+/// One tensor per group, named "<prefix>.<group index>".
+void add_groups(std::vector<NamedTensor>& state, const std::string& prefix, const FlatTensors& tensors) {
   for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
-    archive.write(prefix + "." + std::to_string(i), tensors.groups()[i].flat);
+    state.push_back({prefix + "." + std::to_string(i), tensors.groups()[i].flat});
   }
 }
 
-/// Restores what save_groups wrote into `tensors`, made like `layout`; false when absent.
-bool load_groups(torch::serialize::InputArchive& archive, const std::string& prefix, FlatTensors& tensors,
-                 const FlatTensors& layout) {
-  torch::Tensor first;
-  if (!archive.try_read(prefix + ".0", first)) return false;
+/// Restores what add_groups named into `tensors`, made like `layout`; false when absent.
+bool restore_groups(const std::map<std::string, torch::Tensor>& state, const std::string& prefix,
+                    FlatTensors& tensors, const FlatTensors& layout) {
+  if (!state.count(prefix + ".0")) return false;
   tensors = layout.zeros_like();
+  torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < tensors.groups().size(); ++i) {
-    torch::Tensor value;
-    archive.read(prefix + "." + std::to_string(i), value);
-    TORCH_CHECK(value.numel() == tensors.groups()[i].flat.numel(), "optimizer state '", prefix,
-                "' does not fit the model");
-    tensors.groups()[i].flat.copy_(value);
+    const auto found = state.find(prefix + "." + std::to_string(i));
+    if (found == state.end() || found->second.numel() != tensors.groups()[i].flat.numel()) {
+      throw std::runtime_error("optimizer state '" + prefix + "' does not fit the model");
+    }
+    tensors.groups()[i].flat.copy_(found->second.view({-1}));
   }
   return true;
 }
 
+}  // namespace
+
+namespace {
 class FlatSgd final : public FlatOptimizer {
  public:
   FlatSgd(double learning_rate, double momentum, double weight_decay, bool nesterov)
@@ -63,11 +65,14 @@ class FlatSgd final : public FlatOptimizer {
     first_ = false;
   }
 
-  void save(torch::serialize::OutputArchive& archive) const override {
-    if (!momentum_buffers_.empty()) save_groups(archive, "momentum", momentum_buffers_);
+  std::vector<NamedTensor> state() const override {
+    std::vector<NamedTensor> state;
+    if (!momentum_buffers_.empty()) add_groups(state, "optimizer.momentum", momentum_buffers_);
+    return state;
   }
-  void load(torch::serialize::InputArchive& archive, const FlatTensors& layout) override {
-    if (momentum_ != 0.0 && load_groups(archive, "momentum", momentum_buffers_, layout)) first_ = false;
+  void load_state(const std::map<std::string, torch::Tensor>& state, const FlatTensors& layout) override {
+    if (momentum_ != 0.0 && restore_groups(state, "optimizer.momentum", momentum_buffers_, layout))
+      first_ = false;
   }
 
  private:
@@ -108,18 +113,19 @@ class FlatAdam final : public FlatOptimizer {
     }
   }
 
-  void save(torch::serialize::OutputArchive& archive) const override {
-    archive.write("adam.steps", torch::tensor(steps_, torch::kInt64));
+  std::vector<NamedTensor> state() const override {
+    std::vector<NamedTensor> state{{"optimizer.adam_steps", torch::tensor(steps_, torch::kInt64)}};
     if (!exp_avg_.empty()) {
-      save_groups(archive, "adam.exp_avg", exp_avg_);
-      save_groups(archive, "adam.exp_avg_sq", exp_avg_sq_);
+      add_groups(state, "optimizer.exp_avg", exp_avg_);
+      add_groups(state, "optimizer.exp_avg_sq", exp_avg_sq_);
     }
+    return state;
   }
-  void load(torch::serialize::InputArchive& archive, const FlatTensors& layout) override {
-    torch::Tensor steps;
-    if (archive.try_read("adam.steps", steps)) steps_ = steps.item<std::int64_t>();
-    load_groups(archive, "adam.exp_avg", exp_avg_, layout);
-    load_groups(archive, "adam.exp_avg_sq", exp_avg_sq_, layout);
+  void load_state(const std::map<std::string, torch::Tensor>& state, const FlatTensors& layout) override {
+    const auto steps = state.find("optimizer.adam_steps");
+    if (steps != state.end()) steps_ = steps->second.item<std::int64_t>();
+    restore_groups(state, "optimizer.exp_avg", exp_avg_, layout);
+    restore_groups(state, "optimizer.exp_avg_sq", exp_avg_sq_, layout);
   }
 
  private:

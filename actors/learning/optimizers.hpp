@@ -3,7 +3,10 @@
 // state that checkpoints save and restore. Their arithmetic is torch.optim's: SGD with momentum
 // (dampening 0, optional Nesterov, weight decay added to the gradient) and Adam (bias-corrected,
 // eps added to the corrected root), so that a step here is the same step a Python script takes.
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -18,10 +21,11 @@ class FlatOptimizer {
   virtual ~FlatOptimizer() = default;
   /// One step of `parameters` along `gradients` (same layout).
   virtual void step(FlatTensors& parameters, const FlatTensors& gradients) = 0;
-  /// State (moments, step count) under `archive`'s keys; empty before the first step.
-  virtual void save(torch::serialize::OutputArchive& archive) const = 0;
-  /// Restores what save() wrote, for parameters laid out like `layout`.
-  virtual void load(torch::serialize::InputArchive& archive, const FlatTensors& layout) = 0;
+  /// State (moments, step count) as named tensors, for checkpoints; empty before the first step.
+  virtual std::vector<NamedTensor> state() const = 0;
+  /// Restores what state() gave, for parameters laid out like `layout`; throws std::runtime_error
+  /// when a tensor does not fit.
+  virtual void load_state(const std::map<std::string, torch::Tensor>& state, const FlatTensors& layout) = 0;
 };
 
 /// The optimizer configuration names: "sgd" or "adam".

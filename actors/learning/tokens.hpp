@@ -10,7 +10,7 @@
 
 #include <torch/torch.h>
 
-#include "actors/learning/mapped_file.hpp"
+#include "runtime/mapped_file.hpp"
 
 namespace filo {
 

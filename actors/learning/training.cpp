@@ -13,55 +13,97 @@ torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::Samp
   return pieces.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(pieces);
 }
 
+bool all_finite(const FlatTensors& tensors) {
+  for (const auto& group : tensors.groups()) {
+    if (group.flat.is_floating_point() && !torch::isfinite(group.flat).all().item<bool>()) return false;
+  }
+  return true;
+}
+
 namespace {
 /// The micro-batch loop both modes share. `step(inputs, targets)` does a mode's work on one
 /// micro-batch and returns its loss summed over the micro-batch's samples and its correct count.
 template <typename Step>
 ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::Tensor& indices,
-                               std::int64_t micro_batch, std::uint64_t epoch, const Step& step,
-                               const std::function<void()>& between_micro_batches) {
+                               const ShareOptions& options, const Step& step) {
   model.train(true);
   ShareResult result;
   const std::int64_t count = indices.size(0);
-  for (std::int64_t start = 0; start < count; start += micro_batch) {
-    const auto batch_indices = indices.slice(0, start, std::min(count, start + micro_batch));
-    auto [inputs, targets] = data.batch(batch_indices, /*training=*/true, epoch);
-    const auto [loss_sum, correct] = step(inputs.to(model.device()), targets.to(model.device()));
+  const bool on_device = !model.device().is_cpu();
+  for (std::int64_t start = 0; start < count; start += options.micro_batch) {
+    const auto batch_indices = indices.slice(0, start, std::min(count, start + options.micro_batch));
+    auto [inputs, targets] = data.batch(batch_indices, /*training=*/true, options.epoch);
+    if (on_device) {
+      // Through pinned memory, so that the copy to the device is asynchronous.
+      inputs = inputs.pin_memory().to(model.device(), /*non_blocking=*/true);
+      targets = targets.pin_memory().to(model.device(), /*non_blocking=*/true);
+    }
+    const auto [loss_sum, correct] = step(inputs, targets);
     result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
     result.loss_sum += loss_sum;
     result.correct += static_cast<std::uint64_t>(correct);
-    if (between_micro_batches) between_micro_batches();
+    if (options.between_micro_batches) options.between_micro_batches();
   }
   model.reattach_buffers();
   return result;
 }
-}  // namespace
 
-ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, std::uint64_t epoch,
-                        const std::function<void()>& between_micro_batches) {
-  model.zero_gradients();
-  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
-    // Summed, not averaged: the aggregator divides once by the round's total sample count.
-    BatchLoss loss = batch_loss(task, model.forward(inputs), targets);
-    loss.loss_sum.backward();
-    return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
-  };
-  return over_micro_batches(model, data, indices, micro_batch, epoch, step, between_micro_batches);
+/// Forward and loss under autocast; backward outside it, on the loss scaled by `scale`.
+std::pair<double, std::int64_t> forward_backward(Model& model, const torch::Tensor& inputs,
+                                                 const torch::Tensor& targets, const ShareOptions& options,
+                                                 double divide_loss_by) {
+  BatchLoss loss;
+  {
+    AutocastScope autocast(options.precision, model.device());
+    loss = batch_loss(options.task, model.forward(inputs), targets);
+  }
+  torch::Tensor objective = loss.loss_sum.to(torch::kFloat32);
+  if (divide_loss_by != 1.0) objective = objective / divide_loss_by;
+  if (options.loss_scale != 1.0) objective = objective * options.loss_scale;
+  objective.backward();
+  return {loss.loss_sum.item<double>(), loss.correct};
 }
 
-ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, FlatOptimizer& optimizer, std::uint64_t epoch,
-                              const std::function<void()>& between_micro_batches) {
+/// Divides the gradients by the loss scale, or reports that they overflowed.
+bool unscale_gradients(Model& model, double loss_scale) {
+  if (loss_scale == 1.0) return true;
+  if (!all_finite(model.gradients())) return false;
+  torch::NoGradGuard no_grad;
+  for (auto& group : model.gradients().groups()) group.flat.mul_(1.0 / loss_scale);
+  return true;
+}
+}  // namespace
+
+ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& indices,
+                        const ShareOptions& options) {
+  model.zero_gradients();
+  // Summed, not averaged: the aggregator divides once by the round's total sample count.
+  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
+    return forward_backward(model, inputs, targets, options, 1.0);
+  };
+  ShareResult result = over_micro_batches(model, data, indices, options, step);
+  result.overflow = !unscale_gradients(model, options.loss_scale);
+  return result;
+}
+
+ShareResult train_local_steps(Model& model, const Dataset& data, const torch::Tensor& indices,
+                              FlatOptimizer& optimizer, const ShareOptions& options) {
+  bool overflow = false;
   const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
     model.zero_gradients();
-    BatchLoss loss = batch_loss(task, model.forward(inputs), targets);
-    const double samples = static_cast<double>(targets.size(0));
-    (loss.loss_sum / samples).backward();  // each local step is an ordinary step on the mean loss
-    optimizer.step(model.parameters(), model.gradients());
-    return std::make_pair(loss.loss_sum.item<double>(), loss.correct);
+    // Each local step is an ordinary step, on the micro-batch's mean loss.
+    const auto outcome =
+        forward_backward(model, inputs, targets, options, static_cast<double>(targets.size(0)));
+    if (unscale_gradients(model, options.loss_scale)) {
+      optimizer.step(model.parameters(), model.gradients());
+    } else {
+      overflow = true;  // this local step is skipped; the round is reported as overflowed
+    }
+    return outcome;
   };
-  return over_micro_batches(model, data, indices, micro_batch, epoch, step, between_micro_batches);
+  ShareResult result = over_micro_batches(model, data, indices, options, step);
+  result.overflow = overflow;
+  return result;
 }
 
 void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas) {

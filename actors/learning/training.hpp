@@ -10,32 +10,45 @@
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/optimizers.hpp"
+#include "actors/learning/precision.hpp"
 #include "actors/learning/task.hpp"
 #include "messages/round.hpp"
 
 namespace filo {
 
+struct ShareOptions {
+  Task task = Task::kClassification;
+  std::int64_t micro_batch = 64;
+  std::uint64_t epoch = 0;                 /// drives the data's training augmentation
+  Precision precision = Precision::kFp32;  /// forward and loss under autocast; gradients stay fp32
+  /// fp16: the loss is multiplied by this before backward and the gradients divided after, so that
+  /// small gradients survive fp16; an overflow at this scale is reported, not sent.
+  double loss_scale = 1.0;
+  std::function<void()> between_micro_batches;  /// called after each micro-batch
+};
+
 struct ShareResult {
   std::uint64_t samples = 0;
   double loss_sum = 0.0;
   std::uint64_t correct = 0;
+  bool overflow = false;  /// a gradient was not finite at the loss scale
 };
 
 /// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
-/// summed loss in the model's flat gradients (zeroed first). `epoch` drives the data's training
-/// augmentation. Calls `between_micro_batches` after each micro-batch.
-ShareResult train_share(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                        std::int64_t micro_batch, std::uint64_t epoch = 0,
-                        const std::function<void()>& between_micro_batches = {});
+/// summed loss in the model's flat gradients (zeroed first).
+ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& indices,
+                        const ShareOptions& options);
 
 /// Local-SGD: one `optimizer` step per micro-batch of `indices` on the micro-batch's mean loss
 /// (each local step is an ordinary training step). `loss_sum` is still per sample, summed.
-ShareResult train_local_steps(Model& model, Task task, const Dataset& data, const torch::Tensor& indices,
-                              std::int64_t micro_batch, FlatOptimizer& optimizer, std::uint64_t epoch = 0,
-                              const std::function<void()>& between_micro_batches = {});
+ShareResult train_local_steps(Model& model, const Dataset& data, const torch::Tensor& indices,
+                              FlatOptimizer& optimizer, const ShareOptions& options);
 
 /// deltas = the model's parameters - before (same layout).
 void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas);
+
+/// Whether every floating element of `tensors` is finite: one pass, nothing allocated per element.
+bool all_finite(const FlatTensors& tensors);
 
 /// Dataset indices of `ranges` (positions in `order`).
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges);

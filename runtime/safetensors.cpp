@@ -1,4 +1,4 @@
-#include "actors/learning/safetensors.hpp"
+#include "runtime/safetensors.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "actors/learning/mapped_file.hpp"
+#include "runtime/mapped_file.hpp"
 
 namespace filo {
 namespace {
@@ -91,8 +91,11 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 }  // namespace
 
-void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+/// The header text (padded) and the tensors in name order, on the CPU, contiguous.
+std::pair<std::string, std::vector<NamedTensor>> prepared(const std::vector<NamedTensor>& tensors,
+                                                          const std::map<std::string, std::string>& metadata,
+                                                          const std::string& path) {
   std::vector<NamedTensor> sorted;
   for (const auto& named : tensors) {
     if (named.name.empty() || named.name == kMetadataKey) {
@@ -122,8 +125,14 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   if (!metadata.empty()) header[kMetadataKey] = metadata;
   std::string text = header.dump();
   text.append((kHeaderAlignment - text.size() % kHeaderAlignment) % kHeaderAlignment, ' ');
-  std::uint64_t length = text.size();  // little-endian, as this host (static_assert above)
+  return {std::move(text), std::move(sorted)};
+}
+}  // namespace
 
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const auto [text, sorted] = prepared(tensors, metadata, path);
+  const std::uint64_t length = text.size();  // little-endian, as this host (static_assert above)
   TemporaryFile file(path + ".tmp");
   file.write(&length, kLengthBytes);
   file.write(text.data(), text.size());
@@ -131,22 +140,41 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   file.commit(path);
 }
 
+std::string encode_safetensors(const std::vector<NamedTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
+  const auto [text, sorted] = prepared(tensors, metadata, "safetensors");
+  const std::uint64_t length = text.size();
+  std::size_t total = kLengthBytes + text.size();
+  for (const auto& named : sorted) total += named.tensor.nbytes();
+  std::string bytes;
+  bytes.reserve(total);
+  bytes.append(reinterpret_cast<const char*>(&length), kLengthBytes);
+  bytes.append(text);
+  for (const auto& named : sorted)
+    bytes.append(static_cast<const char*>(named.tensor.data_ptr()), named.tensor.nbytes());
+  return bytes;
+}
+
 SafetensorsFile read_safetensors(const std::string& path) {
   const auto file = MappedFile::open(path);
-  if (file->size() < kLengthBytes) refuse(path, "shorter than the 8-byte header length");
+  return decode_safetensors(file->data(), file->size(), path);
+}
+
+SafetensorsFile decode_safetensors(const std::uint8_t* bytes, std::size_t size, const std::string& path) {
+  if (size < kLengthBytes) refuse(path, "shorter than the 8-byte header length");
   std::uint64_t length = 0;
-  std::memcpy(&length, file->data(), kLengthBytes);
-  if (length > file->size() - kLengthBytes) {
-    refuse(path, "header length " + std::to_string(length) + " beyond the file's " +
-                     std::to_string(file->size()) + " bytes");
+  std::memcpy(&length, bytes, kLengthBytes);
+  if (length > size - kLengthBytes) {
+    refuse(path, "header length " + std::to_string(length) + " beyond the file's " + std::to_string(size) +
+                     " bytes");
   }
   if (length > kMaxHeaderBytes) refuse(path, "header length " + std::to_string(length) + " above 100 MB");
-  const auto* begin = reinterpret_cast<const char*>(file->data()) + kLengthBytes;
+  const auto* begin = reinterpret_cast<const char*>(bytes) + kLengthBytes;
   const nlohmann::json header =
       nlohmann::json::parse(begin, begin + length, nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) refuse(path, "header is not a JSON object");
-  const std::uint64_t data_bytes = file->size() - kLengthBytes - length;
-  const std::uint8_t* data = file->data() + kLengthBytes + length;
+  const std::uint64_t data_bytes = size - kLengthBytes - length;
+  const std::uint8_t* data = bytes + kLengthBytes + length;
 
   SafetensorsFile result;
   struct Extent {

@@ -23,6 +23,13 @@ struct SafetensorsFile {
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+/// The bytes of a safetensors file holding `tensors` and `metadata` (checkpoints embed them).
+std::string encode_safetensors(const std::vector<NamedTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
+/// Parses `size` bytes at `bytes` as a safetensors file; `source` names it in errors. Tensors are
+/// copies. Throws like read_safetensors.
+SafetensorsFile decode_safetensors(const std::uint8_t* bytes, std::size_t size, const std::string& source);
+
 /// Reads `path` into CPU tensors (copies: the file may be replaced afterwards). Throws
 /// std::runtime_error naming the file and the problem: header length beyond the file, invalid JSON,
 /// unknown dtype, a shape that does not match its offsets, offsets out of range or overlapping.

@@ -1,4 +1,4 @@
-#include "actors/learning/mapped_file.hpp"
+#include "runtime/mapped_file.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
