@@ -83,10 +83,10 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
                               Split::kTest)) {
   if (options_.resume) restore(*options_.resume);
   averaged_round_ = last_combined_round_ + 1;
+  bus_.count_refusals_in(options_.drops);
   bus_.connect(hub_endpoint);
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
   });
   loop_.every(kEvaluationPoll, [this] { collect_evaluation(); });
 }
@@ -137,9 +137,8 @@ void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
 
 void Aggregator::refuse(const Incoming& from, const msg::Contribution& contribution,
                         const std::string& reason) {
-  log(LogLevel::kWarn, bus_.name(), "refused the contribution of ", from.from, " to round ",
-      contribution.round, ": ", reason);
-  count_drop("contribution: " + reason.substr(0, reason.find(':')));
+  bus_.refuse(from.from, "contribution: " + reason.substr(0, reason.find(':')),
+              "round " + std::to_string(contribution.round) + ": " + reason);
   msg::ContributionReceived report;
   report.round = contribution.round;
   report.trainer = from.from;
@@ -151,9 +150,7 @@ void Aggregator::refuse(const Incoming& from, const msg::Contribution& contribut
 void Aggregator::handle(const msg::Contribution& contribution, const Incoming& from) {
   // Not for an open round of this start of the coordinator: nothing to tell the scheduler.
   const auto quietly = [&](const std::string& reason) {
-    log(LogLevel::kWarn, bus_.name(), "dropped the contribution of ", from.from, " to round ",
-        contribution.round, ": ", reason);
-    count_drop("contribution: " + reason);
+    bus_.refuse(from.from, "contribution: " + reason, "round " + std::to_string(contribution.round));
   };
   if (contribution.incarnation != options_.incarnation)
     return quietly("planned by another start of the coordinator");

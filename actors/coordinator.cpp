@@ -30,6 +30,8 @@ constexpr Milliseconds kFinishLinger{500};
 constexpr int kExitInterrupted = 130;
 /// Training samples the model is tried on before the run starts.
 constexpr std::int64_t kProbeSamples = 2;
+/// Room above twice the model's size for the largest message a node may send (envelope, body).
+constexpr std::int64_t kInboundHeadroomBytes = std::int64_t{1} << 20;
 
 std::string make_run_id() {
   char stamp[32];
@@ -170,9 +172,27 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
         resume->path, " (coordinator start ", incarnation, ")");
   }
 
+  // Keys first: a coordinator without its key or its authorized keys must not open a port.
+  const auto authorized_keys = authorized_keys_for(config.security);
+  const std::string security_warning =
+      config.security.curve ? std::string()
+                            : "security.curve = false: the bus is unencrypted and anyone who reaches " +
+                                  config.bus.listen + " can join the run as a trainer or read it";
+  if (!security_warning.empty()) log(LogLevel::kWarn, "coordinator", security_warning);
   zmq::context_t context;
-  SocketFactory sockets(context, config.bus.socket_limits);
-  Hub hub(sockets, HubOptions{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)});
+  SocketFactory sockets(context, config.bus.socket_limits,
+                        curve_settings_for(config.security, PeerRole::kCoordinator));
+  DropCounters drops;
+  HubOptions hub_options{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)};
+  hub_options.authorized_keys = authorized_keys;
+  hub_options.drops = &drops;
+  hub_options.max_peers = static_cast<std::size_t>(config.security.max_peers);
+  // The largest message a node sends is a contribution: the model's tensors once, and the model's
+  // archive is at least that big. Twice that leaves room for buffers' and headers' growth.
+  hub_options.max_inbound_bytes =
+      std::min<std::int64_t>(config.bus.socket_limits.max_message_bytes,
+                             2 * static_cast<std::int64_t>(run.model_bytes) + kInboundHeadroomBytes);
+  Hub hub(sockets, hub_options);
   std::filesystem::create_directories(config.run.run_dir);
   write_file_atomically(config.run.run_dir + "/coordinator.json",
                         nlohmann::json{{"router", hub.router_endpoint()},
@@ -180,14 +200,17 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                                        {"run_id", run.run_id},
                                        {"incarnation", incarnation},
                                        {"resumed_after_round", resume ? resume->round : 0},
-                                       {"pid", getpid()}}
+                                       {"pid", getpid()},
+                                       {"max_inbound_bytes", hub_options.max_inbound_bytes},
+                                       {"curve", authorized_keys != nullptr}}
                             .dump(2));
   log(LogLevel::kInfo, "coordinator", "run ", run.run_id, ": listening on ", hub.router_endpoint(),
-      ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch");
+      ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch; ",
+      authorized_keys ? "CurveZMQ on, " + std::to_string(authorized_keys->size()) + " authorized keys"
+                      : std::string("CurveZMQ OFF"));
 
   StopFlag actors_stop;
   ActorFailures failures;
-  DropCounters drops;
   std::mutex finished_mutex;
   std::condition_variable finished_signal;
   bool finished = false;
@@ -198,6 +221,8 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   registrar_options.publish_endpoint = hub.publish_endpoint();
   registrar_options.heartbeat_interval = Milliseconds(config.bus.heartbeat_interval_ms);
   registrar_options.liveness = static_cast<int>(config.bus.liveness);
+  registrar_options.security_warning = security_warning;
+  registrar_options.drops = &drops;
   constexpr std::int64_t kMebibyte = 1 << 20;
   registrar_options.policy.min_memory_bytes = config.admission.min_memory_mb * kMebibyte;
   registrar_options.policy.min_device_memory_bytes = config.admission.min_device_memory_mb * kMebibyte;

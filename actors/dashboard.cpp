@@ -18,8 +18,7 @@ Dashboard::Dashboard(const SocketFactory& sockets, DashboardOptions options, con
   publish_snapshot();
   bus_.subscribe(options_.events_endpoint, {kEventTopic, kControlTopic});
   loop_.on_readable(bus_.published(), [this] {
-    while (auto incoming = bus_.receive(bus_.published()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_);
   });
   loop_.every(options_.snapshot_interval, [this] { publish_snapshot(); });
   loop_.every(kTick, [this] {

@@ -39,8 +39,7 @@ Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const Sto
   if (options_.style == MonitorStyle::kTable) loop_.every(kTableRedrawInterval, [this] { draw_table(); });
   bus_.subscribe(options_.events_endpoint, {kEventTopic, kControlTopic});
   loop_.on_readable(bus_.published(), [this] {
-    while (auto incoming = bus_.receive(bus_.published()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_);
   });
   loop_.every(kTick, [this] {
     if (options_.keep_going && !options_.keep_going()) {

@@ -45,8 +45,14 @@ int run_node(const Config& config, const StopFlag& process_stop) {
     log(LogLevel::kWarn, "node", name, ": no dataset to fingerprint yet (", e.what(), ")");
   }
 
+  const CurveSettings curve = curve_settings_for(config.security, PeerRole::kTrainer, name);
+  if (!curve.enabled) {
+    log(LogLevel::kWarn, "node", name,
+        ": security.curve = false: this node's traffic is unencrypted and "
+        "anyone on the network can read or send in its name");
+  }
   zmq::context_t context;
-  SocketFactory sockets(context, config.bus.socket_limits);
+  SocketFactory sockets(context, config.bus.socket_limits, curve);
   std::vector<std::unique_ptr<Trainer>> trainers;
   for (const torch::Device& device : devices.devices) {
     Benchmarker benchmarker(BenchmarkerOptions{name, device_name(device),

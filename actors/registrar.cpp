@@ -49,12 +49,12 @@ std::optional<std::string> report_problem(const msg::HardwareReport& report, con
 Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoint, RegistrarOptions options,
                      const StopFlag& stop, const TimeSource& time)
     : options_(std::move(options)), bus_(sockets, kRegistrarName), loop_(stop, time) {
+  bus_.count_refusals_in(options_.drops);
   bus_.connect(hub_endpoint);
   bus_.on_rejected_envelope(
       [this](const std::string& peer, const std::string& reason) { reject(peer, reason); });
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
   });
   loop_.every(options_.heartbeat_interval, [this] {
     reap(loop_.now());
@@ -67,11 +67,12 @@ void Registrar::run() {
 }
 
 void Registrar::reject(const std::string& trainer, const std::string& reason) {
-  log(LogLevel::kWarn, bus_.name(), "rejected ", trainer, ": ", reason);
   msg::Admission admission;
   admission.admitted = false;
   admission.reason = reason;
   bus_.send(trainer, admission);
+  // A peer that asks again and again is told each time but logged and announced once a while.
+  if (!bus_.refuse(trainer, "admission: rejected", reason)) return;
   msg::Event event;
   event.type = "rejected";
   event.text = trainer + " rejected: " + reason;
@@ -171,6 +172,13 @@ void Registrar::announce(const std::string& trainer, msg::MembershipChangeKind c
   event.labels["trainer"] = trainer;
   event.values["live_trainers"] = static_cast<double>(live_.size());
   bus_.publish(kEventTopic, event);
+  if (!options_.security_warning.empty() &&
+      (change == msg::MembershipChangeKind::kJoined || change == msg::MembershipChangeKind::kRejoined)) {
+    msg::Event warning;
+    warning.type = "insecure";
+    warning.text = options_.security_warning;
+    bus_.publish(kEventTopic, warning);
+  }
 }
 
 }  // namespace filo

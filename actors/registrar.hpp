@@ -29,6 +29,10 @@ struct RegistrarOptions {
   Milliseconds heartbeat_interval{250};
   int liveness = 4;  /// missed intervals before a trainer is lost
   AdmissionPolicy policy;
+  /// Non-empty when the bus runs without CURVE: published with every join, so that whoever
+  /// watches the run sees that anyone on the network could have joined it.
+  std::string security_warning;
+  DropCounters* drops = nullptr;  /// refusals counted here by reason; may be null
 };
 
 class Registrar final {

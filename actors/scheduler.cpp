@@ -16,6 +16,8 @@ constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 roun
 constexpr std::size_t kTransferRoundsBeforeCounting = 3;
 /// How often unanswered messages to the aggregator are looked at.
 constexpr Milliseconds kResendCheckInterval{250};
+/// How often the counts of refused messages are published when they grew.
+constexpr Milliseconds kDroppedEventInterval{1000};
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
 /// again: a message lost between the coordinator's actors must not stall the run.
 constexpr double kCombineResendSeconds = 1.0;
@@ -120,16 +122,17 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
       state_(options_.resume.value_or(RoundState{})),
       epoch_started_(loop_.now()),
       started_at_(loop_.now()) {
+  bus_.count_refusals_in(options_.drops);
   bus_.connect(hub_endpoint);
   pool_.reset(options_.run.train_samples);
   if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
   if (state_.loss_scale <= 0) state_.loss_scale = options_.train.loss_scale;
   loop_.on_readable(bus_.addressed(), [this] {
-    while (auto incoming = bus_.receive(bus_.addressed()))
-      dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
   });
   loop_.every(kStartCheckInterval, [this] { maybe_start(loop_.now()); });
   loop_.every(kResendCheckInterval, [this] { resend_unanswered(loop_.now()); });
+  loop_.every(kDroppedEventInterval, [this] { publish_dropped(); });
 }
 
 void Scheduler::run() {
@@ -138,6 +141,21 @@ void Scheduler::run() {
 
 void Scheduler::count_drop(const std::string& reason) {
   if (options_.drops) options_.drops->count(reason);
+}
+
+void Scheduler::publish_dropped() {
+  // Everything this process refused so far (hub, ZAP handler, actors), by reason, whenever it grew:
+  // what a monitor shows and a test asserts, without reading logs.
+  if (!options_.drops) return;
+  const std::uint64_t total = options_.drops->total();
+  if (total == dropped_published_) return;
+  dropped_published_ = total;
+  msg::Event event;
+  event.type = "dropped";
+  event.text = std::to_string(total) + " messages refused so far";
+  for (const auto& [reason, count] : options_.drops->snapshot())
+    event.values[reason] = static_cast<double>(count);
+  bus_.publish(kEventTopic, event);
 }
 
 void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {

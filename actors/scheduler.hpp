@@ -150,6 +150,7 @@ class Scheduler final {
   double deadline_seconds() const;
   double training_seconds() const;
   void count_drop(const std::string& reason);
+  void publish_dropped();
 
   SchedulerOptions options_;
   BusClient bus_;
@@ -174,6 +175,7 @@ class Scheduler final {
   std::map<std::string, double> combine_timing_sums_;
   std::uint64_t combines_answered_ = 0;
   double slowest_combine_seconds_ = 0.0;
+  std::uint64_t dropped_published_ = 0;  // refusals counted in the last "dropped" event
 };
 
 }  // namespace filo

@@ -228,7 +228,7 @@ void Trainer::read_mailbox(zmq::socket_t& socket) {
       deferred_.push_back(std::move(*incoming));
       continue;
     }
-    dispatch(*this, *incoming, bus_.limits(), bus_.name());
+    dispatch(*this, *incoming, bus_);
   }
 }
 
@@ -244,7 +244,7 @@ void Trainer::work(const std::function<void()>& job) {
   while (!deferred_.empty() && !working_) {
     Incoming incoming = std::move(deferred_.front());
     deferred_.pop_front();
-    dispatch(*this, incoming, bus_.limits(), bus_.name());
+    dispatch(*this, incoming, bus_);
   }
 }
 

@@ -1,7 +1,9 @@
 // Bus throughput: tensor messages of 4 KB to 256 MB over tcp loopback, through filo's messaging
 // (DEALER -> hub ROUTER over tcp -> receiving actor, envelope + body + chunked tensor frames,
 // decoded and materialised into a reused tensor) and through a plain TCP socket carrying the same
-// bytes into a reused buffer. Both run in this process, one after the other for each size.
+// bytes into a reused buffer, and through filo's messaging again with CurveZMQ (the default: every
+// frame encrypted and authenticated, the hub checking each sender's key, name and role). All run
+// in this process, one after the other for each size.
 //
 //   build/bus_throughput [--max-mb 256] [--seconds-per-size 2]
 #include <arpa/inet.h>
@@ -43,20 +45,34 @@ int messages_for(std::size_t size, double seconds_per_size) {
   return static_cast<int>(std::clamp(wanted, double{kMinMessages}, double{kMaxMessages}));
 }
 
-Measurement measure_filo(std::size_t size, int messages) {
+Measurement measure_filo(std::size_t size, int messages, bool curve) {
   // Two contexts, as in a real cluster: the sender is a trainer process, the hub and the
   // receiver live in the coordinator process; each has its own zmq I/O thread.
   zmq::context_t coordinator_context;
   zmq::context_t trainer_context;
   SocketLimits limits;
   limits.max_message_bytes = static_cast<std::int64_t>(size) * 2 + kMebibyte;
-  SocketFactory coordinator_sockets(coordinator_context, limits);
-  SocketFactory trainer_sockets(trainer_context, limits);
-  Hub hub(coordinator_sockets, HubOptions{"bench-hub", "tcp://127.0.0.1:*", ""});
-  BusClient receiver(coordinator_sockets, "receiver");
+  CurveSettings coordinator_curve, trainer_curve;
+  auto authorized = std::make_shared<AuthorizedKeys>();
+  if (curve) {
+    coordinator_curve = CurveSettings{true, generate_key_pair(), ""};
+    trainer_curve = CurveSettings{true, generate_key_pair(), coordinator_curve.own.public_key};
+    authorized->add(AuthorizedKey{PeerRole::kTrainer, trainer_curve.own.public_key, ""});
+  }
+  SocketFactory coordinator_sockets(coordinator_context, limits, coordinator_curve);
+  SocketFactory trainer_sockets(trainer_context, limits, trainer_curve);
+  HubOptions hub_options("bench-hub", "tcp://127.0.0.1:*", "");
+  if (curve) hub_options.authorized_keys = authorized;
+  hub_options.max_inbound_bytes = limits.max_message_bytes;
+  Hub hub(coordinator_sockets, hub_options);
+  // The receiver plays the aggregator and the sender a trainer: the hub forwards only what a
+  // trainer's role may send, so the bench goes the way a contribution does.
+  BusClient receiver(coordinator_sockets, kAggregatorName);
   receiver.connect(hub.inproc_router_endpoint());
-  BusClient sender(trainer_sockets, "sender");
+  const std::string sender_name = trainer_name("bench", "cpu");
+  BusClient sender(trainer_sockets, sender_name);
   sender.connect(hub.router_endpoint());
+  const auto ping = [&] { sender.send(kAggregatorName, msg::Contribution{}); };
 
   const auto payload = torch::arange(static_cast<std::int64_t>(size / sizeof(float)), torch::kFloat32);
   // Handshake: the hub must know both names before messages can be routed.
@@ -71,7 +87,7 @@ Measurement measure_filo(std::size_t size, int messages) {
   // Connections register with the hub asynchronously: ping until the receiver hears the sender.
   for (int attempt = 0;; ++attempt) {
     if (attempt == 100) throw std::runtime_error("bench: sender never reached the receiver");
-    sender.send("receiver", msg::Heartbeat{});
+    ping();
     zmq::pollitem_t item{receiver.addressed().handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, Milliseconds(100));
     if (receiver.receive(receiver.addressed())) break;
@@ -95,12 +111,12 @@ Measurement measure_filo(std::size_t size, int messages) {
             tensor.meta().frames == 1 ? tensor.to_tensor() : (tensor.copy_into(reused), reused);
         if (i == 0) {
           if (!torch::equal(view, payload)) throw std::runtime_error("bench: received tensor differs");
-          receiver.send("sender", msg::Heartbeat{});  // warm-up done: start the clock
+          receiver.send(sender_name, msg::Heartbeat{});  // warm-up done: start the clock
           continue;
         }
         measurement.bytes += static_cast<std::size_t>(view.nbytes());
       }
-      receiver.send("sender", msg::Heartbeat{});
+      receiver.send(sender_name, msg::Heartbeat{});
     } catch (...) {
       receive_error = std::current_exception();
     }
@@ -110,7 +126,7 @@ Measurement measure_filo(std::size_t size, int messages) {
     msg::Contribution contribution;
     contribution.samples = 1;
     contribution.gradients = append_tensor_frames({{"payload", payload}}, frames);
-    sender.send("receiver", contribution, Stamp{}, std::move(frames));
+    sender.send(kAggregatorName, contribution, Stamp{}, std::move(frames));
   };
   send_payload();
   wait_for(sender);  // the warm-up arrived
@@ -120,7 +136,7 @@ Measurement measure_filo(std::size_t size, int messages) {
     msg::Contribution contribution;
     contribution.samples = 1;
     contribution.gradients = append_tensor_frames({{"payload", payload}}, frames);
-    sender.send("receiver", contribution, Stamp{}, std::move(frames));
+    sender.send(kAggregatorName, contribution, Stamp{}, std::move(frames));
   }
   wait_for(sender);  // the receiver's acknowledgement
   measurement.seconds = seconds_between(start, Clock::now());
@@ -242,19 +258,24 @@ int main(int argc, char** argv) {
   }
   set_log_level(LogLevel::kWarn);
   keep_message_memory();
-  std::cout << "bus throughput over tcp loopback: filo messaging vs a plain TCP socket, same bytes\n"
+  std::cout << "bus throughput over tcp loopback: filo messaging (plain and CurveZMQ) vs a plain TCP socket, "
+               "same bytes\n"
             << std::left << std::setw(10) << "size" << std::right << std::setw(10) << "messages"
-            << std::setw(14) << "filo MB/s" << std::setw(14) << "tcp MB/s" << std::setw(12) << "filo/tcp"
+            << std::setw(14) << "filo MB/s" << std::setw(14) << "curve MB/s" << std::setw(14) << "tcp MB/s"
+            << std::setw(12) << "filo/tcp" << std::setw(14) << "curve/filo"
             << "\n";
   try {
     for (std::size_t size = 4 * kKibibyte; size <= max_megabytes * kMebibyte; size *= 4) {
       const int messages = messages_for(size, seconds_per_size);
-      const Measurement filo = measure_filo(size, messages);
+      const Measurement filo = measure_filo(size, messages, false);
+      const Measurement curve = measure_filo(size, messages, true);
       const Measurement tcp = measure_plain_tcp(size, messages);
       std::cout << std::left << std::setw(10) << size_name(size) << std::right << std::setw(10) << messages
                 << std::fixed << std::setprecision(0) << std::setw(14) << filo.megabytes_per_second()
-                << std::setw(14) << tcp.megabytes_per_second() << std::setprecision(2) << std::setw(12)
-                << filo.megabytes_per_second() / tcp.megabytes_per_second() << std::endl;
+                << std::setw(14) << curve.megabytes_per_second() << std::setw(14)
+                << tcp.megabytes_per_second() << std::setprecision(2) << std::setw(12)
+                << filo.megabytes_per_second() / tcp.megabytes_per_second() << std::setw(14)
+                << curve.megabytes_per_second() / filo.megabytes_per_second() << std::endl;
     }
   } catch (const std::exception& e) {
     std::cerr << "bus_throughput: " << e.what() << std::endl;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "messages/roles.hpp"
 #include "runtime/actor_loop.hpp"
 #include "runtime/thread_name.hpp"
 
@@ -14,24 +15,40 @@ constexpr std::string_view kHubLogName = "hub";
 /// high_water_mark models in the coordinator's memory; one that misses broadcasts asks for a
 /// snapshot instead (Clone pattern), and events are small and read at once by monitors.
 constexpr int kPublishQueuePerSubscriber = 32;
+/// Longest name an outside peer may claim ("trainer@" + a host name + "/cuda:15" fits easily).
+constexpr std::size_t kMaxPeerNameBytes = 256;
+/// Snapshot requests one name may send at once before the per-second rate applies.
+constexpr double kSnapshotBurst = 8.0;
 }  // namespace
 
 Hub::Hub(const SocketFactory& sockets, HubOptions options)
     : options_(std::move(options)),
       router_(sockets.make(zmq::socket_type::router)),
-      publisher_(sockets.make(zmq::socket_type::pub)) {
-  // A peer that comes back under its name on a new connection (a restarted machine that sent no
-  // FIN, a link that was down) takes the name over; otherwise the stale connection keeps it.
-  router_.set(zmq::sockopt::router_handover, 1);
+      publisher_(sockets.make(zmq::socket_type::pub)),
+      refusals_(std::string(kHubLogName), options_.drops) {
+  const bool curve = options_.authorized_keys != nullptr;
+  if (curve && !options_.router_endpoint.empty()) {
+    zap_.emplace(sockets.context(), options_.authorized_keys, options_.drops);
+  }
+  // Inner actors never restart within a coordinator's life; a name there is its actor's.
+  router_.set(zmq::sockopt::router_handover, 0);
   router_.bind(inproc_router_endpoint());
   publisher_.set(zmq::sockopt::sndhwm,
                  std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
   publisher_.bind(inproc_publish_endpoint());
   if (!options_.router_endpoint.empty()) {
-    router_.bind(options_.router_endpoint);
-    router_endpoint_ = router_.get(zmq::sockopt::last_endpoint);
+    outer_router_ = sockets.make(zmq::socket_type::router);
+    // Outside peers do not choose their routing ids (the hub binds names to keys, not to routing
+    // ids), so a reconnecting node simply gets a fresh one and nothing needs handing over.
+    outer_router_.set(zmq::sockopt::router_handover, 0);
+    outer_router_.set(zmq::sockopt::maxmsgsize, options_.max_inbound_bytes);
+    if (curve) sockets.make_curve_server(outer_router_);
+    outer_router_.bind(options_.router_endpoint);
+    router_endpoint_ = outer_router_.get(zmq::sockopt::last_endpoint);
   }
   if (!options_.publish_endpoint.empty()) {
+    // Subscribers send nothing the hub reads; CURVE keeps anyone without a key from reading.
+    if (curve) sockets.make_curve_server(publisher_);
     publisher_.bind(options_.publish_endpoint);
     publish_endpoint_ = publisher_.get(zmq::sockopt::last_endpoint);
   }
@@ -44,25 +61,22 @@ Hub::~Hub() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Hub::forward_one(std::vector<zmq::message_t>& frames) {
-  // [from][to][envelope][body][tensors...]
-  if (frames.size() < 4) {
-    log(LogLevel::kWarn, kHubLogName, "dropped a message of ", frames.size(), " frames from ",
-        frames.empty() ? std::string("?") : frames[0].to_string(),
-        ": a message needs a destination, an envelope and a body");
-    return;
-  }
-  const std::string to = frames[1].to_string();
-  if (to.rfind(kPublishPrefix, 0) == 0) {
-    const std::size_t prefix = std::char_traits<char>::length(kPublishPrefix);
-    frames[1].rebuild(to.data() + prefix, to.size() - prefix);
-    frames.erase(frames.begin());             // [topic][envelope][body][tensors...]
-    zmq::send_multipart(publisher_, frames);  // PUB never blocks: it drops for slow subscribers
-    return;
-  }
-  std::swap(frames[0], frames[1]);  // [to][from][envelope]...: ROUTER routes on the first frame
+void Hub::refuse(const std::string& peer, const std::string& reason, const std::string& detail) {
+  ++refused_total_;
+  refusals_.refuse(peer, reason, detail);
+}
+
+void Hub::publish(std::vector<zmq::message_t>& frames, const std::string& to) {
+  const std::size_t prefix = std::char_traits<char>::length(kPublishPrefix);
+  frames[1].rebuild(to.data() + prefix, to.size() - prefix);
+  frames.erase(frames.begin());             // [topic][envelope][body][tensors...]
+  zmq::send_multipart(publisher_, frames);  // PUB never blocks: it drops for slow subscribers
+}
+
+void Hub::route(zmq::socket_t& router, std::vector<zmq::message_t>& frames, const std::string& to) {
+  // frames: [destination routing id][from][envelope]...: ROUTER routes on the first frame.
   try {
-    if (!zmq::send_multipart(router_, frames, zmq::send_flags::dontwait)) {
+    if (!zmq::send_multipart(router, frames, zmq::send_flags::dontwait)) {
       log(LogLevel::kWarn, kHubLogName, "dropped a message for ", to, ": its queue is full");
     }
   } catch (const zmq::error_t& e) {
@@ -72,6 +86,150 @@ void Hub::forward_one(std::vector<zmq::message_t>& frames) {
   }
 }
 
+void Hub::forward_from_inside(std::vector<zmq::message_t>& frames) {
+  // [from][to][envelope][body][tensors...]
+  if (frames.size() < 4) {
+    log(LogLevel::kWarn, kHubLogName, "dropped a message of ", frames.size(), " frames from ",
+        frames.empty() ? std::string("?") : frames[0].to_string(),
+        ": a message needs a destination, an envelope and a body");
+    return;
+  }
+  const std::string to = frames[1].to_string();
+  if (to.rfind(kPublishPrefix, 0) == 0) return publish(frames, to);
+  const auto outside = bindings_.find(to);
+  if (outside != bindings_.end() && outer_router_) {
+    frames[1].rebuild(outside->second.routing_id.data(), outside->second.routing_id.size());
+    std::swap(frames[0], frames[1]);
+    return route(outer_router_, frames, to);
+  }
+  std::swap(frames[0], frames[1]);
+  route(router_, frames, to);
+}
+
+void Hub::forward_from_outside(std::vector<zmq::message_t>& frames) {
+  // [routing id][to][envelope][body][tensors...]; the routing id is the connection's, chosen by
+  // the outer ROUTER; who the sender is comes from its key (User-Id) and the name it claims.
+  const std::string route_id = frames[0].to_string();
+  const auto known_name = name_of_route_.find(route_id);
+  const std::string peer_label = known_name != name_of_route_.end() ? known_name->second : "a new connection";
+  const bool curve = options_.authorized_keys != nullptr;
+  std::string key;
+  std::optional<PeerRole> role;
+  if (curve) {
+    // The routing-id frame is the ROUTER's own; the peer's frames carry the connection's metadata.
+    const char* user_id = frames.size() > 1 ? zmq_msg_gets(frames[1].handle(), "User-Id") : nullptr;
+    const AuthorizedKey* authorized = user_id ? options_.authorized_keys->find(user_id) : nullptr;
+    if (authorized == nullptr) return refuse(peer_label, "bus: no authorized key");
+    key = authorized->public_key;
+    role = authorized->role;
+  }
+  if (frames.size() < 4) {
+    return refuse(
+        peer_label, "bus: malformed message",
+        std::to_string(frames.size()) + " frames; a destination, an envelope and a body are needed");
+  }
+  std::size_t total_bytes = 0;
+  for (const auto& frame : frames) total_bytes += frame.size();
+  if (static_cast<std::int64_t>(total_bytes) > options_.max_inbound_bytes) {
+    return refuse(peer_label, "bus: message too large",
+                  std::to_string(total_bytes) + " bytes; this run's largest is " +
+                      std::to_string(options_.max_inbound_bytes));
+  }
+  const std::string to = frames[1].to_string();
+  const bool first_from_route = greeted_routes_.insert(route_id).second;
+  if (greeted_routes_.size() > 4 * options_.max_peers) greeted_routes_.clear();
+  auto envelope = decode_envelope(frames[2], BodyLimits{});
+  if (!envelope) {
+    // A node of another protocol version learns why from the registrar, once per connection.
+    // It gets a name of the hub's making, bound to this connection alone, for the answer.
+    if (first_from_route && to == kRegistrarName && known_name == name_of_route_.end() &&
+        bindings_.size() < options_.max_peers) {
+      std::string provisional = "unadmitted-";
+      for (const unsigned char byte : route_id) {
+        static const char* kHex = "0123456789abcdef";
+        provisional += kHex[byte >> 4];
+        provisional += kHex[byte & 15];
+      }
+      bindings_[provisional] = Binding{key, route_id, kSnapshotBurst, Clock::now()};
+      refuse(peer_label, "bus: bad envelope", envelope.error() + "; the registrar tells it why");
+      frames[0].rebuild(provisional.data(), provisional.size());
+      std::swap(frames[0], frames[1]);
+      return route(router_, frames, to);
+    }
+    return refuse(peer_label, "bus: bad envelope", envelope.error());
+  }
+  const std::string& claimed = envelope.value().sender;
+  const MessageKind kind = envelope.value().kind;
+  if (claimed.empty() || claimed.size() > kMaxPeerNameBytes) {
+    return refuse(peer_label, "bus: bad sender name",
+                  "empty or longer than " + std::to_string(kMaxPeerNameBytes));
+  }
+  if (is_internal_name(claimed)) {
+    return refuse(peer_label, "bus: claims a coordinator actor's name", "claimed " + claimed);
+  }
+  if (known_name != name_of_route_.end() && known_name->second != claimed) {
+    return refuse(peer_label, "bus: claims another name than its connection's", "claimed " + claimed);
+  }
+  auto binding = bindings_.find(claimed);
+  if (binding != bindings_.end() && binding->second.key != key) {
+    return refuse(claimed, "bus: name held by another key", "key " + key);
+  }
+  if (binding == bindings_.end()) {
+    if (curve) {
+      const AuthorizedKey* authorized = options_.authorized_keys->find(key);
+      if (!authorized->node.empty() && node_of_trainer(claimed) != authorized->node) {
+        return refuse(claimed, "bus: name not allowed to this key",
+                      "this key may only run as node " + authorized->node);
+      }
+    }
+    if (bindings_.size() >= options_.max_peers) {
+      return refuse(claimed, "bus: too many peers", std::to_string(options_.max_peers) + " names held");
+    }
+    binding = bindings_.emplace(claimed, Binding{key, route_id, kSnapshotBurst, Clock::now()}).first;
+    log(LogLevel::kDebug, kHubLogName, claimed, " is held by ", curve ? "key " + key : "its connection");
+  } else if (binding->second.routing_id != route_id) {
+    // The same key on a new connection: a restarted or reconnected node takes its name back.
+    name_of_route_.erase(binding->second.routing_id);
+    binding->second.routing_id = route_id;
+    log(LogLevel::kInfo, kHubLogName, claimed, " reconnected with the same key; it keeps its name");
+  }
+  name_of_route_[route_id] = claimed;
+  const Destination destination = destination_of(to);
+  const bool permitted = role ? may_send(*role, kind, destination)
+                              : may_send(PeerRole::kTrainer, kind, destination) ||
+                                    may_send(PeerRole::kTestAid, kind, destination);
+  if (!permitted) {
+    return refuse(claimed, "bus: not permitted to its role",
+                  (role ? role_name(*role) : std::string("peer")) + " may not send " +
+                      std::string(kind_name(kind)) + " to " + to);
+  }
+  if (kind == MessageKind::kSnapshotRequest) {
+    // A token bucket: an honest trainer asks a few times in a burst (a missed broadcast, a
+    // restart); a peer that asks on and on gets refused instead of a model each time.
+    Binding& peer = binding->second;
+    const auto now = Clock::now();
+    peer.snapshot_tokens =
+        std::min(kSnapshotBurst, peer.snapshot_tokens + seconds_between(peer.tokens_refilled, now) *
+                                                            options_.snapshot_requests_per_second);
+    peer.tokens_refilled = now;
+    if (peer.snapshot_tokens < 1.0) return refuse(claimed, "bus: snapshot requests too frequent");
+    peer.snapshot_tokens -= 1.0;
+  }
+  frames[0].rebuild(claimed.data(), claimed.size());  // from: the name its key holds
+  if (destination == Destination::kTrainer) {
+    const auto target = bindings_.find(to);
+    if (target == bindings_.end()) {
+      log(LogLevel::kDebug, kHubLogName, "dropped a message for ", to, ": no such peer connected");
+      return;
+    }
+    frames[1].rebuild(target->second.routing_id.data(), target->second.routing_id.size());
+    std::swap(frames[0], frames[1]);
+    return route(outer_router_, frames, to);
+  }
+  std::swap(frames[0], frames[1]);
+  route(router_, frames, to);
+}
+
 void Hub::run() {
   name_this_thread("hub");
   ActorLoop loop(stop_);
@@ -79,9 +237,19 @@ void Hub::run() {
     for (std::size_t i = 0; i < kMaxForwardsPerWakeup; ++i) {
       std::vector<zmq::message_t> frames;
       if (!zmq::recv_multipart(router_, std::back_inserter(frames), zmq::recv_flags::dontwait)) return;
-      forward_one(frames);
+      forward_from_inside(frames);
     }
   });
+  if (outer_router_) {
+    loop.on_readable(outer_router_, [this] {
+      for (std::size_t i = 0; i < kMaxForwardsPerWakeup; ++i) {
+        std::vector<zmq::message_t> frames;
+        if (!zmq::recv_multipart(outer_router_, std::back_inserter(frames), zmq::recv_flags::dontwait))
+          return;
+        forward_from_outside(frames);
+      }
+    });
+  }
   loop.run();
 }
 
@@ -89,9 +257,12 @@ BusClient::BusClient(const SocketFactory& sockets, std::string name, BodyLimits 
     : name_(std::move(name)),
       limits_(limits),
       sockets_(sockets),
-      dealer_(sockets.make(zmq::socket_type::dealer, name_)) {}
+      dealer_(sockets.make(zmq::socket_type::dealer)) {}
 
 void BusClient::connect(const std::string& hub_endpoint) {
+  // Inside the coordinator process the routing id is the actor's name. Over tcp the hub gives each
+  // connection its own and goes by the key and the envelope's sender instead.
+  if (hub_endpoint.rfind("inproc://", 0) == 0) dealer_.set(zmq::sockopt::routing_id, name_);
   dealer_.connect(hub_endpoint);
 }
 
@@ -138,15 +309,15 @@ std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {
     if (!zmq::recv_multipart(socket, std::back_inserter(*frames), zmq::recv_flags::dontwait))
       return std::nullopt;
     if (frames->size() < 3) {
-      log(LogLevel::kWarn, name_, "dropped a message of ", frames->size(),
-          " frames: an envelope and a body are required");
+      refuse(frames->empty() ? std::string() : (*frames)[0].to_string(), "bus: malformed message",
+             std::to_string(frames->size()) + " frames; an envelope and a body are required");
       continue;
     }
     Incoming incoming;
     incoming.from = (*frames)[0].to_string();
     auto envelope = decode_envelope((*frames)[1], limits_);
     if (!envelope) {
-      log(LogLevel::kWarn, name_, "dropped a message from ", incoming.from, ": ", envelope.error());
+      refuse(incoming.from, "bus: bad envelope", envelope.error());
       if (on_rejected_envelope_ && socket.handle() == dealer_.handle())
         on_rejected_envelope_(incoming.from, envelope.error());
       continue;
@@ -154,8 +325,9 @@ std::optional<Incoming> BusClient::receive(zmq::socket_t& socket) {
     incoming.envelope = std::move(envelope.value());
     const bool addressed = socket.handle() == dealer_.handle();
     if (addressed && incoming.envelope.sender != incoming.from) {
-      log(LogLevel::kWarn, name_, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
-          ": it claims to come from ", incoming.envelope.sender);
+      refuse(incoming.from, "bus: sender differs from the envelope's",
+             std::string(kind_name(incoming.envelope.kind)) + " claims to come from " +
+                 incoming.envelope.sender);
       continue;
     }
     incoming.body = std::move((*frames)[2]);

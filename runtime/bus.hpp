@@ -1,11 +1,20 @@
 #pragma once
-// The message bus. Actors are addressed by name, never by socket: each actor's DEALER (routing id
-// = its name) connects to the process-spanning Hub's ROUTER, over inproc inside the coordinator
-// process or over tcp from other machines. The hub forwards [to][envelope][body][tensors...] to
-// the named actor as [from][envelope][body][tensors...], and relays publications to its PUB.
+// The message bus. Actors are addressed by name, never by socket: each actor's DEALER connects to
+// the Hub of the coordinator process, which forwards [to][envelope][body][tensors...] to the named
+// actor as [from][envelope][body][tensors...] and relays publications to its PUB.
+//
+// The hub has two ROUTERs. The inner one, inproc only, serves the coordinator's own actors (routing
+// id = name; trusted). The outer one, tcp, serves nodes, monitors and the test aid: it is a CurveZMQ
+// server whose ZAP handler admits only authorized keys, and there a name is what a peer's envelope
+// claims, bound on first use to the key that claimed it. A message from outside is forwarded only
+// if its key may use that name (not an inner actor's, not another key's) and its role may send that
+// kind to that destination (messages/roles.hpp); anything else is refused, counted and logged.
+#include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <variant>
@@ -16,9 +25,12 @@
 #include "messages/addresses.hpp"
 #include "messages/codec.hpp"
 #include "messages/tensor_frames.hpp"
+#include "runtime/keys.hpp"
 #include "runtime/log.hpp"
+#include "runtime/refusals.hpp"
 #include "runtime/socket_factory.hpp"
 #include "runtime/stop_signal.hpp"
+#include "runtime/zap.hpp"
 
 namespace filo {
 
@@ -31,9 +43,25 @@ struct Incoming {
 };
 
 struct HubOptions {
+  HubOptions() = default;
+  HubOptions(std::string name_, std::string router_endpoint_, std::string publish_endpoint_)
+      : name(std::move(name_)),
+        router_endpoint(std::move(router_endpoint_)),
+        publish_endpoint(std::move(publish_endpoint_)) {}
+
   std::string name = "filo-hub";  // inproc endpoints are derived from it
   std::string router_endpoint;    // tcp endpoint to bind for remote actors; empty: inproc only
   std::string publish_endpoint;   // tcp endpoint to bind for subscribers; empty: inproc only
+  /// Keys that may connect and their roles. Null: CURVE is off (security.curve = false) and every
+  /// outside peer may act as a trainer or the test aid.
+  std::shared_ptr<const AuthorizedKeys> authorized_keys;
+  /// Largest message (all frames together) taken from outside: from the run's model size.
+  std::int64_t max_inbound_bytes = std::int64_t{1} << 30;
+  /// Names that outside peers may hold at once; a new name past this is refused.
+  std::size_t max_peers = 1024;
+  /// Snapshot requests per second that one name may send.
+  double snapshot_requests_per_second = 4.0;
+  DropCounters* drops = nullptr;  // refusals counted here by reason; may be null
 };
 
 /// Forwards addressed messages between actors and relays publications; runs on its own thread.
@@ -50,13 +78,35 @@ class Hub {
   const std::string& router_endpoint() const { return router_endpoint_; }
   const std::string& publish_endpoint() const { return publish_endpoint_; }
 
+  /// Outside messages refused so far (all reasons).
+  std::uint64_t refused() const { return refused_total_; }
+
  private:
+  /// What the hub knows of a name an outside peer holds.
+  struct Binding {
+    std::string key;               // the public key that holds it ("" with CURVE off)
+    std::string routing_id;        // its connection on the outer ROUTER
+    double snapshot_tokens = 0.0;  // snapshot requests it may still send now
+    Clock::time_point tokens_refilled{};
+  };
+
   void run();
-  void forward_one(std::vector<zmq::message_t>& frames);
+  void forward_from_inside(std::vector<zmq::message_t>& frames);
+  void forward_from_outside(std::vector<zmq::message_t>& frames);
+  void publish(std::vector<zmq::message_t>& frames, const std::string& to);
+  void route(zmq::socket_t& router, std::vector<zmq::message_t>& frames, const std::string& to);
+  void refuse(const std::string& peer, const std::string& reason, const std::string& detail = {});
 
   HubOptions options_;
-  zmq::socket_t router_;
+  std::optional<ZapHandler> zap_;  // first: it must answer before any CURVE socket binds
+  zmq::socket_t router_;           // inner: the coordinator's actors, over inproc
+  zmq::socket_t outer_router_;     // outer: nodes and the test aid, over tcp
   zmq::socket_t publisher_;
+  std::map<std::string, Binding> bindings_;           // by name
+  std::map<std::string, std::string> name_of_route_;  // outer routing id → name
+  std::set<std::string> greeted_routes_;              // routes whose first message was seen
+  Refusals refusals_;
+  std::atomic<std::uint64_t> refused_total_{0};
   std::string router_endpoint_;
   std::string publish_endpoint_;
   StopFlag stop_;
@@ -100,6 +150,14 @@ class BusClient {
     on_rejected_envelope_ = std::move(callback);
   }
 
+  /// Counts refusals in `drops` from now on (the process's counters; may be null).
+  void count_refusals_in(DropCounters* drops) { refusals_.count_in(drops); }
+  /// A message from `peer` refused for `reason` (the counter's key): counted, and logged with
+  /// `detail` at most once per interval per peer and reason. Returns whether it was logged.
+  bool refuse(const std::string& peer, const std::string& reason, const std::string& detail = {}) {
+    return refusals_.refuse(peer, reason, detail);
+  }
+
  private:
   bool send_frames(const std::string& to, MessageKind kind, zmq::message_t body, Stamp stamp,
                    std::vector<zmq::message_t> tensor_frames);
@@ -112,16 +170,16 @@ class BusClient {
   std::string subscribed_endpoint_;
   std::uint64_t sequence_ = 0;
   std::function<void(const std::string&, const std::string&)> on_rejected_envelope_;
+  Refusals refusals_{name_, nullptr};
 };
 
 namespace detail {
 template <typename Message, typename Actor>
-bool handle_if_kind(Actor& actor, Incoming& incoming, const BodyLimits& limits, std::string_view who) {
+bool handle_if_kind(Actor& actor, Incoming& incoming, BusClient& bus) {
   if (incoming.envelope.kind != Message::kKind) return false;
-  auto decoded = decode_frame<Message>(incoming.body, limits);
+  auto decoded = decode_frame<Message>(incoming.body, bus.limits());
   if (!decoded) {
-    log(LogLevel::kWarn, who, "dropped ", kind_name(Message::kKind), " from ", incoming.from, ": ",
-        decoded.error());
+    bus.refuse(incoming.from, std::string(kind_name(Message::kKind)) + ": malformed body", decoded.error());
     return true;
   }
   actor.handle(decoded.value(), incoming);
@@ -129,13 +187,10 @@ bool handle_if_kind(Actor& actor, Incoming& incoming, const BodyLimits& limits, 
 }
 
 template <typename Actor, typename... Messages>
-void dispatch_to(Actor& actor, Incoming& incoming, const BodyLimits& limits, std::string_view who,
-                 std::variant<Messages...>*) {
-  const bool known = (handle_if_kind<Messages>(actor, incoming, limits, who) || ...);
-  if (!known) {
-    log(LogLevel::kWarn, who, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
-        ": not a message this actor takes");
-  }
+void dispatch_to(Actor& actor, Incoming& incoming, BusClient& bus, std::variant<Messages...>*) {
+  const bool known = (handle_if_kind<Messages>(actor, incoming, bus) || ...);
+  if (!known)
+    bus.refuse(incoming.from, std::string(kind_name(incoming.envelope.kind)) + ": not for this actor");
 }
 }  // namespace detail
 
@@ -143,12 +198,11 @@ void dispatch_to(Actor& actor, Incoming& incoming, const BodyLimits& limits, std
 /// incoming). A message type in the inbox without a handler does not compile. A handler that
 /// throws on bad content is logged and the message dropped: bad input never ends an actor.
 template <typename Actor>
-void dispatch(Actor& actor, Incoming& incoming, const BodyLimits& limits, std::string_view who) {
+void dispatch(Actor& actor, Incoming& incoming, BusClient& bus) {
   try {
-    detail::dispatch_to(actor, incoming, limits, who, static_cast<typename Actor::Inbox*>(nullptr));
+    detail::dispatch_to(actor, incoming, bus, static_cast<typename Actor::Inbox*>(nullptr));
   } catch (const std::exception& e) {
-    log(LogLevel::kError, who, "dropped ", kind_name(incoming.envelope.kind), " from ", incoming.from,
-        ": handler failed: ", e.what());
+    bus.refuse(incoming.from, std::string(kind_name(incoming.envelope.kind)) + ": handler failed", e.what());
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <toml++/toml.h>
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <sstream>
 
@@ -191,6 +192,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("local", "nodes", config.local.nodes);
   reader.read("local", "slowdowns", config.local.slowdowns);
   reader.read("local", "node_cpus", config.local.node_cpus);
+  reader.read("security", "curve", config.security.curve);
+  reader.read("security", "keys_dir", config.security.keys_dir);
+  reader.read("security", "key", config.security.key);
+  reader.read("security", "coordinator_key", config.security.coordinator_key);
+  reader.read("security", "authorized_keys", config.security.authorized_keys);
+  reader.read("security", "max_peers", config.security.max_peers);
   reader.reject_unknown();
 
   check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
@@ -234,6 +241,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.schedule.micro_batch >= 1, "schedule.micro_batch must be >= 1");
   check(config.schedule.min_trainers >= 1, "schedule.min_trainers must be >= 1");
   check(config.schedule.deadline_min_seconds > 0, "schedule.deadline_min_seconds must be > 0");
+  check(config.security.max_peers >= 1, "security.max_peers must be >= 1");
   check(config.bus.heartbeat_interval_ms >= 10, "bus.heartbeat_interval_ms must be >= 10");
   check(config.bus.liveness >= 1, "bus.liveness must be >= 1");
   check(config.bus.socket_limits.high_water_mark >= 1, "bus.high_water_mark must be >= 1");
@@ -314,6 +322,68 @@ std::vector<double> parse_numbers(const std::string& text, const std::string& ke
     }
   }
   return numbers;
+}
+
+CurveSettings curve_settings_for(const SecurityOptions& security, PeerRole role,
+                                 const std::string& node_name) {
+  CurveSettings settings;
+  if (!security.curve) return settings;
+  if (!curve_available()) {
+    throw ConfigError(
+        "security.curve is on but this libzmq was built without CURVE; install Debian's libzmq5");
+  }
+  settings.enabled = true;
+  const std::string& dir = security.keys_dir;
+  std::string key_file = security.key;
+  if (key_file.empty() && !dir.empty()) {
+    if (role == PeerRole::kCoordinator) {
+      key_file = coordinator_key_file(dir);
+    } else if (role == PeerRole::kTrainer && !node_name.empty() &&
+               std::filesystem::exists(dir + "/" + node_name + ".key")) {
+      key_file = dir + "/" + node_name + ".key";
+    } else {
+      key_file = role_key_file(dir, role);
+    }
+  }
+  const std::string how =
+      "; make keys with `filo keys new NAME` (or `filo keys fleet DIR` and security.keys_dir=DIR), "
+      "or set security.curve=false on a network you trust";
+  if (key_file.empty()) throw ConfigError("security.curve is on but security.key is not set" + how);
+  try {
+    settings.own = read_key_pair(key_file);
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(std::string("security.key: ") + e.what());
+  }
+  if (role != PeerRole::kCoordinator) {
+    std::string server = security.coordinator_key;
+    if (server.empty() && !dir.empty()) server = coordinator_public_key_file(dir);
+    if (server.empty())
+      throw ConfigError("security.curve is on but security.coordinator_key is not set" + how);
+    try {
+      settings.server_public_key = read_public_key(server);
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(std::string("security.coordinator_key: ") + e.what());
+    }
+  }
+  return settings;
+}
+
+std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions& security) {
+  if (!security.curve) return nullptr;
+  std::string path = security.authorized_keys;
+  if (path.empty() && !security.keys_dir.empty()) path = authorized_keys_file(security.keys_dir);
+  if (path.empty()) {
+    throw ConfigError(
+        "security.curve is on but security.authorized_keys is not set: list the nodes' and monitors' "
+        "public keys there, one \"ROLE KEY [NODE]\" per line (see README, Security)");
+  }
+  try {
+    auto keys = std::make_shared<AuthorizedKeys>(AuthorizedKeys::load(path));
+    if (keys->size() == 0) throw std::runtime_error(path + " lists no key: no node could ever connect");
+    return keys;
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(std::string("security.authorized_keys: ") + e.what());
+  }
 }
 
 std::string publish_endpoint_for(const BusOptions& bus) {

@@ -3,6 +3,7 @@
 // configs/ plus command-line overrides ("section.key=value"). Actors receive these structs and
 // never read files or the environment themselves.
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -129,6 +130,19 @@ struct LocalOptions {
   std::string node_cpus;  /// "0/1/1" pins node i to the i-th CPU list as node.cpus
 };
 
+struct SecurityOptions {
+  /// CurveZMQ on every tcp socket, with only authorized keys admitted. false is for a network you
+  /// trust entirely: then anyone who reaches the port can act as a trainer (loudly warned).
+  bool curve = true;
+  /// A fleet's key directory on a shared file system (`filo keys fleet DIR`): the defaults for the
+  /// three settings below, by role (coordinator.key, trainer.key or NODE.key, monitor.key, ...).
+  std::string keys_dir;
+  std::string key;                /// this process's key pair file (`filo keys new NAME` writes NAME.key)
+  std::string coordinator_key;    /// node, monitor: the coordinator's public key (.pub file or Z85)
+  std::string authorized_keys;    /// coordinator: a file or directory of "ROLE KEY [NODE]" lines
+  std::int64_t max_peers = 1024;  /// coordinator: names outside peers may hold at once
+};
+
 struct Config {
   DataOptions data;
   ModelOptions model;
@@ -140,6 +154,7 @@ struct Config {
   RunOptions run;
   AdmissionOptions admission;
   LocalOptions local;
+  SecurityOptions security;
 };
 
 /// Reads `path` (none: defaults only), applies `overrides` ("schedule.epochs=3"), checks every
@@ -156,6 +171,13 @@ std::vector<double> parse_slowdowns(const std::string& text);
 std::vector<double> parse_numbers(const std::string& text, const std::string& key);
 /// local.node_cpus "0/1/1" -> {"0", "1", "1"}: one CPU list per node, in node order.
 std::vector<std::string> split_node_cpus(const std::string& text);
+
+/// The CURVE identity of a process acting as `role` (node: named `node_name`), from security.*.
+/// Throws ConfigError saying which file is missing and how to make it.
+CurveSettings curve_settings_for(const SecurityOptions& security, PeerRole role,
+                                 const std::string& node_name = {});
+/// The coordinator's authorized keys (null when CURVE is off). Throws ConfigError like the above.
+std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions& security);
 
 /// The PUB endpoint the coordinator binds, from bus.publish or derived from bus.listen.
 std::string publish_endpoint_for(const BusOptions& bus);

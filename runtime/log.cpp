@@ -43,7 +43,29 @@ LogLevel parse_log_level(std::string_view text) {
                               "' (expected debug, info, warn or error)");
 }
 
-void write_log_line(LogLevel level, std::string_view who, const std::string& text) {
+std::string printable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f || c == '\\') {
+      if (c == '\\') {
+        out += "\\\\";
+        continue;
+      }
+      char escaped[5];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+      out += escaped;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+void write_log_line(LogLevel level, std::string_view who, const std::string& raw_text) {
+  const std::string safe_who = printable(who);
+  const std::string text = printable(raw_text);
   const auto now = std::chrono::system_clock::now();
   const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
   const auto millis =
@@ -54,7 +76,7 @@ void write_log_line(LogLevel level, std::string_view who, const std::string& tex
   std::strftime(stamp, sizeof stamp, "%H:%M:%S", &local);
   std::lock_guard<std::mutex> lock(g_write_mutex);
   std::fprintf(stderr, "%s.%03d %-5s [%.*s] %s\n", stamp, static_cast<int>(millis), level_name(level),
-               static_cast<int>(who.size()), who.data(), text.c_str());
+               static_cast<int>(safe_who.size()), safe_who.data(), text.c_str());
 }
 
 }  // namespace filo

@@ -14,6 +14,11 @@ LogLevel log_level();
 /// Parses "debug", "info", "warn" or "error"; throws std::invalid_argument naming the value.
 LogLevel parse_log_level(std::string_view text);
 
+/// `text` with every control character (newline, carriage return, escape...) written as \xNN, so
+/// that a name from the network cannot forge a log line or move a terminal's cursor.
+std::string printable(std::string_view text);
+
+/// Writes one line; who and text pass through printable() first.
 void write_log_line(LogLevel level, std::string_view who, const std::string& text);
 
 template <typename... Parts>

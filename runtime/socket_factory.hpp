@@ -6,6 +6,8 @@
 #include <string>
 #include <zmq.hpp>
 
+#include "runtime/keys.hpp"
+
 namespace filo {
 
 struct SocketLimits {
@@ -21,12 +23,27 @@ struct SocketLimits {
   std::uint32_t max_body_bytes = 16u << 20;
 };
 
+/// This process's CurveZMQ identity. A coordinator uses its key pair for its server sockets; a node
+/// or monitor uses its own pair and the coordinator's public key on every socket it connects.
+struct CurveSettings {
+  bool enabled = false;
+  KeyPair own;
+  std::string server_public_key;  // empty in the coordinator process (it connects nowhere)
+};
+
 class SocketFactory {
  public:
-  SocketFactory(zmq::context_t& context, SocketLimits limits) : context_(context), limits_(limits) {}
+  SocketFactory(zmq::context_t& context, SocketLimits limits, CurveSettings curve = {})
+      : context_(context), limits_(limits), curve_(std::move(curve)) {}
 
-  /// A socket of `type` with the process's limits applied. `routing_id` names DEALER peers.
+  /// A socket of `type` with the process's limits applied. `routing_id` names DEALER peers. Where
+  /// this process is a CURVE client, DEALER and SUB sockets carry its keys.
   zmq::socket_t make(zmq::socket_type type, const std::string& routing_id = {}) const;
+  /// Makes `socket` a CURVE server with this process's secret key, authenticated by the ZAP
+  /// handler of the context (which must be running before the socket binds).
+  void make_curve_server(zmq::socket_t& socket) const;
+
+  const CurveSettings& curve() const { return curve_; }
 
   const SocketLimits& limits() const { return limits_; }
   zmq::context_t& context() const { return context_; }
@@ -34,6 +51,7 @@ class SocketFactory {
  private:
   zmq::context_t& context_;
   SocketLimits limits_;
+  CurveSettings curve_;
 };
 
 }  // namespace filo

@@ -122,7 +122,9 @@ TEST_CASE("the registrar admits a complete report and rejects an incomplete one 
   run.seed = 1;
   Registrar registrar(
       bus.sockets, bus.hub.inproc_router_endpoint(),
-      RegistrarOptions{run, nullptr, "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}}, stop);
+      RegistrarOptions{
+          run, nullptr, "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}, {}, nullptr},
+      stop);
   ScopedThread registrar_thread([&] { registrar.run(); });
 
   BusClient good(bus.sockets, "trainer@good/cpu");

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/keys.hpp"
 #include "runtime/process.hpp"
 
 using namespace filo;
@@ -22,6 +23,14 @@ std::string fresh_run_dir(const std::string& name) {
   std::filesystem::remove_all(path);
   std::filesystem::create_directories(path + "/logs");
   return path;
+}
+
+/// A fleet's keys in run_dir/keys, as `filo keys fleet` writes them; the setting that points every
+/// process of the test at them (each finds its own key by its role).
+std::string fleet_keys(const std::string& run_dir) {
+  const std::string keys_dir = run_dir + "/keys";
+  if (!std::filesystem::exists(keys_dir)) write_fleet_keys(keys_dir);
+  return "security.keys_dir=" + keys_dir;
 }
 
 std::vector<std::string> with_overrides(std::vector<std::string> arguments,
@@ -52,6 +61,7 @@ struct Cluster {
 
   Cluster(std::string dir, std::vector<std::string> settings)
       : run_dir(std::move(dir)), overrides(std::move(settings)) {
+    overrides.insert(overrides.begin(), fleet_keys(run_dir));
     coordinator.emplace(
         with_overrides({FILO_BINARY, "coordinator", "--listen", "tcp://127.0.0.1:*", "--run-dir", run_dir},
                        overrides),
@@ -161,10 +171,10 @@ TEST_CASE("a node configured with a slower heartbeat follows the coordinator's a
                   {"data.train_limit=2000", "data.test_limit=200", "schedule.epochs=1",
                    "bus.heartbeat_interval_ms=150", "bus.liveness=3"});
   // Its own interval (1.5 s) alone would miss the coordinator's 0.45 s timeout three times over.
-  cluster.nodes.emplace(
-      "node-1", ChildProcess({FILO_BINARY, "node", "--coordinator", cluster.router, "--name", "node-1",
-                              "--set", "bus.heartbeat_interval_ms=1500"},
-                             cluster.run_dir + "/logs/node-1.log"));
+  cluster.nodes.emplace("node-1", ChildProcess({FILO_BINARY, "node", "--coordinator", cluster.router,
+                                                "--name", "node-1", "--set", "bus.heartbeat_interval_ms=1500",
+                                                "--set", fleet_keys(cluster.run_dir)},
+                                               cluster.run_dir + "/logs/node-1.log"));
   const auto code = cluster.coordinator->wait_for(kRunTimeout);
   REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(cluster.run_dir + "/logs/coordinator.log"));
   CHECK(cluster.nodes.at("node-1").wait_for(30s) == std::optional<int>(0));
@@ -182,15 +192,15 @@ TEST_CASE("a node that does not meet the admission policy is told why and exits 
   CHECK(
       read_file(cluster.run_dir + "/logs/cpu-only.log").find("does not compute in required precision bf16") !=
       std::string::npos);
-  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log").find("rejected trainer@cpu-only/cpu") !=
-        std::string::npos);
+  CHECK(read_file(cluster.run_dir + "/logs/coordinator.log")
+            .find("refused from trainer@cpu-only/cpu: admission: rejected") != std::string::npos);
   cluster.coordinator->stop(5s);
 }
 
 TEST_CASE("a node facing no coordinator gives up with a clear error") {
   const std::string run_dir = fresh_run_dir("unreachable");
   ChildProcess node({FILO_BINARY, "node", "--coordinator", "tcp://127.0.0.1:9", "--name", "lonely", "--set",
-                     "bus.connect_timeout_seconds=1"},
+                     "bus.connect_timeout_seconds=1", "--set", fleet_keys(run_dir)},
                     run_dir + "/logs/node.log");
   CHECK(node.wait_for(60s) == std::optional<int>(3));
   CHECK(read_file(run_dir + "/logs/node.log").find("no answer from the coordinator at tcp://127.0.0.1:9") !=
@@ -301,7 +311,7 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
   }
   const std::size_t before = count_lines(rounds);
   ChildProcess aid({FILO_BINARY, "slowdown", "--coordinator", cluster.router, "--trainer",
-                    "trainer@node-2/cpu", "--factor", "8"},
+                    "trainer@node-2/cpu", "--factor", "8", "--set", fleet_keys(cluster.run_dir)},
                    cluster.run_dir + "/logs/slowdown.log");
   REQUIRE(aid.wait_for(60s) == std::optional<int>(0));
   // The trainer takes the new factor by this round at the latest.

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/http_client.hpp"
+#include "runtime/keys.hpp"
 #include "runtime/process.hpp"
 
 using namespace filo;
@@ -214,9 +215,12 @@ TEST_CASE("the report of a run with a killed and restarted trainer shows the los
   const std::string out = output_dir("fault-run");
   const std::string run_dir = out + "/run";
   std::filesystem::create_directories(run_dir + "/logs");
+  std::filesystem::remove_all(run_dir + "/keys");
+  write_fleet_keys(run_dir + "/keys");  // every process finds its key there by its role
   const std::vector<std::string> settings{
-      "--set", "data.train_limit=16000",  "--set", "data.test_limit=500",      "--set", "schedule.epochs=2",
-      "--set", "schedule.min_trainers=3", "--set", "schedule.round_samples=96"};
+      "--set", "data.train_limit=16000",    "--set", "data.test_limit=500",
+      "--set", "schedule.epochs=2",         "--set", "schedule.min_trainers=3",
+      "--set", "schedule.round_samples=96", "--set", "security.keys_dir=" + run_dir + "/keys"};
   std::vector<std::string> coordinator_arguments{FILO_BINARY,         "coordinator", "--listen",
                                                  "tcp://127.0.0.1:*", "--run-dir",   run_dir};
   coordinator_arguments.insert(coordinator_arguments.end(), settings.begin(), settings.end());
@@ -228,7 +232,7 @@ TEST_CASE("the report of a run with a killed and restarted trainer shows the los
   const json endpoints = json::parse(read_file(run_dir + "/coordinator.json"));
   // A remote watcher's way of keeping the events for the report.
   ChildProcess recorder({FILO_BINARY, "monitor", "--events", endpoints.at("publish"), "--lines", "--record",
-                         run_dir + "/events.jsonl"},
+                         run_dir + "/events.jsonl", "--set", "security.keys_dir=" + run_dir + "/keys"},
                         run_dir + "/logs/monitor.log");
   std::this_thread::sleep_for(500ms);  // the subscription is in place before anyone joins
   std::map<std::string, ChildProcess> nodes;

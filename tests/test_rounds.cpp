@@ -133,8 +133,8 @@ struct SchedulerUnderTest {
   /// order, so a calibration that overtook its trainer's join is sent again.
   msg::RoundOpened start() {
     for (int attempt = 0; attempt < 25; ++attempt) {
-      slow.send(kSchedulerName, msg::Calibration{100.0, 64, 0});
-      fast.send(kSchedulerName, msg::Calibration{300.0, 64, 0});
+      slow.send(kSchedulerName, msg::Calibration{100.0, 64, 0, "cpu", "fp32"});
+      fast.send(kSchedulerName, msg::Calibration{300.0, 64, 0, "cpu", "fp32"});
       const auto deadline = Clock::now() + Milliseconds(200);
       while (Clock::now() < deadline) {
         zmq::pollitem_t item{aggregator.addressed().handle(), 0, ZMQ_POLLIN, 0};
@@ -304,8 +304,8 @@ struct ClusterInProcess {
     const auto archive = mlp_archive(3);
     run.model_sha256 = sha256_hex(*archive);
     run.model_bytes = archive->size();
-    RegistrarOptions registrar_options{run, archive, hub.inproc_publish_endpoint(), Milliseconds(100),
-                                       10,  {}};
+    RegistrarOptions registrar_options{run, archive, hub.inproc_publish_endpoint(), Milliseconds(100), 10, {},
+                                       {},  nullptr};
     registrar.emplace(sockets, hub.inproc_router_endpoint(), registrar_options, stop);
     SchedulerOptions scheduler_options;
     scheduler_options.schedule.epochs = 2;

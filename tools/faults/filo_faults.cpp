@@ -32,9 +32,12 @@
 #include "messages/event.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/clock.hpp"
+#include "runtime/config.hpp"
+#include "runtime/keys.hpp"
 #include "runtime/process.hpp"
 #include "runtime/scoped_thread.hpp"
 #include "runtime/stop_signal.hpp"
+#include "tools/faults/hostile.hpp"
 #include "tools/faults/node_network.hpp"
 
 using namespace filo;
@@ -83,8 +86,14 @@ class History {
 
   double now() const { return seconds_between(start_, Clock::now()); }
 
+  template <typename Match>
+  bool any(const Match& match) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::any_of(entries_.begin(), entries_.end(), match);
+  }
+
  private:
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::ofstream file_;
   std::vector<json> entries_;
@@ -95,8 +104,16 @@ class History {
 /// reconnects by itself) and records each one in the history.
 class EventRecorder {
  public:
-  EventRecorder(const std::string& endpoint, History& history)
-      : sockets_(context_, SocketLimits{}), bus_(sockets_, "fault-recorder"), history_(history) {
+  static CurveSettings monitor_curve(const std::string& keys_dir) {
+    SecurityOptions security;
+    security.keys_dir = keys_dir;
+    return curve_settings_for(security, PeerRole::kMonitor);
+  }
+
+  EventRecorder(const std::string& endpoint, const std::string& keys_dir, History& history)
+      : sockets_(context_, SocketLimits{}, monitor_curve(keys_dir)),
+        bus_(sockets_, "fault-recorder"),
+        history_(history) {
     bus_.subscribe(endpoint, {kEventTopic});
     thread_ = ScopedThread([this] { run(); });
   }
@@ -161,11 +178,26 @@ class FaultCluster {
  public:
   FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history, bool namespaces)
       : run_dir_(std::move(run_dir)),
-        settings_(std::move(settings)),
+        settings_(with_fleet_keys(run_dir_, std::move(settings))),
         history_(history),
         port_(free_port_pair()),
         namespaces_(namespaces) {}
 
+  /// The fleet's keys, written once per scenario: every process finds its own there by its role.
+  static std::vector<std::string> with_fleet_keys(const std::string& run_dir,
+                                                  std::vector<std::string> settings) {
+    const std::string keys_dir = run_dir + "/keys";
+    std::filesystem::remove_all(keys_dir);
+    write_fleet_keys(keys_dir);
+    settings.push_back("security.keys_dir=" + keys_dir);
+    return settings;
+  }
+  std::string keys_dir() const { return run_dir_ + "/keys"; }
+  /// The running coordinator's pid, or 0.
+  pid_t coordinator_pid() {
+    if (coordinators_.empty() || !coordinators_.back().process.running()) return 0;
+    return coordinators_.back().process.pid();
+  }
   std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   std::string events() const { return "tcp://127.0.0.1:" + std::to_string(port_ + 1); }
   const std::string& run_dir() const { return run_dir_; }
@@ -541,6 +573,89 @@ std::string range_text(const std::vector<double>& values) {
 }
 }  // namespace
 
+/// Samples the coordinator's peak resident memory (VmHWM) while a scenario runs.
+class PeakMemory {
+ public:
+  explicit PeakMemory(std::function<pid_t()> pid) : pid_(std::move(pid)) {
+    thread_ = ScopedThread([this] {
+      while (!stop_.stop_requested()) {
+        sample();
+        std::this_thread::sleep_for(100ms);
+      }
+    });
+  }
+  ~PeakMemory() { stop_.request_stop(); }
+  std::int64_t peak_bytes() const { return peak_; }
+
+ private:
+  void sample() {
+    const pid_t pid = pid_();
+    if (pid == 0) return;
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0)
+        peak_ = std::max<std::int64_t>(peak_, std::stoll(line.substr(6)) * 1024);
+    }
+  }
+  std::function<pid_t()> pid_;
+  std::atomic<std::int64_t> peak_{0};
+  StopFlag stop_;
+  ScopedThread thread_;
+};
+
+/// The hostile suite's checks: every class's refusals counted by reason in summary.json and on the
+/// event stream, and the coordinator's memory within its fault-free figure plus a bound.
+void check_hostile(const std::string& run_dir, const std::vector<AttackClass>& classes,
+                   const History& history, std::int64_t peak_bytes, const std::string& baseline_path,
+                   Measures& measures, json& result) {
+  constexpr std::int64_t kMemoryAllowance = std::int64_t{64} << 20;
+  json summary;
+  std::ifstream(run_dir + "/summary.json") >> summary;
+  const json dropped = summary.value("dropped", json::object());
+  json attacks = json::array();
+  for (const auto& attack : classes) {
+    attacks.push_back({{"class", attack.name}, {"sent", attack.sent}});
+    if (attack.sent < kMessagesPerClass && attack.name != "oversized messages" &&
+        attack.name != "subscribers that never read") {
+      measures.problems.push_back(attack.name + ": only " + std::to_string(attack.sent) + " messages sent");
+    }
+    for (const auto& [reason, at_least] : attack.expected) {
+      const std::uint64_t counted = dropped.value(reason, std::uint64_t{0});
+      if (counted < std::max<std::uint64_t>(at_least, 1)) {
+        measures.problems.push_back(attack.name + ": summary.json counts " + std::to_string(counted) + " \"" +
+                                    reason + "\", expected at least " +
+                                    std::to_string(std::max<std::uint64_t>(at_least, 1)));
+      }
+    }
+  }
+  result["attacks"] = attacks;
+  result["dropped"] = dropped;
+  std::uint64_t total = 0;
+  for (const auto& [reason, count] : dropped.items()) total += count.get<std::uint64_t>();
+  result["dropped_total"] = total;
+  const bool on_stream = history.any([](const json& entry) {
+    return is_event(entry, "dropped") && entry.at("values").contains("bus: not permitted to its role");
+  });
+  if (!on_stream)
+    measures.problems.push_back("no \"dropped\" event with the hub's refusals on the event stream");
+  const std::string baseline_result =
+      std::filesystem::path(baseline_path).parent_path().string() + "/result.json";
+  std::ifstream baseline_file(baseline_result);
+  if (!baseline_file) {
+    measures.problems.push_back("no fault-free result at " + baseline_result + " to compare memory with");
+    return;
+  }
+  json baseline;
+  baseline_file >> baseline;
+  const std::int64_t fault_free = baseline.value("coordinator_peak_rss_bytes", std::int64_t{0});
+  result["fault_free_peak_rss_bytes"] = fault_free;
+  if (peak_bytes > fault_free + kMemoryAllowance) {
+    measures.problems.push_back("the coordinator's peak memory was " + std::to_string(peak_bytes >> 20) +
+                                " MiB, over its fault-free " + std::to_string(fault_free >> 20) +
+                                " MiB + 64 MiB");
+  }
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"filo fault injection: one scenario, its history, its invariants"};
   std::string scenario;
@@ -551,7 +666,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
                  "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap")
+                 "link-down, bandwidth-cap, hostile")
       ->required();
   app.add_flag("--netns", netns,
                "every node in its own network namespace (root; always for link-down and bandwidth-cap)");
@@ -588,12 +703,23 @@ int main(int argc, char** argv) {
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
+  std::optional<PeakMemory> peak_memory;
+  std::vector<AttackClass> attacks;
   Measures measures;
   json result{{"scenario", scenario}};
   const auto started = Clock::now();
   try {
     FaultCluster cluster(run_dir, settings, history, namespaces);
-    EventRecorder recorder(cluster.events(), history);
+    EventRecorder recorder(cluster.events(), cluster.keys_dir(), history);
+    KeyPair intruder;
+    if (scenario == "hostile") {
+      // The attacker holds a key the coordinator trusts, for a node of its own: what a lab's
+      // compromised machine, or a colleague's misconfigured one, would hold.
+      intruder = generate_key_pair();
+      std::ofstream(cluster.keys_dir() + "/authorized_keys", std::ios::app)
+          << "trainer " << intruder.public_key << " intruder\n";
+    }
+    peak_memory.emplace([&cluster] { return cluster.coordinator_pid(); });
     cluster.start_coordinator();
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
@@ -629,6 +755,16 @@ int main(int argc, char** argv) {
       link_down_and_up(cluster, history, measures, "node-2");
     } else if (scenario == "bandwidth-cap") {
       cap_and_free(cluster, history, measures, "node-3");
+    } else if (scenario == "hostile") {
+      const json endpoints = json::parse(std::ifstream(run_dir + "/coordinator.json"));
+      HostileTarget target{cluster.router(),
+                           cluster.events(),
+                           read_public_key(cluster.keys_dir() + "/coordinator.pub"),
+                           intruder,
+                           {trainer_of("node-1"), trainer_of("node-2"), trainer_of("node-3")},
+                           endpoints.at("max_inbound_bytes").get<std::int64_t>()};
+      attacks = run_attacks(target);
+      history.record({{"kind", "action"}, {"action", "attacks done"}});
     } else if (scenario != "baseline") {
       throw std::runtime_error("unknown scenario '" + scenario + "'");
     }
@@ -649,6 +785,12 @@ int main(int argc, char** argv) {
     }
   }
   check_record(run_dir, baseline_accuracy, measures, result);
+  const std::int64_t peak_bytes = peak_memory ? peak_memory->peak_bytes() : 0;
+  peak_memory.reset();
+  result["coordinator_peak_rss_bytes"] = peak_bytes;
+  if (scenario == "hostile" && measures.problems.empty()) {
+    check_hostile(run_dir, attacks, history, peak_bytes, baseline_path, measures, result);
+  }
   result["detection_seconds"] = measures.detection_seconds;
   result["back_to_work_seconds"] = measures.rejoin_seconds;
   result["rounds_lost"] = measures.rounds_lost.value_or(0);

@@ -95,6 +95,15 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   std::filesystem::remove(run_dir + "/events.jsonl");
   std::filesystem::remove(run_dir + "/report.html");
   std::filesystem::remove_all(run_dir + "/checkpoints");  // `filo local` always starts a fresh run
+  // Ephemeral keys for this run alone, so that a local cluster runs with CURVE like a real one and
+  // still needs no set-up: every process finds its key in the one directory by its role.
+  SecurityOptions security = probe.security;
+  if (security.curve && security.keys_dir.empty() && security.key.empty()) {
+    security.keys_dir = run_dir + "/keys";
+    std::filesystem::remove_all(security.keys_dir);
+    write_fleet_keys(security.keys_dir);
+    overrides.push_back("security.keys_dir=" + security.keys_dir);
+  }
   const auto started = std::chrono::steady_clock::now();
 
   const std::string self = current_executable();
@@ -148,7 +157,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
             << logs << "; watch with: filo monitor --events " << publish << std::endl;
 
   zmq::context_t context;
-  SocketFactory sockets(context, probe.bus.socket_limits);
+  SocketFactory sockets(context, probe.bus.socket_limits, curve_settings_for(security, PeerRole::kMonitor));
   // The dashboard is a monitor of its own, on a thread of its own: a slow browser slows neither
   // the terminal view nor, since monitors only listen, the run.
   std::atomic<bool> run_over{false};
@@ -240,7 +249,8 @@ int run_monitor_command(const CommonOptions& common, const MonitorCommand& comma
   const std::string events =
       !command.events.empty() ? command.events : events_endpoint_of(command.coordinator);
   zmq::context_t context;
-  SocketFactory sockets(context, config.bus.socket_limits);
+  SocketFactory sockets(context, config.bus.socket_limits,
+                        curve_settings_for(config.security, PeerRole::kMonitor));
   if (!command.web.empty()) {
     DashboardOptions options;
     options.events_endpoint = events;
@@ -278,7 +288,7 @@ int run_slowdown(const CommonOptions& common, const std::string& coordinator, co
   SocketLimits limits = config.bus.socket_limits;
   limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
   zmq::context_t context;
-  SocketFactory sockets(context, limits);
+  SocketFactory sockets(context, limits, curve_settings_for(config.security, PeerRole::kTestAid));
   BusClient bus(sockets, "slowdown-aid-" + std::to_string(getpid()));
   bus.connect(coordinator);
   if (!bus.send(trainer, msg::SetSlowdown{factor})) {
@@ -496,6 +506,19 @@ int main(int argc, char** argv) {
       ->required();
   slowdown->add_option("--factor", slowdown_factor, "slowdown factor, >= 1 (1 = its own speed)")->required();
 
+  auto* keys = app.add_subcommand("keys", "make CurveZMQ key pairs for the bus");
+  keys->require_subcommand(1);
+  auto* keys_new = keys->add_subcommand("new", "write NAME.key (secret, mode 0600) and NAME.pub");
+  std::string key_name;
+  std::string key_directory = ".";
+  keys_new->add_option("name", key_name, "the key's name, e.g. coordinator or node-1")->required();
+  keys_new->add_option("--dir", key_directory, "where to write the two files");
+  auto* keys_fleet = keys->add_subcommand(
+      "fleet",
+      "write a whole fleet's keys into DIR (coordinator, trainer, monitor, test-aid, authorized_keys)");
+  std::string fleet_directory;
+  keys_fleet->add_option("dir", fleet_directory, "a new directory, for security.keys_dir")->required();
+
   CLI11_PARSE(app, argc, argv);
   set_log_level(parse_log_level(common.log_level));
   keep_message_memory();
@@ -507,6 +530,19 @@ int main(int argc, char** argv) {
     if (*monitor) return run_monitor_command(common, monitor_command, stop);
     if (*local) return run_local(common, flag_overrides, local_web, stop);
     if (*report) return run_report_command(report_run_dir, report_output);
+    if (*keys_new) {
+      const auto [secret, public_file] = write_key_pair(key_directory, key_name);
+      std::cout
+          << "wrote " << secret << " (secret: keep it on this machine) and " << public_file
+          << "\nauthorize it on the coordinator with a line ROLE KEY [NODE] in its authorized_keys, e.g.\n"
+          << "  echo \"trainer $(cat " << public_file << ")\" >> authorized_keys" << std::endl;
+      return 0;
+    }
+    if (*keys_fleet) {
+      std::cout << "wrote " << write_fleet_keys(fleet_directory)
+                << " and its keys; use --set security.keys_dir=" << fleet_directory << std::endl;
+      return 0;
+    }
     if (*eval) return run_eval(common, model_path);
     if (*bench) return run_bench(common, bench_json);
     if (*slowdown) return run_slowdown(common, slowdown_coordinator, slowdown_trainer, slowdown_factor);
