@@ -31,7 +31,9 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       bus_(sockets, trainer_name(options_.node, options_.device)),
       loop_(stop, time),
       registering_since_(loop_.now()),
-      last_heard_(loop_.now()) {
+      last_heard_(loop_.now()),
+      send_buffers_(torch::Device(options_.device).is_cuda()),
+      model_staging_(torch::Device(options_.device).is_cuda()) {
   bus_.connect(options_.coordinator);
   loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
   heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
@@ -359,8 +361,8 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", *mismatch);
     return;
   }
-  model_->parameters().copy_from(parameters);
-  model_->buffers().copy_from(buffers);
+  model_->parameters().copy_from(parameters, model_staging_);
+  model_->buffers().copy_from(buffers, model_staging_);
   model_version_ = state.model_version;
   last_loaded_version_ = state.model_version;
   snapshot_requested_.reset();

@@ -57,6 +57,11 @@ class Trainer final {
   const std::string& name() const { return bus_.name(); }
   /// Host buffers allocated for contributions so far: flat once rounds repeat.
   std::size_t send_buffer_allocations() const { return send_buffers_.allocations(); }
+  /// Host (and device) buffers allocated to receive models so far: flat once rounds repeat.
+  std::size_t model_staging_allocations() const { return model_staging_.allocations(); }
+  /// The replica and the version last loaded into it (tests, once the trainer's thread stopped).
+  const Model* replica() const { return model_ ? &*model_ : nullptr; }
+  std::uint64_t loaded_model_version() const { return last_loaded_version_; }
 
   void handle(const msg::Admission& admission, const Incoming& from);
   void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
@@ -121,7 +126,8 @@ class Trainer final {
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
   Clock::time_point pending_since_{};  // when the pending plan arrived
-  SendBuffers send_buffers_;
+  SendBuffers send_buffers_;           // pinned on a GPU: device → pinned buffer → zmq frames
+  HostStaging model_staging_;          // pinned on a GPU: zmq frames → pinned buffer → device
   bool working_ = false;
   std::deque<Incoming> deferred_;
   std::optional<Clock::time_point> snapshot_requested_;
