@@ -410,7 +410,10 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
   if (local_optimizer_) local_before_.copy_from(model_->parameters());
-  const ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
+  ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
+  share.inject_overflow = options_.overflow_rounds.count(plan.round) > 0;
+  if (share.inject_overflow)
+    log(LogLevel::kWarn, bus_.name(), "TEST AID: overflow injected in round ", plan.round);
   const ShareResult result = local_optimizer_
                                  ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
                                  : train_share(*model_, data_, indices, share);

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 
@@ -42,6 +43,10 @@ struct TrainerOptions {
   double connect_timeout_seconds = 30;
   std::uint32_t max_micro_batch = 0;  /// reported to the scheduler; 0 = no memory limit known
   double slowdown = 1.0;              /// TEST AID: see NodeOptions::slowdown
+  /// TEST AID (in-process tests only; no configuration sets it): in these rounds an infinity is
+  /// written into this trainer's gradients after backward, as an fp16 overflow would leave there,
+  /// and the gradients are checked as fp16's are whatever the precision. Gradient mode only.
+  std::set<std::uint64_t> overflow_rounds;
 };
 
 class Trainer final {

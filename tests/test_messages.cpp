@@ -90,7 +90,8 @@ TEST_CASE("every message type round-trips through msgpack") {
   contribution.gradients = {{"0.weight", WireDType::kFloat32, {10, 784}, 1}};
   contribution.buffers = {{"1.num_batches_tracked", WireDType::kInt64, {}, 1}};
   check_round_trip(contribution);
-  check_round_trip(msg::ContributionReceived{3, "a", false, "bad tensors", 20, 12.5, 7, 0.5, 0.01, 0.001});
+  check_round_trip(msg::ContributionReceived{3, "a", false, "bad tensors", 20, 12.5, 7, 0.5, 0.01, 0.001,
+                                             true, "bf16", 1024});
   check_round_trip(msg::CombineRound{3, 1, {"a", "b"}, 4, true, "{\"round\":3}"});
   check_round_trip(msg::RoundCombined{3, 4, 0.001, 0.002, 0.003, ""});
   check_round_trip(msg::Evaluate{1, 4, true});
@@ -102,7 +103,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   check_round_trip(msg::SnapshotRequest{4});
   check_round_trip(msg::Event{"round", "round 3", 3, 1, {{"loss", 0.5}}, {{"trainer", "a"}}});
   check_round_trip(msg::RunFinished{"done", 0.9});
-  check_round_trip(msg::Calibration{812.5, 64, 256});
+  check_round_trip(msg::Calibration{812.5, 64, 256, "cuda:0", "bf16"});
   check_round_trip(msg::SetSlowdown{4.0});
 }
 
