@@ -197,12 +197,10 @@ void ReceivedTensor::add_to(torch::Tensor& sum, double weight) const {
 }
 
 void ReceivedTensor::scale_into(torch::Tensor& destination, double weight) const {
-  if (weight == 1.0) {
-    copy_into(destination);
-    return;
-  }
+  // LibTorch's copy, not memcpy: it runs on the intra-op threads, as the adds that follow do.
   for_each_frame(destination, "scale_into", [weight](torch::Tensor& target, const torch::Tensor& piece) {
-    target.copy_(piece).mul_(weight);  // the frame's slice is still in cache for the multiply
+    target.copy_(piece);
+    if (weight != 1.0) target.mul_(weight);  // the frame's slice is still in cache for the multiply
   });
 }
 
