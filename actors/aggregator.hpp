@@ -39,6 +39,10 @@ struct AggregatorOptions {
   OptimizerOptions optimizer;
   DataOptions data;  /// the test set evaluated after each epoch
   std::string run_dir;
+  /// Where the model, the optimizer state and the sums live (run.device): on a GPU, received
+  /// frames are staged through reused pinned buffers and summed there, and broadcasts leave
+  /// through pinned buffers too.
+  torch::Device device = torch::kCPU;
   std::uint64_t incarnation = 1;     /// this start of the coordinator
   std::optional<Checkpoint> resume;  /// continue from this checkpoint's model and optimizer
   DropCounters* drops = nullptr;     /// refused messages of this process; may be null
@@ -67,6 +71,8 @@ class Aggregator final {
   bool wait_for_checkpoints(std::chrono::milliseconds timeout) { return checkpoints_.wait_idle(timeout); }
   /// Host buffers allocated for model broadcasts so far: flat once rounds repeat.
   std::size_t model_buffer_allocations() const { return model_buffers_.allocations(); }
+  /// The model as combined so far (tests, once the aggregator's thread has stopped).
+  const Model& model() const { return model_; }
 
  private:
   struct Held {

@@ -10,6 +10,7 @@
 #include "actors/aggregator.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
+#include "actors/learning/device.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/learning/task.hpp"
@@ -28,6 +29,8 @@ constexpr Milliseconds kWaitSlice{50};
 /// After the run ends, the hub keeps forwarding this long so RunFinished reaches every node.
 constexpr Milliseconds kFinishLinger{500};
 constexpr int kExitInterrupted = 130;
+/// run.device names a device this machine lacks (as a node's missing device does).
+constexpr int kExitDeviceMissing = 2;
 /// Training samples the model is tried on before the run starts.
 constexpr std::int64_t kProbeSamples = 2;
 /// Room above twice the model's size for the largest message a node may send (envelope, body).
@@ -113,6 +116,13 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   pin_to_cpus(0, parse_cpu_list(config.run.cpus, "run.cpus"));
   set_compute_threads(static_cast<int>(config.run.threads));
   use_plain_torchscript_execution();
+  // The aggregator's device is checked before anything starts: never a silent fall back to the CPU.
+  const DeviceChoice aggregation_device =
+      choose_devices(config.run.device == "cuda" ? "cuda:0" : config.run.device, "run.device");
+  if (aggregation_device.devices.empty()) {
+    log(LogLevel::kError, "coordinator", aggregation_device.problem);
+    return kExitDeviceMissing;
+  }
   msg::RunSpec run;
   run.run_id = make_run_id();
   const auto model_archive = std::make_shared<const std::string>(prepare_model(config, run));
@@ -258,6 +268,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   aggregator_options.optimizer = config.optimizer;
   aggregator_options.data = config.data;
   aggregator_options.run_dir = config.run.run_dir;
+  aggregator_options.device = aggregation_device.devices.front();
   aggregator_options.incarnation = incarnation;
   aggregator_options.resume = resume;
   aggregator_options.drops = &drops;

@@ -31,7 +31,9 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       bus_(sockets, trainer_name(options_.node, options_.device)),
       loop_(stop, time),
       registering_since_(loop_.now()),
-      last_heard_(loop_.now()) {
+      last_heard_(loop_.now()),
+      send_buffers_(torch::Device(options_.device).is_cuda()),
+      model_staging_(torch::Device(options_.device).is_cuda()) {
   bus_.connect(options_.coordinator);
   loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
   heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
@@ -359,8 +361,8 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", *mismatch);
     return;
   }
-  model_->parameters().copy_from(parameters);
-  model_->buffers().copy_from(buffers);
+  model_->parameters().copy_from(parameters, model_staging_);
+  model_->buffers().copy_from(buffers, model_staging_);
   model_version_ = state.model_version;
   last_loaded_version_ = state.model_version;
   snapshot_requested_.reset();
@@ -408,7 +410,10 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
   if (local_optimizer_) local_before_.copy_from(model_->parameters());
-  const ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
+  ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
+  share.inject_overflow = options_.overflow_rounds.count(plan.round) > 0;
+  if (share.inject_overflow)
+    log(LogLevel::kWarn, bus_.name(), "TEST AID: overflow injected in round ", plan.round);
   const ShareResult result = local_optimizer_
                                  ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
                                  : train_share(*model_, data_, indices, share);

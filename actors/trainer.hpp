@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 
@@ -42,6 +43,10 @@ struct TrainerOptions {
   double connect_timeout_seconds = 30;
   std::uint32_t max_micro_batch = 0;  /// reported to the scheduler; 0 = no memory limit known
   double slowdown = 1.0;              /// TEST AID: see NodeOptions::slowdown
+  /// TEST AID (in-process tests only; no configuration sets it): in these rounds an infinity is
+  /// written into this trainer's gradients after backward, as an fp16 overflow would leave there,
+  /// and the gradients are checked as fp16's are whatever the precision. Gradient mode only.
+  std::set<std::uint64_t> overflow_rounds;
 };
 
 class Trainer final {
@@ -57,6 +62,11 @@ class Trainer final {
   const std::string& name() const { return bus_.name(); }
   /// Host buffers allocated for contributions so far: flat once rounds repeat.
   std::size_t send_buffer_allocations() const { return send_buffers_.allocations(); }
+  /// Host (and device) buffers allocated to receive models so far: flat once rounds repeat.
+  std::size_t model_staging_allocations() const { return model_staging_.allocations(); }
+  /// The replica and the version last loaded into it (tests, once the trainer's thread stopped).
+  const Model* replica() const { return model_ ? &*model_ : nullptr; }
+  std::uint64_t loaded_model_version() const { return last_loaded_version_; }
 
   void handle(const msg::Admission& admission, const Incoming& from);
   void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
@@ -121,7 +131,8 @@ class Trainer final {
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
   Clock::time_point pending_since_{};  // when the pending plan arrived
-  SendBuffers send_buffers_;
+  SendBuffers send_buffers_;           // pinned on a GPU: device → pinned buffer → zmq frames
+  HostStaging model_staging_;          // pinned on a GPU: zmq frames → pinned buffer → device
   bool working_ = false;
   std::deque<Incoming> deferred_;
   std::optional<Clock::time_point> snapshot_requested_;

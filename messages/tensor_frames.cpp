@@ -159,13 +159,15 @@ void ReceivedTensor::copy_into(torch::Tensor& destination) const {
   }
 }
 
-void ReceivedTensor::add_to(torch::Tensor& sum, double weight) const {
-  TORCH_CHECK(sum.is_contiguous() && sum.device().is_cpu() && sum.sizes().vec() == meta_.shape &&
-                  sum.scalar_type() == to_scalar_type(meta_.dtype),
-              "add_to: the sum for ", meta_.name, " does not match the tensor on the wire");
+template <typename Apply>
+void ReceivedTensor::for_each_frame(torch::Tensor& destination, const char* what, const Apply& apply) const {
+  TORCH_CHECK(destination.is_contiguous() && destination.device().is_cpu() &&
+                  destination.sizes().vec() == meta_.shape &&
+                  destination.scalar_type() == to_scalar_type(meta_.dtype),
+              what, ": the destination for ", meta_.name, " does not match the tensor on the wire");
   const auto options = torch::TensorOptions().dtype(to_scalar_type(meta_.dtype));
   const auto element = static_cast<std::int64_t>(element_size(meta_.dtype));
-  auto flat = sum.view({-1});
+  auto flat = destination.view({-1});
   std::int64_t offset = 0;
   for (std::uint32_t i = 0; i < meta_.frames; ++i) {
     zmq::message_t& frame = (*frames_)[first_frame_ + i];
@@ -178,9 +180,28 @@ void ReceivedTensor::add_to(torch::Tensor& sum, double weight) const {
       piece = torch::empty({count}, options);
       std::memcpy(piece.data_ptr(), frame.data(), frame.size());
     }
-    flat.slice(0, offset, offset + count).add_(piece, weight);
+    auto target = flat.slice(0, offset, offset + count);
+    apply(target, piece);
     offset += count;
   }
+}
+
+void ReceivedTensor::add_to(torch::Tensor& sum, double weight) const {
+  for_each_frame(sum, "add_to", [weight](torch::Tensor& target, const torch::Tensor& piece) {
+    if (weight == 1.0) {
+      target.add_(piece);  // no multiply by alpha in the kernel
+    } else {
+      target.add_(piece, weight);
+    }
+  });
+}
+
+void ReceivedTensor::scale_into(torch::Tensor& destination, double weight) const {
+  // LibTorch's copy, not memcpy: it runs on the intra-op threads, as the adds that follow do.
+  for_each_frame(destination, "scale_into", [weight](torch::Tensor& target, const torch::Tensor& piece) {
+    target.copy_(piece);
+    if (weight != 1.0) target.mul_(weight);  // the frame's slice is still in cache for the multiply
+  });
 }
 
 Decoded<std::vector<ReceivedTensor>> read_tensor_frames(const std::vector<TensorMeta>& metas,

@@ -58,8 +58,15 @@ class ReceivedTensor {
   /// sum += weight * this, frame by frame: no temporary for a tensor spread over several frames.
   /// `sum` must be a contiguous CPU tensor of the same shape and dtype.
   void add_to(torch::Tensor& sum, double weight) const;
+  /// destination = weight * this, frame by frame (a plain copy when weight is 1): how a sum starts,
+  /// with no zeroing pass before it and no read of what it held.
+  void scale_into(torch::Tensor& destination, double weight) const;
 
  private:
+  /// Calls `apply(slice of flat destination, frame's elements)` for each non-empty frame.
+  template <typename Apply>
+  void for_each_frame(torch::Tensor& destination, const char* what, const Apply& apply) const;
+
   TensorMeta meta_;
   FrameList frames_;
   std::size_t first_frame_;

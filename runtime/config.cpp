@@ -183,6 +183,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
   reader.read("run", "cpus", config.run.cpus);
+  reader.read("run", "device", config.run.device);
   reader.read("run", "checkpoint_every", config.run.checkpoint_every);
   reader.read("run", "resume", config.run.resume);
   reader.read("admission", "min_memory_mb", config.admission.min_memory_mb);
@@ -192,6 +193,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("local", "nodes", config.local.nodes);
   reader.read("local", "slowdowns", config.local.slowdowns);
   reader.read("local", "node_cpus", config.local.node_cpus);
+  reader.read("local", "devices", config.local.devices);
   reader.read("security", "curve", config.security.curve);
   reader.read("security", "keys_dir", config.security.keys_dir);
   reader.read("security", "key", config.security.key);
@@ -252,6 +254,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.run.checkpoint_every >= 0, "run.checkpoint_every must be >= 0");
   check(config.node.device == "cpu" || config.node.device.rfind("cuda", 0) == 0,
         "node.device must be \"cpu\" or \"cuda:N\", not \"" + config.node.device + "\"");
+  check(config.run.device == "cpu" || config.run.device.rfind("cuda", 0) == 0,
+        "run.device must be \"cpu\" or \"cuda:N\", not \"" + config.run.device + "\"");
+  for (const auto& device : split_list(config.local.devices)) {
+    check(device == "cpu" || device.rfind("cuda", 0) == 0,
+          "local.devices must list \"cpu\" or \"cuda:N\" per node, not \"" + device + "\"");
+  }
   check(config.local.nodes >= 1, "local.nodes must be >= 1");
   check(config.schedule.split == "proportional" || config.schedule.split == "equal",
         "schedule.split must be \"proportional\" or \"equal\", not \"" + config.schedule.split + "\"");

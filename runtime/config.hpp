@@ -110,6 +110,9 @@ struct RunOptions {
   std::string run_dir = "runs/latest";  /// summary.json, rounds.jsonl, final model
   std::int64_t threads = 1;             /// LibTorch threads of the coordinator (step, evaluation)
   std::string cpus;                     /// CPUs to pin the coordinator to, "0-3,8"; empty: any
+  /// Where the aggregator keeps the model and optimizer state and sums contributions: "cpu" or
+  /// "cuda:N" ("cuda" = cuda:0). A device the coordinator lacks stops it with exit code 2.
+  std::string device = "cpu";
   /// Rounds between checkpoints (model, optimizer, sample accounting) in run_dir/checkpoints;
   /// 0 = none. A killed coordinator loses at most this many rounds.
   std::int64_t checkpoint_every = 1;
@@ -128,6 +131,9 @@ struct LocalOptions {
   std::int64_t nodes = 3;
   std::string slowdowns;  /// TEST AID: "1,2,4" gives node i the i-th factor as node.slowdown
   std::string node_cpus;  /// "0/1/1" pins node i to the i-th CPU list as node.cpus
+  /// "cuda:0,cpu,cpu" gives node i the i-th device as node.device (a mixed CPU+GPU fleet on one
+  /// machine); nodes past the list keep node.device.
+  std::string devices;
 };
 
 struct SecurityOptions {

@@ -276,6 +276,14 @@ TEST_CASE("a lost CombineRound is sent again, and the run does not stall") {
 }
 
 namespace {
+/// What varies between in-process clusters.
+struct ClusterSettings {
+  std::int64_t epochs = 2;
+  std::string precision = "fp32";
+  TrainOptions train;                         /// the fleet's loss scale
+  std::set<std::uint64_t> overflow_rounds_a;  /// TEST AID for trainer "a"
+};
+
 /// A whole coordinator and two trainers in one process over inproc, in real time.
 struct ClusterInProcess {
   zmq::context_t context;
@@ -292,7 +300,7 @@ struct ClusterInProcess {
   std::vector<std::unique_ptr<ActorThread>> threads;
   std::atomic<bool> finished{false};
 
-  ClusterInProcess() {
+  explicit ClusterInProcess(const ClusterSettings& settings = {}) {
     msg::RunSpec run;
     run.run_id = "in-process";
     run.model = "mlp";
@@ -301,6 +309,7 @@ struct ClusterInProcess {
     run.seed = 3;
     run.micro_batch = 64;
     run.mode = "gradient";
+    run.precision = settings.precision;
     const auto archive = mlp_archive(3);
     run.model_sha256 = sha256_hex(*archive);
     run.model_bytes = archive->size();
@@ -308,7 +317,7 @@ struct ClusterInProcess {
                                        {},  nullptr};
     registrar.emplace(sockets, hub.inproc_router_endpoint(), registrar_options, stop);
     SchedulerOptions scheduler_options;
-    scheduler_options.schedule.epochs = 2;
+    scheduler_options.schedule.epochs = settings.epochs;
     scheduler_options.schedule.round_samples = 256;
     scheduler_options.schedule.min_trainers = 2;
     scheduler_options.schedule.start_grace_seconds = 0.0;
@@ -316,6 +325,7 @@ struct ClusterInProcess {
     scheduler_options.run = run;
     scheduler_options.run_dir = run_dir;
     scheduler_options.checkpoint_every = 4;
+    scheduler_options.train = settings.train;
     scheduler_options.drops = &drops;
     scheduler.emplace(sockets, hub.inproc_router_endpoint(), scheduler_options, stop,
                       [this] { finished = true; });
@@ -332,6 +342,7 @@ struct ClusterInProcess {
       options.coordinator = hub.inproc_router_endpoint();
       options.heartbeat_interval = Milliseconds(100);
       options.liveness = 10;
+      if (std::string(node) == "a") options.overflow_rounds = settings.overflow_rounds_a;
       msg::HardwareReport report;
       report.node = node;
       report.device = "cpu";
@@ -353,9 +364,25 @@ struct ClusterInProcess {
           raw->name(), [raw] { raw->run(); }, failures, stop));
     }
   }
-  ~ClusterInProcess() {
+  ~ClusterInProcess() { stop_actors(); }
+  /// Stops every actor and joins its thread: their state can then be read.
+  void stop_actors() {
     stop.request_stop();
     threads.clear();
+  }
+  /// Waits (real time) for the run to end; false if it failed or took longer than `limit`.
+  bool wait_until_finished(std::chrono::seconds limit) {
+    const auto deadline = Clock::now() + limit;
+    while (!finished && !failures.any() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(Milliseconds(20));  // the test's own wait for a real run to end
+    }
+    return finished.load();
+  }
+  std::vector<nlohmann::json> rounds() const {
+    std::vector<nlohmann::json> records;
+    std::ifstream file(run_dir + "/rounds.jsonl");
+    for (std::string line; std::getline(file, line);) records.push_back(nlohmann::json::parse(line));
+    return records;
   }
 };
 }  // namespace
@@ -395,7 +422,62 @@ TEST_CASE("a coordinator's actors and two trainers in one process train every sa
   }
   // Send buffers are reused: what was allocated does not grow with the number of rounds.
   CHECK(cluster.aggregator->model_buffer_allocations() <= 4);
-  for (const auto& trainer : cluster.trainers) CHECK(trainer->send_buffer_allocations() <= 4);
+  for (const auto& trainer : cluster.trainers) {
+    CHECK(trainer->send_buffer_allocations() <= 4);
+    CHECK(trainer->model_staging_allocations() == 0);  // CPU replicas load straight from the frames
+  }
+}
+
+TEST_CASE(
+    "an overflow in one trainer's gradients skips the step for the whole fleet and halves the loss scale") {
+  ClusterSettings settings;
+  settings.epochs = 1;
+  settings.train.loss_scale = 1024;
+  settings.train.loss_scale_growth_interval = 2;
+  constexpr std::uint64_t kOverflowRound = 3;
+  settings.overflow_rounds_a = {kOverflowRound};
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(60)), cluster.failures.describe());
+  const auto rounds = cluster.rounds();
+  REQUIRE(rounds.size() >= kOverflowRound + 2);
+  const auto& before = rounds[kOverflowRound - 2];
+  const auto& skipped = rounds[kOverflowRound - 1];
+  REQUIRE(skipped.at("round") == kOverflowRound);
+  // Scale 1024 after round 1, doubled after 2 good steps (round 2), halved by the overflow.
+  CHECK(rounds[0].at("loss_scale") == 1024.0);
+  CHECK(before.at("loss_scale") == 2048.0);
+  CHECK(skipped.at("loss_scale") == 1024.0);
+  // No trainer's contribution counts, not even the one that did not overflow: no step, same version.
+  CHECK(skipped.at("samples") == 0);
+  CHECK(skipped.at("model_version") == before.at("model_version"));
+  REQUIRE(skipped.at("trainers").size() == 2);
+  for (const auto& trainer : skipped.at("trainers")) {
+    CHECK(trainer.at("delivered") == false);
+    CHECK(trainer.at("missed_reason").get<std::string>().find("overflow") != std::string::npos);
+  }
+  // The run of good steps after it grows the scale back: one round at 1024, then 2048 again.
+  CHECK(rounds[kOverflowRound].at("loss_scale") == 1024.0);
+  CHECK(rounds[kOverflowRound + 1].at("loss_scale") == 2048.0);
+  CHECK(rounds[kOverflowRound].at("model_version").get<std::uint64_t>() ==
+        skipped.at("model_version").get<std::uint64_t>() + 1);
+  // The skipped round's samples were trained again: the epoch is still every sample once.
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+
+  // Every replica equals the aggregator's model at the last version.
+  cluster.stop_actors();
+  const std::uint64_t final_version = rounds.back().at("model_version");
+  const Model& combined = cluster.aggregator->model();
+  for (const auto& trainer : cluster.trainers) {
+    CAPTURE(trainer->name());
+    REQUIRE(trainer->replica());
+    CHECK(trainer->loaded_model_version() == final_version);
+    for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
+      CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
+                         combined.parameters().groups()[i].flat));
+    }
+  }
 }
 
 namespace {

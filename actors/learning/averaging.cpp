@@ -2,12 +2,22 @@
 
 namespace filo {
 
+namespace {
+bool on_gpu(const FlatTensors& tensors) {
+  return !tensors.groups().empty() && tensors.groups().front().flat.device().is_cuda();
+}
+}  // namespace
+
 ContributionAverager::ContributionAverager(Model& model, Combine combine)
+    : ContributionAverager(model.gradients(), model.buffers(), combine) {}
+
+ContributionAverager::ContributionAverager(FlatTensors& gradients, FlatTensors& buffers, Combine combine)
     : combine_(combine),
-      gradients_(model.gradients()),
-      buffers_(model.buffers()),
-      gradient_sums_(model.gradients().zeros_like()),
-      buffer_sums_(model.buffers().zeros_like()) {}
+      gradients_(gradients),
+      buffers_(buffers),
+      gradient_sums_(gradients.zeros_like()),
+      buffer_sums_(buffers.zeros_like()),
+      staging_(on_gpu(gradients)) {}
 
 std::optional<std::string> ContributionAverager::layout_problem(
     const std::vector<ReceivedTensor>& gradients, const std::vector<ReceivedTensor>& buffers) const {
@@ -21,33 +31,38 @@ void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
   torch::NoGradGuard no_grad;
   // Gradient sums are already weighted by their samples; deltas are per trainer and need it.
   const double weight = combine_ == Combine::kParameterDeltas ? static_cast<double>(samples) : 1.0;
+  // The first contribution of a round is written, not added: no zeroing pass, no read of the sums.
+  const bool first = samples_ == 0;
   for (std::size_t i = 0; i < gradients.size(); ++i)
-    gradients[i].add_to(gradient_sums_.groups()[i].flat, weight);
+    staging_.add_to(gradients[i], gradient_sums_.groups()[i].flat, weight, first);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     torch::Tensor& sum = buffer_sums_.groups()[i].flat;
     if (sum.is_floating_point()) {
-      buffers[i].add_to(sum, static_cast<double>(samples));
-    } else if (samples_ == 0) {
-      buffers[i].copy_into(sum);
+      staging_.add_to(buffers[i], sum, static_cast<double>(samples), first);
+    } else if (first) {
+      staging_.copy_into(buffers[i], sum);
     } else {
-      torch::maximum_out(sum, sum, buffers[i].to_tensor());
+      torch::maximum_out(sum, sum, buffers[i].to_tensor().to(sum.device()));
     }
   }
   samples_ += samples;
 }
 
 bool ContributionAverager::sums_finite() const {
+  if (samples_ == 0) return true;  // the sums hold stale values, not contributions
   for (const FlatTensors* sums : {&gradient_sums_, &buffer_sums_}) {
     for (const auto& group : sums->groups()) {
-      if (group.flat.is_floating_point() && !torch::isfinite(group.flat).all().item<bool>()) return false;
+      if (!group.flat.is_floating_point() || group.flat.numel() == 0) continue;
+      // Minimum and maximum propagate NaN and show infinities, in one pass with no temporary the
+      // size of the model (isfinite(x).all() would allocate one byte per element).
+      const auto [low, high] = torch::aminmax(group.flat);
+      if (!torch::isfinite(torch::stack({low, high})).all().item<bool>()) return false;
     }
   }
   return true;
 }
 
 void ContributionAverager::clear() {
-  gradient_sums_.zero();
-  buffer_sums_.zero();
   samples_ = 0;
 }
 

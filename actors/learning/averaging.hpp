@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "actors/learning/host_staging.hpp"
 #include "actors/learning/model.hpp"
 #include "messages/tensor_frames.hpp"
 
@@ -26,10 +27,13 @@ enum class Combine {
 
 /// Combines contributions into `model`'s gradients and buffers. Float buffers (BatchNorm
 /// statistics) become the sample-weighted mean; integer buffers (counters) are never divided: they
-/// take the maximum. Sums are allocated once and reused round after round.
+/// take the maximum. Sums are allocated once and reused round after round, on the model's device:
+/// on a GPU, received frames go through a reused pinned buffer and are added there.
 class ContributionAverager {
  public:
   ContributionAverager(Model& model, Combine combine = Combine::kSummedGradients);
+  /// Combines into `gradients` and `buffers` (a model's, or bare flat tensors in benchmarks).
+  ContributionAverager(FlatTensors& gradients, FlatTensors& buffers, Combine combine);
   /// Why these received groups are not the model's layout, or nothing.
   std::optional<std::string> layout_problem(const std::vector<ReceivedTensor>& gradients,
                                             const std::vector<ReceivedTensor>& buffers) const;
@@ -38,7 +42,7 @@ class ContributionAverager {
   /// Whether the sums hold only finite values: one check per group, so that a NaN or infinity from
   /// any contribution shows without looking at each one.
   bool sums_finite() const;
-  /// Forgets what was added.
+  /// Forgets what was added (nothing is zeroed: the next add overwrites the sums).
   void clear();
   /// Writes the mean gradient (or negated mean delta) into the model's gradients and the combined
   /// buffers into its buffers, then clears the sums. Returns false, changing nothing, when nothing
@@ -52,7 +56,8 @@ class ContributionAverager {
   FlatTensors& buffers_;
   FlatTensors gradient_sums_;
   FlatTensors buffer_sums_;
-  std::uint64_t samples_ = 0;
+  HostStaging staging_;
+  std::uint64_t samples_ = 0;  // 0: the sums hold nothing; the next add overwrites them
 };
 
 /// Why `received` holds a NaN or an infinity, naming the group, or nothing.

@@ -24,22 +24,24 @@ std::int64_t peak_resident_bytes() {
 }
 }  // namespace
 
-DeviceChoice choose_devices(const std::string& name) {
+DeviceChoice choose_devices(const std::string& name, const std::string& setting) {
   DeviceChoice choice;
   if (name == "cpu") {
     choice.devices.emplace_back(torch::kCPU);
     return choice;
   }
   if (name != "cuda" && name.rfind("cuda:", 0) != 0) {
-    choice.problem = "node.device must be cpu, cuda or cuda:N, not " + name;
+    choice.problem = setting + " must be cpu, cuda or cuda:N, not " + name;
     return choice;
   }
-  const auto visible = static_cast<std::int64_t>(torch::cuda::is_available() ? torch::cuda::device_count() : 0);
+  const auto visible =
+      static_cast<std::int64_t>(torch::cuda::is_available() ? torch::cuda::device_count() : 0);
   if (visible == 0) {
-    choice.problem = "node.device is " + name + " but " +
-                     (torch::cuda::is_available() ? std::string("no GPU is visible")
-                                                  : std::string("this machine has no CUDA device visible to LibTorch "
-                                                                "(no GPU or driver, or a LibTorch built without CUDA)"));
+    choice.problem =
+        setting + " is " + name + " but " +
+        (torch::cuda::is_available() ? std::string("no GPU is visible")
+                                     : std::string("this machine has no CUDA device visible to LibTorch "
+                                                   "(no GPU or driver, or a LibTorch built without CUDA)"));
     return choice;
   }
   if (name == "cuda") {
@@ -57,7 +59,7 @@ DeviceChoice choose_devices(const std::string& name) {
     index = -1;
   }
   if (index < 0 || index >= visible) {
-    choice.problem = "node.device is " + name + " but this machine has " + std::to_string(visible) +
+    choice.problem = setting + " is " + name + " but this machine has " + std::to_string(visible) +
                      " GPU(s): cuda:0 to cuda:" + std::to_string(visible - 1);
     return choice;
   }
@@ -73,7 +75,9 @@ std::int64_t peak_memory_bytes(const torch::Device& device) {
 #ifdef FILO_TORCH_CUDA
   if (device.is_cuda()) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return stats.allocated_bytes[static_cast<std::size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+    return stats
+        .allocated_bytes[static_cast<std::size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)]
+        .peak;
   }
 #else
   if (device.is_cuda()) return 0;

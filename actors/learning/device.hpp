@@ -12,12 +12,13 @@
 namespace filo {
 
 /// "cpu" → {cpu}; "cuda:N" → {cuda:N}; "cuda" → every visible GPU, one trainer each. Returns the
-/// reason instead when the device does not exist here (no CUDA in this LibTorch, no GPU, N too big).
+/// reason instead when the device does not exist here (no CUDA in this LibTorch, no GPU, N too big),
+/// naming `setting` (node.device, run.device) and the device asked for.
 struct DeviceChoice {
   std::vector<torch::Device> devices;
   std::string problem;  /// set when `devices` is empty
 };
-DeviceChoice choose_devices(const std::string& name);
+DeviceChoice choose_devices(const std::string& name, const std::string& setting = "node.device");
 
 /// "cpu" or "cuda:N", as trainers are named.
 std::string device_name(const torch::Device& device);

@@ -119,16 +119,8 @@ void FlatTensors::copy_from(const FlatTensors& other) {
   for (std::size_t i = 0; i < groups_.size(); ++i) groups_[i].flat.copy_(other.groups_[i].flat);
 }
 
-void FlatTensors::copy_from(const std::vector<ReceivedTensor>& received) {
-  torch::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < groups_.size(); ++i) {
-    auto& flat = groups_[i].flat;
-    if (flat.device().is_cpu()) {
-      received[i].copy_into(flat);
-    } else {
-      flat.copy_(received[i].to_tensor(), /*non_blocking=*/false);
-    }
-  }
+void FlatTensors::copy_from(const std::vector<ReceivedTensor>& received, HostStaging& staging) {
+  for (std::size_t i = 0; i < groups_.size(); ++i) staging.copy_into(received[i], groups_[i].flat);
 }
 
 std::optional<std::string> FlatTensors::wire_mismatch(const std::vector<ReceivedTensor>& received) const {

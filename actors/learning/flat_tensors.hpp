@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "actors/learning/host_staging.hpp"
 #include "messages/send_buffers.hpp"
 #include "messages/tensor_frames.hpp"
 
@@ -61,8 +62,9 @@ class FlatTensors {
   void zero();
   /// this = other (same layout).
   void copy_from(const FlatTensors& other);
-  /// Copies a message's groups into this (layout checked by wire_mismatch first).
-  void copy_from(const std::vector<ReceivedTensor>& received);
+  /// Copies a message's groups into this (layout checked by wire_mismatch first); on a GPU through
+  /// `staging`'s reused pinned buffer, asynchronously.
+  void copy_from(const std::vector<ReceivedTensor>& received, HostStaging& staging);
   /// Why `received` is not this layout's wire form (count, names, dtypes, sizes), or nothing.
   std::optional<std::string> wire_mismatch(const std::vector<ReceivedTensor>& received) const;
 

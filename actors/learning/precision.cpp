@@ -15,6 +15,12 @@
 #define FILO_DEVICE_TYPED_AUTOCAST 1
 #endif
 
+// LibTorch 1.13's CPU autocast takes bf16 only ("AutocastCPU only support Bfloat16"); fp16 on a CPU
+// came with the device-typed API.
+#ifdef FILO_DEVICE_TYPED_AUTOCAST
+#define FILO_CPU_FP16_AUTOCAST 1
+#endif
+
 namespace filo {
 namespace {
 constexpr int kBf16ComputeCapability = 8;
@@ -43,7 +49,8 @@ torch::ScalarType autocast_dtype(torch::DeviceType type) {
 #ifdef FILO_DEVICE_TYPED_AUTOCAST
   return at::autocast::get_autocast_dtype(type);
 #else
-  return type == torch::kCPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+  return type == torch::kCPU ? at::autocast::get_autocast_cpu_dtype()
+                             : at::autocast::get_autocast_gpu_dtype();
 #endif
 }
 
@@ -66,7 +73,16 @@ void set_autocast(torch::DeviceType type, bool enabled, torch::ScalarType dtype)
 Precision resolve_precision(const std::string& name, const torch::Device& device) {
   if (name == "fp32") return Precision::kFp32;
   if (name == "bf16") return Precision::kBf16;
-  if (name == "fp16") return Precision::kFp16;
+  if (name == "fp16") {
+#ifndef FILO_CPU_FP16_AUTOCAST
+    // Refused here, where the trainer reports it and exits, not on the first forward pass.
+    if (device.is_cpu()) {
+      throw std::invalid_argument("precision fp16 on a CPU needs LibTorch 2.4 or newer (this one, " +
+                                  std::string(TORCH_VERSION) + ", autocasts CPUs to bf16 only): use bf16");
+    }
+#endif
+    return Precision::kFp16;
+  }
   if (name == "auto") {
     if (device.is_cpu()) return Precision::kBf16;
     return compute_capability_major(device) >= kBf16ComputeCapability ? Precision::kBf16 : Precision::kFp16;

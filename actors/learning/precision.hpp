@@ -12,7 +12,8 @@ namespace filo {
 enum class Precision { kFp32, kBf16, kFp16 };
 
 /// "fp32", "bf16", "fp16", or "auto" resolved for `device`: bf16 on a CPU or a GPU of compute
-/// capability 8.0 or newer, fp16 on older GPUs. Throws std::invalid_argument naming a bad value.
+/// capability 8.0 or newer, fp16 on older GPUs. Throws std::invalid_argument naming a bad value, or
+/// fp16 on a CPU where this LibTorch cannot autocast a CPU to fp16 (1.13).
 Precision resolve_precision(const std::string& name, const torch::Device& device);
 std::string precision_name(Precision precision);
 

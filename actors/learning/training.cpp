@@ -1,5 +1,7 @@
 #include "actors/learning/training.hpp"
 
+#include <limits>
+
 namespace filo {
 
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
@@ -64,10 +66,12 @@ std::pair<double, std::int64_t> forward_backward(Model& model, const torch::Tens
   return {loss.loss_sum.item<double>(), loss.correct};
 }
 
-/// Divides the gradients by the loss scale, or reports that they overflowed.
-bool unscale_gradients(Model& model, double loss_scale) {
-  if (loss_scale == 1.0) return true;
+/// Divides the gradients by the loss scale, or reports that they overflowed. `check`: look for an
+/// overflow even at scale 1.
+bool unscale_gradients(Model& model, double loss_scale, bool check = false) {
+  if (loss_scale == 1.0 && !check) return true;
   if (!all_finite(model.gradients())) return false;
+  if (loss_scale == 1.0) return true;
   torch::NoGradGuard no_grad;
   for (auto& group : model.gradients().groups()) group.flat.mul_(1.0 / loss_scale);
   return true;
@@ -82,7 +86,11 @@ ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& 
     return forward_backward(model, inputs, targets, options, 1.0);
   };
   ShareResult result = over_micro_batches(model, data, indices, options, step);
-  result.overflow = !unscale_gradients(model, options.loss_scale);
+  if (options.inject_overflow && !model.gradients().empty()) {
+    torch::NoGradGuard no_grad;
+    model.gradients().groups().front().flat.view({-1})[0].fill_(std::numeric_limits<float>::infinity());
+  }
+  result.overflow = !unscale_gradients(model, options.loss_scale, options.inject_overflow);
   return result;
 }
 

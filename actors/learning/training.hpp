@@ -25,6 +25,9 @@ struct ShareOptions {
   /// small gradients survive fp16; an overflow at this scale is reported, not sent.
   double loss_scale = 1.0;
   std::function<void()> between_micro_batches;  /// called after each micro-batch
+  /// TEST AID (TrainerOptions::overflow_rounds): train_share writes an infinity into the gradients
+  /// after backward and checks them for overflow as fp16 does, whatever the precision.
+  bool inject_overflow = false;
 };
 
 struct ShareResult {

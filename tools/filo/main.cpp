@@ -139,6 +139,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   std::vector<ChildProcess> nodes;
   const std::vector<double> slowdowns = parse_slowdowns(probe.local.slowdowns);
   const std::vector<std::string> node_cpus = split_node_cpus(probe.local.node_cpus);
+  const std::vector<std::string> devices = split_list(probe.local.devices);
   for (std::int64_t i = 1; i <= probe.local.nodes; ++i) {
     const std::string name = "node-" + std::to_string(i);
     std::vector<std::string> arguments{self, "node"};
@@ -150,6 +151,9 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     }
     if (static_cast<std::size_t>(i) <= node_cpus.size()) {
       arguments.insert(arguments.end(), {"--set", "node.cpus=" + node_cpus[i - 1]});
+    }
+    if (static_cast<std::size_t>(i) <= devices.size()) {
+      arguments.insert(arguments.end(), {"--set", "node.device=" + devices[i - 1]});
     }
     nodes.emplace_back(arguments, logs + "/" + name + ".log");
   }
@@ -468,6 +472,9 @@ int main(int argc, char** argv) {
   local->add_option_function<std::string>(
       "--node-cpus", flag("local.node_cpus"),
       "pin node i to the i-th CPU list, e.g. 0/1/1 (run.cpus pins the coordinator)");
+  local->add_option_function<std::string>(
+      "--devices", flag("local.devices"),
+      "node i trains on the i-th device, e.g. cuda:0,cpu,cpu (a mixed fleet)");
   local->add_option_function<std::string>("--run-dir", flag("run.run_dir"),
                                           "where summary.json, rounds.jsonl, logs and the model go");
   std::string local_web = kLocalDashboardAddress;
