@@ -16,6 +16,8 @@ constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 roun
 constexpr std::size_t kTransferRoundsBeforeCounting = 3;
 /// How often unanswered messages to the aggregator are looked at.
 constexpr Milliseconds kResendCheckInterval{250};
+/// How many times the fastest measured speed a trainer's unproven calibration may claim.
+constexpr double kClaimTrust = 4.0;
 /// How often the counts of refused messages are published when they grew.
 constexpr Milliseconds kDroppedEventInterval{1000};
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
@@ -214,6 +216,24 @@ std::size_t Scheduler::calibrated_trainers() const {
 }
 
 std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
+  // A calibration is only a claim: until a trainer has delivered, its speed counts for at most
+  // kClaimTrust times the fastest speed measured so far (at the start, the median claim), so
+  // that a trainer claiming 1e12 samples/s is not handed every sample before it shows any.
+  double reference = 0.0;
+  std::vector<double> claims;
+  for (const auto& [trainer, state] : live_) {
+    if (!state.calibrated) continue;
+    if (state.speed.measured())
+      reference = std::max(reference, state.speed.samples_per_second());
+    else
+      claims.push_back(state.speed.samples_per_second());
+  }
+  if (reference == 0.0 && !claims.empty()) {
+    const std::size_t lower_median = (claims.size() - 1) / 2;
+    std::nth_element(claims.begin(), claims.begin() + static_cast<std::ptrdiff_t>(lower_median),
+                     claims.end());
+    reference = claims[lower_median];
+  }
   std::vector<TrainerEstimate> estimates;
   for (auto& [trainer, state] : live_) {
     if (!state.calibrated) continue;
@@ -224,7 +244,9 @@ std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
       transfer = 0.0;  // a probe: plan it once more and measure again
       state.left_out_since = state_.round + 1;
     }
-    estimates.push_back({trainer, state.speed.samples_per_second(), transfer});
+    double speed = state.speed.samples_per_second();
+    if (!state.speed.measured() && reference > 0.0) speed = std::min(speed, kClaimTrust * reference);
+    estimates.push_back({trainer, speed, transfer});
   }
   if (options_.schedule.split == "equal") {
     std::vector<Share> shares;

@@ -66,6 +66,8 @@ class SpeedEstimate {
   void observe(std::uint64_t samples, double seconds);
   /// 0 while nothing is known.
   double samples_per_second() const;
+  /// Whether a delivered round has been measured (otherwise the speed is only the claim).
+  bool measured() const { return smoothed_seconds_ > 0.0; }
 
  private:
   double calibrated_ = 0.0;

@@ -131,10 +131,10 @@ struct SchedulerUnderTest {
   /// The trainers calibrate ("fast" three times as fast as "slow"), which starts the run; returns
   /// the first round's opening. Messages from different senders may reach the scheduler in any
   /// order, so a calibration that overtook its trainer's join is sent again.
-  msg::RoundOpened start() {
+  msg::RoundOpened start(double fast_claim = 300.0) {
     for (int attempt = 0; attempt < 25; ++attempt) {
       slow.send(kSchedulerName, msg::Calibration{100.0, 64, 0, "cpu", "fp32"});
-      fast.send(kSchedulerName, msg::Calibration{300.0, 64, 0, "cpu", "fp32"});
+      fast.send(kSchedulerName, msg::Calibration{fast_claim, 64, 0, "cpu", "fp32"});
       const auto deadline = Clock::now() + Milliseconds(200);
       while (Clock::now() < deadline) {
         zmq::pollitem_t item{aggregator.addressed().handle(), 0, ZMQ_POLLIN, 0};
@@ -165,6 +165,16 @@ struct SchedulerUnderTest {
   }
 };
 }  // namespace
+
+TEST_CASE("a calibration claiming an absurd speed counts for little until the trainer delivers at it") {
+  SchedulerUnderTest test;
+  test.start(1e12);
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  // Capped at 4x the other's claim: 4/5 of the round at most, not all of it.
+  CHECK(total(fast_plan.ranges) <= 4 * 400 / 5 + 1);
+  CHECK(total(slow_plan.ranges) >= 400 / 5 - 1);
+}
 
 TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
   SchedulerUnderTest test;
