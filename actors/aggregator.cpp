@@ -1,6 +1,7 @@
 #include "actors/aggregator.hpp"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "runtime/digest.hpp"
@@ -432,6 +433,20 @@ void Aggregator::collect_evaluation() {
       const std::string path = options_.run_dir + "/model.pt";
       model_.save(path);
       evaluated.model_files.push_back(path);
+      // The same weights by name for Python (no torch needed to read them), with what it takes
+      // to feed the model the way it was trained.
+      const auto numbers = [](const std::vector<double>& values) { return nlohmann::json(values).dump(); };
+      const std::string tensors_path = options_.run_dir + "/model.safetensors";
+      write_safetensors(tensors_path, model_.named_state(),
+                        {{"run_id", options_.run.run_id},
+                         {"model", options_.run.model},
+                         {"task", options_.run.task},
+                         {"dataset", options_.run.dataset},
+                         {"data_format", options_.run.data_format},
+                         {"mean", numbers(options_.run.mean)},
+                         {"std", numbers(options_.run.std)},
+                         {"model_version", std::to_string(model_version_)}});
+      evaluated.model_files.push_back(tensors_path);
     } catch (const std::exception& e) {
       evaluated.problem +=
           std::string(evaluated.problem.empty() ? "" : "; ") + "model not saved: " + e.what();

@@ -297,6 +297,28 @@ TEST_CASE("filo local runs a whole cluster and writes its summary") {
   CHECK(summary.at("samples_per_epoch") == json::array({2000}));
   CHECK(summary.at("nodes").size() == 2);
   CHECK(read_file(run_dir + "/local.log").find("epoch 1/1") != std::string::npos);
+  // The result loads in Python: model.safetensors read with the standard library and numpy alone
+  // holds exactly what torch.jit.load(model.pt) holds, by name, with the run's normalisation.
+  const std::string script = run_dir + "/check_results.py";
+  std::ofstream(script) << R"(import json, struct, sys, numpy as np, torch
+run = sys.argv[1]
+raw = open(run + '/model.safetensors', 'rb').read()
+length = struct.unpack('<Q', raw[:8])[0]
+header = json.loads(raw[8:8 + length])
+meta = header.pop('__metadata__')
+dtypes = {'F32': np.float32, 'I64': np.int64, 'F64': np.float64}
+module = torch.jit.load(run + '/model.pt')
+expected = dict(module.named_parameters()); expected.update(dict(module.named_buffers()))
+assert sorted(header) == sorted(expected), (sorted(header), sorted(expected))
+for name, entry in header.items():
+    start, end = entry['data_offsets']
+    values = np.frombuffer(raw[8 + length + start:8 + length + end], dtype=dtypes[entry['dtype']]).reshape(entry['shape'])
+    assert np.array_equal(values, expected[name].detach().numpy()), name
+assert meta['task'] == 'classification' and len(json.loads(meta['mean'])) == 1, meta
+print('ok', len(header), 'tensors')
+)";
+  ChildProcess python({"/usr/bin/python3", script, run_dir}, run_dir + "/check_results.log");
+  CHECK_MESSAGE(python.wait_for(120s) == std::optional<int>(0), read_file(run_dir + "/check_results.log"));
 }
 
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {

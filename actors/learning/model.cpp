@@ -100,6 +100,15 @@ void Model::reattach_buffers() {
   }
 }
 
+std::vector<NamedTensor> Model::named_state() const {
+  std::vector<NamedTensor> state;
+  for (const auto& parameter : module_.named_parameters(/*recurse=*/true))
+    state.push_back({parameter.name, parameter.value.detach().to(torch::kCPU).contiguous().clone()});
+  for (const auto& buffer : module_.named_buffers(/*recurse=*/true))
+    state.push_back({buffer.name, buffer.value.detach().to(torch::kCPU).contiguous().clone()});
+  return state;
+}
+
 std::string Model::archive() const {
   // Each tensor is saved on the CPU and of its own: a view would save its whole flat group with it.
   // The module's tensors are pointed at compact copies for the save, then back at their views.

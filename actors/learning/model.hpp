@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "actors/learning/flat_tensors.hpp"
+#include "messages/tensor_frames.hpp"
 
 namespace filo {
 
@@ -55,6 +56,9 @@ class Model {
 
   /// The module with the current weights as TorchScript bytes (on the CPU, tensors compact).
   std::string archive() const;
+  /// Every parameter and buffer by its TorchScript name ("conv1.weight"), compact CPU copies:
+  /// what model.safetensors holds for Python to load.
+  std::vector<NamedTensor> named_state() const;
   /// Writes archive() to `path` atomically.
   void save(const std::string& path) const;
 
