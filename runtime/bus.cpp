@@ -17,6 +17,10 @@ constexpr std::string_view kHubLogName = "hub";
 constexpr int kPublishQueuePerSubscriber = 32;
 /// Longest name an outside peer may claim ("trainer@" + a host name + "/cuda:15" fits easily).
 constexpr std::size_t kMaxPeerNameBytes = 256;
+/// Bytes one outside peer's messages may occupy while they wait for the hub, and the fewest
+/// messages it may still queue (a trainer has a contribution, a heartbeat and a request in flight).
+constexpr std::int64_t kInboundBytesPerPeer = std::int64_t{64} << 20;
+constexpr std::int64_t kMinInboundQueue = 16;
 /// Snapshot requests one name may send at once before the per-second rate applies.
 constexpr double kSnapshotBurst = 8.0;
 }  // namespace
@@ -42,6 +46,11 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
     // ids), so a reconnecting node simply gets a fresh one and nothing needs handing over.
     outer_router_.set(zmq::sockopt::router_handover, 0);
     outer_router_.set(zmq::sockopt::maxmsgsize, options_.max_inbound_bytes);
+    // ZeroMQ queues per peer in messages, not bytes: as many as fit a byte budget at the largest
+    // size, so that one peer can never park more than that in the coordinator's memory.
+    const std::int64_t queued = std::clamp<std::int64_t>(kInboundBytesPerPeer / options_.max_inbound_bytes,
+                                                         kMinInboundQueue, sockets.limits().high_water_mark);
+    outer_router_.set(zmq::sockopt::rcvhwm, static_cast<int>(queued));
     if (curve) sockets.make_curve_server(outer_router_);
     outer_router_.bind(options_.router_endpoint);
     router_endpoint_ = outer_router_.get(zmq::sockopt::last_endpoint);

@@ -703,7 +703,7 @@ int main(int argc, char** argv) {
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
-  std::optional<PeakMemory> peak_memory;
+  std::int64_t peak_bytes = 0;
   std::vector<AttackClass> attacks;
   Measures measures;
   json result{{"scenario", scenario}};
@@ -719,7 +719,8 @@ int main(int argc, char** argv) {
       std::ofstream(cluster.keys_dir() + "/authorized_keys", std::ios::app)
           << "trainer " << intruder.public_key << " intruder\n";
     }
-    peak_memory.emplace([&cluster] { return cluster.coordinator_pid(); });
+    // Declared after the cluster, so that its sampling thread stops before the cluster goes.
+    PeakMemory peak_memory([&cluster] { return cluster.coordinator_pid(); });
     cluster.start_coordinator();
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
@@ -769,6 +770,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("unknown scenario '" + scenario + "'");
     }
     const auto exit_problems = cluster.wait_for_exit();
+    peak_bytes = peak_memory.peak_bytes();
     measures.problems.insert(measures.problems.end(), exit_problems.begin(), exit_problems.end());
   } catch (const std::exception& e) {
     measures.problems.push_back(std::string("scenario aborted: ") + e.what());
@@ -785,8 +787,6 @@ int main(int argc, char** argv) {
     }
   }
   check_record(run_dir, baseline_accuracy, measures, result);
-  const std::int64_t peak_bytes = peak_memory ? peak_memory->peak_bytes() : 0;
-  peak_memory.reset();
   result["coordinator_peak_rss_bytes"] = peak_bytes;
   if (scenario == "hostile" && measures.problems.empty()) {
     check_hostile(run_dir, attacks, history, peak_bytes, baseline_path, measures, result);
