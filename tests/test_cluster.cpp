@@ -319,6 +319,27 @@ print('ok', len(header), 'tensors')
 )";
   ChildProcess python({"/usr/bin/python3", script, run_dir}, run_dir + "/check_results.log");
   CHECK_MESSAGE(python.wait_for(120s) == std::optional<int>(0), read_file(run_dir + "/check_results.log"));
+  // filo eval scores either file alike, and refuses weights that do not fit the configured model.
+  const auto evaluate = [&](const std::string& file, const std::string& model) {
+    const std::string log =
+        run_dir + "/eval-" + model + "-" + std::filesystem::path(file).extension().string() + ".log";
+    ChildProcess eval({FILO_BINARY, "eval", run_dir + "/" + file, "--set", "data.test_limit=500", "--set",
+                       "model.name=" + model},
+                      log);
+    const auto code = eval.wait_for(120s);
+    const std::string text = read_file(log);
+    const auto brace = text.rfind('{');
+    return std::make_pair(code.value_or(-1),
+                          brace == std::string::npos ? json() : json::parse(text.substr(brace)));
+  };
+  const auto [pt_code, from_pt] = evaluate("model.pt", "cnn");
+  const auto [tensors_code, from_tensors] = evaluate("model.safetensors", "cnn");
+  REQUIRE(pt_code == 0);
+  REQUIRE(tensors_code == 0);
+  CHECK(from_pt.at("test_accuracy") == from_tensors.at("test_accuracy"));
+  CHECK(from_pt.at("test_accuracy").get<double>() ==
+        doctest::Approx(summary.at("final_test_accuracy").get<double>()));
+  CHECK(evaluate("model.safetensors", "mlp").first == 2);
 }
 
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {

@@ -21,6 +21,7 @@
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/evaluation.hpp"
 #include "actors/learning/model.hpp"
+#include "actors/learning/models.hpp"
 #include "actors/learning/task.hpp"
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"
@@ -31,6 +32,7 @@
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
 #include "runtime/process.hpp"
+#include "runtime/safetensors.hpp"
 #include "runtime/scoped_thread.hpp"
 
 namespace {
@@ -304,14 +306,54 @@ int run_slowdown(const CommonOptions& common, const std::string& coordinator, co
   return 0;
 }
 
+/// The configured model (model.path, or the built-in model.name for the data) with the weights of
+/// a model.safetensors file, matched by name; a missing name or another shape is an error.
+Model model_from_safetensors(const Config& config, const std::string& path, const Dataset& data) {
+  std::optional<Model> model;
+  if (!config.model.path.empty()) {
+    model.emplace(Model::from_file(config.model.path));
+  } else {
+    ModelShape shape;
+    auto [inputs, targets] = data.batch(torch::arange(std::min<std::int64_t>(1, data.size()), torch::kInt64));
+    shape.sample_shape = inputs.sizes().slice(1).vec();
+    shape.classes = data.num_classes();
+    shape.vocabulary = data.is_tokens() ? data.num_classes() : 0;
+    BuiltInModelOptions options;
+    options.layers = config.model.layers;
+    options.heads = config.model.heads;
+    options.width = config.model.width;
+    options.dropout = config.model.dropout;
+    model.emplace(build_model(config.model.name, shape, options));
+  }
+  std::map<std::string, torch::Tensor> saved;
+  for (auto& tensor : read_safetensors(path).tensors) saved[tensor.name] = tensor.tensor;
+  torch::NoGradGuard no_grad;
+  const auto load = [&](const std::string& name, torch::Tensor target) {
+    const auto found = saved.find(name);
+    if (found == saved.end())
+      throw ConfigError(path + " has no tensor \"" + name + "\" of the configured model");
+    if (found->second.sizes() != target.sizes()) {
+      throw ConfigError(path + ": \"" + name + "\" has shape " + c10::str(found->second.sizes()) +
+                        ", the configured model's is " + c10::str(target.sizes()));
+    }
+    target.copy_(found->second);
+  };
+  for (const auto& parameter : model->module().named_parameters()) load(parameter.name, parameter.value);
+  for (const auto& buffer : model->module().named_buffers()) load(buffer.name, buffer.value);
+  return std::move(*model);
+}
+
 int run_eval(const CommonOptions& common, const std::string& model_path) {
   const Config config = load(common, {});
   torch::set_num_threads(static_cast<int>(std::max<std::int64_t>(1, std::thread::hardware_concurrency())));
   use_plain_torchscript_execution();
-  Model model = Model::from_file(model_path);
   const Task task = parse_task(config.model.task);
   const Dataset test = load_dataset(dataset_spec(config.data, Split::kTest, config.schedule.seed),
                                     config.data.path, Split::kTest);
+  const bool tensors_only =
+      model_path.size() > 12 && model_path.substr(model_path.size() - 12) == ".safetensors";
+  Model model =
+      tensors_only ? model_from_safetensors(config, model_path, test) : Model::from_file(model_path);
   nlohmann::json line{{"file", model_path},
                       {"task", task_name(task)},
                       {"dataset", config.data.dataset},
@@ -493,7 +535,10 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "evaluate a saved model on the test set");
   add_common(eval);
   std::string model_path;
-  eval->add_option("model", model_path, "model file written by a run (RUN_DIR/model.pt)")
+  eval->add_option(
+          "model", model_path,
+          "model file written by a run: RUN_DIR/model.pt, or RUN_DIR/model.safetensors (with the run's "
+          "model settings)")
       ->required()
       ->check(CLI::ExistingFile);
 
