@@ -1,5 +1,6 @@
 #include "actors/aggregator.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -16,6 +17,8 @@ constexpr Milliseconds kEvaluationPoll{50};
 constexpr std::size_t kMaxHeldRounds = 4;
 constexpr std::size_t kMaxWaitingCombines = 16;
 constexpr std::size_t kRememberedAnswers = 16;
+// How long the run's end waits for a checkpoint being written before it writes the model files.
+constexpr Milliseconds kModelFilesWait{30000};
 /// Labels a trainer sends for the records (its precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
 
@@ -79,7 +82,10 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       averager_(model_,
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       model_buffers_(options_.device.is_cuda()),
-      checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints")),
+      exported_model_(model_.clone(torch::kCPU)),
+      checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints"),
+                   [this](std::uint64_t, const nlohmann::json& meta,
+                          const std::vector<NamedTensor>& snapshot) { export_checkpoint(meta, snapshot); }),
       evaluator_(model_.clone(), parse_task(options_.run.task),
                  load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
                               Split::kTest)) {
@@ -401,6 +407,44 @@ void Aggregator::restore(const Checkpoint& checkpoint) {
       " after round ", last_combined_round_);
 }
 
+std::vector<std::string> Aggregator::write_model_files(const Model& model,
+                                                       std::uint64_t model_version) const {
+  const std::string path = options_.run_dir + "/model.pt";
+  model.save(path);
+  // The same weights by name for Python (no torch needed to read them), with what it takes to
+  // feed the model the way it was trained.
+  const auto numbers = [](const std::vector<double>& values) { return nlohmann::json(values).dump(); };
+  const std::string tensors_path = options_.run_dir + "/model.safetensors";
+  write_safetensors(tensors_path, model.named_state(),
+                    {{"run_id", options_.run.run_id},
+                     {"model", options_.run.model},
+                     {"task", options_.run.task},
+                     {"dataset", options_.run.dataset},
+                     {"data_format", options_.run.data_format},
+                     {"mean", numbers(options_.run.mean)},
+                     {"std", numbers(options_.run.std)},
+                     {"model_version", std::to_string(model_version)}});
+  return {path, tensors_path};
+}
+
+void Aggregator::export_checkpoint(const nlohmann::json& meta, const std::vector<NamedTensor>& snapshot) {
+  // So that a run stopped or killed at any point leaves the model of its newest checkpoint in files
+  // Python opens, without filo.
+  torch::NoGradGuard no_grad;
+  const auto load = [&](const std::string& prefix, FlatTensors& target) {
+    for (std::size_t i = 0; i < target.groups().size(); ++i) {
+      const std::string name = prefix + "." + std::to_string(i);
+      const auto found = std::find_if(snapshot.begin(), snapshot.end(),
+                                      [&](const NamedTensor& named) { return named.name == name; });
+      if (found == snapshot.end()) throw std::runtime_error("the snapshot lacks " + name);
+      target.groups()[i].flat.copy_(found->tensor);
+    }
+  };
+  load("model.parameters", exported_model_.parameters());
+  load("model.buffers", exported_model_.buffers());
+  write_model_files(exported_model_, meta.at("model_version").get<std::uint64_t>());
+}
+
 void Aggregator::handle(const msg::Evaluate& evaluate, const Incoming&) {
   const auto done = evaluated_.find(evaluate.epoch);
   if (done != evaluated_.end()) {
@@ -430,23 +474,9 @@ void Aggregator::collect_evaluation() {
   if (last) {
     // The run is over: the model file is its result, and checkpoints are no longer needed.
     try {
-      const std::string path = options_.run_dir + "/model.pt";
-      model_.save(path);
-      evaluated.model_files.push_back(path);
-      // The same weights by name for Python (no torch needed to read them), with what it takes
-      // to feed the model the way it was trained.
-      const auto numbers = [](const std::vector<double>& values) { return nlohmann::json(values).dump(); };
-      const std::string tensors_path = options_.run_dir + "/model.safetensors";
-      write_safetensors(tensors_path, model_.named_state(),
-                        {{"run_id", options_.run.run_id},
-                         {"model", options_.run.model},
-                         {"task", options_.run.task},
-                         {"dataset", options_.run.dataset},
-                         {"data_format", options_.run.data_format},
-                         {"mean", numbers(options_.run.mean)},
-                         {"std", numbers(options_.run.std)},
-                         {"model_version", std::to_string(model_version_)}});
-      evaluated.model_files.push_back(tensors_path);
+      // The writer may be writing the same files from the last checkpoint: let it finish first.
+      checkpoints_.wait_idle(kModelFilesWait);
+      evaluated.model_files = write_model_files(model_, model_version_);
     } catch (const std::exception& e) {
       evaluated.problem +=
           std::string(evaluated.problem.empty() ? "" : "; ") + "model not saved: " + e.what();

@@ -96,6 +96,10 @@ class Aggregator final {
   void checkpoint(const msg::CombineRound& combine);
   void collect_evaluation();
   void restore(const Checkpoint& checkpoint);
+  /// Writes `model` as RUN_DIR/model.pt and RUN_DIR/model.safetensors (each atomically); their paths.
+  std::vector<std::string> write_model_files(const Model& model, std::uint64_t model_version) const;
+  /// On the checkpoint writer's thread: the model files beside each checkpoint, from its snapshot.
+  void export_checkpoint(const nlohmann::json& meta, const std::vector<NamedTensor>& snapshot);
   void count_drop(const std::string& reason);
 
   AggregatorOptions options_;
@@ -117,6 +121,9 @@ class Aggregator final {
   std::map<std::uint64_t, msg::CombineRound> waiting_combines_;  // arrived before an earlier round's
   std::map<std::uint64_t, msg::Evaluate> evaluating_;            // by epoch, submitted to the evaluator
   std::map<std::uint64_t, msg::Evaluated> evaluated_;            // kept to answer a repeated Evaluate
+  /// A CPU copy of the model that only the checkpoint writer's thread uses, to write the model
+  /// files from each checkpoint's snapshot; declared before checkpoints_, so it outlives that thread.
+  Model exported_model_;
   CheckpointWriter checkpoints_;
   EvaluationWorker evaluator_;
 };

@@ -122,8 +122,8 @@ void CheckpointStore::clear() const {
   for (const auto& [round, path] : files_newest_first()) std::filesystem::remove(path);
 }
 
-CheckpointWriter::CheckpointWriter(CheckpointStore store)
-    : store_(std::move(store)), thread_([this] { run(); }) {}
+CheckpointWriter::CheckpointWriter(CheckpointStore store, AfterWrite after_write)
+    : store_(std::move(store)), after_write_(std::move(after_write)), thread_([this] { run(); }) {}
 
 CheckpointWriter::~CheckpointWriter() {
   {
@@ -185,6 +185,13 @@ void CheckpointWriter::run() {
     } catch (const std::exception& e) {
       error = e.what();
       log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);
+    }
+    if (error.empty() && after_write_) {
+      try {
+        after_write_(job.round, job.meta, job.tensors);
+      } catch (const std::exception& e) {
+        log(LogLevel::kError, "checkpoint", "after the checkpoint of round ", job.round, ": ", e.what());
+      }
     }
     lock.lock();
     writing_ = false;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -57,7 +58,12 @@ class CheckpointStore {
 /// newest snapshot not yet written is kept (an older one would be superseded anyway).
 class CheckpointWriter {
  public:
-  explicit CheckpointWriter(CheckpointStore store);
+  /// Called on the writer's thread after each checkpoint is written, with what it holds; a
+  /// failure it throws is logged and does not count against the checkpoint.
+  using AfterWrite = std::function<void(std::uint64_t round, const nlohmann::json& meta,
+                                        const std::vector<NamedTensor>& tensors)>;
+
+  explicit CheckpointWriter(CheckpointStore store, AfterWrite after_write = {});
   /// Writes what is pending, then joins the thread.
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
@@ -84,6 +90,7 @@ class CheckpointWriter {
   void run();
 
   CheckpointStore store_;
+  AfterWrite after_write_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::optional<Pending> pending_;

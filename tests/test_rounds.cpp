@@ -16,7 +16,9 @@
 #include "messages/membership.hpp"
 #include "messages/round.hpp"
 #include "runtime/actor_thread.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/digest.hpp"
+#include "runtime/safetensors.hpp"
 
 using namespace filo;
 
@@ -435,6 +437,47 @@ TEST_CASE("a coordinator's actors and two trainers in one process train every sa
   for (const auto& trainer : cluster.trainers) {
     CHECK(trainer->send_buffer_allocations() <= 4);
     CHECK(trainer->model_staging_allocations() == 0);  // CPU replicas load straight from the frames
+  }
+}
+
+TEST_CASE("a run stopped mid-way leaves its newest checkpoint's model as model.pt and model.safetensors") {
+  ClusterSettings settings;
+  settings.epochs = 50;  // far more than it runs before the test stops it
+  ClusterInProcess cluster(settings);
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (cluster.rounds().size() < 10 && !cluster.failures.any() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Milliseconds(20));  // the test's own wait for a real run to get going
+  }
+  cluster.stop_actors();       // as a coordinator stopped mid-run...
+  cluster.aggregator.reset();  // ...whose checkpoint writer finishes what it has, then ends
+  REQUIRE_MESSAGE(!cluster.finished.load(), "the run ended before the test could stop it mid-way");
+  std::vector<std::string> problems;
+  const auto checkpoint = CheckpointStore(cluster.run_dir + "/checkpoints").load_latest(problems);
+  REQUIRE(checkpoint);
+  CHECK(checkpoint->round >= 8);  // every 4 rounds
+  const auto payload = decode_safetensors(reinterpret_cast<const std::uint8_t*>(checkpoint->payload.data()),
+                                          checkpoint->payload.size(), checkpoint->path);
+  const auto saved_parameters =
+      std::find_if(payload.tensors.begin(), payload.tensors.end(),
+                   [](const NamedTensor& named) { return named.name == "model.parameters.0"; });
+  REQUIRE(saved_parameters != payload.tensors.end());
+
+  // model.pt: TorchScript whose weights are the checkpoint's, not the initial ones.
+  Model exported = Model::from_file(cluster.run_dir + "/model.pt");
+  CHECK(torch::equal(exported.parameters().groups()[0].flat, saved_parameters->tensor));
+  Model initial = Model::from_archive(*mlp_archive(3), "the initial mlp");
+  CHECK_FALSE(torch::equal(exported.parameters().groups()[0].flat, initial.parameters().groups()[0].flat));
+  // model.safetensors: the same weights by name, stamped with the checkpoint's model version.
+  const auto tensors = read_safetensors(cluster.run_dir + "/model.safetensors");
+  CHECK(tensors.metadata.at("model_version") ==
+        std::to_string(checkpoint->meta.at("model_version").get<std::uint64_t>()));
+  const auto named = exported.named_state();
+  REQUIRE(tensors.tensors.size() == named.size());
+  for (const auto& tensor : tensors.tensors) {
+    const auto same =
+        std::find_if(named.begin(), named.end(), [&](const NamedTensor& n) { return n.name == tensor.name; });
+    REQUIRE_MESSAGE(same != named.end(), tensor.name);
+    CHECK(torch::equal(same->tensor, tensor.tensor));
   }
 }
 
