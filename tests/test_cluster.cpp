@@ -4,6 +4,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include <torch/cuda.h>
@@ -340,6 +341,92 @@ print('ok', len(header), 'tensors')
   CHECK(from_pt.at("test_accuracy").get<double>() ==
         doctest::Approx(summary.at("final_test_accuracy").get<double>()));
   CHECK(evaluate("model.safetensors", "mlp").first == 2);
+}
+
+TEST_CASE(
+    "a Python-scripted module trained by 3 nodes at unequal shares steps as Python's large batch does, "
+    "within "
+    "1e-5") {
+  // Python writes a module and a float dataset of exactly one round (96 samples), then, after filo
+  // trained it for one round at slowdowns 1,2,4 (so the three shares differ), steps its own copy of
+  // the module from the same weights on the whole batch and compares with filo's model.pt.
+  const std::string run_dir = fresh_run_dir("python-step");
+  const std::string script = run_dir + "/python_step.py";
+  std::ofstream(script) << R"(import json, os, sys, numpy as np, torch
+mode, out = sys.argv[1], sys.argv[2]
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 6, 3, padding=1)
+        self.hidden = torch.nn.Linear(6 * 4 * 4, 24)
+        self.head = torch.nn.Linear(24, 5)
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.tanh(self.conv(x)), 2)
+        return self.head(torch.relu(self.hidden(x.flatten(1))))
+if mode == 'write':
+    torch.manual_seed(7)
+    torch.jit.script(Net()).save(out + '/net.pt')
+    generator = np.random.default_rng(5)
+    os.makedirs(out + '/data', exist_ok=True)
+    for split, n in (('train', 96), ('test', 40)):
+        np.save(f'{out}/data/{split}_inputs.npy', generator.standard_normal((n, 2, 8, 8), dtype=np.float32))
+        np.save(f'{out}/data/{split}_labels.npy', generator.integers(0, 5, n).astype(np.int64))
+else:
+    module = torch.jit.load(out + '/net.pt')
+    inputs = torch.from_numpy(np.load(out + '/data/train_inputs.npy'))
+    labels = torch.from_numpy(np.load(out + '/data/train_labels.npy'))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    torch.nn.functional.cross_entropy(module(inputs), labels).backward()
+    optimizer.step()
+    ours = dict(module.named_parameters())
+    theirs = dict(torch.jit.load(out + '/run/model.pt').named_parameters())
+    assert sorted(ours) == sorted(theirs), (sorted(ours), sorted(theirs))
+    initial = dict(torch.jit.load(out + '/net.pt').named_parameters())
+    worst = max(((ours[n] - theirs[n]).abs().max() / ours[n].abs().max()).item() for n in ours)
+    moved = min(((ours[n] - initial[n]).abs().max() / ours[n].abs().max()).item() for n in ours)
+    print(json.dumps({'max_relative_difference': worst, 'smallest_relative_step': moved}))
+)";
+  ChildProcess writer({"/usr/bin/python3", script, "write", run_dir}, run_dir + "/write.log");
+  REQUIRE_MESSAGE(writer.wait_for(120s) == std::optional<int>(0), read_file(run_dir + "/write.log"));
+
+  ChildProcess local({FILO_BINARY,   "local",
+                      "--nodes",     "3",
+                      "--slowdowns", "1,2,4",
+                      "--epochs",    "1",
+                      "--run-dir",   run_dir + "/run",
+                      "--web",       "off",
+                      "--set",       "model.path=" + run_dir + "/net.pt",
+                      "--set",       "data.format=numpy",
+                      "--set",       "data.path=" + run_dir + "/data",
+                      "--set",       "schedule.round_samples=96",
+                      "--set",       "schedule.micro_batch=8",
+                      "--set",       "optimizer.name=sgd",
+                      "--set",       "optimizer.learning_rate=0.5",
+                      "--set",       "optimizer.momentum=0"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  REQUIRE(code);
+  REQUIRE_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
+  // One round, split three ways, unequally.
+  REQUIRE(count_lines(run_dir + "/run/rounds.jsonl") == 1);
+  const json round = json::parse(read_file(run_dir + "/run/rounds.jsonl"));
+  std::set<std::int64_t> shares;
+  for (const auto& trainer : round.at("trainers")) {
+    CHECK(trainer.at("delivered").get<bool>());
+    shares.insert(trainer.at("planned").get<std::int64_t>());
+  }
+  INFO(round.dump());
+  CHECK(shares.size() == 3);
+  CHECK(shares.count(0) == 0);
+
+  ChildProcess compare({"/usr/bin/python3", script, "compare", run_dir}, run_dir + "/compare.log");
+  const auto compared = compare.wait_for(120s);
+  const std::string text = read_file(run_dir + "/compare.log");
+  REQUIRE_MESSAGE(compared == std::optional<int>(0), text);
+  const json figures = json::parse(text.substr(text.rfind('{')));
+  INFO(figures.dump());
+  CHECK(figures.at("max_relative_difference").get<double>() < 1e-5);
+  CHECK(figures.at("smallest_relative_step").get<double>() > 1e-3);  // every tensor really moved
 }
 
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
