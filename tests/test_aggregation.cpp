@@ -342,3 +342,56 @@ TEST_CASE("a model's tensors are views of its flat groups, and a saved archive l
   CHECK_THROWS_WITH_AS(Model::from_archive("not a zip file", "junk.pt"),
                        doctest::Contains("not a TorchScript archive"), ModelError);
 }
+
+TEST_CASE("every built-in model runs forward and backward, in training and evaluation, and saves") {
+  struct Case {
+    std::string name;
+    ModelShape shape;
+    Task task;
+    torch::Tensor inputs;
+    torch::Tensor targets;
+  };
+  torch::manual_seed(5);
+  BuiltInModelOptions gpt_options;
+  gpt_options.layers = 2;
+  gpt_options.heads = 2;
+  gpt_options.width = 32;
+  const std::vector<Case> cases{
+      {"mlp",
+       {{1, 28, 28}, 10, 0},
+       Task::kClassification,
+       torch::randn({4, 1, 28, 28}),
+       torch::randint(0, 10, {4})},
+      {"cnn",
+       {{1, 28, 28}, 10, 0},
+       Task::kClassification,
+       torch::randn({4, 1, 28, 28}),
+       torch::randint(0, 10, {4})},
+      {"resnet18",
+       {{3, 32, 32}, 7, 0},
+       Task::kClassification,
+       torch::randn({2, 3, 32, 32}),
+       torch::randint(0, 7, {2})},
+      {"gpt",
+       {{16}, 0, 50},
+       Task::kLanguageModel,
+       torch::randint(0, 50, {3, 16}),
+       torch::randint(0, 50, {3, 16})},
+  };
+  for (const auto& test : cases) {
+    INFO(test.name);
+    Model model(build_model(test.name, test.shape, gpt_options));
+    model.train(true);
+    const auto outputs = model.forward(test.inputs);
+    CHECK_FALSE(
+        output_problem(test.task, outputs, test.targets,
+                       test.task == Task::kClassification ? test.shape.classes : test.shape.vocabulary));
+    model.zero_gradients();
+    batch_loss(test.task, outputs, test.targets).loss_sum.backward();
+    CHECK(model.gradients().groups()[0].flat.abs().sum().item<double>() > 0.0);
+    model.train(false);
+    CHECK(model.forward(test.inputs).sizes() == outputs.sizes());
+    Model again = Model::from_archive(model.archive(), test.name);
+    CHECK(torch::equal(again.parameters().groups()[0].flat, model.parameters().groups()[0].flat));
+  }
+}

@@ -178,7 +178,7 @@ Module resnet18(const ModelShape& shape) {
     for (int block = 0; block < 2; ++block) {
       const std::string name = "layer" + std::to_string(stage + 1) + "_" + std::to_string(block);
       model.register_module(name, basic_block(builder, in, out, block == 0 && stage > 0 ? 2 : 1));
-      body += "    x = self." + name + "(x)\n";
+      body += "    x = self." + name + ".forward(x)\n";
       in = out;
     }
   }
@@ -265,7 +265,7 @@ def forward(self, x):
 )");
     const std::string name = "block" + std::to_string(layer);
     model.register_module(name, block);
-    body += "    h = self." + name + "(h)\n";
+    body += "    h = self." + name + ".forward(h)\n";
   }
   model.register_module("ln_f", layer_norm(builder, width));
   model.register_module("head", linear(builder, width, shape.vocabulary, /*bias=*/false));
