@@ -189,6 +189,7 @@ void FleetState::apply(const msg::Event& event, double time) {
       append_thinned(accuracy_, SeriesPoint{time, static_cast<double>(event.epoch), *accuracy},
                      kMaxSeriesPoints);
     }
+    if (auto perplexity = find_value(event.values, "test_perplexity")) run_.test_perplexity = *perplexity;
     note(event, time, "", event.text);
   } else if (event.type == "finished") {
     run_.finished = true;
@@ -401,6 +402,7 @@ nlohmann::json FleetState::to_json(double now) const {
             {"loss", run_.loss},
             {"idle_fraction", run_.idle_fraction},
             {"test_accuracy", optional_json(run_.test_accuracy)},
+            {"test_perplexity", optional_json(run_.test_perplexity)},
             {"samples", run_.samples},
             {"rounds_seen", run_.rounds_seen},
             {"finished", run_.finished},
@@ -437,6 +439,11 @@ std::string FleetState::prometheus_text(double now) const {
   if (run_.test_accuracy) {
     metric.family("filo_run_test_accuracy", "gauge", "Test accuracy after the last evaluated epoch.");
     metric.sample(*run_.test_accuracy);
+  }
+  if (run_.test_perplexity) {
+    metric.family("filo_run_test_perplexity", "gauge",
+                  "Test perplexity after the last evaluated epoch (language models).");
+    metric.sample(*run_.test_perplexity);
   }
   metric.family("filo_run_idle_ratio", "gauge",
                 "Share of the last round trainers spent waiting for the slowest.");
@@ -526,6 +533,7 @@ std::string FleetState::table_text(double now) const {
       << static_cast<int>(fraction * 100) << "%  loss " << std::fixed << std::setprecision(3) << run_.loss
       << "  idle " << static_cast<int>(run_.idle_fraction * 100) << "%";
   if (run_.test_accuracy) out << "  test accuracy " << std::setprecision(4) << *run_.test_accuracy;
+  if (run_.test_perplexity) out << "  test perplexity " << std::setprecision(2) << *run_.test_perplexity;
   if (run_.finished) out << "  finished";
   out << "\n";
   out << std::left << std::setw(26) << "trainer" << std::setw(14) << "machine" << std::setw(8) << "device"

@@ -90,6 +90,7 @@ struct RunView {
   double loss = 0.0;
   double idle_fraction = 0.0;
   std::optional<double> test_accuracy;
+  std::optional<double> test_perplexity;  // language models
   std::uint64_t samples = 0;
   std::uint64_t rounds_seen = 0;
   bool finished = false;

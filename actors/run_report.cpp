@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "actors/fleet_state.hpp"
+#include "actors/learning/task.hpp"
 #include "actors/web_assets.hpp"
 #include "runtime/run_record.hpp"
 
@@ -97,7 +98,8 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
       events_after_round.emplace(last_round, event);
   }
 
-  const auto accuracies = summary.value("test_accuracy_per_epoch", std::vector<double>{});
+  const std::string metric = summary.value("metric", std::string("test_accuracy"));
+  const auto figures = summary.value(metric + "_per_epoch", std::vector<double>{});
   const double epochs = summary.contains("epochs") ? summary.at("epochs").get<double>()
                         : rounds.empty()           ? 0.0
                                                    : rounds.back().value("epoch", 0.0);
@@ -116,9 +118,9 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
     event.values["samples"] = samples;
     std::string text = "epoch " + std::to_string(epoch) + ": " +
                        std::to_string(static_cast<long long>(samples)) + " samples";
-    if (epoch >= 1 && epoch <= accuracies.size()) {
-      event.values["test_accuracy"] = accuracies[epoch - 1];
-      text += ", test accuracy " + std::to_string(accuracies[epoch - 1]);
+    if (epoch >= 1 && epoch <= figures.size()) {
+      event.values[metric] = figures[epoch - 1];
+      text += ", " + metric_words(metric) + " " + std::to_string(figures[epoch - 1]);
     }
     event.text = text;
     fleet.apply(event, time);
@@ -151,8 +153,8 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
   if (!summary.empty()) {
     msg::Event finished;
     finished.type = "finished";
-    finished.text = "run finished: test accuracy " +
-                    std::to_string(summary.value("final_test_accuracy", 0.0)) + " after " +
+    finished.text = "run finished: " + metric_words(metric) + " " +
+                    std::to_string(summary.value("final_" + metric, 0.0)) + " after " +
                     std::to_string(summary.value("rounds", 0)) + " rounds in " +
                     std::to_string(summary.value("wall_seconds", 0.0)) + " s";
     finished.labels["run_dir"] = run_dir;

@@ -5,6 +5,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "actors/learning/task.hpp"
 #include "messages/event.hpp"
 
 namespace filo {
@@ -72,7 +73,7 @@ nlohmann::json to_json(const RoundState& state) {
           {"epoch_correct", state.epoch_correct},
           {"samples_per_epoch", state.samples_per_epoch},
           {"train_loss_per_epoch", state.train_loss_per_epoch},
-          {"test_accuracy_per_epoch", state.test_accuracy_per_epoch},
+          {"test_metric_per_epoch", state.test_metric_per_epoch},
           {"epoch_end_seconds", state.epoch_end_seconds},
           {"totals", totals},
           {"training_seconds", state.training_seconds},
@@ -95,7 +96,7 @@ RoundState round_state_from_json(const nlohmann::json& json) {
     state.epoch_correct = json.at("epoch_correct").get<std::uint64_t>();
     state.samples_per_epoch = json.at("samples_per_epoch").get<std::vector<std::uint64_t>>();
     state.train_loss_per_epoch = json.at("train_loss_per_epoch").get<std::vector<double>>();
-    state.test_accuracy_per_epoch = json.at("test_accuracy_per_epoch").get<std::vector<double>>();
+    state.test_metric_per_epoch = json.at("test_metric_per_epoch").get<std::vector<double>>();
     state.epoch_end_seconds = json.at("epoch_end_seconds").get<std::vector<double>>();
     for (const auto& [trainer, total] : json.at("totals").items()) {
       state.totals[trainer] = TrainerTotals{
@@ -283,7 +284,7 @@ void Scheduler::maybe_start(Clock::time_point now) {
     bus_.publish(kEventTopic, event);
     // An epoch that ended just before the coordinator died was never scored. Checkpoints wait
     // while an evaluation is under way, so the restored model is that epoch's final one.
-    if (state_.test_accuracy_per_epoch.size() < state_.samples_per_epoch.size()) {
+    if (state_.test_metric_per_epoch.size() < state_.samples_per_epoch.size()) {
       const std::uint64_t epoch = state_.samples_per_epoch.size();
       const bool last = epoch >= static_cast<std::uint64_t>(options_.schedule.epochs);
       planning_done_ = last;
@@ -680,11 +681,12 @@ void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
   evaluations_.erase(pending);
   if (!evaluated.problem.empty())
     log(LogLevel::kError, bus_.name(), "epoch ", evaluated.epoch, ": ", evaluated.problem);
-  const auto found = evaluated.metrics.find("test_accuracy");
-  const double accuracy = found == evaluated.metrics.end() ? 0.0 : found->second;
-  if (state_.test_accuracy_per_epoch.size() < evaluated.epoch)
-    state_.test_accuracy_per_epoch.resize(evaluated.epoch);
-  state_.test_accuracy_per_epoch[evaluated.epoch - 1] = accuracy;
+  const std::string metric = headline_metric(parse_task(options_.run.task));
+  const auto found = evaluated.metrics.find(metric);
+  const double value = found == evaluated.metrics.end() ? 0.0 : found->second;
+  if (state_.test_metric_per_epoch.size() < evaluated.epoch)
+    state_.test_metric_per_epoch.resize(evaluated.epoch);
+  state_.test_metric_per_epoch[evaluated.epoch - 1] = value;
   const std::size_t index = evaluated.epoch - 1;
   const std::uint64_t samples = index < state_.samples_per_epoch.size() ? state_.samples_per_epoch[index] : 0;
   const double train_loss =
@@ -693,16 +695,16 @@ void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
   event.type = "epoch";
   event.epoch = evaluated.epoch;
   event.round = state_.round;
-  for (const auto& [name, value] : evaluated.metrics) event.values[name] = value;
-  event.values["test_accuracy"] = accuracy;
+  for (const auto& [name, figure] : evaluated.metrics) event.values[name] = figure;
+  event.values[metric] = value;
   event.values["train_loss"] = train_loss;
   event.values["samples"] = static_cast<double>(samples);
   event.values["epochs"] = static_cast<double>(options_.schedule.epochs);
   const double ended_at = index < state_.epoch_end_seconds.size() ? state_.epoch_end_seconds[index] : 0.0;
   event.values["training_seconds"] = ended_at;
   std::ostringstream text;
-  text << "epoch " << evaluated.epoch << "/" << options_.schedule.epochs << ": test accuracy " << accuracy
-       << ", train loss " << train_loss << ", " << samples << " samples, " << std::fixed
+  text << "epoch " << evaluated.epoch << "/" << options_.schedule.epochs << ": " << metric_words(metric)
+       << " " << value << ", train loss " << train_loss << ", " << samples << " samples, " << std::fixed
        << std::setprecision(1) << ended_at << " s of training";
   event.text = text.str();
   log(LogLevel::kInfo, bus_.name(), event.text);
@@ -723,8 +725,9 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
                      {"rounds_delivered", totals.rounds_delivered},
                      {"rounds_missed", totals.rounds_missed}});
   }
-  const double accuracy =
-      state_.test_accuracy_per_epoch.empty() ? 0.0 : state_.test_accuracy_per_epoch.back();
+  const std::string metric = headline_metric(parse_task(options_.run.task));
+  const double value = state_.test_metric_per_epoch.empty() ? 0.0 : state_.test_metric_per_epoch.back();
+  const double accuracy = metric == "test_accuracy" ? value : 0.0;
   nlohmann::json timing = nlohmann::json::object();
   if (combines_answered_ > 0) {
     for (const char* part : {"combine_seconds", "step_seconds", "publish_seconds"}) {
@@ -737,15 +740,17 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
   }
   const std::string model_file =
       evaluated.model_files.empty() ? std::string() : evaluated.model_files.front();
-  record_.write_summary({
+  nlohmann::json summary = {
       {"run_id", options_.run.run_id},
       {"model", options_.run.model},
       {"dataset", options_.run.dataset},
       {"mode", options_.run.mode},
       {"optimizer", options_.optimizer.name},
       {"outer_optimizer", options_.run.mode == "local-sgd" ? options_.optimizer.outer : std::string()},
-      {"final_test_accuracy", accuracy},
-      {"test_accuracy_per_epoch", state_.test_accuracy_per_epoch},
+      {"task", options_.run.task},
+      {"metric", metric},  // test_accuracy or test_perplexity: the keys below are named after it
+      {"final_" + metric, value},
+      {metric + "_per_epoch", state_.test_metric_per_epoch},
       {"train_loss_per_epoch", state_.train_loss_per_epoch},
       {"epoch_end_seconds", state_.epoch_end_seconds},
       {"epochs", state_.samples_per_epoch.size()},
@@ -761,12 +766,13 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"model_files", evaluated.model_files},
       {"aggregator_timing", timing},
       {"dropped", drops},
-  });
+  };
+  record_.write_summary(summary);
   msg::Event event;
   event.type = "finished";
-  event.text = "run finished: test accuracy " + std::to_string(accuracy) + " after " +
+  event.text = "run finished: " + metric_words(metric) + " " + std::to_string(value) + " after " +
                std::to_string(state_.round) + " rounds in " + std::to_string(wall_seconds) + " s";
-  event.values["final_test_accuracy"] = accuracy;
+  event.values["final_" + metric] = value;
   event.values["wall_seconds"] = wall_seconds;
   event.labels["run_dir"] = record_.run_dir();
   bus_.publish(kEventTopic, event);

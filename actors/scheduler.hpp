@@ -50,8 +50,9 @@ struct RoundState {
   std::uint64_t epoch_correct = 0;
   std::vector<std::uint64_t> samples_per_epoch;  /// of finished epochs
   std::vector<double> train_loss_per_epoch;      /// of finished epochs
-  std::vector<double> test_accuracy_per_epoch;   /// of evaluated epochs (may lag by one)
-  std::vector<double> epoch_end_seconds;         /// training seconds when each epoch's last round closed
+  std::vector<double>
+      test_metric_per_epoch;              /// the task's headline metric of evaluated epochs (may lag by one)
+  std::vector<double> epoch_end_seconds;  /// training seconds when each epoch's last round closed
   std::map<std::string, TrainerTotals> totals;
   double training_seconds = 0.0;  /// of earlier starts of the coordinator
   std::string last_round_record;  /// the rounds.jsonl line of `round`

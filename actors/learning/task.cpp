@@ -1,5 +1,6 @@
 #include "actors/learning/task.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -66,6 +67,11 @@ std::map<std::string, double> task_metrics(Task task, double loss_sum, std::int6
 
 std::string headline_metric(Task task) {
   return task == Task::kClassification ? "test_accuracy" : "test_perplexity";
+}
+
+std::string metric_words(std::string metric) {
+  std::replace(metric.begin(), metric.end(), '_', ' ');
+  return metric;
 }
 
 }  // namespace filo

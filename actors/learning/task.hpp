@@ -41,5 +41,7 @@ std::map<std::string, double> task_metrics(Task task, double loss_sum, std::int6
 
 /// The metric a run is judged by: "test_accuracy" or "test_perplexity".
 std::string headline_metric(Task task);
+/// A metric's name for people: "test_perplexity" is "test perplexity".
+std::string metric_words(std::string metric);
 
 }  // namespace filo

@@ -217,7 +217,9 @@ function render(state) {
   const dropped = Object.entries(run.dropped || {}).map(([reason, count]) => `${reason} ${count}`).join(", ");
   document.getElementById("summary").innerHTML =
       card("loss (last round)", fixed(run.loss, 4)) +
-      card("test accuracy", run.test_accuracy === null ? "–" : fixed(run.test_accuracy, 4)) +
+      (run.test_perplexity !== null && run.test_perplexity !== undefined
+           ? card("test perplexity", fixed(run.test_perplexity, 2))
+           : card("test accuracy", run.test_accuracy === null ? "–" : fixed(run.test_accuracy, 4))) +
       card("fleet samples/s", fixed(speedTotal, 0)) +
       card("idle (last round)", fixed(100 * run.idle_fraction, 1) + "%") +
       card("trainers training", state.trainers.filter(t => t.state === "training").length + " of " + state.trainers.length) +

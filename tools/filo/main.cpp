@@ -225,8 +225,9 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   }
   nlohmann::json summary;
   std::ifstream(run_dir + "/summary.json") >> summary;
-  std::cout << "done in " << std::fixed << std::setprecision(1) << seconds << " s: test accuracy "
-            << std::setprecision(4) << summary.value("final_test_accuracy", 0.0) << " after "
+  const std::string metric = summary.value("metric", std::string("test_accuracy"));
+  std::cout << "done in " << std::fixed << std::setprecision(1) << seconds << " s: " << metric_words(metric)
+            << " " << std::setprecision(4) << summary.value("final_" + metric, 0.0) << " after "
             << summary.value("rounds", 0) << " rounds; samples per epoch "
             << summary["samples_per_epoch"].dump() << "\nsummary: " << run_dir
             << "/summary.json, model: " << summary.value("model_file", std::string()) << std::endl;
