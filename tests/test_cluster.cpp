@@ -4,6 +4,8 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -427,6 +429,64 @@ else:
   INFO(figures.dump());
   CHECK(figures.at("max_relative_difference").get<double>() < 1e-5);
   CHECK(figures.at("smallest_relative_step").get<double>() > 1e-3);  // every tensor really moved
+}
+
+TEST_CASE("gpt on a token file: the training loss falls well below its start, and perplexity is reported") {
+  // Token ids from a rule with noise: the next id is (7 * id + 3) mod 50 nine times in ten, any id
+  // otherwise. A model that learns the rule gets a loss near 0.1 * ln 50 + 0.33 ≈ 0.7, from ln 50 ≈ 3.9.
+  const std::string run_dir = fresh_run_dir("gpt");
+  std::filesystem::create_directories(run_dir + "/tokens");
+  std::mt19937 generator(11);
+  for (const auto& [split, count] : {std::pair<std::string, int>{"train", 40000}, {"val", 8000}}) {
+    std::vector<std::uint16_t> ids(count);
+    std::uint16_t id = 1;
+    for (auto& slot : ids) {
+      id = generator() % 10 == 0 ? static_cast<std::uint16_t>(generator() % 50)
+                                 : static_cast<std::uint16_t>((7 * id + 3) % 50);
+      slot = id;
+    }
+    std::ofstream(run_dir + "/tokens/" + split + ".bin", std::ios::binary)
+        .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+  }
+  ChildProcess local({FILO_BINARY, "local",
+                      "--nodes",   "2",
+                      "--epochs",  "6",
+                      "--run-dir", run_dir + "/run",
+                      "--web",     "off",
+                      "--set",     "model.name=gpt",
+                      "--set",     "model.task=language_model",
+                      "--set",     "model.layers=2",
+                      "--set",     "model.heads=2",
+                      "--set",     "model.width=64",
+                      "--set",     "data.format=tokens",
+                      "--set",     "data.path=" + run_dir + "/tokens",
+                      "--set",     "data.context=32",
+                      "--set",     "schedule.round_samples=64",
+                      "--set",     "schedule.micro_batch=32"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  REQUIRE(code);
+  const std::string log = read_file(run_dir + "/local.log");
+  REQUIRE_MESSAGE(*code == 0, log);
+  std::vector<double> losses;
+  std::ifstream rounds(run_dir + "/run/rounds.jsonl");
+  for (std::string line; std::getline(rounds, line);)
+    losses.push_back(json::parse(line).at("loss").get<double>());
+  REQUIRE(losses.size() >= 30);
+  const double start = losses.front();
+  const double end = std::accumulate(losses.end() - 5, losses.end(), 0.0) / 5;
+  INFO("loss of the first round " << start << ", mean of the last 5 " << end);
+  CHECK(start > 3.0);  // about ln 50
+  CHECK(end < 0.4 * start);
+  // The task's own metric, in the summary and in what filo local prints.
+  const json summary = json::parse(read_file(run_dir + "/run/summary.json"));
+  CHECK(summary.at("metric") == "test_perplexity");
+  CHECK(summary.at("test_perplexity_per_epoch").size() == 6);
+  const double perplexity = summary.at("final_test_perplexity");
+  CHECK(perplexity > 1.0);
+  CHECK(perplexity < 4.0);  // against 50 for a model that learned nothing
+  CHECK_FALSE(summary.contains("final_test_accuracy"));
+  CHECK(log.find("test perplexity") != std::string::npos);
 }
 
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
