@@ -411,6 +411,9 @@ def main():
     if arguments.batch % RANKS:
         raise SystemExit(f"versus_ddp: --batch {arguments.batch} does not split evenly in {RANKS} ranks")
 
+    if not os.access(arguments.filo, os.X_OK):
+        raise SystemExit(f"versus_ddp: {arguments.filo} is not an executable filo; build it (tools/setup.sh) "
+                         "or name it with --filo")
     check_epoch_order()
     cpu_lists = None if arguments.cpus == "none" else arguments.cpus.split("/")
     if cpu_lists is not None and len(cpu_lists) != RANKS:
