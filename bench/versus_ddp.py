@@ -370,6 +370,10 @@ def print_scenario(name, slowdowns, pinning, sides):
         ratio["time_to_target"] = filo["time_to_target_seconds"] / ddp["time_to_target_seconds"]
     shown = "n/a (not reached)" if ratio["time_to_target"] is None else f"{ratio['time_to_target']:.2f}"
     print(f"{'filo ÷ DDP':14}{shown:>22}{ratio['training_seconds']:>12.2f}{ratio['samples_per_second']:>11.2f}")
+    shares = [node["samples"] for node in filo.get("trainers") or []]
+    if shares:
+        print("filo's trainers trained " + " / ".join(f"{share / sum(shares):.0%}" for share in shares) +
+              " of the samples; DDP's ranks a third each")
     return ratio
 
 
