@@ -45,11 +45,15 @@ after start-up to a barrier after each epoch's last step. DDP's rank 0 scores th
 epochs, outside the timed part; filo scores it on a thread of the coordinator while the next epoch
 trains, so filo's training seconds include that evaluation's competition for the CPU. Results also go to
 OUT/versus_ddp.json; logs and filo's run directories to OUT/.
+
+The machine should be quiet: under each table it prints the CPU time that other processes took
+while each side ran (machine busy time from /proc/stat less the bench's own) and warns above 5%.
 """
 import argparse
 import gzip
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -65,6 +69,7 @@ FASHION_MNIST_MEAN = 0.2860  # what filo computes from the training images
 FASHION_MNIST_STD = 0.3530
 MASK64 = (1 << 64) - 1
 RUN_TIMEOUT_SECONDS = 30 * 60
+NOISY_FRACTION = 0.05  # other processes' share of the machine's CPU above which a run is flagged
 
 
 # ---------------------------------------------------------------------------------------- model --
@@ -238,6 +243,38 @@ def run_rank(arguments):
 
 
 # --------------------------------------------------------------------------------------- driver --
+class OtherLoad:
+    """CPU seconds that processes other than this bench's spent on this machine while it ran a side:
+    the busy time of /proc/stat less this process's and its reaped descendants' CPU time. On a
+    shared machine a side that others took CPU from measures slower than it is."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.busy = self.machine_busy_seconds()
+        self.own = self.own_seconds()
+
+    @staticmethod
+    def machine_busy_seconds():
+        with open("/proc/stat") as file:
+            fields = [int(value) for value in file.readline().split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def own_seconds():
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        return total
+
+    def figures(self):
+        wall = time.perf_counter() - self.started
+        other = max(0.0, (self.machine_busy_seconds() - self.busy) - (self.own_seconds() - self.own))
+        return {"wall_seconds": wall, "other_cpu_seconds": other,
+                "other_cpu_fraction": other / (wall * (os.cpu_count() or 1))}
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -262,7 +299,7 @@ def run_ddp(arguments, name, slowdowns, cpu_lists):
     port = free_port()
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     processes, logs = [], []
-    started = time.perf_counter()
+    other_load = OtherLoad()
     try:
         for rank in range(RANKS):
             command = [sys.executable, os.path.abspath(__file__), "--rank", str(rank), "--port", str(port),
@@ -291,7 +328,7 @@ def run_ddp(arguments, name, slowdowns, cpu_lists):
     result = {key: ranks[0][key] for key in ("test_accuracy_per_epoch", "epoch_end_seconds",
                                              "train_loss_per_epoch", "samples_per_epoch",
                                              "training_seconds")}
-    result["wall_seconds"] = time.perf_counter() - started
+    result.update(other_load.figures())
     result["trainers"] = [{key: rank[key] for key in ("rank", "slowdown", "cpus", "steps", "samples",
                                                       "compute_seconds", "process_cpu_seconds",
                                                       "slowdown_sleep_seconds")} for rank in ranks]
@@ -315,7 +352,7 @@ def run_filo(arguments, name, slowdowns, cpu_lists, coordinator_cpus):
         command += ["--slowdowns", ",".join(f"{factor:g}" for factor in slowdowns)]
     if cpu_lists:
         command += ["--node-cpus", "/".join(cpu_lists), "--set", f"run.cpus={coordinator_cpus}"]
-    started = time.perf_counter()
+    other_load = OtherLoad()
     with open(f"{arguments.out}/filo-{name}.log", "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
@@ -329,7 +366,7 @@ def run_filo(arguments, name, slowdowns, cpu_lists, coordinator_cpus):
     # ends with the last epoch's last round.
     result["training_seconds"] = summary["epoch_end_seconds"][-1]
     result["summary_training_seconds"] = summary["training_seconds"]
-    result["wall_seconds"] = time.perf_counter() - started
+    result.update(other_load.figures())
     result["rounds"] = summary.get("rounds")
     result["trainers"] = summary.get("nodes")
     result["command"] = command
@@ -374,6 +411,12 @@ def print_scenario(name, slowdowns, pinning, sides):
     if shares:
         print("filo's trainers trained " + " / ".join(f"{share / sum(shares):.0%}" for share in shares) +
               " of the samples; DDP's ranks a third each")
+    print("other processes' CPU while each side ran: " + ", ".join(
+        f"{label} {result['other_cpu_seconds']:.0f} cpu-s ({result['other_cpu_fraction']:.0%} of the machine)"
+        for label, result in sides))
+    if any(result["other_cpu_fraction"] > NOISY_FRACTION for _, result in sides):
+        print(f"WARNING: other work took more than {NOISY_FRACTION:.0%} of the machine during a run: "
+              "these figures measure the machine's load as much as the trainers")
     return ratio
 
 
