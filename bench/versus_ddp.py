@@ -43,8 +43,8 @@ faster). Training seconds exclude start-up: filo's are its summary's `epoch_end_
 first round, after calibration, to the close of each epoch's last round), DDP's run from a barrier
 after start-up to a barrier after each epoch's last step. DDP's rank 0 scores the test set between
 epochs, outside the timed part; filo scores it on a thread of the coordinator while the next epoch
-trains, so filo's training seconds include that evaluation's competition for the CPU. Results also go to
-OUT/versus_ddp.json; logs and filo's run directories to OUT/.
+trains, so filo's training seconds include that evaluation's competition for the CPU. Results also
+go to OUT/versus_ddp.json; logs and filo's run directories to OUT/.
 
 The machine should be quiet: under each table it prints the CPU time that other processes took
 while each side ran (machine busy time from /proc/stat less the bench's own) and warns above 5%.
