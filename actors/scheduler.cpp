@@ -199,8 +199,9 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   log(LogLevel::kInfo, bus_.name(), from.from,
       " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
       calibration.micro_batch,
-      calibration.max_micro_batch ? ", memory allows " + std::to_string(calibration.max_micro_batch)
-                                  : std::string());
+      calibration.max_micro_batch
+          ? ", at most " + std::to_string(calibration.max_micro_batch) + " per micro-batch"
+          : std::string());
   if (started_ && !open_) plan_round();  // the cluster was idle, waiting for trainers
   maybe_start(loop_.now());
 }

@@ -18,6 +18,8 @@ constexpr Milliseconds kSnapshotRetry{500};
 constexpr int kCalibrationWarmUp = 2;
 constexpr int kCalibrationMinSteps = 3;
 constexpr double kCalibrationMinSeconds = 0.3;
+/// Calibration starts at this micro-batch and doubles while a step stays short (time_bounded_micro_batch).
+constexpr std::int64_t kFirstCalibrationMicroBatch = 4;
 constexpr Milliseconds kSlowdownSlice{5};
 /// Micro-batches are probed up to this size, and what fits on the device is planned with this margin.
 constexpr std::int64_t kMaxProbedMicroBatch = 8192;
@@ -302,8 +304,32 @@ std::uint32_t Trainer::probe_max_micro_batch(std::int64_t micro_batch) {
   return options_.max_micro_batch > 0 ? std::min(options_.max_micro_batch, limit) : limit;
 }
 
+std::int64_t Trainer::time_bounded_micro_batch(std::int64_t largest) {
+  // The bus is served between micro-batches only: one that outlasts the coordinator's liveness
+  // window gets this trainer declared lost (a ResNet-18 step of 64 samples takes seconds on one CPU
+  // thread). Start small and double while a step takes well under a quarter of the window; the
+  // scheduler then plans micro-batches of at most this size, whose gradients accumulate alike.
+  const auto budget = options_.heartbeat_interval * std::max<std::int64_t>(1, options_.liveness) / 4;
+  std::int64_t size = std::min<std::int64_t>(largest, kFirstCalibrationMicroBatch);
+  while (size < largest) {
+    const auto started = Clock::now();
+    const WorkTimer work_timer;
+    train_share(*model_, data_, torch::arange(std::min<std::int64_t>(size, data_.size()), torch::kInt64),
+                share_options(size, 0, 1.0, {}));
+    if (!model_->device().is_cpu()) torch::cuda::synchronize();
+    simulate_slowdown(work_timer);
+    serve_bus_while_working();
+    // Doubling roughly doubles the step: grow only while twice this one fits the budget.
+    if ((Clock::now() - started) * 2 * 2 > budget) break;
+    size = std::min(largest, size * 2);
+  }
+  model_->zero_gradients();
+  return size;
+}
+
 void Trainer::calibrate() {
-  const std::int64_t micro_batch = std::max<std::uint32_t>(1, run_->micro_batch);
+  const std::int64_t configured = std::max<std::uint32_t>(1, run_->micro_batch);
+  const std::int64_t micro_batch = time_bounded_micro_batch(configured);
   const auto indices = torch::arange(std::min<std::int64_t>(micro_batch, data_.size()), torch::kInt64);
   std::uint64_t samples = 0;
   Clock::duration measured{};
@@ -325,6 +351,13 @@ void Trainer::calibrate() {
   calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
   calibration.micro_batch = static_cast<std::uint32_t>(micro_batch);
   calibration.max_micro_batch = probe_max_micro_batch(micro_batch);
+  if (micro_batch < configured) {
+    const auto bounded = static_cast<std::uint32_t>(micro_batch);
+    calibration.max_micro_batch =
+        calibration.max_micro_batch ? std::min(calibration.max_micro_batch, bounded) : bounded;
+    log(LogLevel::kInfo, bus_.name(), "micro-batches of ", micro_batch, " rather than ", configured,
+        ": a step must leave the bus served within the coordinator's liveness window");
+  }
   calibration.device = device_name(model_->device());
   calibration.precision = precision_name(precision_);
   log(LogLevel::kInfo, bus_.name(), "calibrated: ", static_cast<int>(calibration.samples_per_second),

@@ -85,6 +85,8 @@ class Trainer final {
   void train_if_ready();
   void train(const msg::RoundPlan& plan, double model_wait_seconds);
   /// Measures the run's model at its micro-batch size and tells the scheduler.
+  /// The largest micro-batch up to `largest` whose step leaves the bus served in time.
+  std::int64_t time_bounded_micro_batch(std::int64_t largest);
   void calibrate();
   /// On a GPU, the largest micro-batch of the run's model the device holds, less a margin.
   std::uint32_t probe_max_micro_batch(std::int64_t micro_batch);

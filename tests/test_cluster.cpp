@@ -489,6 +489,46 @@ TEST_CASE("gpt on a token file: the training loss falls well below its start, an
   CHECK(log.find("test perplexity") != std::string::npos);
 }
 
+TEST_CASE(
+    "a model whose micro-batch outlasts the liveness window trains in smaller ones and no trainer is lost") {
+  // A gpt of 3 M parameters over 128 tokens: a step of the configured 64 windows takes seconds on
+  // one CPU thread, longer than the coordinator's 1 s window of heartbeats.
+  const std::string run_dir = fresh_run_dir("long-steps");
+  std::filesystem::create_directories(run_dir + "/tokens");
+  for (const auto& [split, count] : {std::pair<std::string, int>{"train", 129 * 96}, {"val", 129 * 16}}) {
+    std::vector<std::uint16_t> ids(count);
+    for (int i = 0; i < count; ++i) ids[i] = static_cast<std::uint16_t>((i * 7) % 100);
+    std::ofstream(run_dir + "/tokens/" + split + ".bin", std::ios::binary)
+        .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+  }
+  ChildProcess local({FILO_BINARY, "local",
+                      "--nodes",   "2",
+                      "--epochs",  "1",
+                      "--run-dir", run_dir + "/run",
+                      "--web",     "off",
+                      "--set",     "model.name=gpt",
+                      "--set",     "model.task=language_model",
+                      "--set",     "model.layers=4",
+                      "--set",     "model.width=256",
+                      "--set",     "data.format=tokens",
+                      "--set",     "data.path=" + run_dir + "/tokens",
+                      "--set",     "data.context=128",
+                      "--set",     "schedule.round_samples=96",
+                      "--set",     "schedule.micro_batch=64"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  REQUIRE(code);
+  REQUIRE_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
+  const std::string coordinator_log = read_file(run_dir + "/run/logs/coordinator.log");
+  INFO(coordinator_log);
+  CHECK(coordinator_log.find(" lost") == std::string::npos);
+  CHECK(coordinator_log.find("per micro-batch") != std::string::npos);
+  CHECK(read_file(run_dir + "/run/logs/node-1.log").find("rather than 64") != std::string::npos);
+  const json summary = json::parse(read_file(run_dir + "/run/summary.json"));
+  CHECK(summary.at("samples_per_epoch") == json::array({96}));
+  for (const auto& node : summary.at("nodes")) CHECK(node.at("rounds_missed") == 0);
+}
+
 TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
   Cluster cluster(fresh_run_dir("slow-mid-run"),
                   {"data.train_limit=16000", "data.test_limit=200", "schedule.epochs=1",
