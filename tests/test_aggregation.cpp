@@ -139,8 +139,17 @@ TEST_CASE("3 trainers with 50/30/20 shares equal one process on the whole round 
     const double difference = max_relative_difference(combined, reference);
     INFO("max relative parameter difference: " << difference);
     // Adam divides by the root of each element's second moment, which is near zero for some weights:
-    // float rounding in their gradients is magnified there. SGD carries it through unchanged.
-    CHECK(difference < (optimizer_name == "sgd" ? 1e-5 : 1e-4));
+    // float rounding in their gradients is magnified there (a gradient that is zero up to rounding
+    // steps by up to the learning rate either way; the largest difference was 1.4e-4 on one CPU and
+    // under 1e-4 on another). SGD carries rounding through unchanged. So for Adam: nearly every
+    // weight agrees as tightly as SGD's, and none strays beyond a few such steps.
+    CHECK(difference < (optimizer_name == "sgd" ? 1e-5 : 1e-3));
+    const auto& ours = combined.parameters().groups()[0].flat;
+    const auto& theirs = reference.parameters().groups()[0].flat;
+    const double agreeing =
+        ((ours - theirs).abs() <= 1e-5 * theirs.abs().max()).to(torch::kDouble).mean().item<double>();
+    INFO("share of weights within 1e-5 relative: " << agreeing);
+    CHECK(agreeing > 0.999);
     // And training did move the parameters: the check above is not comparing two untouched models.
     CHECK(max_relative_difference(built_in("mlp", 11), reference) > 1e-3);
   }
