@@ -19,6 +19,10 @@ constexpr std::size_t kMaxWaitingCombines = 16;
 constexpr std::size_t kRememberedAnswers = 16;
 // How long the run's end waits for a checkpoint being written before it writes the model files.
 constexpr Milliseconds kModelFilesWait{30000};
+// The model files beside the checkpoints are rewritten at most this often: writing a TorchScript
+// archive every round costs the trainers CPU, and only the newest matters. A coordinator that
+// stops writes the newest it skipped.
+constexpr Milliseconds kModelFilesEvery{10000};
 /// Labels a trainer sends for the records (its precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
 
@@ -83,9 +87,12 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       model_buffers_(options_.device.is_cuda()),
       exported_model_(model_.clone(torch::kCPU)),
-      checkpoints_(CheckpointStore(options_.run_dir + "/checkpoints"),
-                   [this](std::uint64_t, const nlohmann::json& meta,
-                          const std::vector<NamedTensor>& snapshot) { export_checkpoint(meta, snapshot); }),
+      checkpoints_(
+          CheckpointStore(options_.run_dir + "/checkpoints"),
+          [this](std::uint64_t, const nlohmann::json& meta, const std::vector<NamedTensor>& snapshot) {
+            export_checkpoint(meta, snapshot);
+          },
+          kModelFilesEvery),
       evaluator_(model_.clone(), parse_task(options_.run.task),
                  load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
                               Split::kTest)) {

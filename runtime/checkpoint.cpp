@@ -122,8 +122,12 @@ void CheckpointStore::clear() const {
   for (const auto& [round, path] : files_newest_first()) std::filesystem::remove(path);
 }
 
-CheckpointWriter::CheckpointWriter(CheckpointStore store, AfterWrite after_write)
-    : store_(std::move(store)), after_write_(std::move(after_write)), thread_([this] { run(); }) {}
+CheckpointWriter::CheckpointWriter(CheckpointStore store, AfterWrite after_write,
+                                   std::chrono::milliseconds after_write_every)
+    : store_(std::move(store)),
+      after_write_(std::move(after_write)),
+      after_write_every_(after_write_every),
+      thread_([this] { run(); }) {}
 
 CheckpointWriter::~CheckpointWriter() {
   {
@@ -151,6 +155,7 @@ bool CheckpointWriter::wait_idle(std::chrono::milliseconds timeout) {
 void CheckpointWriter::clear() {
   std::unique_lock<std::mutex> lock(mutex_);
   changed_.wait(lock, [this] { return !pending_ && !writing_; });
+  skipped_after_write_.reset();  // the run's own result supersedes it
   store_.clear();
 }
 
@@ -169,12 +174,28 @@ std::string CheckpointWriter::last_error() const {
   return last_error_;
 }
 
+void CheckpointWriter::call_after_write(const Pending& job) {
+  try {
+    after_write_(job.round, job.meta, job.tensors);
+  } catch (const std::exception& e) {
+    log(LogLevel::kError, "checkpoint", "after the checkpoint of round ", job.round, ": ", e.what());
+  }
+}
+
 void CheckpointWriter::run() {
   name_this_thread("checkpoints");
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
     changed_.wait(lock, [this] { return stopping_ || pending_; });
-    if (!pending_) return;  // stopping with nothing left to write
+    if (!pending_) {  // stopping with nothing left to write
+      if (skipped_after_write_) {
+        const Pending skipped = std::move(*skipped_after_write_);
+        skipped_after_write_.reset();
+        lock.unlock();
+        call_after_write(skipped);
+      }
+      return;
+    }
     Pending job = std::move(*pending_);
     pending_.reset();
     writing_ = true;
@@ -186,14 +207,23 @@ void CheckpointWriter::run() {
       error = e.what();
       log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);
     }
+    bool after_write_done = false;
     if (error.empty() && after_write_) {
-      try {
-        after_write_(job.round, job.meta, job.tensors);
-      } catch (const std::exception& e) {
-        log(LogLevel::kError, "checkpoint", "after the checkpoint of round ", job.round, ": ", e.what());
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_after_write_ >= after_write_every_) {
+        call_after_write(job);
+        last_after_write_ = now;
+        after_write_done = true;
       }
     }
     lock.lock();
+    if (error.empty() && after_write_) {
+      if (after_write_done) {
+        skipped_after_write_.reset();
+      } else {
+        skipped_after_write_ = std::move(job);
+      }
+    }
     writing_ = false;
     if (error.empty()) {
       ++written_;

@@ -58,12 +58,15 @@ class CheckpointStore {
 /// newest snapshot not yet written is kept (an older one would be superseded anyway).
 class CheckpointWriter {
  public:
-  /// Called on the writer's thread after each checkpoint is written, with what it holds; a
-  /// failure it throws is logged and does not count against the checkpoint.
+  /// Called on the writer's thread after a checkpoint is written, with what it holds; a failure it
+  /// throws is logged and does not count against the checkpoint.
   using AfterWrite = std::function<void(std::uint64_t round, const nlohmann::json& meta,
                                         const std::vector<NamedTensor>& tensors)>;
 
-  explicit CheckpointWriter(CheckpointStore store, AfterWrite after_write = {});
+  /// `after_write` runs at most once per `after_write_every`; the newest checkpoint it skipped
+  /// gets it when the writer stops, unless clear() came first.
+  explicit CheckpointWriter(CheckpointStore store, AfterWrite after_write = {},
+                            std::chrono::milliseconds after_write_every = std::chrono::milliseconds(0));
   /// Writes what is pending, then joins the thread.
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
@@ -88,9 +91,13 @@ class CheckpointWriter {
     std::vector<NamedTensor> tensors;
   };
   void run();
+  void call_after_write(const Pending& job);
 
   CheckpointStore store_;
   AfterWrite after_write_;
+  std::chrono::milliseconds after_write_every_;
+  std::chrono::steady_clock::time_point last_after_write_{};  // the writer's thread only
+  std::optional<Pending> skipped_after_write_;                // guarded by mutex_
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::optional<Pending> pending_;
