@@ -132,6 +132,43 @@ TEST_CASE("a coordinator and 3 trainer processes over tcp train well above chanc
         doctest::Approx(summary.at("final_test_accuracy").get<double>()));
 }
 
+TEST_CASE(
+    "nodes whose model file is gone train the coordinator's scripted model, sent to them over the bus") {
+  const std::string run_dir = fresh_run_dir("model-sent");
+  const std::string model_dir = run_dir + "/only-on-the-coordinator";
+  std::filesystem::create_directories(model_dir);
+  const std::string script = run_dir + "/write_model.py";
+  std::ofstream(script) << R"(import sys, torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 5, stride=2)
+        self.head = torch.nn.Linear(8 * 12 * 12, 10)
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+torch.manual_seed(1)
+torch.jit.script(Net()).save(sys.argv[1])
+)";
+  ChildProcess writer({"/usr/bin/python3", script, model_dir + "/net.pt"}, run_dir + "/write.log");
+  REQUIRE_MESSAGE(writer.wait_for(120s) == std::optional<int>(0), read_file(run_dir + "/write.log"));
+  // Every process gets the same settings, model.path included; the file goes once the coordinator
+  // has read it, so a node that opened it would fail.
+  Cluster cluster(run_dir, {"model.path=" + model_dir + "/net.pt", "data.train_limit=3000",
+                            "data.test_limit=500", "schedule.epochs=1", "schedule.min_trainers=2"});
+  std::filesystem::remove_all(model_dir);
+  for (const char* name : {"node-1", "node-2"}) cluster.start_node(name);
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE(code);
+  REQUIRE_MESSAGE(*code == 0, read_file(cluster.run_dir + "/logs/coordinator.log"));
+  const json summary = cluster.summary();
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.5);  // chance is 0.1
+  for (const auto& node : summary.at("nodes")) CHECK(node.at("samples").get<std::uint64_t>() > 0);
+  // The result is the user's module: its own attribute names, loadable without the original file.
+  const auto tensors = read_file(run_dir + "/model.safetensors");
+  CHECK(tensors.find("conv.weight") != std::string::npos);
+  CHECK(tensors.find("head.weight") != std::string::npos);
+}
+
 TEST_CASE("a trainer killed during the run costs only its share: the others finish every epoch") {
   Cluster cluster(fresh_run_dir("kill"), {"data.train_limit=4000", "data.test_limit=500", "schedule.epochs=2",
                                           "schedule.min_trainers=3", "schedule.round_samples=96"});
