@@ -116,6 +116,7 @@ RoundState round_state_from_json(const nlohmann::json& json) {
 Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
                      const StopFlag& stop, std::function<void()> on_finished, const TimeSource& time)
     : options_(std::move(options)),
+      metric_(headline_metric(parse_task(options_.run.task))),
       bus_(sockets, kSchedulerName),
       loop_(stop, time),
       on_finished_(std::move(on_finished)),
@@ -682,7 +683,7 @@ void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
   evaluations_.erase(pending);
   if (!evaluated.problem.empty())
     log(LogLevel::kError, bus_.name(), "epoch ", evaluated.epoch, ": ", evaluated.problem);
-  const std::string metric = headline_metric(parse_task(options_.run.task));
+  const std::string& metric = metric_;
   const auto found = evaluated.metrics.find(metric);
   const double value = found == evaluated.metrics.end() ? 0.0 : found->second;
   if (state_.test_metric_per_epoch.size() < evaluated.epoch)
@@ -726,7 +727,7 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
                      {"rounds_delivered", totals.rounds_delivered},
                      {"rounds_missed", totals.rounds_missed}});
   }
-  const std::string metric = headline_metric(parse_task(options_.run.task));
+  const std::string& metric = metric_;
   const double value = state_.test_metric_per_epoch.empty() ? 0.0 : state_.test_metric_per_epoch.back();
   const double accuracy = metric == "test_accuracy" ? value : 0.0;
   nlohmann::json timing = nlohmann::json::object();

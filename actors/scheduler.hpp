@@ -154,6 +154,7 @@ class Scheduler final {
   void publish_dropped();
 
   SchedulerOptions options_;
+  std::string metric_;  // the task's headline metric: test_accuracy or test_perplexity
   BusClient bus_;
   ActorLoop loop_;
   std::function<void()> on_finished_;

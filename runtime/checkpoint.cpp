@@ -207,23 +207,16 @@ void CheckpointWriter::run() {
       error = e.what();
       log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);
     }
-    bool after_write_done = false;
-    if (error.empty() && after_write_) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last_after_write_ >= after_write_every_) {
-        call_after_write(job);
-        last_after_write_ = now;
-        after_write_done = true;
-      }
+    const bool wants_after_write = error.empty() && after_write_;
+    const auto now = std::chrono::steady_clock::now();
+    const bool after_write_due = wants_after_write && now - last_after_write_ >= after_write_every_;
+    if (after_write_due) {
+      call_after_write(job);
+      last_after_write_ = now;
     }
     lock.lock();
-    if (error.empty() && after_write_) {
-      if (after_write_done) {
-        skipped_after_write_.reset();
-      } else {
-        skipped_after_write_ = std::move(job);
-      }
-    }
+    if (after_write_due) skipped_after_write_.reset();
+    if (wants_after_write && !after_write_due) skipped_after_write_ = std::move(job);
     writing_ = false;
     if (error.empty()) {
       ++written_;

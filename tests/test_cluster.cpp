@@ -55,6 +55,12 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(file), {});
 }
 
+/// A token file as data.format = "tokens" reads it: uint16 ids, back to back.
+void write_tokens(const std::string& path, const std::vector<std::uint16_t>& ids) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+}
+
 /// A coordinator and named nodes, each a separate process, each logging to run_dir/logs.
 struct Cluster {
   std::string run_dir;
@@ -482,8 +488,7 @@ TEST_CASE("gpt on a token file: the training loss falls well below its start, an
                                  : static_cast<std::uint16_t>((7 * id + 3) % 50);
       slot = id;
     }
-    std::ofstream(run_dir + "/tokens/" + split + ".bin", std::ios::binary)
-        .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+    write_tokens(run_dir + "/tokens/" + split + ".bin", ids);
   }
   ChildProcess local({FILO_BINARY, "local",
                       "--nodes",   "2",
@@ -535,8 +540,7 @@ TEST_CASE(
   for (const auto& [split, count] : {std::pair<std::string, int>{"train", 129 * 96}, {"val", 129 * 16}}) {
     std::vector<std::uint16_t> ids(count);
     for (int i = 0; i < count; ++i) ids[i] = static_cast<std::uint16_t>((i * 7) % 100);
-    std::ofstream(run_dir + "/tokens/" + split + ".bin", std::ios::binary)
-        .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+    write_tokens(run_dir + "/tokens/" + split + ".bin", ids);
   }
   ChildProcess local({FILO_BINARY, "local",
                       "--nodes",   "2",
