@@ -742,6 +742,9 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
   }
   const std::string model_file =
       evaluated.model_files.empty() ? std::string() : evaluated.model_files.front();
+  // Training ends with the last epoch's last round; the final evaluation after it is not training.
+  const double until_now = training_seconds();
+  const double trained = state_.epoch_end_seconds.empty() ? until_now : state_.epoch_end_seconds.back();
   nlohmann::json summary = {
       {"run_id", options_.run.run_id},
       {"model", options_.run.model},
@@ -757,7 +760,8 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"epoch_end_seconds", state_.epoch_end_seconds},
       {"epochs", state_.samples_per_epoch.size()},
       {"wall_seconds", wall_seconds},
-      {"training_seconds", training_seconds()},
+      {"training_seconds", trained},
+      {"final_evaluation_seconds", until_now - trained},
       {"coordinator_starts", options_.incarnation},
       {"rounds", state_.round},
       {"model_version", state_.model_version},
