@@ -16,6 +16,7 @@
 #include "runtime/run_record.hpp"
 #include "runtime/safetensors.hpp"
 #include "runtime/thread_name.hpp"
+#include "runtime/thread_priority.hpp"
 
 namespace filo {
 namespace {
@@ -184,6 +185,7 @@ void CheckpointWriter::call_after_write(const Pending& job) {
 
 void CheckpointWriter::run() {
   name_this_thread("checkpoints");
+  lower_this_thread_priority();  // checkpoints are written while the next rounds run
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
     changed_.wait(lock, [this] { return stopping_ || pending_; });

@@ -1,6 +1,7 @@
 #include "actors/learning/evaluation.hpp"
 
 #include "runtime/thread_name.hpp"
+#include "runtime/thread_priority.hpp"
 
 namespace filo {
 namespace {
@@ -65,6 +66,7 @@ std::size_t EvaluationWorker::outstanding() const {
 
 void EvaluationWorker::run() {
   name_this_thread("evaluation");
+  lower_this_thread_priority();  // an epoch's evaluation overlaps the next epoch's rounds
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
     work_ready_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
