@@ -3,6 +3,7 @@
 #include "runtime/cpu_affinity.hpp"
 
 #include <toml++/toml.h>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -260,7 +261,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     check(device == "cpu" || device.rfind("cuda", 0) == 0,
           "local.devices must list \"cpu\" or \"cuda:N\" per node, not \"" + device + "\"");
   }
-  check(config.local.nodes >= 1, "local.nodes must be >= 1");
+  check(config.local.nodes >= 0, "local.nodes must be >= 1 (or 0: one per CPU, at most 3)");
   check(config.schedule.split == "proportional" || config.schedule.split == "equal",
         "schedule.split must be \"proportional\" or \"equal\", not \"" + config.schedule.split + "\"");
   for (const auto& precision : split_list(config.admission.required_precisions)) {
@@ -300,6 +301,15 @@ std::vector<std::string> split_node_cpus(const std::string& text) {
   std::stringstream all(text);
   for (std::string list; std::getline(all, list, '/');) lists.push_back(list);
   return lists;
+}
+
+std::int64_t local_node_count(const LocalOptions& local, int usable_cpus) {
+  if (local.nodes > 0) return local.nodes;
+  const std::size_t listed =
+      std::max({parse_slowdowns(local.slowdowns).size(), split_node_cpus(local.node_cpus).size(),
+                split_list(local.devices).size()});
+  if (listed > 0) return static_cast<std::int64_t>(listed);
+  return std::clamp<std::int64_t>(usable_cpus, 1, kDefaultLocalNodes);
 }
 
 std::vector<double> parse_slowdowns(const std::string& text) {

@@ -128,7 +128,8 @@ struct AdmissionOptions {
 };
 
 struct LocalOptions {
-  std::int64_t nodes = 3;
+  /// 0: as many as a per-node list below names, else local_node_count()'s default.
+  std::int64_t nodes = 0;
   std::string slowdowns;  /// TEST AID: "1,2,4" gives node i the i-th factor as node.slowdown
   std::string node_cpus;  /// "0/1/1" pins node i to the i-th CPU list as node.cpus
   /// "cuda:0,cpu,cpu" gives node i the i-th device as node.device (a mixed CPU+GPU fleet on one
@@ -177,6 +178,14 @@ std::vector<double> parse_slowdowns(const std::string& text);
 std::vector<double> parse_numbers(const std::string& text, const std::string& key);
 /// local.node_cpus "0/1/1" -> {"0", "1", "1"}: one CPU list per node, in node order.
 std::vector<std::string> split_node_cpus(const std::string& text);
+
+/// `filo local`'s default number of nodes, for a machine with fewer CPUs than that: beyond one
+/// single-threaded trainer per CPU, trainers take turns on a core and every round waits for the
+/// last one to be given a core again.
+constexpr std::int64_t kDefaultLocalNodes = 3;
+/// The nodes `filo local` starts: local.nodes when set; else the length of the longest per-node list
+/// (slowdowns, node_cpus, devices); else kDefaultLocalNodes, or `usable_cpus` when fewer.
+std::int64_t local_node_count(const LocalOptions& local, int usable_cpus);
 
 /// The CURVE identity of a process acting as `role` (node: named `node_name`), from security.*.
 /// Throws ConfigError saying which file is missing and how to make it.

@@ -1,6 +1,7 @@
 #include "runtime/cpu_affinity.hpp"
 
 #include <sched.h>
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 #include <system_error>
@@ -61,6 +62,13 @@ void pin_to_cpus(pid_t pid, const std::vector<int>& cpus) {
                                   std::to_string(std::thread::hardware_concurrency()) + ")");
     }
   }
+}
+
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return std::max(1U, std::thread::hardware_concurrency());
+  return std::max(1, CPU_COUNT(&set));
 }
 
 }  // namespace filo

@@ -15,4 +15,7 @@ std::vector<int> parse_cpu_list(const std::string& text, const std::string& key)
 /// std::system_error naming the CPUs when the kernel refuses (a CPU this machine lacks).
 void pin_to_cpus(pid_t pid, const std::vector<int>& cpus);
 
+/// How many CPUs this process may run on (its affinity mask; at least 1).
+int usable_cpus();
+
 }  // namespace filo

@@ -32,7 +32,7 @@ std::string error_of(const std::string& path, const std::vector<std::string>& ov
 TEST_CASE("defaults then file values then command-line overrides") {
   const Config defaults = load_config("", {});
   CHECK(defaults.schedule.epochs == 3);
-  CHECK(defaults.local.nodes == 3);
+  CHECK(defaults.local.nodes == 0);  // local_node_count decides
   const auto path =
       write_temporary("[schedule]\nepochs = 5 # comment\nround_samples = 64\n[optimizer]\nname = \"sgd\"\n");
   const Config config =
@@ -84,4 +84,19 @@ TEST_CASE("CPU lists pin nodes; bad ones are refused naming the key and the item
         std::string::npos);
   // An empty list pins nothing.
   CHECK_NOTHROW(pin_to_cpus(0, {}));
+}
+
+TEST_CASE("filo local starts one node per CPU up to 3, or as many as its per-node lists name") {
+  LocalOptions local;
+  CHECK(local_node_count(local, 2) == 2);  // never more single-threaded trainers than cores
+  CHECK(local_node_count(local, 1) == 1);
+  CHECK(local_node_count(local, 16) == kDefaultLocalNodes);
+  local.slowdowns = "1,2,4";
+  CHECK(local_node_count(local, 2) == 3);
+  local.devices = "cuda:0,cpu,cpu,cpu";
+  CHECK(local_node_count(local, 2) == 4);
+  local.nodes = 5;
+  CHECK(local_node_count(local, 2) == 5);
+  CHECK(usable_cpus() >= 1);
+  CHECK(error_of("", {"local.nodes=-1"}).find("local.nodes must be >= 1") != std::string::npos);
 }

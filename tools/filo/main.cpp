@@ -29,6 +29,7 @@
 #include "messages/test_aid.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
 #include "runtime/process.hpp"
@@ -84,6 +85,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   // The children get the same file and overrides, so read the configuration once here to check it.
   std::vector<std::string> overrides = flag_overrides;
   const Config probe = load(common, overrides);
+  const std::int64_t node_count = local_node_count(probe.local, usable_cpus());
   bool listen_given = false;
   for (const std::vector<std::string>* list : {&std::as_const(overrides), &common.overrides}) {
     for (const auto& assignment : *list) listen_given |= assignment.rfind("bus.listen=", 0) == 0;
@@ -119,7 +121,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   if (!listen_given)
     coordinator_arguments.insert(coordinator_arguments.end(), {"--set", "bus.listen=tcp://127.0.0.1:*"});
   coordinator_arguments.insert(coordinator_arguments.end(),
-                               {"--set", "schedule.min_trainers=" + std::to_string(probe.local.nodes)});
+                               {"--set", "schedule.min_trainers=" + std::to_string(node_count)});
   ChildProcess coordinator(coordinator_arguments, logs + "/coordinator.log");
 
   // The coordinator writes its bound endpoints once its sockets are up.
@@ -142,7 +144,7 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
   const std::vector<double> slowdowns = parse_slowdowns(probe.local.slowdowns);
   const std::vector<std::string> node_cpus = split_node_cpus(probe.local.node_cpus);
   const std::vector<std::string> devices = split_list(probe.local.devices);
-  for (std::int64_t i = 1; i <= probe.local.nodes; ++i) {
+  for (std::int64_t i = 1; i <= node_count; ++i) {
     const std::string name = "node-" + std::to_string(i);
     std::vector<std::string> arguments{self, "node"};
     for (const auto& argument : passthrough_arguments(common)) arguments.push_back(argument);
@@ -159,8 +161,11 @@ int run_local(const CommonOptions& common, const std::vector<std::string>& flag_
     }
     nodes.emplace_back(arguments, logs + "/" + name + ".log");
   }
-  std::cout << "filo local: coordinator on " << router << " and " << probe.local.nodes << " nodes; logs in "
-            << logs << "; watch with: filo monitor --events " << publish << std::endl;
+  std::cout << "filo local: coordinator on " << router << " and " << node_count << " nodes"
+            << (probe.local.nodes == 0 && node_count < kDefaultLocalNodes
+                    ? " (one per CPU of this machine; --nodes N for more)"
+                    : "")
+            << "; logs in " << logs << "; watch with: filo monitor --events " << publish << std::endl;
 
   zmq::context_t context;
   SocketFactory sockets(context, probe.bus.socket_limits, curve_settings_for(security, PeerRole::kMonitor));
@@ -507,8 +512,9 @@ int main(int argc, char** argv) {
 
   auto* local = app.add_subcommand("local", "start a coordinator and N nodes on this machine and train");
   add_common(local);
-  local->add_option_function<std::string>("--nodes", flag("local.nodes"),
-                                          "trainer nodes to start (default 3)");
+  local->add_option_function<std::string>(
+      "--nodes", flag("local.nodes"),
+      "trainer nodes to start (default 3, or one per CPU when the machine has fewer)");
   local->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
   local->add_option_function<std::string>("--slowdowns", flag("local.slowdowns"),
                                           "TEST AID: slowdown factor per node, e.g. 1,2,4");
