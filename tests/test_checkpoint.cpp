@@ -4,9 +4,13 @@
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <sstream>
+#include <thread>
 
 #include "actors/scheduler.hpp"
 #include "runtime/checkpoint.hpp"
+#include "runtime/thread_priority.hpp"
 
 using namespace filo;
 
@@ -74,4 +78,37 @@ TEST_CASE("the untrained positions of an epoch are the complement of the trained
   CHECK(untrained[1].end == 90);
   CHECK(untrained_ranges({}, 50).size() == 1);
   CHECK(untrained_ranges({{0, 50}}, 50).empty());
+}
+
+TEST_CASE("the checkpoint writer's thread runs niced, and only it") {
+  // Where trainers fill the cores, the writer must take what they leave idle; the thread that
+  // created it keeps its priority.
+  const auto niceness_of = [](const std::filesystem::path& task) {
+    std::ifstream stat(task / "stat");
+    const std::string text(std::istreambuf_iterator<char>(stat), {});
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::string field;
+    for (int i = 0; i < 17; ++i) fields >> field;  // state is field 3; nice is field 19
+    return std::stoi(field);
+  };
+  const auto writer_niceness = [&]() -> std::optional<int> {
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(task.path() / "comm");
+      std::string name;
+      std::getline(comm, name);
+      if (name == "checkpoints") return niceness_of(task.path());
+    }
+    return std::nullopt;
+  };
+  const int own_niceness = niceness_of("/proc/thread-self");
+  REQUIRE(own_niceness < kBackgroundNiceness);  // else nothing here could tell the writer apart
+  CheckpointWriter writer(CheckpointStore(fresh_directory("niced"), 3));
+  std::optional<int> niceness;
+  for (int attempt = 0; attempt < 500 && niceness != kBackgroundNiceness; ++attempt) {
+    niceness = writer_niceness();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(niceness);
+  CHECK(*niceness == kBackgroundNiceness);
+  CHECK(niceness_of("/proc/thread-self") == own_niceness);
 }

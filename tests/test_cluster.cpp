@@ -342,6 +342,9 @@ TEST_CASE("filo local runs a whole cluster and writes its summary") {
   std::ifstream(run_dir + "/summary.json") >> summary;
   CHECK(summary.at("samples_per_epoch") == json::array({2000}));
   CHECK(summary.at("nodes").size() == 2);
+  // Training ends with the last round; the final evaluation after it is counted apart.
+  CHECK(summary.at("training_seconds").get<double>() == summary.at("epoch_end_seconds").back().get<double>());
+  CHECK(summary.at("final_evaluation_seconds").get<double>() > 0.0);
   CHECK(read_file(run_dir + "/local.log").find("epoch 1/1") != std::string::npos);
   // The result loads in Python: model.safetensors read with the standard library and numpy alone
   // holds exactly what torch.jit.load(model.pt) holds, by name, with the run's normalisation.
