@@ -46,6 +46,25 @@ struct Measurement {
   double megabytes_per_second() const { return static_cast<double>(bytes) / kMebibyte / seconds; }
 };
 
+/// Whether the receiver acknowledges after message `i` of `messages` (0 is the warm-up).
+bool acknowledged_after(int i, int messages) {
+  return i == 0 || i % kBatch == 0 || i == messages;
+}
+
+/// The sender's side of every path: the warm-up, its acknowledgement, then `messages` timed ones,
+/// waiting for the acknowledgement that ends each batch. Returns the seconds after the warm-up.
+template <typename Send, typename AwaitAcknowledgement>
+double send_timed(int messages, Send send, AwaitAcknowledgement await_acknowledgement) {
+  send();
+  await_acknowledgement();
+  const auto start = Clock::now();
+  for (int i = 1; i <= messages; ++i) {
+    send();
+    if (acknowledged_after(i, messages)) await_acknowledgement();
+  }
+  return seconds_between(start, Clock::now());
+}
+
 int messages_for(std::size_t size, double seconds_per_size) {
   // Aim at ~seconds_per_size at 1 GB/s (small messages go slower: at 250 MB/s at 4 KB), within
   // bounds.
@@ -118,13 +137,10 @@ Measurement measure_filo(std::size_t size, int messages, bool curve) {
         const ReceivedTensor& tensor = tensors.value()[0];
         torch::Tensor view =
             tensor.meta().frames == 1 ? tensor.to_tensor() : (tensor.copy_into(reused), reused);
-        if (i == 0) {
-          if (!torch::equal(view, payload)) throw std::runtime_error("bench: received tensor differs");
-          receiver.send(sender_name, msg::Heartbeat{});  // warm-up done: start the clock
-          continue;
-        }
-        measurement.bytes += static_cast<std::size_t>(view.nbytes());
-        if (i % kBatch == 0 || i == messages) receiver.send(sender_name, msg::Heartbeat{});
+        if (i == 0 && !torch::equal(view, payload))
+          throw std::runtime_error("bench: received tensor differs");
+        if (i > 0) measurement.bytes += static_cast<std::size_t>(view.nbytes());
+        if (acknowledged_after(i, messages)) receiver.send(sender_name, msg::Heartbeat{});
       }
     } catch (...) {
       receive_error = std::current_exception();
@@ -137,14 +153,7 @@ Measurement measure_filo(std::size_t size, int messages, bool curve) {
     contribution.gradients = append_tensor_frames({{"payload", payload}}, frames);
     sender.send(kAggregatorName, contribution, Stamp{}, std::move(frames));
   };
-  send_payload();
-  wait_for(sender);  // the warm-up arrived
-  const auto start = Clock::now();
-  for (int i = 1; i <= messages; ++i) {
-    send_payload();
-    if (i % kBatch == 0 || i == messages) wait_for(sender);  // the receiver's acknowledgement
-  }
-  measurement.seconds = seconds_between(start, Clock::now());
+  measurement.seconds = send_timed(messages, send_payload, [&] { wait_for(sender); });
   receiving.join();
   if (receive_error) std::rethrow_exception(receive_error);
   return measurement;
@@ -229,7 +238,7 @@ Measurement measure_direct(std::size_t size, int messages, bool encoded) {
             throw std::runtime_error("bench: a message differs");
           std::memcpy(reused.data_ptr(), frames[2].data(), size);
           if (i > 0) measurement.bytes += size;
-          if (i == 0 || i % kBatch == 0 || i == messages) acknowledge(frames[0]);
+          if (acknowledged_after(i, messages)) acknowledge(frames[0]);
           continue;
         }
         if (frames.size() < 5) throw std::runtime_error("bench: a message lacks its frames");
@@ -247,20 +256,13 @@ Measurement measure_direct(std::size_t size, int messages, bool encoded) {
         if (i == 0 && !torch::equal(view, payload))
           throw std::runtime_error("bench: received tensor differs");
         if (i > 0) measurement.bytes += static_cast<std::size_t>(view.nbytes());
-        if (i == 0 || i % kBatch == 0 || i == messages) acknowledge(frames[0]);
+        if (acknowledged_after(i, messages)) acknowledge(frames[0]);
       }
     } catch (...) {
       receive_error = std::current_exception();
     }
   });
-  send_payload();
-  receive(dealer);  // the warm-up arrived
-  const auto start = Clock::now();
-  for (int i = 1; i <= messages; ++i) {
-    send_payload();
-    if (i % kBatch == 0 || i == messages) receive(dealer);  // the receiver's acknowledgement
-  }
-  measurement.seconds = seconds_between(start, Clock::now());
+  measurement.seconds = send_timed(messages, send_payload, [&] { receive(dealer); });
   receiving.join();
   if (receive_error) std::rethrow_exception(receive_error);
   return measurement;
@@ -320,13 +322,8 @@ Measurement measure_plain_tcp(std::size_t size, int messages) {
         std::uint64_t announced = 0;
         receive_all(connection.fd, reinterpret_cast<char*>(&announced), sizeof announced);
         receive_all(connection.fd, reused.data(), announced);
-        if (i == 0) {
-          const char ready = 1;
-          send_all(connection.fd, &ready, 1);
-          continue;
-        }
-        measurement.bytes += announced;
-        if (i % kBatch == 0 || i == messages) {
+        if (i > 0) measurement.bytes += announced;
+        if (acknowledged_after(i, messages)) {
           const char ack = 1;
           send_all(connection.fd, &ack, 1);
         }
@@ -339,22 +336,17 @@ Measurement measure_plain_tcp(std::size_t size, int messages) {
   check_call(::connect(client.fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0, "connect");
   const int one = 1;
   ::setsockopt(client.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const std::uint64_t warm_up = size;
-  send_all(client.fd, reinterpret_cast<const char*>(&warm_up), sizeof warm_up);
-  send_all(client.fd, static_cast<const char*>(payload.data_ptr()), size);
-  char ready = 0;
-  receive_all(client.fd, &ready, 1);
-  const auto start = Clock::now();
-  for (int i = 1; i <= messages; ++i) {
-    const std::uint64_t announced = size;
-    send_all(client.fd, reinterpret_cast<const char*>(&announced), sizeof announced);
-    send_all(client.fd, static_cast<const char*>(payload.data_ptr()), size);
-    if (i % kBatch == 0 || i == messages) {
-      char ack = 0;
-      receive_all(client.fd, &ack, 1);
-    }
-  }
-  measurement.seconds = seconds_between(start, Clock::now());
+  const std::uint64_t announced = size;
+  measurement.seconds = send_timed(
+      messages,
+      [&] {
+        send_all(client.fd, reinterpret_cast<const char*>(&announced), sizeof announced);
+        send_all(client.fd, static_cast<const char*>(payload.data_ptr()), size);
+      },
+      [&] {
+        char ack = 0;
+        receive_all(client.fd, &ack, 1);
+      });
   receiving.join();
   if (receive_error) std::rethrow_exception(receive_error);
   return measurement;

@@ -61,6 +61,20 @@ void write_tokens(const std::string& path, const std::vector<std::uint16_t>& ids
       .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
 }
 
+/// `filo local` with 2 nodes training the built-in gpt on the token files in run_dir/tokens into
+/// run_dir/run, with `settings` (section.key=value) on top; it logs to run_dir/local.log.
+ChildProcess gpt_on_tokens(const std::string& run_dir, const std::string& epochs,
+                           const std::vector<std::string>& settings) {
+  std::vector<std::string> arguments{FILO_BINARY, "local",     "--nodes",        "2",     "--epochs",
+                                     epochs,      "--run-dir", run_dir + "/run", "--web", "off"};
+  for (const auto& setting :
+       std::vector<std::string>{"model.name=gpt", "model.task=language_model", "data.format=tokens",
+                                "data.path=" + run_dir + "/tokens"})
+    arguments.insert(arguments.end(), {"--set", setting});
+  for (const auto& setting : settings) arguments.insert(arguments.end(), {"--set", setting});
+  return ChildProcess(arguments, run_dir + "/local.log");
+}
+
 /// A coordinator and named nodes, each a separate process, each logging to run_dir/logs.
 struct Cluster {
   std::string run_dir;
@@ -493,22 +507,9 @@ TEST_CASE("gpt on a token file: the training loss falls well below its start, an
     }
     write_tokens(run_dir + "/tokens/" + split + ".bin", ids);
   }
-  ChildProcess local({FILO_BINARY, "local",
-                      "--nodes",   "2",
-                      "--epochs",  "6",
-                      "--run-dir", run_dir + "/run",
-                      "--web",     "off",
-                      "--set",     "model.name=gpt",
-                      "--set",     "model.task=language_model",
-                      "--set",     "model.layers=2",
-                      "--set",     "model.heads=2",
-                      "--set",     "model.width=64",
-                      "--set",     "data.format=tokens",
-                      "--set",     "data.path=" + run_dir + "/tokens",
-                      "--set",     "data.context=32",
-                      "--set",     "schedule.round_samples=64",
-                      "--set",     "schedule.micro_batch=32"},
-                     run_dir + "/local.log");
+  ChildProcess local = gpt_on_tokens(run_dir, "6",
+                                     {"model.layers=2", "model.heads=2", "model.width=64", "data.context=32",
+                                      "schedule.round_samples=64", "schedule.micro_batch=32"});
   const auto code = local.wait_for(kRunTimeout);
   REQUIRE(code);
   const std::string log = read_file(run_dir + "/local.log");
@@ -545,21 +546,9 @@ TEST_CASE(
     for (int i = 0; i < count; ++i) ids[i] = static_cast<std::uint16_t>((i * 7) % 100);
     write_tokens(run_dir + "/tokens/" + split + ".bin", ids);
   }
-  ChildProcess local({FILO_BINARY, "local",
-                      "--nodes",   "2",
-                      "--epochs",  "1",
-                      "--run-dir", run_dir + "/run",
-                      "--web",     "off",
-                      "--set",     "model.name=gpt",
-                      "--set",     "model.task=language_model",
-                      "--set",     "model.layers=4",
-                      "--set",     "model.width=256",
-                      "--set",     "data.format=tokens",
-                      "--set",     "data.path=" + run_dir + "/tokens",
-                      "--set",     "data.context=128",
-                      "--set",     "schedule.round_samples=96",
-                      "--set",     "schedule.micro_batch=64"},
-                     run_dir + "/local.log");
+  ChildProcess local = gpt_on_tokens(run_dir, "1",
+                                     {"model.layers=4", "model.width=256", "data.context=128",
+                                      "schedule.round_samples=96", "schedule.micro_batch=64"});
   const auto code = local.wait_for(kRunTimeout);
   REQUIRE(code);
   REQUIRE_MESSAGE(*code == 0, read_file(run_dir + "/local.log"));
