@@ -38,9 +38,9 @@ int Dashboard::run() {
   return exit_code_;
 }
 
-void Dashboard::handle(const msg::Event& event, const Incoming&) {
+void Dashboard::take(const msg::AnyEvent& event) {
   fleet_.apply(event, now());
-  if (record_.is_open()) record_ << event_json(event, unix_time_now()).dump() << "\n" << std::flush;
+  if (record_.is_open()) record_ << msg::event_json(event, unix_time_now()).dump() << "\n" << std::flush;
 }
 
 void Dashboard::handle(const msg::RunFinished&, const Incoming&) {

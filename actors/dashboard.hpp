@@ -41,7 +41,7 @@ struct DashboardSnapshot {
 
 class Dashboard final {
  public:
-  using Inbox = std::variant<msg::Event, msg::RunFinished>;
+  using Inbox = msg::StreamInbox;
 
   /// Subscribes and starts serving at once; throws std::runtime_error when the address is taken.
   Dashboard(const SocketFactory& sockets, DashboardOptions options, const StopFlag& stop);
@@ -50,7 +50,11 @@ class Dashboard final {
   /// Returns 0 after RunFinished (or when stopped), 1 when keep_going said to stop first.
   int run();
 
-  void handle(const msg::Event& event, const Incoming& from);
+  /// Every event family goes into the fleet's state (and the record) alike.
+  template <typename Event>
+  void handle(const Event& event, const Incoming&) {
+    take(msg::AnyEvent(event));
+  }
   void handle(const msg::RunFinished& finished, const Incoming& from);
 
   /// The HTTP answer for `path`; runs on the HTTP server's threads.
@@ -59,6 +63,7 @@ class Dashboard final {
  private:
   double now() const { return seconds_between(started_, Clock::now()); }
   void publish_snapshot();
+  void take(const msg::AnyEvent& event);
 
   DashboardOptions options_;
   Clock::time_point started_;

@@ -10,30 +10,7 @@
 
 namespace filo {
 namespace {
-constexpr const char* kPlannedPrefix = "planned/";
 constexpr int kTableBarWidth = 20;
-
-/// The value of `key` in `values`, if the sender put it there: the coordinator adds keys over time,
-/// so a missing one means "not reported", never zero.
-std::optional<double> find_value(const std::map<std::string, double>& values, const std::string& key) {
-  const auto found = values.find(key);
-  if (found == values.end()) return std::nullopt;
-  return found->second;
-}
-
-std::string find_label(const std::map<std::string, std::string>& labels, const std::string& key) {
-  const auto found = labels.find(key);
-  return found == labels.end() ? std::string() : found->second;
-}
-
-/// Keys "<prefix><trainer>" of `values` or `labels`, as trainer names.
-template <typename Map>
-std::set<std::string> trainers_with(const Map& map, const std::string& prefix) {
-  std::set<std::string> names;
-  for (const auto& entry : map)
-    if (entry.first.rfind(prefix, 0) == 0) names.insert(entry.first.substr(prefix.size()));
-  return names;
-}
 
 /// Keeps a long run's series bounded: past `limit` points, every other older point goes.
 void append_thinned(std::vector<SeriesPoint>& series, SeriesPoint point, std::size_t limit) {
@@ -117,33 +94,12 @@ const char* state_name(TrainerState state) {
       return "rejected";
     case TrainerState::kLeftOut:
       return "left_out";
+    case TrainerState::kFailed:
+      return "failed";
+    case TrainerState::kTakenOut:
+      return "taken_out";
   }
   return "training";
-}
-
-namespace {
-std::optional<TrainerState> parse_state(const std::string& text) {
-  for (auto state : {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft,
-                     TrainerState::kRejected, TrainerState::kLeftOut})
-    if (text == state_name(state)) return state;
-  return std::nullopt;
-}
-}  // namespace
-
-nlohmann::json event_json(const msg::Event& event, double unix_time) {
-  return {{"type", event.type},     {"text", event.text},     {"round", event.round}, {"epoch", event.epoch},
-          {"values", event.values}, {"labels", event.labels}, {"time", unix_time}};
-}
-
-msg::Event event_from_json(const nlohmann::json& line) {
-  msg::Event event;
-  event.type = line.value("type", std::string());
-  event.text = line.value("text", std::string());
-  event.round = line.value("round", std::uint64_t{0});
-  event.epoch = line.value("epoch", std::uint64_t{0});
-  if (line.contains("values")) event.values = line.at("values").get<std::map<std::string, double>>();
-  if (line.contains("labels")) event.labels = line.at("labels").get<std::map<std::string, std::string>>();
-  return event;
 }
 
 double unix_time_now() {
@@ -166,121 +122,64 @@ TrainerView& FleetState::trainer(const std::string& name) {
   return trainers_.emplace(name, std::move(view)).first->second;
 }
 
-void FleetState::note(const msg::Event& event, double time, const std::string& trainer,
+void FleetState::note(const std::string& type, std::uint64_t round, double time, const std::string& trainer,
                       const std::string& text) {
-  events_.push_back(EventView{time, event.round, event.type, trainer, text});
+  events_.push_back(EventView{time, round, type, trainer, text});
   if (events_.size() > kMaxEvents) events_.pop_front();
 }
 
-void FleetState::apply(const msg::Event& event, double time) {
+void FleetState::apply(const msg::AnyEvent& event, double time) {
   ++events_seen_;
-  const std::string who = find_label(event.labels, "trainer");
-  if (event.type == "round") {
-    apply_round(event, time);
-  } else if (event.type == "members") {
-    apply_members(event, time);
-  } else if (event.type == "dropped") {
-    for (const auto& reason : trainers_with(event.values, "dropped/"))
-      run_.dropped[reason] = event.values.at("dropped/" + reason);
-  } else if (event.type == "epoch") {
-    run_.epoch = std::max(run_.epoch, event.epoch);
-    if (auto accuracy = find_value(event.values, "test_accuracy")) {
-      run_.test_accuracy = *accuracy;
-      append_thinned(accuracy_, SeriesPoint{time, static_cast<double>(event.epoch), *accuracy},
-                     kMaxSeriesPoints);
-    }
-    if (auto perplexity = find_value(event.values, "test_perplexity")) run_.test_perplexity = *perplexity;
-    note(event, time, "", event.text);
-  } else if (event.type == "finished") {
-    run_.finished = true;
-    run_.finished_text = event.text;
-    run_.run_dir = find_label(event.labels, "run_dir");
-    note(event, time, "", event.text);
-  } else if (!who.empty()) {
-    // Membership and the transfer rule: joined, rejoined, lost, left, rejected, left_out,
-    // planned_again, and whatever kinds come later (shown, with no state change).
-    TrainerView& view = trainer(who);
-    if (event.type == "joined" || event.type == "planned_again") {
-      view.state = TrainerState::kTraining;
-      view.reason.clear();
-    } else if (event.type == "rejoined") {
-      view.state = TrainerState::kTraining;
-      view.reason.clear();
-      ++view.rejoins;
-    } else if (event.type == "lost") {
-      view.state = TrainerState::kLost;
-      ++view.losses;
-    } else if (event.type == "left") {
-      view.state = TrainerState::kLeft;
-    } else if (event.type == "rejected") {
-      view.state = TrainerState::kRejected;
-    } else if (event.type == "left_out") {
-      view.state = TrainerState::kLeftOut;
-    }
-    if (view.state != TrainerState::kTraining) {
-      // The text reads "<trainer> <what>: <reason>"; the reason is what follows the first ": ".
-      const auto colon = event.text.find(": ");
-      view.reason = colon == std::string::npos ? event.text : event.text.substr(colon + 2);
-    }
-    note(event, time, who, event.text);
-  } else {
-    note(event, time, "", event.text);  // resumed, and kinds this version does not know
-  }
+  std::visit([&](const auto& typed) { apply_event(typed, time); }, event);
 }
 
-void FleetState::apply_round(const msg::Event& event, double time) {
-  const auto& values = event.values;
+void FleetState::apply_event(const msg::RoundClosed& event, double time) {
   run_.round = event.round;
   run_.epoch = event.epoch;
   ++run_.rounds_seen;
-  if (auto epochs = find_value(values, "epochs")) run_.epochs = static_cast<std::uint64_t>(*epochs);
-  if (auto done = find_value(values, "epoch_samples_done")) run_.epoch_samples_done = *done;
-  if (auto total = find_value(values, "epoch_samples_total")) run_.epoch_samples_total = *total;
-  if (auto idle = find_value(values, "idle_fraction")) run_.idle_fraction = *idle;
-  if (auto samples = find_value(values, "samples")) run_.samples += static_cast<std::uint64_t>(*samples);
-  const double seconds = find_value(values, "seconds").value_or(0.0);
-  if (auto loss = find_value(values, "loss")) {
-    run_.loss = *loss;
-    append_thinned(loss_, SeriesPoint{time, static_cast<double>(event.round), *loss}, kMaxSeriesPoints);
-  }
+  run_.epochs = event.epochs;
+  run_.epoch_samples_done = static_cast<double>(event.epoch_samples_done);
+  run_.epoch_samples_total = static_cast<double>(event.epoch_samples_total);
+  run_.idle_fraction = event.idle_fraction;
+  run_.samples += event.samples;
+  run_.loss = event.loss;
+  append_thinned(loss_, SeriesPoint{time, static_cast<double>(event.round), event.loss}, kMaxSeriesPoints);
 
-  const std::set<std::string> planned = trainers_with(values, kPlannedPrefix);
   double planned_total = 0.0;
-  for (const auto& name : planned) planned_total += values.at(kPlannedPrefix + name);
-  RoundView round{event.round, event.epoch, time, seconds, {}};
+  std::set<std::string> planned;
+  for (const auto& part : event.trainers) {
+    planned_total += static_cast<double>(part.planned);
+    planned.insert(part.name);
+  }
+  RoundView round{event.round, event.epoch, time, event.seconds, {}};
   for (auto& [name, view] : trainers_) {
     if (planned.count(name) > 0) continue;
     view.planned_samples = 0.0;  // not in this round's plan: its share now is none
     view.share = 0.0;
   }
-  for (const auto& name : planned) {
-    TrainerView& view = trainer(name);
+  for (const auto& part : event.trainers) {
+    TrainerView& view = trainer(part.name);
     TimelineEntry entry;
-    entry.trainer = name;
-    entry.planned = values.at(kPlannedPrefix + name);
-    entry.delivered = event.labels.count("missed/" + name) == 0;
+    entry.trainer = part.name;
+    entry.planned = static_cast<double>(part.planned);
+    entry.delivered = part.delivered;
     view.planned_samples = entry.planned;
     view.share = planned_total > 0 ? entry.planned / planned_total : 0.0;
-    if (auto device = find_label(event.labels, "device/" + name); !device.empty()) view.device = device;
-    if (auto precision = find_label(event.labels, "precision/" + name); !precision.empty())
-      view.precision = precision;
-    if (entry.delivered) {
+    if (!part.device.empty()) view.device = part.device;
+    if (!part.precision.empty()) view.precision = part.precision;
+    if (part.peak_memory_bytes > 0) view.peak_memory_bytes = static_cast<double>(part.peak_memory_bytes);
+    if (part.delivered) {
       ++view.rounds_delivered;
-      entry.samples = entry.planned;
-      view.samples += static_cast<std::uint64_t>(entry.planned);
+      entry.samples = static_cast<double>(part.samples);
+      view.samples += part.samples;
       view.last_delivery_at = time;
-      view.samples_per_second = find_value(values, "samples_per_second/" + name).value_or(0.0);
-      view.idle_seconds = find_value(values, "idle_seconds/" + name).value_or(0.0);
-      view.idle_seconds_total += view.idle_seconds;
-      // Older coordinators send neither compute nor arrival times: both follow from what they do send.
-      view.compute_seconds = find_value(values, "compute_seconds/" + name);
-      if (!view.compute_seconds && view.samples_per_second > 0)
-        view.compute_seconds = entry.planned / view.samples_per_second;
-      view.arrival_seconds = find_value(values, "arrival_seconds/" + name);
-      if (!view.arrival_seconds) view.arrival_seconds = std::max(0.0, seconds - view.idle_seconds);
-      if (auto memory = find_value(values, "peak_memory_bytes/" + name)) view.peak_memory_bytes = memory;
-      if (view.compute_seconds && *view.compute_seconds > 0) {
-        view.recent.emplace_back(entry.planned, *view.compute_seconds);
+      view.samples_per_second = part.samples_per_second;
+      view.idle_seconds = part.idle_seconds;
+      view.idle_seconds_total += part.idle_seconds;
+      view.compute_seconds = part.compute_seconds;
+      view.arrival_seconds = part.arrival_seconds;
+      if (part.compute_seconds > 0) {
+        view.recent.emplace_back(static_cast<double>(part.samples), part.compute_seconds);
         if (view.recent.size() > kRecentRounds) view.recent.pop_front();
         double recent_samples = 0.0, recent_seconds = 0.0;
         for (const auto& [samples, compute] : view.recent) {
@@ -289,18 +188,17 @@ void FleetState::apply_round(const msg::Event& event, double time) {
         }
         view.recent_samples_per_second = recent_samples / recent_seconds;
       }
-      entry.compute_seconds = view.compute_seconds.value_or(0.0);
-      entry.arrival_seconds = *view.arrival_seconds;
-      entry.idle_seconds = view.idle_seconds;
-      append_thinned(speed_[name],
+      entry.compute_seconds = part.compute_seconds;
+      entry.arrival_seconds = part.arrival_seconds;
+      entry.idle_seconds = part.idle_seconds;
+      append_thinned(speed_[part.name],
                      SeriesPoint{time, static_cast<double>(event.round), view.samples_per_second},
                      kMaxSeriesPoints);
     } else {
       ++view.rounds_missed;
-      note(event, time, name,
-           "round " + std::to_string(event.round) + " closed without " + name + ": " +
-               event.labels.at("missed/" + name));
-      events_.back().type = "missed";
+      note("missed", event.round, time, part.name,
+           "round " + std::to_string(event.round) + " closed without " + part.name + ": " +
+               std::to_string(part.planned) + " samples reassigned: " + part.missed_reason);
     }
     round.trainers.push_back(entry);
   }
@@ -308,30 +206,107 @@ void FleetState::apply_round(const msg::Event& event, double time) {
   if (timeline_.size() > kTimelineRounds) timeline_.pop_front();
 }
 
-void FleetState::apply_members(const msg::Event& event, double time) {
-  // The registrar's periodic roll call is the authority on state; it names every trainer it knows.
-  for (const auto& name : trainers_with(event.labels, "state/")) {
-    TrainerView& view = trainer(name);
-    if (auto state = parse_state(event.labels.at("state/" + name))) view.state = *state;
-    if (auto host = find_label(event.labels, "host/" + name); !host.empty()) view.host = host;
-    if (auto device = find_label(event.labels, "device/" + name); !device.empty()) view.device = device;
-    if (auto precision = find_label(event.labels, "precision/" + name); !precision.empty())
-      view.precision = precision;
-    if (view.state != TrainerState::kTraining) {
-      if (auto reason = find_label(event.labels, "reason/" + name); !reason.empty()) view.reason = reason;
-    } else {
+void FleetState::apply_event(const msg::EpochScored& event, double time) {
+  run_.epoch = std::max(run_.epoch, event.epoch);
+  if (event.epochs > 0) run_.epochs = event.epochs;
+  if (event.metric == "test_accuracy") {
+    run_.test_accuracy = event.value;
+    append_thinned(accuracy_, SeriesPoint{time, static_cast<double>(event.epoch), event.value},
+                   kMaxSeriesPoints);
+  } else if (event.metric == "test_perplexity") {
+    run_.test_perplexity = event.value;
+  }
+  note("epoch", event.round, time, "", event.text);
+}
+
+void FleetState::apply_event(const msg::MemberNews& event, double time) {
+  TrainerView& view = trainer(event.trainer);
+  using Change = msg::MemberChange;
+  switch (event.change) {
+    case Change::kJoined:
+    case Change::kPlannedAgain:
+      view.state = TrainerState::kTraining;
+      break;
+    case Change::kRejoined:
+      view.state = TrainerState::kTraining;
+      ++view.rejoins;
+      break;
+    case Change::kLost:
+      view.state = TrainerState::kLost;
+      ++view.losses;
+      break;
+    case Change::kLeft:
+      // A trainer that failed leaves too; its failure is the better reason to show.
+      if (view.state != TrainerState::kFailed) view.state = TrainerState::kLeft;
+      break;
+    case Change::kRejected:
+      view.state = TrainerState::kRejected;
+      break;
+    case Change::kLeftOut:
+      view.state = TrainerState::kLeftOut;
+      break;
+    case Change::kFailed:
+      view.state = TrainerState::kFailed;
+      break;
+    case Change::kTakenOut:
+      view.state = TrainerState::kTakenOut;
+      break;
+  }
+  if (!event.hostname.empty()) view.host = event.hostname;
+  if (view.state == TrainerState::kTraining) {
+    view.reason.clear();
+  } else if (event.change != Change::kLeft || view.state == TrainerState::kLeft) {
+    view.reason = event.reason;
+  }
+  note(msg::member_change_name(event.change), event.round, time, event.trainer, event.text);
+}
+
+void FleetState::apply_event(const msg::FleetMembers& event, double time) {
+  // The registrar's roll call is the authority on who is live and on heartbeats.
+  for (const auto& member : event.members) {
+    TrainerView& view = trainer(member.trainer);
+    if (view.state == TrainerState::kLost || view.state == TrainerState::kLeft) {
+      view.state = TrainerState::kTraining;
       view.reason.clear();
     }
-  }
-  for (const auto& name : trainers_with(event.values, "heartbeat_age_seconds/")) {
-    TrainerView& view = trainer(name);
-    view.heartbeat_age_seconds = event.values.at("heartbeat_age_seconds/" + name);
+    if (!member.host.empty()) view.host = member.host;
+    if (!member.device.empty()) view.device = member.device;
+    if (!member.precision.empty()) view.precision = member.precision;
+    if (member.peak_memory_bytes > 0) view.peak_memory_bytes = static_cast<double>(member.peak_memory_bytes);
+    view.heartbeat_age_seconds = member.heartbeat_age_seconds;
     view.heartbeat_age_at = time;
   }
 }
 
+void FleetState::apply_event(const msg::RefusalCounts& event, double) {
+  for (const auto& [reason, count] : event.by_reason) run_.dropped[reason] = static_cast<double>(count);
+}
+
+void FleetState::apply_event(const msg::CoordinatorResumed& event, double time) {
+  note("resumed", event.round, time, "", event.text);
+}
+
+void FleetState::apply_event(const msg::LossScaleOverflow& event, double time) {
+  note("overflow", event.round, time, "", event.text);
+}
+
+void FleetState::apply_event(const msg::RunEnded& event, double time) {
+  run_.finished = true;
+  run_.finished_text = event.text;
+  run_.run_dir = event.run_dir;
+  note("finished", event.rounds, time, "", event.text);
+}
+
+void FleetState::apply_event(const msg::SecurityNotice& event, double time) {
+  note("insecure", 0, time, "", event.text);
+}
+
 std::optional<double> FleetState::heartbeat_age(const TrainerView& trainer, double now) const {
   if (!trainer.heartbeat_age_seconds) return std::nullopt;
+  // A trainer that is no longer live has no heartbeat to age: the last roll call's figure would lie.
+  if (trainer.state == TrainerState::kLost || trainer.state == TrainerState::kLeft ||
+      trainer.state == TrainerState::kRejected || trainer.state == TrainerState::kFailed)
+    return std::nullopt;
   return *trainer.heartbeat_age_seconds + std::max(0.0, now - trainer.heartbeat_age_at);
 }
 
@@ -472,8 +447,9 @@ std::string FleetState::prometheus_text(double now) const {
   }
   metric.family("filo_trainer_state", "gauge", "1 for the trainer's current state, 0 for the others.");
   for (const auto& [name, view] : trainers_) {
-    for (auto state : {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft,
-                       TrainerState::kRejected, TrainerState::kLeftOut}) {
+    for (auto state :
+         {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft, TrainerState::kRejected,
+          TrainerState::kLeftOut, TrainerState::kFailed, TrainerState::kTakenOut}) {
       metric.sample(view.state == state ? 1.0 : 0.0, {{"trainer", name}, {"state", state_name(state)}});
     }
   }

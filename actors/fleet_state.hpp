@@ -18,7 +18,7 @@ namespace filo {
 
 /// A trainer's state as monitors show it. kTraining covers "admitted and planned"; a trainer
 /// that came back after a loss is kTraining with rejoins > 0.
-enum class TrainerState { kTraining, kLost, kLeft, kRejected, kLeftOut };
+enum class TrainerState { kTraining, kLost, kLeft, kRejected, kLeftOut, kFailed, kTakenOut };
 const char* state_name(TrainerState state);
 
 struct TrainerView {
@@ -28,7 +28,7 @@ struct TrainerView {
   std::string device;   // cpu, cuda:0
   std::string precision;
   TrainerState state = TrainerState::kTraining;
-  std::string reason;  // why lost, left, rejected or left out
+  std::string reason;  // why lost, left, rejected, left out, failed or taken out
   double planned_samples = 0.0;
   double share = 0.0;                            // planned ÷ the round's planned total
   double samples_per_second = 0.0;               // last delivered round
@@ -39,7 +39,7 @@ struct TrainerView {
   std::optional<double> compute_seconds;
   std::optional<double> arrival_seconds;
   std::optional<double> peak_memory_bytes;
-  std::optional<double> heartbeat_age_seconds;  // from the registrar's members event
+  std::optional<double> heartbeat_age_seconds;  // from the registrar's roll call (FleetMembers)
   double heartbeat_age_at = 0.0;                // when that age was true (run time)
   double last_delivery_at = -1.0;               // run time of its last delivered round
   std::uint64_t rounds_delivered = 0;
@@ -109,7 +109,7 @@ class FleetState {
 
   /// Takes one event seen at `time` (seconds on the owner's clock: since the monitor started,
   /// or the run's training time when replaying a run directory).
-  void apply(const msg::Event& event, double time);
+  void apply(const msg::AnyEvent& event, double time);
 
   const std::map<std::string, TrainerView>& trainers() const { return trainers_; }
   const RunView& run() const { return run_; }
@@ -130,9 +130,17 @@ class FleetState {
 
  private:
   TrainerView& trainer(const std::string& name);
-  void apply_round(const msg::Event& event, double time);
-  void apply_members(const msg::Event& event, double time);
-  void note(const msg::Event& event, double time, const std::string& trainer, const std::string& text);
+  void apply_event(const msg::RoundClosed& event, double time);
+  void apply_event(const msg::EpochScored& event, double time);
+  void apply_event(const msg::MemberNews& event, double time);
+  void apply_event(const msg::FleetMembers& event, double time);
+  void apply_event(const msg::RefusalCounts& event, double time);
+  void apply_event(const msg::CoordinatorResumed& event, double time);
+  void apply_event(const msg::LossScaleOverflow& event, double time);
+  void apply_event(const msg::RunEnded& event, double time);
+  void apply_event(const msg::SecurityNotice& event, double time);
+  void note(const std::string& type, std::uint64_t round, double time, const std::string& trainer,
+            const std::string& text);
 
   std::map<std::string, TrainerView> trainers_;
   RunView run_;
@@ -144,11 +152,6 @@ class FleetState {
   std::uint64_t events_seen_ = 0;
 };
 
-/// One event as a JSON line: the format of `filo monitor --json` and of a run's events.jsonl.
-/// `unix_time` (seconds) says when the monitor received it.
-nlohmann::json event_json(const msg::Event& event, double unix_time);
-/// The reverse; missing fields keep their defaults.
-msg::Event event_from_json(const nlohmann::json& line);
 /// Seconds since 1970 now, for event lines.
 double unix_time_now();
 

@@ -56,43 +56,39 @@ int Monitor::run() {
   return exit_code_;
 }
 
-void Monitor::handle(const msg::Event& event, const Incoming&) {
+void Monitor::show(const msg::AnyEvent& event) {
   const double unix_time = unix_time_now();
-  if (record_.is_open()) record_ << event_json(event, unix_time).dump() << "\n" << std::flush;
+  if (record_.is_open()) record_ << msg::event_json(event, unix_time).dump() << "\n" << std::flush;
   if (options_.style == MonitorStyle::kJson) {
-    std::cout << event_json(event, unix_time).dump() << std::endl;
+    std::cout << msg::event_json(event, unix_time).dump() << std::endl;
     return;
   }
+  const bool tabled = std::holds_alternative<msg::RoundClosed>(event) ||
+                      std::holds_alternative<msg::FleetMembers>(event) ||
+                      std::holds_alternative<msg::RefusalCounts>(event);
   if (options_.style == MonitorStyle::kTable) {
     fleet_.apply(event, seconds_between(started_, Clock::now()));
-    if (event.type == "round" || event.type == "members" || event.type == "dropped") return;  // in the table
+    if (tabled) return;  // in the table
     clear_table();
-    std::cout << event.text << std::endl;
+    std::cout << msg::event_text(event) << std::endl;
     draw_table();
     return;
   }
-  if (event.type == "round") {
+  if (const auto* round = std::get_if<msg::RoundClosed>(&event)) {
     // One line per round would scroll too fast to read: a progress line instead.
-    show_progress(event);
+    show_progress(*round);
     return;
   }
+  if (std::holds_alternative<msg::FleetMembers>(event)) return;  // a roll call a second would drown the lines
   end_progress_line();
-  std::cout << event.text << std::endl;
+  std::cout << msg::event_text(event) << std::endl;
 }
 
-void Monitor::show_progress(const msg::Event& event) {
-  const auto value = [&](const std::string& key) {
-    const auto found = event.values.find(key);
-    return found == event.values.end() ? 0.0 : found->second;
-  };
-  for (const auto& [key, value] : event.values) {
-    if (key.rfind("samples_per_second/", 0) == 0) samples_per_second_[key.substr(19)] = value;
-    if (key.rfind("planned/", 0) == 0) planned_[key.substr(8)] = value;
-  }
-  const double total = value("epoch_samples_total");
-  const double fraction = total > 0 ? value("epoch_samples_done") / total : 0.0;
-  if (event.epoch != last_epoch_) {
-    last_epoch_ = event.epoch;
+void Monitor::show_progress(const msg::RoundClosed& round) {
+  const double total = static_cast<double>(round.epoch_samples_total);
+  const double fraction = total > 0 ? static_cast<double>(round.epoch_samples_done) / total : 0.0;
+  if (round.epoch != last_epoch_) {
+    last_epoch_ = round.epoch;
     last_reported_decile_ = -1;
   }
   const int decile = static_cast<int>(fraction * 10);
@@ -102,14 +98,13 @@ void Monitor::show_progress(const msg::Event& event) {
   last_reported_decile_ = decile;
   std::ostringstream line;
   const int filled = static_cast<int>(fraction * kBarWidth);
-  line << "epoch " << event.epoch << "/" << static_cast<int>(value("epochs")) << " ["
-       << std::string(filled, '#') << std::string(kBarWidth - filled, '.') << "] " << std::setw(3)
-       << static_cast<int>(fraction * 100) << "%  round " << event.round << "  loss " << std::fixed
-       << std::setprecision(3) << value("loss") << "  idle " << static_cast<int>(value("idle_fraction") * 100)
-       << "% |";
-  for (const auto& [trainer, speed] : samples_per_second_) {
-    line << " " << short_name(trainer) << " " << static_cast<int>(speed) << "/s x"
-         << static_cast<int>(planned_[trainer]);
+  line << "epoch " << round.epoch << "/" << round.epochs << " [" << std::string(filled, '#')
+       << std::string(kBarWidth - filled, '.') << "] " << std::setw(3) << static_cast<int>(fraction * 100)
+       << "%  round " << round.round << "  loss " << std::fixed << std::setprecision(3) << round.loss
+       << "  idle " << static_cast<int>(round.idle_fraction * 100) << "% |";
+  for (const auto& trainer : round.trainers) {
+    line << " " << short_name(trainer.name) << " " << static_cast<int>(trainer.samples_per_second) << "/s x"
+         << trainer.planned;
   }
   if (terminal_) {
     std::cout << "\r" << line.str() << "\033[K" << std::flush;

@@ -33,17 +33,22 @@ struct MonitorOptions {
 
 class Monitor final {
  public:
-  using Inbox = std::variant<msg::Event, msg::RunFinished>;
+  using Inbox = msg::StreamInbox;
 
   Monitor(const SocketFactory& sockets, MonitorOptions options, const StopFlag& stop);
   /// Returns 0 after RunFinished (or when stopped), 1 when keep_going said to stop first.
   int run();
 
-  void handle(const msg::Event& event, const Incoming& from);
+  /// Every event family: shown, recorded and kept in the fleet's state alike.
+  template <typename Event>
+  void handle(const Event& event, const Incoming&) {
+    show(msg::AnyEvent(event));
+  }
   void handle(const msg::RunFinished& finished, const Incoming& from);
 
  private:
-  void show_progress(const msg::Event& event);
+  void show(const msg::AnyEvent& event);
+  void show_progress(const msg::RoundClosed& round);
   void end_progress_line();
   void draw_table();
   void clear_table();
@@ -57,8 +62,6 @@ class Monitor final {
   int last_reported_decile_ = -1;
   std::uint64_t last_epoch_ = 0;
   Clock::time_point last_draw_{};
-  std::map<std::string, double> samples_per_second_;
-  std::map<std::string, double> planned_;
   std::ofstream record_;
   Clock::time_point started_ = Clock::now();
   FleetState fleet_;

@@ -3,6 +3,12 @@
 #include <algorithm>
 
 namespace filo {
+namespace {
+/// How often the roll call of live trainers goes out: a dashboard's heartbeat ages stay current.
+constexpr Milliseconds kRollCallInterval{1000};
+/// Labels a trainer sends for the records (precision) are cut to this length.
+constexpr std::size_t kMaxLabelLength = 16;
+}  // namespace
 
 std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
                                           const AdmissionPolicy& policy) {
@@ -60,6 +66,24 @@ Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoi
     reap(loop_.now());
     for (const auto& [trainer, record] : live_) bus_.send(trainer, msg::Heartbeat{});
   });
+  loop_.every(kRollCallInterval, [this] { publish_members(); });
+}
+
+void Registrar::publish_members() {
+  msg::FleetMembers members;
+  const auto now = loop_.now();
+  for (const auto& [trainer, record] : live_) {
+    msg::MemberStatus status;
+    status.trainer = trainer;
+    status.host = record.report.hostname;
+    status.device = record.report.device;
+    status.precision = record.precision;
+    status.heartbeat_age_seconds = seconds_between(record.last_heard, now);
+    status.peak_memory_bytes = record.peak_memory_bytes;
+    members.members.push_back(std::move(status));
+  }
+  members.text = std::to_string(members.members.size()) + " trainers live";
+  bus_.publish(kEventTopic, members);
 }
 
 void Registrar::run() {
@@ -73,11 +97,13 @@ void Registrar::reject(const std::string& trainer, const std::string& reason) {
   bus_.send(trainer, admission);
   // A peer that asks again and again is told each time but logged and announced once a while.
   if (!bus_.refuse(trainer, "admission: rejected", reason)) return;
-  msg::Event event;
-  event.type = "rejected";
-  event.text = trainer + " rejected: " + reason;
-  event.labels["trainer"] = trainer;
-  bus_.publish(kEventTopic, event);
+  msg::MemberNews news;
+  news.change = msg::MemberChange::kRejected;
+  news.trainer = trainer;
+  news.reason = reason;
+  news.text = trainer + " rejected: " + reason;
+  news.live_trainers = static_cast<std::uint32_t>(live_.size());
+  bus_.publish(kEventTopic, news);
 }
 
 void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) {
@@ -123,7 +149,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
            reason.str(), report.cpu_gemm_gflops, report.hostname);
 }
 
-void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
+void Registrar::handle(const msg::Heartbeat& heartbeat, const Incoming& from) {
   auto found = live_.find(from.from);
   if (found == live_.end()) {
     // A trainer we declared lost, or one of the run before a coordinator restart, is still
@@ -135,6 +161,8 @@ void Registrar::handle(const msg::Heartbeat&, const Incoming& from) {
     return;
   }
   found->second.last_heard = loop_.now();
+  found->second.precision = heartbeat.precision.substr(0, kMaxLabelLength);
+  found->second.peak_memory_bytes = std::max<std::int64_t>(0, heartbeat.peak_memory_bytes);
 }
 
 void Registrar::handle(const msg::Leave& leave, const Incoming& from) {
@@ -166,18 +194,19 @@ void Registrar::announce(const std::string& trainer, msg::MembershipChangeKind c
   if (!bus_.send(kSchedulerName, message)) {
     log(LogLevel::kError, bus_.name(), "the scheduler was not told that ", trainer, " ", change_name);
   }
-  msg::Event event;
-  event.type = change_name;
-  event.text = trainer + " " + change_name + ": " + reason;
-  event.labels["trainer"] = trainer;
-  event.values["live_trainers"] = static_cast<double>(live_.size());
-  bus_.publish(kEventTopic, event);
+  static constexpr msg::MemberChange kNews[] = {msg::MemberChange::kJoined, msg::MemberChange::kRejoined,
+                                                msg::MemberChange::kLost, msg::MemberChange::kLeft};
+  msg::MemberNews news;
+  news.change = kNews[static_cast<int>(change)];
+  news.trainer = trainer;
+  news.reason = reason;
+  news.hostname = hostname;
+  news.text = trainer + " " + change_name + ": " + reason;
+  news.live_trainers = static_cast<std::uint32_t>(live_.size());
+  bus_.publish(kEventTopic, news);
   if (!options_.security_warning.empty() &&
       (change == msg::MembershipChangeKind::kJoined || change == msg::MembershipChangeKind::kRejoined)) {
-    msg::Event warning;
-    warning.type = "insecure";
-    warning.text = options_.security_warning;
-    bus_.publish(kEventTopic, warning);
+    bus_.publish(kEventTopic, msg::SecurityNotice{options_.security_warning});
   }
 }
 

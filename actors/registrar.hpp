@@ -54,10 +54,14 @@ class Registrar final {
   struct TrainerRecord {
     msg::HardwareReport report;
     Clock::time_point last_heard;
+    std::string precision;  // from its last heartbeat
+    std::int64_t peak_memory_bytes = 0;
   };
   void reject(const std::string& trainer, const std::string& reason);
   void announce(const std::string& trainer, msg::MembershipChangeKind change, const std::string& reason,
                 double cpu_gemm_gflops, const std::string& hostname);
+  /// The roll call: every live trainer with its heartbeat's age, on the event stream.
+  void publish_members();
 
   RegistrarOptions options_;
   BusClient bus_;

@@ -37,33 +37,6 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path) {
   return lines;
 }
 
-/// A rounds.jsonl line as the `round` event the aggregator published for it.
-msg::Event round_event(const nlohmann::json& line, double epoch_samples_done, double epoch_samples_total,
-                       double epochs) {
-  msg::Event event;
-  event.type = "round";
-  event.round = line.value("round", std::uint64_t{0});
-  event.epoch = line.value("epoch", std::uint64_t{0});
-  event.values["loss"] = line.value("loss", 0.0);
-  event.values["samples"] = line.value("samples", 0.0);
-  event.values["seconds"] = line.value("seconds", 0.0);
-  event.values["idle_fraction"] = line.value("idle_fraction", 0.0);
-  event.values["epoch_samples_done"] = epoch_samples_done;
-  event.values["epoch_samples_total"] = epoch_samples_total;
-  event.values["epochs"] = epochs;
-  for (const auto& trainer : line.value("trainers", nlohmann::json::array())) {
-    const std::string name = trainer.value("name", std::string());
-    event.values["planned/" + name] = trainer.value("planned", 0.0);
-    if (!trainer.value("delivered", false)) {
-      event.labels["missed/" + name] = std::to_string(trainer.value("planned", 0)) + " samples reassigned";
-      continue;
-    }
-    for (const char* key : {"samples_per_second", "idle_seconds", "compute_seconds", "arrival_seconds"})
-      if (trainer.contains(key)) event.values[std::string(key) + "/" + name] = trainer.at(key).get<double>();
-  }
-  return event;
-}
-
 std::string utc_now() {
   char stamp[32];
   const std::time_t now = std::time(nullptr);
@@ -87,43 +60,51 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
   const std::vector<nlohmann::json> recorded = read_json_lines(run_dir + "/events.jsonl");
 
   // Recorded membership and fault events go in after the last round that preceded them in the
-  // recording; rounds, epochs and the end come from the run's own record, which is complete.
-  std::multimap<std::uint64_t, msg::Event> events_after_round;
+  // recording; rounds, epochs and the end come from the run's own record, which is complete. A line
+  // that is not an event of this version is left out.
+  std::multimap<std::uint64_t, msg::AnyEvent> events_after_round;
   std::uint64_t last_round = 0;
   for (const auto& line : recorded) {
-    msg::Event event = event_from_json(line);
-    if (event.type == "round")
-      last_round = event.round;
-    else if (event.type != "epoch" && event.type != "finished")
-      events_after_round.emplace(last_round, event);
+    msg::AnyEvent event;
+    try {
+      event = msg::event_from_json(line);
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (const auto* round = std::get_if<msg::RoundClosed>(&event))
+      last_round = round->round;
+    else if (!std::holds_alternative<msg::EpochScored>(event) &&
+             !std::holds_alternative<msg::RunEnded>(event))
+      events_after_round.emplace(last_round, std::move(event));
   }
 
   const std::string metric = summary.value("metric", std::string("test_accuracy"));
   const auto figures = summary.value(metric + "_per_epoch", std::vector<double>{});
-  const double epochs = summary.contains("epochs") ? summary.at("epochs").get<double>()
-                        : rounds.empty()           ? 0.0
-                                                   : rounds.back().value("epoch", 0.0);
-  const double epoch_total = summary.value("train_samples", 0.0);
+  const auto epochs = summary.contains("epochs") ? summary.at("epochs").get<std::uint64_t>()
+                      : rounds.empty()           ? std::uint64_t{0}
+                                                 : rounds.back().value("epoch", std::uint64_t{0});
+  const auto epoch_total = summary.value("train_samples", std::uint64_t{0});
   FleetState fleet;
   const auto apply_events_after = [&](std::uint64_t round, double time) {
     const auto [from, to] = events_after_round.equal_range(round);
     for (auto it = from; it != to; ++it) fleet.apply(it->second, time);
     events_after_round.erase(from, to);
   };
-  const auto end_epoch = [&](std::uint64_t epoch, std::uint64_t round, double samples, double time) {
-    msg::Event event;
-    event.type = "epoch";
-    event.epoch = epoch;
-    event.round = round;
-    event.values["samples"] = samples;
-    std::string text = "epoch " + std::to_string(epoch) + ": " +
-                       std::to_string(static_cast<long long>(samples)) + " samples";
+  const auto end_epoch = [&](std::uint64_t epoch, std::uint64_t round, std::uint64_t samples, double time) {
+    msg::EpochScored scored;
+    scored.epoch = epoch;
+    scored.epochs = epochs;
+    scored.round = round;
+    scored.samples = samples;
+    scored.metric = metric;
+    scored.text = "epoch " + std::to_string(epoch) + ": " + std::to_string(samples) + " samples";
     if (epoch >= 1 && epoch <= figures.size()) {
-      event.values[metric] = figures[epoch - 1];
-      text += ", " + metric_words(metric) + " " + std::to_string(figures[epoch - 1]);
+      scored.value = figures[epoch - 1];
+      scored.text += ", " + metric_words(metric) + " " + std::to_string(figures[epoch - 1]);
+    } else {
+      scored.metric.clear();  // not scored: no figure to show
     }
-    event.text = text;
-    fleet.apply(event, time);
+    fleet.apply(scored, time);
   };
 
   apply_events_after(0, 0.0);
@@ -131,33 +112,44 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
   double last_closed = 0.0;
   double time = 0.0;
   std::uint64_t epoch = 0;
-  double epoch_done = 0.0;
+  std::uint64_t epoch_done = 0;
   for (const auto& line : rounds) {
-    const std::uint64_t round_epoch = line.value("epoch", std::uint64_t{0});
-    if (epoch != 0 && round_epoch != epoch) {
-      end_epoch(epoch, line.value("round", std::uint64_t{1}) - 1, epoch_done, time);
-      epoch_done = 0.0;
+    msg::RoundClosed round;
+    try {
+      round = msg::round_from_record(line);
+    } catch (const std::exception&) {
+      continue;  // a line of another version: the report shows what it can read
     }
-    epoch = round_epoch;
-    const double closed = line.value("closed_seconds", last_closed + line.value("seconds", 0.0));
+    if (epoch != 0 && round.epoch != epoch) {
+      end_epoch(epoch, round.round - 1, epoch_done, time);
+      epoch_done = 0;
+    }
+    epoch = round.epoch;
+    const double closed =
+        line.contains("closed_seconds") ? round.closed_seconds : last_closed + round.seconds;
     if (closed < last_closed) time_offset += last_closed;
     last_closed = closed;
     time = time_offset + closed;
-    epoch_done += line.value("samples", 0.0);
-    fleet.apply(round_event(line, epoch_done, epoch_total, epochs), time);
-    apply_events_after(line.value("round", std::uint64_t{0}), time);
+    epoch_done += round.samples;
+    round.epoch_samples_done = epoch_done;
+    round.epoch_samples_total = epoch_total;
+    round.epochs = epochs;
+    fleet.apply(round, time);
+    apply_events_after(round.round, time);
   }
   for (auto& [round, event] : events_after_round)
     fleet.apply(event, time);  // after rounds no longer on record
   if (epoch != 0 && !summary.empty()) end_epoch(epoch, fleet.run().round, epoch_done, time);
   if (!summary.empty()) {
-    msg::Event finished;
-    finished.type = "finished";
-    finished.text = "run finished: " + metric_words(metric) + " " +
-                    std::to_string(summary.value("final_" + metric, 0.0)) + " after " +
-                    std::to_string(summary.value("rounds", 0)) + " rounds in " +
-                    std::to_string(summary.value("wall_seconds", 0.0)) + " s";
-    finished.labels["run_dir"] = run_dir;
+    msg::RunEnded finished;
+    finished.rounds = summary.value("rounds", std::uint64_t{0});
+    finished.metric = metric;
+    finished.value = summary.value("final_" + metric, 0.0);
+    finished.wall_seconds = summary.value("wall_seconds", 0.0);
+    finished.run_dir = run_dir;
+    finished.text = "run finished: " + metric_words(metric) + " " + std::to_string(finished.value) +
+                    " after " + std::to_string(finished.rounds) + " rounds in " +
+                    std::to_string(finished.wall_seconds) + " s";
     fleet.apply(finished, time);
   }
 

@@ -29,6 +29,11 @@ constexpr double kCombineResendFactor = 8.0;
 constexpr double kEvaluateResendSeconds = 120.0;
 /// Labels a trainer sends for the records (device, precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
+/// A trainer taken out for missing rounds is planned this often, with at most one micro-batch, to
+/// see whether it delivers again.
+constexpr std::uint64_t kTakenOutProbeRounds = 10;
+/// Longest failure reason kept from a trainer (a LibTorch message with its backtrace is long).
+constexpr std::size_t kMaxFailureReason = 400;
 /// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
 constexpr double kMinLossScale = 1.0;
 constexpr double kMaxLossScale = 16777216.0;
@@ -53,6 +58,19 @@ nlohmann::json ranges_json(const std::vector<msg::SampleRange>& ranges) {
   nlohmann::json list = nlohmann::json::array();
   for (const auto& range : ranges) list.push_back({range.begin, range.end});
   return list;
+}
+
+nlohmann::json failures_json(const std::vector<TrainerFailure>& failures) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& failure : failures)
+    list.push_back({{"trainer", failure.trainer}, {"round", failure.round}, {"reason", failure.reason}});
+  return list;
+}
+
+std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
+  std::uint64_t planned = 0;
+  for (const auto& range : ranges) planned += range.size();
+  return planned;
 }
 }  // namespace
 
@@ -79,7 +97,8 @@ nlohmann::json to_json(const RoundState& state) {
           {"training_seconds", state.training_seconds},
           {"last_round_record", state.last_round_record},
           {"loss_scale", state.loss_scale},
-          {"good_steps", state.good_steps}};
+          {"good_steps", state.good_steps},
+          {"failures", failures_json(state.failures)}};
 }
 
 RoundState round_state_from_json(const nlohmann::json& json) {
@@ -107,6 +126,11 @@ RoundState round_state_from_json(const nlohmann::json& json) {
     state.last_round_record = json.at("last_round_record").get<std::string>();
     state.loss_scale = json.value("loss_scale", 0.0);
     state.good_steps = json.value("good_steps", std::uint64_t{0});
+    for (const auto& failure : json.value("failures", nlohmann::json::array())) {
+      state.failures.push_back({failure.at("trainer").get<std::string>(),
+                                failure.at("round").get<std::uint64_t>(),
+                                failure.at("reason").get<std::string>()});
+    }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
@@ -154,12 +178,37 @@ void Scheduler::publish_dropped() {
   const std::uint64_t total = options_.drops->total();
   if (total == dropped_published_) return;
   dropped_published_ = total;
-  msg::Event event;
-  event.type = "dropped";
-  event.text = std::to_string(total) + " messages refused so far";
-  for (const auto& [reason, count] : options_.drops->snapshot())
-    event.values[reason] = static_cast<double>(count);
-  bus_.publish(kEventTopic, event);
+  msg::RefusalCounts counts;
+  counts.by_reason = options_.drops->snapshot();
+  counts.total = total;
+  counts.text = std::to_string(total) + " messages refused so far";
+  bus_.publish(kEventTopic, counts);
+}
+
+void Scheduler::announce(msg::MemberChange change, const std::string& trainer, const std::string& reason) {
+  msg::MemberNews news;
+  news.change = change;
+  news.trainer = trainer;
+  news.reason = reason;
+  news.round = state_.round + 1;
+  switch (change) {
+    case msg::MemberChange::kLeftOut:
+      news.text = trainer + " left out of the rounds: " + reason;
+      break;
+    case msg::MemberChange::kPlannedAgain:
+      news.text = trainer + " is planned again" + (reason.empty() ? std::string() : ": " + reason);
+      break;
+    case msg::MemberChange::kFailed:
+      news.text = trainer + " failed: " + reason;
+      break;
+    case msg::MemberChange::kTakenOut:
+      news.text = trainer + " taken out of the plans: " + reason;
+      break;
+    default:
+      news.text = trainer + " " + msg::member_change_name(change) + ": " + reason;
+  }
+  log(change == msg::MemberChange::kPlannedAgain ? LogLevel::kInfo : LogLevel::kWarn, bus_.name(), news.text);
+  bus_.publish(kEventTopic, news);
 }
 
 void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
@@ -192,6 +241,11 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
     count_drop("calibration: speed not a positive number");
     return;
   }
+  if (!trainer->second.failed.empty()) {
+    // It recovered (say, from running out of memory at a smaller micro-batch) and measured itself again.
+    trainer->second.failed.clear();
+    announce(msg::MemberChange::kPlannedAgain, from.from, "calibrated again after its failure");
+  }
   trainer->second.calibrated = true;
   trainer->second.speed = SpeedEstimate(calibration.samples_per_second);
   trainer->second.max_micro_batch = calibration.max_micro_batch;
@@ -207,6 +261,23 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   maybe_start(loop_.now());
 }
 
+void Scheduler::handle(const msg::TrainerFailed& failed, const Incoming& from) {
+  auto trainer = live_.find(from.from);
+  const std::string reason = failed.reason.substr(0, kMaxFailureReason);
+  state_.failures.push_back({from.from, failed.round, reason});
+  if (trainer == live_.end()) {
+    log(LogLevel::kWarn, bus_.name(), from.from, " reported a failure but is not live: ", reason);
+    return;
+  }
+  trainer->second.failed = reason.empty() ? std::string("its computation failed") : reason;
+  announce(msg::MemberChange::kFailed, from.from,
+           reason + (failed.exiting ? " (its node exits)" : " (out of the plans until it calibrates again)"));
+  if (open_ && open_->planned.count(from.from) && !open_->answered(from.from)) {
+    open_->refused[from.from] = "its computation failed: " + reason;
+    if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
+  }
+}
+
 double Scheduler::TrainerState::transfer_seconds() const {
   if (recent_transfers.size() < kTransferRoundsBeforeCounting) return 0.0;
   return *std::min_element(recent_transfers.begin(), recent_transfers.end());
@@ -214,18 +285,19 @@ double Scheduler::TrainerState::transfer_seconds() const {
 
 std::size_t Scheduler::calibrated_trainers() const {
   std::size_t count = 0;
-  for (const auto& [trainer, state] : live_) count += state.calibrated ? 1 : 0;
+  for (const auto& [trainer, state] : live_) count += state.plannable() ? 1 : 0;
   return count;
 }
 
-std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
+std::vector<Share> Scheduler::shares_for(std::uint64_t total, bool taken_out_too,
+                                         const std::set<std::string>& except) {
   // A calibration is only a claim: until a trainer has delivered, its speed counts for at most
   // kClaimTrust times the fastest speed measured so far (at the start, the median claim), so
   // that a trainer claiming 1e12 samples/s is not handed every sample before it shows any.
   double reference = 0.0;
   std::vector<double> claims;
   for (const auto& [trainer, state] : live_) {
-    if (!state.calibrated) continue;
+    if (!state.plannable()) continue;
     if (state.speed.measured())
       reference = std::max(reference, state.speed.samples_per_second());
     else
@@ -239,7 +311,8 @@ std::vector<Share> Scheduler::shares_for(std::uint64_t total) {
   }
   std::vector<TrainerEstimate> estimates;
   for (auto& [trainer, state] : live_) {
-    if (!state.calibrated) continue;
+    if (!state.plannable() || (state.taken_out_since > 0 && !taken_out_too) || except.count(trainer))
+      continue;
     double transfer = state.transfer_seconds();
     const std::uint64_t probe_after = state.probe_after > 0 ? state.probe_after : kLeftOutProbeRounds;
     if (state.left_out_since > 0 && state_.round + 1 - state.left_out_since >= probe_after) {
@@ -275,15 +348,14 @@ void Scheduler::maybe_start(Clock::time_point now) {
       pool_.remaining(), " samples to train");
   if (options_.resume) {
     // Announced with the first round rather than at start-up, when monitors have reconnected.
-    msg::Event event;
-    event.type = "resumed";
-    event.round = state_.round;
-    event.epoch = state_.epoch;
-    event.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
-                 "): resumed after round " + std::to_string(state_.round) + " from its checkpoint";
-    event.values["resumed_after_round"] = static_cast<double>(state_.round);
-    event.values["coordinator_start"] = static_cast<double>(options_.incarnation);
-    bus_.publish(kEventTopic, event);
+    msg::CoordinatorResumed resumed;
+    resumed.round = state_.round;
+    resumed.epoch = state_.epoch;
+    resumed.resumed_after_round = state_.round;
+    resumed.coordinator_start = options_.incarnation;
+    resumed.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
+                   "): resumed after round " + std::to_string(state_.round) + " from its checkpoint";
+    bus_.publish(kEventTopic, resumed);
     // An epoch that ended just before the coordinator died was never scored. Checkpoints wait
     // while an evaluation is under way, so the restored model is that epoch's final one.
     if (state_.test_metric_per_epoch.size() < state_.samples_per_epoch.size()) {
@@ -328,9 +400,43 @@ void Scheduler::plan_round() {
   opened.incarnation = options_.incarnation;
   SamplePool round_pool;
   round_pool.give_back(taken);
+
+  // Trainers taken out for missing rounds get one micro-batch now and then, carved out of the
+  // round before the others share the rest: delivering it proves them alive. While every plannable
+  // trainer is taken out, all of them are planned as usual: a run never stops for want of trainers.
+  std::set<std::string> probes;
+  std::size_t planned_normally = 0;
+  for (const auto& [trainer, state] : live_) {
+    if (!state.plannable()) continue;
+    if (state.taken_out_since == 0) {
+      ++planned_normally;
+    } else if ((round.round - state.taken_out_since) % kTakenOutProbeRounds == 0) {
+      probes.insert(trainer);
+    }
+  }
+  if (planned_normally == 0) {
+    for (auto& [trainer, state] : live_) {
+      if (state.plannable() && state.taken_out_since > 0) probes.insert(trainer);
+    }
+  }
+  std::vector<Share> shares;
+  if (planned_normally > 0) {
+    const std::uint64_t probe_samples = std::min<std::uint64_t>(
+        static_cast<std::uint64_t>(options_.schedule.micro_batch), total / (probes.size() + 1));
+    std::uint64_t rest = total;
+    for (const auto& trainer : probes) {
+      shares.push_back({trainer, probe_samples, {}});
+      rest -= probe_samples;
+    }
+    for (auto& share : shares_for(rest, /*taken_out_too=*/false, probes)) shares.push_back(std::move(share));
+  } else {
+    shares = shares_for(total, /*taken_out_too=*/true, {});
+  }
+  round.probes = probes;
+
   std::vector<std::pair<std::string, msg::RoundPlan>> plans;
   double expected_seconds = 0.0;  // the slowest planned share at its trainer's measured speed
-  for (const Share& share : shares_for(total)) {
+  for (const Share& share : shares) {
     TrainerState& state = live_.at(share.trainer);
     const bool left_out = !share.left_out.empty();
     // A probe plans a left-out trainer for one round without taking it back: it is planned again
@@ -342,16 +448,8 @@ void Scheduler::plan_round() {
     if (!probe && left_out != (state.left_out_since > 0)) {  // announced on entering and on leaving only
       state.left_out_since = left_out ? round.round : 0;
       state.probe_after = 0;
-      const std::string text = left_out ? share.trainer + " left out of the rounds: " + share.left_out
-                                        : share.trainer + " is planned again";
-      log(LogLevel::kWarn, bus_.name(), text);
-      msg::Event event;
-      event.type = left_out ? "left_out" : "planned_again";
-      event.text = text;
-      event.round = round.round;
-      event.labels["trainer"] = share.trainer;
-      if (left_out) event.labels["reason"] = share.left_out;
-      bus_.publish(kEventTopic, event);
+      announce(left_out ? msg::MemberChange::kLeftOut : msg::MemberChange::kPlannedAgain, share.trainer,
+               left_out ? share.left_out : "its link passes the transfer rule");
     }
     if (left_out || share.samples == 0) continue;
     const double speed = state.speed.samples_per_second();
@@ -372,6 +470,9 @@ void Scheduler::plan_round() {
     round.planned[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
   }
+  // Whatever no share took (every trainer left out) is planned again next round.
+  pool_.give_back(round_pool.take(round_pool.remaining()));
+  if (plans.empty()) return;
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
@@ -424,195 +525,207 @@ bool Scheduler::every_live_planned_trainer_answered() const {
   return true;
 }
 
+msg::TrainerInRound Scheduler::account_trainer(const OpenRound& round, const std::string& trainer,
+                                               const std::vector<msg::SampleRange>& ranges, bool overflow,
+                                               const std::string& why, double seconds) {
+  msg::TrainerInRound line;
+  line.name = trainer;
+  line.planned = planned_samples(ranges);
+  const auto arrived = round.arrived.find(trainer);
+  line.delivered = arrived != round.arrived.end() && !overflow;
+  auto live = live_.find(trainer);
+  TrainerTotals& totals = state_.totals[trainer];
+  if (line.delivered) {
+    const msg::ContributionReceived& report = arrived->second.report;
+    line.samples = report.samples;
+    line.compute_seconds = report.compute_seconds;
+    line.model_wait_seconds = report.model_wait_seconds;
+    line.staging_seconds = report.staging_seconds;
+    line.arrival_seconds = arrived->second.arrival_seconds;
+    line.idle_seconds = std::max(0.0, seconds - line.arrival_seconds);  // waiting for the slowest
+    line.samples_per_second = report.compute_seconds > 0 ? report.samples / report.compute_seconds : 0.0;
+    line.ranges = ranges;
+    for (const auto& range : ranges) add_trained(state_.trained, range);
+    totals.samples += report.samples;
+    totals.compute_seconds += report.compute_seconds;
+    ++totals.rounds_delivered;
+    if (live != live_.end() && report.compute_seconds > 0) {
+      TrainerState& state = live->second;
+      state.speed.observe(report.samples, report.compute_seconds);
+      const double transfer = std::max(0.0, line.arrival_seconds - report.compute_seconds);
+      state.recent_transfers.push_back(transfer);
+      if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
+      if (state.probing_from) state.probe_after = rounds_before_next_probe(*state.probing_from, transfer);
+    }
+  } else {
+    if (live != live_.end() && live->second.probing_from) {
+      live->second.probe_after = rounds_before_next_probe(*live->second.probing_from, -1.0);
+    }
+    pool_.give_back(ranges);
+    ++totals.rounds_missed;
+    const auto refused = round.refused.find(trainer);
+    line.missed_reason = "no contribution by the close (" + why + ")";
+    if (overflow) {
+      line.missed_reason = "fp16 gradients overflowed in the fleet: step skipped";
+    } else if (refused != round.refused.end()) {
+      line.missed_reason = refused->second;
+    } else if (live == live_.end()) {
+      line.missed_reason = "lost";
+    }
+    log(LogLevel::kWarn, bus_.name(), trainer, " missed round ", round.round, " (", line.missed_reason,
+        "): ", line.planned, " samples return to the pool");
+  }
+  if (live != live_.end()) {
+    TrainerState& state = live->second;
+    if (arrived != round.arrived.end()) {
+      const auto& report = arrived->second.report;
+      if (!report.precision.empty()) state.precision = report.precision;
+      state.peak_memory_bytes = report.peak_memory_bytes;
+    }
+    line.benchmark_gflops = state.benchmark_gflops;
+    line.device = state.device;
+    line.precision = state.precision;
+    line.peak_memory_bytes = state.peak_memory_bytes;
+    state.probing_from.reset();
+  }
+  return line;
+}
+
+void Scheduler::follow_misses(const OpenRound& round, const msg::RoundClosed& closed) {
+  const auto limit =
+      static_cast<std::uint32_t>(std::max<std::int64_t>(0, options_.schedule.max_missed_rounds));
+  for (const auto& line : closed.trainers) {
+    auto live = live_.find(line.name);
+    if (live == live_.end()) continue;
+    TrainerState& state = live->second;
+    // A skipped fp16 step is no trainer's miss; nor is the share of a failure already announced.
+    const bool skipped_step = !line.delivered && round.arrived.count(line.name) > 0;
+    const bool missed = !line.delivered && !skipped_step && state.failed.empty();
+    if (!missed) {
+      state.consecutive_misses = 0;
+      if (state.taken_out_since > 0 && round.probes.count(line.name)) {
+        state.taken_out_since = 0;
+        announce(msg::MemberChange::kPlannedAgain, line.name, "it delivered a probe: alive again");
+      }
+      continue;
+    }
+    ++state.consecutive_misses;
+    if (limit > 0 && state.consecutive_misses >= limit && state.taken_out_since == 0) {
+      state.taken_out_since = round.round;
+      announce(msg::MemberChange::kTakenOut, line.name,
+               "missed " + std::to_string(state.consecutive_misses) + " rounds in a row (last: " +
+                   line.missed_reason + "); planned again once it delivers a probe");
+    }
+  }
+}
+
+void Scheduler::update_loss_scale(const OpenRound& round, bool overflow, bool stepped) {
+  if (overflow) {
+    state_.loss_scale = std::max(kMinLossScale, state_.loss_scale / 2);
+    state_.good_steps = 0;
+    msg::LossScaleOverflow skipped;
+    skipped.round = round.round;
+    skipped.epoch = round.epoch;
+    skipped.loss_scale = state_.loss_scale;
+    skipped.text = "round " + std::to_string(round.round) +
+                   ": fp16 overflow, step skipped for every trainer; loss scale halved to " +
+                   std::to_string(state_.loss_scale);
+    log(LogLevel::kWarn, bus_.name(), skipped.text);
+    bus_.publish(kEventTopic, skipped);
+  } else if (stepped &&
+             ++state_.good_steps >= static_cast<std::uint64_t>(options_.train.loss_scale_growth_interval)) {
+    state_.loss_scale = std::min(kMaxLossScale, state_.loss_scale * 2);
+    state_.good_steps = 0;
+  }
+}
+
+std::optional<msg::Evaluate> Scheduler::end_epoch_if_done() {
+  // The epoch is over once its pool is empty: every position was counted (nothing is in flight,
+  // since the round that just closed was the only open one).
+  if (!pool_.empty()) return std::nullopt;
+  state_.samples_per_epoch.push_back(state_.epoch_samples);
+  state_.train_loss_per_epoch.push_back(
+      state_.epoch_samples ? state_.epoch_loss_sum / static_cast<double>(state_.epoch_samples) : 0.0);
+  state_.epoch_end_seconds.push_back(training_seconds());
+  const bool last = state_.epoch >= static_cast<std::uint64_t>(options_.schedule.epochs);
+  const msg::Evaluate evaluate{state_.epoch, state_.model_version, last};
+  if (last) {
+    planning_done_ = true;
+  } else {
+    ++state_.epoch;
+    state_.trained.clear();
+    state_.epoch_samples = 0;
+    state_.epoch_loss_sum = 0.0;
+    state_.epoch_correct = 0;
+    pool_.reset(options_.run.train_samples);
+  }
+  return evaluate;
+}
+
 void Scheduler::close_round(const std::string& why) {
   OpenRound round = std::move(*open_);
   open_.reset();
   loop_.cancel(round.deadline_timer);
   const double seconds = seconds_between(round.opened, loop_.now());
 
-  msg::CombineRound combine;
-  combine.round = round.round;
-  combine.epoch = round.epoch;
-  std::uint64_t samples = 0;
-  double loss_sum = 0.0;
-  std::uint64_t correct = 0;
-  double slowest = 0.0;
-  double idle_sum = 0.0;
-  nlohmann::json trainers = nlohmann::json::array();
-  msg::Event event;
-  event.type = "round";
-  event.round = round.round;
-  event.epoch = round.epoch;
   // fp16: one overflow anywhere skips the round's step for everyone (every replica stays equal), and
   // its samples go back to the pool to be trained again at half the loss scale.
   const bool overflow = std::any_of(round.arrived.begin(), round.arrived.end(),
                                     [](const auto& arrival) { return arrival.second.report.overflow; });
+  msg::RoundClosed closed;
+  closed.round = round.round;
+  closed.epoch = round.epoch;
+  closed.seconds = seconds;
+  closed.closed_because = why;
+  msg::CombineRound combine;
+  combine.round = round.round;
+  combine.epoch = round.epoch;
+  double loss_sum = 0.0;
+  double slowest = 0.0;
+  double idle_sum = 0.0;
   for (const auto& [trainer, ranges] : round.planned) {
-    std::uint64_t planned = 0;
-    for (const auto& range : ranges) planned += range.size();
-    const auto arrived = round.arrived.find(trainer);
-    const bool delivered = arrived != round.arrived.end() && !overflow;
-    auto live = live_.find(trainer);
-    TrainerTotals& totals = state_.totals[trainer];
-    nlohmann::json line{{"name", trainer}, {"planned", planned}, {"delivered", delivered}};
-    if (delivered) {
-      const msg::ContributionReceived& report = arrived->second.report;
-      const double arrival = arrived->second.arrival_seconds;
+    msg::TrainerInRound line = account_trainer(round, trainer, ranges, overflow, why, seconds);
+    if (line.delivered) {
+      const auto& report = round.arrived.at(trainer).report;
       combine.trainers.push_back(trainer);
-      samples += report.samples;
+      closed.samples += report.samples;
       loss_sum += report.loss_sum;
-      correct += report.correct;
-      for (const auto& range : ranges) add_trained(state_.trained, range);
-      totals.samples += report.samples;
-      totals.compute_seconds += report.compute_seconds;
-      ++totals.rounds_delivered;
+      state_.epoch_correct += report.correct;
       slowest = std::max(slowest, report.compute_seconds);
-      // Waiting for the slowest: the time between this contribution and the round's close.
-      const double idle = std::max(0.0, seconds - arrival);
-      idle_sum += idle;
-      const double samples_per_second =
-          report.compute_seconds > 0 ? report.samples / report.compute_seconds : 0.0;
-      if (live != live_.end() && report.compute_seconds > 0) {
-        TrainerState& state = live->second;
-        state.speed.observe(report.samples, report.compute_seconds);
-        const double transfer = std::max(0.0, arrival - report.compute_seconds);
-        state.recent_transfers.push_back(transfer);
-        if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
-        if (state.probing_from) state.probe_after = rounds_before_next_probe(*state.probing_from, transfer);
-      }
-      line.update({{"samples", report.samples},
-                   {"compute_seconds", report.compute_seconds},
-                   {"model_wait_seconds", report.model_wait_seconds},
-                   {"staging_seconds", report.staging_seconds},
-                   {"samples_per_second", samples_per_second},
-                   {"arrival_seconds", arrival},
-                   {"idle_seconds", idle},
-                   {"ranges", ranges_json(ranges)}});
-      event.values["samples_per_second/" + trainer] = samples_per_second;
-      event.values["idle_seconds/" + trainer] = idle;
-      event.values["compute_seconds/" + trainer] = report.compute_seconds;
-      event.values["arrival_seconds/" + trainer] = arrival;
-    } else {
-      if (live != live_.end() && live->second.probing_from) {
-        live->second.probe_after = rounds_before_next_probe(*live->second.probing_from, -1.0);
-      }
-      pool_.give_back(ranges);
-      ++totals.rounds_missed;
-      const auto refused = round.refused.find(trainer);
-      std::string reason = "no contribution by the close (" + why + ")";
-      if (overflow) {
-        reason = "fp16 gradients overflowed in the fleet: step skipped";
-      } else if (refused != round.refused.end()) {
-        reason = refused->second;
-      } else if (live == live_.end()) {
-        reason = "lost";
-      }
-      log(LogLevel::kWarn, bus_.name(), trainer, " missed round ", round.round, " (", reason, "): ", planned,
-          " samples return to the pool");
-      event.labels["missed/" + trainer] = std::to_string(planned) + " samples reassigned: " + reason;
-      line.update({{"samples", 0}, {"missed_reason", reason}, {"ranges", nlohmann::json::array()}});
+      idle_sum += line.idle_seconds;
     }
-    if (live != live_.end()) {
-      TrainerState& state = live->second;
-      if (arrived != round.arrived.end()) {
-        const auto& report = arrived->second.report;
-        if (!report.precision.empty()) state.precision = report.precision;
-        state.peak_memory_bytes = report.peak_memory_bytes;
-      }
-      line.update({{"benchmark_gflops", state.benchmark_gflops},
-                   {"device", state.device},
-                   {"precision", state.precision},
-                   {"peak_memory_bytes", state.peak_memory_bytes}});
-      event.labels["device/" + trainer] = state.device;
-      event.labels["precision/" + trainer] = state.precision;
-      event.values["peak_memory_bytes/" + trainer] = static_cast<double>(state.peak_memory_bytes);
-    }
-    event.values["planned/" + trainer] = static_cast<double>(planned);
-    trainers.push_back(std::move(line));
-    if (live != live_.end()) live->second.probing_from.reset();
+    closed.trainers.push_back(std::move(line));
   }
   if (slowest > 0) slowest_last_round_seconds_ = slowest;
-  if (overflow) {
-    state_.loss_scale = std::max(kMinLossScale, state_.loss_scale / 2);
-    state_.good_steps = 0;
-    log(LogLevel::kWarn, bus_.name(), "round ", round.round,
-        ": fp16 gradients overflowed; step skipped, loss scale ", state_.loss_scale);
-    msg::Event skipped;
-    skipped.type = "overflow";
-    skipped.round = round.round;
-    skipped.epoch = round.epoch;
-    skipped.text = "round " + std::to_string(round.round) +
-                   ": fp16 overflow, step skipped for every trainer; loss "
-                   "scale halved to " +
-                   std::to_string(state_.loss_scale);
-    skipped.values["loss_scale"] = state_.loss_scale;
-    bus_.publish(kEventTopic, skipped);
-  } else if (!combine.trainers.empty() &&
-             ++state_.good_steps >= static_cast<std::uint64_t>(options_.train.loss_scale_growth_interval)) {
-    state_.loss_scale = std::min(kMaxLossScale, state_.loss_scale * 2);
-    state_.good_steps = 0;
-  }
+  follow_misses(round, closed);
+  update_loss_scale(round, overflow, !combine.trainers.empty());
   state_.round = round.round;
   state_.model_version = round.model_version + (combine.trainers.empty() ? 0 : 1);
-  state_.epoch_samples += samples;
+  state_.epoch_samples += closed.samples;
   state_.epoch_loss_sum += loss_sum;
-  state_.epoch_correct += correct;
   combine.model_version = state_.model_version;
 
-  const double idle_fraction = seconds > 0 && !round.arrived.empty()
-                                   ? idle_sum / (seconds * static_cast<double>(round.arrived.size()))
-                                   : 0.0;
-  const double loss = samples ? loss_sum / static_cast<double>(samples) : 0.0;
-  const nlohmann::json record{
-      {"round", round.round},
-      {"epoch", round.epoch},
-      {"model_version", state_.model_version},
-      {"seconds", seconds},
-      {"closed_seconds", first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0},
-      {"samples", samples},
-      {"idle_fraction", idle_fraction},
-      {"loss", loss},
-      {"closed_because", why},
-      {"loss_scale", state_.loss_scale},
-      {"trainers", trainers}};
-  event.values["samples"] = static_cast<double>(samples);
-  event.values["loss"] = loss;
-  event.values["seconds"] = seconds;
-  event.values["idle_fraction"] = idle_fraction;
-  event.values["epoch_samples_done"] = static_cast<double>(state_.epoch_samples);
-  event.values["epoch_samples_total"] = static_cast<double>(options_.run.train_samples);
-  event.values["epochs"] = static_cast<double>(options_.schedule.epochs);
-  event.values["model_version"] = static_cast<double>(state_.model_version);
-  event.text = "round " + std::to_string(round.round) + ": " + std::to_string(samples) + " samples, loss " +
-               std::to_string(loss);
+  closed.model_version = state_.model_version;
+  closed.closed_seconds = first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0;
+  closed.idle_fraction = seconds > 0 && !round.arrived.empty()
+                             ? idle_sum / (seconds * static_cast<double>(round.arrived.size()))
+                             : 0.0;
+  closed.loss = closed.samples ? loss_sum / static_cast<double>(closed.samples) : 0.0;
+  closed.loss_scale = state_.loss_scale;
+  closed.epoch_samples_done = state_.epoch_samples;
+  closed.epoch_samples_total = options_.run.train_samples;
+  closed.epochs = static_cast<std::uint64_t>(options_.schedule.epochs);
+  closed.text = "round " + std::to_string(round.round) + ": " + std::to_string(closed.samples) +
+                " samples, loss " + std::to_string(closed.loss);
+  const nlohmann::json record = msg::round_record_json(closed);
 
-  // The epoch is over once its pool is empty: every position was counted (nothing is in flight,
-  // since this was the only open round).
-  std::optional<msg::Evaluate> evaluate;
-  const bool epoch_done = pool_.empty();
   const bool evaluation_under_way = !evaluations_.empty();
-  if (epoch_done) {
-    state_.samples_per_epoch.push_back(state_.epoch_samples);
-    state_.train_loss_per_epoch.push_back(
-        state_.epoch_samples ? state_.epoch_loss_sum / static_cast<double>(state_.epoch_samples) : 0.0);
-    state_.epoch_end_seconds.push_back(training_seconds());
-    const bool last = state_.epoch >= static_cast<std::uint64_t>(options_.schedule.epochs);
-    evaluate = msg::Evaluate{state_.epoch, state_.model_version, last};
-    if (last) {
-      planning_done_ = true;
-    } else {
-      ++state_.epoch;
-      state_.trained.clear();
-      state_.epoch_samples = 0;
-      state_.epoch_loss_sum = 0.0;
-      state_.epoch_correct = 0;
-      pool_.reset(options_.run.train_samples);
-    }
-  }
+  const std::optional<msg::Evaluate> evaluate = end_epoch_if_done();
   // Checkpoints wait while an evaluation is under way: a coordinator resumed from the epoch's last
   // round then scores that epoch's own final model.
   const auto every = static_cast<std::uint64_t>(std::max<std::int64_t>(0, options_.checkpoint_every));
-  combine.checkpoint = every > 0 && !evaluation_under_way && (round.round % every == 0 || epoch_done);
+  combine.checkpoint =
+      every > 0 && !evaluation_under_way && (round.round % every == 0 || evaluate.has_value());
   if (combine.checkpoint) {
     state_.last_round_record = record.dump();
     RoundState saved = state_;
@@ -629,8 +742,8 @@ void Scheduler::close_round(const std::string& why) {
   plan_round();
 
   record_.append_round(record);
-  bus_.publish(kEventTopic, event);
-  if (epoch_done) epoch_started_ = loop_.now();
+  bus_.publish(kEventTopic, closed);
+  if (evaluate) epoch_started_ = loop_.now();
 }
 
 void Scheduler::send_evaluate(const msg::Evaluate& evaluate) {
@@ -693,24 +806,23 @@ void Scheduler::handle(const msg::Evaluated& evaluated, const Incoming&) {
   const std::uint64_t samples = index < state_.samples_per_epoch.size() ? state_.samples_per_epoch[index] : 0;
   const double train_loss =
       index < state_.train_loss_per_epoch.size() ? state_.train_loss_per_epoch[index] : 0.0;
-  msg::Event event;
-  event.type = "epoch";
-  event.epoch = evaluated.epoch;
-  event.round = state_.round;
-  for (const auto& [name, figure] : evaluated.metrics) event.values[name] = figure;
-  event.values[metric] = value;
-  event.values["train_loss"] = train_loss;
-  event.values["samples"] = static_cast<double>(samples);
-  event.values["epochs"] = static_cast<double>(options_.schedule.epochs);
-  const double ended_at = index < state_.epoch_end_seconds.size() ? state_.epoch_end_seconds[index] : 0.0;
-  event.values["training_seconds"] = ended_at;
+  msg::EpochScored scored;
+  scored.epoch = evaluated.epoch;
+  scored.epochs = static_cast<std::uint64_t>(options_.schedule.epochs);
+  scored.round = state_.round;
+  scored.metric = metric;
+  scored.value = value;
+  scored.metrics = evaluated.metrics;
+  scored.train_loss = train_loss;
+  scored.samples = samples;
+  scored.training_seconds = index < state_.epoch_end_seconds.size() ? state_.epoch_end_seconds[index] : 0.0;
   std::ostringstream text;
   text << "epoch " << evaluated.epoch << "/" << options_.schedule.epochs << ": " << metric_words(metric)
        << " " << value << ", train loss " << train_loss << ", " << samples << " samples, " << std::fixed
-       << std::setprecision(1) << ended_at << " s of training";
-  event.text = text.str();
-  log(LogLevel::kInfo, bus_.name(), event.text);
-  bus_.publish(kEventTopic, event);
+       << std::setprecision(1) << scored.training_seconds << " s of training";
+  scored.text = text.str();
+  log(LogLevel::kInfo, bus_.name(), scored.text);
+  bus_.publish(kEventTopic, scored);
   if (last) finish(evaluated);
 }
 
@@ -720,12 +832,15 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
   const double wall_seconds = seconds_between(started_at_, loop_.now());
   nlohmann::json nodes = nlohmann::json::array();
   for (const auto& [trainer, totals] : state_.totals) {
-    nodes.push_back({{"name", node_of_trainer(trainer)},
-                     {"trainer", trainer},
-                     {"samples", totals.samples},
-                     {"compute_seconds", totals.compute_seconds},
-                     {"rounds_delivered", totals.rounds_delivered},
-                     {"rounds_missed", totals.rounds_missed}});
+    nlohmann::json node{{"name", node_of_trainer(trainer)},
+                        {"trainer", trainer},
+                        {"samples", totals.samples},
+                        {"compute_seconds", totals.compute_seconds},
+                        {"rounds_delivered", totals.rounds_delivered},
+                        {"rounds_missed", totals.rounds_missed}};
+    for (const auto& failure : state_.failures)
+      if (failure.trainer == trainer) node["failure"] = failure.reason;  // its last
+    nodes.push_back(std::move(node));
   }
   const std::string& metric = metric_;
   const double value = state_.test_metric_per_epoch.empty() ? 0.0 : state_.test_metric_per_epoch.back();
@@ -772,21 +887,23 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"model_files", evaluated.model_files},
       {"aggregator_timing", timing},
       {"dropped", drops},
+      {"failures", failures_json(state_.failures)},
   };
   record_.write_summary(summary);
-  msg::Event event;
-  event.type = "finished";
-  event.text = "run finished: " + metric_words(metric) + " " + std::to_string(value) + " after " +
+  msg::RunEnded ended;
+  ended.rounds = state_.round;
+  ended.metric = metric;
+  ended.value = value;
+  ended.wall_seconds = wall_seconds;
+  ended.run_dir = record_.run_dir();
+  ended.text = "run finished: " + metric_words(metric) + " " + std::to_string(value) + " after " +
                std::to_string(state_.round) + " rounds in " + std::to_string(wall_seconds) + " s";
-  event.values["final_" + metric] = value;
-  event.values["wall_seconds"] = wall_seconds;
-  event.labels["run_dir"] = record_.run_dir();
-  bus_.publish(kEventTopic, event);
+  bus_.publish(kEventTopic, ended);
   // Last: monitors and nodes end when they see it.
   bus_.publish(kControlTopic,
                msg::RunFinished{"all " + std::to_string(state_.samples_per_epoch.size()) + " epochs trained",
                                 accuracy});
-  log(LogLevel::kInfo, bus_.name(), event.text, "; summary in ", record_.path("summary.json"));
+  log(LogLevel::kInfo, bus_.name(), ended.text, "; summary in ", record_.path("summary.json"));
   if (on_finished_) on_finished_();
 }
 

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/shares.hpp"
+#include "messages/event.hpp"
 #include "messages/membership.hpp"
 #include "messages/round.hpp"
 #include "runtime/actor_loop.hpp"
@@ -39,6 +40,13 @@ struct TrainerTotals {
   std::uint64_t rounds_missed = 0;
 };
 
+/// A trainer whose own computation failed, for the run's record.
+struct TrainerFailure {
+  std::string trainer;
+  std::uint64_t round = 0;
+  std::string reason;
+};
+
 /// Where the run stands after a closed round: what a resumed coordinator continues from.
 struct RoundState {
   std::uint64_t epoch = 1;                /// the epoch in progress
@@ -54,10 +62,11 @@ struct RoundState {
       test_metric_per_epoch;              /// the task's headline metric of evaluated epochs (may lag by one)
   std::vector<double> epoch_end_seconds;  /// training seconds when each epoch's last round closed
   std::map<std::string, TrainerTotals> totals;
-  double training_seconds = 0.0;  /// of earlier starts of the coordinator
-  std::string last_round_record;  /// the rounds.jsonl line of `round`
-  double loss_scale = 0.0;        /// fp16 trainers' loss scale for the next round (0: not set yet)
-  std::uint64_t good_steps = 0;   /// steps since the loss scale last changed
+  double training_seconds = 0.0;         /// of earlier starts of the coordinator
+  std::string last_round_record;         /// the rounds.jsonl line of `round`
+  double loss_scale = 0.0;               /// fp16 trainers' loss scale for the next round (0: not set yet)
+  std::uint64_t good_steps = 0;          /// steps since the loss scale last changed
+  std::vector<TrainerFailure> failures;  /// trainers whose computation failed, in order
 };
 nlohmann::json to_json(const RoundState& state);
 /// Throws std::runtime_error naming the field that is missing or malformed.
@@ -81,7 +90,7 @@ struct SchedulerOptions {
 class Scheduler final {
  public:
   using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::ContributionReceived,
-                             msg::RoundCombined, msg::Evaluated>;
+                             msg::RoundCombined, msg::Evaluated, msg::TrainerFailed>;
 
   /// `on_finished` is called once the run is over and its summary written.
   Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
@@ -94,6 +103,7 @@ class Scheduler final {
   void handle(const msg::ContributionReceived& received, const Incoming& from);
   void handle(const msg::RoundCombined& combined, const Incoming& from);
   void handle(const msg::Evaluated& evaluated, const Incoming& from);
+  void handle(const msg::TrainerFailed& failed, const Incoming& from);
 
  private:
   struct TrainerState {
@@ -109,8 +119,12 @@ class Scheduler final {
     std::string device;     // from its calibration
     std::string precision;  // from its calibration, then its contributions
     std::int64_t peak_memory_bytes = 0;
+    std::string failed;  // why its computation failed; not planned until it calibrates again
+    std::uint32_t consecutive_misses = 0;
+    std::uint64_t taken_out_since = 0;  // round it was taken out in for missing too many (0: it is not)
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
+    bool plannable() const { return calibrated && failed.empty(); }
   };
   struct Arrival {
     msg::ContributionReceived report;
@@ -126,6 +140,7 @@ class Scheduler final {
     std::map<std::string, std::vector<msg::SampleRange>> planned;
     std::map<std::string, Arrival> arrived;
     std::map<std::string, std::string> refused;  // trainer → why its contribution does not count
+    std::set<std::string> probes;                // taken-out trainers planned to prove they are alive
     bool answered(const std::string& trainer) const {
       return arrived.count(trainer) || refused.count(trainer);
     }
@@ -140,11 +155,27 @@ class Scheduler final {
   };
 
   std::size_t calibrated_trainers() const;
-  std::vector<Share> shares_for(std::uint64_t total);
+  /// Shares of `total` among plannable trainers but `except`; taken-out ones only if `taken_out_too`.
+  std::vector<Share> shares_for(std::uint64_t total, bool taken_out_too, const std::set<std::string>& except);
   void maybe_start(Clock::time_point now);
   void plan_round();
   bool every_live_planned_trainer_answered() const;
+  /// Closes the open round: accounts each planned trainer, moves the epoch on, tells the
+  /// aggregator what to combine, plans the next round, and records and announces this one.
   void close_round(const std::string& why);
+  /// One planned trainer's part in a closing round: its samples counted (or back to the pool), its
+  /// totals, speed and link estimates, and its line of the round's record.
+  msg::TrainerInRound account_trainer(const OpenRound& round, const std::string& trainer,
+                                      const std::vector<msg::SampleRange>& ranges, bool overflow,
+                                      const std::string& why, double seconds);
+  /// After a round: a trainer that missed too many in a row is taken out; one that delivered a probe
+  /// is planned again.
+  void follow_misses(const OpenRound& round, const msg::RoundClosed& closed);
+  /// fp16's fleet-wide loss scale after a round that overflowed or stepped.
+  void update_loss_scale(const OpenRound& round, bool overflow, bool stepped);
+  /// The epoch's end once its pool is empty: its totals are kept and its model is to be scored.
+  std::optional<msg::Evaluate> end_epoch_if_done();
+  void announce(msg::MemberChange change, const std::string& trainer, const std::string& reason);
   void resend_unanswered(Clock::time_point now);
   void send_evaluate(const msg::Evaluate& evaluate);
   void finish(const msg::Evaluated& evaluated);
@@ -177,7 +208,7 @@ class Scheduler final {
   std::map<std::string, double> combine_timing_sums_;
   std::uint64_t combines_answered_ = 0;
   double slowest_combine_seconds_ = 0.0;
-  std::uint64_t dropped_published_ = 0;  // refusals counted in the last "dropped" event
+  std::uint64_t dropped_published_ = 0;  // refusals counted in the last RefusalCounts
 };
 
 }  // namespace filo

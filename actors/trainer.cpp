@@ -1,13 +1,11 @@
 #include "actors/trainer.hpp"
 
+#include <thread>
+
 #include "actors/learning/device.hpp"
 #include "actors/learning/epoch_order.hpp"
 #include "actors/learning/optimizers.hpp"
 #include "runtime/digest.hpp"
-
-#include <torch/cuda.h>
-
-#include <thread>
 
 namespace filo {
 namespace {
@@ -18,12 +16,50 @@ constexpr Milliseconds kSnapshotRetry{500};
 constexpr int kCalibrationWarmUp = 2;
 constexpr int kCalibrationMinSteps = 3;
 constexpr double kCalibrationMinSeconds = 0.3;
-/// Calibration starts at this micro-batch and doubles while a step stays short (time_bounded_micro_batch).
-constexpr std::int64_t kFirstCalibrationMicroBatch = 4;
 constexpr Milliseconds kSlowdownSlice{5};
 /// Micro-batches are probed up to this size, and what fits on the device is planned with this margin.
 constexpr std::int64_t kMaxProbedMicroBatch = 8192;
 constexpr double kMicroBatchMemoryMargin = 0.8;
+/// What a failure report may carry of a LibTorch message (whose backtrace runs to pages).
+constexpr std::size_t kMaxFailureReason = 400;
+
+/// The run cannot be trained here as configured (no such data, a damaged model): the node is
+/// refused, as a rejection is, not failed.
+struct RunRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string describe(const std::exception_ptr& failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
+}
+
+bool cancelled(const std::exception_ptr& failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const JobCancelled&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+bool refused(const std::exception_ptr& failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const RunRefused&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
 }  // namespace
 
 Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
@@ -34,10 +70,18 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       loop_(stop, time),
       registering_since_(loop_.now()),
       last_heard_(loop_.now()),
+      slowdown_(options_.slowdown),
       send_buffers_(torch::Device(options_.device).is_cuda()),
       model_staging_(torch::Device(options_.device).is_cuda()) {
+  const torch::Device device(options_.device);
+  // Every CUDA call of a job (synchronisation, allocation, a new stream) goes to this trainer's device.
+  worker_ = std::make_unique<WorkerThread>(sockets, "compute:" + options_.device,
+                                           [device] { use_device_on_this_thread(device); });
   bus_.connect(options_.coordinator);
-  loop_.on_readable(bus_.addressed(), [this] { read_mailbox(bus_.addressed()); });
+  loop_.on_readable(bus_.addressed(), [this] {
+    while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
+  });
+  loop_.on_readable(worker_->finished_signal(), [this] { on_job_finished(); });
   heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
 }
 
@@ -49,15 +93,20 @@ int Trainer::run() {
   return exit_code_;
 }
 
+void Trainer::finish(int exit_code) {
+  exit_code_ = exit_code;
+  state_ = State::kDone;
+  worker_->cancel();
+  loop_.quit();
+}
+
 void Trainer::tick(Clock::time_point now) {
   if (state_ == State::kDone) return;
   if (state_ == State::kRegistering) {
     if (seconds_between(registering_since_, now) > options_.connect_timeout_seconds) {
       log(LogLevel::kError, bus_.name(), "no answer from the coordinator at ", options_.coordinator,
           " within ", options_.connect_timeout_seconds, " s: is it running and reachable?");
-      exit_code_ = kExitCoordinatorUnreachable;
-      state_ = State::kDone;
-      loop_.quit();
+      finish(kExitCoordinatorUnreachable);
       return;
     }
     if (now - last_report_sent_ >= kRegisterRetry) {
@@ -71,7 +120,11 @@ void Trainer::tick(Clock::time_point now) {
     register_again("no heartbeat from the coordinator for " + std::to_string(silence.count()) + " ms");
     return;
   }
-  bus_.send(kRegistrarName, msg::Heartbeat{last_loaded_version_});
+  msg::Heartbeat heartbeat;
+  heartbeat.model_version = last_loaded_version_;
+  heartbeat.precision = precision_label_;
+  heartbeat.peak_memory_bytes = peak_memory_bytes(torch::Device(options_.device));
+  bus_.send(kRegistrarName, heartbeat);
 }
 
 void Trainer::register_again(const std::string& why) {
@@ -80,6 +133,7 @@ void Trainer::register_again(const std::string& why) {
   registering_since_ = loop_.now();
   last_report_sent_ = {};
   pending_.reset();
+  if (training_) worker_->cancel();  // the coordinator no longer counts on that share
 }
 
 void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
@@ -99,73 +153,67 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
       return;
     }
     log(LogLevel::kError, bus_.name(), "rejected by the registrar: ", admission.reason);
-    exit_code_ = kExitRejected;
-    state_ = State::kDone;
-    loop_.quit();
+    finish(kExitRejected);
     return;
   }
+  if (state_ == State::kDone) return;
   const bool new_run = !run_ || run_->run_id != admission.run.run_id;
   const bool first_admission = state_ != State::kAdmitted;
+  if (new_run && worker_->busy()) {
+    // A new run's admission while the old run's job still runs (a restarted coordinator with a
+    // fresh run): that job's result is worthless; the next admission, once it ends, starts over.
+    worker_->cancel();
+    return;
+  }
   if (new_run) {
     const msg::RunSpec& run = admission.run;
-    try {
-      data_ = load_dataset(dataset_spec(run, static_cast<std::int64_t>(run.train_samples)),
-                           options_.data.path, Split::kTrain);
-    } catch (const std::exception& e) {
-      log(LogLevel::kError, bus_.name(), "cannot read the run's training set: ", e.what());
-      exit_code_ = kExitRejected;
-      state_ = State::kDone;
-      loop_.quit();
+    auto archive = read_tensor_frames(admission.model_archive, from.tensor_frames, 0);
+    if (!archive || archive.value().size() != 1) {
+      log(LogLevel::kError, bus_.name(), "cannot train run ", run.run_id,
+          ": the admission carries no model archive", archive ? std::string() : ": " + archive.error());
+      finish(kExitRejected);
       return;
     }
-    if (static_cast<std::uint64_t>(data_.size()) != run.train_samples) {
-      log(LogLevel::kError, bus_.name(), "the run trains ", run.train_samples, " samples of ", run.dataset,
-          " but this node has ", data_.size());
-      exit_code_ = kExitRejected;
-      state_ = State::kDone;
-      loop_.quit();
-      return;
-    }
-    // The coordinator's model, checked against the digest it announced: nodes need no model file.
-    std::string problem;
-    try {
-      auto archive = read_tensor_frames(admission.model_archive, from.tensor_frames, 0);
-      if (!archive || archive.value().size() != 1) {
-        problem =
-            "the admission carries no model archive" + (archive ? std::string() : ": " + archive.error());
-      } else {
-        const torch::Tensor bytes = archive.value().front().to_tensor();
-        const std::string archive_bytes(static_cast<const char*>(bytes.data_ptr()),
-                                        static_cast<std::size_t>(bytes.nbytes()));
-        if (sha256_hex(archive_bytes) != run.model_sha256) {
-          problem = "the model archive does not match its announced SHA-256 (damaged in transit?)";
-        } else {
-          model_.emplace(
-              Model::from_archive(archive_bytes, "the coordinator's model", torch::Device(options_.device)));
-          task_ = parse_task(run.task);
-          precision_ = resolve_precision(run.precision, model_->device());
-          layout_ = fingerprint_hex(model_->layout());
-        }
-      }
-    } catch (const std::exception& e) {
-      problem = e.what();
-    }
-    if (!problem.empty()) {
-      log(LogLevel::kError, bus_.name(), "cannot train run ", run.run_id, ": ", problem);
-      exit_code_ = kExitRejected;
-      state_ = State::kDone;
-      loop_.quit();
-      return;
-    }
-    local_optimizer_.reset();
-    if (run.mode == "local-sgd") {
-      local_optimizer_ = make_local_optimizer(run);
-      local_before_ = model_->parameters().zeros_like();
-      local_deltas_ = model_->parameters().zeros_like();
-    }
+    const ReceivedTensor archive_tensor = archive.value().front();
+    // The run's data and model are made on the worker, where every tensor of this trainer lives.
+    calibrated_ = false;
     model_version_.reset();
     last_loaded_version_ = 0;
-    order_ = torch::Tensor();
+    held_model_.reset();
+    worker_->submit("preparing run " + run.run_id, [this, run, archive_tensor] {
+      try {
+        data_ = load_dataset(dataset_spec(run, static_cast<std::int64_t>(run.train_samples)),
+                             options_.data.path, Split::kTrain);
+      } catch (const std::exception& e) {
+        throw RunRefused(std::string("cannot read the run's training set: ") + e.what());
+      }
+      if (static_cast<std::uint64_t>(data_.size()) != run.train_samples) {
+        throw RunRefused("the run trains " + std::to_string(run.train_samples) + " samples of " +
+                         run.dataset + " but this node has " + std::to_string(data_.size()));
+      }
+      // The coordinator's model, checked against the digest it announced: nodes need no model file.
+      const torch::Tensor bytes = archive_tensor.to_tensor();
+      const std::string archive_bytes(static_cast<const char*>(bytes.data_ptr()),
+                                      static_cast<std::size_t>(bytes.nbytes()));
+      if (sha256_hex(archive_bytes) != run.model_sha256)
+        throw RunRefused("the model archive does not match its announced SHA-256 (damaged in transit?)");
+      try {
+        model_.emplace(
+            Model::from_archive(archive_bytes, "the coordinator's model", torch::Device(options_.device)));
+        task_ = parse_task(run.task);
+        precision_ = resolve_precision(run.precision, model_->device());
+      } catch (const std::exception& e) {
+        throw RunRefused(e.what());
+      }
+      layout_ = fingerprint_hex(model_->layout());
+      local_optimizer_.reset();
+      if (run.mode == "local-sgd") {
+        local_optimizer_ = make_local_optimizer(run);
+        local_before_ = model_->parameters().zeros_like();
+        local_deltas_ = model_->parameters().zeros_like();
+      }
+      order_ = torch::Tensor();
+    });
     run_ = run;
   }
   const std::string publish = reachable_endpoint(admission.publish_endpoint, options_.coordinator);
@@ -173,7 +221,9 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     const bool first_subscription = subscribed_to_.empty();
     bus_.subscribe(publish, {kModelTopic, kControlTopic});
     if (first_subscription) {
-      loop_.on_readable(bus_.published(), [this] { read_mailbox(bus_.published()); });
+      loop_.on_readable(bus_.published(), [this] {
+        while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_);
+      });
     }
     subscribed_to_ = publish;
   }
@@ -188,20 +238,21 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   if (admission.liveness > 0) options_.liveness = admission.liveness;
   if (first_admission) {
     // Admitted afresh (perhaps by a restarted coordinator that resumed from a checkpoint older
-    // than this replica): take whatever model it has, even an older version.
+    // than this replica): take whatever model it has, even an older version. The scheduler plans
+    // this trainer only once it knows its speed, so it calibrates again.
     model_version_.reset();
     last_loaded_version_ = 0;
     pending_.reset();
+    calibrated_ = false;
   }
   if (state_ != State::kAdmitted) {
     log(LogLevel::kInfo, bus_.name(), "admitted to run ", admission.run.run_id, " (", admission.run.model,
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
   }
   state_ = State::kAdmitted;
-  if (first_admission)
-    work([this] { calibrate(); });  // the scheduler plans this trainer only once it knows its speed
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = loop_.now();
+  advance();
 }
 
 void Trainer::describe_data(const msg::RunSpec& run) {
@@ -225,47 +276,195 @@ void Trainer::describe_data(const msg::RunSpec& run) {
   tick(loop_.now());
 }
 
-void Trainer::read_mailbox(zmq::socket_t& socket) {
-  while (auto incoming = bus_.receive(socket)) {
-    const MessageKind kind = incoming->envelope.kind;
-    if (working_ && kind != MessageKind::kHeartbeat && kind != MessageKind::kSetSlowdown) {
-      deferred_.push_back(std::move(*incoming));
-      continue;
+void Trainer::advance() {
+  if (state_ != State::kAdmitted || worker_->busy() || !model_) {
+    // !model_: the run is still being prepared (its job's end calls this again).
+    if (state_ != State::kAdmitted || worker_->busy()) return;
+  }
+  if (!model_) return;
+  if (!calibrated_) {
+    worker_->submit("calibrating", [this] { calibration_result_ = calibrate(); });
+    return;
+  }
+  // Only the newest model matters: an older one held would only be overwritten.
+  std::optional<HeldModel> load;
+  if (held_model_) {
+    const std::uint64_t version = held_model_->state.model_version;
+    const bool newer = !model_version_ ? version >= last_loaded_version_ : version > *model_version_;
+    if (newer) load = std::move(held_model_);
+    held_model_.reset();
+  }
+  const std::uint64_t ready_version = load ? load->state.model_version : model_version_.value_or(0);
+  const bool replica_ready = load.has_value() || model_version_.has_value();
+  std::optional<msg::RoundPlan> plan;
+  if (pending_ && replica_ready && ready_version == pending_->model_version) {
+    plan = std::move(pending_);
+    pending_.reset();
+  } else if (pending_ && replica_ready && ready_version > pending_->model_version) {
+    // The model moved on past the plan's version: that round closed without this share.
+    log(LogLevel::kInfo, bus_.name(), "dropped the plan of round ", pending_->round, ": model version ",
+        pending_->model_version, " was superseded by ", ready_version);
+    pending_.reset();
+  }
+  if (!load && !plan) return;
+  const double model_wait = plan ? seconds_between(pending_since_, Clock::now()) : 0.0;
+  if (load) loading_version_ = load->state.model_version;
+  training_ = plan;
+  const std::string what = plan ? "training round " + std::to_string(plan->round)
+                                : "loading model version " + std::to_string(*loading_version_);
+  worker_->submit(what, [this, load = std::move(load), plan, model_wait] {
+    train_result_ = load_and_train(load, plan, model_wait);
+  });
+}
+
+void Trainer::on_job_finished() {
+  auto finished = worker_->take_finished();
+  if (!finished) return;
+  const std::optional<msg::RoundPlan> trained = std::move(training_);
+  const std::optional<std::uint64_t> loaded = std::move(loading_version_);
+  training_.reset();
+  loading_version_.reset();
+  std::optional<msg::Calibration> calibration = std::move(calibration_result_);
+  std::optional<TrainOutcome> outcome = std::move(train_result_);
+  calibration_result_.reset();
+  train_result_.reset();
+  if (finished->failure) {
+    if (trained) model_version_.reset();  // a share that stopped half way left the replica changed
+    if (cancelled(finished->failure)) {
+      log(LogLevel::kInfo, bus_.name(), finished->what, " stopped: superseded");
+    } else if (refused(finished->failure)) {
+      log(LogLevel::kError, bus_.name(), "cannot train run ", run_ ? run_->run_id : std::string("?"), ": ",
+          describe(finished->failure));
+      finish(kExitRejected);
+      return;
+    } else {
+      fail(finished->what, trained ? trained->round : 0, describe(finished->failure));
+      return;
     }
-    dispatch(*this, *incoming, bus_);
   }
+  if (state_ == State::kDone) return;
+  if (calibration) {
+    calibrated_ = true;
+    log(LogLevel::kInfo, bus_.name(), "calibrated: ", static_cast<int>(calibration->samples_per_second),
+        " samples/s at micro-batch ", calibration->micro_batch, " in ", calibration->precision,
+        slowdown_.load() > 1.0 ? " (slowdown test aid on)" : "");
+    if (state_ == State::kAdmitted) bus_.send(kSchedulerName, *calibration);
+  }
+  if (loaded && outcome && outcome->problem.empty()) {
+    last_loaded_version_ = *loaded;
+    model_version_ = *loaded;
+    snapshot_requested_.reset();
+  } else if (outcome && !outcome->problem.empty()) {
+    log(LogLevel::kWarn, bus_.name(), "dropped model version ", loaded.value_or(0), ": ", outcome->problem);
+  }
+  if (trained && outcome && outcome->contribution) {
+    // The forward passes moved the BatchNorm statistics (local-sgd: the parameters too): this
+    // replica is no longer the version it was planned on.
+    model_version_.reset();
+    if (state_ == State::kAdmitted)
+      bus_.send(kAggregatorName, *outcome->contribution, Stamp{trained->round, trained->model_version},
+                std::move(outcome->frames));
+  } else if (trained && outcome && !outcome->contribution) {
+    pending_ = *trained;  // its model did not load: wait for a good one
+  }
+  advance();
+  if (pending_) request_snapshot_soon();
 }
 
-void Trainer::work(const std::function<void()>& job) {
-  {
-    struct WorkingScope {
-      bool& working;
-      explicit WorkingScope(bool& flag) : working(flag) { working = true; }
-      ~WorkingScope() { working = false; }
-    } scope(working_);
-    job();
+void Trainer::fail(const std::string& what, std::uint64_t round, const std::string& reason) {
+  // Not bad input: this trainer's own computation broke. The scheduler takes it out of the plans
+  // at once (its share goes back to the pool) and says why; this process ends with the reason,
+  // rather than limp on and make every round wait for its deadline.
+  const std::string cut = reason.substr(0, kMaxFailureReason);
+  log(LogLevel::kError, bus_.name(), what, " failed: ", cut);
+  if (state_ == State::kAdmitted) {
+    bus_.send(kSchedulerName, msg::TrainerFailed{round, what + ": " + cut, /*exiting=*/true});
+    bus_.send(kRegistrarName, msg::Leave{"its computation failed: " + cut});
   }
-  while (!deferred_.empty() && !working_) {
-    Incoming incoming = std::move(deferred_.front());
-    deferred_.pop_front();
-    dispatch(*this, incoming, bus_);
-  }
+  state_ = State::kDone;
+  exit_code_ = kExitTrainerFailed;
+  loop_.quit();
 }
 
-void Trainer::serve_bus_while_working() {
-  loop_.run_due_timers();
-  read_mailbox(bus_.addressed());
-  if (!subscribed_to_.empty()) read_mailbox(bus_.published());
+void Trainer::handle(const msg::Heartbeat&, const Incoming&) {
+  last_heard_ = loop_.now();
 }
 
-void Trainer::simulate_slowdown(const WorkTimer& timer) {
-  if (options_.slowdown <= 1.0) return;
-  const auto until =
-      timer.started() + std::chrono::duration_cast<Clock::duration>(timer.busy() * options_.slowdown);
+void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
+  if (!run_) return;
+  const std::uint64_t newest_known = std::max({held_model_ ? held_model_->state.model_version : 0,
+                                               loading_version_.value_or(0), model_version_.value_or(0)});
+  const bool newer =
+      state.model_version > newest_known ||
+      (!model_version_ && !held_model_ && !loading_version_ && state.model_version >= last_loaded_version_);
+  if (!newer) return;
+  // Kept whole (its frames stay alive with it) until the worker is free: a model arriving mid-share
+  // must not change the replica under the computation, and a newer one replaces an older one here,
+  // so broadcasts never queue behind each other.
+  held_model_ = HeldModel{state, from.tensor_frames};
+  advance();
+}
+
+void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
+  if (state_ != State::kAdmitted) return;
+  if (training_ && training_->round < plan.round) {
+    // A newer round was planned: the one being trained has closed, and its share is no use now.
+    worker_->cancel();
+  }
+  pending_ = plan;
+  pending_since_ = Clock::now();
+  advance();
+  if (pending_) request_snapshot_soon();
+}
+
+void Trainer::request_snapshot_soon() {
+  loop_.at(loop_.now() + kSnapshotGrace, [this] {
+    if (!pending_ || state_ != State::kAdmitted) return;
+    const std::uint64_t wanted = pending_->model_version;
+    if ((model_version_ && *model_version_ == wanted) ||
+        (held_model_ && held_model_->state.model_version == wanted) ||
+        (loading_version_ && *loading_version_ == wanted))
+      return;
+    if (snapshot_requested_ && loop_.now() - *snapshot_requested_ < kSnapshotRetry) return;
+    bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+    snapshot_requested_ = loop_.now();
+    request_snapshot_soon();
+  });
+}
+
+void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
+  if (!(slowdown.factor >= 1.0) || !std::isfinite(slowdown.factor)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored slowdown ", slowdown.factor, " from ", from.from,
+        ": it must be >= 1");
+    return;
+  }
+  log(LogLevel::kInfo, bus_.name(), "TEST AID: slowdown ", slowdown_.load(), " -> ", slowdown.factor,
+      " (asked by ", from.from, ")");
+  slowdown_.store(slowdown.factor);
+}
+
+void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
+  log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",
+      finished.final_test_accuracy);
+  // Said goodbye, so that a coordinator still closing its run does not count it lost.
+  if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"run finished"});
+  finish(kExitFinished);
+}
+
+// ---- Jobs: everything below runs on the worker's thread. ----
+
+void Trainer::check_cancelled() const {
+  if (worker_->cancel_requested()) throw JobCancelled();
+}
+
+void Trainer::simulate_slowdown(const WorkTimer& timer) const {
+  const double factor = slowdown_.load();
+  if (factor <= 1.0) return;
+  const auto until = timer.started() + std::chrono::duration_cast<Clock::duration>(timer.busy() * factor);
   while (Clock::now() < until) {
     // A test aid standing in for a slower device: sleeping costs no CPU that others need.
     std::this_thread::sleep_for(std::min<Clock::duration>(kSlowdownSlice, until - Clock::now()));
-    serve_bus_while_working();
+    check_cancelled();
   }
 }
 
@@ -282,106 +481,73 @@ ShareOptions Trainer::share_options(std::int64_t micro_batch, std::uint64_t epoc
 }
 
 std::uint32_t Trainer::probe_max_micro_batch(std::int64_t micro_batch) {
-  if (model_->device().is_cpu()) return options_.max_micro_batch;  // host memory: no probe
-  // Doubling micro-batches of the real model until the device runs out of memory; what fits, less
-  // a margin, is what the scheduler may plan in one forward pass.
+  const torch::Device device = model_->device();
+  if (device.is_cpu()) return options_.max_micro_batch;  // host memory: no probe
+  // Doubling micro-batches of the real model until the device runs out of memory (the caching
+  // allocator's, or cuBLAS's or cuDNN's workspace); what fits, less a margin, is what the scheduler
+  // may plan in one forward pass.
   std::int64_t fits = 0;
   for (std::int64_t size = micro_batch; size <= std::min<std::int64_t>(data_.size(), kMaxProbedMicroBatch);
        size *= 2) {
     try {
       train_share(*model_, data_, torch::arange(size, torch::kInt64), share_options(size, 0, 1.0, {}));
+      synchronize(device);
       fits = size;
-    } catch (const c10::Error& e) {
-      if (std::string(e.what()).find("out of memory") == std::string::npos) throw;
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
       break;
     }
-    serve_bus_while_working();
+    check_cancelled();
   }
   model_->zero_gradients();
+  // What the probe held stays out of the run: its cached blocks go back to the device, and the
+  // peak the records show starts again from the training that follows.
+  release_cached_memory(device);
+  reset_peak_memory(device);
   const auto limit = static_cast<std::uint32_t>(static_cast<double>(fits) * kMicroBatchMemoryMargin);
   log(LogLevel::kInfo, bus_.name(), "device memory takes micro-batches of ", fits, ": planning at most ",
       limit);
   return options_.max_micro_batch > 0 ? std::min(options_.max_micro_batch, limit) : limit;
 }
 
-std::int64_t Trainer::time_bounded_micro_batch(std::int64_t largest) {
-  // The bus is served between micro-batches only: one that outlasts the coordinator's liveness
-  // window gets this trainer declared lost (a ResNet-18 step of 64 samples takes seconds on one CPU
-  // thread). Start small and double while a step takes well under a quarter of the window; the
-  // scheduler then plans micro-batches of at most this size, whose gradients accumulate alike.
-  const auto budget = options_.heartbeat_interval * std::max<std::int64_t>(1, options_.liveness) / 4;
-  std::int64_t size = std::min<std::int64_t>(largest, kFirstCalibrationMicroBatch);
-  while (size < largest) {
-    const auto started = Clock::now();
-    const WorkTimer work_timer;
-    train_share(*model_, data_, torch::arange(std::min<std::int64_t>(size, data_.size()), torch::kInt64),
-                share_options(size, 0, 1.0, {}));
-    if (!model_->device().is_cpu()) torch::cuda::synchronize();
-    simulate_slowdown(work_timer);
-    serve_bus_while_working();
-    // Doubling roughly doubles the step: grow only while twice this one fits the budget.
-    if ((Clock::now() - started) * 2 * 2 > budget) break;
-    size = std::min(largest, size * 2);
-  }
-  model_->zero_gradients();
-  return size;
-}
-
-void Trainer::calibrate() {
-  const std::int64_t configured = std::max<std::uint32_t>(1, run_->micro_batch);
-  const std::int64_t micro_batch = time_bounded_micro_batch(configured);
+msg::Calibration Trainer::calibrate() {
+  const torch::Device device = model_->device();
+  const std::int64_t micro_batch = std::max<std::uint32_t>(1, run_->micro_batch);
   const auto indices = torch::arange(std::min<std::int64_t>(micro_batch, data_.size()), torch::kInt64);
   std::uint64_t samples = 0;
   Clock::duration measured{};
+  torch::ScalarType output_dtype = torch::kFloat32;
   for (int step = 0; step < kCalibrationWarmUp + kCalibrationMinSteps ||
                      std::chrono::duration<double>(measured).count() < kCalibrationMinSeconds;
        ++step) {
     const auto started = Clock::now();
     const WorkTimer work_timer;
-    train_share(*model_, data_, indices, share_options(micro_batch, 0, 1.0, {}));
-    if (!model_->device().is_cpu()) torch::cuda::synchronize();
+    output_dtype = train_share(*model_, data_, indices, share_options(micro_batch, 0, 1.0, {})).output_dtype;
+    synchronize(device);  // the device's time, not the launch's
     simulate_slowdown(work_timer);
     if (step >= kCalibrationWarmUp) {
       measured += Clock::now() - started;
       samples += static_cast<std::uint64_t>(indices.size(0));
     }
-    serve_bus_while_working();
+    check_cancelled();
   }
+  model_->zero_gradients();
   msg::Calibration calibration;
   calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
   calibration.micro_batch = static_cast<std::uint32_t>(micro_batch);
   calibration.max_micro_batch = probe_max_micro_batch(micro_batch);
-  if (micro_batch < configured) {
-    const auto bounded = static_cast<std::uint32_t>(micro_batch);
-    calibration.max_micro_batch =
-        calibration.max_micro_batch ? std::min(calibration.max_micro_batch, bounded) : bounded;
-    log(LogLevel::kInfo, bus_.name(), "micro-batches of ", micro_batch, " rather than ", configured,
-        ": a step must leave the bus served within the coordinator's liveness window");
-  }
-  calibration.device = device_name(model_->device());
-  calibration.precision = precision_name(precision_);
-  log(LogLevel::kInfo, bus_.name(), "calibrated: ", static_cast<int>(calibration.samples_per_second),
-      " samples/s at micro-batch ", micro_batch, " in ", calibration.precision,
-      options_.slowdown > 1.0 ? " (slowdown test aid on)" : "");
-  bus_.send(kSchedulerName, calibration);
+  calibration.device = device_name(device);
+  calibration.precision = computed_precision(output_dtype);
+  precision_label_ = calibration.precision;
+  return calibration;
 }
 
-void Trainer::handle(const msg::Heartbeat&, const Incoming&) {
-  last_heard_ = loop_.now();
-}
-
-void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
-  if (!run_) return;
-  const bool newer =
-      !model_version_ ? state.model_version >= last_loaded_version_ : state.model_version > *model_version_;
-  if (!newer) return;
+std::optional<std::string> Trainer::load_model(const HeldModel& held) {
+  const msg::ModelState& state = held.state;
   std::vector<TensorMeta> metas = state.parameters;
   metas.insert(metas.end(), state.buffers.begin(), state.buffers.end());
-  auto received = read_tensor_frames(metas, from.tensor_frames, 0);
-  if (!received) {
-    log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", received.error());
-    return;
-  }
+  auto received = read_tensor_frames(metas, held.frames, 0);
+  if (!received) return received.error();
   auto& tensors = received.value();
   const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(state.parameters.size());
   const std::vector<ReceivedTensor> parameters(tensors.begin(), split);
@@ -390,55 +556,43 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
   if (state.layout != layout_) mismatch = "a model of another layout";
   if (!mismatch) mismatch = model_->parameters().wire_mismatch(parameters);
   if (!mismatch) mismatch = model_->buffers().wire_mismatch(buffers);
-  if (mismatch) {
-    log(LogLevel::kWarn, bus_.name(), "dropped model version ", state.model_version, ": ", *mismatch);
-    return;
-  }
+  if (mismatch) return mismatch;
   model_->parameters().copy_from(parameters, model_staging_);
   model_->buffers().copy_from(buffers, model_staging_);
-  model_version_ = state.model_version;
-  last_loaded_version_ = state.model_version;
-  snapshot_requested_.reset();
-  train_if_ready();
+  return std::nullopt;
 }
 
-void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
-  if (state_ != State::kAdmitted) return;
-  pending_ = plan;
-  pending_since_ = Clock::now();
-  train_if_ready();
-  if (pending_) request_snapshot_soon();
+Trainer::TrainOutcome Trainer::load_and_train(const std::optional<HeldModel>& model,
+                                              const std::optional<msg::RoundPlan>& plan,
+                                              double model_wait_seconds) {
+  if (model) {
+    if (auto problem = load_model(*model)) {
+      TrainOutcome outcome;
+      outcome.problem = *problem;
+      return outcome;
+    }
+  }
+  if (!plan) return {};
+  return train(*plan, model_wait_seconds);
 }
 
-void Trainer::request_snapshot_soon() {
-  loop_.at(loop_.now() + kSnapshotGrace, [this] {
-    if (!pending_ || (model_version_ && *model_version_ == pending_->model_version)) return;
-    if (snapshot_requested_ && loop_.now() - *snapshot_requested_ < kSnapshotRetry) return;
-    bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
-    snapshot_requested_ = loop_.now();
-    request_snapshot_soon();
-  });
-}
-
-void Trainer::train_if_ready() {
-  if (!pending_ || !model_version_ || *model_version_ != pending_->model_version) return;
-  const msg::RoundPlan plan = *pending_;
-  const double model_wait = seconds_between(pending_since_, Clock::now());
-  pending_.reset();
-  work([this, &plan, model_wait] { train(plan, model_wait); });
-}
-
-void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
+Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
+  if (options_.fail_at_round > 0 && plan.round == options_.fail_at_round) {
+    log(LogLevel::kWarn, bus_.name(), "TEST AID: failing in round ", plan.round);
+    throw std::runtime_error("TEST AID: node.fail_at_round = " + std::to_string(plan.round) +
+                             " (a stand-in for a LibTorch or CUDA error)");
+  }
   if (!order_.defined() || order_epoch_ != plan.epoch) {
     order_ = epoch_order(run_->seed, plan.epoch, data_.size());
     order_epoch_ = plan.epoch;
   }
+  const torch::Device device = model_->device();
   const auto started = Clock::now();
   const auto indices = indices_of(order_, plan.ranges);
   WorkTimer micro_batch_timer;
   const auto between_micro_batches = [&] {
     simulate_slowdown(micro_batch_timer);
-    serve_bus_while_working();
+    check_cancelled();
     micro_batch_timer = WorkTimer();
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
@@ -450,14 +604,11 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   const ShareResult result = local_optimizer_
                                  ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
                                  : train_share(*model_, data_, indices, share);
-  if (!model_->device().is_cpu())
-    torch::cuda::synchronize();  // compute time is the device's, not the launch's
-  // The forward passes moved the BatchNorm statistics: this replica is no longer version v.
-  model_version_.reset();
+  synchronize(device);  // compute time is the device's, not the launch's
   const auto computed = Clock::now();
 
-  std::vector<zmq::message_t> frames;
-  msg::Contribution contribution;
+  TrainOutcome outcome;
+  msg::Contribution& contribution = outcome.contribution.emplace();
   contribution.round = plan.round;
   contribution.epoch = plan.epoch;
   contribution.model_version = plan.model_version;
@@ -466,40 +617,19 @@ void Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
   contribution.loss_sum = result.loss_sum;
   contribution.correct = result.correct;
   contribution.layout = layout_;
-  contribution.precision = precision_name(precision_);
-  contribution.peak_memory_bytes = peak_memory_bytes(model_->device());
+  contribution.precision = computed_precision(result.output_dtype);
+  contribution.peak_memory_bytes = peak_memory_bytes(device);
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
     if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
     contribution.gradients =
-        stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, frames);
-    contribution.buffers = stage(model_->buffers(), send_buffers_, frames);
+        stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);
+    contribution.buffers = stage(model_->buffers(), send_buffers_, outcome.frames);
   }
   contribution.compute_seconds = seconds_between(started, computed);
   contribution.model_wait_seconds = model_wait_seconds;
   contribution.staging_seconds = seconds_between(computed, Clock::now());
-  bus_.send(kAggregatorName, contribution, Stamp{plan.round, plan.model_version}, std::move(frames));
-}
-
-void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
-  if (!(slowdown.factor >= 1.0) || !std::isfinite(slowdown.factor)) {
-    log(LogLevel::kWarn, bus_.name(), "ignored slowdown ", slowdown.factor, " from ", from.from,
-        ": it must be >= 1");
-    return;
-  }
-  log(LogLevel::kInfo, bus_.name(), "TEST AID: slowdown ", options_.slowdown, " -> ", slowdown.factor,
-      " (asked by ", from.from, ")");
-  options_.slowdown = slowdown.factor;
-}
-
-void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
-  log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",
-      finished.final_test_accuracy);
-  // Said goodbye, so that a coordinator still closing its run does not count it lost.
-  if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"run finished"});
-  state_ = State::kDone;
-  exit_code_ = kExitFinished;
-  loop_.quit();
+  return outcome;
 }
 
 }  // namespace filo

@@ -1,7 +1,14 @@
 #pragma once
 // The trainer registers its node, keeps a replica of the model at the version the aggregator
-// published, trains the samples each round's plan gives it and sends back summed gradients.
-#include <deque>
+// published, trains the samples each round's plan gives it and sends back summed gradients (or, in
+// local-sgd, its parameters' change).
+//
+// Two threads: the trainer's actor thread serves the bus (heartbeats, plans, models, control) and
+// never computes; its WorkerThread runs every piece of LibTorch work (loading a model into the
+// replica, calibrating, training a share) one job at a time. The replica and everything a job
+// touches (marked "worker's" below) belong to the job while one runs; the actor reads them only
+// once take_finished() handed the job back. So a micro-batch of any length never makes the trainer
+// deaf, and a model that arrives mid-share waits, whole, until the share is done.
 #include <functional>
 #include <memory>
 #include <optional>
@@ -25,6 +32,7 @@
 #include "runtime/actor_loop.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
+#include "runtime/worker_thread.hpp"
 
 namespace filo {
 
@@ -32,6 +40,9 @@ namespace filo {
 constexpr int kExitFinished = 0;
 constexpr int kExitRejected = 2;
 constexpr int kExitCoordinatorUnreachable = 3;
+/// The trainer's own computation failed (LibTorch, CUDA); the reason is in its log and was sent
+/// to the coordinator.
+constexpr int kExitTrainerFailed = 4;
 
 struct TrainerOptions {
   std::string node;
@@ -43,6 +54,7 @@ struct TrainerOptions {
   double connect_timeout_seconds = 30;
   std::uint32_t max_micro_batch = 0;  /// reported to the scheduler; 0 = no memory limit known
   double slowdown = 1.0;              /// TEST AID: see NodeOptions::slowdown
+  std::uint64_t fail_at_round = 0;    /// TEST AID: see NodeOptions::fail_at_round
   /// TEST AID (in-process tests only; no configuration sets it): in these rounds an infinity is
   /// written into this trainer's gradients after backward, as an fp16 overflow would leave there,
   /// and the gradients are checked as fp16's are whatever the precision. Gradient mode only.
@@ -57,7 +69,7 @@ class Trainer final {
   Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
           const StopFlag& stop, const TimeSource& time = steady_time());
   /// Runs until the run finishes (0), the node is rejected (2), the coordinator stays silent
-  /// past the connect timeout (3), or the process is asked to stop (0).
+  /// past the connect timeout (3), its computation fails (4), or the process is asked to stop (0).
   int run();
   const std::string& name() const { return bus_.name(); }
   /// Host buffers allocated for contributions so far: flat once rounds repeat.
@@ -77,37 +89,53 @@ class Trainer final {
 
  private:
   enum class State { kRegistering, kAdmitted, kDone };
+  /// A model broadcast or snapshot, kept whole until the worker is free to load it.
+  struct HeldModel {
+    msg::ModelState state;
+    FrameList frames;
+  };
+  /// What a training job hands back to the actor.
+  struct TrainOutcome {
+    std::optional<msg::Contribution> contribution;  // none: its plan could not be trained (see problem)
+    std::vector<zmq::message_t> frames;
+    std::string problem;  // why a held model was not loaded (bad layout, bad frames)
+  };
+
   void tick(Clock::time_point now);
   void register_again(const std::string& why);
   /// Fingerprints this node's copy of the run's training set, as the registrar asked.
   void describe_data(const msg::RunSpec& run);
   void request_snapshot_soon();
-  void train_if_ready();
-  void train(const msg::RoundPlan& plan, double model_wait_seconds);
-  /// Measures the run's model at its micro-batch size and tells the scheduler.
-  /// The largest micro-batch up to `largest` whose step leaves the bus served in time.
-  std::int64_t time_bounded_micro_batch(std::int64_t largest);
-  void calibrate();
+  /// Starts the next job the worker can do: calibrate first, then load the newest model and train
+  /// the pending plan on it. Does nothing while a job runs.
+  void advance();
+  /// A job ended: its result goes out, or its failure is reported.
+  void on_job_finished();
+  void fail(const std::string& what, std::uint64_t round, const std::string& reason);
+  void finish(int exit_code);
+
+  // Jobs, run on the worker's thread.
+  msg::Calibration calibrate();
   /// On a GPU, the largest micro-batch of the run's model the device holds, less a margin.
   std::uint32_t probe_max_micro_batch(std::int64_t micro_batch);
+  /// Loads `model` into the replica (when given), then trains `plan` on it (when given).
+  TrainOutcome load_and_train(const std::optional<HeldModel>& model,
+                              const std::optional<msg::RoundPlan>& plan, double model_wait_seconds);
+  std::optional<std::string> load_model(const HeldModel& model);
+  TrainOutcome train(const msg::RoundPlan& plan, double model_wait_seconds);
   ShareOptions share_options(std::int64_t micro_batch, std::uint64_t epoch, double loss_scale,
                              std::function<void()> between) const;
-  /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all, serving
-  /// the bus: it waits (F - 1) x t less whatever the work spent waiting for a CPU. t is the
-  /// work's CPU time where that is less than its wall time. A slowed device's micro-batch takes
-  /// F t however busy the host is; on a machine shared by several simulated nodes, waiting for a
-  /// CPU a neighbour holds is an artefact of sharing, not of the device, and adding it on top made
-  /// slowed trainers slower together than apart (their rounds start at the same moment).
-  void simulate_slowdown(const WorkTimer& timer);
-  /// Reads both sockets; while working, only liveness and test-aid messages are handled and the
-  /// rest wait in `deferred_` (a model arriving mid-share must not overwrite the replica).
-  void read_mailbox(zmq::socket_t& socket);
-  /// Between micro-batches: due timers (heartbeats out) and the mailbox (heartbeats in), so that
-  /// a share longer than the liveness timeout does not look like a silent coordinator.
-  void serve_bus_while_working();
-  /// Runs `work` with the mailbox deferring, then handles what was deferred, in order.
-  void work(const std::function<void()>& job);
+  /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all: it
+  /// waits (F - 1) x t less whatever the work spent waiting for a CPU. t is the work's CPU time
+  /// where that is less than its wall time. A slowed device's micro-batch takes F t however busy
+  /// the host is; on a machine shared by several simulated nodes, waiting for a CPU a neighbour
+  /// holds is an artefact of sharing, not of the device, and adding it on top made slowed trainers
+  /// slower together than apart (their rounds start at the same moment).
+  void simulate_slowdown(const WorkTimer& timer) const;
+  /// Between micro-batches: ends the job early when the actor cancelled it.
+  void check_cancelled() const;
 
+  // The actor's.
   TrainerOptions options_;
   msg::HardwareReport report_;
   BusClient bus_;
@@ -121,6 +149,22 @@ class Trainer final {
   std::optional<msg::RunSpec> run_;
   std::string subscribed_to_;
   std::string described_;  // the dataset spec report_'s fingerprint was computed for
+  bool calibrated_ = false;
+  std::optional<HeldModel> held_model_;         // the newest model not yet loaded
+  std::optional<std::uint64_t> model_version_;  // the replica's version; none when it is not clean
+  std::uint64_t last_loaded_version_ = 0;
+  std::optional<msg::RoundPlan> pending_;
+  Clock::time_point pending_since_{};             // when the pending plan arrived
+  std::optional<msg::RoundPlan> training_;        // the plan the running job trains
+  std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
+  std::optional<Clock::time_point> snapshot_requested_;
+  std::string precision_label_;  // what the forward pass computed in, once measured
+  std::atomic<double> slowdown_{1.0};
+  // The running job's results, read once it is handed back.
+  std::optional<msg::Calibration> calibration_result_;
+  std::optional<TrainOutcome> train_result_;
+
+  // The worker's (see the top of this file).
   Dataset data_;
   std::optional<Model> model_;
   Task task_ = Task::kClassification;
@@ -129,17 +173,12 @@ class Trainer final {
   std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
   FlatTensors local_before_;                        // local-sgd: the parameters a round started from
   FlatTensors local_deltas_;
-  std::optional<std::uint64_t> model_version_;  // none: no clean replica (after training on it)
-  std::uint64_t last_loaded_version_ = 0;
-  std::optional<msg::RoundPlan> pending_;
-  Clock::time_point pending_since_{};  // when the pending plan arrived
-  SendBuffers send_buffers_;           // pinned on a GPU: device → pinned buffer → zmq frames
-  HostStaging model_staging_;          // pinned on a GPU: zmq frames → pinned buffer → device
-  bool working_ = false;
-  std::deque<Incoming> deferred_;
-  std::optional<Clock::time_point> snapshot_requested_;
+  SendBuffers send_buffers_;   // pinned on a GPU: device → pinned buffer → zmq frames
+  HostStaging model_staging_;  // pinned on a GPU: zmq frames → pinned buffer → device
   torch::Tensor order_;
   std::uint64_t order_epoch_ = 0;
+  /// Last: its thread is joined before anything a job uses goes.
+  std::unique_ptr<WorkerThread> worker_;
 };
 
 }  // namespace filo

@@ -34,14 +34,32 @@ std::string_view kind_name(MessageKind kind) {
       return "ModelState";
     case MessageKind::kSnapshotRequest:
       return "SnapshotRequest";
-    case MessageKind::kEvent:
-      return "Event";
+    case MessageKind::kRoundClosed:
+      return "RoundClosed";
     case MessageKind::kRunFinished:
       return "RunFinished";
     case MessageKind::kCalibration:
       return "Calibration";
     case MessageKind::kSetSlowdown:
       return "SetSlowdown";
+    case MessageKind::kEpochScored:
+      return "EpochScored";
+    case MessageKind::kMemberNews:
+      return "MemberNews";
+    case MessageKind::kFleetMembers:
+      return "FleetMembers";
+    case MessageKind::kRefusalCounts:
+      return "RefusalCounts";
+    case MessageKind::kCoordinatorResumed:
+      return "CoordinatorResumed";
+    case MessageKind::kLossScaleOverflow:
+      return "LossScaleOverflow";
+    case MessageKind::kRunEnded:
+      return "RunEnded";
+    case MessageKind::kSecurityNotice:
+      return "SecurityNotice";
+    case MessageKind::kTrainerFailed:
+      return "TrainerFailed";
   }
   return "unknown";
 }

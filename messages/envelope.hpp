@@ -8,7 +8,7 @@
 namespace filo {
 
 /// Bumped whenever a message's meaning changes incompatibly.
-constexpr std::uint16_t kProtocolVersion = 2;
+constexpr std::uint16_t kProtocolVersion = 3;
 
 enum class MessageKind : std::uint8_t {
   kHardwareReport = 1,
@@ -26,12 +26,21 @@ enum class MessageKind : std::uint8_t {
   kEvaluated,
   kModelState,
   kSnapshotRequest,
-  kEvent,
+  kRoundClosed,
   kRunFinished,
   kCalibration,
   kSetSlowdown,
+  kEpochScored,
+  kMemberNews,
+  kFleetMembers,
+  kRefusalCounts,
+  kCoordinatorResumed,
+  kLossScaleOverflow,
+  kRunEnded,
+  kSecurityNotice,
+  kTrainerFailed,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kSetSlowdown);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kTrainerFailed);
 
 std::string_view kind_name(MessageKind kind);
 

@@ -106,11 +106,14 @@ struct Admission {
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides
-// learn that the other is alive at the application level, not just its socket.
+// learn that the other is alive at the application level, not just its socket. A trainer's says
+// what it computes in and its device's peak memory, for the registrar's roll call.
 struct Heartbeat {
   static constexpr MessageKind kKind = MessageKind::kHeartbeat;
   std::uint64_t model_version = 0;
-  MSGPACK_DEFINE_MAP(model_version)
+  std::string precision;
+  std::int64_t peak_memory_bytes = 0;
+  MSGPACK_DEFINE_MAP(model_version, precision, peak_memory_bytes)
 };
 
 // trainer → registrar on a clean exit, so that its loss is not waited for.

@@ -31,11 +31,12 @@ struct Permission {
 
 /// Everything a peer outside the coordinator process may send. Monitors only read (they subscribe
 /// to the event stream), so they appear nowhere here.
-constexpr std::array<Permission, 7> kPermissions{{
+constexpr std::array<Permission, 8> kPermissions{{
     {PeerRole::kTrainer, MessageKind::kHardwareReport, Destination::kRegistrar},
     {PeerRole::kTrainer, MessageKind::kHeartbeat, Destination::kRegistrar},
     {PeerRole::kTrainer, MessageKind::kLeave, Destination::kRegistrar},
     {PeerRole::kTrainer, MessageKind::kCalibration, Destination::kScheduler},
+    {PeerRole::kTrainer, MessageKind::kTrainerFailed, Destination::kScheduler},
     {PeerRole::kTrainer, MessageKind::kContribution, Destination::kAggregator},
     {PeerRole::kTrainer, MessageKind::kSnapshotRequest, Destination::kAggregator},
     // `filo slowdown`, the fault suite's aid: makes a trainer behave slower, nothing else.

@@ -10,6 +10,7 @@
 //   aggregator --RoundCombined-->         scheduler    (done; the scheduler sends again until then)
 //   scheduler  --Evaluate-->              aggregator   (at an epoch's end)
 //   aggregator --Evaluated-->             scheduler
+//   trainer    --TrainerFailed-->         scheduler    (its computation failed: out of the plans)
 #include <cstdint>
 #include <map>
 #include <string>
@@ -174,6 +175,17 @@ struct Calibration {
   std::string device;     // "cpu", "cuda:0", ...
   std::string precision;  // what it computes in (train.precision resolved for its device)
   MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch, device, precision)
+};
+
+// trainer → scheduler: its own computation failed (a LibTorch or CUDA error, a failed check), not
+// anything it was sent. The scheduler takes it out of the plans at once, closes the round without
+// it (its samples go back to the pool) and says why on the event stream and in summary.json.
+struct TrainerFailed {
+  static constexpr MessageKind kKind = MessageKind::kTrainerFailed;
+  std::uint64_t round = 0;  // the round it was computing, or 0 (calibration)
+  std::string reason;
+  bool exiting = false;  // it cannot recover: the node process exits non-zero
+  MSGPACK_DEFINE_MAP(round, reason, exiting)
 };
 
 }  // namespace filo::msg

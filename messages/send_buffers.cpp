@@ -1,6 +1,6 @@
 #include "messages/send_buffers.hpp"
 
-#include <torch/cuda.h>
+#include "actors/learning/device.hpp"
 
 namespace filo {
 namespace {
@@ -52,7 +52,7 @@ std::vector<TensorMeta> SendBuffers::stage(const std::vector<NamedTensor>& tenso
 
   std::vector<TensorMeta> metas;
   metas.reserve(tensors.size());
-  bool from_device = false;
+  std::optional<torch::Device> from_device;
   std::size_t offset = 0;
   std::vector<std::pair<std::size_t, std::size_t>> extents;  // (offset, bytes) per tensor
   for (const auto& named : tensors) {
@@ -62,7 +62,7 @@ std::vector<TensorMeta> SendBuffers::stage(const std::vector<NamedTensor>& tenso
     // into pinned memory run asynchronously; one synchronisation below covers them all.
     auto target =
         torch::from_blob(base + offset, source.sizes(), torch::TensorOptions().dtype(source.scalar_type()));
-    from_device = from_device || !source.device().is_cpu();
+    if (!source.device().is_cpu()) from_device = source.device();
     target.copy_(source, /*non_blocking=*/pinned_ && !source.device().is_cpu());
     TensorMeta meta;
     meta.name = named.name;
@@ -72,7 +72,14 @@ std::vector<TensorMeta> SendBuffers::stage(const std::vector<NamedTensor>& tenso
     extents.emplace_back(offset, bytes);
     offset += aligned(bytes);
   }
-  if (from_device && pinned_) torch::cuda::synchronize();
+  if (from_device && pinned_) {
+    // zmq reads the buffer as soon as the frames are handed over: the copies from the device must
+    // have landed. An event recorded after them on their device's stream, not a wait on whatever
+    // device is current on this thread.
+    DeviceEvent copied(*from_device);
+    copied.record();
+    copied.wait();
+  }
   for (std::size_t i = 0; i < extents.size(); ++i) {
     const auto [start, bytes] = extents[i];
     std::size_t done = 0;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <variant>
@@ -173,6 +174,12 @@ class BusClient {
   Refusals refusals_{name_, nullptr};
 };
 
+/// Thrown by a handler that finds a message's content unusable (bad input from its sender, as
+/// opposed to a failure of the actor's own): the message is refused and counted, the actor goes on.
+struct BadInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 namespace detail {
 template <typename Message, typename Actor>
 bool handle_if_kind(Actor& actor, Incoming& incoming, BusClient& bus) {
@@ -195,14 +202,16 @@ void dispatch_to(Actor& actor, Incoming& incoming, BusClient& bus, std::variant<
 }  // namespace detail
 
 /// Decodes `incoming` as one of `Actor::Inbox`'s message types and calls actor.handle(message,
-/// incoming). A message type in the inbox without a handler does not compile. A handler that
-/// throws on bad content is logged and the message dropped: bad input never ends an actor.
+/// incoming). A message type in the inbox without a handler does not compile. A body that does not
+/// decode, or a handler that throws BadInput, is refused, counted and logged: bad input never ends
+/// an actor. Anything else a handler throws is the actor's own failure and goes on up: its thread
+/// ends with the reason (ActorThread) rather than limp on having dropped work.
 template <typename Actor>
 void dispatch(Actor& actor, Incoming& incoming, BusClient& bus) {
   try {
     detail::dispatch_to(actor, incoming, bus, static_cast<typename Actor::Inbox*>(nullptr));
-  } catch (const std::exception& e) {
-    bus.refuse(incoming.from, std::string(kind_name(incoming.envelope.kind)) + ": handler failed", e.what());
+  } catch (const BadInput& e) {
+    bus.refuse(incoming.from, std::string(kind_name(incoming.envelope.kind)) + ": bad input", e.what());
   }
 }
 

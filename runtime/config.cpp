@@ -158,6 +158,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("schedule", "deadline_factor", config.schedule.deadline_factor);
   reader.read("schedule", "split", config.schedule.split);
   reader.read("schedule", "max_transfer_ratio", config.schedule.max_transfer_ratio);
+  reader.read("schedule", "max_missed_rounds", config.schedule.max_missed_rounds);
   std::int64_t seed = static_cast<std::int64_t>(config.schedule.seed);
   reader.read("schedule", "seed", seed);
   config.schedule.seed = static_cast<std::uint64_t>(seed);
@@ -181,6 +182,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "priority", config.node.priority);
   reader.read("node", "max_micro_batch", config.node.max_micro_batch);
   reader.read("node", "slowdown", config.node.slowdown);
+  reader.read("node", "fail_at_round", config.node.fail_at_round);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
   reader.read("run", "cpus", config.run.cpus);
@@ -273,6 +275,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.admission.min_memory_mb >= 0 && config.admission.min_device_memory_mb >= 0,
         "admission memory minimums must be >= 0");
   check(config.schedule.max_transfer_ratio >= 0, "schedule.max_transfer_ratio must be >= 0");
+  check(config.schedule.max_missed_rounds >= 0, "schedule.max_missed_rounds must be >= 0");
+  check(config.node.fail_at_round >= 0, "node.fail_at_round must be >= 0");
   check(config.node.slowdown >= 1.0, "node.slowdown must be >= 1");
   check(config.node.max_micro_batch >= 0, "node.max_micro_batch must be >= 0");
   for (double factor : parse_slowdowns(config.local.slowdowns)) {

@@ -74,6 +74,9 @@ struct ScheduleOptions {
   /// A trainer whose transfer time is this fraction of its compute time or more is left out of
   /// the round (the rule of the project filo grew from); 0 disables the rule.
   double max_transfer_ratio = 0.25;
+  /// A live trainer that misses this many rounds in a row is taken out of the plans until it
+  /// proves alive by delivering a probe (planned now and then); 0 = never taken out.
+  std::int64_t max_missed_rounds = 3;
 };
 
 struct TrainOptions {
@@ -104,6 +107,9 @@ struct NodeOptions {
   /// TEST AID: behave this many times slower than this machine is (a micro-batch whose work took
   /// t seconds of CPU lasts slowdown * t in all). Seen by the scheduler only through measurement.
   double slowdown = 1.0;
+  /// TEST AID: the trainer's computation throws in this round (a stand-in for a LibTorch or CUDA
+  /// error); 0 = never.
+  std::int64_t fail_at_round = 0;
 };
 
 struct RunOptions {

@@ -49,7 +49,7 @@ TEST_CASE("an addressed message reaches the named actor with its tensors unchang
   alice.connect(bus.hub.inproc_router_endpoint());
   bob.connect(bus.hub.inproc_router_endpoint());
   // Bob must be known to the hub before anyone can address him.
-  bob.send("alice", msg::Heartbeat{1});
+  bob.send("alice", msg::Heartbeat{1, {}, 0});
   REQUIRE(wait_for_message(alice, alice.addressed()));
 
   const auto gradient = torch::randn({5, 7});
@@ -99,16 +99,19 @@ TEST_CASE("publications reach subscribers of their topic") {
   // PUB/SUB joins asynchronously: publish until the first event arrives.
   std::optional<Incoming> incoming;
   for (int attempt = 0; attempt < 50 && !incoming; ++attempt) {
-    publisher.publish(kEventTopic, msg::Event{"round", "round 1", 1, 1, {}, {}});
+    msg::RoundClosed round;
+    round.text = "round 1";
+    round.round = 1;
+    publisher.publish(kEventTopic, round);
     zmq::pollitem_t item{watcher.published().handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, Milliseconds(50));
     incoming = watcher.receive(watcher.published());
   }
   REQUIRE(incoming);
   CHECK(incoming->from == kEventTopic);
-  auto event = decode_frame<msg::Event>(incoming->body, BodyLimits{});
+  auto event = msg::decode_event(incoming->envelope.kind, incoming->body, BodyLimits{});
   REQUIRE(event);
-  CHECK(event.value().text == "round 1");
+  CHECK(msg::event_text(event.value()) == "round 1");
 }
 
 TEST_CASE("the registrar admits a complete report and rejects an incomplete one with the reason") {

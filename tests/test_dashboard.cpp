@@ -248,8 +248,7 @@ TEST_CASE("the report of a run with a killed and restarted trainer shows the los
     const auto deadline = std::chrono::steady_clock::now() + 120s;
     while (std::chrono::steady_clock::now() < deadline) {
       for (const auto& line : read_json_lines(run_dir + "/events.jsonl"))
-        if (line.at("type") == type && (trainer.empty() || line.at("labels").value("trainer", "") == trainer))
-          return;
+        if (line.at("type") == type && (trainer.empty() || line.value("trainer", "") == trainer)) return;
       REQUIRE_MESSAGE(coordinator.running(), read_file(run_dir + "/logs/coordinator.log"));
       std::this_thread::sleep_for(50ms);
     }

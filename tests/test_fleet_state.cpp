@@ -18,34 +18,53 @@ namespace {
 constexpr const char* kFast = "trainer@node-1/cpu";
 constexpr const char* kSlow = "trainer@node-2/cuda:0";
 
-msg::Event membership(const std::string& type, const std::string& trainer, const std::string& reason) {
-  msg::Event event;
-  event.type = type;
-  event.text = trainer + " " + type + ": " + reason;
-  event.labels["trainer"] = trainer;
-  return event;
+// These tests feed FleetState hand-made events; tests/test_dashboard.cpp is their partner, in which
+// a real `filo local` run produces every family and a real browser shows what FleetState made of them.
+
+msg::MemberNews membership(msg::MemberChange change, const std::string& trainer, const std::string& reason) {
+  msg::MemberNews news;
+  news.change = change;
+  news.trainer = trainer;
+  news.reason = reason;
+  news.text = trainer + " " + msg::member_change_name(change) + ": " + reason;
+  return news;
 }
 
-/// A round as the aggregator publishes it: `slow_delivered` false makes node-2 miss it.
-msg::Event round_event(std::uint64_t round, bool slow_delivered = true) {
-  msg::Event event;
-  event.type = "round";
+/// A round as the scheduler publishes it: `slow_delivered` false makes node-2 miss it.
+msg::RoundClosed round_event(std::uint64_t round, bool slow_delivered = true) {
+  msg::RoundClosed event;
   event.round = round;
   event.epoch = 1;
-  event.values = {
-      {"loss", 1.0 / round},  {"samples", slow_delivered ? 128.0 : 96.0}, {"seconds", 0.5},
-      {"idle_fraction", 0.1}, {"epoch_samples_done", 128.0 * round},      {"epoch_samples_total", 6000},
-      {"epochs", 2}};
-  event.values[std::string("planned/") + kFast] = 96;
-  event.values[std::string("samples_per_second/") + kFast] = 300;
-  event.values[std::string("idle_seconds/") + kFast] = 0.2;
-  event.values[std::string("planned/") + kSlow] = 32;
+  event.loss = 1.0 / static_cast<double>(round);
+  event.samples = slow_delivered ? 128 : 96;
+  event.seconds = 0.5;
+  event.idle_fraction = 0.1;
+  event.epoch_samples_done = 128 * round;
+  event.epoch_samples_total = 6000;
+  event.epochs = 2;
+  msg::TrainerInRound fast;
+  fast.name = kFast;
+  fast.planned = 96;
+  fast.delivered = true;
+  fast.samples = 96;
+  fast.samples_per_second = 300;
+  fast.compute_seconds = 0.32;
+  fast.arrival_seconds = 0.3;
+  fast.idle_seconds = 0.2;
+  msg::TrainerInRound slow;
+  slow.name = kSlow;
+  slow.planned = 32;
+  slow.device = "cuda:0";
   if (slow_delivered) {
-    event.values[std::string("samples_per_second/") + kSlow] = 100;
-    event.values[std::string("idle_seconds/") + kSlow] = 0.0;
+    slow.delivered = true;
+    slow.samples = 32;
+    slow.samples_per_second = 100;
+    slow.compute_seconds = 0.32;
+    slow.arrival_seconds = 0.5;
   } else {
-    event.labels[std::string("missed/") + kSlow] = "32 samples reassigned";
+    slow.missed_reason = "no contribution by the close (deadline passed)";
   }
+  event.trainers = {fast, slow};
   return event;
 }
 
@@ -59,8 +78,8 @@ std::string get(int port, const std::string& path) {
 TEST_CASE(
     "a monitor keeps each trainer's speed and share and idle time and its delivered and missed rounds") {
   FleetState fleet;
-  fleet.apply(membership("joined", kFast, "vm, 2 cores"), 0.0);
-  fleet.apply(membership("joined", kSlow, "vm, 2 cores"), 0.0);
+  fleet.apply(membership(msg::MemberChange::kJoined, kFast, "vm, 2 cores"), 0.0);
+  fleet.apply(membership(msg::MemberChange::kJoined, kSlow, "vm, 2 cores"), 0.0);
   fleet.apply(round_event(1), 1.0);
   fleet.apply(round_event(2, false), 2.0);
   const TrainerView& fast = fleet.trainers().at(kFast);
@@ -70,7 +89,7 @@ TEST_CASE(
   CHECK(fast.share == doctest::Approx(0.75));
   CHECK(fast.samples_per_second == 300);
   CHECK(fast.idle_seconds_total == doctest::Approx(0.4));
-  CHECK(*fast.arrival_seconds == doctest::Approx(0.3));  // derived: seconds - idle
+  CHECK(*fast.arrival_seconds == doctest::Approx(0.3));
   CHECK(fast.rounds_delivered == 2);
   CHECK(slow.rounds_delivered == 1);
   CHECK(slow.rounds_missed == 1);
@@ -83,9 +102,8 @@ TEST_CASE(
   CHECK(fleet.timeline().back().trainers.size() == 2);
 
   // A round without node-2 in its plan leaves it no share.
-  msg::Event without_slow = round_event(3);
-  for (const char* key : {"planned/", "samples_per_second/", "idle_seconds/"})
-    without_slow.values.erase(key + std::string(kSlow));
+  msg::RoundClosed without_slow = round_event(3);
+  without_slow.trainers.pop_back();
   fleet.apply(without_slow, 3.0);
   CHECK(fleet.trainers().at(kSlow).share == 0.0);
   CHECK(fleet.trainers().at(kFast).share == doctest::Approx(1.0));
@@ -93,47 +111,49 @@ TEST_CASE(
 
 TEST_CASE("a trainer's state follows membership events until the registrar's roll call says otherwise") {
   FleetState fleet;
-  fleet.apply(membership("joined", kFast, "vm"), 0.0);
-  fleet.apply(membership("lost", kFast, "no heartbeat for 1000 ms"), 1.0);
+  fleet.apply(membership(msg::MemberChange::kJoined, kFast, "vm"), 0.0);
+  fleet.apply(membership(msg::MemberChange::kLost, kFast, "no heartbeat for 1000 ms"), 1.0);
   CHECK(fleet.trainers().at(kFast).state == TrainerState::kLost);
   CHECK(fleet.trainers().at(kFast).reason == "no heartbeat for 1000 ms");
-  fleet.apply(membership("rejoined", kFast, "vm"), 2.0);
+  fleet.apply(membership(msg::MemberChange::kRejoined, kFast, "vm"), 2.0);
   CHECK(fleet.trainers().at(kFast).state == TrainerState::kTraining);
   CHECK(fleet.trainers().at(kFast).rejoins == 1);
-  fleet.apply(membership("rejected", kSlow, "dataset fingerprint differs"), 3.0);
+  fleet.apply(membership(msg::MemberChange::kRejected, kSlow, "dataset fingerprint differs"), 3.0);
   CHECK(fleet.trainers().at(kSlow).state == TrainerState::kRejected);
   CHECK(fleet.trainers().at(kSlow).reason == "dataset fingerprint differs");
-  msg::Event left_out;
-  left_out.type = "left_out";
-  left_out.text = std::string(kFast) + " left out of the rounds: transfer 0.4 of compute";
-  left_out.labels["trainer"] = kFast;
-  fleet.apply(left_out, 4.0);
+  fleet.apply(membership(msg::MemberChange::kLeftOut, kFast, "transfer 0.4 of compute"), 4.0);
   CHECK(fleet.trainers().at(kFast).state == TrainerState::kLeftOut);
   CHECK(fleet.trainers().at(kFast).reason == "transfer 0.4 of compute");
+  fleet.apply(membership(msg::MemberChange::kPlannedAgain, kFast, "its link passes the transfer rule"), 4.5);
+  CHECK(fleet.trainers().at(kFast).state == TrainerState::kTraining);
+  fleet.apply(membership(msg::MemberChange::kTakenOut, kFast, "missed 3 rounds in a row"), 4.6);
+  CHECK(fleet.trainers().at(kFast).state == TrainerState::kTakenOut);
+  fleet.apply(membership(msg::MemberChange::kPlannedAgain, kFast, "it delivered a probe"), 4.7);
 
-  msg::Event members;
-  members.type = "members";
-  members.labels = {{std::string("state/") + kFast, "training"},
-                    {std::string("host/") + kFast, "box-1"},
-                    {std::string("precision/") + kFast, "bf16"}};
-  members.values = {{std::string("heartbeat_age_seconds/") + kFast, 0.25}};
+  msg::FleetMembers members;
+  members.members = {{kFast, "box-1", "cpu", "bf16", 0.25, 1 << 20}};
   fleet.apply(members, 5.0);
   const TrainerView& fast = fleet.trainers().at(kFast);
   CHECK(fast.state == TrainerState::kTraining);
   CHECK(fast.host == "box-1");
   CHECK(fast.precision == "bf16");
   CHECK(*fleet.heartbeat_age(fast, 6.0) == doctest::Approx(1.25));  // it ages between roll calls
+  CHECK(*fast.peak_memory_bytes == doctest::Approx(1 << 20));
   CHECK_FALSE(fleet.heartbeat_age(fleet.trainers().at(kSlow), 6.0).has_value());
+
+  // A trainer that failed keeps its failure as the reason when its node then leaves.
+  fleet.apply(membership(msg::MemberChange::kFailed, kFast, "CUDA out of memory"), 7.0);
+  fleet.apply(membership(msg::MemberChange::kLeft, kFast, "its computation failed"), 7.1);
+  CHECK(fleet.trainers().at(kFast).state == TrainerState::kFailed);
+  CHECK(fleet.trainers().at(kFast).reason == "CUDA out of memory");
+  CHECK_FALSE(fleet.heartbeat_age(fleet.trainers().at(kFast), 8.0).has_value());
 }
 
 TEST_CASE("the Prometheus text has a HELP and TYPE before every family and its counters end in _total") {
   FleetState fleet;
   fleet.apply(round_event(1), 1.0);
   fleet.apply(round_event(2, false), 2.0);
-  msg::Event dropped;
-  dropped.type = "dropped";
-  dropped.values = {{"dropped/malformed", 3}};
-  fleet.apply(dropped, 2.0);
+  fleet.apply(msg::RefusalCounts{"3 refused", {{"malformed", 3}}, 3}, 2.0);
   const std::string text = fleet.prometheus_text(3.0);
   CHECK(text.find("filo_run_round 2\n") != std::string::npos);
   CHECK(text.find(
@@ -159,7 +179,7 @@ TEST_CASE("the Prometheus text has a HELP and TYPE before every family and its c
 TEST_CASE("the terminal table has a row per trainer with its state and speed") {
   FleetState fleet;
   fleet.apply(round_event(1), 1.0);
-  fleet.apply(membership("lost", kSlow, "no heartbeat for 1000 ms"), 1.5);
+  fleet.apply(membership(msg::MemberChange::kLost, kSlow, "no heartbeat for 1000 ms"), 1.5);
   const std::string table = fleet.table_text(2.0);
   std::istringstream lines(table);
   std::vector<std::string> rows;
@@ -203,10 +223,14 @@ TEST_CASE("a run directory's report is one HTML file with the rounds and the los
              << "\n";
     }
     std::ofstream events(dir + "/events.jsonl");
-    events << event_json(round_event(1), 0).dump() << "\n"
-           << event_json(membership("lost", kSlow, "no heartbeat for 1000 ms"), 0).dump() << "\n"
-           << event_json(round_event(2, false), 0).dump() << "\n"
-           << event_json(membership("rejoined", kSlow, "vm</script><script>alert(1)"), 0).dump() << "\n";
+    events
+        << msg::event_json(round_event(1), 0).dump() << "\n"
+        << msg::event_json(membership(msg::MemberChange::kLost, kSlow, "no heartbeat for 1000 ms"), 0).dump()
+        << "\n"
+        << msg::event_json(round_event(2, false), 0).dump() << "\n"
+        << msg::event_json(membership(msg::MemberChange::kRejoined, kSlow, "vm</script><script>alert(1)"), 0)
+               .dump()
+        << "\n";
     std::ofstream(dir + "/summary.json") << json{
         {"final_test_accuracy", 0.81},
         {"test_accuracy_per_epoch", {0.81}},

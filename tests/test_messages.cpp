@@ -34,6 +34,40 @@ zmq::message_t envelope_frame(std::uint16_t version) {
   envelope.sender = "trainer@node-1/cpu";
   return encode_frame(envelope);
 }
+/// One event of every family, every field set.
+std::vector<msg::AnyEvent> sample_events() {
+  msg::RoundClosed round;
+  round.text = "round 3";
+  round.round = 3;
+  round.epoch = 1;
+  round.model_version = 3;
+  round.seconds = 0.05;
+  round.samples = 128;
+  round.loss = 0.5;
+  round.closed_because = "every live trainer answered";
+  round.epoch_samples_done = 384;
+  round.epoch_samples_total = 6000;
+  round.epochs = 2;
+  msg::TrainerInRound part;
+  part.name = "trainer@a/cpu";
+  part.planned = 64;
+  part.delivered = true;
+  part.samples = 64;
+  part.ranges = {{0, 32}, {64, 96}};
+  part.precision = "bf16";
+  round.trainers = {part};
+  msg::EpochScored epoch{"epoch 1", 1,    2,  47, "test_accuracy", 0.88, {{"test_accuracy", 0.88}},
+                         0.4,       6000, 9.5};
+  msg::MemberNews news{
+      "trainer@a/cpu lost", msg::MemberChange::kLost, "trainer@a/cpu", "no heartbeat", "", 4, 1};
+  msg::FleetMembers members{"1 live", {{"trainer@b/cpu", "vm", "cpu", "fp32", 0.25, 1 << 20}}};
+  msg::RefusalCounts counts{"3 refused", {{"bus: not permitted to its role", 3}}, 3};
+  msg::CoordinatorResumed resumed{"resumed", 26, 1, 2, 25};
+  msg::LossScaleOverflow overflow{"overflow", 7, 1, 32768.0};
+  msg::RunEnded ended{"done", 94, "test_accuracy", 0.89, 47.2, "runs/latest"};
+  msg::SecurityNotice notice{"security.curve = false"};
+  return {round, epoch, news, members, counts, resumed, overflow, ended, notice};
+}
 }  // namespace
 
 TEST_CASE("every message type round-trips through msgpack") {
@@ -69,7 +103,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   admission.heartbeat_interval_ms = 250;
   admission.liveness = 4;
   check_round_trip(admission);
-  check_round_trip(msg::Heartbeat{42});
+  check_round_trip(msg::Heartbeat{42, "bf16", 1 << 20});
   check_round_trip(msg::Leave{"shutting down"});
   check_round_trip(
       msg::MembershipChange{"trainer@n/cpu", msg::MembershipChangeKind::kLost, "silent", 1.5, "host-1"});
@@ -101,7 +135,10 @@ TEST_CASE("every message type round-trips through msgpack") {
   state.parameters = {{"0.weight", WireDType::kFloat32, {3, 3}, 1}};
   check_round_trip(state);
   check_round_trip(msg::SnapshotRequest{4});
-  check_round_trip(msg::Event{"round", "round 3", 3, 1, {{"loss", 0.5}}, {{"trainer", "a"}}});
+  for (const auto& event : sample_events()) {
+    std::visit([](const auto& typed) { check_round_trip(typed); }, event);
+  }
+  check_round_trip(msg::TrainerFailed{3, "CUDA out of memory", true});
   check_round_trip(msg::RunFinished{"done", 0.9});
   check_round_trip(msg::Calibration{812.5, 64, 256, "cuda:0", "bf16"});
   check_round_trip(msg::SetSlowdown{4.0});
@@ -249,4 +286,23 @@ TEST_CASE("tensor frames that disagree with their description are rejected") {
     metas[0].shape = {1ll << 40, 1ll << 40};
     CHECK_FALSE(read_tensor_frames(metas, list, 0));
   }
+}
+
+TEST_CASE("every event family round-trips through its JSON line, and an unknown type is refused") {
+  for (const auto& event : sample_events()) {
+    const nlohmann::json line = msg::event_json(event, 1.5e9);
+    INFO(line.dump());
+    CHECK(line.at("type") == msg::event_type(event));
+    CHECK(line.at("time") == 1.5e9);
+    const msg::AnyEvent back = msg::event_from_json(line);
+    CHECK(back.index() == event.index());
+    CHECK(msg::event_json(back, 1.5e9) == line);
+  }
+  CHECK_THROWS_AS(msg::event_from_json(nlohmann::json{{"type", "no-such-event"}}), std::invalid_argument);
+  // rounds.jsonl keeps the event less its text, with ranges as [begin, end] pairs.
+  const auto round = std::get<msg::RoundClosed>(sample_events().front());
+  const nlohmann::json record = msg::round_record_json(round);
+  CHECK_FALSE(record.contains("text"));
+  CHECK(record.at("trainers").at(0).at("ranges") == nlohmann::json::array({{0, 32}, {64, 96}}));
+  CHECK(msg::round_record_json(msg::round_from_record(record)) == record);
 }

@@ -154,11 +154,11 @@ TEST_CASE("a coordinator with CURVE on and no keys configured refuses to start, 
 TEST_CASE("an authorized trainer reaches the coordinator's actors under its name and hears back") {
   SecureBus bus;
   Peer trainer(bus, role_key(bus, PeerRole::kTrainer), trainer_name("node-1", "cpu"));
-  REQUIRE(trainer.bus.send(kRegistrarName, msg::Heartbeat{7}));
+  REQUIRE(trainer.bus.send(kRegistrarName, msg::Heartbeat{7, {}, 0}));
   auto incoming = wait_for_message(*bus.registrar, bus.registrar->addressed());
   REQUIRE(incoming);
   CHECK(incoming->from == "trainer@node-1/cpu");
-  REQUIRE(bus.registrar->send("trainer@node-1/cpu", msg::Heartbeat{8}));
+  REQUIRE(bus.registrar->send("trainer@node-1/cpu", msg::Heartbeat{8, {}, 0}));
   auto answer = wait_for_message(trainer.bus, trainer.bus.addressed());
   REQUIRE(answer);
   CHECK(answer->from == kRegistrarName);
@@ -169,8 +169,8 @@ TEST_CASE("a key outside the authorized set gets nothing in and nothing out") {
   Peer stranger(bus, generate_key_pair(), trainer_name("node-9", "cpu"));
   stranger.bus.subscribe(bus.hub->publish_endpoint(), {kEventTopic, kControlTopic, kModelTopic});
   for (int i = 0; i < 20; ++i) {
-    stranger.bus.send(kRegistrarName, msg::Heartbeat{1});
-    bus.aggregator->publish(kEventTopic, msg::Event{"round", "secret", 1, 1, {}, {}});
+    stranger.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
+    bus.aggregator->publish(kEventTopic, msg::SecurityNotice{"secret"});
   }
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK_FALSE(wait_for_message(stranger.bus, stranger.bus.published(), kQuiet));
@@ -180,7 +180,7 @@ TEST_CASE("a key outside the authorized set gets nothing in and nothing out") {
   monitor.bus.subscribe(bus.hub->publish_endpoint(), {kEventTopic});
   std::optional<Incoming> event;
   for (int attempt = 0; attempt < 60 && !event; ++attempt) {
-    bus.aggregator->publish(kEventTopic, msg::Event{"round", "open", 1, 1, {}, {}});
+    bus.aggregator->publish(kEventTopic, msg::SecurityNotice{"open"});
     event = wait_for_message(monitor.bus, monitor.bus.published(), Milliseconds(50));
   }
   CHECK(event);
@@ -200,7 +200,7 @@ TEST_CASE("a trainer key cannot act as a coordinator actor, publish, or send wha
   CHECK(bus.dropped("bus: not permitted to its role") == 3);
   // A monitor only reads: whatever it sends is refused.
   Peer monitor(bus, role_key(bus, PeerRole::kMonitor), "monitor-1");
-  monitor.bus.send(kRegistrarName, msg::Heartbeat{1});
+  monitor.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK(bus.dropped("bus: not permitted to its role") == 4);
 }
@@ -211,37 +211,37 @@ TEST_CASE("a name is bound to the key that first used it; the same key on a new 
   const std::string name = trainer_name("node-1", "cpu");
   {
     Peer first(bus, role_key(bus, PeerRole::kTrainer), name);
-    first.bus.send(kRegistrarName, msg::Heartbeat{1});
+    first.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
     REQUIRE(wait_for_message(*bus.registrar, bus.registrar->addressed()));
   }
   // Another authorized key claiming that name: refused.
   Peer impostor(bus, node_2_key, name);
-  impostor.bus.send(kRegistrarName, msg::Heartbeat{2});
+  impostor.bus.send(kRegistrarName, msg::Heartbeat{2, {}, 0});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK(bus.dropped("bus: name held by another key") == 1);
   // node-2's key may only run as node-2.
   Peer elsewhere(bus, node_2_key, trainer_name("node-3", "cpu"));
-  elsewhere.bus.send(kRegistrarName, msg::Heartbeat{3});
+  elsewhere.bus.send(kRegistrarName, msg::Heartbeat{3, {}, 0});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK(bus.dropped("bus: name not allowed to this key") == 1);
   Peer own(bus, node_2_key, trainer_name("node-2", "cpu"));
-  own.bus.send(kRegistrarName, msg::Heartbeat{4});
+  own.bus.send(kRegistrarName, msg::Heartbeat{4, {}, 0});
   REQUIRE(wait_for_message(*bus.registrar, bus.registrar->addressed()));
   // The first key again, on a new connection (a restarted node): it keeps its name, and answers
   // reach the new connection.
   Peer restarted(bus, role_key(bus, PeerRole::kTrainer), name);
-  restarted.bus.send(kRegistrarName, msg::Heartbeat{5});
+  restarted.bus.send(kRegistrarName, msg::Heartbeat{5, {}, 0});
   auto incoming = wait_for_message(*bus.registrar, bus.registrar->addressed());
   REQUIRE(incoming);
   CHECK(incoming->from == name);
-  bus.registrar->send(name, msg::Heartbeat{6});
+  bus.registrar->send(name, msg::Heartbeat{6, {}, 0});
   CHECK(wait_for_message(restarted.bus, restarted.bus.addressed()));
 }
 
 TEST_CASE("a connection keeps one name: an envelope claiming another is refused") {
   SecureBus bus;
   Peer trainer(bus, role_key(bus, PeerRole::kTrainer), trainer_name("node-1", "cpu"));
-  trainer.bus.send(kRegistrarName, msg::Heartbeat{1});
+  trainer.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
   REQUIRE(wait_for_message(*bus.registrar, bus.registrar->addressed()));
   Envelope lie;
   lie.kind = MessageKind::kHeartbeat;

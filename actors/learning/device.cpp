@@ -5,8 +5,16 @@
 #include <fstream>
 #include <sstream>
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/version.h>
+
 #ifdef FILO_TORCH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+// c10::Event::synchronize() is in LibTorch 2.x (gated at 2.5, where it surely is); 1.13 only queries.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#define FILO_EVENT_SYNCHRONIZE 1
 #endif
 
 namespace filo {
@@ -83,6 +91,61 @@ std::int64_t peak_memory_bytes(const torch::Device& device) {
   if (device.is_cuda()) return 0;
 #endif
   return peak_resident_bytes();
+}
+
+void use_device_on_this_thread(const torch::Device& device) {
+  if (device.is_cpu()) return;
+  c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cpu()) return;
+  c10::impl::getDeviceGuardImpl(device.type())->getStream(device).synchronize();
+}
+
+DeviceEvent::DeviceEvent(const torch::Device& device) : device_(device) {}
+
+void DeviceEvent::record() {
+  if (device_.is_cpu()) return;
+  if (!event_) event_.emplace(device_.type());
+  stream_ = c10::impl::getDeviceGuardImpl(device_.type())->getStream(device_);
+  event_->record(*stream_);
+}
+
+void DeviceEvent::wait() {
+  if (!event_ || !stream_) return;
+#ifdef FILO_EVENT_SYNCHRONIZE
+  event_->synchronize();
+#else
+  // No event wait in this LibTorch: the stream it was recorded on, which covers it.
+  stream_->synchronize();
+#endif
+}
+
+bool is_out_of_memory(const std::exception& error) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) return true;
+  const std::string what = error.what();
+  for (const char* sign : {"out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                           "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE"}) {
+    if (what.find(sign) != std::string::npos) return true;
+  }
+  return false;
+}
+
+void release_cached_memory(const torch::Device& device) {
+#ifdef FILO_TORCH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
+void reset_peak_memory(const torch::Device& device) {
+#ifdef FILO_TORCH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#else
+  (void)device;
+#endif
 }
 
 }  // namespace filo

@@ -1,7 +1,5 @@
 #include "actors/learning/host_staging.hpp"
 
-#include <torch/cuda.h>
-
 #include <cstring>
 
 namespace filo {
@@ -12,10 +10,8 @@ torch::Tensor HostStaging::gather(const ReceivedTensor& received) {
   std::int64_t numel = 1;
   for (const auto dimension : meta.shape) numel *= dimension;
   const auto bytes = numel * static_cast<std::int64_t>(element_size(meta.dtype));
-  // One device-wide wait before the buffer is overwritten: the copy queued from it last time must
-  // have read it. LibTorch without CUDA events in its C++ API makes this the simple correct choice.
-  if (device_may_read_host_) torch::cuda::synchronize();
-  device_may_read_host_ = false;
+  // The copy queued from the buffer last time must have read it before it is overwritten: its event.
+  if (host_read_) host_read_->wait();
   if (!host_.defined() || host_.nbytes() < static_cast<std::size_t>(bytes)) {
     host_ = torch::empty({std::max<std::int64_t>(bytes, 1)},
                          torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(pinned_));
@@ -43,7 +39,13 @@ void HostStaging::copy_into(const ReceivedTensor& received, torch::Tensor& desti
   }
   torch::NoGradGuard no_grad;
   destination.copy_(gather(received), /*non_blocking=*/pinned_);
-  device_may_read_host_ = pinned_;
+  copy_queued(destination.device());
+}
+
+void HostStaging::copy_queued(const torch::Device& device) {
+  if (!pinned_) return;  // a pageable copy is synchronous: the buffer is free again already
+  if (!host_read_ || host_read_->device() != device) host_read_.emplace(device);
+  host_read_->record();
 }
 
 void HostStaging::add_to(const ReceivedTensor& received, torch::Tensor& sum, double weight, bool first) {
@@ -63,7 +65,7 @@ void HostStaging::add_to(const ReceivedTensor& received, torch::Tensor& sum, dou
   }
   torch::Tensor on_device = device_scratch(sum);
   on_device.copy_(gather(received), /*non_blocking=*/pinned_);
-  device_may_read_host_ = pinned_;
+  copy_queued(sum.device());
   sum.add_(on_device, weight);
 }
 

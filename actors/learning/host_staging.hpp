@@ -5,8 +5,11 @@
 // a page-locked buffer allocated once per run and copied to the device from there without blocking
 // the host. On the CPU nothing is staged: received bytes are copied or added straight from the frames.
 #include <cstddef>
+#include <optional>
 
 #include <torch/torch.h>
+
+#include "actors/learning/device.hpp"
 
 #include "messages/tensor_frames.hpp"
 
@@ -36,10 +39,13 @@ class HostStaging {
   /// A reused device tensor shaped like `like`, valid until the next call.
   torch::Tensor device_scratch(const torch::Tensor& like);
 
+  /// After a copy from host_ is queued: host_ is overwritten only once it has read the buffer.
+  void copy_queued(const torch::Device& device);
+
   bool pinned_;
-  bool device_may_read_host_ = false;  // a queued copy may still read host_
-  torch::Tensor host_;                 // uint8
-  torch::Tensor scratch_;              // uint8, on the device of the last sum
+  std::optional<DeviceEvent> host_read_;  // recorded after the last copy queued from host_
+  torch::Tensor host_;                    // uint8
+  torch::Tensor scratch_;                 // uint8, on the device of the last sum
   std::size_t allocations_ = 0;
 };
 

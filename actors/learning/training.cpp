@@ -22,6 +22,19 @@ bool all_finite(const FlatTensors& tensors) {
   return true;
 }
 
+std::string computed_precision(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32:
+      return "fp32";
+    case torch::kBFloat16:
+      return "bf16";
+    case torch::kHalf:
+      return "fp16";
+    default:
+      return c10::toString(dtype);
+  }
+}
+
 namespace {
 /// The micro-batch loop both modes share. `step(inputs, targets)` does a mode's work on one
 /// micro-batch and returns its loss summed over the micro-batch's samples and its correct count.
@@ -40,7 +53,7 @@ ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::T
       inputs = inputs.pin_memory().to(model.device(), /*non_blocking=*/true);
       targets = targets.pin_memory().to(model.device(), /*non_blocking=*/true);
     }
-    const auto [loss_sum, correct] = step(inputs, targets);
+    const auto [loss_sum, correct] = step(inputs, targets, result.output_dtype);
     result.samples += static_cast<std::uint64_t>(batch_indices.size(0));
     result.loss_sum += loss_sum;
     result.correct += static_cast<std::uint64_t>(correct);
@@ -50,14 +63,17 @@ ShareResult over_micro_batches(Model& model, const Dataset& data, const torch::T
   return result;
 }
 
-/// Forward and loss under autocast; backward outside it, on the loss scaled by `scale`.
+/// Forward and loss under autocast; backward outside it, on the loss scaled by `scale`. Notes the
+/// output's dtype in `output_dtype`.
 std::pair<double, std::int64_t> forward_backward(Model& model, const torch::Tensor& inputs,
                                                  const torch::Tensor& targets, const ShareOptions& options,
-                                                 double divide_loss_by) {
+                                                 double divide_loss_by, torch::ScalarType& output_dtype) {
   BatchLoss loss;
   {
     AutocastScope autocast(options.precision, model.device());
-    loss = batch_loss(options.task, model.forward(inputs), targets);
+    const torch::Tensor outputs = model.forward(inputs);
+    output_dtype = outputs.scalar_type();
+    loss = batch_loss(options.task, outputs, targets);
   }
   torch::Tensor objective = loss.loss_sum.to(torch::kFloat32);
   if (divide_loss_by != 1.0) objective = objective / divide_loss_by;
@@ -82,8 +98,8 @@ ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& 
                         const ShareOptions& options) {
   model.zero_gradients();
   // Summed, not averaged: the aggregator divides once by the round's total sample count.
-  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
-    return forward_backward(model, inputs, targets, options, 1.0);
+  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets, torch::ScalarType& dtype) {
+    return forward_backward(model, inputs, targets, options, 1.0, dtype);
   };
   ShareResult result = over_micro_batches(model, data, indices, options, step);
   if (options.inject_overflow && !model.gradients().empty()) {
@@ -97,11 +113,11 @@ ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& 
 ShareResult train_local_steps(Model& model, const Dataset& data, const torch::Tensor& indices,
                               FlatOptimizer& optimizer, const ShareOptions& options) {
   bool overflow = false;
-  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
+  const auto step = [&](const torch::Tensor& inputs, const torch::Tensor& targets, torch::ScalarType& dtype) {
     model.zero_gradients();
     // Each local step is an ordinary step, on the micro-batch's mean loss.
     const auto outcome =
-        forward_backward(model, inputs, targets, options, static_cast<double>(targets.size(0)));
+        forward_backward(model, inputs, targets, options, static_cast<double>(targets.size(0)), dtype);
     if (unscale_gradients(model, options.loss_scale)) {
       optimizer.step(model.parameters(), model.gradients());
     } else {

@@ -35,7 +35,13 @@ struct ShareResult {
   double loss_sum = 0.0;
   std::uint64_t correct = 0;
   bool overflow = false;  /// a gradient was not finite at the loss scale
+  /// The dtype of the model's output in the last forward pass: what autocast really computed in
+  /// (kFloat32 when it did nothing), not what was asked for.
+  torch::ScalarType output_dtype = torch::kFloat32;
 };
+
+/// "fp32", "bf16", "fp16" (or the dtype's own name) of a forward pass's output dtype.
+std::string computed_precision(torch::ScalarType dtype);
 
 /// Forward and backward over dataset `indices` in micro-batches, leaving the gradient of the
 /// summed loss in the model's flat gradients (zeroed first).

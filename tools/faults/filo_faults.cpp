@@ -125,17 +125,13 @@ class EventRecorder {
       zmq::pollitem_t item{bus_.published().handle(), 0, ZMQ_POLLIN, 0};
       zmq::poll(&item, 1, std::chrono::milliseconds(100));
       while (auto incoming = bus_.receive(bus_.published())) {
-        if (incoming->envelope.kind != MessageKind::kEvent) continue;
-        auto event = decode_frame<msg::Event>(incoming->body, bus_.limits());
+        if (!msg::is_event_kind(incoming->envelope.kind)) continue;
+        auto event = msg::decode_event(incoming->envelope.kind, incoming->body, bus_.limits());
         if (!event) continue;
-        const auto& e = event.value();
-        history_.record({{"kind", "event"},
-                         {"type", e.type},
-                         {"text", e.text},
-                         {"round", e.round},
-                         {"epoch", e.epoch},
-                         {"values", e.values},
-                         {"labels", e.labels}});
+        json entry = msg::event_json(event.value(), 0.0);
+        entry.erase("time");  // the history stamps its own
+        entry["kind"] = "event";
+        history_.record(std::move(entry));
       }
     }
   }
@@ -316,7 +312,10 @@ bool is_event(const json& entry, const std::string& type) {
 }
 
 bool delivered_by(const json& entry, const std::string& trainer) {
-  return is_event(entry, "round") && entry.at("values").contains("samples_per_second/" + trainer);
+  if (!is_event(entry, "round")) return false;
+  for (const auto& part : entry.at("trainers"))
+    if (part.at("name") == trainer && part.at("delivered").get<bool>()) return true;
+  return false;
 }
 
 struct Measures {
@@ -350,7 +349,7 @@ const std::vector<RoundMoment> kRoundMoments{
 };
 
 bool about(const json& entry, const std::string& type, const std::string& trainer) {
-  return is_event(entry, type) && entry.at("labels").value("trainer", "") == trainer;
+  return is_event(entry, type) && entry.value("trainer", "") == trainer;
 }
 
 /// Waits for `trainer`'s first contribution after `back_t` and holds it to the rejoin limit.
@@ -379,14 +378,12 @@ void fault_and_rejoin(FaultCluster& cluster, History& history, Measures& measure
   const auto closed =
       require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after),
               "a round to close", measures);
-  const double round_seconds = std::max(0.005, closed.at("values").value("seconds", 0.05));
+  const double round_seconds = std::max(0.005, closed.value("seconds", 0.05));
   std::this_thread::sleep_for(std::chrono::duration<double>(moment.fraction * round_seconds));
   const double fault_t = cluster.signal_node(node, signal_number, moment.phase);
   const auto lost =
       require(history.wait_for(
-                  [&](const json& e) {
-                    return is_event(e, "lost") && e.at("labels").value("trainer", "") == trainer;
-                  },
+                  [&](const json& e) { return is_event(e, "lost") && e.value("trainer", "") == trainer; },
                   kEventWait, fault_t),
               trainer + " to be declared lost", measures);
   measures.detection_seconds.push_back(lost.at("t").get<double>() - fault_t);
@@ -442,7 +439,7 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
   const auto resumed =
       require(history.wait_for([](const json& e) { return is_event(e, "resumed"); }, kEventWait, kill_t),
               "the restarted coordinator to resume", measures);
-  const auto after = static_cast<std::uint64_t>(resumed.at("values").at("resumed_after_round").get<double>());
+  const auto after = static_cast<std::uint64_t>(resumed.at("resumed_after_round").get<double>());
   measures.rounds_lost = last_round > after ? last_round - after : 0;
   measures.rejoin_seconds.push_back(resumed.at("t").get<double>() - kill_t);
   const std::uint64_t allowed = kMaxRoundsLostToCoordinatorKill + (corrupt_newest ? 1 : 0);
@@ -634,7 +631,7 @@ void check_hostile(const std::string& run_dir, const std::vector<AttackClass>& c
   for (const auto& [reason, count] : dropped.items()) total += count.get<std::uint64_t>();
   result["dropped_total"] = total;
   const bool on_stream = history.any([](const json& entry) {
-    return is_event(entry, "dropped") && entry.at("values").contains("bus: not permitted to its role");
+    return is_event(entry, "dropped") && entry.at("by_reason").contains("bus: not permitted to its role");
   });
   if (!on_stream)
     measures.problems.push_back("no \"dropped\" event with the hub's refusals on the event stream");
