@@ -1,6 +1,8 @@
 #include "actors/benchmarker.hpp"
 
 #include <unistd.h>
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -71,11 +73,14 @@ std::optional<double> published_peak_tflops(const std::string& gpu_name, const s
 std::vector<std::string> precisions_of(const msg::HardwareReport& report) {
   if (report.device.rfind("cuda", 0) != 0) return {"fp32", "fp64"};
   const auto colon = report.device.find(':');
-  const std::size_t index = colon == std::string::npos ? 0 : std::stoul(report.device.substr(colon + 1));
-  if (index >= report.gpus.size()) return {};
+  const int index = colon == std::string::npos ? 0 : std::atoi(report.device.c_str() + colon + 1);
+  // The report of a trainer on cuda:N lists that GPU alone (the benchmarker measures only its own),
+  // so the GPU is found by its device index, not by its place in the list.
+  const auto gpu = std::find_if(report.gpus.begin(), report.gpus.end(),
+                                [index](const msg::GpuInfo& info) { return info.index == index; });
+  if (gpu == report.gpus.end()) return {};
   // Tensor-core formats by compute capability: FP16 from 5.3, BF16 and TF32 from 8.0 (Ampere).
-  const int capability =
-      report.gpus[index].compute_capability_major * 10 + report.gpus[index].compute_capability_minor;
+  const int capability = gpu->compute_capability_major * 10 + gpu->compute_capability_minor;
   std::vector<std::string> precisions{"fp32", "fp64"};
   if (capability >= 53) precisions.push_back("fp16");
   if (capability >= 80) precisions.insert(precisions.end(), {"bf16", "tf32"});

@@ -227,6 +227,7 @@ GpuProbe probe_gpus(const GpuBenchmarkOptions& options) {
       continue;
     }
     msg::GpuInfo info;
+    info.index = device;
     info.name = properties.name;
     info.uuid = uuid_text(properties.uuid);
     info.compute_capability_major = properties.major;

@@ -137,7 +137,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   bus_.send(from.from, admission, {}, std::move(frames));
 
   const bool already_live = live_.count(from.from) > 0;
-  live_[from.from] = TrainerRecord{report, loop_.now()};
+  live_[from.from] = TrainerRecord{report, loop_.now(), {}, 0};
   if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
   const bool returning = !ever_admitted_.insert(from.from).second;
   std::ostringstream reason;

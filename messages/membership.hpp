@@ -11,6 +11,7 @@
 namespace filo::msg {
 
 struct GpuInfo {
+  std::int32_t index = 0;  // the CUDA device index it has on its node (cuda:N)
   std::string name;
   std::string uuid;
   std::int32_t compute_capability_major = 0;
@@ -22,7 +23,7 @@ struct GpuInfo {
   double host_to_device_gbps = 0.0;           // pinned memory, GB/s (1e9 bytes)
   double device_to_host_gbps = 0.0;
   std::string benchmark_status;  // the failing call and its status string, when one failed
-  MSGPACK_DEFINE_MAP(name, uuid, compute_capability_major, compute_capability_minor, total_memory_bytes,
+  MSGPACK_DEFINE_MAP(index, name, uuid, compute_capability_major, compute_capability_minor, total_memory_bytes,
                      free_memory_bytes, gemm_tflops, host_to_device_gbps, device_to_host_gbps,
                      benchmark_status)
 };

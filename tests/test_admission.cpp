@@ -74,6 +74,17 @@ TEST_CASE("required precisions follow the device's compute capability") {
   CHECK(problem_of(old_gpu, policy).empty());
 }
 
+TEST_CASE("a trainer on cuda:1 reports its own GPU's precisions, though its report lists that GPU alone") {
+  auto second = gpu_report();
+  second.device = "cuda:1";
+  second.gpus[0].index = 1;  // the benchmarker of cuda:1 measures and lists cuda:1 only
+  second.precisions = precisions_of(second);
+  CHECK(second.precisions == std::vector<std::string>{"fp32", "fp64", "fp16", "bf16", "tf32"});
+  AdmissionPolicy policy;
+  policy.required_precisions = {"bf16"};
+  CHECK(problem_of(second, policy).empty());
+}
+
 TEST_CASE("a node whose dataset differs from the coordinator's is rejected") {
   AdmissionPolicy policy;
   policy.dataset_fingerprint = "00112233aabbccdd";
