@@ -294,6 +294,90 @@ TEST_CASE("bad flags and configs and data paths are refused with what was wrong"
 }
 
 TEST_CASE(
+    "a trainer whose computation fails is out of the plans within a round, and the run still ends exact") {
+  Cluster cluster(fresh_run_dir("failing-trainer"),
+                  {"data.train_limit=2000", "data.test_limit=300", "schedule.epochs=1",
+                   "schedule.min_trainers=2", "schedule.round_samples=128"});
+  cluster.start_node("node-1");
+  // The test aid throws inside node-2's computation of round 5, as a LibTorch or CUDA error would.
+  cluster.nodes.emplace(
+      "node-2", ChildProcess(with_overrides({FILO_BINARY, "node", "--coordinator", cluster.router, "--name",
+                                             "node-2", "--set", "node.fail_at_round=5"},
+                                            cluster.overrides),
+                             cluster.run_dir + "/logs/node-2.log"));
+  const auto code = cluster.coordinator->wait_for(kRunTimeout);
+  REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(cluster.run_dir + "/logs/coordinator.log"));
+  CHECK(cluster.nodes.at("node-1").wait_for(30s) == std::optional<int>(0));
+  // The failing node exits non-zero with the reason in its log.
+  CHECK(cluster.nodes.at("node-2").wait_for(30s) == std::optional<int>(4));
+  CHECK(read_file(cluster.run_dir + "/logs/node-2.log").find("fail_at_round") != std::string::npos);
+
+  const json summary = cluster.summary();
+  CHECK(summary.at("samples_per_epoch") == json::array({2000}));
+  REQUIRE(summary.at("failures").size() == 1);
+  CHECK(summary.at("failures").at(0).at("trainer") == "trainer@node-2/cpu");
+  CHECK(summary.at("failures").at(0).at("round") == 5);
+  CHECK(summary.at("failures").at(0).at("reason").get<std::string>().find("fail_at_round") !=
+        std::string::npos);
+  for (const auto& node : summary.at("nodes"))
+    CHECK(node.contains("failure") == (node.at("name") == "node-2"));
+  // Round 5 closed without node-2's share, for its failure, and no later round planned it.
+  std::ifstream rounds(cluster.run_dir + "/rounds.jsonl");
+  bool failed_round_seen = false;
+  for (std::string line; std::getline(rounds, line);) {
+    const json round = json::parse(line);
+    for (const auto& trainer : round.at("trainers")) {
+      if (trainer.at("name") != "trainer@node-2/cpu") continue;
+      if (round.at("round") == 5) {
+        failed_round_seen = true;
+        CHECK_FALSE(trainer.at("delivered").get<bool>());
+        CHECK(trainer.at("missed_reason").get<std::string>().find("failed") != std::string::npos);
+      }
+      CHECK_MESSAGE(round.at("round").get<int>() <= 5, "node-2 planned in round ", round.at("round"));
+    }
+  }
+  CHECK(failed_round_seen);
+}
+
+TEST_CASE("a trainer whose every micro-batch takes three liveness windows trains a whole epoch, never lost") {
+  // The liveness window is 0.1 s x 3; slowed 100x, a micro-batch of 64 takes about a second. The
+  // trainer computes on its own thread and keeps answering heartbeats meanwhile.
+  const std::string run_dir = fresh_run_dir("long-micro-batch");
+  ChildProcess local({FILO_BINARY,   "local",
+                      "--nodes",     "1",
+                      "--slowdowns", "100",
+                      "--epochs",    "1",
+                      "--run-dir",   run_dir,
+                      "--web",       "off",
+                      "--set",       "data.train_limit=256",
+                      "--set",       "data.test_limit=100",
+                      "--set",       "schedule.round_samples=128",
+                      "--set",       "schedule.micro_batch=64",
+                      "--set",       "bus.heartbeat_interval_ms=100",
+                      "--set",       "bus.liveness=3"},
+                     run_dir + "/local.log");
+  const auto code = local.wait_for(kRunTimeout);
+  if (!code) local.stop(3s);
+  REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(run_dir + "/local.log"));
+  json summary;
+  std::ifstream(run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == json::array({256}));
+  CHECK(summary.at("nodes").at(0).at("rounds_missed") == 0);
+  std::ifstream rounds(run_dir + "/rounds.jsonl");
+  for (std::string line; std::getline(rounds, line);) {
+    const json trainer = json::parse(line).at("trainers").at(0);
+    // The premise: two micro-batches of 64, each past three liveness windows (0.9 s).
+    CHECK(trainer.at("compute_seconds").get<double>() >= 2 * 0.9);
+  }
+  const std::string log = read_file(run_dir + "/logs/coordinator.log");
+  CHECK_MESSAGE(log.find(" lost") == std::string::npos, log);
+  // Its micro-batches were the configured 64, not shrunk to fit the liveness window.
+  CHECK(log.find("calibrated: ") != std::string::npos);
+  CHECK_MESSAGE(log.find("at micro-batch 64") != std::string::npos, log);
+  CHECK(log.find("at most ") == std::string::npos);  // no cap on its micro-batches
+}
+
+TEST_CASE(
     "with slowdowns 1 2 4 the faster trainers get larger shares and every sample is still trained once") {
   const std::string run_dir = fresh_run_dir("slowdowns");
   ChildProcess local(
@@ -647,7 +731,8 @@ TEST_CASE("bf16 training on the CPU through autocast reaches the accuracy of the
     json summary;
     std::ifstream(run_dir + "/summary.json") >> summary;
     accuracy[precision] = summary.at("final_test_accuracy").get<double>();
-    // The trainer really computed in the precision asked for: rounds.jsonl records it.
+    // The trainer really computed in the precision asked for: rounds.jsonl records the dtype of its
+    // forward pass's output (fp32 if autocast did nothing), not the configured label.
     std::ifstream rounds(run_dir + "/rounds.jsonl");
     std::string last;
     for (std::string line; std::getline(rounds, line);) last = line;

@@ -121,7 +121,9 @@ std::string wait_for_line(const std::string& path, const std::regex& pattern, Ch
 }  // namespace
 
 TEST_CASE(
-    "a local run's dashboard shows every trainer's speed in a browser and its metrics agree with the run") {
+    "a local run's dashboard shows every trainer's speed, heartbeat age and an intruder's refused messages "
+    "in a "
+    "browser, and its metrics agree with the run") {
   const std::string out = output_dir("local-run");
   const std::string run_dir = out + "/run";
   // Slowed trainers and enough samples that the run is still going while the browser looks.
@@ -148,7 +150,32 @@ TEST_CASE(
     std::this_thread::sleep_for(200ms);
   }
 
-  // /metrics mid-run, checked by Prometheus's own linter.
+  // An intruder holding the run's monitor key sends what a monitor may not send: the hub refuses it,
+  // the coordinator counts it, and the count reaches the page and /metrics through the event stream.
+  json endpoints;
+  std::ifstream(run_dir + "/coordinator.json") >> endpoints;
+  constexpr int kIntrusions = 3;
+  for (int i = 0; i < kIntrusions; ++i) {
+    ChildProcess intruder({FILO_BINARY, "slowdown", "--coordinator", endpoints.at("router"), "--trainer",
+                           kTrainers[0], "--factor", "1", "--set", "security.keys_dir=" + run_dir + "/keys",
+                           "--set", "security.key=" + run_dir + "/keys/monitor.key"},
+                          out + "/intruder.log");
+    CHECK(intruder.wait_for(30s) == std::optional<int>(0));
+  }
+  const std::string refused_reason = "bus: not permitted to its role";
+  for (;;) {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, read_file(out + "/local.log"));
+    REQUIRE_MESSAGE(local.running(), read_file(out + "/local.log"));
+    const json state = json::parse(get(port, "/api/state"), nullptr, false);
+    if (!state.is_discarded() && state.at("run").at("dropped").value(refused_reason, 0.0) >= kIntrusions &&
+        std::all_of(state.at("trainers").begin(), state.at("trainers").end(),
+                    [](const json& t) { return !t.at("heartbeat_age_seconds").is_null(); }))
+      break;
+    std::this_thread::sleep_for(200ms);
+  }
+
+  // /metrics mid-run, checked by Prometheus's own linter.  // /metrics mid-run, checked by Prometheus's own
+  // linter.
   const std::string metrics_text = get(port, "/metrics");
   std::ofstream(out + "/metrics.txt") << metrics_text;
   ChildProcess promtool({"/bin/sh", "-c", "promtool check metrics < " + out + "/metrics.txt"},
@@ -158,6 +185,16 @@ TEST_CASE(
   const auto metrics = parse_metrics(metrics_text);
   REQUIRE(metrics.count("filo_run_finished") == 1);
   CHECK(metrics.at("filo_run_finished") == 0);  // taken mid-run
+  const std::string refused_key = "filo_messages_dropped_total{reason=\"" + refused_reason + "\"}";
+  REQUIRE_MESSAGE(metrics.count(refused_key) == 1, metrics_text);
+  CHECK(metrics.at(refused_key) >= kIntrusions);
+  for (const char* trainer : kTrainers) {
+    // The registrar's roll call, a second apart at most: a live trainer's age is well under the
+    // liveness window (1 s) plus a roll call's interval.
+    const std::string age = trainer_key("filo_trainer_heartbeat_age_seconds", trainer);
+    REQUIRE_MESSAGE(metrics.count(age) == 1, trainer, " has no heartbeat age in /metrics");
+    CHECK(metrics.at(age) < 2.5);
+  }
 
   // The page as a browser renders it, also mid-run.
   const std::string dom = rendered_dom(url, out + "/dashboard");
@@ -171,7 +208,20 @@ TEST_CASE(
     const auto text = dom.find('>', cell) + 1;
     const std::string shown = dom.substr(text, dom.find('<', text) - text);
     CHECK_MESSAGE(std::atof(shown.c_str()) > 0, trainer, " shows '", shown, "' samples/s");
+    // <td class="num heartbeat">0.2 s</td>: the heartbeat age the registrar reported.
+    const auto heartbeat = dom.find("class=\"num heartbeat\"", row);
+    REQUIRE_MESSAGE(heartbeat != std::string::npos, trainer, "'s row has no heartbeat age");
+    const auto age_text = dom.find('>', heartbeat) + 1;
+    const std::string age = dom.substr(age_text, dom.find('<', age_text) - age_text);
+    CHECK_MESSAGE(std::regex_match(age, std::regex("[0-9]+\\.[0-9] s")), trainer, " shows heartbeat '", age,
+                  "'");
   }
+  // The refusal count, as the page shows it: "messages dropped" with "<reason> <count>".
+  std::smatch refused_shown;
+  REQUIRE_MESSAGE(std::regex_search(dom, refused_shown, std::regex(refused_reason + " ([0-9]+)")),
+                  "no refusal count on the page");
+  CHECK(std::stoi(refused_shown[1]) >= kIntrusions);
+  CHECK(dom.find("messages dropped") != std::string::npos);
   CHECK(run_chromium({"--virtual-time-budget=4000", "--window-size=1400,1000",
                       "--screenshot=" + out + "/dashboard.png", url},
                      out + "/screenshot.log") == 0);

@@ -210,7 +210,7 @@ function render(state) {
   document.getElementById("progress-bar").style.width = (100 * fraction).toFixed(1) + "%";
 
   // A lost or rejected trainer's last speed is not part of the fleet's; one that left at the end is.
-  const counts = t => t.state !== "lost" && t.state !== "rejected";
+  const counts = t => t.state !== "lost" && t.state !== "rejected" && t.state !== "failed";
   // Speeds over each trainer's last 10 rounds: a single round's figure jumps with every hiccup.
   const speedOf = t => t.recent_samples_per_second || t.samples_per_second;
   const speedTotal = state.trainers.reduce((sum, t) => sum + (counts(t) ? speedOf(t) : 0), 0);
@@ -232,9 +232,8 @@ function render(state) {
   body.innerHTML = state.trainers.map(t => {
     const speedShare = speedTotal > 0 && counts(t) ? speedOf(t) / speedTotal : 0;
     const machine = t.host && t.host !== t.machine ? `${t.machine} (${t.host})` : t.machine;
-    // Until the registrar reports heartbeat ages, the time since the trainer's last share stands in.
-    const heartbeat = t.heartbeat_age_seconds !== null ? fixed(t.heartbeat_age_seconds, 1) + " s"
-                    : t.since_delivery_seconds !== null && !report ? `last share ${fixed(t.since_delivery_seconds, 1)} s ago` : "–";
+    // The registrar's roll call gives each live trainer's heartbeat age; a trainer no longer live has none.
+    const heartbeat = t.heartbeat_age_seconds !== null ? fixed(t.heartbeat_age_seconds, 1) + " s" : "–";
     const rejoined = t.rejoins > 0 ? `<span class="state rejoined">rejoined${t.rejoins > 1 ? " ×" + t.rejoins : ""}</span>` : "";
     return `<tr id="trainer-${escapeHtml(t.name)}" data-trainer="${escapeHtml(t.name)}">` +
         `<td><span class="swatch" style="background:${colourOf(t.name)}"></span>${escapeHtml(t.name)}</td>` +
@@ -244,7 +243,7 @@ function render(state) {
         `<td class="num speed" title="last round: ${fixed(t.samples_per_second, 0)}">${fixed(speedOf(t), 0)}</td>` +
         `<td class="num">${fixed(100 * speedShare, 1)}%</td>` +
         `<td class="num">${fixed(t.idle_seconds, 3)} / ${fixed(t.idle_seconds_total, 1)}</td>` +
-        `<td class="num">${heartbeat}</td>` +
+        `<td class="num heartbeat">${heartbeat}</td>` +
         `<td class="num">${t.rounds_delivered} / ${t.rounds_missed}</td>` +
         `<td class="note">${escapeHtml(t.reason || "")}</td></tr>`;
   }).join("") || '<tr><td colspan="12" class="empty">no trainer seen yet</td></tr>';
