@@ -459,7 +459,7 @@ def main():
         raise SystemExit(f"versus_ddp: --batch {arguments.batch} does not split evenly in {RANKS} ranks")
 
     if not os.access(arguments.filo, os.X_OK):
-        raise SystemExit(f"versus_ddp: {arguments.filo} is not an executable filo; build it (tools/setup.sh) "
+        raise SystemExit(f"versus_ddp: {arguments.filo} is not an executable filo; build it (tools/setup.sh --tests) "
                          "or name it with --filo")
     check_epoch_order()
     cpu_lists = None if arguments.cpus == "none" else arguments.cpus.split("/")

@@ -17,7 +17,7 @@ show_logs() {
 
 [ "$(id -u)" -eq 0 ] || skip "slurmd and munged need root here"
 for tool in slurmctld slurmd sbatch scontrol squeue sinfo scancel munged; do
-  command -v "$tool" >/dev/null || skip "$tool is missing (tools/setup.sh installs slurm-wlm and munge)"
+  command -v "$tool" >/dev/null || skip "$tool is missing (tools/setup.sh --tests installs slurm-wlm and munge)"
 done
 
 rm -rf "$out"

@@ -9,7 +9,7 @@
 
     /usr/bin/python3 tools/examples/my_model.py [--out DIR] [--train-limit N] [--epochs E]
 
-Run it from the repository after `tools/setup.sh` (it calls build/filo).
+Run it from the repository after `tools/setup.sh --tests` (it calls build/filo and needs python3-torch).
 """
 import argparse
 import gzip
