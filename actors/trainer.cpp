@@ -481,30 +481,14 @@ ShareOptions Trainer::share_options(std::int64_t micro_batch, std::uint64_t epoc
 }
 
 std::uint32_t Trainer::probe_max_micro_batch(std::int64_t micro_batch) {
-  const torch::Device device = model_->device();
-  if (device.is_cpu()) return options_.max_micro_batch;  // host memory: no probe
-  // Doubling micro-batches of the real model until the device runs out of memory (the caching
-  // allocator's, or cuBLAS's or cuDNN's workspace); what fits, less a margin, is what the scheduler
-  // may plan in one forward pass.
-  std::int64_t fits = 0;
-  for (std::int64_t size = micro_batch; size <= std::min<std::int64_t>(data_.size(), kMaxProbedMicroBatch);
-       size *= 2) {
-    try {
-      train_share(*model_, data_, torch::arange(size, torch::kInt64), share_options(size, 0, 1.0, {}));
-      synchronize(device);
-      fits = size;
-    } catch (const std::exception& e) {
-      if (!is_out_of_memory(e)) throw;
-      break;
-    }
-    check_cancelled();
-  }
-  model_->zero_gradients();
-  // What the probe held stays out of the run: its cached blocks go back to the device, and the
-  // peak the records show starts again from the training that follows.
-  release_cached_memory(device);
-  reset_peak_memory(device);
-  const auto limit = static_cast<std::uint32_t>(static_cast<double>(fits) * kMicroBatchMemoryMargin);
+  if (model_->device().is_cpu()) return options_.max_micro_batch;  // host memory: no probe
+  // What fits, less a margin, is what the scheduler may plan in one forward pass.
+  const std::int64_t fits =
+      largest_micro_batch(*model_, data_, share_options(micro_batch, 0, 1.0, {}), micro_batch,
+                          kMaxProbedMicroBatch, [this] { check_cancelled(); });
+  if (fits == 0) throw std::runtime_error("the device runs out of memory even at a micro-batch of 1");
+  const auto limit = std::max<std::uint32_t>(
+      1, static_cast<std::uint32_t>(static_cast<double>(fits) * kMicroBatchMemoryMargin));
   log(LogLevel::kInfo, bus_.name(), "device memory takes micro-batches of ", fits, ": planning at most ",
       limit);
   return options_.max_micro_batch > 0 ? std::min(options_.max_micro_batch, limit) : limit;
@@ -512,7 +496,12 @@ std::uint32_t Trainer::probe_max_micro_batch(std::int64_t micro_batch) {
 
 msg::Calibration Trainer::calibrate() {
   const torch::Device device = model_->device();
-  const std::int64_t micro_batch = std::max<std::uint32_t>(1, run_->micro_batch);
+  // On a GPU, what the device holds first: the run's micro-batch may not fit, and the speed is
+  // measured at what will be planned.
+  const std::int64_t configured = std::max<std::uint32_t>(1, run_->micro_batch);
+  const std::uint32_t max_micro_batch = probe_max_micro_batch(configured);
+  const std::int64_t micro_batch =
+      max_micro_batch > 0 ? std::min<std::int64_t>(configured, max_micro_batch) : configured;
   const auto indices = torch::arange(std::min<std::int64_t>(micro_batch, data_.size()), torch::kInt64);
   std::uint64_t samples = 0;
   Clock::duration measured{};
@@ -535,7 +524,7 @@ msg::Calibration Trainer::calibrate() {
   msg::Calibration calibration;
   calibration.samples_per_second = samples / std::chrono::duration<double>(measured).count();
   calibration.micro_batch = static_cast<std::uint32_t>(micro_batch);
-  calibration.max_micro_batch = probe_max_micro_batch(micro_batch);
+  calibration.max_micro_batch = max_micro_batch;
   calibration.device = device_name(device);
   calibration.precision = computed_precision(output_dtype);
   precision_label_ = calibration.precision;

@@ -11,11 +11,19 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/learning/averaging.hpp"
+#include "actors/learning/device.hpp"
+#include "actors/learning/host_staging.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/learning/optimizers.hpp"
 #include "actors/learning/training.hpp"
 #include "runtime/process.hpp"
+#include "runtime/scoped_thread.hpp"
+
+#ifdef FILO_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#endif
 
 using namespace filo;
 using namespace std::chrono_literals;
@@ -138,11 +146,105 @@ TEST_CASE(
   CHECK(mixed.at("nodes").size() == 2);
 }
 
+TEST_CASE(
+    "under the trainer's autocast a GPU's forward pass computes in bf16 and fp16; gradients stay fp32") {
+  const auto data = synthetic_dataset(64, 5);
+  torch::manual_seed(3);
+  Model model(build_model("cnn", ModelShape{{1, 28, 28}, 10, 0}), kGpu);
+  for (const auto& [precision, dtype] :
+       {std::pair{Precision::kFp32, torch::kFloat32}, std::pair{Precision::kBf16, torch::kBFloat16},
+        std::pair{Precision::kFp16, torch::kHalf}}) {
+    ShareOptions options;
+    options.micro_batch = 32;
+    options.precision = precision;
+    const ShareResult result = train_share(model, data, torch::arange(64, torch::kInt64), options);
+    CAPTURE(precision_name(precision));
+    CHECK(std::string(c10::toString(result.output_dtype)) == c10::toString(dtype));
+    CHECK(computed_precision(result.output_dtype) == precision_name(precision));
+    for (const auto& group : model.gradients().groups()) CHECK((group.flat.scalar_type() == torch::kFloat32));
+    CHECK(all_finite(model.gradients()));
+  }
+}
+
+#ifdef FILO_TORCH_CUDA
+TEST_CASE("the memory probe finds what a capped device holds, returns its cache and starts the peak over") {
+  const auto data = synthetic_dataset(8192, 7);
+  torch::manual_seed(5);
+  Model model(build_model("cnn", ModelShape{{1, 28, 28}, 10, 0}), kGpu);
+  // About 400 MB of activations at 8192 samples: a device capped at 256 MB cannot hold them.
+  cudaDeviceProp properties{};
+  REQUIRE(cudaGetDeviceProperties(&properties, 0) == cudaSuccess);
+  const double cap = 256.0 * (1 << 20) / static_cast<double>(properties.totalGlobalMem);
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(cap, 0);
+  ShareOptions options;
+  const std::int64_t fits = largest_micro_batch(model, data, options, 64, 8192, {});
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(1.0, 0);
+  INFO("fits " << fits);
+  CHECK(fits >= 64);
+  CHECK(fits < 8192);
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+  // Its cache went back to the device: what stays reserved is about what stays allocated.
+  CHECK(stats.reserved_bytes[0].current <= stats.allocated_bytes[0].current + (64 << 20));
+  // The peak starts over: the probe's largest step is not the run's peak.
+  CHECK(stats.allocated_bytes[0].peak == stats.allocated_bytes[0].current);
+}
+#endif
+
+TEST_CASE(
+    "work on cuda:1 from a thread made its own stays there, and its copies are waited for on its stream") {
+  // Needs two GPUs (main() skips it otherwise). The thread's current device is cuda:1, as a
+  // trainer's worker makes it, and nothing of it touches cuda:0.
+  const torch::Device second(torch::kCUDA, 1);
+  const auto data = synthetic_dataset(256, 9);
+  torch::manual_seed(13);
+  Model model(build_model("mlp", ModelShape{{1, 28, 28}, 10, 0}), second);
+  SendBuffers pinned(/*pinned=*/true);
+  HostStaging staging(/*pinned=*/true);
+  std::vector<ReceivedTensor> sent;
+  torch::Tensor expected;
+  ScopedThread worker([&] {
+    use_device_on_this_thread(second);
+    ShareOptions options;
+    options.micro_batch = 64;
+    train_share(model, data, torch::arange(256, torch::kInt64), options);
+    expected = model.gradients().groups()[0].flat.to(torch::kCPU);
+    sent = over_the_wire(model.gradients(), pinned);  // device → pinned buffer → frames
+    synchronize(second);
+  });
+  worker.join();
+  REQUIRE(sent.size() == model.gradients().groups().size());
+  // What the frames hold is the gradient: the copy from cuda:1 had landed before they went out.
+  CHECK(torch::equal(sent[0].to_tensor(), expected));
+  // And back: frames → pinned buffer → cuda:1, twice through the same buffer.
+  torch::Tensor on_device = torch::zeros_like(model.gradients().groups()[0].flat);
+  staging.copy_into(sent[0], on_device);
+  staging.copy_into(sent[0], on_device);
+  synchronize(second);
+  CHECK(on_device.device() == second);
+  CHECK(torch::equal(on_device.to(torch::kCPU), expected));
+  CHECK(peak_memory_bytes(torch::Device(torch::kCUDA, 0)) == 0);  // nothing landed on cuda:0
+}
+
 int main(int argc, char** argv) {
+  // --requires-gpus=N: the cases chosen need N GPUs (ctest's gpu-second-device), skipped with fewer.
+  std::vector<char*> arguments;
+  long required = 1;
+  for (int i = 0; i < argc; ++i) {
+    const std::string argument = argv[i];
+    if (argument.rfind("--requires-gpus=", 0) == 0) {
+      required = std::stol(argument.substr(16));
+    } else {
+      arguments.push_back(argv[i]);
+    }
+  }
   if (!torch::cuda::is_available()) {
     std::cout << "no CUDA device visible to this LibTorch: GPU tests skipped" << std::endl;
     return kExitSkipped;
   }
-  doctest::Context context(argc, argv);
+  if (static_cast<long>(torch::cuda::device_count()) < required) {
+    std::cout << "fewer than " << required << " GPUs visible: skipped" << std::endl;
+    return kExitSkipped;
+  }
+  doctest::Context context(static_cast<int>(arguments.size()), arguments.data());
   return context.run();
 }

@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "actors/learning/device.hpp"
+
 namespace filo {
 
 torch::Tensor indices_of(const torch::Tensor& order, const std::vector<msg::SampleRange>& ranges) {
@@ -128,6 +130,42 @@ ShareResult train_local_steps(Model& model, const Dataset& data, const torch::Te
   ShareResult result = over_micro_batches(model, data, indices, options, step);
   result.overflow = overflow;
   return result;
+}
+
+std::int64_t largest_micro_batch(Model& model, const Dataset& data, const ShareOptions& options,
+                                 std::int64_t first, std::int64_t limit,
+                                 const std::function<void()>& between) {
+  const torch::Device device = model.device();
+  const std::int64_t largest = std::min<std::int64_t>(data.size(), limit);
+  const auto fits_in_memory = [&](std::int64_t size) {
+    try {
+      ShareOptions probe = options;
+      probe.micro_batch = size;
+      probe.between_micro_batches = nullptr;
+      train_share(model, data, torch::arange(size, torch::kInt64), probe);
+      synchronize(device);
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
+      release_cached_memory(device);  // what the failed size left cached would crowd the next try
+      return false;
+    }
+    if (between) between();
+    return true;
+  };
+  std::int64_t fits = 0;
+  std::int64_t size = std::max<std::int64_t>(1, std::min(first, largest));
+  if (fits_in_memory(size)) {
+    for (fits = size; fits * 2 <= largest && fits_in_memory(fits * 2);) fits *= 2;
+  } else {
+    while (size > 1 && fits == 0) {  // even the configured micro-batch is too large: halve
+      size /= 2;
+      if (fits_in_memory(size)) fits = size;
+    }
+  }
+  model.zero_gradients();
+  release_cached_memory(device);
+  reset_peak_memory(device);
+  return fits;
 }
 
 void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas) {

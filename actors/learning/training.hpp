@@ -53,6 +53,16 @@ ShareResult train_share(Model& model, const Dataset& data, const torch::Tensor& 
 ShareResult train_local_steps(Model& model, const Dataset& data, const torch::Tensor& indices,
                               FlatOptimizer& optimizer, const ShareOptions& options);
 
+/// On a GPU, the largest micro-batch of `model` the device holds: trains doubling micro-batches of
+/// `data` from `first` up to `limit` (each a whole forward and backward, as a round would) until the
+/// device runs out of memory (the caching allocator's, or cuBLAS's or cuDNN's workspaces), and
+/// returns the largest that fitted (0: not even `first`). `between` runs after each size (a
+/// cancellation check). Afterwards the probe's cached blocks go back to the device and the device's
+/// peak memory starts over, so that neither counts as the run's. Gradients are left zeroed.
+std::int64_t largest_micro_batch(Model& model, const Dataset& data, const ShareOptions& options,
+                                 std::int64_t first, std::int64_t limit,
+                                 const std::function<void()>& between);
+
 /// deltas = the model's parameters - before (same layout).
 void parameter_deltas(const Model& model, const FlatTensors& before, FlatTensors& deltas);
 
