@@ -26,6 +26,7 @@
 #include <optional>
 #include <sstream>
 
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "runtime/config.hpp"

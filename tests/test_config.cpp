@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <fstream>
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include "runtime/config.hpp"
 #include "runtime/cpu_affinity.hpp"
 

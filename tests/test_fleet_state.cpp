@@ -2,8 +2,10 @@
 // the terminal table, the report of a run directory, and the dashboard serving it over HTTP.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "actors/dashboard.hpp"
 #include "actors/fleet_state.hpp"

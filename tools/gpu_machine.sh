@@ -57,6 +57,9 @@ unpack() {
   for pc in "$prefix"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$prefix"/usr/share/pkgconfig/*.pc; do
     [ -f "$pc" ] || continue
     sed -i -e "s#=/usr#=$prefix/usr#g" -e "s#-I/usr#-I$prefix/usr#g" -e "s#-L/usr#-L$prefix/usr#g" "$pc"
+    # Static-link requirements (libmicrohttpd's gnutls) whose -dev packages are not carried: filo
+    # links shared libraries, and pkg-config refuses a module whose private requirement is missing.
+    sed -i -e '/^Requires.private:/d' "$pc"
   done
   # Development symlinks that point at absolute paths (zlib's, at /lib/...) point into the prefix.
   local link target name

@@ -10,6 +10,7 @@
 
 #ifdef FILO_TORCH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 // c10::Event::synchronize() is in LibTorch 2.x (gated at 2.5, where it surely is); 1.13 only queries.
@@ -79,13 +80,31 @@ std::string device_name(const torch::Device& device) {
   return device.is_cpu() ? "cpu" : "cuda:" + std::to_string(device.has_index() ? device.index() : 0);
 }
 
+#ifdef FILO_TORCH_CUDA
+namespace {
+/// The caching allocator is set up lazily, by a process's first CUDA tensor; asking it for
+/// statistics before then fails ("Invalid device argument", seen on an H200 with LibTorch 2.11).
+/// One small tensor on the device sets it up.
+void initialise_allocator(const torch::Device& device) {
+  (void)torch::empty({1}, torch::TensorOptions().device(device));
+}
+
+/// "cuda" without an index is the thread's current device.
+c10::DeviceIndex cuda_index(const torch::Device& device) {
+  return device.has_index() ? device.index() : c10::cuda::current_device();
+}
+}  // namespace
+#endif
+
 std::int64_t peak_memory_bytes(const torch::Device& device) {
 #ifdef FILO_TORCH_CUDA
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return stats
-        .allocated_bytes[static_cast<std::size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)]
-        .peak;
+    initialise_allocator(device);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device));
+    // Index 0 is StatType::AGGREGATE (all pools), whose namespace moved between LibTorch 1.13
+    // (c10::cuda::CUDACachingAllocator) and 2.x (c10::CachingDeviceAllocator).
+    constexpr std::size_t kAggregate = 0;
+    return stats.allocated_bytes[kAggregate].peak;
   }
 #else
   if (device.is_cuda()) return 0;
@@ -134,7 +153,10 @@ bool is_out_of_memory(const std::exception& error) {
 
 void release_cached_memory(const torch::Device& device) {
 #ifdef FILO_TORCH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+  if (device.is_cuda()) {
+    initialise_allocator(device);
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  }
 #else
   (void)device;
 #endif
@@ -142,7 +164,10 @@ void release_cached_memory(const torch::Device& device) {
 
 void reset_peak_memory(const torch::Device& device) {
 #ifdef FILO_TORCH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+  if (device.is_cuda()) {
+    initialise_allocator(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
+  }
 #else
   (void)device;
 #endif

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include <torch/torch.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "actors/benchmarker.hpp"
