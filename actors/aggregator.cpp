@@ -79,6 +79,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
     : options_(std::move(options)),
       bus_(sockets, kAggregatorName),
       loop_(stop, time),
+      compression_(compression_options(options_.run)),
       model_(Model::from_archive(options_.model_archive, "the run's model", options_.device)),
       layout_(fingerprint_hex(model_.layout())),
       optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer)
@@ -125,14 +126,13 @@ void Aggregator::publish_model(const std::string& to) {
   state.buffers = stage(model_.buffers(), model_buffers_, frames);
   state.layout = layout_;
   const Stamp stamp{last_combined_round_, model_version_};
-  if (to.empty()) {
-    bus_.publish(kModelTopic, state, stamp, std::move(frames));
-  } else {
-    bus_.send(to, state, stamp, std::move(frames));
-  }
+  // A snapshot is published under the asking trainer's own topic, not sent on its addressed
+  // connection: a large model over a slow link there would hold up its plans and heartbeats.
+  bus_.publish(to.empty() ? std::string(kModelTopic) : snapshot_topic(to), state, stamp, std::move(frames));
 }
 
 void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
+  if (from.from.rfind("trainer@", 0) != 0) return;  // the hub lets only trainers ask
   publish_model(from.from);
 }
 
@@ -214,14 +214,23 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   if (!received) return refuse(from, contribution, "bad tensors: " + received.error());
   auto& tensors = received.value();
   const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(contribution.gradients.size());
-  Held held{contribution, std::vector<ReceivedTensor>(tensors.begin(), split),
-            std::vector<ReceivedTensor>(split, tensors.end())};
-  if (auto problem = averager_.layout_problem(held.gradients, held.buffers)) {
+  Held held{contribution,
+            std::vector<ReceivedTensor>(tensors.begin(), split),
+            std::vector<ReceivedTensor>(split, tensors.end()),
+            {}};
+  if (compression_.kind != CompressionKind::kNone) {
+    auto sparse = sparse_from_wire(held.gradients, model_.parameters(), compression_.chunk);
+    if (!sparse) return refuse(from, contribution, "bad tensors: " + sparse.error());
+    held.sparse = std::move(sparse.value());
+    if (auto problem = averager_.buffers_problem(held.buffers)) {
+      return refuse(from, contribution, "bad tensors: " + *problem);
+    }
+  } else if (auto problem = averager_.layout_problem(held.gradients, held.buffers)) {
     return refuse(from, contribution, "bad tensors: " + *problem);
   }
   if (contribution.round == averaged_round_) {
     // Added at once, then one check of the sums: a NaN or infinity can only be this one's.
-    averager_.add(held.gradients, held.buffers, contribution.samples);
+    add_to_sums(held);
     if (!averager_.sums_finite()) {
       average_again(contribution.round, from.from);
       return refuse(from, contribution, "bad tensors: its gradients or buffers hold NaN or infinity");
@@ -250,7 +259,18 @@ void Aggregator::report_received(const Incoming& from, const msg::Contribution& 
   report.overflow = overflow;
   report.precision = contribution.precision.substr(0, kMaxLabelLength);
   report.peak_memory_bytes = contribution.peak_memory_bytes;
+  if (from.tensor_frames) {
+    for (const auto& frame : *from.tensor_frames) report.tensor_bytes += frame.size();
+  }
   bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
+}
+
+void Aggregator::add_to_sums(const Held& held) {
+  if (held.sparse.empty()) {
+    averager_.add(held.gradients, held.buffers, held.header.samples);
+  } else {
+    averager_.add(held.sparse, held.buffers, held.header.samples);
+  }
 }
 
 void Aggregator::average_again(std::uint64_t round, const std::string& without) {
@@ -260,7 +280,7 @@ void Aggregator::average_again(std::uint64_t round, const std::string& without) 
   for (const auto& trainer : averaged_) {
     if (trainer == without || !held->second.held.count(trainer)) continue;
     const Held& contribution = held->second.held.at(trainer);
-    averager_.add(contribution.gradients, contribution.buffers, contribution.header.samples);
+    add_to_sums(contribution);
   }
 }
 
@@ -317,7 +337,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
     averager_.clear();
     for (const auto& trainer : present) {
       const Held& held = round->second.held.at(trainer);
-      averager_.add(held.gradients, held.buffers, held.header.samples);
+      add_to_sums(held);
     }
   }
   const bool stepped = averager_.apply();
@@ -339,7 +359,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
   const auto next = rounds_.find(averaged_round_);
   if (next != rounds_.end()) {
     for (const auto& [trainer, held] : next->second.held) {
-      averager_.add(held.gradients, held.buffers, held.header.samples);
+      add_to_sums(held);
       averaged_.insert(trainer);
     }
   }

@@ -79,6 +79,7 @@ class Aggregator final {
     msg::Contribution header;
     std::vector<ReceivedTensor> gradients;  // views into the message's frames, kept alive with them
     std::vector<ReceivedTensor> buffers;
+    std::vector<SparseGroup> sparse;  // compressed local-sgd: the deltas, read from `gradients`
   };
   struct HeldRound {
     msg::RoundOpened plan;
@@ -90,6 +91,8 @@ class Aggregator final {
   void report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow);
   /// Sums of round `round` again from the contributions held for it, leaving out `without`.
   void average_again(std::uint64_t round, const std::string& without);
+  /// Adds one held contribution to the averager's sums, dense or compressed.
+  void add_to_sums(const Held& held);
   void combine(const msg::CombineRound& combine);
   void answer(const msg::RoundCombined& answer);
   void publish_model(const std::string& to);
@@ -105,6 +108,7 @@ class Aggregator final {
   AggregatorOptions options_;
   BusClient bus_;
   ActorLoop loop_;
+  CompressionOptions compression_;  // from the run: how trainers send their deltas
   Model model_;
   std::string layout_;  // fingerprint of the model's flat layout, checked on every message
   std::unique_ptr<FlatOptimizer> optimizer_;

@@ -149,6 +149,9 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   run.learning_rate = config.optimizer.learning_rate;
   run.momentum = config.optimizer.momentum;
   run.weight_decay = config.optimizer.weight_decay;
+  run.compression = config.optimizer.compression;
+  run.compression_fraction = config.optimizer.compression_fraction;
+  run.compression_chunk = config.optimizer.compression_chunk;
 
   // A run directory with checkpoints is a run to resume: the nodes reconnect by themselves.
   std::optional<Checkpoint> resume;
@@ -199,6 +202,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                         curve_settings_for(config.security, PeerRole::kCoordinator));
   DropCounters drops;
   HubOptions hub_options{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)};
+  hub_options.model_endpoint = model_endpoint_for(config.bus);
   hub_options.authorized_keys = authorized_keys;
   hub_options.drops = &drops;
   hub_options.max_peers = static_cast<std::size_t>(config.security.max_peers);
@@ -212,6 +216,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   write_file_atomically(config.run.run_dir + "/coordinator.json",
                         nlohmann::json{{"router", hub.router_endpoint()},
                                        {"publish", hub.publish_endpoint()},
+                                       {"model", hub.model_endpoint()},
                                        {"run_id", run.run_id},
                                        {"incarnation", incarnation},
                                        {"resumed_after_round", resume ? resume->round : 0},
@@ -220,7 +225,8 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                                        {"curve", authorized_keys != nullptr}}
                             .dump(2));
   log(LogLevel::kInfo, "coordinator", "run ", run.run_id, ": listening on ", hub.router_endpoint(),
-      ", publishing on ", hub.publish_endpoint(), "; ", run.train_samples, " samples per epoch; ",
+      ", publishing events on ", hub.publish_endpoint(), " and models on ", hub.model_endpoint(), "; ",
+      run.train_samples, " samples per epoch; ",
       authorized_keys ? "CurveZMQ on, " + std::to_string(authorized_keys->size()) + " authorized keys"
                       : std::string("CurveZMQ OFF"));
 
@@ -234,6 +240,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   registrar_options.run = run;
   registrar_options.model_archive = model_archive;
   registrar_options.publish_endpoint = hub.publish_endpoint();
+  registrar_options.model_endpoint = hub.model_endpoint();
   registrar_options.heartbeat_interval = Milliseconds(config.bus.heartbeat_interval_ms);
   registrar_options.liveness = static_cast<int>(config.bus.liveness);
   registrar_options.security_warning = security_warning;

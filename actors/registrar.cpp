@@ -64,7 +64,7 @@ Registrar::Registrar(const SocketFactory& sockets, const std::string& hub_endpoi
   });
   loop_.every(options_.heartbeat_interval, [this] {
     reap(loop_.now());
-    for (const auto& [trainer, record] : live_) bus_.send(trainer, msg::Heartbeat{});
+    for (const auto& [trainer, record] : live_) bus_.send(record.heartbeat_from, msg::Heartbeat{});
   });
   loop_.every(kRollCallInterval, [this] { publish_members(); });
 }
@@ -128,6 +128,7 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   admission.admitted = true;
   admission.run = options_.run;
   admission.publish_endpoint = options_.publish_endpoint;
+  admission.model_endpoint = options_.model_endpoint;
   admission.heartbeat_interval_ms = static_cast<std::int32_t>(options_.heartbeat_interval.count());
   admission.liveness = options_.liveness;
   std::vector<zmq::message_t> frames;
@@ -137,7 +138,9 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   bus_.send(from.from, admission, {}, std::move(frames));
 
   const bool already_live = live_.count(from.from) > 0;
-  live_[from.from] = TrainerRecord{report, loop_.now(), {}, 0};
+  const auto previous = live_.find(from.from);
+  live_[from.from] = TrainerRecord{
+      report, loop_.now(), {}, 0, previous != live_.end() ? previous->second.heartbeat_from : from.from};
   if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
   const bool returning = !ever_admitted_.insert(from.from).second;
   std::ostringstream reason;
@@ -150,7 +153,9 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
 }
 
 void Registrar::handle(const msg::Heartbeat& heartbeat, const Incoming& from) {
-  auto found = live_.find(from.from);
+  // A trainer's heartbeats come on a connection of their own (heartbeat_address); the answer goes
+  // back the way they came.
+  auto found = live_.find(trainer_of_heartbeat(from.from));
   if (found == live_.end()) {
     // A trainer we declared lost, or one of the run before a coordinator restart, is still
     // talking: make it register again. Not a rejection; no event.
@@ -161,6 +166,7 @@ void Registrar::handle(const msg::Heartbeat& heartbeat, const Incoming& from) {
     return;
   }
   found->second.last_heard = loop_.now();
+  found->second.heartbeat_from = from.from;
   found->second.precision = heartbeat.precision.substr(0, kMaxLabelLength);
   found->second.peak_memory_bytes = std::max<std::int64_t>(0, heartbeat.peak_memory_bytes);
 }

@@ -25,7 +25,8 @@ struct AdmissionPolicy {
 struct RegistrarOptions {
   msg::RunSpec run;                                  /// what admitted trainers are told to train
   std::shared_ptr<const std::string> model_archive;  /// sent with every admission (TorchScript bytes)
-  std::string publish_endpoint;                      /// where trainers subscribe for models and control
+  std::string publish_endpoint;                      /// where monitors subscribe for events and control
+  std::string model_endpoint;                        /// where trainers subscribe for models and control
   Milliseconds heartbeat_interval{250};
   int liveness = 4;  /// missed intervals before a trainer is lost
   AdmissionPolicy policy;
@@ -56,6 +57,7 @@ class Registrar final {
     Clock::time_point last_heard;
     std::string precision;  // from its last heartbeat
     std::int64_t peak_memory_bytes = 0;
+    std::string heartbeat_from;  // where its heartbeats come from, and so where ours go
   };
   void reject(const std::string& trainer, const std::string& reason);
   void announce(const std::string& trainer, msg::MembershipChangeKind change, const std::string& reason,

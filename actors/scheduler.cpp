@@ -11,6 +11,10 @@
 namespace filo {
 namespace {
 constexpr Milliseconds kStartCheckInterval{50};
+// A trainer's reported times must fit in the time its round has lasted, give or take clock rates
+// and timer grain on two machines.
+constexpr double kReportedTimeSlack = 1.05;
+constexpr double kReportedTimeGrainSeconds = 0.05;
 constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 rounds
 /// A trainer's first rounds carry one-off costs (first model load, cold caches); its transfer
 /// counts once this many rounds are measured, so that no one is left out on its first round.
@@ -29,6 +33,10 @@ constexpr double kCombineResendFactor = 8.0;
 constexpr double kEvaluateResendSeconds = 120.0;
 /// Labels a trainer sends for the records (device, precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
+/// A round closed by its deadline while live trainers still owed their share makes the next deadline
+/// twice as long (up to this): whatever the links, some deadline is long enough, and a missed one
+/// is never repeated as it was. Each round that every trainer delivers in halves it again.
+constexpr double kMaxDeadlineSeconds = 600.0;
 /// A trainer taken out for missing rounds is planned this often, with at most one micro-batch, to
 /// see whether it delivers again.
 constexpr std::uint64_t kTakenOutProbeRounds = 10;
@@ -452,9 +460,13 @@ void Scheduler::plan_round() {
                left_out ? share.left_out : "its link passes the transfer rule");
     }
     if (left_out || share.samples == 0) continue;
+    // Its link both ways (the model down, its contribution up), as measured from its first round:
+    // the transfer rule waits for a few rounds before it counts, a deadline must not.
     const double speed = state.speed.samples_per_second();
-    if (speed > 0)
-      expected_seconds = std::max(expected_seconds, state.transfer_seconds() + share.samples / speed);
+    const double transfer = state.recent_transfers.empty() ? 0.0
+                                                           : *std::max_element(state.recent_transfers.begin(),
+                                                                               state.recent_transfers.end());
+    if (speed > 0) expected_seconds = std::max(expected_seconds, transfer + share.samples / speed);
     const MicroBatchPlan micro = micro_batches_for(
         share.samples, static_cast<std::uint64_t>(options_.schedule.micro_batch), state.max_micro_batch);
     msg::RoundPlan plan;
@@ -476,7 +488,8 @@ void Scheduler::plan_round() {
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
-  round.deadline_seconds = std::max(deadline_seconds(), options_.schedule.deadline_factor * expected_seconds);
+  round.deadline_seconds = std::max(
+      {deadline_seconds(), options_.schedule.deadline_factor * expected_seconds, deadline_backoff_seconds_});
   for (auto& [trainer, plan] : plans) plan.deadline_seconds = round.deadline_seconds;
   const Stamp stamp{round.round, round.model_version};
   // The aggregator learns of the round before any trainer can answer it (the hub keeps the order).
@@ -508,14 +521,43 @@ void Scheduler::handle(const msg::ContributionReceived& received, const Incoming
         ": not planned, or reported before");
     return;
   }
-  if (received.accepted) {
-    open_->arrived[received.trainer] = Arrival{received, seconds_between(open_->opened, loop_.now())};
+  const double arrival_seconds = seconds_between(open_->opened, loop_.now());
+  std::optional<std::string> implausible;
+  if (received.accepted) implausible = implausible_report(received, arrival_seconds);
+  if (implausible) {
+    // A trainer's own numbers steer the next plans and deadlines: one that claims what cannot
+    // have happened is refused like a malformed contribution, its samples back to the pool.
+    count_drop("contribution: implausible report");
+    open_->refused[received.trainer] = "implausible report: " + *implausible;
+    log(LogLevel::kWarn, bus_.name(), received.trainer, "'s contribution to round ", received.round,
+        " was refused: implausible report: ", *implausible);
+  } else if (received.accepted) {
+    open_->arrived[received.trainer] = Arrival{received, arrival_seconds};
   } else {
     open_->refused[received.trainer] = received.reason;
     log(LogLevel::kWarn, bus_.name(), received.trainer, "'s contribution to round ", received.round,
         " was refused: ", received.reason);
   }
   if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
+}
+
+std::optional<std::string> Scheduler::implausible_report(const msg::ContributionReceived& received,
+                                                         double arrival_seconds) const {
+  // The plan left after the round opened and the contribution arrived before now: no honest
+  // trainer's times add up to more than the round has lasted (a little slack for clock grain).
+  const double reported = received.compute_seconds + received.model_wait_seconds + received.staging_seconds;
+  if (!(reported <= arrival_seconds * kReportedTimeSlack + kReportedTimeGrainSeconds)) {
+    std::ostringstream why;
+    why << "reports " << std::setprecision(4) << reported << " s of work in a round that had lasted "
+        << arrival_seconds << " s";
+    return why.str();
+  }
+  // Only fp16 scales its loss, so only an fp16 trainer's gradients can overflow: a report of an
+  // overflow in a run set to fp32 or bf16 would skip the whole fleet's step for nothing.
+  if (received.overflow && (options_.run.precision == "fp32" || options_.run.precision == "bf16")) {
+    return "an fp16 overflow in a run whose precision is " + options_.run.precision;
+  }
+  return std::nullopt;
 }
 
 bool Scheduler::every_live_planned_trainer_answered() const {
@@ -541,6 +583,7 @@ msg::TrainerInRound Scheduler::account_trainer(const OpenRound& round, const std
     line.compute_seconds = report.compute_seconds;
     line.model_wait_seconds = report.model_wait_seconds;
     line.staging_seconds = report.staging_seconds;
+    line.tensor_bytes = report.tensor_bytes;
     line.arrival_seconds = arrived->second.arrival_seconds;
     line.idle_seconds = std::max(0.0, seconds - line.arrival_seconds);  // waiting for the slowest
     line.samples_per_second = report.compute_seconds > 0 ? report.samples / report.compute_seconds : 0.0;
@@ -697,6 +740,20 @@ void Scheduler::close_round(const std::string& why) {
     closed.trainers.push_back(std::move(line));
   }
   if (slowest > 0) slowest_last_round_seconds_ = slowest;
+  closed.deadline_seconds = round.deadline_seconds;
+  const bool live_trainer_missed =
+      std::any_of(closed.trainers.begin(), closed.trainers.end(), [&](const auto& line) {
+        const auto live = live_.find(line.name);
+        return !line.delivered && live != live_.end() && live->second.failed.empty() &&
+               !round.refused.count(line.name);
+      });
+  if (why == "deadline passed" && live_trainer_missed) {
+    deadline_backoff_seconds_ = std::min(kMaxDeadlineSeconds, 2 * round.deadline_seconds);
+    log(LogLevel::kWarn, bus_.name(), "round ", round.round, " missed its deadline of ",
+        round.deadline_seconds, " s: the next one waits up to ", deadline_backoff_seconds_, " s");
+  } else if (!live_trainer_missed) {
+    deadline_backoff_seconds_ /= 2;
+  }
   follow_misses(round, closed);
   update_loss_scale(round, overflow, !combine.trainers.empty());
   state_.round = round.round;

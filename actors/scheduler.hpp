@@ -173,6 +173,10 @@ class Scheduler final {
   void follow_misses(const OpenRound& round, const msg::RoundClosed& closed);
   /// fp16's fleet-wide loss scale after a round that overflowed or stepped.
   void update_loss_scale(const OpenRound& round, bool overflow, bool stepped);
+  /// Why an accepted contribution's report cannot be true (times longer than the round has
+  /// lasted, an overflow where no loss is scaled), or nothing when it may be.
+  std::optional<std::string> implausible_report(const msg::ContributionReceived& received,
+                                                double arrival_seconds) const;
   /// The epoch's end once its pool is empty: its totals are kept and its model is to be scored.
   std::optional<msg::Evaluate> end_epoch_if_done();
   void announce(msg::MemberChange change, const std::string& trainer, const std::string& reason);
@@ -201,6 +205,7 @@ class Scheduler final {
   bool planning_done_ = false;  // the last epoch's last round has closed
   bool finished_ = false;
   double slowest_last_round_seconds_ = 0.0;
+  double deadline_backoff_seconds_ = 0.0;  // after a missed deadline, the next is at least this
   std::optional<Clock::time_point> first_round_;
   Clock::time_point epoch_started_;
   Clock::time_point started_at_;

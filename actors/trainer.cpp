@@ -67,6 +67,7 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
     : options_(std::move(options)),
       report_(std::move(report)),
       bus_(sockets, trainer_name(options_.node, options_.device)),
+      heartbeat_bus_(sockets, heartbeat_address(trainer_name(options_.node, options_.device))),
       loop_(stop, time),
       registering_since_(loop_.now()),
       last_heard_(loop_.now()),
@@ -78,8 +79,13 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
   worker_ = std::make_unique<WorkerThread>(sockets, "compute:" + options_.device,
                                            [device] { use_device_on_this_thread(device); });
   bus_.connect(options_.coordinator);
+  heartbeat_bus_.connect(options_.coordinator);
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
+  });
+  loop_.on_readable(heartbeat_bus_.addressed(), [this] {
+    while (auto incoming = heartbeat_bus_.receive(heartbeat_bus_.addressed()))
+      dispatch(*this, *incoming, heartbeat_bus_);
   });
   loop_.on_readable(worker_->finished_signal(), [this] { on_job_finished(); });
   heartbeat_timer_ = loop_.every(options_.heartbeat_interval, [this] { tick(loop_.now()); });
@@ -124,7 +130,7 @@ void Trainer::tick(Clock::time_point now) {
   heartbeat.model_version = last_loaded_version_;
   heartbeat.precision = precision_label_;
   heartbeat.peak_memory_bytes = peak_memory_bytes(torch::Device(options_.device));
-  bus_.send(kRegistrarName, heartbeat);
+  heartbeat_bus_.send(kRegistrarName, heartbeat);
 }
 
 void Trainer::register_again(const std::string& why) {
@@ -202,6 +208,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
             Model::from_archive(archive_bytes, "the coordinator's model", torch::Device(options_.device)));
         task_ = parse_task(run.task);
         precision_ = resolve_precision(run.precision, model_->device());
+        compression_ = compression_options(run);
       } catch (const std::exception& e) {
         throw RunRefused(e.what());
       }
@@ -212,14 +219,20 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
         local_before_ = model_->parameters().zeros_like();
         local_deltas_ = model_->parameters().zeros_like();
       }
+      error_feedback_.reset();
+      if (compression_.kind != CompressionKind::kNone) error_feedback_.emplace(model_->parameters());
       order_ = torch::Tensor();
     });
     run_ = run;
   }
-  const std::string publish = reachable_endpoint(admission.publish_endpoint, options_.coordinator);
+  // Models, this trainer's snapshots and control come on the model publisher (a coordinator of an
+  // older layout publishes everything on one).
+  const std::string publish = reachable_endpoint(
+      admission.model_endpoint.empty() ? admission.publish_endpoint : admission.model_endpoint,
+      options_.coordinator);
   if (publish != subscribed_to_) {
     const bool first_subscription = subscribed_to_.empty();
-    bus_.subscribe(publish, {kModelTopic, kControlTopic});
+    bus_.subscribe(publish, {kModelTopic, kControlTopic, snapshot_topic(bus_.name())});
     if (first_subscription) {
       loop_.on_readable(bus_.published(), [this] {
         while (auto incoming = bus_.receive(bus_.published())) dispatch(*this, *incoming, bus_);
@@ -611,11 +624,22 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
     if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
-    contribution.gradients =
-        stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);
+    if (error_feedback_) {
+      // The change plus what earlier rounds did not send, compressed; the rest waits for later.
+      std::vector<std::string> names;
+      for (const auto& group : local_deltas_.groups()) names.push_back(group.wire_name());
+      std::vector<NamedTensor> wire =
+          sparse_wire(error_feedback_->compress(local_deltas_, compression_), names);
+      for (auto& part : wire) part.tensor = part.tensor.to(torch::kCPU);
+      contribution.gradients = append_tensor_frames(wire, outcome.frames);
+    } else {
+      contribution.gradients =
+          stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);
+    }
     contribution.buffers = stage(model_->buffers(), send_buffers_, outcome.frames);
   }
-  contribution.compute_seconds = seconds_between(started, computed);
+  contribution.compute_seconds = options_.claimed_compute_seconds > 0 ? options_.claimed_compute_seconds
+                                                                      : seconds_between(started, computed);
   contribution.model_wait_seconds = model_wait_seconds;
   contribution.staging_seconds = seconds_between(computed, Clock::now());
   return outcome;

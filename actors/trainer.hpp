@@ -18,6 +18,7 @@
 
 #include <torch/torch.h>
 
+#include "actors/learning/compression.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/optimizers.hpp"
@@ -59,6 +60,9 @@ struct TrainerOptions {
   /// written into this trainer's gradients after backward, as an fp16 overflow would leave there,
   /// and the gradients are checked as fp16's are whatever the precision. Gradient mode only.
   std::set<std::uint64_t> overflow_rounds;
+  /// TEST AID (in-process tests only): when above 0, reported as every contribution's compute
+  /// time instead of the time measured, as a lying fleet member would.
+  double claimed_compute_seconds = 0.0;
 };
 
 class Trainer final {
@@ -139,6 +143,9 @@ class Trainer final {
   TrainerOptions options_;
   msg::HardwareReport report_;
   BusClient bus_;
+  /// Heartbeats on a connection of their own: a contribution crossing a slow link on bus_'s
+  /// connection must not hold them up until the registrar counts this trainer lost.
+  BusClient heartbeat_bus_;
   ActorLoop loop_;
   ActorLoop::TimerId heartbeat_timer_{};
   State state_ = State::kRegistering;
@@ -173,8 +180,10 @@ class Trainer final {
   std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
   FlatTensors local_before_;                        // local-sgd: the parameters a round started from
   FlatTensors local_deltas_;
-  SendBuffers send_buffers_;   // pinned on a GPU: device → pinned buffer → zmq frames
-  HostStaging model_staging_;  // pinned on a GPU: zmq frames → pinned buffer → device
+  CompressionOptions compression_;               // local-sgd: what of the change is sent
+  std::optional<ErrorFeedback> error_feedback_;  // compressed local-sgd: what was not sent yet
+  SendBuffers send_buffers_;                     // pinned on a GPU: device → pinned buffer → zmq frames
+  HostStaging model_staging_;                    // pinned on a GPU: zmq frames → pinned buffer → device
   torch::Tensor order_;
   std::uint64_t order_epoch_ = 0;
   /// Last: its thread is joined before anything a job uses goes.

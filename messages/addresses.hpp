@@ -17,6 +17,29 @@ constexpr const char* kControlTopic = "control";
 /// A destination that starts with this is published on the hub's PUB under the rest as topic.
 constexpr const char* kPublishPrefix = "pub:";
 
+/// A snapshot of the model for one trainer travels on the model publisher (as broadcasts do),
+/// under a topic of its own: never on the trainer's addressed connection, where a large message
+/// over a slow link would hold up its plans and heartbeats. The '|' ends the name, so that one
+/// trainer's topic is never a prefix of another's (cuda:1 and cuda:10).
+inline std::string snapshot_topic(const std::string& trainer) {
+  return "snapshot:" + trainer + "|";
+}
+constexpr const char* kSnapshotTopicPrefix = "snapshot:";
+
+/// A trainer's heartbeats travel on a connection of their own under this name, so that a large
+/// message on its main connection (a contribution over a slow link) never holds them up.
+constexpr const char* kHeartbeatSuffix = "#heartbeat";
+inline std::string heartbeat_address(const std::string& trainer) {
+  return trainer + kHeartbeatSuffix;
+}
+/// The trainer whose heartbeat address `name` is, or `name` itself.
+inline std::string trainer_of_heartbeat(const std::string& name) {
+  const std::string suffix = kHeartbeatSuffix;
+  if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return name.substr(0, name.size() - suffix.size());
+  return name;
+}
+
 /// "trainer@node-3/cuda:0": one trainer per device of a node.
 inline std::string trainer_name(const std::string& node, const std::string& device) {
   return "trainer@" + node + "/" + device;

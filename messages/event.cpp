@@ -27,11 +27,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainerInRound, name, planned, d
                                                 compute_seconds, model_wait_seconds, staging_seconds,
                                                 samples_per_second, arrival_seconds, idle_seconds, ranges,
                                                 missed_reason, benchmark_gflops, device, precision,
-                                                peak_memory_bytes)
+                                                peak_memory_bytes, tensor_bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RoundClosed, text, round, epoch, model_version, seconds,
                                                 closed_seconds, samples, loss, idle_fraction, closed_because,
-                                                loss_scale, epoch_samples_done, epoch_samples_total, epochs,
-                                                trainers)
+                                                deadline_seconds, loss_scale, epoch_samples_done,
+                                                epoch_samples_total, epochs, trainers)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpochScored, text, epoch, epochs, round, metric, value,
                                                 metrics, train_loss, samples, training_seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(MemberNews, text, change, trainer, reason, hostname, round,

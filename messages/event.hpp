@@ -42,9 +42,10 @@ struct TrainerInRound {
   std::string device;
   std::string precision;  // what its forward pass computed in
   std::int64_t peak_memory_bytes = 0;
+  std::uint64_t tensor_bytes = 0;  // what its contribution's tensors took on the wire, as received
   MSGPACK_DEFINE_MAP(name, planned, delivered, samples, compute_seconds, model_wait_seconds, staging_seconds,
                      samples_per_second, arrival_seconds, idle_seconds, ranges, missed_reason,
-                     benchmark_gflops, device, precision, peak_memory_bytes)
+                     benchmark_gflops, device, precision, peak_memory_bytes, tensor_bytes)
 };
 
 // scheduler → monitors at every round's close (type "round"). The same object, less `text`, is the
@@ -61,13 +62,15 @@ struct RoundClosed {
   double loss = 0.0;
   double idle_fraction = 0.0;  // of the delivered trainers' time, spent waiting for the slowest
   std::string closed_because;
+  double deadline_seconds = 0.0;  // what it was given
   double loss_scale = 0.0;
   std::uint64_t epoch_samples_done = 0;
   std::uint64_t epoch_samples_total = 0;
   std::uint64_t epochs = 0;
   std::vector<TrainerInRound> trainers;
   MSGPACK_DEFINE_MAP(text, round, epoch, model_version, seconds, closed_seconds, samples, loss, idle_fraction,
-                     closed_because, loss_scale, epoch_samples_done, epoch_samples_total, epochs, trainers)
+                     closed_because, deadline_seconds, loss_scale, epoch_samples_done, epoch_samples_total,
+                     epochs, trainers)
 };
 
 // scheduler → monitors once an epoch's model was scored on the test set (type "epoch").

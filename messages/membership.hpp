@@ -23,9 +23,9 @@ struct GpuInfo {
   double host_to_device_gbps = 0.0;           // pinned memory, GB/s (1e9 bytes)
   double device_to_host_gbps = 0.0;
   std::string benchmark_status;  // the failing call and its status string, when one failed
-  MSGPACK_DEFINE_MAP(index, name, uuid, compute_capability_major, compute_capability_minor, total_memory_bytes,
-                     free_memory_bytes, gemm_tflops, host_to_device_gbps, device_to_host_gbps,
-                     benchmark_status)
+  MSGPACK_DEFINE_MAP(index, name, uuid, compute_capability_major, compute_capability_minor,
+                     total_memory_bytes, free_memory_bytes, gemm_tflops, host_to_device_gbps,
+                     device_to_host_gbps, benchmark_status)
 };
 
 // trainer → registrar, on start and whenever it must register again: who it is and what it has.
@@ -80,9 +80,14 @@ struct RunSpec {
   double learning_rate = 0.0;
   double momentum = 0.0;
   double weight_decay = 0.0;
+  // local-sgd: how trainers compress their change (optimizer.compression and its settings)
+  std::string compression = "none";
+  double compression_fraction = 0.01;
+  std::int64_t compression_chunk = 4096;
   MSGPACK_DEFINE_MAP(run_id, model, task, model_sha256, model_bytes, dataset, data_format, image_size,
                      context, augment, mean, std, dataset_fingerprint, train_samples, seed, micro_batch, mode,
-                     precision, optimizer, learning_rate, momentum, weight_decay)
+                     precision, optimizer, learning_rate, momentum, weight_decay, compression,
+                     compression_fraction, compression_chunk)
 };
 
 // registrar → trainer: admitted (with what the run needs, and the model's TorchScript archive as
@@ -92,7 +97,8 @@ struct Admission {
   bool admitted = false;
   std::string reason;
   RunSpec run;
-  std::string publish_endpoint;  // where model broadcasts and control messages are published
+  std::string publish_endpoint;  // where events and control messages are published (monitors)
+  std::string model_endpoint;    // where models, snapshots and control messages are published (trainers)
   std::int32_t heartbeat_interval_ms = 0;
   std::int32_t liveness = 0;  // missed heartbeats before a peer counts as lost
   // Not a verdict on the node: the registrar does not know this trainer (it was declared lost,
@@ -103,7 +109,7 @@ struct Admission {
   // its fingerprint is left out) and report again.
   bool describe_data = false;
   MSGPACK_DEFINE_MAP(admitted, reason, run, publish_endpoint, heartbeat_interval_ms, liveness, register_again,
-                     model_archive, describe_data)
+                     model_archive, describe_data, model_endpoint)
 };
 
 // trainer → registrar every heartbeat interval, and registrar → trainer in reply: both sides

@@ -109,8 +109,10 @@ struct ContributionReceived {
   bool overflow = false;
   std::string precision;
   std::int64_t peak_memory_bytes = 0;
+  std::uint64_t tensor_bytes = 0;  // the contribution's tensor frames, counted by the aggregator
   MSGPACK_DEFINE_MAP(round, trainer, accepted, reason, samples, loss_sum, correct, compute_seconds,
-                     model_wait_seconds, staging_seconds, overflow, precision, peak_memory_bytes)
+                     model_wait_seconds, staging_seconds, overflow, precision, peak_memory_bytes,
+                     tensor_bytes)
 };
 
 // scheduler → aggregator when it closes a round: add exactly these trainers' contributions, step,

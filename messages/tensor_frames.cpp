@@ -6,7 +6,7 @@ namespace filo {
 namespace {
 
 bool known_dtype(WireDType dtype) {
-  return static_cast<std::uint8_t>(dtype) <= static_cast<std::uint8_t>(WireDType::kUInt8);
+  return static_cast<std::uint8_t>(dtype) <= static_cast<std::uint8_t>(WireDType::kInt8);
 }
 
 // zmq calls this when it is done with a frame; the hint owns a reference to the tensor.
@@ -32,6 +32,8 @@ WireDType to_wire_dtype(torch::ScalarType type) {
       return WireDType::kInt32;
     case torch::kUInt8:
       return WireDType::kUInt8;
+    case torch::kInt8:
+      return WireDType::kInt8;
     default:
       break;
   }
@@ -54,6 +56,8 @@ torch::ScalarType to_scalar_type(WireDType dtype) {
       return torch::kInt32;
     case WireDType::kUInt8:
       return torch::kUInt8;
+    case WireDType::kInt8:
+      return torch::kInt8;
   }
   TORCH_CHECK(false, "unknown wire dtype ", static_cast<int>(dtype));
 }
@@ -70,6 +74,7 @@ std::size_t element_size(WireDType dtype) {
     case WireDType::kBFloat16:
       return 2;
     case WireDType::kUInt8:
+    case WireDType::kInt8:
       return 1;
   }
   return 0;

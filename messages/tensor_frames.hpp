@@ -17,7 +17,16 @@ namespace filo {
 /// Large tensors are cut into frames of this size: one huge frame moves ~10x slower over tcp.
 constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
 
-enum class WireDType : std::uint8_t { kFloat32 = 0, kFloat64, kFloat16, kBFloat16, kInt64, kInt32, kUInt8 };
+enum class WireDType : std::uint8_t {
+  kFloat32 = 0,
+  kFloat64,
+  kFloat16,
+  kBFloat16,
+  kInt64,
+  kInt32,
+  kUInt8,
+  kInt8
+};
 
 struct TensorMeta {
   std::string name;

@@ -1,6 +1,10 @@
 #include "runtime/bus.hpp"
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 
 #include "messages/roles.hpp"
 #include "runtime/actor_loop.hpp"
@@ -15,6 +19,12 @@ constexpr std::string_view kHubLogName = "hub";
 /// high_water_mark models in the coordinator's memory; one that misses broadcasts asks for a
 /// snapshot instead (Clone pattern), and events are small and read at once by monitors.
 constexpr int kPublishQueuePerSubscriber = 32;
+/// Models queued per trainer on the model publisher. Only the newest model matters to a trainer: on
+/// a link slower than the rounds, a deep queue would make every new model wait behind stale ones
+/// (at 10 Mbit/s, 32 models of 7 MB are three minutes). With two, a newer model is dropped while two
+/// older ones wait, and the trainer, whose plan names the version it needs, asks for a snapshot.
+/// Two, not one, so that the control message that ends a run still finds room after the last model.
+constexpr int kModelQueuePerTrainer = 2;
 /// Longest name an outside peer may claim ("trainer@" + a host name + "/cuda:15" fits easily).
 constexpr std::size_t kMaxPeerNameBytes = 256;
 /// Bytes one outside peer's messages may occupy while they wait for the hub, and the fewest
@@ -25,12 +35,28 @@ constexpr std::int64_t kMinInboundQueue = 16;
 constexpr double kSnapshotBurst = 8.0;
 }  // namespace
 
+void seed_routing_ids() {
+  // libzmq (every release to 4.3.5 and master, 2026) starts a ROUTER's generated routing ids at
+  // rand(), which it never seeds, so the first id is the same in every run. It also never checks a
+  // generated id against the ids that peers chose for themselves: a peer that claims the id the
+  // ROUTER will generate next makes the next connection abort the process (socket_base.cpp's
+  // `zmq_assert (ok)` in add_out_pipe). Only a patched libzmq closes that; a random start makes the
+  // next id a 32-bit guess, and the hub never discloses an id (see README, Security).
+  unsigned int seed = 0;
+  if (getrandom(&seed, sizeof seed, 0) != static_cast<ssize_t>(sizeof seed)) {
+    seed = static_cast<unsigned int>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  std::srand(seed);
+}
+
 Hub::Hub(const SocketFactory& sockets, HubOptions options)
     : options_(std::move(options)),
       router_(sockets.make(zmq::socket_type::router)),
       publisher_(sockets.make(zmq::socket_type::pub)),
+      model_publisher_(sockets.make(zmq::socket_type::pub)),
       refusals_(std::string(kHubLogName), options_.drops) {
   const bool curve = options_.authorized_keys != nullptr;
+  if (!options_.router_endpoint.empty()) seed_routing_ids();
   if (curve && !options_.router_endpoint.empty()) {
     zap_.emplace(sockets.context(), options_.authorized_keys, options_.drops);
   }
@@ -40,10 +66,12 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
   publisher_.set(zmq::sockopt::sndhwm,
                  std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
   publisher_.bind(inproc_publish_endpoint());
+  model_publisher_.set(zmq::sockopt::sndhwm, kModelQueuePerTrainer);
+  model_publisher_.bind(inproc_model_endpoint());
   if (!options_.router_endpoint.empty()) {
     outer_router_ = sockets.make(zmq::socket_type::router);
-    // Outside peers do not choose their routing ids (the hub binds names to keys, not to routing
-    // ids), so a reconnecting node simply gets a fresh one and nothing needs handing over.
+    // The hub binds names to keys, never to routing ids. Handover stays off: with it a peer that
+    // names a live connection's id takes over that connection's traffic.
     outer_router_.set(zmq::sockopt::router_handover, 0);
     outer_router_.set(zmq::sockopt::maxmsgsize, options_.max_inbound_bytes);
     // ZeroMQ queues per peer in messages, not bytes: as many as fit a byte budget at the largest
@@ -61,6 +89,11 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
     publisher_.bind(options_.publish_endpoint);
     publish_endpoint_ = publisher_.get(zmq::sockopt::last_endpoint);
   }
+  if (!options_.model_endpoint.empty()) {
+    if (curve) sockets.make_curve_server(model_publisher_);
+    model_publisher_.bind(options_.model_endpoint);
+    model_endpoint_ = model_publisher_.get(zmq::sockopt::last_endpoint);
+  }
   // The sockets move to the hub thread here; thread start is the memory barrier zmq requires.
   thread_ = std::thread([this] { run(); });
 }
@@ -77,9 +110,18 @@ void Hub::refuse(const std::string& peer, const std::string& reason, const std::
 
 void Hub::publish(std::vector<zmq::message_t>& frames, const std::string& to) {
   const std::size_t prefix = std::char_traits<char>::length(kPublishPrefix);
-  frames[1].rebuild(to.data() + prefix, to.size() - prefix);
-  frames.erase(frames.begin());             // [topic][envelope][body][tensors...]
-  zmq::send_multipart(publisher_, frames);  // PUB never blocks: it drops for slow subscribers
+  const std::string topic = to.substr(prefix);
+  frames[1].rebuild(topic.data(), topic.size());
+  frames.erase(frames.begin());  // [topic][envelope][body][tensors...]
+  // PUB never blocks: it drops for slow subscribers. Trainers read the model publisher, monitors
+  // the other; both hear that a run ends.
+  const bool for_trainers = topic == kModelTopic || topic.rfind(kSnapshotTopicPrefix, 0) == 0;
+  if (topic == kControlTopic) {
+    std::vector<zmq::message_t> copy;
+    for (const auto& frame : frames) copy.emplace_back(frame.data(), frame.size());
+    zmq::send_multipart(model_publisher_, copy);
+  }
+  zmq::send_multipart(for_trainers ? model_publisher_ : publisher_, frames);
 }
 
 void Hub::route(zmq::socket_t& router, std::vector<zmq::message_t>& frames, const std::string& to) {
@@ -153,12 +195,9 @@ void Hub::forward_from_outside(std::vector<zmq::message_t>& frames) {
     // It gets a name of the hub's making, bound to this connection alone, for the answer.
     if (first_from_route && to == kRegistrarName && known_name == name_of_route_.end() &&
         bindings_.size() < options_.max_peers) {
-      std::string provisional = "unadmitted-";
-      for (const unsigned char byte : route_id) {
-        static const char* kHex = "0123456789abcdef";
-        provisional += kHex[byte >> 4];
-        provisional += kHex[byte & 15];
-      }
+      // Numbered by the hub, never spelled from the routing id: the name reaches the peer and
+      // every monitor (in the registrar's `rejected` news), and a routing id must stay unknown.
+      const std::string provisional = "unadmitted-" + std::to_string(++provisional_names_);
       bindings_[provisional] = Binding{key, route_id, kSnapshotBurst, Clock::now()};
       refuse(peer_label, "bus: bad envelope", envelope.error() + "; the registrar tells it why");
       frames[0].rebuild(provisional.data(), provisional.size());

@@ -52,7 +52,8 @@ struct HubOptions {
 
   std::string name = "filo-hub";  // inproc endpoints are derived from it
   std::string router_endpoint;    // tcp endpoint to bind for remote actors; empty: inproc only
-  std::string publish_endpoint;   // tcp endpoint to bind for subscribers; empty: inproc only
+  std::string publish_endpoint;   // tcp endpoint to bind for event subscribers; empty: inproc only
+  std::string model_endpoint;     // tcp endpoint to bind for trainers' models; empty: inproc only
   /// Keys that may connect and their roles. Null: CURVE is off (security.curve = false) and every
   /// outside peer may act as a trainer or the test aid.
   std::shared_ptr<const AuthorizedKeys> authorized_keys;
@@ -65,6 +66,10 @@ struct HubOptions {
   DropCounters* drops = nullptr;  // refusals counted here by reason; may be null
 };
 
+/// Seeds the C library's rand(), where libzmq draws the first routing id a ROUTER generates, from
+/// the kernel's random source. Called by a hub that listens for outside peers, before its sockets.
+void seed_routing_ids();
+
 /// Forwards addressed messages between actors and relays publications; runs on its own thread.
 class Hub {
  public:
@@ -75,9 +80,11 @@ class Hub {
 
   std::string inproc_router_endpoint() const { return "inproc://" + options_.name; }
   std::string inproc_publish_endpoint() const { return "inproc://" + options_.name + "-pub"; }
+  std::string inproc_model_endpoint() const { return "inproc://" + options_.name + "-model"; }
   /// The bound tcp endpoints (ports resolved), or empty.
   const std::string& router_endpoint() const { return router_endpoint_; }
   const std::string& publish_endpoint() const { return publish_endpoint_; }
+  const std::string& model_endpoint() const { return model_endpoint_; }
 
   /// Outside messages refused so far (all reasons).
   std::uint64_t refused() const { return refused_total_; }
@@ -99,17 +106,20 @@ class Hub {
   void refuse(const std::string& peer, const std::string& reason, const std::string& detail = {});
 
   HubOptions options_;
-  std::optional<ZapHandler> zap_;  // first: it must answer before any CURVE socket binds
-  zmq::socket_t router_;           // inner: the coordinator's actors, over inproc
-  zmq::socket_t outer_router_;     // outer: nodes and the test aid, over tcp
-  zmq::socket_t publisher_;
+  std::optional<ZapHandler> zap_;                     // first: it must answer before any CURVE socket binds
+  zmq::socket_t router_;                              // inner: the coordinator's actors, over inproc
+  zmq::socket_t outer_router_;                        // outer: nodes and the test aid, over tcp
+  zmq::socket_t publisher_;                           // events and control, for monitors
+  zmq::socket_t model_publisher_;                     // models, snapshots and control, for trainers
   std::map<std::string, Binding> bindings_;           // by name
   std::map<std::string, std::string> name_of_route_;  // outer routing id → name
   std::set<std::string> greeted_routes_;              // routes whose first message was seen
+  std::uint64_t provisional_names_ = 0;               // names given to unadmitted connections
   Refusals refusals_;
   std::atomic<std::uint64_t> refused_total_{0};
   std::string router_endpoint_;
   std::string publish_endpoint_;
+  std::string model_endpoint_;
   StopFlag stop_;
   std::thread thread_;
 };

@@ -149,6 +149,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("optimizer", "outer_learning_rate", config.optimizer.outer_learning_rate);
   reader.read("optimizer", "outer_momentum", config.optimizer.outer_momentum);
   reader.read("optimizer", "sync_steps", config.optimizer.sync_steps);
+  reader.read("optimizer", "compression", config.optimizer.compression);
+  reader.read("optimizer", "compression_fraction", config.optimizer.compression_fraction);
+  reader.read("optimizer", "compression_chunk", config.optimizer.compression_chunk);
   reader.read("schedule", "epochs", config.schedule.epochs);
   reader.read("schedule", "round_samples", config.schedule.round_samples);
   reader.read("schedule", "micro_batch", config.schedule.micro_batch);
@@ -167,6 +170,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("train", "loss_scale_growth_interval", config.train.loss_scale_growth_interval);
   reader.read("bus", "listen", config.bus.listen);
   reader.read("bus", "publish", config.bus.publish);
+  reader.read("bus", "model_publish", config.bus.model_publish);
   reader.read("bus", "coordinator", config.bus.coordinator);
   reader.read("bus", "heartbeat_interval_ms", config.bus.heartbeat_interval_ms);
   reader.read("bus", "liveness", config.bus.liveness);
@@ -229,6 +233,18 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.optimizer.outer_momentum >= 0 && config.optimizer.outer_momentum < 1,
         "optimizer.outer_momentum must be in [0, 1)");
   check(config.optimizer.sync_steps >= 1, "optimizer.sync_steps must be >= 1");
+  check(config.optimizer.compression == "none" || config.optimizer.compression == "topk" ||
+            config.optimizer.compression == "topk-q8",
+        "optimizer.compression must be \"none\", \"topk\" or \"topk-q8\", not \"" +
+            config.optimizer.compression + "\"");
+  check(config.optimizer.compression == "none" || config.optimizer.mode == "local-sgd",
+        "optimizer.compression compresses local-sgd's parameter changes: set optimizer.mode = \"local-sgd\" "
+        "too, or compression = \"none\"");
+  check(config.optimizer.compression_fraction > 0 && config.optimizer.compression_fraction <= 1,
+        "optimizer.compression_fraction must be in (0, 1]");
+  check(config.optimizer.compression_chunk >= 16 &&
+            config.optimizer.compression_chunk <= (std::int64_t{1} << 24),
+        "optimizer.compression_chunk must be between 16 and 16777216");
   check(config.model.task == "classification" || config.model.task == "language_model",
         "model.task must be \"classification\" or \"language_model\", not \"" + config.model.task + "\"");
   check(config.model.layers >= 1 && config.model.heads >= 1 && config.model.width >= 1,
@@ -408,18 +424,28 @@ std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions&
   }
 }
 
-std::string publish_endpoint_for(const BusOptions& bus) {
-  if (!bus.publish.empty()) return bus.publish;
+namespace {
+/// bus.listen with its port moved by `offset` ('*' stays '*').
+std::string listen_port_plus(const BusOptions& bus, int offset) {
   const auto colon = bus.listen.rfind(':');
   check(colon != std::string::npos && bus.listen.rfind("tcp://", 0) == 0,
         "bus.listen must be tcp://HOST:PORT, not \"" + bus.listen + "\"");
   const std::string port = bus.listen.substr(colon + 1);
   if (port == "*") return bus.listen;
   try {
-    return bus.listen.substr(0, colon + 1) + std::to_string(std::stoi(port) + 1);
+    return bus.listen.substr(0, colon + 1) + std::to_string(std::stoi(port) + offset);
   } catch (const std::exception&) {
     throw ConfigError("bus.listen has no numeric port: \"" + bus.listen + "\"");
   }
+}
+}  // namespace
+
+std::string publish_endpoint_for(const BusOptions& bus) {
+  return bus.publish.empty() ? listen_port_plus(bus, 1) : bus.publish;
+}
+
+std::string model_endpoint_for(const BusOptions& bus) {
+  return bus.model_publish.empty() ? listen_port_plus(bus, 2) : bus.model_publish;
 }
 
 }  // namespace filo

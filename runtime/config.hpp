@@ -59,6 +59,13 @@ struct OptimizerOptions {
   /// local-sgd: the sync interval, in local steps per trainer per round on average (a round
   /// holds sync_steps x micro_batch samples per trainer; faster trainers take more steps).
   std::int64_t sync_steps = 8;
+  /// local-sgd: what a trainer sends of its change. "none" (every value, fp32), "topk" (the largest
+  /// `compression_fraction` of each chunk of `compression_chunk` values, fp32), "topk-q8" (the same
+  /// as 8-bit codes with one scale per chunk). What is not sent stays with the trainer as an
+  /// error-feedback residual and goes with a later round's change.
+  std::string compression = "none";
+  double compression_fraction = 0.01;
+  std::int64_t compression_chunk = 4096;
 };
 
 struct ScheduleOptions {
@@ -89,7 +96,8 @@ struct TrainOptions {
 
 struct BusOptions {
   std::string listen = "tcp://127.0.0.1:5555";  /// coordinator: where actors connect
-  std::string publish;  /// coordinator: PUB endpoint; empty = listen's port + 1 ('*' stays '*')
+  std::string publish;        /// coordinator: events' PUB endpoint; empty = listen's port + 1 ('*' stays '*')
+  std::string model_publish;  /// coordinator: models' PUB endpoint (trainers); empty = listen's port + 2
   std::string coordinator = "tcp://127.0.0.1:5555";  /// node: the coordinator's listen address
   std::int64_t heartbeat_interval_ms = 250;
   std::int64_t liveness = 4;            /// missed heartbeats before a peer counts as lost
@@ -202,5 +210,7 @@ std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions&
 
 /// The PUB endpoint the coordinator binds, from bus.publish or derived from bus.listen.
 std::string publish_endpoint_for(const BusOptions& bus);
+/// The models' PUB endpoint the coordinator binds, from bus.model_publish or derived from bus.listen.
+std::string model_endpoint_for(const BusOptions& bus);
 
 }  // namespace filo

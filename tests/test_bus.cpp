@@ -123,11 +123,13 @@ TEST_CASE("the registrar admits a complete report and rejects an incomplete one 
   run.dataset = "fashion-mnist";
   run.train_samples = 100;
   run.seed = 1;
-  Registrar registrar(
-      bus.sockets, bus.hub.inproc_router_endpoint(),
-      RegistrarOptions{
-          run, nullptr, "inproc://test-hub-pub", Milliseconds(100), 3, AdmissionPolicy{}, {}, nullptr},
-      stop);
+  RegistrarOptions options;
+  options.run = run;
+  options.publish_endpoint = "inproc://test-hub-pub";
+  options.model_endpoint = "inproc://test-hub-models";
+  options.heartbeat_interval = Milliseconds(100);
+  options.liveness = 3;
+  Registrar registrar(bus.sockets, bus.hub.inproc_router_endpoint(), options, stop);
   ScopedThread registrar_thread([&] { registrar.run(); });
 
   BusClient good(bus.sockets, "trainer@good/cpu");

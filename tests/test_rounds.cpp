@@ -3,9 +3,11 @@
 // (deadlines, resends) is a ManualTime the test moves, so nothing here sleeps to make time pass.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "actors/aggregator.hpp"
 #include "actors/learning/model.hpp"
@@ -294,6 +296,9 @@ struct ClusterSettings {
   std::string precision = "fp32";
   TrainOptions train;                         /// the fleet's loss scale
   std::set<std::uint64_t> overflow_rounds_a;  /// TEST AID for trainer "a"
+  double claimed_compute_seconds_a = 0.0;     /// TEST AID for trainer "a": its lie about its times
+  std::string mode = "gradient";              /// or "local-sgd" (local sgd, lr 0.05, momentum 0.9)
+  std::string compression = "none";           /// local-sgd's optimizer.compression
 };
 
 /// A whole coordinator and two trainers in one process over inproc, in real time.
@@ -320,13 +325,26 @@ struct ClusterInProcess {
     run.train_samples = 2048;
     run.seed = 3;
     run.micro_batch = 64;
-    run.mode = "gradient";
+    run.mode = settings.mode;
     run.precision = settings.precision;
+    if (settings.mode == "local-sgd") {
+      run.optimizer = "sgd";
+      run.learning_rate = 0.05;
+      run.momentum = 0.9;
+      run.compression = settings.compression;
+      run.compression_fraction = 0.01;
+      run.compression_chunk = 1024;
+    }
     const auto archive = mlp_archive(3);
     run.model_sha256 = sha256_hex(*archive);
     run.model_bytes = archive->size();
-    RegistrarOptions registrar_options{run, archive, hub.inproc_publish_endpoint(), Milliseconds(100), 10, {},
-                                       {},  nullptr};
+    RegistrarOptions registrar_options;
+    registrar_options.run = run;
+    registrar_options.model_archive = archive;
+    registrar_options.publish_endpoint = hub.inproc_publish_endpoint();
+    registrar_options.model_endpoint = hub.inproc_model_endpoint();
+    registrar_options.heartbeat_interval = Milliseconds(100);
+    registrar_options.liveness = 10;
     registrar.emplace(sockets, hub.inproc_router_endpoint(), registrar_options, stop);
     SchedulerOptions scheduler_options;
     scheduler_options.schedule.epochs = settings.epochs;
@@ -354,7 +372,10 @@ struct ClusterInProcess {
       options.coordinator = hub.inproc_router_endpoint();
       options.heartbeat_interval = Milliseconds(100);
       options.liveness = 10;
-      if (std::string(node) == "a") options.overflow_rounds = settings.overflow_rounds_a;
+      if (std::string(node) == "a") {
+        options.overflow_rounds = settings.overflow_rounds_a;
+        options.claimed_compute_seconds = settings.claimed_compute_seconds_a;
+      }
       msg::HardwareReport report;
       report.node = node;
       report.device = "cpu";
@@ -481,10 +502,116 @@ TEST_CASE("a run stopped mid-way leaves its newest checkpoint's model as model.p
   }
 }
 
+TEST_CASE("compressed local-sgd sends under a twentieth of dense local-sgd's bytes, trains, and ends exact") {
+  const auto run = [](const std::string& compression) {
+    ClusterSettings settings;
+    settings.epochs = 2;
+    settings.mode = "local-sgd";
+    settings.compression = compression;
+    ClusterInProcess cluster(settings);
+    REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(120)), cluster.failures.describe());
+    std::uint64_t bytes = 0;
+    std::uint64_t delivered = 0;
+    for (const auto& round : cluster.rounds()) {
+      for (const auto& trainer : round.at("trainers")) {
+        if (trainer.at("delivered") != true) continue;
+        bytes += trainer.at("tensor_bytes").get<std::uint64_t>();
+        ++delivered;
+      }
+    }
+    nlohmann::json summary;
+    std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+    CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048}));
+    for (const auto& [reason, count] : cluster.drops.snapshot()) {
+      CAPTURE(reason);
+      CHECK(reason.find("bad tensors") == std::string::npos);
+    }
+    // Every replica is the aggregator's model: what a trainer did not send stays in its residual,
+    // never in its replica.
+    cluster.stop_actors();
+    for (const auto& trainer : cluster.trainers) {
+      REQUIRE(trainer->replica());
+      CHECK(torch::equal(trainer->replica()->parameters().groups()[0].flat,
+                         cluster.aggregator->model().parameters().groups()[0].flat));
+    }
+    return std::tuple{bytes / std::max<std::uint64_t>(1, delivered),
+                      summary.at("final_test_accuracy").get<double>(),
+                      summary.at("train_loss_per_epoch").back().get<double>()};
+  };
+  const auto [dense_bytes, dense_accuracy, dense_loss] = run("none");
+  const auto [q8_bytes, q8_accuracy, q8_loss] = run("topk-q8");
+  INFO("bytes per contribution: dense " << dense_bytes << ", topk-q8 " << q8_bytes << "; accuracy "
+                                        << dense_accuracy << " and " << q8_accuracy << "; last train loss "
+                                        << dense_loss << " and " << q8_loss);
+  CHECK(dense_bytes > 400'000);  // the mlp's 100k fp32 parameters
+  CHECK(q8_bytes * 20 < dense_bytes);
+  // 1% of each change per round, the rest sent later: slower to learn, but it learns.
+  CHECK(q8_accuracy > 0.3);
+}
+
+TEST_CASE(
+    "a trainer that claims more compute time than its round has lasted is refused, and the run ends exact") {
+  ClusterSettings settings;
+  settings.epochs = 1;
+  settings.claimed_compute_seconds_a = 1e300;  // finite: it once became the next deadline, and overflowed it
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(60)), cluster.failures.describe());
+  const auto rounds = cluster.rounds();
+  REQUIRE_FALSE(rounds.empty());
+  CHECK(rounds.size() < 200);  // no runaway of empty rounds
+  for (const auto& round : rounds) {
+    CHECK(round.at("deadline_seconds").get<double>() < 3600);
+    for (const auto& trainer : round.at("trainers")) {
+      if (trainer.at("name").get<std::string>().find("trainer@a/") != 0) continue;
+      CHECK(trainer.at("delivered") == false);
+      CHECK(trainer.at("missed_reason").get<std::string>().find("implausible report: reports 1") !=
+            std::string::npos);
+    }
+  }
+  CHECK(cluster.drops.snapshot()["contribution: implausible report"] >= 1);
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+}
+
+TEST_CASE(
+    "an overflow reported in an fp32 run is refused as implausible, and the fleet's step is not skipped") {
+  ClusterSettings settings;
+  settings.epochs = 1;
+  settings.precision = "fp32";
+  constexpr std::uint64_t kOverflowRound = 3;
+  settings.overflow_rounds_a = {kOverflowRound};
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(60)), cluster.failures.describe());
+  const auto rounds = cluster.rounds();
+  REQUIRE(rounds.size() >= kOverflowRound + 1);
+  const auto& reported = rounds[kOverflowRound - 1];
+  REQUIRE(reported.at("round") == kOverflowRound);
+  // The other trainer's work counts and the model steps; only the liar's share goes back.
+  CHECK(reported.at("samples").get<std::uint64_t>() > 0);
+  CHECK(reported.at("model_version").get<std::uint64_t>() ==
+        rounds[kOverflowRound - 2].at("model_version").get<std::uint64_t>() + 1);
+  int refused = 0;
+  for (const auto& trainer : reported.at("trainers")) {
+    if (trainer.at("delivered") == true) continue;
+    ++refused;
+    CHECK(trainer.at("missed_reason").get<std::string>().find("implausible report: an fp16 overflow") !=
+          std::string::npos);
+  }
+  CHECK(refused == 1);
+  CHECK(cluster.drops.snapshot()["contribution: implausible report"] == 1);
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+}
+
 TEST_CASE(
     "an overflow in one trainer's gradients skips the step for the whole fleet and halves the loss scale") {
   ClusterSettings settings;
   settings.epochs = 1;
+  // "auto" (bf16 on a CPU; fp16 on a GPU without bf16): a run where an overflow may be true. In a
+  // run set to fp32 or bf16 the same report is refused (the next test).
+  settings.precision = "auto";
   settings.train.loss_scale = 1024;
   settings.train.loss_scale_growth_interval = 2;
   constexpr std::uint64_t kOverflowRound = 3;
@@ -554,6 +681,8 @@ struct AggregatorUnderTest {
     for (BusClient* client : {&scheduler, &planned_a, &planned_b, &stranger}) {
       client->connect(hub.inproc_router_endpoint());
     }
+    // Snapshots come on the model publisher, under the asker's own topic.
+    stranger.subscribe(hub.inproc_model_endpoint(), {snapshot_topic(stranger.name())});
     AggregatorOptions options;
     options.run.run_id = "aggregator-test";
     options.run.model = "mlp";
@@ -596,11 +725,27 @@ struct AggregatorUnderTest {
 
   /// The model the aggregator holds now, asked for the way a late trainer asks.
   std::pair<msg::ModelState, torch::Tensor> snapshot() {
-    stranger.send(kAggregatorName, msg::SnapshotRequest{0});
-    auto [state, incoming] = expect<msg::ModelState>(stranger);
-    auto tensors = read_tensor_frames(state.parameters, incoming.tensor_frames, 0);
-    REQUIRE(tensors);
-    return {state, tensors.value().front().to_tensor().clone()};
+    // Asked again every half second: the subscription may still be on its way to the publisher.
+    const auto deadline = Clock::now() + kPatience;
+    auto next_request = Clock::now();
+    while (Clock::now() < deadline) {
+      if (Clock::now() >= next_request) {
+        stranger.send(kAggregatorName, msg::SnapshotRequest{0});
+        next_request = Clock::now() + Milliseconds(500);
+      }
+      zmq::pollitem_t item{stranger.published().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, Milliseconds(20));
+      while (auto incoming = stranger.receive(stranger.published())) {
+        if (incoming->envelope.kind != msg::ModelState::kKind) continue;
+        auto state = decode_frame<msg::ModelState>(incoming->body, stranger.limits());
+        REQUIRE_MESSAGE(state, state.error());
+        auto tensors = read_tensor_frames(state.value().parameters, incoming->tensor_frames, 0);
+        REQUIRE(tensors);
+        return {state.value(), tensors.value().front().to_tensor().clone()};
+      }
+    }
+    FAIL("trainer@c/cpu received no ModelState on its snapshot topic within " << kPatience.count() << " ms");
+    throw std::logic_error("unreachable");
   }
 
   std::uint64_t drops_of(const std::string& reason) { return drops.snapshot()[reason]; }

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 
@@ -65,6 +66,7 @@ struct SecureBus {
     sockets = std::make_unique<SocketFactory>(context, SocketLimits{},
                                               curve_settings_for(security, PeerRole::kCoordinator));
     HubOptions options{"secure-hub-" + std::to_string(getpid()), "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"};
+    options.model_endpoint = "tcp://127.0.0.1:*";
     options.authorized_keys = authorized;
     options.drops = &drops;
     options.max_inbound_bytes = 1 << 20;
@@ -168,12 +170,16 @@ TEST_CASE("a key outside the authorized set gets nothing in and nothing out") {
   SecureBus bus;
   Peer stranger(bus, generate_key_pair(), trainer_name("node-9", "cpu"));
   stranger.bus.subscribe(bus.hub->publish_endpoint(), {kEventTopic, kControlTopic, kModelTopic});
+  Peer model_reader(bus, generate_key_pair(), trainer_name("node-8", "cpu"));
+  model_reader.bus.subscribe(bus.hub->model_endpoint(), {kModelTopic, kControlTopic});
   for (int i = 0; i < 20; ++i) {
     stranger.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
     bus.aggregator->publish(kEventTopic, msg::SecurityNotice{"secret"});
+    bus.aggregator->publish(kModelTopic, msg::ModelState{});
   }
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK_FALSE(wait_for_message(stranger.bus, stranger.bus.published(), kQuiet));
+  CHECK_FALSE(wait_for_message(model_reader.bus, model_reader.bus.published(), kQuiet));
   CHECK(bus.dropped("zap: key not authorized") >= 1);
   // An authorized monitor on the same PUB does read the events: the silence above was the key's.
   Peer monitor(bus, role_key(bus, PeerRole::kMonitor), "monitor-1");
@@ -253,6 +259,31 @@ TEST_CASE("a connection keeps one name: an envelope claiming another is refused"
   zmq::send_multipart(trainer.bus.addressed(), frames);
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
   CHECK(bus.dropped("bus: claims another name than its connection's") == 1);
+}
+
+TEST_CASE("a connection of another protocol version is named by the hub's count, never by its routing id") {
+  SecureBus bus;
+  std::string named;
+  bus.registrar->on_rejected_envelope([&](const std::string& peer, const std::string&) { named = peer; });
+  Peer old_node(bus, role_key(bus, PeerRole::kTrainer), trainer_name("node-1", "cpu"));
+  Envelope envelope;
+  envelope.protocol_version = kProtocolVersion + 1;
+  envelope.kind = MessageKind::kHardwareReport;
+  envelope.sender = trainer_name("node-1", "cpu");
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(std::string(kRegistrarName));
+  frames.push_back(encode_frame(envelope));
+  frames.push_back(encode_frame(msg::Heartbeat{}));
+  zmq::send_multipart(old_node.bus.addressed(), frames);
+  const auto deadline = Clock::now() + kPatience;
+  while (named.empty() && Clock::now() < deadline) {
+    zmq::pollitem_t item{bus.registrar->addressed().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(20));
+    (void)bus.registrar->receive(bus.registrar->addressed());
+  }
+  // The registrar answers it, and publishes its `rejected` news, under this name: a name spelled
+  // from the routing id told a peer the id that libzmq's next generated ids follow.
+  CHECK(named == "unadmitted-1");
 }
 
 TEST_CASE("a message larger than the run allows is refused before any actor sees it") {

@@ -35,6 +35,31 @@ void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
   const bool first = samples_ == 0;
   for (std::size_t i = 0; i < gradients.size(); ++i)
     staging_.add_to(gradients[i], gradient_sums_.groups()[i].flat, weight, first);
+  add_buffers(buffers, samples, first);
+  samples_ += samples;
+}
+
+void ContributionAverager::add(const std::vector<SparseGroup>& deltas,
+                               const std::vector<ReceivedTensor>& buffers, std::uint64_t samples) {
+  torch::NoGradGuard no_grad;
+  const bool first = samples_ == 0;
+  for (std::size_t i = 0; i < deltas.size(); ++i) {
+    torch::Tensor& sum = gradient_sums_.groups()[i].flat;
+    if (first) sum.zero_();  // a sparse add touches only its own indices
+    add_sparse(sum, deltas[i], static_cast<double>(samples));
+  }
+  add_buffers(buffers, samples, first);
+  samples_ += samples;
+}
+
+std::optional<std::string> ContributionAverager::buffers_problem(
+    const std::vector<ReceivedTensor>& buffers) const {
+  if (auto mismatch = buffer_sums_.wire_mismatch(buffers)) return "buffers: " + *mismatch;
+  return std::nullopt;
+}
+
+void ContributionAverager::add_buffers(const std::vector<ReceivedTensor>& buffers, std::uint64_t samples,
+                                       bool first) {
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     torch::Tensor& sum = buffer_sums_.groups()[i].flat;
     if (sum.is_floating_point()) {
@@ -45,7 +70,6 @@ void ContributionAverager::add(const std::vector<ReceivedTensor>& gradients,
       torch::maximum_out(sum, sum, buffers[i].to_tensor().to(sum.device()));
     }
   }
-  samples_ += samples;
 }
 
 bool ContributionAverager::sums_finite() const {

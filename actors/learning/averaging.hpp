@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "actors/learning/compression.hpp"
 #include "actors/learning/host_staging.hpp"
 #include "actors/learning/model.hpp"
 #include "messages/tensor_frames.hpp"
@@ -39,6 +40,13 @@ class ContributionAverager {
                                             const std::vector<ReceivedTensor>& buffers) const;
   void add(const std::vector<ReceivedTensor>& gradients, const std::vector<ReceivedTensor>& buffers,
            std::uint64_t samples);
+  /// Compressed local-sgd: parameter deltas as sparse groups (checked by sparse_from_wire against
+  /// the model's layout), added into the sums without a dense copy of each.
+  void add(const std::vector<SparseGroup>& deltas, const std::vector<ReceivedTensor>& buffers,
+           std::uint64_t samples);
+  /// Why these received buffers are not the model's, or nothing (for compressed contributions,
+  /// whose deltas are checked by sparse_from_wire).
+  std::optional<std::string> buffers_problem(const std::vector<ReceivedTensor>& buffers) const;
   /// Whether the sums hold only finite values: one check per group, so that a NaN or infinity from
   /// any contribution shows without looking at each one.
   bool sums_finite() const;
@@ -51,6 +59,8 @@ class ContributionAverager {
   std::uint64_t samples() const { return samples_; }
 
  private:
+  void add_buffers(const std::vector<ReceivedTensor>& buffers, std::uint64_t samples, bool first);
+
   Combine combine_;
   FlatTensors& gradients_;
   FlatTensors& buffers_;

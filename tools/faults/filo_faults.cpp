@@ -12,7 +12,9 @@
 // down past the liveness timeout, then up) and bandwidth-cap (a node's link capped by tc tbf until the
 // scheduler leaves it out, then freed). The last two put every node in its own network namespace joined to
 // the host by a veth pair; --netns does that for any scenario. Namespaces need root: where they are missing,
-// those scenarios exit 77 (skipped). A longer soak: --scenario kill-trainer --kills 40 --set
+// those scenarios exit 77 (skipped). slow-links caps every node's link (--rate-kbit, 2000) for the whole of a
+// shorter run (3000 samples, 1 epoch): it must still finish exact, in whatever optimizer.mode --set chooses,
+// and so never livelock. A longer soak: --scenario kill-trainer --kills 40 --set
 // schedule.epochs=12.
 #include <CLI/CLI.hpp>
 #include <condition_variable>
@@ -26,6 +28,7 @@
 #include <set>
 #include <thread>
 
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "messages/codec.hpp"
@@ -605,7 +608,11 @@ class PeakMemory {
 void check_hostile(const std::string& run_dir, const std::vector<AttackClass>& classes,
                    const History& history, std::int64_t peak_bytes, const std::string& baseline_path,
                    Measures& measures, json& result) {
-  constexpr std::int64_t kMemoryAllowance = std::int64_t{64} << 20;
+  // Fault-free coordinators themselves differ by up to ~50 MiB from run to run (malloc arenas of
+  // LibTorch's threads: 493 to 542 MiB over the scenarios of one ctest run on the 2-core VM,
+  // 2026-12-04), and one hostile run peaked 79 MiB over a 493 MiB baseline while its reruns came in
+  // at +32 and +36: the allowance covers that noise. The attacks it must catch cost gigabytes.
+  constexpr std::int64_t kMemoryAllowance = std::int64_t{96} << 20;
   json summary;
   std::ifstream(run_dir + "/summary.json") >> summary;
   const json dropped = summary.value("dropped", json::object());
@@ -648,8 +655,8 @@ void check_hostile(const std::string& run_dir, const std::vector<AttackClass>& c
   result["fault_free_peak_rss_bytes"] = fault_free;
   if (peak_bytes > fault_free + kMemoryAllowance) {
     measures.problems.push_back("the coordinator's peak memory was " + std::to_string(peak_bytes >> 20) +
-                                " MiB, over its fault-free " + std::to_string(fault_free >> 20) +
-                                " MiB + 64 MiB");
+                                " MiB, over its fault-free " + std::to_string(fault_free >> 20) + " MiB + " +
+                                std::to_string(kMemoryAllowance >> 20) + " MiB");
   }
 }
 
@@ -660,11 +667,14 @@ int main(int argc, char** argv) {
   std::string baseline_path;
   int kills = static_cast<int>(kRoundMoments.size()) * 3;
   bool netns = false;
+  int rate_kbit = 2000;
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
                  "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap, hostile")
+                 "link-down, bandwidth-cap, hostile, slow-links")
       ->required();
+  app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
+      ->check(CLI::Range(100, 10'000'000));
   app.add_flag("--netns", netns,
                "every node in its own network namespace (root; always for link-down and bandwidth-cap)");
   app.add_option("--out", out_root, "scenario directories go here (OUT/SCENARIO)");
@@ -677,7 +687,8 @@ int main(int argc, char** argv) {
   app.add_option("--set", extra_settings, "configuration override for every process, section.key=value");
   CLI11_PARSE(app, argc, argv);
 
-  const bool namespaces = netns || scenario == "link-down" || scenario == "bandwidth-cap";
+  const bool slow_links = scenario == "slow-links";
+  const bool namespaces = netns || scenario == "link-down" || scenario == "bandwidth-cap" || slow_links;
   if (namespaces) {
     std::string why;
     if (!network_namespaces_available(why)) {
@@ -697,6 +708,12 @@ int main(int argc, char** argv) {
       scenario == "bandwidth-cap" ? "schedule.max_transfer_ratio=0.25" : "schedule.max_transfer_ratio=0",
       std::string("schedule.min_trainers=") + (join ? "2" : "3"), "bus.heartbeat_interval_ms=250",
       "bus.liveness=4"};
+  if (slow_links) {
+    // Every round's bytes cross a capped link: a shorter run, with the transfer rule on.
+    // local-sgd syncs every 2 local steps, so that its run has rounds enough to show.
+    settings.insert(settings.end(), {"data.train_limit=3000", "schedule.epochs=1",
+                                     "schedule.max_transfer_ratio=0.25", "optimizer.sync_steps=2"});
+  }
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
@@ -722,10 +739,13 @@ int main(int argc, char** argv) {
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
       cluster.start_node(node);
+      if (slow_links) cluster.cap_link(node, rate_kbit);
     }
-    const auto first_round =
-        history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 3; }, 120s);
-    if (!first_round) throw std::runtime_error("the cluster never reached round 3");
+    const std::uint64_t warm_rounds = slow_links ? 1 : 3;
+    const auto first_round = history.wait_for(
+        [&](const json& e) { return is_event(e, "round") && e.at("round") >= warm_rounds; }, 120s);
+    if (!first_round)
+      throw std::runtime_error("the cluster never reached round " + std::to_string(warm_rounds));
     if (scenario == "kill-trainer") {
       // Every trainer at every named moment; the first kill of node-1 also kills it once more
       // as it is re-admitted. Kills past those strike at random moments (a soak).
@@ -763,6 +783,10 @@ int main(int argc, char** argv) {
                            endpoints.at("max_inbound_bytes").get<std::int64_t>()};
       attacks = run_attacks(target);
       history.record({{"kind", "action"}, {"action", "attacks done"}});
+    } else if (slow_links) {
+      // The whole run on capped links: check_record asks for exact epochs and rounds in order.
+      history.record({{"kind", "action"},
+                      {"action", "run on links capped at " + std::to_string(rate_kbit) + " kbit/s"}});
     } else if (scenario != "baseline") {
       throw std::runtime_error("unknown scenario '" + scenario + "'");
     }
