@@ -41,20 +41,12 @@ std::string describe(const std::exception_ptr& failure) {
   }
 }
 
-bool cancelled(const std::exception_ptr& failure) {
+/// Whether a job's `failure` is an `Exception` (JobCancelled, RunRefused).
+template <typename Exception>
+bool failed_with(const std::exception_ptr& failure) {
   try {
     std::rethrow_exception(failure);
-  } catch (const JobCancelled&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
-bool refused(const std::exception_ptr& failure) {
-  try {
-    std::rethrow_exception(failure);
-  } catch (const RunRefused&) {
+  } catch (const Exception&) {
     return true;
   } catch (...) {
     return false;
@@ -343,9 +335,9 @@ void Trainer::on_job_finished() {
   train_result_.reset();
   if (finished->failure) {
     if (trained) model_version_.reset();  // a share that stopped half way left the replica changed
-    if (cancelled(finished->failure)) {
+    if (failed_with<JobCancelled>(finished->failure)) {
       log(LogLevel::kInfo, bus_.name(), finished->what, " stopped: superseded");
-    } else if (refused(finished->failure)) {
+    } else if (failed_with<RunRefused>(finished->failure)) {
       log(LogLevel::kError, bus_.name(), "cannot train run ", run_ ? run_->run_id : std::string("?"), ": ",
           describe(finished->failure));
       finish(kExitRejected);
