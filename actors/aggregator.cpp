@@ -203,7 +203,7 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
         (from.tensor_frames && !from.tensor_frames->empty())) {
       return refuse(from, contribution, "bad tensors: an overflow report carries tensors");
     }
-    report_received(from, contribution, /*overflow=*/true);
+    report_received(from, contribution, /*overflow=*/true, 0.0);
     return;
   }
   if (contribution.layout != layout_)
@@ -241,11 +241,15 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   } else if (auto bad_buffer = non_finite(held.buffers)) {
     return refuse(from, contribution, "bad tensors: " + *bad_buffer);
   }
+  // Measured here, where the tensors are, for the scheduler's bound against the fleet's norms.
+  double norm = 0.0;
+  if (options_.measure_norms) norm = held.sparse.empty() ? l2_norm(held.gradients) : l2_norm(held.sparse);
   round->second.held.emplace(from.from, std::move(held));
-  report_received(from, contribution, /*overflow=*/false);
+  report_received(from, contribution, /*overflow=*/false, norm);
 }
 
-void Aggregator::report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow) {
+void Aggregator::report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow,
+                                 double norm) {
   msg::ContributionReceived report;
   report.round = contribution.round;
   report.trainer = from.from;
@@ -259,6 +263,7 @@ void Aggregator::report_received(const Incoming& from, const msg::Contribution& 
   report.overflow = overflow;
   report.precision = contribution.precision.substr(0, kMaxLabelLength);
   report.peak_memory_bytes = contribution.peak_memory_bytes;
+  report.norm = norm;
   if (from.tensor_frames) {
     for (const auto& frame : *from.tensor_frames) report.tensor_bytes += frame.size();
   }

@@ -46,6 +46,8 @@ struct AggregatorOptions {
   std::uint64_t incarnation = 1;     /// this start of the coordinator
   std::optional<Checkpoint> resume;  /// continue from this checkpoint's model and optimizer
   DropCounters* drops = nullptr;     /// refused messages of this process; may be null
+  /// Measure each contribution's norm for the scheduler's bound (robust.bound); off: reported as 0.
+  bool measure_norms = true;
 };
 
 /// What a checkpoint written by the aggregator says about the run and the round state it carries.
@@ -87,8 +89,10 @@ class Aggregator final {
   };
 
   void refuse(const Incoming& from, const msg::Contribution& contribution, const std::string& reason);
-  /// Tells the scheduler that `contribution` was accepted (held, or an fp16 overflow report).
-  void report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow);
+  /// Tells the scheduler that `contribution` was accepted (held, or an fp16 overflow report), with
+  /// the norm of its tensors.
+  void report_received(const Incoming& from, const msg::Contribution& contribution, bool overflow,
+                       double norm);
   /// Sums of round `round` again from the contributions held for it, leaving out `without`.
   void average_again(std::uint64_t round, const std::string& without);
   /// Adds one held contribution to the averager's sums, dense or compressed.

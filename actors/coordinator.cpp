@@ -206,6 +206,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   hub_options.authorized_keys = authorized_keys;
   hub_options.drops = &drops;
   hub_options.max_peers = static_cast<std::size_t>(config.security.max_peers);
+  hub_options.max_names_per_key = static_cast<std::size_t>(config.security.max_names_per_key);
   // The largest message a node sends is a contribution: the model's tensors once, and the model's
   // archive is at least that big. Twice that leaves room for buffers' and headers' growth.
   hub_options.max_inbound_bytes =
@@ -266,6 +267,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   scheduler_options.incarnation = incarnation;
   scheduler_options.checkpoint_every = config.run.checkpoint_every;
   scheduler_options.train = config.train;
+  scheduler_options.robust = config.robust;
   if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
   Scheduler scheduler(sockets, hub.inproc_router_endpoint(), scheduler_options, actors_stop, [&] {
@@ -284,6 +286,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   aggregator_options.incarnation = incarnation;
   aggregator_options.resume = resume;
   aggregator_options.drops = &drops;
+  aggregator_options.measure_norms = config.robust.bound != "off";
   Aggregator aggregator(sockets, hub.inproc_router_endpoint(), aggregator_options, actors_stop);
   {
     ActorThread registrar_thread(

@@ -98,6 +98,8 @@ const char* state_name(TrainerState state) {
       return "failed";
     case TrainerState::kTakenOut:
       return "taken_out";
+    case TrainerState::kExcluded:
+      return "excluded";
   }
   return "training";
 }
@@ -225,6 +227,7 @@ void FleetState::apply_event(const msg::MemberNews& event, double time) {
   switch (event.change) {
     case Change::kJoined:
     case Change::kPlannedAgain:
+    case Change::kReadmitted:
       view.state = TrainerState::kTraining;
       break;
     case Change::kRejoined:
@@ -250,6 +253,9 @@ void FleetState::apply_event(const msg::MemberNews& event, double time) {
       break;
     case Change::kTakenOut:
       view.state = TrainerState::kTakenOut;
+      break;
+    case Change::kExcluded:
+      view.state = TrainerState::kExcluded;
       break;
   }
   if (!event.hostname.empty()) view.host = event.hostname;
@@ -449,7 +455,7 @@ std::string FleetState::prometheus_text(double now) const {
   for (const auto& [name, view] : trainers_) {
     for (auto state :
          {TrainerState::kTraining, TrainerState::kLost, TrainerState::kLeft, TrainerState::kRejected,
-          TrainerState::kLeftOut, TrainerState::kFailed, TrainerState::kTakenOut}) {
+          TrainerState::kLeftOut, TrainerState::kFailed, TrainerState::kTakenOut, TrainerState::kExcluded}) {
       metric.sample(view.state == state ? 1.0 : 0.0, {{"trainer", name}, {"state", state_name(state)}});
     }
   }

@@ -18,7 +18,7 @@ namespace filo {
 
 /// A trainer's state as monitors show it. kTraining covers "admitted and planned"; a trainer
 /// that came back after a loss is kTraining with rejoins > 0.
-enum class TrainerState { kTraining, kLost, kLeft, kRejected, kLeftOut, kFailed, kTakenOut };
+enum class TrainerState { kTraining, kLost, kLeft, kRejected, kLeftOut, kFailed, kTakenOut, kExcluded };
 const char* state_name(TrainerState state);
 
 struct TrainerView {

@@ -1,6 +1,7 @@
 #include "actors/scheduler.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -43,6 +44,14 @@ constexpr std::uint64_t kTakenOutProbeRounds = 10;
 /// Longest failure reason kept from a trainer (a LibTorch message with its backtrace is long).
 constexpr std::size_t kMaxFailureReason = 400;
 /// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
+// Norm bounds: a median of fewer norms than this tells nothing (with two, a liar is half of it).
+constexpr std::size_t kMinNormsForBound = 3;
+constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
+constexpr std::size_t kOwnNormWindow = 8;     // a trainer's own
+// The refusals that no honest trainer earns: what it sent or said cannot be true. (A wrong model
+// version or a late contribution can be honest; those are misses, not lies.)
+constexpr std::array<const char*, 5> kLies{"norm bound", "implausible report", "bad tensors", "bad numbers",
+                                           "wrong sample count"};
 constexpr double kMinLossScale = 1.0;
 constexpr double kMaxLossScale = 16777216.0;
 
@@ -73,6 +82,24 @@ nlohmann::json failures_json(const std::vector<TrainerFailure>& failures) {
   for (const auto& failure : failures)
     list.push_back({{"trainer", failure.trainer}, {"round", failure.round}, {"reason", failure.reason}});
   return list;
+}
+
+double median_of(std::vector<double> values) {
+  const auto middle = values.begin() + static_cast<std::ptrdiff_t>(values.size() / 2);
+  std::nth_element(values.begin(), middle, values.end());
+  if (values.size() % 2 == 1) return *middle;
+  return (*middle + *std::max_element(values.begin(), middle)) / 2;
+}
+
+bool is_lie(const std::string& missed_reason) {
+  return std::any_of(kLies.begin(), kLies.end(),
+                     [&](const char* lie) { return missed_reason.rfind(lie, 0) == 0; });
+}
+
+std::string number_text(double value) {
+  std::ostringstream text;
+  text << std::setprecision(3) << value;
+  return text.str();
 }
 
 std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
@@ -106,7 +133,8 @@ nlohmann::json to_json(const RoundState& state) {
           {"last_round_record", state.last_round_record},
           {"loss_scale", state.loss_scale},
           {"good_steps", state.good_steps},
-          {"failures", failures_json(state.failures)}};
+          {"failures", failures_json(state.failures)},
+          {"exclusions", failures_json(state.exclusions)}};
 }
 
 RoundState round_state_from_json(const nlohmann::json& json) {
@@ -138,6 +166,11 @@ RoundState round_state_from_json(const nlohmann::json& json) {
       state.failures.push_back({failure.at("trainer").get<std::string>(),
                                 failure.at("round").get<std::uint64_t>(),
                                 failure.at("reason").get<std::string>()});
+    }
+    for (const auto& exclusion : json.value("exclusions", nlohmann::json::array())) {
+      state.exclusions.push_back({exclusion.at("trainer").get<std::string>(),
+                                  exclusion.at("round").get<std::uint64_t>(),
+                                  exclusion.at("reason").get<std::string>()});
     }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
@@ -212,10 +245,18 @@ void Scheduler::announce(msg::MemberChange change, const std::string& trainer, c
     case msg::MemberChange::kTakenOut:
       news.text = trainer + " taken out of the plans: " + reason;
       break;
+    case msg::MemberChange::kExcluded:
+      news.text = trainer + " excluded from the plans: " + reason;
+      break;
+    case msg::MemberChange::kReadmitted:
+      news.text = trainer + " readmitted " + reason;
+      break;
     default:
       news.text = trainer + " " + msg::member_change_name(change) + ": " + reason;
   }
-  log(change == msg::MemberChange::kPlannedAgain ? LogLevel::kInfo : LogLevel::kWarn, bus_.name(), news.text);
+  const bool good_news =
+      change == msg::MemberChange::kPlannedAgain || change == msg::MemberChange::kReadmitted;
+  log(good_news ? LogLevel::kInfo : LogLevel::kWarn, bus_.name(), news.text);
   bus_.publish(kEventTopic, news);
 }
 
@@ -225,6 +266,10 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
     TrainerState state;  // planned once its calibration arrives
     state.hostname = change.hostname;
     state.benchmark_gflops = change.cpu_gemm_gflops;
+    // Leaving and joining again does not undo an exclusion; only an operator does.
+    state.excluded =
+        std::any_of(state_.exclusions.begin(), state_.exclusions.end(),
+                    [&](const TrainerFailure& exclusion) { return exclusion.trainer == change.trainer; });
     live_[change.trainer] = state;
     // A trainer that registered again has dropped whatever plan it had.
     if (open_ && open_->planned.count(change.trainer) && !open_->answered(change.trainer)) {
@@ -284,6 +329,29 @@ void Scheduler::handle(const msg::TrainerFailed& failed, const Incoming& from) {
     open_->refused[from.from] = "its computation failed: " + reason;
     if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
   }
+}
+
+void Scheduler::handle(const msg::Readmit& readmit, const Incoming& from) {
+  const auto excluded =
+      std::find_if(state_.exclusions.begin(), state_.exclusions.end(),
+                   [&](const TrainerFailure& exclusion) { return exclusion.trainer == readmit.trainer; });
+  if (excluded == state_.exclusions.end()) {
+    log(LogLevel::kWarn, bus_.name(), from.from, " asked to readmit ", readmit.trainer,
+        ", which is not excluded");
+    count_drop("readmit: not excluded");
+    return;
+  }
+  state_.exclusions.erase(excluded);
+  auto trainer = live_.find(readmit.trainer);
+  if (trainer != live_.end()) {
+    trainer->second.excluded = false;
+    trainer->second.lies.clear();
+    trainer->second.recent_norms.clear();
+    trainer->second.consecutive_misses = 0;  // its lies were misses too: it starts afresh
+    trainer->second.taken_out_since = 0;
+  }
+  announce(msg::MemberChange::kReadmitted, readmit.trainer, "by " + from.from);
+  if (started_ && !open_) plan_round();
 }
 
 double Scheduler::TrainerState::transfer_seconds() const {
@@ -584,6 +652,7 @@ msg::TrainerInRound Scheduler::account_trainer(const OpenRound& round, const std
     line.model_wait_seconds = report.model_wait_seconds;
     line.staging_seconds = report.staging_seconds;
     line.tensor_bytes = report.tensor_bytes;
+    line.norm_per_sample = report.samples ? report.norm / static_cast<double>(report.samples) : 0.0;
     line.arrival_seconds = arrived->second.arrival_seconds;
     line.idle_seconds = std::max(0.0, seconds - line.arrival_seconds);  // waiting for the slowest
     line.samples_per_second = report.compute_seconds > 0 ? report.samples / report.compute_seconds : 0.0;
@@ -662,6 +731,115 @@ void Scheduler::follow_misses(const OpenRound& round, const msg::RoundClosed& cl
   }
 }
 
+void Scheduler::bound_norms(OpenRound& round) {
+  if (options_.robust.bound == "off") return;
+  std::vector<double> reference(fleet_norms_.begin(), fleet_norms_.end());
+  std::vector<double> shares(fleet_samples_.begin(), fleet_samples_.end());
+  struct Candidate {
+    double norm = 0.0;  // per sample
+    double samples = 0.0;
+  };
+  std::map<std::string, Candidate> candidates;
+  for (const auto& [trainer, arrival] : round.arrived) {
+    const auto& report = arrival.report;
+    if (report.overflow || report.samples == 0) continue;
+    const auto samples = static_cast<double>(report.samples);
+    const Candidate candidate{report.norm / samples, samples};
+    candidates[trainer] = candidate;
+    if (std::isfinite(candidate.norm)) {
+      reference.push_back(candidate.norm);
+      shares.push_back(samples);
+    }
+  }
+  // The fleet's median, this round's contributions among its recent ones: an honest majority
+  // sets it whatever a few liars send, and shares of different sizes compare per sample.
+  const bool enough = reference.size() >= kMinNormsForBound;
+  const double fleet = enough ? median_of(reference) : 0.0;
+  const double typical_share = enough ? median_of(shares) : 0.0;
+  const double factor = options_.robust.norm_factor;
+  std::map<std::string, std::string> refusals;
+  for (const auto& [trainer, candidate] : candidates) {
+    const double norm = candidate.norm;
+    // A mean over few samples strays further from the fleet's (its noise grows as one over the
+    // root of its samples): a share smaller than the fleet's typical one is allowed that much more
+    // above; and a share of under a quarter of it is not bounded below at all (a handful of
+    // well-learnt samples at an epoch's end has next to no gradient, honestly).
+    const double upper = factor * std::sqrt(std::max(1.0, typical_share / candidate.samples));
+    const bool bounded_below = 4 * candidate.samples >= typical_share;
+    const auto live = live_.find(trainer);
+    std::vector<double> own;
+    if (live != live_.end()) own.assign(live->second.recent_norms.begin(), live->second.recent_norms.end());
+    const double own_median = own.size() >= kMinNormsForBound ? median_of(own) : 0.0;
+    std::string why;
+    if (!std::isfinite(norm)) {
+      why = "its norm is not finite";
+    } else if (fleet > 0 && norm > upper * fleet) {
+      why = number_text(norm) + " per sample, over " + number_text(upper) + "x the fleet's median " +
+            number_text(fleet);
+    } else if (fleet > 0 && bounded_below && norm < fleet / factor) {
+      why = number_text(norm) + " per sample, under 1/" + number_text(factor) + " of the fleet's median " +
+            number_text(fleet);
+    } else if (own_median > 0 && norm > upper * own_median) {
+      why = number_text(norm) + " per sample, over " + number_text(upper) + "x its own recent median " +
+            number_text(own_median);
+    }
+    if (!why.empty()) refusals[trainer] = why;
+  }
+  // The bound stands on an honest majority: where it would refuse half of a round or more, the
+  // fleet moved faster than its recent record (or liars are the majority, which no bound helps),
+  // and refusing would only send the same samples round again. The round counts as it is.
+  if (!refusals.empty() && 2 * refusals.size() >= candidates.size()) {
+    log(LogLevel::kWarn, bus_.name(), "round ", round.round, ": the norm bound would refuse ",
+        refusals.size(), " of ", candidates.size(), " contributions (", refusals.begin()->first, ": ",
+        refusals.begin()->second, "); with no majority inside it, it refuses none");
+    return;
+  }
+  for (const auto& [trainer, why] : refusals) {
+    count_drop("contribution: norm bound");
+    round.refused[trainer] = "norm bound: " + why;
+    round.arrived.erase(trainer);
+    log(LogLevel::kWarn, bus_.name(), trainer, "'s contribution to round ", round.round,
+        " was refused: norm bound: ", why);
+  }
+}
+
+void Scheduler::follow_lies(const OpenRound& round, const msg::RoundClosed& closed) {
+  const auto limit = static_cast<std::size_t>(std::max<std::int64_t>(0, options_.robust.max_refusals));
+  const auto window = static_cast<std::uint64_t>(std::max<std::int64_t>(1, options_.robust.refusal_window));
+  for (const auto& line : closed.trainers) {
+    auto live = live_.find(line.name);
+    if (live == live_.end()) continue;
+    TrainerState& state = live->second;
+    if (line.delivered && line.norm_per_sample > 0 && std::isfinite(line.norm_per_sample)) {
+      fleet_norms_.push_back(line.norm_per_sample);
+      fleet_samples_.push_back(static_cast<double>(line.samples));
+      if (fleet_norms_.size() > kFleetNormWindow) fleet_norms_.pop_front();
+      if (fleet_samples_.size() > kFleetNormWindow) fleet_samples_.pop_front();
+      state.recent_norms.push_back(line.norm_per_sample);
+      if (state.recent_norms.size() > kOwnNormWindow) state.recent_norms.pop_front();
+    }
+    if (line.delivered || !is_lie(line.missed_reason)) continue;
+    state.lies.push_back(round.round);
+    while (!state.lies.empty() && state.lies.front() + window <= round.round) state.lies.pop_front();
+    if (limit == 0 || state.lies.size() < limit || state.excluded) continue;
+    // Exclusion, like the bound, stands on an honest majority: it never takes out half of the
+    // live fleet, which would stall the run on a reference gone wrong.
+    const auto excluded_live = static_cast<std::size_t>(
+        std::count_if(live_.begin(), live_.end(), [](const auto& entry) { return entry.second.excluded; }));
+    if (2 * (excluded_live + 1) >= live_.size()) {
+      log(LogLevel::kWarn, bus_.name(), line.name, " has ", state.lies.size(),
+          " contributions refused as lies, but excluding it would take out half of the live fleet or more");
+      continue;
+    }
+    state.excluded = true;
+    const std::string reason = std::to_string(state.lies.size()) + " contributions refused as lies in " +
+                               std::to_string(window) + " rounds (last: " + line.missed_reason +
+                               "); out of the plans until an operator runs filo readmit";
+    state_.exclusions.push_back({line.name, round.round, reason});
+    announce(msg::MemberChange::kExcluded, line.name, reason);
+  }
+}
+
 void Scheduler::update_loss_scale(const OpenRound& round, bool overflow, bool stepped) {
   if (overflow) {
     state_.loss_scale = std::max(kMinLossScale, state_.loss_scale / 2);
@@ -710,6 +888,7 @@ void Scheduler::close_round(const std::string& why) {
   open_.reset();
   loop_.cancel(round.deadline_timer);
   const double seconds = seconds_between(round.opened, loop_.now());
+  bound_norms(round);
 
   // fp16: one overflow anywhere skips the round's step for everyone (every replica stays equal), and
   // its samples go back to the pool to be trained again at half the loss scale.
@@ -755,6 +934,7 @@ void Scheduler::close_round(const std::string& why) {
     deadline_backoff_seconds_ /= 2;
   }
   follow_misses(round, closed);
+  follow_lies(round, closed);
   update_loss_scale(round, overflow, !combine.trainers.empty());
   state_.round = round.round;
   state_.model_version = round.model_version + (combine.trainers.empty() ? 0 : 1);
@@ -945,6 +1125,12 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"aggregator_timing", timing},
       {"dropped", drops},
       {"failures", failures_json(state_.failures)},
+      {"exclusions", failures_json(state_.exclusions)},
+      {"robust",
+       {{"bound", options_.robust.bound},
+        {"norm_factor", options_.robust.norm_factor},
+        {"max_refusals", options_.robust.max_refusals},
+        {"refusal_window", options_.robust.refusal_window}}},
   };
   record_.write_summary(summary);
   msg::RunEnded ended;

@@ -67,6 +67,9 @@ struct RoundState {
   double loss_scale = 0.0;               /// fp16 trainers' loss scale for the next round (0: not set yet)
   std::uint64_t good_steps = 0;          /// steps since the loss scale last changed
   std::vector<TrainerFailure> failures;  /// trainers whose computation failed, in order
+  /// Trainers excluded for lying (too many contributions refused as lies) and not readmitted since:
+  /// a restarted coordinator keeps them out too.
+  std::vector<TrainerFailure> exclusions;
 };
 nlohmann::json to_json(const RoundState& state);
 /// Throws std::runtime_error naming the field that is missing or malformed.
@@ -83,6 +86,7 @@ struct SchedulerOptions {
   std::uint64_t incarnation = 1;      /// this start of the coordinator (1 = fresh run)
   std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
   TrainOptions train;                 /// the fleet's fp16 loss scale starts and grows by these
+  RobustOptions robust;               /// bounds on contributions, and when a liar is excluded
   std::optional<RoundState> resume;   /// continue a checkpointed run
   DropCounters* drops = nullptr;      /// refused messages of this process, for records; may be null
 };
@@ -90,7 +94,7 @@ struct SchedulerOptions {
 class Scheduler final {
  public:
   using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::ContributionReceived,
-                             msg::RoundCombined, msg::Evaluated, msg::TrainerFailed>;
+                             msg::RoundCombined, msg::Evaluated, msg::TrainerFailed, msg::Readmit>;
 
   /// `on_finished` is called once the run is over and its summary written.
   Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
@@ -104,6 +108,7 @@ class Scheduler final {
   void handle(const msg::RoundCombined& combined, const Incoming& from);
   void handle(const msg::Evaluated& evaluated, const Incoming& from);
   void handle(const msg::TrainerFailed& failed, const Incoming& from);
+  void handle(const msg::Readmit& readmit, const Incoming& from);
 
  private:
   struct TrainerState {
@@ -122,9 +127,12 @@ class Scheduler final {
     std::string failed;  // why its computation failed; not planned until it calibrates again
     std::uint32_t consecutive_misses = 0;
     std::uint64_t taken_out_since = 0;  // round it was taken out in for missing too many (0: it is not)
+    std::deque<double> recent_norms;    // per sample, of its recent combined contributions
+    std::deque<std::uint64_t> lies;     // rounds in which a contribution of it was refused as a lie
+    bool excluded = false;              // out of the plans until an operator readmits it
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
-    bool plannable() const { return calibrated && failed.empty(); }
+    bool plannable() const { return calibrated && failed.empty() && !excluded; }
   };
   struct Arrival {
     msg::ContributionReceived report;
@@ -171,6 +179,12 @@ class Scheduler final {
   /// After a round: a trainer that missed too many in a row is taken out; one that delivered a probe
   /// is planned again.
   void follow_misses(const OpenRound& round, const msg::RoundClosed& closed);
+  /// Before a round's accounting: contributions whose norm per sample no honest trainer's could have
+  /// (against the fleet's median and the sender's own) are refused, their samples back to the pool.
+  void bound_norms(OpenRound& round);
+  /// After a round: a trainer with too many contributions refused as lies is excluded until an
+  /// operator readmits it; the norms of what was combined join the references.
+  void follow_lies(const OpenRound& round, const msg::RoundClosed& closed);
   /// fp16's fleet-wide loss scale after a round that overflowed or stepped.
   void update_loss_scale(const OpenRound& round, bool overflow, bool stepped);
   /// Why an accepted contribution's report cannot be true (times longer than the round has
@@ -206,6 +220,8 @@ class Scheduler final {
   bool finished_ = false;
   double slowest_last_round_seconds_ = 0.0;
   double deadline_backoff_seconds_ = 0.0;  // after a missed deadline, the next is at least this
+  std::deque<double> fleet_norms_;         // per sample, of the fleet's recent combined contributions
+  std::deque<double> fleet_samples_;       // the samples of each of those
   std::optional<Clock::time_point> first_round_;
   Clock::time_point epoch_started_;
   Clock::time_point started_at_;

@@ -616,6 +616,11 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
     if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
+    if (options_.gradient_scale != 1.0) {
+      for (auto& group : (local_optimizer_ ? local_deltas_ : model_->gradients()).groups()) {
+        if (torch::isFloatingType(group.dtype)) group.flat.mul_(options_.gradient_scale);
+      }
+    }
     if (error_feedback_) {
       // The change plus what earlier rounds did not send, compressed; the rest waits for later.
       std::vector<std::string> names;

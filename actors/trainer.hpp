@@ -63,6 +63,9 @@ struct TrainerOptions {
   /// TEST AID (in-process tests only): when above 0, reported as every contribution's compute
   /// time instead of the time measured, as a lying fleet member would.
   double claimed_compute_seconds = 0.0;
+  /// TEST AID (in-process tests only): every contribution's gradients (or parameter changes) are
+  /// multiplied by this before they are sent, as a lying fleet member's would be (1 = honest).
+  double gradient_scale = 1.0;
 };
 
 class Trainer final {

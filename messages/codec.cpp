@@ -60,6 +60,8 @@ std::string_view kind_name(MessageKind kind) {
       return "SecurityNotice";
     case MessageKind::kTrainerFailed:
       return "TrainerFailed";
+    case MessageKind::kReadmit:
+      return "Readmit";
   }
   return "unknown";
 }

@@ -39,8 +39,9 @@ enum class MessageKind : std::uint8_t {
   kRunEnded,
   kSecurityNotice,
   kTrainerFailed,
+  kReadmit,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kTrainerFailed);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kReadmit);
 
 std::string_view kind_name(MessageKind kind);
 

@@ -21,13 +21,15 @@ NLOHMANN_JSON_SERIALIZE_ENUM(MemberChange, {{MemberChange::kJoined, "joined"},
                                             {MemberChange::kLeftOut, "left_out"},
                                             {MemberChange::kPlannedAgain, "planned_again"},
                                             {MemberChange::kFailed, "failed"},
-                                            {MemberChange::kTakenOut, "taken_out"}})
+                                            {MemberChange::kTakenOut, "taken_out"},
+                                            {MemberChange::kExcluded, "excluded"},
+                                            {MemberChange::kReadmitted, "readmitted"}})
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainerInRound, name, planned, delivered, samples,
                                                 compute_seconds, model_wait_seconds, staging_seconds,
                                                 samples_per_second, arrival_seconds, idle_seconds, ranges,
                                                 missed_reason, benchmark_gflops, device, precision,
-                                                peak_memory_bytes, tensor_bytes)
+                                                peak_memory_bytes, tensor_bytes, norm_per_sample)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RoundClosed, text, round, epoch, model_version, seconds,
                                                 closed_seconds, samples, loss, idle_fraction, closed_because,
                                                 deadline_seconds, loss_scale, epoch_samples_done,
@@ -114,6 +116,10 @@ const char* member_change_name(MemberChange change) {
       return "failed";
     case MemberChange::kTakenOut:
       return "taken_out";
+    case MemberChange::kExcluded:
+      return "excluded";
+    case MemberChange::kReadmitted:
+      return "readmitted";
   }
   return "joined";
 }

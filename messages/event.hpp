@@ -43,9 +43,10 @@ struct TrainerInRound {
   std::string precision;  // what its forward pass computed in
   std::int64_t peak_memory_bytes = 0;
   std::uint64_t tensor_bytes = 0;  // what its contribution's tensors took on the wire, as received
+  double norm_per_sample = 0.0;    // its contribution's norm over its samples (0: none arrived)
   MSGPACK_DEFINE_MAP(name, planned, delivered, samples, compute_seconds, model_wait_seconds, staging_seconds,
                      samples_per_second, arrival_seconds, idle_seconds, ranges, missed_reason,
-                     benchmark_gflops, device, precision, peak_memory_bytes, tensor_bytes)
+                     benchmark_gflops, device, precision, peak_memory_bytes, tensor_bytes, norm_per_sample)
 };
 
 // scheduler → monitors at every round's close (type "round"). The same object, less `text`, is the
@@ -100,6 +101,9 @@ enum class MemberChange : std::uint8_t {
   kPlannedAgain,  // scheduler: back in the rounds (its link passed the rule, or it proved alive)
   kFailed,        // scheduler: its computation failed; out of the plans
   kTakenOut,      // scheduler: it missed too many rounds in a row; out of the plans until it proves alive
+  kExcluded,  // scheduler: too many of its contributions were refused as lies; out until an operator readmits
+              // it
+  kReadmitted,  // scheduler: an operator let an excluded trainer back (`filo readmit`)
 };
 const char* member_change_name(MemberChange change);
 

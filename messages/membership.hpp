@@ -130,6 +130,14 @@ struct Leave {
   MSGPACK_DEFINE_MAP(reason)
 };
 
+// operator → scheduler (`filo readmit`): let a trainer excluded for lying back into the plans. Only
+// an operator's key may send it, never the trainer itself.
+struct Readmit {
+  static constexpr MessageKind kKind = MessageKind::kReadmit;
+  std::string trainer;
+  MSGPACK_DEFINE_MAP(trainer)
+};
+
 enum class MembershipChangeKind : std::uint8_t { kJoined = 0, kRejoined, kLost, kLeft };
 
 // registrar → scheduler: a trainer joined, came back, was lost or left. The scheduler keeps the

@@ -110,9 +110,12 @@ struct ContributionReceived {
   std::string precision;
   std::int64_t peak_memory_bytes = 0;
   std::uint64_t tensor_bytes = 0;  // the contribution's tensor frames, counted by the aggregator
+  /// The L2 norm of its gradient sum (gradient mode) or its parameter change (local-sgd), as
+  /// received and measured by the aggregator; the scheduler bounds it against the fleet's.
+  double norm = 0.0;
   MSGPACK_DEFINE_MAP(round, trainer, accepted, reason, samples, loss_sum, correct, compute_seconds,
                      model_wait_seconds, staging_seconds, overflow, precision, peak_memory_bytes,
-                     tensor_bytes)
+                     tensor_bytes, norm)
 };
 
 // scheduler → aggregator when it closes a round: add exactly these trainers' contributions, step,

@@ -229,6 +229,16 @@ void Hub::forward_from_outside(std::vector<zmq::message_t>& frames) {
         return refuse(claimed, "bus: name not allowed to this key",
                       "this key may only run as node " + authorized->node);
       }
+      if (!authorized->node.empty()) {
+        // A member's key holds its own node's names and no more: claiming name after name, one
+        // connection after another, would otherwise fill max_peers and lock out honest late joiners.
+        const auto held = static_cast<std::size_t>(std::count_if(
+            bindings_.begin(), bindings_.end(), [&](const auto& bound) { return bound.second.key == key; }));
+        if (held >= options_.max_names_per_key) {
+          return refuse(claimed, "bus: too many names for its key",
+                        std::to_string(held) + " names held by key " + key);
+        }
+      }
     }
     if (bindings_.size() >= options_.max_peers) {
       return refuse(claimed, "bus: too many peers", std::to_string(options_.max_peers) + " names held");
@@ -245,7 +255,8 @@ void Hub::forward_from_outside(std::vector<zmq::message_t>& frames) {
   const Destination destination = destination_of(to);
   const bool permitted = role ? may_send(*role, kind, destination)
                               : may_send(PeerRole::kTrainer, kind, destination) ||
-                                    may_send(PeerRole::kTestAid, kind, destination);
+                                    may_send(PeerRole::kTestAid, kind, destination) ||
+                                    may_send(PeerRole::kOperator, kind, destination);
   if (!permitted) {
     return refuse(claimed, "bus: not permitted to its role",
                   (role ? role_name(*role) : std::string("peer")) + " may not send " +

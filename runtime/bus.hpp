@@ -61,6 +61,7 @@ struct HubOptions {
   std::int64_t max_inbound_bytes = std::int64_t{1} << 30;
   /// Names that outside peers may hold at once; a new name past this is refused.
   std::size_t max_peers = 1024;
+  std::size_t max_names_per_key = 32;  /// for a key bound to one node (AuthorizedKey::node)
   /// Snapshot requests per second that one name may send.
   double snapshot_requests_per_second = 4.0;
   DropCounters* drops = nullptr;  // refusals counted here by reason; may be null

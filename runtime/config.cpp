@@ -165,6 +165,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   std::int64_t seed = static_cast<std::int64_t>(config.schedule.seed);
   reader.read("schedule", "seed", seed);
   config.schedule.seed = static_cast<std::uint64_t>(seed);
+  reader.read("robust", "bound", config.robust.bound);
+  reader.read("robust", "norm_factor", config.robust.norm_factor);
+  reader.read("robust", "max_refusals", config.robust.max_refusals);
+  reader.read("robust", "refusal_window", config.robust.refusal_window);
   reader.read("train", "precision", config.train.precision);
   reader.read("train", "loss_scale", config.train.loss_scale);
   reader.read("train", "loss_scale_growth_interval", config.train.loss_scale_growth_interval);
@@ -207,6 +211,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("security", "coordinator_key", config.security.coordinator_key);
   reader.read("security", "authorized_keys", config.security.authorized_keys);
   reader.read("security", "max_peers", config.security.max_peers);
+  reader.read("security", "max_names_per_key", config.security.max_names_per_key);
   reader.reject_unknown();
 
   check(config.data.train_limit >= 0, "data.train_limit must be >= 0");
@@ -263,6 +268,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.schedule.min_trainers >= 1, "schedule.min_trainers must be >= 1");
   check(config.schedule.deadline_min_seconds > 0, "schedule.deadline_min_seconds must be > 0");
   check(config.security.max_peers >= 1, "security.max_peers must be >= 1");
+  check(config.security.max_names_per_key >= 2,
+        "security.max_names_per_key must be >= 2 (a trainer and its heartbeat)");
   check(config.bus.heartbeat_interval_ms >= 10, "bus.heartbeat_interval_ms must be >= 10");
   check(config.bus.liveness >= 1, "bus.liveness must be >= 1");
   check(config.bus.socket_limits.high_water_mark >= 1, "bus.high_water_mark must be >= 1");
@@ -292,6 +299,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
         "admission memory minimums must be >= 0");
   check(config.schedule.max_transfer_ratio >= 0, "schedule.max_transfer_ratio must be >= 0");
   check(config.schedule.max_missed_rounds >= 0, "schedule.max_missed_rounds must be >= 0");
+  check(config.robust.bound == "refuse" || config.robust.bound == "off",
+        "robust.bound must be \"refuse\" or \"off\", not \"" + config.robust.bound + "\"");
+  check(config.robust.norm_factor > 1.0, "robust.norm_factor must be > 1");
+  check(config.robust.max_refusals >= 0, "robust.max_refusals must be >= 0");
+  check(config.robust.refusal_window >= 1, "robust.refusal_window must be >= 1");
   check(config.node.fail_at_round >= 0, "node.fail_at_round must be >= 0");
   check(config.node.slowdown >= 1.0, "node.slowdown must be >= 1");
   check(config.node.max_micro_batch >= 0, "node.max_micro_batch must be >= 0");

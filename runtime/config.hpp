@@ -86,6 +86,20 @@ struct ScheduleOptions {
   std::int64_t max_missed_rounds = 3;
 };
 
+/// What the coordinator does with a member whose contributions cannot be honest.
+struct RobustOptions {
+  /// "refuse": a contribution whose norm per sample lies beyond `norm_factor` of the fleet's median
+  /// (above or below), or above `norm_factor` times its sender's own recent median, does not count
+  /// and its samples go back to the pool; "off": no bound.
+  std::string bound = "refuse";
+  double norm_factor = 8.0;
+  /// A trainer with this many contributions refused as lies (norm bound, implausible report, bad
+  /// tensors) within the last `refusal_window` rounds is excluded from the plans until an operator
+  /// readmits it (`filo readmit`); 0 = never excluded.
+  std::int64_t max_refusals = 3;
+  std::int64_t refusal_window = 20;
+};
+
 struct TrainOptions {
   /// What trainers compute forward passes and losses in: "fp32", "bf16", "fp16", or "auto" (bf16 on
   /// a CPU or a GPU of compute capability 8.0+, fp16 on older GPUs). Parameters stay fp32.
@@ -162,6 +176,9 @@ struct SecurityOptions {
   std::string coordinator_key;    /// node, monitor: the coordinator's public key (.pub file or Z85)
   std::string authorized_keys;    /// coordinator: a file or directory of "ROLE KEY [NODE]" lines
   std::int64_t max_peers = 1024;  /// coordinator: names outside peers may hold at once
+  /// coordinator: names one node-bound key ("trainer KEY NODE") may hold at once: a node's trainers
+  /// and their heartbeat connections, so that one member cannot take the room of those who join later.
+  std::int64_t max_names_per_key = 32;
 };
 
 struct Config {
@@ -169,6 +186,7 @@ struct Config {
   ModelOptions model;
   OptimizerOptions optimizer;
   ScheduleOptions schedule;
+  RobustOptions robust;
   TrainOptions train;
   BusOptions bus;
   NodeOptions node;

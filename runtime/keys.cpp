@@ -62,7 +62,7 @@ void read_authorized_file(const std::string& path, AuthorizedKeys& keys) {
     const auto role = parse_role(role_text);
     if (!role) {
       throw std::runtime_error(where() + "unknown role \"" + role_text +
-                               "\" (a line is ROLE KEY [NODE]; roles: trainer, monitor, test-aid)");
+                               "\" (a line is ROLE KEY [NODE]; roles: trainer, monitor, test-aid, operator)");
     }
     if (!(fields >> key) || !is_z85_key(key)) {
       throw std::runtime_error(where() + "the second field must be a 40-character Z85 public key");
@@ -82,6 +82,8 @@ std::string role_name(PeerRole role) {
       return "monitor";
     case PeerRole::kTestAid:
       return "test-aid";
+    case PeerRole::kOperator:
+      return "operator";
     case PeerRole::kCoordinator:
       return "coordinator";
   }
@@ -92,6 +94,7 @@ std::optional<PeerRole> parse_role(const std::string& text) {
   if (text == "trainer") return PeerRole::kTrainer;
   if (text == "monitor") return PeerRole::kMonitor;
   if (text == "test-aid") return PeerRole::kTestAid;
+  if (text == "operator") return PeerRole::kOperator;
   return std::nullopt;
 }
 
@@ -220,7 +223,8 @@ std::string write_fleet_keys(const std::string& directory) {
   std::filesystem::permissions(directory, std::filesystem::perms::owner_all);
   write_key_pair(directory, "coordinator");
   std::string lines = "# written by filo keys fleet: ROLE KEY [NODE]\n";
-  for (const PeerRole role : {PeerRole::kTrainer, PeerRole::kMonitor, PeerRole::kTestAid}) {
+  for (const PeerRole role :
+       {PeerRole::kTrainer, PeerRole::kMonitor, PeerRole::kTestAid, PeerRole::kOperator}) {
     const auto [secret, public_file] = write_key_pair(directory, role_name(role));
     lines += role_name(role) + " " + read_public_key(public_file) + "\n";
   }

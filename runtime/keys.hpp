@@ -25,10 +25,10 @@ struct KeyPair {
 };
 
 /// What a key may do on the bus; the table in messages/roles.hpp says which message to whom.
-enum class PeerRole { kTrainer, kMonitor, kTestAid, kCoordinator };
+enum class PeerRole { kTrainer, kMonitor, kTestAid, kOperator, kCoordinator };
 
 std::string role_name(PeerRole role);
-/// "trainer", "monitor", "test-aid"; nothing for anything else (the coordinator's role is never
+/// "trainer", "monitor", "test-aid", "operator"; nothing for anything else (the coordinator's role is never
 /// granted by a key file: it belongs to the actors inside the coordinator process).
 std::optional<PeerRole> parse_role(const std::string& text);
 

@@ -9,6 +9,8 @@
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <vector>
 
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
@@ -54,7 +56,7 @@ struct SecureBus {
   std::unique_ptr<Hub> hub;
   std::unique_ptr<BusClient> registrar, scheduler, aggregator;
 
-  explicit SecureBus(const std::vector<std::string>& extra_lines = {}) {
+  explicit SecureBus(const std::vector<std::string>& extra_lines = {}, std::size_t max_peers = 1024) {
     write_fleet_keys(keys_dir);
     {
       std::ofstream file(authorized_keys_file(keys_dir), std::ios::app);
@@ -70,6 +72,7 @@ struct SecureBus {
     options.authorized_keys = authorized;
     options.drops = &drops;
     options.max_inbound_bytes = 1 << 20;
+    options.max_peers = max_peers;
     hub = std::make_unique<Hub>(*sockets, options);
     const auto inner = [this](const char* name) {
       auto client = std::make_unique<BusClient>(*sockets, name);
@@ -200,15 +203,49 @@ TEST_CASE("a trainer key cannot act as a coordinator actor, publish, or send wha
   Peer trainer(bus, key, trainer_name("node-1", "cpu"));
   trainer.bus.send(kSchedulerName, msg::RoundCombined{});  // only the aggregator's to send
   trainer.bus.send(std::string(kPublishPrefix) + kControlTopic, msg::RunFinished{"forged", 0.0});
-  trainer.bus.send("trainer@node-2/cpu", msg::SetSlowdown{1e4});  // only the test aid's
+  trainer.bus.send("trainer@node-2/cpu", msg::SetSlowdown{1e4});                  // only the test aid's
+  trainer.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});  // only an operator's
   CHECK_FALSE(wait_for_message(*bus.scheduler, bus.scheduler->addressed(), kQuiet));
   CHECK(bus.dropped("bus: claims a coordinator actor's name") == 1);
-  CHECK(bus.dropped("bus: not permitted to its role") == 3);
+  CHECK(bus.dropped("bus: not permitted to its role") == 4);
   // A monitor only reads: whatever it sends is refused.
   Peer monitor(bus, role_key(bus, PeerRole::kMonitor), "monitor-1");
   monitor.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
+  monitor.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
-  CHECK(bus.dropped("bus: not permitted to its role") == 4);
+  CHECK(bus.dropped("bus: not permitted to its role") == 6);
+  // An operator's key may readmit, and nothing else.
+  Peer operator_peer(bus, role_key(bus, PeerRole::kOperator), "operator-1");
+  operator_peer.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
+  operator_peer.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});
+  const auto readmit = wait_for_message(*bus.scheduler, bus.scheduler->addressed());
+  REQUIRE(readmit);
+  CHECK(readmit->envelope.kind == MessageKind::kReadmit);
+  CHECK(bus.dropped("bus: not permitted to its role") == 7);
+}
+
+TEST_CASE("a node-bound key holds at most its node's names, so an honest node that joins later finds room") {
+  const KeyPair member_key = generate_key_pair();
+  constexpr std::size_t kMaxPeers = 40;  // what the member would fill without the per-key cap (32)
+  SecureBus bus({"trainer " + member_key.public_key + " node-9"}, kMaxPeers);
+  std::vector<std::unique_ptr<Peer>> claims;
+  for (std::size_t i = 0; i < kMaxPeers; ++i) {
+    // One connection per name, as the attack in issue 22 did.
+    claims.push_back(
+        std::make_unique<Peer>(bus, member_key, trainer_name("node-9", "cuda:" + std::to_string(i))));
+    claims.back()->bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
+  }
+  std::size_t reached = 0;
+  while (reached < 32 && wait_for_message(*bus.registrar, bus.registrar->addressed())) ++reached;
+  CHECK(reached == 32);
+  CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
+  CHECK(bus.dropped("bus: too many names for its key") == kMaxPeers - 32);
+  Peer honest(bus, role_key(bus, PeerRole::kTrainer), trainer_name("node-1", "cpu"));
+  honest.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
+  const auto heard = wait_for_message(*bus.registrar, bus.registrar->addressed());
+  REQUIRE(heard);
+  CHECK(heard->from == trainer_name("node-1", "cpu"));
+  CHECK(bus.dropped("bus: too many peers") == 0);
 }
 
 TEST_CASE("a name is bound to the key that first used it; the same key on a new connection keeps it") {

@@ -117,4 +117,22 @@ std::optional<std::string> non_finite(const std::vector<ReceivedTensor>& receive
   return std::nullopt;
 }
 
+double l2_norm(const std::vector<ReceivedTensor>& received) {
+  double squares = 0.0;
+  for (const auto& tensor : received) {
+    if (!torch::isFloatingType(to_scalar_type(tensor.meta().dtype))) continue;
+    // One reduction per tensor, accumulated in double: no fp16 or fp32 sum of squares overflows.
+    squares += torch::pow(tensor.to_tensor().norm(2).to(torch::kDouble), 2).item<double>();
+  }
+  return std::sqrt(squares);
+}
+
+double l2_norm(const std::vector<SparseGroup>& groups) {
+  double squares = 0.0;
+  for (const auto& group : groups) {
+    squares += torch::pow(group.decoded().norm(2).to(torch::kDouble), 2).item<double>();
+  }
+  return std::sqrt(squares);
+}
+
 }  // namespace filo

@@ -72,5 +72,9 @@ class ContributionAverager {
 
 /// Why `received` holds a NaN or an infinity, naming the group, or nothing.
 std::optional<std::string> non_finite(const std::vector<ReceivedTensor>& received);
+/// The L2 norm of all of `received` together, in double (read in place, frame by frame).
+double l2_norm(const std::vector<ReceivedTensor>& received);
+/// The L2 norm of compressed groups' values, as decoded.
+double l2_norm(const std::vector<SparseGroup>& groups);
 
 }  // namespace filo

@@ -27,6 +27,7 @@
 #include "actors/monitor.hpp"
 #include "actors/node.hpp"
 #include "actors/run_report.hpp"
+#include "messages/membership.hpp"
 #include "messages/test_aid.hpp"
 #include "runtime/bus.hpp"
 #include "runtime/config.hpp"
@@ -313,6 +314,29 @@ int run_slowdown(const CommonOptions& common, const std::string& coordinator, co
   return 0;
 }
 
+/// Lets a trainer that the scheduler excluded for lying back into the plans. It needs an operator
+/// key (role `operator` in authorized_keys): a trainer cannot readmit itself.
+int run_readmit(const CommonOptions& common, const std::string& coordinator, const std::string& trainer) {
+  const Config config = load(common, {});
+  if (trainer.rfind("trainer@", 0) != 0) {
+    throw ConfigError("--trainer must be a trainer's bus name like trainer@node-2/cpu, not \"" + trainer +
+                      "\"");
+  }
+  SocketLimits limits = config.bus.socket_limits;
+  limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
+  zmq::context_t context;
+  SocketFactory sockets(context, limits, curve_settings_for(config.security, PeerRole::kOperator));
+  BusClient bus(sockets, "operator-" + std::to_string(getpid()));
+  bus.connect(coordinator);
+  if (!bus.send(kSchedulerName, msg::Readmit{trainer})) {
+    std::cerr << "filo readmit: could not queue the message for " << coordinator << std::endl;
+    return 1;
+  }
+  std::cout << "asked the scheduler at " << coordinator << " to readmit " << trainer
+            << "; the event stream says \"readmitted\" once it has" << std::endl;
+  return 0;
+}
+
 /// The configured model (model.path, or the built-in model.name for the data) with the weights of
 /// a model.safetensors file, matched by name; a missing name or another shape is an error.
 Model model_from_safetensors(const Config& config, const std::string& path, const Dataset& data) {
@@ -566,6 +590,15 @@ int main(int argc, char** argv) {
       ->required();
   slowdown->add_option("--factor", slowdown_factor, "slowdown factor, >= 1 (1 = its own speed)")->required();
 
+  auto* readmit =
+      app.add_subcommand("readmit", "let a trainer excluded for lying back into the plans (operator key)");
+  add_common(readmit);
+  std::string readmit_coordinator;
+  std::string readmit_trainer;
+  readmit->add_option("--coordinator", readmit_coordinator, "the coordinator's tcp://HOST:PORT")->required();
+  readmit->add_option("--trainer", readmit_trainer, "the trainer's bus name, e.g. trainer@node-2/cpu")
+      ->required();
+
   auto* keys = app.add_subcommand("keys", "make CurveZMQ key pairs for the bus");
   keys->require_subcommand(1);
   auto* keys_new = keys->add_subcommand("new", "write NAME.key (secret, mode 0600) and NAME.pub");
@@ -573,9 +606,9 @@ int main(int argc, char** argv) {
   std::string key_directory = ".";
   keys_new->add_option("name", key_name, "the key's name, e.g. coordinator or node-1")->required();
   keys_new->add_option("--dir", key_directory, "where to write the two files");
-  auto* keys_fleet = keys->add_subcommand(
-      "fleet",
-      "write a whole fleet's keys into DIR (coordinator, trainer, monitor, test-aid, authorized_keys)");
+  auto* keys_fleet = keys->add_subcommand("fleet",
+                                          "write a whole fleet's keys into DIR (coordinator, trainer, "
+                                          "monitor, test-aid, operator, authorized_keys)");
   std::string fleet_directory;
   keys_fleet->add_option("dir", fleet_directory, "a new directory, for security.keys_dir")->required();
 
@@ -606,6 +639,7 @@ int main(int argc, char** argv) {
     if (*eval) return run_eval(common, model_path);
     if (*bench) return run_bench(common, bench_json);
     if (*slowdown) return run_slowdown(common, slowdown_coordinator, slowdown_trainer, slowdown_factor);
+    if (*readmit) return run_readmit(common, readmit_coordinator, readmit_trainer);
   } catch (const ConfigError& e) {
     std::cerr << "filo: " << e.what() << std::endl;
     return 2;
