@@ -649,7 +649,9 @@ TEST_CASE(
   for (const auto& node : summary.at("nodes")) CHECK(node.at("rounds_missed") == 0);
 }
 
-TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds") {
+TEST_CASE(
+    "a trainer slowed down mid-run through the bus gets a smaller share within 3 rounds, and an operator's "
+    "readmit reaches the scheduler") {
   Cluster cluster(fresh_run_dir("slow-mid-run"),
                   {"data.train_limit=16000", "data.test_limit=200", "schedule.epochs=1",
                    "schedule.min_trainers=2", "schedule.round_samples=256", "schedule.max_transfer_ratio=0"});
@@ -667,8 +669,17 @@ TEST_CASE("a trainer slowed down mid-run through the bus gets a smaller share wi
   REQUIRE(aid.wait_for(60s) == std::optional<int>(0));
   // The trainer takes the new factor by this round at the latest.
   const std::size_t sent = count_lines(rounds);
+  // An operator's command crosses the same bus with the operator key: the scheduler receives it
+  // and, node-1 not being excluded, refuses it by name (its consumer's tests are in test_rounds).
+  ChildProcess readmit({FILO_BINARY, "readmit", "--coordinator", cluster.router, "--trainer",
+                        "trainer@node-1/cpu", "--set", fleet_keys(cluster.run_dir)},
+                       cluster.run_dir + "/logs/readmit.log");
+  REQUIRE(readmit.wait_for(60s) == std::optional<int>(0));
   const auto code = cluster.coordinator->wait_for(kRunTimeout);
   REQUIRE(code == std::optional<int>(0));
+  const json summary = json::parse(read_file(cluster.run_dir + "/summary.json"));
+  CHECK(summary.at("dropped").value("readmit: not excluded", 0) == 1);
+  CHECK(summary.at("dropped").value("bus: not permitted to its role", 0) == 0);
 
   std::vector<double> share;  // node-2's planned fraction of each round
   std::ifstream file(rounds);
