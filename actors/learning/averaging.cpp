@@ -121,8 +121,10 @@ double l2_norm(const std::vector<ReceivedTensor>& received) {
   double squares = 0.0;
   for (const auto& tensor : received) {
     if (!torch::isFloatingType(to_scalar_type(tensor.meta().dtype))) continue;
-    // One reduction per tensor, accumulated in double: no fp16 or fp32 sum of squares overflows.
-    squares += torch::pow(tensor.to_tensor().norm(2).to(torch::kDouble), 2).item<double>();
+    // One reduction per tensor (on the round's path: no further tensor operations), squared and
+    // summed in double. A norm past fp32's range is infinite, which no honest gradient's is.
+    const double norm = tensor.to_tensor().norm().item<double>();
+    squares += norm * norm;
   }
   return std::sqrt(squares);
 }
@@ -130,7 +132,8 @@ double l2_norm(const std::vector<ReceivedTensor>& received) {
 double l2_norm(const std::vector<SparseGroup>& groups) {
   double squares = 0.0;
   for (const auto& group : groups) {
-    squares += torch::pow(group.decoded().norm(2).to(torch::kDouble), 2).item<double>();
+    const double norm = group.decoded().norm().item<double>();
+    squares += norm * norm;
   }
   return std::sqrt(squares);
 }
