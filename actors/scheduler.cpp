@@ -44,6 +44,9 @@ constexpr std::uint64_t kTakenOutProbeRounds = 10;
 /// Longest failure reason kept from a trainer (a LibTorch message with its backtrace is long).
 constexpr std::size_t kMaxFailureReason = 400;
 /// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
+// An fp16 overflow that one trainer alone reports in this many rounds in a row is honoured (an
+// unlucky batch, a scale not yet halved far enough); the next such is refused as implausible.
+constexpr std::uint32_t kMaxLoneOverflows = 2;
 // Norm bounds: a median of fewer norms than this tells nothing (with two, a liar is half of it).
 constexpr std::size_t kMinNormsForBound = 3;
 constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
@@ -803,6 +806,30 @@ void Scheduler::bound_norms(OpenRound& round) {
   }
 }
 
+void Scheduler::bound_overflows(OpenRound& round) {
+  std::vector<std::string> reporters;
+  for (const auto& [trainer, arrival] : round.arrived)
+    if (arrival.report.overflow) reporters.push_back(trainer);
+  // Alone: the others computed the same model at the same loss scale and did not overflow.
+  const bool alone = reporters.size() == 1 && round.arrived.size() > 1;
+  for (auto& [trainer, state] : live_) {
+    const bool reported = std::find(reporters.begin(), reporters.end(), trainer) != reporters.end();
+    if (!reported || !alone) {
+      if (round.arrived.count(trainer)) state.lone_overflows = 0;
+      continue;
+    }
+    if (++state.lone_overflows <= kMaxLoneOverflows) continue;
+    const std::string why = "implausible report: an fp16 overflow in " +
+                            std::to_string(state.lone_overflows) +
+                            " rounds in a row where no other trainer's overflowed at the same loss scale";
+    count_drop("contribution: implausible report");
+    round.refused[trainer] = why;
+    round.arrived.erase(trainer);
+    log(LogLevel::kWarn, bus_.name(), trainer, "'s contribution to round ", round.round,
+        " was refused: ", why);
+  }
+}
+
 void Scheduler::follow_lies(const OpenRound& round, const msg::RoundClosed& closed) {
   const auto limit = static_cast<std::size_t>(std::max<std::int64_t>(0, options_.robust.max_refusals));
   const auto window = static_cast<std::uint64_t>(std::max<std::int64_t>(1, options_.robust.refusal_window));
@@ -889,6 +916,7 @@ void Scheduler::close_round(const std::string& why) {
   loop_.cancel(round.deadline_timer);
   const double seconds = seconds_between(round.opened, loop_.now());
   bound_norms(round);
+  bound_overflows(round);
 
   // fp16: one overflow anywhere skips the round's step for everyone (every replica stays equal), and
   // its samples go back to the pool to be trained again at half the loss scale.

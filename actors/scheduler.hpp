@@ -130,6 +130,7 @@ class Scheduler final {
     std::deque<double> recent_norms;    // per sample, of its recent combined contributions
     std::deque<std::uint64_t> lies;     // rounds in which a contribution of it was refused as a lie
     bool excluded = false;              // out of the plans until an operator readmits it
+    std::uint32_t lone_overflows = 0;   // rounds in a row in which it alone reported an fp16 overflow
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
     bool plannable() const { return calibrated && failed.empty() && !excluded; }
@@ -182,6 +183,10 @@ class Scheduler final {
   /// Before a round's accounting: contributions whose norm per sample no honest trainer's could have
   /// (against the fleet's median and the sender's own) are refused, their samples back to the pool.
   void bound_norms(OpenRound& round);
+  /// Before a round's accounting: an fp16 overflow that one trainer alone reports round after round,
+  /// while the others compute at the same loss scale, is refused as implausible (else one liar
+  /// skips the whole fleet's step every round).
+  void bound_overflows(OpenRound& round);
   /// After a round: a trainer with too many contributions refused as lies is excluded until an
   /// operator readmits it; the norms of what was combined join the references.
   void follow_lies(const OpenRound& round, const msg::RoundClosed& closed);

@@ -945,3 +945,36 @@ TEST_CASE(
   CHECK(liar.summary.at("exclusions")[0].at("round").get<std::uint64_t>() > readmitted_after);
   CHECK(liar.summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048}));
 }
+
+TEST_CASE(
+    "a member that reports an fp16 overflow round after round, alone, skips the fleet's step twice "
+    "and is then refused and excluded") {
+  ClusterSettings settings;
+  settings.epochs = 1;
+  settings.precision = "auto";  // a run where an overflow may be true (see the overflow tests above)
+  settings.nodes = {"a", "b", "c"};
+  for (std::uint64_t round = 1; round <= 200; ++round) settings.overflow_rounds_a.insert(round);
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(60)), cluster.failures.describe());
+  const auto rounds = cluster.rounds();
+  std::uint64_t skipped = 0;
+  std::uint64_t refused = 0;
+  for (const auto& round : rounds) {
+    for (const auto& trainer : round.at("trainers")) {
+      if (trainer.at("name").get<std::string>().rfind("trainer@a/", 0) != 0) continue;
+      CHECK(trainer.at("delivered") == false);
+      const std::string reason = trainer.at("missed_reason");
+      if (reason.find("fp16 gradients overflowed") != std::string::npos) ++skipped;
+      if (reason.rfind("implausible report: an fp16 overflow in", 0) == 0) ++refused;
+    }
+  }
+  CHECK(skipped == 2);  // honoured while it could be an unlucky batch
+  CHECK(refused == 3);  // then refused, and excluded after the third
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  REQUIRE(summary.at("exclusions").size() == 1);
+  CHECK(summary.at("exclusions")[0].at("trainer").get<std::string>().rfind("trainer@a/", 0) == 0);
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+  // The fleet stepped in every round but the two it skipped.
+  CHECK(summary.at("model_version").get<std::uint64_t>() + 2 == summary.at("rounds").get<std::uint64_t>());
+}
