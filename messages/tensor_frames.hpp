@@ -70,8 +70,14 @@ class ReceivedTensor {
   /// destination = weight * this, frame by frame (a plain copy when weight is 1): how a sum starts,
   /// with no zeroing pass before it and no read of what it held.
   void scale_into(torch::Tensor& destination, double weight) const;
+  /// The sum of its squared elements, frame by frame with no copy of the whole (a floating dtype;
+  /// summed in double, each frame's dot product in its own dtype, fp32 for fp16 and bf16).
+  double squared_norm() const;
 
  private:
+  /// Calls `apply(offset, frame's elements)` for each non-empty frame, offset in elements.
+  template <typename Apply>
+  void for_each_piece(const Apply& apply) const;
   /// Calls `apply(slice of flat destination, frame's elements)` for each non-empty frame.
   template <typename Apply>
   void for_each_frame(torch::Tensor& destination, const char* what, const Apply& apply) const;

@@ -121,10 +121,9 @@ double l2_norm(const std::vector<ReceivedTensor>& received) {
   double squares = 0.0;
   for (const auto& tensor : received) {
     if (!torch::isFloatingType(to_scalar_type(tensor.meta().dtype))) continue;
-    // One reduction per tensor (on the round's path: no further tensor operations), squared and
-    // summed in double. A norm past fp32's range is infinite, which no honest gradient's is.
-    const double norm = tensor.to_tensor().norm().item<double>();
-    squares += norm * norm;
+    // On the round's path: read in place, one dot product per frame. A sum of squares past fp32's
+    // range is infinite, which no honest gradient's is.
+    squares += tensor.squared_norm();
   }
   return std::sqrt(squares);
 }
@@ -132,8 +131,8 @@ double l2_norm(const std::vector<ReceivedTensor>& received) {
 double l2_norm(const std::vector<SparseGroup>& groups) {
   double squares = 0.0;
   for (const auto& group : groups) {
-    const double norm = group.decoded().norm().item<double>();
-    squares += norm * norm;
+    const torch::Tensor values = group.decoded();
+    squares += torch::dot(values, values).item<double>();
   }
   return std::sqrt(squares);
 }
