@@ -101,9 +101,8 @@ enum class MemberChange : std::uint8_t {
   kPlannedAgain,  // scheduler: back in the rounds (its link passed the rule, or it proved alive)
   kFailed,        // scheduler: its computation failed; out of the plans
   kTakenOut,      // scheduler: it missed too many rounds in a row; out of the plans until it proves alive
-  kExcluded,  // scheduler: too many of its contributions were refused as lies; out until an operator readmits
-              // it
-  kReadmitted,  // scheduler: an operator let an excluded trainer back (`filo readmit`)
+  kExcluded,      // scheduler: refused as a liar too often; out until an operator readmits it
+  kReadmitted,    // scheduler: an operator let an excluded trainer back (`filo readmit`)
 };
 const char* member_change_name(MemberChange change);
 

@@ -293,19 +293,29 @@ int run_report_command(const std::string& run_dir, const std::string& output) {
   return 0;
 }
 
+/// Sends one message to `to` through the coordinator's hub as a short-lived peer of `role`, and
+/// waits (up to kSlowdownDeliveryTimeout, at close) until the hub has it. False when the bus would
+/// not take it.
+template <typename Message>
+bool send_once(const Config& config, PeerRole role, const std::string& sender, const std::string& coordinator,
+               const std::string& to, const Message& message) {
+  SocketLimits limits = config.bus.socket_limits;
+  limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
+  zmq::context_t context;
+  SocketFactory sockets(context, limits, curve_settings_for(config.security, role));
+  BusClient bus(sockets, sender + "-" + std::to_string(getpid()));
+  bus.connect(coordinator);
+  return bus.send(to, message);
+}
+
 /// TEST AID: tells one trainer of a running cluster, through the coordinator's hub, to behave
 /// `factor` times slower from its next micro-batch on.
 int run_slowdown(const CommonOptions& common, const std::string& coordinator, const std::string& trainer,
                  double factor) {
   const Config config = load(common, {});
   if (!(factor >= 1.0)) throw ConfigError("slowdown factor must be >= 1, not " + std::to_string(factor));
-  SocketLimits limits = config.bus.socket_limits;
-  limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
-  zmq::context_t context;
-  SocketFactory sockets(context, limits, curve_settings_for(config.security, PeerRole::kTestAid));
-  BusClient bus(sockets, "slowdown-aid-" + std::to_string(getpid()));
-  bus.connect(coordinator);
-  if (!bus.send(trainer, msg::SetSlowdown{factor})) {
+  if (!send_once(config, PeerRole::kTestAid, "slowdown-aid", coordinator, trainer,
+                 msg::SetSlowdown{factor})) {
     std::cerr << "filo slowdown: could not queue the message for " << coordinator << std::endl;
     return 1;
   }
@@ -322,13 +332,8 @@ int run_readmit(const CommonOptions& common, const std::string& coordinator, con
     throw ConfigError("--trainer must be a trainer's bus name like trainer@node-2/cpu, not \"" + trainer +
                       "\"");
   }
-  SocketLimits limits = config.bus.socket_limits;
-  limits.linger = kSlowdownDeliveryTimeout;  // closing waits until the hub has the message
-  zmq::context_t context;
-  SocketFactory sockets(context, limits, curve_settings_for(config.security, PeerRole::kOperator));
-  BusClient bus(sockets, "operator-" + std::to_string(getpid()));
-  bus.connect(coordinator);
-  if (!bus.send(kSchedulerName, msg::Readmit{trainer})) {
+  if (!send_once(config, PeerRole::kOperator, "operator", coordinator, kSchedulerName,
+                 msg::Readmit{trainer})) {
     std::cerr << "filo readmit: could not queue the message for " << coordinator << std::endl;
     return 1;
   }
