@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "actors/learning/task.hpp"
+#include "actors/norm_bound.hpp"
 #include "messages/event.hpp"
 
 namespace filo {
@@ -43,18 +44,16 @@ constexpr double kMaxDeadlineSeconds = 600.0;
 constexpr std::uint64_t kTakenOutProbeRounds = 10;
 /// Longest failure reason kept from a trainer (a LibTorch message with its backtrace is long).
 constexpr std::size_t kMaxFailureReason = 400;
-/// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
 // An fp16 overflow that one trainer alone reports in this many rounds in a row is honoured (an
 // unlucky batch, a scale not yet halved far enough); the next such is refused as implausible.
 constexpr std::uint32_t kMaxLoneOverflows = 2;
-// Norm bounds: a median of fewer norms than this tells nothing (with two, a liar is half of it).
-constexpr std::size_t kMinNormsForBound = 3;
 constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
 constexpr std::size_t kOwnNormWindow = 8;     // a trainer's own
 // The refusals that no honest trainer earns: what it sent or said cannot be true. (A wrong model
 // version or a late contribution can be honest; those are misses, not lies.)
 constexpr std::array<const char*, 5> kLies{"norm bound", "implausible report", "bad tensors", "bad numbers",
                                            "wrong sample count"};
+/// The fp16 loss scale stays within these (GradScaler's defaults start at 2^16).
 constexpr double kMinLossScale = 1.0;
 constexpr double kMaxLossScale = 16777216.0;
 
@@ -87,22 +86,18 @@ nlohmann::json failures_json(const std::vector<TrainerFailure>& failures) {
   return list;
 }
 
-double median_of(std::vector<double> values) {
-  const auto middle = values.begin() + static_cast<std::ptrdiff_t>(values.size() / 2);
-  std::nth_element(values.begin(), middle, values.end());
-  if (values.size() % 2 == 1) return *middle;
-  return (*middle + *std::max_element(values.begin(), middle)) / 2;
-}
-
 bool is_lie(const std::string& missed_reason) {
   return std::any_of(kLies.begin(), kLies.end(),
                      [&](const char* lie) { return missed_reason.rfind(lie, 0) == 0; });
 }
 
-std::string number_text(double value) {
-  std::ostringstream text;
-  text << std::setprecision(3) << value;
-  return text.str();
+std::vector<TrainerFailure> failures_from_json(const nlohmann::json& list) {
+  std::vector<TrainerFailure> failures;
+  for (const auto& failure : list) {
+    failures.push_back({failure.at("trainer").get<std::string>(), failure.at("round").get<std::uint64_t>(),
+                        failure.at("reason").get<std::string>()});
+  }
+  return failures;
 }
 
 std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
@@ -165,16 +160,8 @@ RoundState round_state_from_json(const nlohmann::json& json) {
     state.last_round_record = json.at("last_round_record").get<std::string>();
     state.loss_scale = json.value("loss_scale", 0.0);
     state.good_steps = json.value("good_steps", std::uint64_t{0});
-    for (const auto& failure : json.value("failures", nlohmann::json::array())) {
-      state.failures.push_back({failure.at("trainer").get<std::string>(),
-                                failure.at("round").get<std::uint64_t>(),
-                                failure.at("reason").get<std::string>()});
-    }
-    for (const auto& exclusion : json.value("exclusions", nlohmann::json::array())) {
-      state.exclusions.push_back({exclusion.at("trainer").get<std::string>(),
-                                  exclusion.at("round").get<std::uint64_t>(),
-                                  exclusion.at("reason").get<std::string>()});
-    }
+    state.failures = failures_from_json(json.value("failures", nlohmann::json::array()));
+    state.exclusions = failures_from_json(json.value("exclusions", nlohmann::json::array()));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
@@ -736,68 +723,20 @@ void Scheduler::follow_misses(const OpenRound& round, const msg::RoundClosed& cl
 
 void Scheduler::bound_norms(OpenRound& round) {
   if (options_.robust.bound == "off") return;
-  std::vector<double> reference(fleet_norms_.begin(), fleet_norms_.end());
-  std::vector<double> shares(fleet_samples_.begin(), fleet_samples_.end());
-  struct Candidate {
-    double norm = 0.0;  // per sample
-    double samples = 0.0;
-  };
-  std::map<std::string, Candidate> candidates;
+  std::vector<NormCandidate> candidates;
   for (const auto& [trainer, arrival] : round.arrived) {
     const auto& report = arrival.report;
     if (report.overflow || report.samples == 0) continue;
     const auto samples = static_cast<double>(report.samples);
-    const Candidate candidate{report.norm / samples, samples};
-    candidates[trainer] = candidate;
-    if (std::isfinite(candidate.norm)) {
-      reference.push_back(candidate.norm);
-      shares.push_back(samples);
-    }
-  }
-  // The fleet's median, this round's contributions among its recent ones: an honest majority
-  // sets it whatever a few liars send, and shares of different sizes compare per sample.
-  const bool enough = reference.size() >= kMinNormsForBound;
-  const double fleet = enough ? median_of(reference) : 0.0;
-  const double typical_share = enough ? median_of(shares) : 0.0;
-  const double factor = options_.robust.norm_factor;
-  std::map<std::string, std::string> refusals;
-  for (const auto& [trainer, candidate] : candidates) {
-    const double norm = candidate.norm;
-    // A mean over few samples strays further from the fleet's (its noise grows as one over the
-    // root of its samples): a share smaller than the fleet's typical one is allowed that much more
-    // above; and a share of under a quarter of it is not bounded below at all (a handful of
-    // well-learnt samples at an epoch's end has next to no gradient, honestly).
-    const double upper = factor * std::sqrt(std::max(1.0, typical_share / candidate.samples));
-    const bool bounded_below = 4 * candidate.samples >= typical_share;
+    NormCandidate candidate{trainer, report.norm / samples, samples, {}};
     const auto live = live_.find(trainer);
-    std::vector<double> own;
-    if (live != live_.end()) own.assign(live->second.recent_norms.begin(), live->second.recent_norms.end());
-    const double own_median = own.size() >= kMinNormsForBound ? median_of(own) : 0.0;
-    std::string why;
-    if (!std::isfinite(norm)) {
-      why = "its norm is not finite";
-    } else if (fleet > 0 && norm > upper * fleet) {
-      why = number_text(norm) + " per sample, over " + number_text(upper) + "x the fleet's median " +
-            number_text(fleet);
-    } else if (fleet > 0 && bounded_below && norm < fleet / factor) {
-      why = number_text(norm) + " per sample, under 1/" + number_text(factor) + " of the fleet's median " +
-            number_text(fleet);
-    } else if (own_median > 0 && norm > upper * own_median) {
-      why = number_text(norm) + " per sample, over " + number_text(upper) + "x its own recent median " +
-            number_text(own_median);
-    }
-    if (!why.empty()) refusals[trainer] = why;
+    if (live != live_.end()) candidate.own_recent = live->second.recent_norms;
+    candidates.push_back(std::move(candidate));
   }
-  // The bound stands on an honest majority: where it would refuse half of a round or more, the
-  // fleet moved faster than its recent record (or liars are the majority, which no bound helps),
-  // and refusing would only send the same samples round again. The round counts as it is.
-  if (!refusals.empty() && 2 * refusals.size() >= candidates.size()) {
-    log(LogLevel::kWarn, bus_.name(), "round ", round.round, ": the norm bound would refuse ",
-        refusals.size(), " of ", candidates.size(), " contributions (", refusals.begin()->first, ": ",
-        refusals.begin()->second, "); with no majority inside it, it refuses none");
-    return;
-  }
-  for (const auto& [trainer, why] : refusals) {
+  const NormVerdict verdict = judge_norms(candidates, fleet_norms_, options_.robust.norm_factor);
+  if (!verdict.withheld.empty())
+    log(LogLevel::kWarn, bus_.name(), "round ", round.round, ": ", verdict.withheld);
+  for (const auto& [trainer, why] : verdict.refusals) {
     count_drop("contribution: norm bound");
     round.refused[trainer] = "norm bound: " + why;
     round.arrived.erase(trainer);
@@ -839,9 +778,7 @@ void Scheduler::follow_lies(const OpenRound& round, const msg::RoundClosed& clos
     TrainerState& state = live->second;
     if (line.delivered && line.norm_per_sample > 0 && std::isfinite(line.norm_per_sample)) {
       fleet_norms_.push_back(line.norm_per_sample);
-      fleet_samples_.push_back(static_cast<double>(line.samples));
       if (fleet_norms_.size() > kFleetNormWindow) fleet_norms_.pop_front();
-      if (fleet_samples_.size() > kFleetNormWindow) fleet_samples_.pop_front();
       state.recent_norms.push_back(line.norm_per_sample);
       if (state.recent_norms.size() > kOwnNormWindow) state.recent_norms.pop_front();
     }

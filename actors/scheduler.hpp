@@ -226,7 +226,6 @@ class Scheduler final {
   double slowest_last_round_seconds_ = 0.0;
   double deadline_backoff_seconds_ = 0.0;  // after a missed deadline, the next is at least this
   std::deque<double> fleet_norms_;         // per sample, of the fleet's recent combined contributions
-  std::deque<double> fleet_samples_;       // the samples of each of those
   std::optional<Clock::time_point> first_round_;
   Clock::time_point epoch_started_;
   Clock::time_point started_at_;

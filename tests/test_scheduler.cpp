@@ -5,6 +5,7 @@
 #include <set>
 
 #include "actors/learning/epoch_order.hpp"
+#include "actors/norm_bound.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/trainer.hpp"
 
@@ -190,4 +191,54 @@ TEST_CASE("a left-out trainer whose probe finds its link clearly faster is probe
   CHECK(rounds_before_next_probe(0.8, 0.7) == 20);
   CHECK(rounds_before_next_probe(0.8, -1.0) == 20);
   CHECK(rounds_before_next_probe(0.0, 0.0) == 20);
+}
+
+namespace {
+// Rounds 74-79 of an fp16 run on one H200, three trainers sharing the GPU, whose measured speeds
+// split each round of 128 about 2:125:1 (norms per sample of the combined contributions).
+const std::deque<double> kSkewedFleet{2.125, 8.939, 2.553, 4.202, 33.544, 13.331, 2.8,   16.439, 20.295,
+                                      1.963, 1.084, 2.012, 2.811, 18.962, 12.606, 2.432, 4.821};
+}  // namespace
+
+TEST_CASE("the norm bound leaves an honest one-sample share alone where speeds split a round 1:125:2") {
+  // Round 80 of that run: before the bound took the round's mean share as its measure of a small
+  // one, the one-sample share (0.432 per sample, a well-learnt sample) was refused as too small.
+  const auto verdict =
+      judge_norms({{"a", 0.432, 1, {}}, {"b", 2.916, 125, {}}, {"c", 27.301, 2, {}}}, kSkewedFleet, 8.0);
+  CHECK(verdict.refusals.empty());
+  CHECK(verdict.withheld.empty());
+}
+
+TEST_CASE("the norm bound refuses a free rider's zeros and a scaled gradient, each with its reason") {
+  const std::deque<double> fleet{3.1, 2.8, 3.5, 2.9, 3.3, 3.0};
+  const auto zeros =
+      judge_norms({{"free-rider", 0.0, 43, {}}, {"b", 3.2, 43, {}}, {"c", 2.7, 42, {}}}, fleet, 8.0);
+  REQUIRE(zeros.refusals.size() == 1);
+  CHECK(zeros.refusals.at("free-rider").find("under 1/8 of the fleet's median") != std::string::npos);
+  const auto scaled =
+      judge_norms({{"a", 3.0, 43, {}}, {"liar", 3.0e6, 43, {}}, {"c", 2.7, 42, {}}}, fleet, 8.0);
+  REQUIRE(scaled.refusals.size() == 1);
+  CHECK(scaled.refusals.at("liar").find("over 8x the fleet's median") != std::string::npos);
+  // Infinite is refused whatever the history.
+  CHECK(judge_norms({{"a", 3.0, 43, {}}, {"b", INFINITY, 43, {}}, {"c", 2.7, 42, {}}}, {}, 8.0)
+            .refusals.at("b") == "its norm is not finite");
+  // A zero share of 10 samples is not bounded below: too few to tell.
+  CHECK(judge_norms({{"few", 0.0, 10, {}}, {"b", 3.2, 59, {}}, {"c", 2.7, 59, {}}}, fleet, 8.0)
+            .refusals.empty());
+}
+
+TEST_CASE("the norm bound holds a trainer to its own record and refuses nothing without a majority") {
+  const std::deque<double> fleet{3.1, 2.8, 3.5, 2.9, 3.3, 3.0};
+  // 20 per sample is within 8x the fleet's median, but 40x what this trainer sent before.
+  const auto own =
+      judge_norms({{"a", 3.0, 43, {}}, {"b", 20.0, 43, {0.5, 0.4, 0.6}}, {"c", 2.7, 42, {}}}, fleet, 8.0);
+  REQUIRE(own.refusals.size() == 1);
+  CHECK(own.refusals.at("b").find("its own recent median") != std::string::npos);
+  // Two of three out of bounds: the fleet moved, or liars are the majority; none refused, and why.
+  const auto moved =
+      judge_norms({{"a", 300.0, 43, {}}, {"b", 400.0, 43, {}}, {"c", 2.7, 42, {}}}, fleet, 8.0);
+  CHECK(moved.refusals.empty());
+  CHECK(moved.withheld.find("would refuse 2 of 3") != std::string::npos);
+  // Under three norms known, the median tells nothing.
+  CHECK(judge_norms({{"a", 3.0, 64, {}}, {"b", 3.0e6, 64, {}}}, {}, 8.0).refusals.empty());
 }
