@@ -1,5 +1,6 @@
 #include "actors/trainer.hpp"
 
+#include <algorithm>
 #include <thread>
 
 #include "actors/learning/device.hpp"
@@ -10,7 +11,8 @@
 namespace filo {
 namespace {
 constexpr Milliseconds kRegisterRetry{1000};
-/// A plan usually arrives just after its model's broadcast; ask directly only past this grace.
+/// How long a plan waits for its model's broadcast before asking for the model directly: at least
+/// this, at most kSnapshotRetry, twice the latest wait between them.
 constexpr Milliseconds kSnapshotGrace{50};
 constexpr Milliseconds kSnapshotRetry{500};
 constexpr int kCalibrationWarmUp = 2;
@@ -313,6 +315,14 @@ void Trainer::advance() {
   }
   if (!load && !plan) return;
   const double model_wait = plan ? seconds_between(pending_since_, Clock::now()) : 0.0;
+  if (plan) {
+    // A plan names the version its round produces and comes before that model has been applied and
+    // broadcast: ask for a snapshot only once the model is later than it has lately been (a 7.4 MB
+    // model on a GPU took over 50 ms, and each of a trainer's rounds asked for a needless snapshot).
+    const auto twice =
+        std::chrono::duration_cast<Milliseconds>(std::chrono::duration<double>(2 * model_wait));
+    snapshot_grace_ = std::clamp(twice, kSnapshotGrace, kSnapshotRetry);
+  }
   if (load) loading_version_ = load->state.model_version;
   training_ = plan;
   const std::string what = plan ? "training round " + std::to_string(plan->round)
@@ -423,7 +433,7 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
 }
 
 void Trainer::request_snapshot_soon() {
-  loop_.at(loop_.now() + kSnapshotGrace, [this] {
+  loop_.at(loop_.now() + snapshot_grace_, [this] {
     if (!pending_ || state_ != State::kAdmitted) return;
     const std::uint64_t wanted = pending_->model_version;
     if ((model_version_ && *model_version_ == wanted) ||

@@ -168,7 +168,8 @@ class Trainer final {
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
-  std::string precision_label_;  // what the forward pass computed in, once measured
+  Milliseconds snapshot_grace_{50};  // how long a plan waits for its model before asking for one
+  std::string precision_label_;      // what the forward pass computed in, once measured
   std::atomic<double> slowdown_{1.0};
   // The running job's results, read once it is handed back.
   std::optional<msg::Calibration> calibration_result_;
