@@ -7,7 +7,8 @@
 #                                       besides LibTorch, and a copy of the dataset, into .gpu/
 #                                       (ignored by git; about 40 MB, under the 64 MiB a run carries)
 #   tools/gpu_machine.sh [STEP...]      THERE, from the repository's root, with .gpu carried:
-#                                       STEP is build, test, bench or all (the default: all three);
+#                                       STEP is build, test, bench, runs or all (the default: the
+#                                       first three; runs: short GPU runs of `filo local`, below);
 #                                       configure only unpacks and configures (it works here too,
 #                                       with FILO_TORCH_PREFIX naming Debian's LibTorch: a check)
 #
@@ -123,6 +124,42 @@ bench() {
   "$build_dir/filo" bench || true
 }
 
+# One epoch of `filo local` with every trainer and the aggregator on cuda:0, in the modes and
+# precisions the tests cover only on a CPU: fp16 with its loss scale, bf16 local-sgd with compressed
+# deltas, and a model of 1.86 M parameters in each mode. Prints each run's summary line.
+runs() {
+  environment
+  local runs_dir=${OUT:-$build_dir}/runs gpu="--set run.device=cuda:0 --web off --epochs 1"
+  python3 tools/examples/make_mlp.py /tmp/filo-mlp.pt
+  one() {
+    local name=$1
+    shift
+    echo "== $name: filo local $*"
+    timeout 120 "$build_dir/filo" local $gpu --set run.run_dir="$runs_dir/$name" "$@" >"$runs_dir-$name.log" 2>&1 ||
+      { echo "   failed:"; tail -5 "$runs_dir-$name.log"; return; }
+    python3 - "$runs_dir/$name/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"   test accuracy {s['final_test_accuracy']}, {s['rounds']} rounds, {s['training_seconds']:.2f} s training, "
+      f"samples {[n['samples'] for n in s['nodes']]}, refused {s['dropped'] or 'none'}, "
+      f"excluded {[e['trainer'] for e in s.get('exclusions', [])] or 'none'}")
+PY
+  }
+  mkdir -p "$runs_dir"
+  one fp16-3 --set local.devices=cuda:0,cuda:0,cuda:0 --set train.precision=fp16 --set data.train_limit=20000
+  one fp32-3 --set local.devices=cuda:0,cuda:0,cuda:0 --set data.train_limit=20000
+  one bf16-topk-q8 --set local.devices=cuda:0,cuda:0 --set train.precision=bf16 --set optimizer.mode=local-sgd \
+    --set optimizer.compression=topk-q8 --set data.train_limit=20000
+  local mode compression
+  for mode in gradient local-sgd; do
+    for compression in none topk-q8; do
+      [ "$mode/$compression" = gradient/topk-q8 ] && continue
+      one "mlp-$mode-$compression" --set local.devices=cuda:0,cuda:0 --set model.path=/tmp/filo-mlp.pt \
+        --set data.train_limit=12000 --set optimizer.mode=$mode --set optimizer.compression=$compression
+    done
+  done
+}
+
 step() {
   local name=$1
   mkdir -p "$out"
@@ -136,13 +173,14 @@ case "${1:-all}" in
   build) step build build ;;
   test) step test run_tests ;;
   bench) step bench bench ;;
+  runs) step runs runs ;;
   all)
     step build build
     step test run_tests
     step bench bench
     ;;
   *)
-    echo "usage: tools/gpu_machine.sh fetch | configure | build | test | bench | all" >&2
+    echo "usage: tools/gpu_machine.sh fetch | configure | build | test | bench | runs | all" >&2
     exit 2
     ;;
 esac
