@@ -25,6 +25,8 @@ constexpr std::size_t kTransferRoundsBeforeCounting = 3;
 constexpr Milliseconds kResendCheckInterval{250};
 /// How many times the fastest measured speed a trainer's unproven calibration may claim.
 constexpr double kClaimTrust = 4.0;
+/// How many times the speed its share was planned at a trainer's report of one round may show.
+constexpr double kMaxSpeedGrowth = 2.0;
 /// How often the counts of refused messages are published when they grew.
 constexpr Milliseconds kDroppedEventInterval{1000};
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
@@ -388,6 +390,7 @@ std::vector<Share> Scheduler::shares_for(std::uint64_t total, bool taken_out_too
     }
     double speed = state.speed.samples_per_second();
     if (!state.speed.measured() && reference > 0.0) speed = std::min(speed, kClaimTrust * reference);
+    state.planned_speed = speed;
     estimates.push_back({trainer, speed, transfer});
   }
   if (options_.schedule.split == "equal") {
@@ -653,7 +656,14 @@ msg::TrainerInRound Scheduler::account_trainer(const OpenRound& round, const std
     ++totals.rounds_delivered;
     if (live != live_.end() && report.compute_seconds > 0) {
       TrainerState& state = live->second;
-      state.speed.observe(report.samples, report.compute_seconds);
+      // Its speed comes from its own report: one round may show at most kMaxSpeedGrowth times the
+      // speed it was planned at, so a trainer claiming next to no compute time (honest or not) is
+      // handed twice its share, not the whole round, and must deliver that in time to grow again.
+      double seconds = report.compute_seconds;
+      if (state.planned_speed > 0)
+        seconds =
+            std::max(seconds, static_cast<double>(report.samples) / (kMaxSpeedGrowth * state.planned_speed));
+      state.speed.observe(report.samples, seconds);
       const double transfer = std::max(0.0, line.arrival_seconds - report.compute_seconds);
       state.recent_transfers.push_back(transfer);
       if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();

@@ -114,6 +114,7 @@ class Scheduler final {
   struct TrainerState {
     bool calibrated = false;              // planned only once its calibration arrived
     SpeedEstimate speed;                  // calibration, then measured compute times
+    double planned_speed = 0.0;           // samples/s its latest share was planned at
     std::deque<double> recent_transfers;  // arrival minus compute time of recent rounds
     std::uint32_t max_micro_batch = 0;    // 0: no memory limit known
     std::uint64_t left_out_since = 0;     // round it was last left out in (0: it is not)

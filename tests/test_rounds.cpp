@@ -182,6 +182,29 @@ TEST_CASE("a calibration claiming an absurd speed counts for little until the tr
   CHECK(total(slow_plan.ranges) >= 400 / 5 - 1);
 }
 
+TEST_CASE("a trainer reporting next to no compute time is handed at most twice its share, not the round") {
+  SchedulerUnderTest test;
+  test.start();
+  const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
+  REQUIRE(total(fast_plan.ranges) == 300);  // planned at its claim of 300 samples/s
+  msg::ContributionReceived lie;
+  lie.round = fast_plan.round;
+  lie.trainer = test.fast.name();
+  lie.accepted = true;
+  lie.samples = total(fast_plan.ranges);
+  lie.loss_sum = 1.0;
+  lie.compute_seconds = 1e-9;  // 3e11 samples/s
+  test.aggregator.send(kSchedulerName, lie);
+  test.delivered(slow_plan, test.slow);  // 100 samples in 0.01 s: 10000 samples/s, capped at 200
+  const auto [next_slow, unused_next_slow] = expect<msg::RoundPlan>(test.slow);
+  const auto [next_fast, unused_next_fast] = expect<msg::RoundPlan>(test.fast);
+  // Both counted at twice what they were planned at (200 and 600): the split stays 1:3. Taken at
+  // their word, the fast one would get all 400 but one.
+  CHECK(total(next_fast.ranges) == 300);
+  CHECK(total(next_slow.ranges) == 100);
+}
+
 TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
   SchedulerUnderTest test;
   const msg::RoundOpened opened = test.start();
