@@ -12,9 +12,11 @@ namespace filo {
 namespace {
 constexpr Milliseconds kRegisterRetry{1000};
 /// How long a plan waits for its model's broadcast before asking for the model directly: at least
-/// this, at most kSnapshotRetry, twice the latest wait between them.
+/// this, at most kMaxSnapshotWait, twice the latest wait between them that a broadcast ended.
 constexpr Milliseconds kSnapshotGrace{50};
+/// An unanswered snapshot request is repeated after this, then after twice as long each time.
 constexpr Milliseconds kSnapshotRetry{500};
+constexpr Milliseconds kMaxSnapshotWait{30000};
 constexpr int kCalibrationWarmUp = 2;
 constexpr int kCalibrationMinSteps = 3;
 constexpr double kCalibrationMinSeconds = 0.3;
@@ -315,13 +317,14 @@ void Trainer::advance() {
   }
   if (!load && !plan) return;
   const double model_wait = plan ? seconds_between(pending_since_, Clock::now()) : 0.0;
-  if (plan) {
+  if (plan && !snapshot_asked_for_plan_) {
     // A plan names the version its round produces and comes before that model has been applied and
     // broadcast: ask for a snapshot only once the model is later than it has lately been (a 7.4 MB
     // model on a GPU took over 50 ms, and each of a trainer's rounds asked for a needless snapshot).
+    // Only waits the broadcast ended count: one that a snapshot ended would lengthen the next.
     const auto twice =
         std::chrono::duration_cast<Milliseconds>(std::chrono::duration<double>(2 * model_wait));
-    snapshot_grace_ = std::clamp(twice, kSnapshotGrace, kSnapshotRetry);
+    snapshot_grace_ = std::clamp(twice, kSnapshotGrace, kMaxSnapshotWait);
   }
   if (load) loading_version_ = load->state.model_version;
   training_ = plan;
@@ -369,6 +372,7 @@ void Trainer::on_job_finished() {
     last_loaded_version_ = *loaded;
     model_version_ = *loaded;
     snapshot_requested_.reset();
+    snapshot_retry_ = kSnapshotRetry;
   } else if (outcome && !outcome->problem.empty()) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", loaded.value_or(0), ": ", outcome->problem);
   }
@@ -428,22 +432,40 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
   }
   pending_ = plan;
   pending_since_ = Clock::now();
+  snapshot_asked_for_plan_ = false;
   advance();
   if (pending_) request_snapshot_soon();
 }
 
 void Trainer::request_snapshot_soon() {
-  loop_.at(loop_.now() + snapshot_grace_, [this] {
+  check_snapshot_at(loop_.now() + snapshot_grace_);
+}
+
+void Trainer::check_snapshot_at(Clock::time_point when) {
+  // One check armed at a time, at the earliest time asked for.
+  if (snapshot_check_ && *snapshot_check_ <= when) return;
+  snapshot_check_ = when;
+  loop_.at(when, [this, when] {
+    if (snapshot_check_ != when) return;  // superseded by an earlier one
+    snapshot_check_.reset();
     if (!pending_ || state_ != State::kAdmitted) return;
     const std::uint64_t wanted = pending_->model_version;
     if ((model_version_ && *model_version_ == wanted) ||
         (held_model_ && held_model_->state.model_version == wanted) ||
         (loading_version_ && *loading_version_ == wanted))
       return;
-    if (snapshot_requested_ && loop_.now() - *snapshot_requested_ < kSnapshotRetry) return;
+    const auto now = loop_.now();
+    if (snapshot_requested_ && now - *snapshot_requested_ < snapshot_retry_) {
+      check_snapshot_at(*snapshot_requested_ + snapshot_retry_);
+      return;
+    }
     bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
-    snapshot_requested_ = loop_.now();
-    request_snapshot_soon();
+    snapshot_requested_ = now;
+    snapshot_asked_for_plan_ = true;
+    // Each unanswered request waits twice as long for its answer as the one before: over a slow
+    // link a 7.4 MB snapshot takes seconds, and every repeat puts another copy on that link.
+    snapshot_retry_ = std::min(2 * snapshot_retry_, kMaxSnapshotWait);
+    check_snapshot_at(now + snapshot_retry_);
   });
 }
 
@@ -459,6 +481,7 @@ void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
 }
 
 void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
+  if (state_ == State::kDone) return;  // it comes twice: directly, and on the model publisher
   log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",
       finished.final_test_accuracy);
   // Said goodbye, so that a coordinator still closing its run does not count it lost.

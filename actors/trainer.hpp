@@ -113,6 +113,7 @@ class Trainer final {
   /// Fingerprints this node's copy of the run's training set, as the registrar asked.
   void describe_data(const msg::RunSpec& run);
   void request_snapshot_soon();
+  void check_snapshot_at(Clock::time_point when);
   /// Starts the next job the worker can do: calibrate first, then load the newest model and train
   /// the pending plan on it. Does nothing while a job runs.
   void advance();
@@ -168,8 +169,11 @@ class Trainer final {
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
-  Milliseconds snapshot_grace_{50};  // how long a plan waits for its model before asking for one
-  std::string precision_label_;      // what the forward pass computed in, once measured
+  Milliseconds snapshot_grace_{50};                  // how long a plan waits for its model before asking
+  Milliseconds snapshot_retry_{500};                 // how long an unanswered snapshot request waits
+  bool snapshot_asked_for_plan_ = false;             // a snapshot was asked for while the plan waited
+  std::optional<Clock::time_point> snapshot_check_;  // when the armed check runs
+  std::string precision_label_;                      // what the forward pass computed in, once measured
   std::atomic<double> slowdown_{1.0};
   // The running job's results, read once it is handed back.
   std::optional<msg::Calibration> calibration_result_;
