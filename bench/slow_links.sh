@@ -38,7 +38,7 @@ if [ "$model" = mlp ]; then
   model_settings=(--set "model.path=$out/mlp.pt")
 fi
 echo "slow links: 3 nodes, $model, 1 epoch of $train_limit samples; $(nproc) cores, $(date -u +%F)"
-printf '%-12s %-10s %10s %7s %7s %12s %11s %9s  %s\n' link mode training ratio rounds "sent by" "model wait" accuracy check
+printf '%-12s %-10s %10s %7s %7s %12s %11s %9s  %s\n' link mode training ratio rounds uplink "model wait" accuracy check
 declare -A fastest
 for rate in $rates; do
   for mode in $modes; do
