@@ -147,23 +147,28 @@ class EventRecorder {
   ScopedThread thread_;  // last: joined before the socket closes
 };
 
-int free_port_pair() {
-  // Two consecutive free ports: the coordinator listens on P and publishes on P + 1.
+int free_port_triple(const std::string& host) {
+  // Three consecutive free ports: the coordinator listens on P, publishes events on P + 1 and
+  // models on P + 2. Below the kernel's ephemeral range (32768 up), where no outgoing connection
+  // takes one between this check and the coordinator's bind, and checked on the address it binds
+  // (all of them, with namespaces): a port free on 127.0.0.1 alone once failed it with "Address
+  // already in use".
   std::mt19937 random(static_cast<unsigned>(getpid()));
   for (int attempt = 0; attempt < 200; ++attempt) {
-    const int port = 20000 + static_cast<int>(random() % 20000) * 2;
+    const int port = 20000 + static_cast<int>(random() % 4000) * 3;
     zmq::context_t context;
     try {
-      zmq::socket_t a(context, zmq::socket_type::router), b(context, zmq::socket_type::router);
-      a.set(zmq::sockopt::linger, 0);
-      b.set(zmq::sockopt::linger, 0);
-      a.bind("tcp://127.0.0.1:" + std::to_string(port));
-      b.bind("tcp://127.0.0.1:" + std::to_string(port + 1));
+      std::vector<zmq::socket_t> sockets;
+      for (int offset = 0; offset < 3; ++offset) {
+        sockets.emplace_back(context, zmq::socket_type::router);
+        sockets.back().set(zmq::sockopt::linger, 0);
+        sockets.back().bind("tcp://" + host + ":" + std::to_string(port + offset));
+      }
       return port;
     } catch (const zmq::error_t&) {
     }
   }
-  throw std::runtime_error("no two consecutive free ports found");
+  throw std::runtime_error("no three consecutive free ports found");
 }
 
 struct Instance {
@@ -179,7 +184,7 @@ class FaultCluster {
       : run_dir_(std::move(run_dir)),
         settings_(with_fleet_keys(run_dir_, std::move(settings))),
         history_(history),
-        port_(free_port_pair()),
+        port_(free_port_triple(namespaces ? "0.0.0.0" : "127.0.0.1")),
         namespaces_(namespaces) {}
 
   /// The fleet's keys, written once per scenario: every process finds its own there by its role.
