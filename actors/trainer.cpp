@@ -261,6 +261,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   state_ = State::kAdmitted;
   bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
   snapshot_requested_ = loop_.now();
+  snapshot_retry_ = kSnapshotRetry;  // requests to a coordinator that went away backed off
   advance();
 }
 
