@@ -94,8 +94,8 @@ struct RobustOptions {
   std::string bound = "refuse";
   double norm_factor = 8.0;
   /// A trainer with this many contributions refused as lies (norm bound, implausible report, bad
-  /// tensors) within the last `refusal_window` rounds is excluded from the plans until an operator
-  /// readmits it (`filo readmit`); 0 = never excluded.
+  /// tensors or numbers, a wrong sample count) within the last `refusal_window` rounds is excluded
+  /// from the plans until an operator readmits it (`filo readmit`); 0 = never excluded.
   std::int64_t max_refusals = 3;
   std::int64_t refusal_window = 20;
 };
