@@ -44,6 +44,12 @@ nlohmann::json run_spec_json(const msg::RunSpec& run) {
           {"weight_decay", run.weight_decay}};
 }
 
+std::uint64_t frame_bytes(const std::vector<zmq::message_t>& frames) {
+  std::uint64_t bytes = 0;
+  for (const auto& frame : frames) bytes += frame.size();
+  return bytes;
+}
+
 bool finite_and_not_negative(double value) {
   return std::isfinite(value) && value >= 0.0;
 }
@@ -97,6 +103,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       evaluator_(model_.clone(), parse_task(options_.run.task),
                  load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
                               Split::kTest)) {
+  if (compression_.kind != CompressionKind::kNone) downlink_.emplace(model_.parameters(), compression_);
   if (options_.resume) restore(*options_.resume);
   averaged_round_ = last_combined_round_ + 1;
   bus_.count_refusals_in(options_.drops);
@@ -115,7 +122,7 @@ void Aggregator::count_drop(const std::string& reason) {
   if (options_.drops) options_.drops->count(reason);
 }
 
-void Aggregator::publish_model(const std::string& to) {
+std::uint64_t Aggregator::publish_model(const std::string& to) {
   // Staged into a reused buffer: the next step updates the parameters in place while zmq may still
   // be sending these frames.
   std::vector<zmq::message_t> frames;
@@ -128,7 +135,30 @@ void Aggregator::publish_model(const std::string& to) {
   const Stamp stamp{last_combined_round_, model_version_};
   // A snapshot is published under the asking trainer's own topic, not sent on its addressed
   // connection: a large model over a slow link there would hold up its plans and heartbeats.
+  const std::uint64_t bytes = frame_bytes(frames);
   bus_.publish(to.empty() ? std::string(kModelTopic) : snapshot_topic(to), state, stamp, std::move(frames));
+  return bytes;
+}
+
+std::uint64_t Aggregator::publish_update(std::uint64_t base_version, const std::vector<SparseGroup>& sent) {
+  msg::ModelUpdate update;
+  update.base_version = base_version;
+  update.model_version = model_version_;
+  update.round = last_combined_round_;
+  update.layout = layout_;
+  std::vector<std::string> names;
+  for (const auto& group : model_.parameters().groups()) names.push_back(group.wire_name());
+  std::vector<NamedTensor> wire = sparse_wire(sent, names);
+  for (auto& part : wire) part.tensor = part.tensor.to(torch::kCPU);
+  std::vector<zmq::message_t> frames;
+  update.parameters = append_tensor_frames(wire, frames);
+  update.buffers = stage(model_.buffers(), model_buffers_, frames);
+  update.fingerprint =
+      fingerprint_number_hex(model_.buffers().fingerprint(model_.parameters().fingerprint()));
+  const std::uint64_t bytes = frame_bytes(frames);
+  bus_.publish(std::string(kModelTopic), update, Stamp{last_combined_round_, model_version_},
+               std::move(frames));
+  return bytes;
 }
 
 void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
@@ -352,9 +382,15 @@ void Aggregator::combine(const msg::CombineRound& order) {
   // The version follows the scheduler's count even when nothing could be combined, so that trainers
   // planned on it are not left waiting for a version that never comes.
   const bool new_version = order.model_version != model_version_;
+  const std::uint64_t base_version = model_version_;
   model_version_ = order.model_version;
   last_combined_round_ = order.round;
-  if (new_version) publish_model("");
+  if (new_version && downlink_) {
+    // The model becomes what replicas will hold: the step's change, compressed, on the base.
+    answer.publish_bytes = publish_update(base_version, downlink_->advance(model_.parameters()));
+  } else if (new_version) {
+    answer.publish_bytes = publish_model("");
+  }
   const auto published = Clock::now();
 
   rounds_.erase(rounds_.begin(), rounds_.upper_bound(order.round));
@@ -395,6 +431,13 @@ void Aggregator::checkpoint(const msg::CombineRound& order) {
     snapshot.push_back({"model.buffers." + std::to_string(i), copy(model_.buffers().groups()[i].flat)});
   }
   for (const auto& state : optimizer_->state()) snapshot.push_back({state.name, copy(state.tensor)});
+  if (downlink_) {
+    // What of the steps has not reached the replicas yet: lost, a restart would drop part of them.
+    for (std::size_t i = 0; i < downlink_->residual().groups().size(); ++i) {
+      snapshot.push_back(
+          {"downlink.residual." + std::to_string(i), copy(downlink_->residual().groups()[i].flat)});
+    }
+  }
   nlohmann::json round_state = nlohmann::json::parse(order.round_state, nullptr, /*allow_exceptions=*/false);
   if (round_state.is_discarded()) {
     log(LogLevel::kError, bus_.name(), "round ", order.round,
@@ -433,6 +476,11 @@ void Aggregator::restore(const Checkpoint& checkpoint) {
   restore_groups("model.parameters", model_.parameters());
   restore_groups("model.buffers", model_.buffers());
   optimizer_->load_state(tensors, model_.parameters());
+  if (downlink_) {
+    FlatTensors residual = model_.parameters().zeros_like();
+    if (tensors.count("downlink.residual.0")) restore_groups("downlink.residual", residual);
+    downlink_->reset(model_.parameters(), residual);
+  }
   model_version_ = checkpoint.meta.at("model_version").get<std::uint64_t>();
   last_combined_round_ = checkpoint.round;
   log(LogLevel::kInfo, bus_.name(), "resumed from ", checkpoint.path, ": model version ", model_version_,

@@ -99,7 +99,10 @@ class Aggregator final {
   void add_to_sums(const Held& held);
   void combine(const msg::CombineRound& combine);
   void answer(const msg::RoundCombined& answer);
-  void publish_model(const std::string& to);
+  /// Publishes the whole model (to every trainer, or as `to`'s snapshot); the bytes of its frames.
+  std::uint64_t publish_model(const std::string& to);
+  /// A compressed downlink: the step just taken, as the update every replica applies; its bytes.
+  std::uint64_t publish_update(std::uint64_t base_version, const std::vector<SparseGroup>& sent);
   void checkpoint(const msg::CombineRound& combine);
   void collect_evaluation();
   void restore(const Checkpoint& checkpoint);
@@ -115,6 +118,9 @@ class Aggregator final {
   CompressionOptions compression_;  // from the run: how trainers send their deltas
   Model model_;
   std::string layout_;  // fingerprint of the model's flat layout, checked on every message
+  /// Compressed local-sgd: the replicas' model and what of the steps has not reached them yet
+  /// (none otherwise: each step publishes the whole model).
+  std::optional<CompressedDownlink> downlink_;
   std::unique_ptr<FlatOptimizer> optimizer_;
   ContributionAverager averager_;
   /// Which round's contributions the averager's sums hold, and whose: added as they arrive, so

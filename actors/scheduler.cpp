@@ -997,6 +997,7 @@ void Scheduler::handle(const msg::RoundCombined& combined, const Incoming&) {
   combine_timing_sums_["combine_seconds"] += combined.combine_seconds;
   combine_timing_sums_["step_seconds"] += combined.step_seconds;
   combine_timing_sums_["publish_seconds"] += combined.publish_seconds;
+  model_broadcast_bytes_ += combined.publish_bytes;
   slowest_combine_seconds_ = std::max(
       slowest_combine_seconds_, combined.combine_seconds + combined.step_seconds + combined.publish_seconds);
 }
@@ -1098,6 +1099,7 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"model_file", model_file},
       {"model_files", evaluated.model_files},
       {"aggregator_timing", timing},
+      {"model_broadcast_bytes", model_broadcast_bytes_},
       {"dropped", drops},
       {"failures", failures_json(state_.failures)},
       {"exclusions", failures_json(state_.exclusions)},

@@ -17,6 +17,10 @@ constexpr Milliseconds kSnapshotGrace{50};
 /// An unanswered snapshot request is repeated after this, then after twice as long each time.
 constexpr Milliseconds kSnapshotRetry{500};
 constexpr Milliseconds kMaxSnapshotWait{30000};
+/// Compressed downlink: updates held while the replica has not reached their base (a share being
+/// trained, a snapshot on its way). Beyond these the oldest go: a snapshot is cheaper than a long
+/// wait.
+constexpr std::size_t kMaxHeldUpdates = 16;
 constexpr int kCalibrationWarmUp = 2;
 constexpr int kCalibrationMinSteps = 3;
 constexpr double kCalibrationMinSeconds = 0.3;
@@ -179,9 +183,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     const ReceivedTensor archive_tensor = archive.value().front();
     // The run's data and model are made on the worker, where every tensor of this trainer lives.
     calibrated_ = false;
-    model_version_.reset();
-    last_loaded_version_ = 0;
-    held_model_.reset();
+    forget_model();
     worker_->submit("preparing run " + run.run_id, [this, run, archive_tensor] {
       try {
         data_ = load_dataset(dataset_spec(run, static_cast<std::int64_t>(run.train_samples)),
@@ -249,8 +251,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     // Admitted afresh (perhaps by a restarted coordinator that resumed from a checkpoint older
     // than this replica): take whatever model it has, even an older version. The scheduler plans
     // this trainer only once it knows its speed, so it calibrates again.
-    model_version_.reset();
-    last_loaded_version_ = 0;
+    forget_model();
     pending_.reset();
     calibrated_ = false;
   }
@@ -301,11 +302,29 @@ void Trainer::advance() {
   if (held_model_) {
     const std::uint64_t version = held_model_->state.model_version;
     const bool newer = !model_version_ ? version >= last_loaded_version_ : version > *model_version_;
-    if (newer) load = std::move(held_model_);
+    // With a compressed downlink, a snapshot the held updates already reach is not needed.
+    const bool reached = base_version_ && reachable_version().value_or(0) >= version;
+    if (newer && !reached) load = std::move(held_model_);
     held_model_.reset();
   }
-  const std::uint64_t ready_version = load ? load->state.model_version : model_version_.value_or(0);
-  const bool replica_ready = load.has_value() || model_version_.has_value();
+  // Then every held update that follows on, in order.
+  std::vector<HeldUpdate> updates;
+  if (downlink_compressed()) {
+    std::optional<std::uint64_t> from = load ? std::optional(load->state.model_version) : base_version_;
+    if (from) {
+      held_updates_.erase(held_updates_.begin(), held_updates_.lower_bound(*from));
+      for (auto next = held_updates_.find(*from); next != held_updates_.end();
+           next = held_updates_.find(*from)) {
+        from = next->second.update.model_version;
+        updates.push_back(std::move(next->second));
+        held_updates_.erase(next);
+      }
+    }
+  }
+  const std::uint64_t ready_version = !updates.empty() ? updates.back().update.model_version
+                                      : load           ? load->state.model_version
+                                                       : model_version_.value_or(0);
+  const bool replica_ready = load.has_value() || !updates.empty() || model_version_.has_value();
   std::optional<msg::RoundPlan> plan;
   if (pending_ && replica_ready && ready_version == pending_->model_version) {
     plan = std::move(pending_);
@@ -316,7 +335,7 @@ void Trainer::advance() {
         pending_->model_version, " was superseded by ", ready_version);
     pending_.reset();
   }
-  if (!load && !plan) return;
+  if (!load && updates.empty() && !plan) return;
   const double model_wait = plan ? seconds_between(pending_since_, Clock::now()) : 0.0;
   if (plan && !snapshot_asked_for_plan_) {
     // A plan names the version its round produces and comes before that model has been applied and
@@ -327,12 +346,12 @@ void Trainer::advance() {
         std::chrono::duration_cast<Milliseconds>(std::chrono::duration<double>(2 * model_wait));
     snapshot_grace_ = std::clamp(twice, kSnapshotGrace, kMaxSnapshotWait);
   }
-  if (load) loading_version_ = load->state.model_version;
+  if (load || !updates.empty()) loading_version_ = ready_version;
   training_ = plan;
   const std::string what = plan ? "training round " + std::to_string(plan->round)
                                 : "loading model version " + std::to_string(*loading_version_);
-  worker_->submit(what, [this, load = std::move(load), plan, model_wait] {
-    train_result_ = load_and_train(load, plan, model_wait);
+  worker_->submit(what, [this, load = std::move(load), updates = std::move(updates), plan, model_wait] {
+    train_result_ = load_and_train(load, updates, plan, model_wait);
   });
 }
 
@@ -372,10 +391,23 @@ void Trainer::on_job_finished() {
   if (loaded && outcome && outcome->problem.empty()) {
     last_loaded_version_ = *loaded;
     model_version_ = *loaded;
+    if (downlink_compressed()) base_version_ = *loaded;
     snapshot_requested_.reset();
     snapshot_retry_ = kSnapshotRetry;
   } else if (outcome && !outcome->problem.empty()) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", loaded.value_or(0), ": ", outcome->problem);
+    if (downlink_compressed()) {
+      // An update that did not apply may have left the replica half way: only a snapshot helps now.
+      model_version_.reset();
+      base_version_.reset();
+      held_updates_.clear();
+      const auto now = loop_.now();
+      if (state_ == State::kAdmitted &&
+          (!snapshot_requested_ || now - *snapshot_requested_ >= snapshot_retry_)) {
+        bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+        snapshot_requested_ = now;
+      }
+    }
   }
   if (trained && outcome && outcome->contribution) {
     // The forward passes moved the BatchNorm statistics (local-sgd: the parameters too): this
@@ -425,6 +457,39 @@ void Trainer::handle(const msg::ModelState& state, const Incoming& from) {
   advance();
 }
 
+void Trainer::handle(const msg::ModelUpdate& update, const Incoming& from) {
+  if (!run_ || !downlink_compressed()) return;
+  if (update.model_version <= update.base_version) return;
+  if (loading_version_.value_or(0) >= update.model_version ||
+      (base_version_ && *base_version_ >= update.model_version))
+    return;
+  held_updates_[update.base_version] = HeldUpdate{update, from.tensor_frames};
+  while (held_updates_.size() > kMaxHeldUpdates) held_updates_.erase(held_updates_.begin());
+  advance();
+}
+
+bool Trainer::downlink_compressed() const {
+  return run_ && run_->mode == "local-sgd" && run_->compression != "none";
+}
+
+std::optional<std::uint64_t> Trainer::reachable_version() const {
+  std::optional<std::uint64_t> version = loading_version_ ? loading_version_ : base_version_;
+  if (!version) return std::nullopt;
+  for (auto next = held_updates_.find(*version); next != held_updates_.end();
+       next = held_updates_.find(*version)) {
+    version = next->second.update.model_version;
+  }
+  return version;
+}
+
+void Trainer::forget_model() {
+  model_version_.reset();
+  base_version_.reset();
+  last_loaded_version_ = 0;
+  held_model_.reset();
+  held_updates_.clear();
+}
+
 void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
   if (state_ != State::kAdmitted) return;
   if (training_ && training_->round < plan.round) {
@@ -453,7 +518,8 @@ void Trainer::check_snapshot_at(Clock::time_point when) {
     const std::uint64_t wanted = pending_->model_version;
     if ((model_version_ && *model_version_ == wanted) ||
         (held_model_ && held_model_->state.model_version == wanted) ||
-        (loading_version_ && *loading_version_ == wanted))
+        (loading_version_ && *loading_version_ == wanted) ||
+        (downlink_compressed() && reachable_version() == wanted))
       return;
     const auto now = loop_.now();
     if (snapshot_requested_ && now - *snapshot_requested_ < snapshot_retry_) {
@@ -587,18 +653,49 @@ std::optional<std::string> Trainer::load_model(const HeldModel& held) {
   if (mismatch) return mismatch;
   model_->parameters().copy_from(parameters, model_staging_);
   model_->buffers().copy_from(buffers, model_staging_);
+  // The base the next compressed update applies to.
+  if (compression_.kind != CompressionKind::kNone) local_before_.copy_from(model_->parameters());
+  return std::nullopt;
+}
+
+std::optional<std::string> Trainer::apply_update(const HeldUpdate& held) {
+  const msg::ModelUpdate& update = held.update;
+  if (update.layout != layout_) return std::string("an update of another layout");
+  std::vector<TensorMeta> metas = update.parameters;
+  metas.insert(metas.end(), update.buffers.begin(), update.buffers.end());
+  auto received = read_tensor_frames(metas, held.frames, 0);
+  if (!received) return "update to version " + std::to_string(update.model_version) + ": " + received.error();
+  auto& tensors = received.value();
+  const auto split = tensors.begin() + static_cast<std::ptrdiff_t>(update.parameters.size());
+  const std::vector<ReceivedTensor> parameters(tensors.begin(), split);
+  const std::vector<ReceivedTensor> buffers(split, tensors.end());
+  auto sent = sparse_from_wire(parameters, model_->parameters(), compression_.chunk);
+  if (!sent) return "update to version " + std::to_string(update.model_version) + ": " + sent.error();
+  if (auto mismatch = model_->buffers().wire_mismatch(buffers)) return mismatch;
+  torch::NoGradGuard no_grad;
+  apply_sparse(local_before_, sent.value());
+  model_->parameters().copy_from(local_before_);
+  model_->buffers().copy_from(buffers, model_staging_);
+  const std::string fingerprint =
+      fingerprint_number_hex(model_->buffers().fingerprint(model_->parameters().fingerprint()));
+  if (fingerprint != update.fingerprint) {
+    return "the replica diverged: fingerprint " + fingerprint + " after the update to version " +
+           std::to_string(update.model_version) + ", the aggregator's " + update.fingerprint.substr(0, 16);
+  }
   return std::nullopt;
 }
 
 Trainer::TrainOutcome Trainer::load_and_train(const std::optional<HeldModel>& model,
+                                              const std::vector<HeldUpdate>& updates,
                                               const std::optional<msg::RoundPlan>& plan,
                                               double model_wait_seconds) {
-  if (model) {
-    if (auto problem = load_model(*model)) {
-      TrainOutcome outcome;
-      outcome.problem = *problem;
-      return outcome;
-    }
+  std::optional<std::string> problem;
+  if (model) problem = load_model(*model);
+  for (std::size_t i = 0; i < updates.size() && !problem; ++i) problem = apply_update(updates[i]);
+  if (problem) {
+    TrainOutcome outcome;
+    outcome.problem = *problem;
+    return outcome;
   }
   if (!plan) return {};
   return train(*plan, model_wait_seconds);

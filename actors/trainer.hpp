@@ -10,6 +10,7 @@
 // once take_finished() handed the job back. So a micro-batch of any length never makes the trainer
 // deaf, and a model that arrives mid-share waits, whole, until the share is done.
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -71,7 +72,7 @@ struct TrainerOptions {
 class Trainer final {
  public:
   using Inbox = std::variant<msg::Admission, msg::Heartbeat, msg::RoundPlan, msg::ModelState,
-                             msg::RunFinished, msg::SetSlowdown>;
+                             msg::ModelUpdate, msg::RunFinished, msg::SetSlowdown>;
 
   Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
           const StopFlag& stop, const TimeSource& time = steady_time());
@@ -91,6 +92,7 @@ class Trainer final {
   void handle(const msg::Heartbeat& heartbeat, const Incoming& from);
   void handle(const msg::RoundPlan& plan, const Incoming& from);
   void handle(const msg::ModelState& state, const Incoming& from);
+  void handle(const msg::ModelUpdate& update, const Incoming& from);
   void handle(const msg::RunFinished& finished, const Incoming& from);
   void handle(const msg::SetSlowdown& slowdown, const Incoming& from);
 
@@ -99,6 +101,11 @@ class Trainer final {
   /// A model broadcast or snapshot, kept whole until the worker is free to load it.
   struct HeldModel {
     msg::ModelState state;
+    FrameList frames;
+  };
+  /// A compressed downlink's update, kept until the replica reaches its base version.
+  struct HeldUpdate {
+    msg::ModelUpdate update;
     FrameList frames;
   };
   /// What a training job hands back to the actor.
@@ -113,6 +120,13 @@ class Trainer final {
   /// Fingerprints this node's copy of the run's training set, as the registrar asked.
   void describe_data(const msg::RunSpec& run);
   void request_snapshot_soon();
+  /// The run's steps come as compressed updates to apply (ModelUpdate), not whole models.
+  bool downlink_compressed() const;
+  /// The newest version the replica reaches by what it holds: the model being loaded or its
+  /// base, then every held update that follows on.
+  std::optional<std::uint64_t> reachable_version() const;
+  /// Forgets the replica's versions and whatever was held to update it (a new run or admission).
+  void forget_model();
   void check_snapshot_at(Clock::time_point when);
   /// Starts the next job the worker can do: calibrate first, then load the newest model and train
   /// the pending plan on it. Does nothing while a job runs.
@@ -126,10 +140,13 @@ class Trainer final {
   msg::Calibration calibrate();
   /// On a GPU, the largest micro-batch of the run's model the device holds, less a margin.
   std::uint32_t probe_max_micro_batch(std::int64_t micro_batch);
-  /// Loads `model` into the replica (when given), then trains `plan` on it (when given).
-  TrainOutcome load_and_train(const std::optional<HeldModel>& model,
+  /// Loads `model` into the replica (when given), applies `updates` in order, then trains `plan`
+  /// on the result (when given).
+  TrainOutcome load_and_train(const std::optional<HeldModel>& model, const std::vector<HeldUpdate>& updates,
                               const std::optional<msg::RoundPlan>& plan, double model_wait_seconds);
   std::optional<std::string> load_model(const HeldModel& model);
+  /// Adds `update` to the base (local_before_) and makes the replica that, checked by fingerprint.
+  std::optional<std::string> apply_update(const HeldUpdate& update);
   TrainOutcome train(const msg::RoundPlan& plan, double model_wait_seconds);
   ShareOptions share_options(std::int64_t micro_batch, std::uint64_t epoch, double loss_scale,
                              std::function<void()> between) const;
@@ -161,8 +178,12 @@ class Trainer final {
   std::string subscribed_to_;
   std::string described_;  // the dataset spec report_'s fingerprint was computed for
   bool calibrated_ = false;
-  std::optional<HeldModel> held_model_;         // the newest model not yet loaded
-  std::optional<std::uint64_t> model_version_;  // the replica's version; none when it is not clean
+  std::optional<HeldModel> held_model_;               // the newest model not yet loaded
+  std::map<std::uint64_t, HeldUpdate> held_updates_;  // compressed downlink: by base version
+  std::optional<std::uint64_t> model_version_;        // the replica's version; none when it is not clean
+  /// Compressed downlink: the version the worker's local_before_ holds (the replica's as loaded,
+  /// kept while local steps move the replica); none until a model loads or after one failed to.
+  std::optional<std::uint64_t> base_version_;
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
   Clock::time_point pending_since_{};             // when the pending plan arrived
@@ -186,7 +207,9 @@ class Trainer final {
   Precision precision_ = Precision::kFp32;
   std::string layout_;                              // fingerprint of the model's flat layout
   std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
-  FlatTensors local_before_;                        // local-sgd: the parameters a round started from
+  /// local-sgd: the parameters a round started from (with a compressed downlink: the model as
+  /// last loaded, that the next update applies to)
+  FlatTensors local_before_;
   FlatTensors local_deltas_;
   CompressionOptions compression_;               // local-sgd: what of the change is sent
   std::optional<ErrorFeedback> error_feedback_;  // compressed local-sgd: what was not sent yet

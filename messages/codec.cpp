@@ -62,6 +62,8 @@ std::string_view kind_name(MessageKind kind) {
       return "TrainerFailed";
     case MessageKind::kReadmit:
       return "Readmit";
+    case MessageKind::kModelUpdate:
+      return "ModelUpdate";
   }
   return "unknown";
 }

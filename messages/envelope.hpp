@@ -40,8 +40,9 @@ enum class MessageKind : std::uint8_t {
   kSecurityNotice,
   kTrainerFailed,
   kReadmit,
+  kModelUpdate,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kReadmit);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kModelUpdate);
 
 std::string_view kind_name(MessageKind kind);
 

@@ -1,5 +1,7 @@
 #pragma once
-// The model itself: broadcast after every step, or sent to one trainer that asks.
+// The model itself: broadcast after every step, or sent to one trainer that asks. With a compressed
+// downlink (local-sgd with compression) each step is broadcast as the update it applied instead,
+// and only a trainer that joins or falls out of step is sent the whole model.
 #include <cstdint>
 #include <vector>
 
@@ -20,6 +22,26 @@ struct ModelState {
   std::vector<TensorMeta> buffers;
   std::string layout;
   MSGPACK_DEFINE_MAP(model_version, round, epoch, parameters, buffers, layout)
+};
+
+// aggregator → everyone (topic "model") after each step of a run whose downlink is compressed:
+// the change from `base_version` to `model_version`, as the aggregator applied it to its own model.
+// Parameters follow as sparse tensor frames (per group "<dtype>.indices", ".values" and for q8
+// ".scales", as contributions carry them), buffers as dense frames. A replica at `base_version`
+// that adds the decoded values at their indices holds `model_version` bit for bit, which
+// `fingerprint` (16 hex digits of the parameters' and buffers' bits) lets it check; a replica at
+// any other version, or one whose fingerprint differs, asks for a snapshot.
+struct ModelUpdate {
+  static constexpr MessageKind kKind = MessageKind::kModelUpdate;
+  std::uint64_t base_version = 0;
+  std::uint64_t model_version = 0;
+  std::uint64_t round = 0;
+  std::uint64_t epoch = 0;
+  std::vector<TensorMeta> parameters;
+  std::vector<TensorMeta> buffers;
+  std::string layout;
+  std::string fingerprint;
+  MSGPACK_DEFINE_MAP(base_version, model_version, round, epoch, parameters, buffers, layout, fingerprint)
 };
 
 // trainer → aggregator: send me the current model (a late joiner asks rather than hoping to

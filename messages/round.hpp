@@ -144,7 +144,11 @@ struct RoundCombined {
   double step_seconds = 0.0;     // the optimizer step
   double publish_seconds = 0.0;  // copying the model into send buffers and handing it to the bus
   std::string problem;           // set when the round could not be combined as asked
-  MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem)
+  // The broadcast's frames (the whole model, or a compressed downlink's update): what each
+  // subscribed trainer receives for this round.
+  std::uint64_t publish_bytes = 0;
+  MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem,
+                     publish_bytes)
 };
 
 // scheduler → aggregator at an epoch's end: score model version `model_version` on the test set;

@@ -328,6 +328,7 @@ struct ClusterSettings {
   double gradient_scale_a = 1.0;              /// TEST AID for trainer "a": its lie about its gradients
   std::string split = "proportional";         /// schedule.split
   RobustOptions robust;
+  std::vector<std::string> late_nodes;  /// made, but started only by start_late()
 };
 
 /// A whole coordinator and two trainers in one process over inproc, in real time.
@@ -397,7 +398,9 @@ struct ClusterInProcess {
     aggregator_options.run_dir = run_dir;
     aggregator_options.drops = &drops;
     aggregator.emplace(sockets, hub.inproc_router_endpoint(), aggregator_options, stop);
-    for (const std::string& node : settings.nodes) {
+    std::vector<std::string> nodes = settings.nodes;
+    nodes.insert(nodes.end(), settings.late_nodes.begin(), settings.late_nodes.end());
+    for (const std::string& node : nodes) {
       TrainerOptions options;
       options.node = node;
       options.coordinator = hub.inproc_router_endpoint();
@@ -423,11 +426,16 @@ struct ClusterInProcess {
         "scheduler", [this] { scheduler->run(); }, failures, stop));
     threads.push_back(std::make_unique<ActorThread>(
         "aggregator", [this] { aggregator->run(); }, failures, stop));
-    for (auto& trainer : trainers) {
-      Trainer* raw = trainer.get();
-      threads.push_back(std::make_unique<ActorThread>(
-          raw->name(), [raw] { raw->run(); }, failures, stop));
-    }
+    for (std::size_t i = 0; i < settings.nodes.size(); ++i) start_trainer(*trainers[i]);
+  }
+  void start_trainer(Trainer& trainer) {
+    Trainer* raw = &trainer;
+    threads.push_back(std::make_unique<ActorThread>(
+        raw->name(), [raw] { raw->run(); }, failures, stop));
+  }
+  /// Starts the trainers of ClusterSettings::late_nodes.
+  void start_late(std::size_t late_nodes) {
+    for (std::size_t i = trainers.size() - late_nodes; i < trainers.size(); ++i) start_trainer(*trainers[i]);
   }
   ~ClusterInProcess() { stop_actors(); }
   /// Stops every actor and joins its thread: their state can then be read.
@@ -558,6 +566,7 @@ TEST_CASE("compressed local-sgd sends under a twentieth of dense local-sgd's byt
       CAPTURE(reason);
       CHECK(reason.find("bad tensors") == std::string::npos);
     }
+    const auto downlink_bytes = summary.at("model_broadcast_bytes").get<std::uint64_t>();
     // Every replica is the aggregator's model: what a trainer did not send stays in its residual,
     // never in its replica.
     cluster.stop_actors();
@@ -568,17 +577,63 @@ TEST_CASE("compressed local-sgd sends under a twentieth of dense local-sgd's byt
     }
     return std::tuple{bytes / std::max<std::uint64_t>(1, delivered),
                       summary.at("final_test_accuracy").get<double>(),
-                      summary.at("train_loss_per_epoch").back().get<double>()};
+                      summary.at("train_loss_per_epoch").back().get<double>(), downlink_bytes};
   };
-  const auto [dense_bytes, dense_accuracy, dense_loss] = run("none");
-  const auto [q8_bytes, q8_accuracy, q8_loss] = run("topk-q8");
-  INFO("bytes per contribution: dense " << dense_bytes << ", topk-q8 " << q8_bytes << "; accuracy "
+  const auto [dense_bytes, dense_accuracy, dense_loss, dense_downlink] = run("none");
+  const auto [q8_bytes, q8_accuracy, q8_loss, q8_downlink] = run("topk-q8");
+  INFO("bytes per contribution: dense " << dense_bytes << ", topk-q8 " << q8_bytes << "; broadcast bytes "
+                                        << dense_downlink << " and " << q8_downlink << "; accuracy "
                                         << dense_accuracy << " and " << q8_accuracy << "; last train loss "
                                         << dense_loss << " and " << q8_loss);
   CHECK(dense_bytes > 400'000);  // the mlp's 100k fp32 parameters
   CHECK(q8_bytes * 20 < dense_bytes);
+  // The downlink too: each step goes out as the compressed update the aggregator applied.
+  CHECK(dense_downlink > 16 * 400'000);
+  CHECK(q8_downlink * 20 < dense_downlink);
   // 1% of each change per round, the rest sent later: slower to learn, but it learns.
   CHECK(q8_accuracy > 0.3);
+}
+
+TEST_CASE(
+    "a trainer that joins a compressed local-sgd run mid-way ends with the aggregator's model, bit for bit") {
+  ClusterSettings settings;
+  settings.epochs = 8;
+  settings.mode = "local-sgd";
+  settings.compression = "topk-q8";
+  settings.late_nodes = {"c"};
+  ClusterInProcess cluster(settings);
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (cluster.rounds().size() < 4 && !cluster.finished && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Milliseconds(20));  // the test's own wait for rounds of a real run
+  }
+  REQUIRE(cluster.rounds().size() >= 4);
+  REQUIRE_FALSE(cluster.finished);
+  cluster.start_late(1);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(120)), cluster.failures.describe());
+  std::uint64_t late_delivered = 0;
+  for (const auto& round : cluster.rounds()) {
+    for (const auto& trainer : round.at("trainers")) {
+      if (trainer.at("name").get<std::string>().rfind("trainer@c/", 0) == 0 &&
+          trainer.at("delivered") == true)
+        ++late_delivered;
+    }
+  }
+  CHECK(late_delivered > 0);
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") ==
+        nlohmann::json::array({2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}));
+  cluster.stop_actors();
+  const Model& combined = cluster.aggregator->model();
+  for (const auto& trainer : cluster.trainers) {
+    CAPTURE(trainer->name());
+    REQUIRE(trainer->replica());
+    for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
+      CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
+                         combined.parameters().groups()[i].flat));
+    }
+    CHECK(trainer->replica()->parameters().fingerprint() == combined.parameters().fingerprint());
+  }
 }
 
 TEST_CASE(

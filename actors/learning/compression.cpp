@@ -196,4 +196,35 @@ std::vector<SparseGroup> ErrorFeedback::compress(const FlatTensors& change,
   return sent;
 }
 
+CompressedDownlink::CompressedDownlink(const FlatTensors& parameters, const CompressionOptions& options)
+    : options_(options),
+      base_(parameters.zeros_like()),
+      change_(parameters.zeros_like()),
+      feedback_(parameters) {
+  base_.copy_from(parameters);
+}
+
+std::vector<SparseGroup> CompressedDownlink::advance(FlatTensors& parameters) {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < parameters.groups().size(); ++i) {
+    torch::sub_out(change_.groups()[i].flat, parameters.groups()[i].flat, base_.groups()[i].flat);
+  }
+  std::vector<SparseGroup> sent = feedback_.compress(change_, options_);
+  apply_sparse(base_, sent);
+  parameters.copy_from(base_);
+  return sent;
+}
+
+void CompressedDownlink::reset(const FlatTensors& parameters, const FlatTensors& residual) {
+  base_.copy_from(parameters);
+  feedback_ = ErrorFeedback(parameters);
+  if (!residual.empty()) feedback_.restore(residual);
+}
+
+void apply_sparse(FlatTensors& base, const std::vector<SparseGroup>& sent) {
+  TORCH_CHECK(sent.size() == base.groups().size(), "apply_sparse: ", sent.size(), " groups sent, ",
+              base.groups().size(), " held");
+  for (std::size_t i = 0; i < sent.size(); ++i) add_sparse(base.groups()[i].flat, sent[i]);
+}
+
 }  // namespace filo

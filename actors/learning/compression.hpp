@@ -5,7 +5,7 @@
 // spread over the whole model), optionally quantised to 8 bits with one scale per chunk. What was
 // not sent is kept as an error-feedback residual and added to the next change: nothing is lost, only
 // sent later. The aggregator adds sparse contributions straight into its dense sums, never making a
-// dense copy of one, and sends the update it applied back the same way.
+// dense copy of one, and sends the update it applied back the same way (CompressedDownlink).
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -73,9 +73,39 @@ class ErrorFeedback {
   /// decoded) as the residual. Every group of `change` must be fp32.
   std::vector<SparseGroup> compress(const FlatTensors& change, const CompressionOptions& options);
   const FlatTensors& residual() const { return residual_; }
+  /// Takes `residual`'s values (same layout): a checkpoint's.
+  void restore(const FlatTensors& residual) { residual_.copy_from(residual); }
 
  private:
   FlatTensors residual_;
 };
+
+/// The aggregator's side of a compressed downlink. It keeps the model every replica holds (the
+/// base) and sends replicas each step's change the way trainers send theirs: compressed, with what
+/// was not sent kept as a residual for later steps. So that replicas stay bit-identical to the
+/// aggregator's model, the aggregator's own parameters become base plus what was sent, decoded and
+/// added exactly as a replica adds it (apply_sparse on the same values).
+class CompressedDownlink {
+ public:
+  CompressedDownlink() = default;
+  CompressedDownlink(const FlatTensors& parameters, const CompressionOptions& options);
+  /// `parameters` were stepped from base(): sends their change plus the residual, compressed; sets
+  /// base() and `parameters` to base plus what was sent; returns what was sent.
+  std::vector<SparseGroup> advance(FlatTensors& parameters);
+  /// Starts again from `parameters` (a restored checkpoint) with `residual` (zero when empty).
+  void reset(const FlatTensors& parameters, const FlatTensors& residual = {});
+  const FlatTensors& base() const { return base_; }
+  const FlatTensors& residual() const { return feedback_.residual(); }
+
+ private:
+  CompressionOptions options_;
+  FlatTensors base_;
+  FlatTensors change_;
+  ErrorFeedback feedback_;
+};
+
+/// A replica's side: adds `sent` (as CompressedDownlink::advance returned it, or as received) to
+/// `base`, group by group.
+void apply_sparse(FlatTensors& base, const std::vector<SparseGroup>& sent);
 
 }  // namespace filo

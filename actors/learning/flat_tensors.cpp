@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "runtime/digest.hpp"
+
 namespace filo {
 
 std::string FlatGroup::wire_name() const {
@@ -107,6 +109,15 @@ std::int64_t FlatTensors::numel() const {
   std::int64_t total = 0;
   for (const auto& group : groups_) total += group.flat.numel();
   return total;
+}
+
+std::uint64_t FlatTensors::fingerprint(std::uint64_t seed) const {
+  std::uint64_t hash = seed;
+  for (const auto& group : groups_) {
+    const torch::Tensor host = group.flat.to(torch::kCPU).contiguous();
+    hash = fingerprint_words(host.data_ptr(), host.nbytes(), hash);
+  }
+  return hash;
 }
 
 void FlatTensors::zero() {

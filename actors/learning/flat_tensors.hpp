@@ -58,6 +58,9 @@ class FlatTensors {
   std::string layout() const;
   std::size_t bytes() const;
   std::int64_t numel() const;
+  /// A fingerprint of the groups' bits, continuing from `seed` (a GPU's are copied to the host
+  /// first): replicas that agree on it hold the same values, bit for bit.
+  std::uint64_t fingerprint(std::uint64_t seed = 0) const;
 
   void zero();
   /// this = other (same layout).
