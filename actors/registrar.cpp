@@ -8,6 +8,9 @@ namespace {
 constexpr Milliseconds kRollCallInterval{1000};
 /// Labels a trainer sends for the records (precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
+/// A live trainer's repeated report is answered with another admission only this long after the
+/// last: until then the first is taken to be on its way.
+constexpr Milliseconds kAdmissionRepeatAfter{10000};
 }  // namespace
 
 std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
@@ -124,6 +127,14 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
     reject(from.from, *problem);
     return;
   }
+  const auto previous = live_.find(from.from);
+  if (previous != live_.end() && loop_.now() - previous->second.admitted_at < kAdmissionRepeatAfter) {
+    // A repeated report while its admission is still on its way: on a slow link the model archive
+    // takes seconds, and answering each report sent meanwhile put copy after copy on that link (six
+    // of 7.4 MB at 10 Mbit/s, half a minute before the first round could start).
+    previous->second.last_heard = loop_.now();
+    return;
+  }
   msg::Admission admission;
   admission.admitted = true;
   admission.run = options_.run;
@@ -137,10 +148,9 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
   }
   bus_.send(from.from, admission, {}, std::move(frames));
 
-  const bool already_live = live_.count(from.from) > 0;
-  const auto previous = live_.find(from.from);
+  const bool already_live = previous != live_.end();
   live_[from.from] = TrainerRecord{
-      report, loop_.now(), {}, 0, previous != live_.end() ? previous->second.heartbeat_from : from.from};
+      report, loop_.now(), {}, 0, already_live ? previous->second.heartbeat_from : from.from, loop_.now()};
   if (already_live) return;  // a repeated report (lost admission reply): admit again, quietly
   const bool returning = !ever_admitted_.insert(from.from).second;
   std::ostringstream reason;

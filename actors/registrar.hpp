@@ -57,7 +57,8 @@ class Registrar final {
     Clock::time_point last_heard;
     std::string precision;  // from its last heartbeat
     std::int64_t peak_memory_bytes = 0;
-    std::string heartbeat_from;  // where its heartbeats come from, and so where ours go
+    std::string heartbeat_from;     // where its heartbeats come from, and so where ours go
+    Clock::time_point admitted_at;  // when its last admission (with the model archive) went out
   };
   void reject(const std::string& trainer, const std::string& reason);
   void announce(const std::string& trainer, msg::MembershipChangeKind change, const std::string& reason,

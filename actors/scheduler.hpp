@@ -235,7 +235,7 @@ class Scheduler final {
   std::uint64_t combines_answered_ = 0;
   double slowest_combine_seconds_ = 0.0;
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
-  std::uint64_t dropped_published_ = 0;  // refusals counted in the last RefusalCounts
+  std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts
 };
 
 }  // namespace filo

@@ -10,7 +10,10 @@
 
 namespace filo {
 namespace {
+/// An unanswered hardware report is sent again after this, then after twice as long each time up
+/// to kMaxRegisterRetry: over a slow link the admission (with the model archive) takes seconds.
 constexpr Milliseconds kRegisterRetry{1000};
+constexpr Milliseconds kMaxRegisterRetry{8000};
 /// How long a plan waits for its model's broadcast before asking for the model directly: at least
 /// this, at most kMaxSnapshotWait, twice the latest wait between them that a broadcast ended.
 constexpr Milliseconds kSnapshotGrace{50};
@@ -109,15 +112,23 @@ void Trainer::finish(int exit_code) {
 void Trainer::tick(Clock::time_point now) {
   if (state_ == State::kDone) return;
   if (state_ == State::kRegistering) {
-    if (seconds_between(registering_since_, now) > options_.connect_timeout_seconds) {
+    // Silence counts, not the wait: over a slow link an admission that carries a large model takes
+    // long, while the registrar's answers to heartbeats say it is there.
+    if (seconds_between(std::max(registering_since_, last_heard_), now) > options_.connect_timeout_seconds) {
       log(LogLevel::kError, bus_.name(), "no answer from the coordinator at ", options_.coordinator,
           " within ", options_.connect_timeout_seconds, " s: is it running and reachable?");
       finish(kExitCoordinatorUnreachable);
       return;
     }
-    if (now - last_report_sent_ >= kRegisterRetry) {
+    if (now - last_report_sent_ >= register_retry_) {
+      if (last_report_sent_ != Clock::time_point{})
+        register_retry_ = std::min(2 * register_retry_, kMaxRegisterRetry);
       bus_.send(kRegistrarName, report_);
       last_report_sent_ = now;
+    } else if (last_report_sent_ != Clock::time_point{}) {
+      // Alive while the admission crosses the link: a registrar that took the report would
+      // otherwise count this trainer lost long before it could heartbeat as an admitted one.
+      heartbeat_bus_.send(kRegistrarName, msg::Heartbeat{});
     }
     return;
   }
@@ -138,6 +149,7 @@ void Trainer::register_again(const std::string& why) {
   state_ = State::kRegistering;
   registering_since_ = loop_.now();
   last_report_sent_ = {};
+  register_retry_ = kRegisterRetry;
   pending_.reset();
   if (training_) worker_->cancel();  // the coordinator no longer counts on that share
 }
@@ -215,6 +227,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
       if (run.mode == "local-sgd") {
         local_optimizer_ = make_local_optimizer(run);
         local_before_ = model_->parameters().zeros_like();
+        local_before_.copy_from(model_->parameters());  // version 0's, with a compressed downlink
         local_deltas_ = model_->parameters().zeros_like();
       }
       error_feedback_.reset();
@@ -259,10 +272,30 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     log(LogLevel::kInfo, bus_.name(), "admitted to run ", admission.run.run_id, " (", admission.run.model,
         " on ", admission.run.train_samples, " samples of ", admission.run.dataset, ")");
   }
+  if (state_ != State::kAdmitted) {
+    // The admission carried the model's archive: how long it took to come after the last report
+    // tells how long a whole model takes to arrive here, and a snapshot is not asked for again
+    // sooner than twice that (at 10 Mbit/s a 7.4 MB model takes 6 s; asking every 500 ms, doubling,
+    // put four copies on that link before the first arrived).
+    const auto answered = std::chrono::duration_cast<Milliseconds>(loop_.now() - last_report_sent_);
+    model_transfer_ = std::min(answered, kMaxSnapshotWait);
+    snapshot_first_retry_ = std::clamp(2 * answered, kSnapshotRetry, kMaxSnapshotWait);
+  }
   state_ = State::kAdmitted;
-  bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
-  snapshot_requested_ = loop_.now();
-  snapshot_retry_ = kSnapshotRetry;  // requests to a coordinator that went away backed off
+  register_retry_ = kRegisterRetry;
+  snapshot_retry_ = snapshot_first_retry_;  // requests to a coordinator that went away backed off
+  if (new_run && downlink_compressed()) {
+    // The archive's weights are the run's version 0 (the aggregator starts from the same archive),
+    // and the replica is made from it: a late joiner learns from the first update's gap that the
+    // run has moved on, and a wrong guess fails the first update's fingerprint. Either way it asks
+    // for a snapshot then; a fleet that starts together never needs one (at 10 Mbit/s a snapshot
+    // of 7.4 MB held every trainer's first round up for 6 s).
+    model_version_ = 0;
+    base_version_ = 0;
+  } else {
+    bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+    snapshot_requested_ = loop_.now();
+  }
   advance();
 }
 
@@ -393,7 +426,7 @@ void Trainer::on_job_finished() {
     model_version_ = *loaded;
     if (downlink_compressed()) base_version_ = *loaded;
     snapshot_requested_.reset();
-    snapshot_retry_ = kSnapshotRetry;
+    snapshot_retry_ = snapshot_first_retry_;
   } else if (outcome && !outcome->problem.empty()) {
     log(LogLevel::kWarn, bus_.name(), "dropped model version ", loaded.value_or(0), ": ", outcome->problem);
     if (downlink_compressed()) {
@@ -463,8 +496,21 @@ void Trainer::handle(const msg::ModelUpdate& update, const Incoming& from) {
   if (loading_version_.value_or(0) >= update.model_version ||
       (base_version_ && *base_version_ >= update.model_version))
     return;
+  const std::optional<std::uint64_t> reachable = reachable_version();
   held_updates_[update.base_version] = HeldUpdate{update, from.tensor_frames};
   while (held_updates_.size() > kMaxHeldUpdates) held_updates_.erase(held_updates_.begin());
+  if (reachable && update.base_version > *reachable) {
+    // Updates come in order on one connection: one between was dropped, and no later one can
+    // follow on. Only a snapshot helps.
+    const auto now = loop_.now();
+    if (state_ == State::kAdmitted &&
+        (!snapshot_requested_ || now - *snapshot_requested_ >= snapshot_retry_)) {
+      log(LogLevel::kInfo, bus_.name(), "asked for a snapshot: the update from version ", update.base_version,
+          " came while this replica reaches version ", *reachable, " (an update was dropped)");
+      bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+      snapshot_requested_ = now;
+    }
+  }
   advance();
 }
 
@@ -504,7 +550,13 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
 }
 
 void Trainer::request_snapshot_soon() {
-  check_snapshot_at(loop_.now() + snapshot_grace_);
+  // With a compressed downlink the next update is a few percent of the model and comes in order
+  // (a lost one shows as a gap, asked for at once): a snapshot, the whole model, is worth asking for
+  // only once the update is later than a whole model would take. At 10 Mbit/s, asking after 50 ms
+  // put a 7.4 MB snapshot in front of every later update, and each round waited for one.
+  Milliseconds grace = snapshot_grace_;
+  if (downlink_compressed() && base_version_) grace = std::max(grace, model_transfer_);
+  check_snapshot_at(loop_.now() + grace);
 }
 
 void Trainer::check_snapshot_at(Clock::time_point when) {
@@ -526,6 +578,14 @@ void Trainer::check_snapshot_at(Clock::time_point when) {
       check_snapshot_at(*snapshot_requested_ + snapshot_retry_);
       return;
     }
+    log(LogLevel::kInfo, bus_.name(), "asked for a snapshot: the plan of round ", pending_->round, " waited ",
+        snapshot_grace_.count(), " ms for model version ", wanted, " (replica at ",
+        model_version_ ? std::to_string(*model_version_) : std::string("none"), ", base ",
+        base_version_ ? std::to_string(*base_version_) : std::string("none"), ", ", held_updates_.size(),
+        " updates held",
+        held_updates_.empty() ? std::string()
+                              : ", the first from " + std::to_string(held_updates_.begin()->first),
+        ")");
     bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
     snapshot_requested_ = now;
     snapshot_asked_for_plan_ = true;

@@ -173,6 +173,7 @@ class Trainer final {
   int exit_code_ = kExitFinished;
   Clock::time_point registering_since_;
   Clock::time_point last_report_sent_{};
+  Milliseconds register_retry_{1000};  // how long an unanswered report waits, doubling up to 8 s
   Clock::time_point last_heard_;
   std::optional<msg::RunSpec> run_;
   std::string subscribed_to_;
@@ -190,9 +191,11 @@ class Trainer final {
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
-  Milliseconds snapshot_grace_{50};                  // how long a plan waits for its model before asking
-  Milliseconds snapshot_retry_{500};                 // how long an unanswered snapshot request waits
-  bool snapshot_asked_for_plan_ = false;             // a snapshot was asked for while the plan waited
+  Milliseconds snapshot_grace_{50};         // how long a plan waits for its model before asking
+  Milliseconds snapshot_retry_{500};        // how long an unanswered snapshot request waits
+  Milliseconds model_transfer_{0};          // how long the admission, with the model's archive, took to come
+  Milliseconds snapshot_first_retry_{500};  // ... the first time: twice how long registering took
+  bool snapshot_asked_for_plan_ = false;    // a snapshot was asked for while the plan waited
   std::optional<Clock::time_point> snapshot_check_;  // when the armed check runs
   std::string precision_label_;                      // what the forward pass computed in, once measured
   std::atomic<double> slowdown_{1.0};

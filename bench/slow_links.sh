@@ -11,7 +11,7 @@
 # Rates are kbit/s (10000000: 10 Gbit/s, a link that does not bind). Gradient mode sends the whole
 # model both ways every round: at 10 Mbit/s and below it is skipped unless --modes names it alone.
 # Prints one row per run: training time (and its ratio to the same mode's fastest link), rounds,
-# bytes the trainers sent, the mean wait for the model after a plan, test accuracy, PASS/FAIL.
+# bytes the trainers sent, the bytes each trainer was broadcast (models, or compressed updates), the mean wait for the model after a plan, test accuracy, PASS/FAIL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rates="10000000 100000 10000"
@@ -38,7 +38,7 @@ if [ "$model" = mlp ]; then
   model_settings=(--set "model.path=$out/mlp.pt")
 fi
 echo "slow links: 3 nodes, $model, 1 epoch of $train_limit samples; $(nproc) cores, $(date -u +%F)"
-printf '%-12s %-10s %10s %7s %7s %12s %11s %9s  %s\n' link mode training ratio rounds uplink "model wait" accuracy check
+printf '%-12s %-10s %10s %7s %7s %12s %12s %11s %9s  %s\n' link mode training ratio rounds uplink downlink "model wait" accuracy check
 declare -A fastest
 for rate in $rates; do
   for mode in $modes; do
@@ -62,13 +62,14 @@ rounds = [json.loads(line) for line in open(f"{run}/rounds.jsonl")]
 sent = sum(t.get("tensor_bytes", 0) for r in rounds for t in r["trainers"] if t["delivered"])
 waits = [t["model_wait_seconds"] for r in rounds for t in r["trainers"] if t["delivered"]]
 wait = statistics.mean(waits) if waits else 0.0
-print(f"{summary['training_seconds']:.1f} {summary['rounds']} {sent / 1e6:.2f} {wait:.2f} {summary['final_test_accuracy']}")
+down = summary.get("model_broadcast_bytes", 0)
+print(f"{summary['training_seconds']:.1f} {summary['rounds']} {sent / 1e6:.2f} {down / 1e6:.2f} {wait:.2f} {summary['final_test_accuracy']}")
 PY
-) || row="0 - - - -"
-    read -r seconds rounds_count sent wait accuracy <<<"$row"
+) || row="0 - - - - -"
+    read -r seconds rounds_count sent down wait accuracy <<<"$row"
     [ -n "${fastest[$mode]:-}" ] || fastest[$mode]=$seconds
     ratio=$(/usr/bin/python3 -c "print(f'{$seconds / ${fastest[$mode]}:.1f}x' if ${fastest[$mode]} > 0 else '-')")
     if [ "$rate" -ge 1000000 ]; then link="$((rate / 1000000)) Gbit/s"; else link="$((rate / 1000)) Mbit/s"; fi
-    printf '%-12s %-10s %9ss %7s %7s %9s MB %10ss %9s  %s\n' "$link" "$mode" "$seconds" "$ratio" "$rounds_count" "$sent" "$wait" "$accuracy" "$check"
+    printf '%-12s %-10s %9ss %7s %7s %9s MB %9s MB %10ss %9s  %s\n' "$link" "$mode" "$seconds" "$ratio" "$rounds_count" "$sent" "$down" "$wait" "$accuracy" "$check"
   done
 done

@@ -19,12 +19,6 @@ constexpr std::string_view kHubLogName = "hub";
 /// high_water_mark models in the coordinator's memory; one that misses broadcasts asks for a
 /// snapshot instead (Clone pattern), and events are small and read at once by monitors.
 constexpr int kPublishQueuePerSubscriber = 32;
-/// Models queued per trainer on the model publisher. Only the newest model matters to a trainer: on
-/// a link slower than the rounds, a deep queue would make every new model wait behind stale ones
-/// (at 10 Mbit/s, 32 models of 7 MB are three minutes). With two, a newer model is dropped while two
-/// older ones wait, and the trainer, whose plan names the version it needs, asks for a snapshot.
-/// Two, not one, so that the control message that ends a run still finds room after the last model.
-constexpr int kModelQueuePerTrainer = 2;
 /// Longest name an outside peer may claim ("trainer@" + a host name + "/cuda:15" fits easily).
 constexpr std::size_t kMaxPeerNameBytes = 256;
 /// Bytes one outside peer's messages may occupy while they wait for the hub, and the fewest
@@ -66,7 +60,7 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
   publisher_.set(zmq::sockopt::sndhwm,
                  std::min(kPublishQueuePerSubscriber, sockets.limits().high_water_mark));
   publisher_.bind(inproc_publish_endpoint());
-  model_publisher_.set(zmq::sockopt::sndhwm, kModelQueuePerTrainer);
+  model_publisher_.set(zmq::sockopt::sndhwm, options_.model_queue_per_trainer);
   model_publisher_.bind(inproc_model_endpoint());
   if (!options_.router_endpoint.empty()) {
     outer_router_ = sockets.make(zmq::socket_type::router);

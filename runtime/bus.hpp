@@ -43,6 +43,12 @@ struct Incoming {
   FrameList tensor_frames;  // frames after the body
 };
 
+constexpr int kModelQueuePerTrainer = 2;
+/// Updates (a few percent of the model each) that wait behind a snapshot of a trainer's: at 10 Mbit/s
+/// a 7.4 MB snapshot takes 6 s, a dozen rounds of a fast fleet. At most this many snapshots queue too,
+/// the cost of a trainer that asks on and on (the hub's token bucket refuses most of those).
+constexpr int kUpdateQueuePerTrainer = 16;
+
 struct HubOptions {
   HubOptions() = default;
   HubOptions(std::string name_, std::string router_endpoint_, std::string publish_endpoint_)
@@ -62,6 +68,14 @@ struct HubOptions {
   /// Names that outside peers may hold at once; a new name past this is refused.
   std::size_t max_peers = 1024;
   std::size_t max_names_per_key = 32;  /// for a key bound to one node (AuthorizedKey::node)
+  /// Messages queued per trainer on the model publisher. Where each step broadcasts the whole model,
+  /// only the newest matters to a trainer: on a link slower than the rounds, a deep queue would make
+  /// every new model wait behind stale ones (at 10 Mbit/s, 32 models of 7 MB are three minutes).
+  /// With two, a newer model is dropped while two older ones wait, and the trainer, whose plan names
+  /// the version it needs, asks for a snapshot. Two, not one, so that the control message that ends
+  /// a run still finds room after the last model. A compressed downlink needs every update, each
+  /// small, in order, also while a snapshot crosses a slow link: kUpdateQueuePerTrainer.
+  int model_queue_per_trainer = kModelQueuePerTrainer;
   /// Snapshot requests per second that one name may send.
   double snapshot_requests_per_second = 4.0;
   DropCounters* drops = nullptr;  // refusals counted here by reason; may be null
