@@ -387,7 +387,8 @@ void Aggregator::combine(const msg::CombineRound& order) {
   last_combined_round_ = order.round;
   if (new_version && downlink_) {
     // The model becomes what replicas will hold: the step's change, compressed, on the base.
-    answer.publish_bytes = publish_update(base_version, downlink_->advance(model_.parameters()));
+    answer.publish_bytes =
+        publish_update(base_version, downlink_->advance(model_.parameters(), present.size()));
   } else if (new_version) {
     answer.publish_bytes = publish_model("");
   }

@@ -1,6 +1,7 @@
 #include "actors/registrar.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace filo {
 namespace {
@@ -11,6 +12,16 @@ constexpr std::size_t kMaxLabelLength = 16;
 /// A live trainer's repeated report is answered with another admission only this long after the
 /// last: until then the first is taken to be on its way.
 constexpr Milliseconds kAdmissionRepeatAfter{10000};
+
+/// Whether two reports say the same, to the byte: one process repeating itself. A restarted node
+/// measures its GEMM speed again, and a node that fingerprinted its data reports more.
+bool same_report(const msg::HardwareReport& a, const msg::HardwareReport& b) {
+  msgpack::sbuffer first;
+  msgpack::sbuffer second;
+  msgpack::pack(first, a);
+  msgpack::pack(second, b);
+  return first.size() == second.size() && std::memcmp(first.data(), second.data(), first.size()) == 0;
+}
 }  // namespace
 
 std::optional<std::string> report_problem(const msg::HardwareReport& report, const std::string& sender,
@@ -128,7 +139,8 @@ void Registrar::handle(const msg::HardwareReport& report, const Incoming& from) 
     return;
   }
   const auto previous = live_.find(from.from);
-  if (previous != live_.end() && loop_.now() - previous->second.admitted_at < kAdmissionRepeatAfter) {
+  if (previous != live_.end() && loop_.now() - previous->second.admitted_at < kAdmissionRepeatAfter &&
+      same_report(previous->second.report, report)) {
     // A repeated report while its admission is still on its way: on a slow link the model archive
     // takes seconds, and answering each report sent meanwhile put copy after copy on that link (six
     // of 7.4 MB at 10 Mbit/s, half a minute before the first round could start).

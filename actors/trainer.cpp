@@ -278,7 +278,6 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     // sooner than twice that (at 10 Mbit/s a 7.4 MB model takes 6 s; asking every 500 ms, doubling,
     // put four copies on that link before the first arrived).
     const auto answered = std::chrono::duration_cast<Milliseconds>(loop_.now() - last_report_sent_);
-    model_transfer_ = std::min(answered, kMaxSnapshotWait);
     snapshot_first_retry_ = std::clamp(2 * answered, kSnapshotRetry, kMaxSnapshotWait);
   }
   state_ = State::kAdmitted;
@@ -550,12 +549,11 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
 }
 
 void Trainer::request_snapshot_soon() {
-  // With a compressed downlink the next update is a few percent of the model and comes in order
-  // (a lost one shows as a gap, asked for at once): a snapshot, the whole model, is worth asking for
-  // only once the update is later than a whole model would take. At 10 Mbit/s, asking after 50 ms
-  // put a 7.4 MB snapshot in front of every later update, and each round waited for one.
-  Milliseconds grace = snapshot_grace_;
-  if (downlink_compressed() && base_version_) grace = std::max(grace, model_transfer_);
+  // With a compressed downlink the updates come in order on one connection, and a lost one shows
+  // as a gap when the next comes (asked for at once) or fails the fingerprint: a late update is
+  // only late. A snapshot, the whole model, queues in front of every later update: at 10 Mbit/s,
+  // asking 50 ms (or twice the last wait) after a plan made rounds wait for 7.4 MB snapshots.
+  const Milliseconds grace = downlink_compressed() && base_version_ ? kMaxSnapshotWait : snapshot_grace_;
   check_snapshot_at(loop_.now() + grace);
 }
 
@@ -579,7 +577,7 @@ void Trainer::check_snapshot_at(Clock::time_point when) {
       return;
     }
     log(LogLevel::kInfo, bus_.name(), "asked for a snapshot: the plan of round ", pending_->round, " waited ",
-        snapshot_grace_.count(), " ms for model version ", wanted, " (replica at ",
+        seconds_between(pending_since_, Clock::now()), " s for model version ", wanted, " (replica at ",
         model_version_ ? std::to_string(*model_version_) : std::string("none"), ", base ",
         base_version_ ? std::to_string(*base_version_) : std::string("none"), ", ", held_updates_.size(),
         " updates held",

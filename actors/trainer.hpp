@@ -191,11 +191,10 @@ class Trainer final {
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
-  Milliseconds snapshot_grace_{50};         // how long a plan waits for its model before asking
-  Milliseconds snapshot_retry_{500};        // how long an unanswered snapshot request waits
-  Milliseconds model_transfer_{0};          // how long the admission, with the model's archive, took to come
-  Milliseconds snapshot_first_retry_{500};  // ... the first time: twice how long registering took
-  bool snapshot_asked_for_plan_ = false;    // a snapshot was asked for while the plan waited
+  Milliseconds snapshot_grace_{50};                  // how long a plan waits for its model before asking
+  Milliseconds snapshot_retry_{500};                 // how long an unanswered snapshot request waits
+  Milliseconds snapshot_first_retry_{500};           // ... the first time: twice how long registering took
+  bool snapshot_asked_for_plan_ = false;             // a snapshot was asked for while the plan waited
   std::optional<Clock::time_point> snapshot_check_;  // when the armed check runs
   std::string precision_label_;                      // what the forward pass computed in, once measured
   std::atomic<double> slowdown_{1.0};

@@ -204,12 +204,15 @@ CompressedDownlink::CompressedDownlink(const FlatTensors& parameters, const Comp
   base_.copy_from(parameters);
 }
 
-std::vector<SparseGroup> CompressedDownlink::advance(FlatTensors& parameters) {
+std::vector<SparseGroup> CompressedDownlink::advance(FlatTensors& parameters, std::size_t contributions) {
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < parameters.groups().size(); ++i) {
     torch::sub_out(change_.groups()[i].flat, parameters.groups()[i].flat, base_.groups()[i].flat);
   }
-  std::vector<SparseGroup> sent = feedback_.compress(change_, options_);
+  CompressionOptions options = options_;
+  options.fraction =
+      std::min(1.0, options.fraction * static_cast<double>(std::max<std::size_t>(1, contributions)));
+  std::vector<SparseGroup> sent = feedback_.compress(change_, options);
   apply_sparse(base_, sent);
   parameters.copy_from(base_);
   return sent;
