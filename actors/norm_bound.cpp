@@ -46,7 +46,7 @@ NormVerdict judge_norms(const std::vector<NormCandidate>& candidates, const std:
     // the count of samples alone decides, not the share's size next to others': the mean gradient
     // of a few samples that are all well learnt is next to nothing, honestly.
     const double upper = factor * std::sqrt(std::max(1.0, mean_share / candidate.samples));
-    const bool bounded_below = candidate.samples >= kMinSamplesBoundedBelow;
+    const bool bounded_below = candidate.samples >= kMinSamplesBoundedBelow && !candidate.residual_filling;
     const std::vector<double> own(candidate.own_recent.begin(), candidate.own_recent.end());
     const double own_median = own.size() >= kMinNormsForBound ? median_of(own) : 0.0;
     std::string why;

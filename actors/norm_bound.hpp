@@ -22,6 +22,11 @@ struct NormCandidate {
   double norm_per_sample = 0.0;  // its L2 norm over its samples; may be infinite
   double samples = 0.0;
   std::deque<double> own_recent;  // norms per sample of its recent combined contributions
+  /// Compressed local-sgd, and fewer than kMinNormsForBound of its contributions combined: not
+  /// bounded below. What it sends is the top of its change plus an error-feedback residual that
+  /// fills over its first rounds, while the fleet's carry everything they did not send before: a
+  /// trainer that joined mid-run sent 0.0009 per sample against the fleet's 0.0151 and was refused.
+  bool residual_filling = false;
 };
 
 struct NormVerdict {

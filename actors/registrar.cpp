@@ -13,8 +13,9 @@ constexpr std::size_t kMaxLabelLength = 16;
 /// last: until then the first is taken to be on its way.
 constexpr Milliseconds kAdmissionRepeatAfter{10000};
 
-/// Whether two reports say the same, to the byte: one process repeating itself. A restarted node
-/// measures its GEMM speed again, and a node that fingerprinted its data reports more.
+/// Whether two reports say the same, to the byte: one process repeating itself within one
+/// registration. A node that registers again counts up `registration`, a restarted node measures
+/// its GEMM speed again, and a node that fingerprinted its data reports more.
 bool same_report(const msg::HardwareReport& a, const msg::HardwareReport& b) {
   msgpack::sbuffer first;
   msgpack::sbuffer second;

@@ -741,6 +741,8 @@ void Scheduler::bound_norms(OpenRound& round) {
     NormCandidate candidate{trainer, report.norm / samples, samples, {}};
     const auto live = live_.find(trainer);
     if (live != live_.end()) candidate.own_recent = live->second.recent_norms;
+    candidate.residual_filling = options_.run.mode == "local-sgd" && options_.run.compression != "none" &&
+                                 candidate.own_recent.size() < kMinNormsForBound;
     candidates.push_back(std::move(candidate));
   }
   const NormVerdict verdict = judge_norms(candidates, fleet_norms_, options_.robust.norm_factor);

@@ -77,6 +77,7 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
       slowdown_(options_.slowdown),
       send_buffers_(torch::Device(options_.device).is_cuda()),
       model_staging_(torch::Device(options_.device).is_cuda()) {
+  report_.registration = 1;
   const torch::Device device(options_.device);
   // Every CUDA call of a job (synchronisation, allocation, a new stream) goes to this trainer's device.
   worker_ = std::make_unique<WorkerThread>(sockets, "compute:" + options_.device,
@@ -150,6 +151,7 @@ void Trainer::register_again(const std::string& why) {
   registering_since_ = loop_.now();
   last_report_sent_ = {};
   register_retry_ = kRegisterRetry;
+  ++report_.registration;  // a new registration, not a repeat of the last: admitted afresh
   pending_.reset();
   if (training_) worker_->cancel();  // the coordinator no longer counts on that share
 }

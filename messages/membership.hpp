@@ -49,9 +49,13 @@ struct HardwareReport {
   std::string dataset_fingerprint;
   std::string dataset_format;
   std::string dataset_problem;
+  // Which registration of this process the report belongs to (1, 2, ... each time it registers
+  // again): a report repeated within one registration is the same to the byte, and the registrar
+  // sends no second model archive for it while the first may still be on its way.
+  std::uint64_t registration = 0;
   MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes, swap_available_bytes,
                      cpu_gemm_gflops, gpus, gpu_status, priority, torch_threads, precisions,
-                     dataset_fingerprint, dataset_format, dataset_problem)
+                     dataset_fingerprint, dataset_format, dataset_problem, registration)
 };
 
 // What every trainer of a run must agree on; the coordinator's configuration is the source. The

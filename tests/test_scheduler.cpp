@@ -227,6 +227,26 @@ TEST_CASE("the norm bound refuses a free rider's zeros and a scaled gradient, ea
             .refusals.empty());
 }
 
+TEST_CASE("the norm bound leaves a compressed run's newcomer alone below while its residual fills") {
+  // A trainer that joined a topk-q8 run mid-way (test_rounds): its first compressed change against
+  // the fleet's, which carry every round's residual.
+  const std::deque<double> fleet{0.0151, 0.0148, 0.0160, 0.0149, 0.0155, 0.0150};
+  NormCandidate joiner{"joiner", 0.000916, 114, {}};
+  joiner.residual_filling = true;
+  CHECK(judge_norms(
+            {joiner, {"b", 0.0152, 400, {0.015, 0.016, 0.015}}, {"c", 0.0149, 400, {0.015, 0.015, 0.014}}},
+            fleet, 8.0)
+            .refusals.empty());
+  // Settled, the same contribution is a free rider's; and filling or not, too large is refused.
+  joiner.residual_filling = false;
+  CHECK(judge_norms({joiner, {"b", 0.0152, 400, {}}, {"c", 0.0149, 400, {}}}, fleet, 8.0)
+            .refusals.count("joiner"));
+  NormCandidate huge{"huge", 15.0, 114, {}};
+  huge.residual_filling = true;
+  CHECK(
+      judge_norms({huge, {"b", 0.0152, 400, {}}, {"c", 0.0149, 400, {}}}, fleet, 8.0).refusals.count("huge"));
+}
+
 TEST_CASE("the norm bound holds a trainer to its own record and refuses nothing without a majority") {
   const std::deque<double> fleet{3.1, 2.8, 3.5, 2.9, 3.3, 3.0};
   // 20 per sample is within 8x the fleet's median, but 40x what this trainer sent before.
