@@ -189,3 +189,56 @@ TEST_CASE("a wildcard bind address becomes the address the peer used") {
   CHECK(reachable_endpoint("tcp://192.168.1.4:5556", "tcp://10.1.2.3:5555") == "tcp://192.168.1.4:5556");
   CHECK(reachable_endpoint("inproc://hub-pub", "inproc://hub") == "inproc://hub-pub");
 }
+
+namespace {
+/// The next Admission `client` receives within `patience` (heartbeats skipped), if any.
+std::optional<msg::Admission> next_admission(BusClient& client, Milliseconds patience) {
+  const auto deadline = Clock::now() + patience;
+  while (Clock::now() < deadline) {
+    zmq::pollitem_t item{client.addressed().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(20));
+    while (auto incoming = client.receive(client.addressed())) {
+      if (incoming->envelope.kind != MessageKind::kAdmission) continue;
+      auto admission = decode_frame<msg::Admission>(incoming->body, BodyLimits{});
+      if (admission) return admission.value();
+    }
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+TEST_CASE("a report repeated while its admission may be on its way gets no second model archive") {
+  // Over a slow link an admission carrying the model takes seconds, and a trainer repeats its
+  // report meanwhile: one archive per registration, and a new registration is admitted at once.
+  Bus bus;
+  StopFlag stop;
+  RegistrarOptions options;
+  options.run.run_id = "run-1";
+  options.run.model = "mlp";
+  options.run.dataset = "fashion-mnist";
+  options.run.train_samples = 100;
+  options.model_archive = std::make_shared<const std::string>(std::string(4096, 'm'));
+  options.heartbeat_interval = Milliseconds(100);
+  options.liveness = 30;
+  Registrar registrar(bus.sockets, bus.hub.inproc_router_endpoint(), options, stop);
+  ScopedThread registrar_thread([&] { registrar.run(); });
+
+  BusClient trainer(bus.sockets, "trainer@slow/cpu");
+  trainer.connect(bus.hub.inproc_router_endpoint());
+  msg::HardwareReport report = complete_report("slow");
+  report.registration = 1;
+  trainer.send(kRegistrarName, report);
+  const auto first = next_admission(trainer, kPatience);
+  REQUIRE(first);
+  CHECK(first->admitted);
+  CHECK(first->model_archive.size() == 1);
+  trainer.send(kRegistrarName, report);  // the same report again: its admission is taken to be on its way
+  CHECK_FALSE(next_admission(trainer, Milliseconds(600)));
+  report.registration = 2;  // registering again (it lost the coordinator): admitted afresh
+  trainer.send(kRegistrarName, report);
+  const auto again = next_admission(trainer, kPatience);
+  REQUIRE(again);
+  CHECK(again->admitted);
+  CHECK(again->model_archive.size() == 1);
+  stop.request_stop();
+}
