@@ -146,15 +146,10 @@ std::uint64_t Aggregator::publish_update(std::uint64_t base_version, const std::
   update.model_version = model_version_;
   update.round = last_combined_round_;
   update.layout = layout_;
-  std::vector<std::string> names;
-  for (const auto& group : model_.parameters().groups()) names.push_back(group.wire_name());
-  std::vector<NamedTensor> wire = sparse_wire(sent, names);
-  for (auto& part : wire) part.tensor = part.tensor.to(torch::kCPU);
   std::vector<zmq::message_t> frames;
-  update.parameters = append_tensor_frames(wire, frames);
+  update.parameters = append_tensor_frames(sparse_wire_on_host(sent, model_.parameters()), frames);
   update.buffers = stage(model_.buffers(), model_buffers_, frames);
-  update.fingerprint =
-      fingerprint_number_hex(model_.buffers().fingerprint(model_.parameters().fingerprint()));
+  update.fingerprint = replica_fingerprint(model_.parameters(), model_.buffers());
   const std::uint64_t bytes = frame_bytes(frames);
   bus_.publish(std::string(kModelTopic), update, Stamp{last_combined_round_, model_version_},
                std::move(frames));

@@ -736,8 +736,7 @@ std::optional<std::string> Trainer::apply_update(const HeldUpdate& held) {
   apply_sparse(local_before_, sent.value());
   model_->parameters().copy_from(local_before_);
   model_->buffers().copy_from(buffers, model_staging_);
-  const std::string fingerprint =
-      fingerprint_number_hex(model_->buffers().fingerprint(model_->parameters().fingerprint()));
+  const std::string fingerprint = replica_fingerprint(model_->parameters(), model_->buffers());
   if (fingerprint != update.fingerprint) {
     return "the replica diverged: fingerprint " + fingerprint + " after the update to version " +
            std::to_string(update.model_version) + ", the aggregator's " + update.fingerprint.substr(0, 16);
@@ -814,12 +813,9 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
     }
     if (error_feedback_) {
       // The change plus what earlier rounds did not send, compressed; the rest waits for later.
-      std::vector<std::string> names;
-      for (const auto& group : local_deltas_.groups()) names.push_back(group.wire_name());
-      std::vector<NamedTensor> wire =
-          sparse_wire(error_feedback_->compress(local_deltas_, compression_), names);
-      for (auto& part : wire) part.tensor = part.tensor.to(torch::kCPU);
-      contribution.gradients = append_tensor_frames(wire, outcome.frames);
+      contribution.gradients = append_tensor_frames(
+          sparse_wire_on_host(error_feedback_->compress(local_deltas_, compression_), local_deltas_),
+          outcome.frames);
     } else {
       contribution.gradients =
           stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "runtime/digest.hpp"
+
 namespace filo {
 namespace {
 /// q8 codes span [-kCodeRange, kCodeRange]: symmetric, so that zero is exact.
@@ -148,6 +150,15 @@ std::vector<NamedTensor> sparse_wire(const std::vector<SparseGroup>& groups,
   return wire;
 }
 
+std::vector<NamedTensor> sparse_wire_on_host(const std::vector<SparseGroup>& groups,
+                                             const FlatTensors& like) {
+  std::vector<std::string> names;
+  for (const auto& group : like.groups()) names.push_back(group.wire_name());
+  std::vector<NamedTensor> wire = sparse_wire(groups, names);
+  for (auto& part : wire) part.tensor = part.tensor.to(torch::kCPU);
+  return wire;
+}
+
 Decoded<std::vector<SparseGroup>> sparse_from_wire(const std::vector<ReceivedTensor>& received,
                                                    const FlatTensors& like, std::int64_t chunk) {
   using Result = Decoded<std::vector<SparseGroup>>;
@@ -222,6 +233,10 @@ void CompressedDownlink::reset(const FlatTensors& parameters, const FlatTensors&
   base_.copy_from(parameters);
   feedback_ = ErrorFeedback(parameters);
   if (!residual.empty()) feedback_.restore(residual);
+}
+
+std::string replica_fingerprint(const FlatTensors& parameters, const FlatTensors& buffers) {
+  return fingerprint_number_hex(buffers.fingerprint(parameters.fingerprint()));
 }
 
 void apply_sparse(FlatTensors& base, const std::vector<SparseGroup>& sent) {

@@ -59,6 +59,9 @@ std::optional<std::string> sparse_problem(const SparseGroup& sparse, std::int64_
 /// The wire form: per group "<group>.indices", "<group>.values" and, for q8, "<group>.scales".
 std::vector<NamedTensor> sparse_wire(const std::vector<SparseGroup>& groups,
                                      const std::vector<std::string>& group_names);
+/// The same for the groups of `like` (names from its groups), copied to the host: what a message's
+/// frames are made from.
+std::vector<NamedTensor> sparse_wire_on_host(const std::vector<SparseGroup>& groups, const FlatTensors& like);
 /// Back from received tensors, checked against `like`'s groups (count, names, dtypes, sizes);
 /// the reason when they do not fit.
 Decoded<std::vector<SparseGroup>> sparse_from_wire(const std::vector<ReceivedTensor>& received,
@@ -87,7 +90,6 @@ class ErrorFeedback {
 /// added exactly as a replica adds it (apply_sparse on the same values).
 class CompressedDownlink {
  public:
-  CompressedDownlink() = default;
   CompressedDownlink(const FlatTensors& parameters, const CompressionOptions& options);
   /// `parameters` were stepped from base() on the sum of `contributions` compressed changes: sends
   /// their change plus the residual, compressed to as many values as those contributions held (the
@@ -111,5 +113,8 @@ class CompressedDownlink {
 /// A replica's side: adds `sent` (as CompressedDownlink::advance returned it, or as received) to
 /// `base`, group by group.
 void apply_sparse(FlatTensors& base, const std::vector<SparseGroup>& sent);
+/// What a downlink update's fingerprint says of a model: 16 hex digits of its parameters' and
+/// buffers' bits.
+std::string replica_fingerprint(const FlatTensors& parameters, const FlatTensors& buffers);
 
 }  // namespace filo
