@@ -25,6 +25,8 @@ constexpr Milliseconds kModelFilesWait{30000};
 constexpr Milliseconds kModelFilesEvery{10000};
 /// Labels a trainer sends for the records (its precision) are cut to this length.
 constexpr std::size_t kMaxLabelLength = 16;
+/// Auto mode's checkpoints: the outer optimizer's state, beside the gradient optimizer's.
+constexpr const char* kOuterStatePrefix = "outer.";
 
 nlohmann::json run_spec_json(const msg::RunSpec& run) {
   return {{"run_id", run.run_id},
@@ -90,6 +92,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       layout_(fingerprint_hex(model_.layout())),
       optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer)
                                                   : make_optimizer(options_.optimizer)),
+      outer_optimizer_(options_.run.mode == "auto" ? make_outer_optimizer(options_.optimizer) : nullptr),
       averager_(model_,
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
       model_buffers_(options_.device.is_cuda()),
@@ -104,6 +107,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
                  load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
                               Split::kTest)) {
   if (compression_.kind != CompressionKind::kNone) downlink_.emplace(model_.parameters(), compression_);
+  last_exchange_ = exchange_of(msg::RoundOpened{});  // the run's (in auto mode: gradient until told)
   if (options_.resume) restore(*options_.resume);
   averaged_round_ = last_combined_round_ + 1;
   bus_.count_refusals_in(options_.drops);
@@ -161,9 +165,26 @@ void Aggregator::handle(const msg::SnapshotRequest&, const Incoming& from) {
   publish_model(from.from);
 }
 
+Aggregator::Exchange Aggregator::exchange_of(const msg::RoundOpened& opened) const {
+  // An older scheduler names no mode: the run's.
+  const std::string& mode = opened.mode.empty() ? options_.run.mode : opened.mode;
+  Exchange exchange;
+  exchange.local = mode == "local-sgd";
+  exchange.compressed = exchange.local && compression_.kind != CompressionKind::kNone &&
+                        (opened.compressed || opened.mode.empty());
+  return exchange;
+}
+
 void Aggregator::handle(const msg::RoundOpened& opened, const Incoming&) {
   if (opened.round <= last_combined_round_ || rounds_.count(opened.round)) {
     log(LogLevel::kWarn, bus_.name(), "ignored the opening of round ", opened.round, ": already seen");
+    return;
+  }
+  const std::string& mode = opened.mode.empty() ? options_.run.mode : opened.mode;
+  if ((mode != "gradient" && mode != "local-sgd") ||
+      (options_.run.mode != "auto" && mode != options_.run.mode)) {
+    log(LogLevel::kError, bus_.name(), "ignored the opening of round ", opened.round, ": a ",
+        mode.substr(0, 32), " round in a ", options_.run.mode, " run");
     return;
   }
   rounds_[opened.round] = HeldRound{opened, {}};
@@ -243,7 +264,7 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
             std::vector<ReceivedTensor>(tensors.begin(), split),
             std::vector<ReceivedTensor>(split, tensors.end()),
             {}};
-  if (compression_.kind != CompressionKind::kNone) {
+  if (exchange_of(plan).compressed) {
     auto sparse = sparse_from_wire(held.gradients, model_.parameters(), compression_.chunk);
     if (!sparse) return refuse(from, contribution, "bad tensors: " + sparse.error());
     held.sparse = std::move(sparse.value());
@@ -255,7 +276,7 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   }
   if (contribution.round == averaged_round_) {
     // Added at once, then one check of the sums: a NaN or infinity can only be this one's.
-    add_to_sums(held);
+    add_to_sums(plan, held);
     if (!averager_.sums_finite()) {
       average_again(contribution.round, from.from);
       return refuse(from, contribution, "bad tensors: its gradients or buffers hold NaN or infinity");
@@ -295,7 +316,9 @@ void Aggregator::report_received(const Incoming& from, const msg::Contribution& 
   bus_.send(kSchedulerName, report, Stamp{contribution.round, contribution.model_version});
 }
 
-void Aggregator::add_to_sums(const Held& held) {
+void Aggregator::add_to_sums(const msg::RoundOpened& plan, const Held& held) {
+  // Every contribution of a round is of the round's kind: a new kind starts from empty sums.
+  averager_.set_combine(exchange_of(plan).local ? Combine::kParameterDeltas : Combine::kSummedGradients);
   if (held.sparse.empty()) {
     averager_.add(held.gradients, held.buffers, held.header.samples);
   } else {
@@ -310,7 +333,7 @@ void Aggregator::average_again(std::uint64_t round, const std::string& without) 
   for (const auto& trainer : averaged_) {
     if (trainer == without || !held->second.held.count(trainer)) continue;
     const Held& contribution = held->second.held.at(trainer);
-    add_to_sums(contribution);
+    add_to_sums(held->second.plan, contribution);
   }
 }
 
@@ -367,12 +390,16 @@ void Aggregator::combine(const msg::CombineRound& order) {
     averager_.clear();
     for (const auto& trainer : present) {
       const Held& held = round->second.held.at(trainer);
-      add_to_sums(held);
+      add_to_sums(round->second.plan, held);
     }
   }
+  // A round never opened here (every share missed) steps nothing; its broadcast goes the way the
+  // last round's did.
+  if (round != rounds_.end()) last_exchange_ = exchange_of(round->second.plan);
   const bool stepped = averager_.apply();
   const auto combined = Clock::now();
-  if (stepped) optimizer_->step(model_.parameters(), model_.gradients());
+  FlatOptimizer& optimizer = last_exchange_.local && outer_optimizer_ ? *outer_optimizer_ : *optimizer_;
+  if (stepped) optimizer.step(model_.parameters(), model_.gradients());
   const auto step_done = Clock::now();
   // The version follows the scheduler's count even when nothing could be combined, so that trainers
   // planned on it are not left waiting for a version that never comes.
@@ -380,13 +407,17 @@ void Aggregator::combine(const msg::CombineRound& order) {
   const std::uint64_t base_version = model_version_;
   model_version_ = order.model_version;
   last_combined_round_ = order.round;
-  if (new_version && downlink_) {
+  const bool send_update = downlink_ && last_exchange_.compressed && !order.whole_model;
+  if (new_version && send_update) {
     // The model becomes what replicas will hold: the step's change, compressed, on the base.
     answer.publish_bytes =
         publish_update(base_version, downlink_->advance(model_.parameters(), present.size()));
   } else if (new_version) {
+    // Replicas receive the whole model, so nothing of earlier steps need wait for a later update.
+    if (downlink_) downlink_->flush(model_.parameters());
     answer.publish_bytes = publish_model("");
   }
+  answer.whole_model = new_version && !send_update;
   const auto published = Clock::now();
 
   rounds_.erase(rounds_.begin(), rounds_.upper_bound(order.round));
@@ -396,7 +427,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
   const auto next = rounds_.find(averaged_round_);
   if (next != rounds_.end()) {
     for (const auto& [trainer, held] : next->second.held) {
-      add_to_sums(held);
+      add_to_sums(next->second.plan, held);
       averaged_.insert(trainer);
     }
   }
@@ -427,6 +458,11 @@ void Aggregator::checkpoint(const msg::CombineRound& order) {
     snapshot.push_back({"model.buffers." + std::to_string(i), copy(model_.buffers().groups()[i].flat)});
   }
   for (const auto& state : optimizer_->state()) snapshot.push_back({state.name, copy(state.tensor)});
+  if (outer_optimizer_) {
+    // Auto mode: the outer optimizer's state beside the gradient mode's, under names of its own.
+    for (const auto& state : outer_optimizer_->state())
+      snapshot.push_back({kOuterStatePrefix + state.name, copy(state.tensor)});
+  }
   if (downlink_) {
     // What of the steps has not reached the replicas yet: lost, a restart would drop part of them.
     for (std::size_t i = 0; i < downlink_->residual().groups().size(); ++i) {
@@ -472,6 +508,14 @@ void Aggregator::restore(const Checkpoint& checkpoint) {
   restore_groups("model.parameters", model_.parameters());
   restore_groups("model.buffers", model_.buffers());
   optimizer_->load_state(tensors, model_.parameters());
+  if (outer_optimizer_) {
+    std::map<std::string, torch::Tensor> outer;
+    for (const auto& [name, tensor] : tensors) {
+      if (name.rfind(kOuterStatePrefix, 0) == 0)
+        outer[name.substr(std::string(kOuterStatePrefix).size())] = tensor;
+    }
+    outer_optimizer_->load_state(outer, model_.parameters());
+  }
   if (downlink_) {
     FlatTensors residual = model_.parameters().zeros_like();
     if (tensors.count("downlink.residual.0")) restore_groups("downlink.residual", residual);

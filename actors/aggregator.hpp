@@ -83,6 +83,12 @@ class Aggregator final {
     std::vector<ReceivedTensor> buffers;
     std::vector<SparseGroup> sparse;  // compressed local-sgd: the deltas, read from `gradients`
   };
+  /// How a round's contributions are read and combined (its RoundOpened says; auto mode chooses
+  /// round by round).
+  struct Exchange {
+    bool local = false;       // local-sgd's parameter changes, else gradients
+    bool compressed = false;  // local-sgd's changes, compressed (and then the downlink too)
+  };
   struct HeldRound {
     msg::RoundOpened plan;
     std::map<std::string, Held> held;
@@ -96,7 +102,8 @@ class Aggregator final {
   /// Sums of round `round` again from the contributions held for it, leaving out `without`.
   void average_again(std::uint64_t round, const std::string& without);
   /// Adds one held contribution to the averager's sums, dense or compressed.
-  void add_to_sums(const Held& held);
+  void add_to_sums(const msg::RoundOpened& plan, const Held& held);
+  Exchange exchange_of(const msg::RoundOpened& opened) const;
   void combine(const msg::CombineRound& combine);
   void answer(const msg::RoundCombined& answer);
   /// Publishes the whole model (to every trainer, or as `to`'s snapshot); the bytes of its frames.
@@ -121,7 +128,10 @@ class Aggregator final {
   /// Compressed local-sgd: the replicas' model and what of the steps has not reached them yet
   /// (none otherwise: each step publishes the whole model).
   std::optional<CompressedDownlink> downlink_;
-  std::unique_ptr<FlatOptimizer> optimizer_;
+  std::unique_ptr<FlatOptimizer>
+      optimizer_;  // gradient mode's (auto: its gradient rounds'), or local-sgd's outer
+  std::unique_ptr<FlatOptimizer> outer_optimizer_;  // auto mode: the outer optimizer of its local-sgd rounds
+  Exchange last_exchange_;                          // of the last round combined
   ContributionAverager averager_;
   /// Which round's contributions the averager's sums hold, and whose: added as they arrive, so
   /// that a round's close usually finds its sum ready.

@@ -202,7 +202,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
                         curve_settings_for(config.security, PeerRole::kCoordinator));
   DropCounters drops;
   HubOptions hub_options{"filo-hub", config.bus.listen, publish_endpoint_for(config.bus)};
-  if (config.optimizer.mode == "local-sgd" && config.optimizer.compression != "none")
+  if (config.optimizer.mode != "gradient" && config.optimizer.compression != "none")
     hub_options.model_queue_per_trainer = kUpdateQueuePerTrainer;
   hub_options.model_endpoint = model_endpoint_for(config.bus);
   hub_options.authorized_keys = authorized_keys;

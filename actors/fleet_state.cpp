@@ -143,6 +143,7 @@ void FleetState::apply_event(const msg::RoundClosed& event, double time) {
   run_.epoch_samples_done = static_cast<double>(event.epoch_samples_done);
   run_.epoch_samples_total = static_cast<double>(event.epoch_samples_total);
   run_.idle_fraction = event.idle_fraction;
+  if (!event.exchange.empty()) run_.exchange = event.exchange;
   run_.samples += event.samples;
   run_.loss = event.loss;
   append_thinned(loss_, SeriesPoint{time, static_cast<double>(event.round), event.loss}, kMaxSeriesPoints);
@@ -307,6 +308,10 @@ void FleetState::apply_event(const msg::SecurityNotice& event, double time) {
   note("insecure", 0, time, "", event.text);
 }
 
+void FleetState::apply_event(const msg::ExchangeChosen& event, double time) {
+  note("exchange", event.round, time, "", event.text);
+}
+
 std::optional<double> FleetState::heartbeat_age(const TrainerView& trainer, double now) const {
   if (!trainer.heartbeat_age_seconds) return std::nullopt;
   // A trainer that is no longer live has no heartbeat to age: the last roll call's figure would lie.
@@ -389,6 +394,7 @@ nlohmann::json FleetState::to_json(double now) const {
             {"finished", run_.finished},
             {"finished_text", run_.finished_text},
             {"run_dir", run_.run_dir},
+            {"exchange", run_.exchange},
             {"dropped", run_.dropped}}},
           {"trainers", trainers},
           {"loss", series_json(loss_)},

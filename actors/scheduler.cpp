@@ -21,6 +21,17 @@ constexpr std::size_t kTransferWindow = 4;  // a capped link shows within 4 roun
 /// A trainer's first rounds carry one-off costs (first model load, cold caches); its transfer
 /// counts once this many rounds are measured, so that no one is left out on its first round.
 constexpr std::size_t kTransferRoundsBeforeCounting = 3;
+/// Auto mode: a link's whole-model time is its lesser of the last two measures (a changed link shows
+/// after two rounds, and one slow outlier does not flip the mode), its local exchange the least of
+/// its last four rounds (scheduling jitter only adds).
+constexpr std::size_t kWholeModelWindow = 2;
+constexpr std::size_t kLocalExchangeWindow = 4;
+/// A whole-model time beyond this (an hour) is no link's: refused as a measure.
+constexpr double kMaxWholeModelSeconds = 3600.0;
+constexpr double kMinTrustedAdmissionSeconds = 0.25;
+/// Auto mode in local-sgd: the whole model is broadcast now and then to measure what gradient mode
+/// would cost, at most this share of the wall time (one broadcast's time over the time since the last).
+constexpr double kWholeModelProbeShare = 0.05;
 /// How often unanswered messages to the aggregator are looked at.
 constexpr Milliseconds kResendCheckInterval{250};
 /// How many times the fastest measured speed a trainer's unproven calibration may claim.
@@ -102,6 +113,28 @@ std::vector<TrainerFailure> failures_from_json(const nlohmann::json& list) {
   return failures;
 }
 
+nlohmann::json exchanges_json(const std::vector<ExchangeRecord>& exchanges) {
+  nlohmann::json records = nlohmann::json::array();
+  for (const auto& record : exchanges) {
+    records.push_back({{"round", record.round}, {"exchange", record.exchange}, {"reason", record.reason}});
+  }
+  return records;
+}
+
+/// How a run of `optimizer`'s mode starts exchanging (auto mode: gradient, until it has measured).
+Exchange first_exchange(const msg::RunSpec& run, const OptimizerOptions& optimizer) {
+  Exchange exchange;
+  exchange.local = run.mode == "local-sgd";
+  exchange.compressed = exchange.local && run.compression != "none";
+  exchange.sync_steps = static_cast<std::uint64_t>(std::max<std::int64_t>(1, optimizer.sync_steps));
+  return exchange;
+}
+
+void keep_last(std::deque<double>& values, double value, std::size_t window) {
+  values.push_back(value);
+  while (values.size() > window) values.pop_front();
+}
+
 std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
   std::uint64_t planned = 0;
   for (const auto& range : ranges) planned += range.size();
@@ -134,7 +167,12 @@ nlohmann::json to_json(const RoundState& state) {
           {"loss_scale", state.loss_scale},
           {"good_steps", state.good_steps},
           {"failures", failures_json(state.failures)},
-          {"exclusions", failures_json(state.exclusions)}};
+          {"exclusions", failures_json(state.exclusions)},
+          {"exchange",
+           {{"local", state.exchange.local},
+            {"compressed", state.exchange.compressed},
+            {"sync_steps", state.exchange.sync_steps}}},
+          {"exchanges", exchanges_json(state.exchanges)}};
 }
 
 RoundState round_state_from_json(const nlohmann::json& json) {
@@ -164,6 +202,17 @@ RoundState round_state_from_json(const nlohmann::json& json) {
     state.good_steps = json.value("good_steps", std::uint64_t{0});
     state.failures = failures_from_json(json.value("failures", nlohmann::json::array()));
     state.exclusions = failures_from_json(json.value("exclusions", nlohmann::json::array()));
+    if (json.contains("exchange")) {  // older checkpoints have none: the run's configured one
+      const auto& exchange = json.at("exchange");
+      state.exchange.local = exchange.at("local").get<bool>();
+      state.exchange.compressed = exchange.at("compressed").get<bool>();
+      state.exchange.sync_steps = exchange.at("sync_steps").get<std::uint64_t>();
+    }
+    for (const auto& record : json.value("exchanges", nlohmann::json::array())) {
+      state.exchanges.push_back({record.at("round").get<std::uint64_t>(),
+                                 record.at("exchange").get<std::string>(),
+                                 record.at("reason").get<std::string>()});
+    }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
@@ -188,6 +237,9 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
   pool_.reset(options_.run.train_samples);
   if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
   if (state_.loss_scale <= 0) state_.loss_scale = options_.train.loss_scale;
+  // A fixed mode is what the configuration says; auto mode resumes where it was.
+  if (!auto_exchange() || state_.exchange.sync_steps == 0)
+    state_.exchange = first_exchange(options_.run, options_.optimizer);
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
   });
@@ -296,6 +348,14 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   trainer->second.max_micro_batch = calibration.max_micro_batch;
   trainer->second.device = calibration.device.substr(0, kMaxLabelLength);
   trainer->second.precision = calibration.precision.substr(0, kMaxLabelLength);
+  // Its admission carried the model's archive: a first, pessimistic measure of its link (the
+  // registrar's own time is in it), until a round waits for a whole model.
+  // Shorter admissions say little (the registrar's own time, a busy machine): the run starts in
+  // gradient mode then and measures its first rounds.
+  trainer->second.whole_model_seconds.clear();
+  if (calibration.admission_seconds >= kMinTrustedAdmissionSeconds &&
+      calibration.admission_seconds < kMaxWholeModelSeconds)
+    trainer->second.whole_model_seconds.push_back(calibration.admission_seconds);
   log(LogLevel::kInfo, bus_.name(), from.from,
       " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
       calibration.micro_batch,
@@ -436,6 +496,7 @@ void Scheduler::maybe_start(Clock::time_point now) {
   }
   first_round_ = now;
   epoch_started_ = now;
+  last_whole_model_ = now;  // every trainer's admission carried the whole model
   plan_round();
 }
 
@@ -448,11 +509,102 @@ double Scheduler::training_seconds() const {
   return state_.training_seconds + (first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0);
 }
 
+bool Scheduler::auto_exchange() const {
+  return options_.run.mode == "auto" ||
+         (options_.run.mode == "local-sgd" && options_.optimizer.sync_steps_auto);
+}
+
+double Scheduler::slowest_whole_model_seconds() const {
+  double slowest = 0.0;
+  for (const auto& [trainer, state] : live_) {
+    if (!state.plannable() || state.whole_model_seconds.empty()) continue;
+    slowest = std::max(slowest,
+                       *std::min_element(state.whole_model_seconds.begin(), state.whole_model_seconds.end()));
+  }
+  return slowest;
+}
+
+void Scheduler::choose_exchange_now() {
+  ExchangeRule rule;
+  rule.fraction = options_.optimizer.communication_fraction;
+  rule.gradient_round_samples = static_cast<std::uint64_t>(options_.schedule.round_samples);
+  rule.micro_batch = static_cast<std::uint64_t>(options_.schedule.micro_batch);
+  rule.sync_steps_auto = options_.optimizer.sync_steps_auto;
+  rule.first_sync_steps =
+      static_cast<std::uint64_t>(std::max<std::int64_t>(1, options_.optimizer.sync_steps));
+  rule.compression = options_.run.compression != "none";
+  rule.allow_gradient = options_.run.mode == "auto";
+  std::vector<LinkMeasure> fleet;
+  for (const auto& [trainer, state] : live_) {
+    if (!state.plannable() || state.taken_out_since > 0 || state.left_out_since > 0) continue;
+    LinkMeasure measure;
+    measure.trainer = trainer;
+    measure.samples_per_second = state.speed.samples_per_second();
+    if (!state.whole_model_seconds.empty())
+      measure.whole_model_seconds =
+          *std::min_element(state.whole_model_seconds.begin(), state.whole_model_seconds.end());
+    if (!state.local_exchanges.empty())
+      measure.local_exchange_seconds =
+          *std::min_element(state.local_exchanges.begin(), state.local_exchanges.end());
+    fleet.push_back(std::move(measure));
+  }
+  const ExchangeChoice choice = choose_exchange(rule, state_.exchange, fleet);
+  if (choice.exchange == state_.exchange && !state_.exchanges.empty()) return;
+  const bool mode_changed = choice.exchange.local != state_.exchange.local;
+  state_.exchange = choice.exchange;
+  if (mode_changed) {
+    // A round's transfer is the mode's own: gradient mode's whole models say nothing of local-sgd's
+    // rounds, and the other way round.
+    // So are norms: a gradient sum and a parameter change are not measured against each other.
+    for (auto& [trainer, state] : live_) {
+      state.recent_transfers.clear();
+      state.local_exchanges.clear();
+      state.recent_norms.clear();
+    }
+    fleet_norms_.clear();
+  }
+  const std::string described = state_.exchange.describe(options_.run.compression);
+  state_.exchanges.push_back({state_.round + 1, described, choice.reason});
+  msg::ExchangeChosen chosen;
+  chosen.round = state_.round + 1;
+  chosen.mode = state_.exchange.mode();
+  chosen.compression = state_.exchange.compressed ? options_.run.compression : "none";
+  chosen.sync_steps = state_.exchange.local ? state_.exchange.sync_steps : 0;
+  chosen.gradient_fraction = choice.gradient_fraction.value_or(-1.0);
+  chosen.local_fraction = choice.local_fraction.value_or(-1.0);
+  chosen.reason = choice.reason;
+  chosen.text = "from round " + std::to_string(chosen.round) + ": " + described + " (" + choice.reason + ")";
+  log(LogLevel::kInfo, bus_.name(), "exchange ", chosen.text);
+  bus_.publish(kEventTopic, chosen);
+}
+
+void Scheduler::measure_link(const OpenRound& round, TrainerState& state,
+                             const msg::ContributionReceived& report, double arrival_seconds) {
+  if (round.waits_for_whole_model) {
+    // From its plan's arrival to its start it waited for the whole model: that broadcast's time on
+    // its link, less the aggregator's combine, step and publish, which the wait also held.
+    const auto aggregator = aggregator_seconds_.find(round.round - 1);
+    const double seconds =
+        std::max(1e-4, report.model_wait_seconds -
+                           (aggregator != aggregator_seconds_.end() ? aggregator->second : 0.0));
+    keep_last(state.whole_model_seconds, seconds, kWholeModelWindow);
+  } else if (round.exchange.local) {
+    keep_last(state.local_exchanges, std::max(0.0, arrival_seconds - report.compute_seconds),
+              kLocalExchangeWindow);
+  }
+}
+
 void Scheduler::plan_round() {
   if (open_ || planning_done_ || calibrated_trainers() == 0 || pool_.empty()) return;
-  const auto round_samples = options_.round_samples_per_trainer > 0
-                                 ? options_.round_samples_per_trainer * calibrated_trainers()
-                                 : static_cast<std::uint64_t>(options_.schedule.round_samples);
+  if (auto_exchange()) choose_exchange_now();
+  const Exchange exchange = state_.exchange;
+  std::uint64_t round_samples = static_cast<std::uint64_t>(options_.schedule.round_samples);
+  if (auto_exchange() && exchange.local) {
+    round_samples = exchange.sync_steps * static_cast<std::uint64_t>(options_.schedule.micro_batch) *
+                    calibrated_trainers();
+  } else if (!auto_exchange() && options_.round_samples_per_trainer > 0) {
+    round_samples = options_.round_samples_per_trainer * calibrated_trainers();
+  }
   std::vector<msg::SampleRange> taken = pool_.take(round_samples);
   std::uint64_t total = 0;
   for (const auto& range : taken) total += range.size();
@@ -462,7 +614,11 @@ void Scheduler::plan_round() {
   round.round = state_.round + 1;
   round.epoch = state_.epoch;
   round.model_version = state_.model_version;
+  round.exchange = exchange;
+  round.waits_for_whole_model = next_model_whole_;
   msg::RoundOpened opened;
+  opened.mode = exchange.mode();
+  opened.compressed = exchange.compressed;
   opened.round = round.round;
   opened.epoch = round.epoch;
   opened.model_version = round.model_version;
@@ -539,6 +695,8 @@ void Scheduler::plan_round() {
     plan.accumulation_steps = micro.accumulation_steps;
     plan.incarnation = options_.incarnation;
     plan.loss_scale = state_.loss_scale;
+    plan.mode = opened.mode;
+    plan.compressed = opened.compressed;
     opened.planned_samples[share.trainer] = share.samples;
     round.planned[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
@@ -546,6 +704,8 @@ void Scheduler::plan_round() {
   // Whatever no share took (every trainer left out) is planned again next round.
   pool_.give_back(round_pool.take(round_pool.remaining()));
   if (plans.empty()) return;
+  // A whole model on its way (auto mode's gradient rounds and probes) takes what it took before.
+  if (auto_exchange() && round.waits_for_whole_model) expected_seconds += slowest_whole_model_seconds();
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
@@ -664,6 +824,7 @@ msg::TrainerInRound Scheduler::account_trainer(const OpenRound& round, const std
         seconds =
             std::max(seconds, static_cast<double>(report.samples) / (kMaxSpeedGrowth * state.planned_speed));
       state.speed.observe(report.samples, seconds);
+      if (auto_exchange()) measure_link(round, state, report, line.arrival_seconds);
       const double transfer = std::max(0.0, line.arrival_seconds - report.compute_seconds);
       state.recent_transfers.push_back(transfer);
       if (state.recent_transfers.size() > kTransferWindow) state.recent_transfers.pop_front();
@@ -741,8 +902,7 @@ void Scheduler::bound_norms(OpenRound& round) {
     NormCandidate candidate{trainer, report.norm / samples, samples, {}};
     const auto live = live_.find(trainer);
     if (live != live_.end()) candidate.own_recent = live->second.recent_norms;
-    candidate.residual_filling = options_.run.mode == "local-sgd" && options_.run.compression != "none" &&
-                                 candidate.own_recent.size() < kMinNormsForBound;
+    candidate.residual_filling = round.exchange.compressed && candidate.own_recent.size() < kMinNormsForBound;
     candidates.push_back(std::move(candidate));
   }
   const NormVerdict verdict = judge_norms(candidates, fleet_norms_, options_.robust.norm_factor);
@@ -918,6 +1078,19 @@ void Scheduler::close_round(const std::string& why) {
   state_.epoch_samples += closed.samples;
   state_.epoch_loss_sum += loss_sum;
   combine.model_version = state_.model_version;
+  // Auto mode in compressed local-sgd: now and then the whole model goes down instead of the
+  // update, to measure what gradient mode would cost on each link now (links change).
+  if (auto_exchange() && round.exchange.compressed && !combine.trainers.empty()) {
+    const double whole = slowest_whole_model_seconds();
+    combine.whole_model = !last_whole_model_ ||
+                          seconds_between(*last_whole_model_, loop_.now()) * kWholeModelProbeShare >= whole;
+    if (combine.whole_model)
+      log(LogLevel::kInfo, bus_.name(), "round ", round.round,
+          "'s model goes out whole, to measure what gradient mode would cost on each link now");
+  }
+  next_model_whole_ = !combine.trainers.empty() && (!round.exchange.compressed || combine.whole_model);
+  if (next_model_whole_) last_whole_model_ = loop_.now();
+  closed.exchange = round.exchange.describe(options_.run.compression);
 
   closed.model_version = state_.model_version;
   closed.closed_seconds = first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0;
@@ -1000,6 +1173,9 @@ void Scheduler::handle(const msg::RoundCombined& combined, const Incoming&) {
   combine_timing_sums_["step_seconds"] += combined.step_seconds;
   combine_timing_sums_["publish_seconds"] += combined.publish_seconds;
   model_broadcast_bytes_ += combined.publish_bytes;
+  aggregator_seconds_[combined.round] =
+      combined.combine_seconds + combined.step_seconds + combined.publish_seconds;
+  while (aggregator_seconds_.size() > kTransferWindow) aggregator_seconds_.erase(aggregator_seconds_.begin());
   slowest_combine_seconds_ = std::max(
       slowest_combine_seconds_, combined.combine_seconds + combined.step_seconds + combined.publish_seconds);
 }
@@ -1081,7 +1257,7 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"dataset", options_.run.dataset},
       {"mode", options_.run.mode},
       {"optimizer", options_.optimizer.name},
-      {"outer_optimizer", options_.run.mode == "local-sgd" ? options_.optimizer.outer : std::string()},
+      {"outer_optimizer", options_.run.mode != "gradient" ? options_.optimizer.outer : std::string()},
       {"task", options_.run.task},
       {"metric", metric},  // test_accuracy or test_perplexity: the keys below are named after it
       {"final_" + metric, value},
@@ -1102,6 +1278,9 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"model_files", evaluated.model_files},
       {"aggregator_timing", timing},
       {"model_broadcast_bytes", model_broadcast_bytes_},
+      {"exchange", state_.exchange.describe(options_.run.compression)},
+      {"exchanges", exchanges_json(state_.exchanges)},
+      {"communication_fraction", auto_exchange() ? options_.optimizer.communication_fraction : 0.0},
       {"dropped", drops},
       {"failures", failures_json(state_.failures)},
       {"exclusions", failures_json(state_.exclusions)},

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/exchange_choice.hpp"
 #include "actors/shares.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
@@ -47,6 +48,13 @@ struct TrainerFailure {
   std::string reason;
 };
 
+/// optimizer.mode or sync_steps = "auto": a change of how rounds exchange their work.
+struct ExchangeRecord {
+  std::uint64_t round = 0;  /// the first round planned this way
+  std::string exchange;     /// Exchange::describe
+  std::string reason;
+};
+
 /// Where the run stands after a closed round: what a resumed coordinator continues from.
 struct RoundState {
   std::uint64_t epoch = 1;                /// the epoch in progress
@@ -70,6 +78,10 @@ struct RoundState {
   /// Trainers excluded for lying (too many contributions refused as lies) and not readmitted since:
   /// a restarted coordinator keeps them out too.
   std::vector<TrainerFailure> exclusions;
+  /// How rounds exchange their work now (auto mode chooses; fixed modes never change it), and
+  /// every change auto mode made, in order.
+  Exchange exchange;
+  std::vector<ExchangeRecord> exchanges;
 };
 nlohmann::json to_json(const RoundState& state);
 /// Throws std::runtime_error naming the field that is missing or malformed.
@@ -116,10 +128,14 @@ class Scheduler final {
     SpeedEstimate speed;                  // calibration, then measured compute times
     double planned_speed = 0.0;           // samples/s its latest share was planned at
     std::deque<double> recent_transfers;  // arrival minus compute time of recent rounds
-    std::uint32_t max_micro_batch = 0;    // 0: no memory limit known
-    std::uint64_t left_out_since = 0;     // round it was last left out in (0: it is not)
-    std::uint64_t probe_after = 0;        // rounds left out before its next probe (0: the long interval)
-    std::optional<double> probing_from;   // during a probe: the transfer that kept it out
+    // Auto mode: what a whole model took to reach it (its admission's archive, then each round that
+    // waited for a whole model), and its recent local-sgd rounds' exchange (arrival minus compute).
+    std::deque<double> whole_model_seconds;
+    std::deque<double> local_exchanges;
+    std::uint32_t max_micro_batch = 0;   // 0: no memory limit known
+    std::uint64_t left_out_since = 0;    // round it was last left out in (0: it is not)
+    std::uint64_t probe_after = 0;       // rounds left out before its next probe (0: the long interval)
+    std::optional<double> probing_from;  // during a probe: the transfer that kept it out
     std::string hostname;
     double benchmark_gflops = 0.0;
     std::string device;     // from its calibration
@@ -151,6 +167,8 @@ class Scheduler final {
     std::map<std::string, Arrival> arrived;
     std::map<std::string, std::string> refused;  // trainer → why its contribution does not count
     std::set<std::string> probes;                // taken-out trainers planned to prove they are alive
+    Exchange exchange;                           // how its work is done and sent
+    bool waits_for_whole_model = false;          // its model version arrives whole, not as an update
     bool answered(const std::string& trainer) const {
       return arrived.count(trainer) || refused.count(trainer);
     }
@@ -169,6 +187,14 @@ class Scheduler final {
   std::vector<Share> shares_for(std::uint64_t total, bool taken_out_too, const std::set<std::string>& except);
   void maybe_start(Clock::time_point now);
   void plan_round();
+  /// Auto mode, before a round is planned: how it exchanges its work, announced when that changes.
+  void choose_exchange_now();
+  bool auto_exchange() const;
+  /// Auto mode: what a whole model takes to reach the slowest-linked plannable trainer (0: unknown).
+  double slowest_whole_model_seconds() const;
+  /// Auto mode, a delivered trainer's round: what its link showed.
+  void measure_link(const OpenRound& round, TrainerState& state, const msg::ContributionReceived& report,
+                    double arrival_seconds);
   bool every_live_planned_trainer_answered() const;
   /// Closes the open round: accounts each planned trainer, moves the epoch on, tells the
   /// aggregator what to combine, plans the next round, and records and announces this one.
@@ -226,7 +252,12 @@ class Scheduler final {
   bool finished_ = false;
   double slowest_last_round_seconds_ = 0.0;
   double deadline_backoff_seconds_ = 0.0;  // after a missed deadline, the next is at least this
-  std::deque<double> fleet_norms_;         // per sample, of the fleet's recent combined contributions
+  // Auto mode: whether the next round's model arrives whole (the last combine broadcast it so),
+  // when a whole model was last broadcast, and the aggregator's time for recent rounds' combines.
+  bool next_model_whole_ = false;
+  std::optional<Clock::time_point> last_whole_model_;
+  std::map<std::uint64_t, double> aggregator_seconds_;
+  std::deque<double> fleet_norms_;  // per sample, of the fleet's recent combined contributions
   std::optional<Clock::time_point> first_round_;
   Clock::time_point epoch_started_;
   Clock::time_point started_at_;

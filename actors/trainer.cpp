@@ -226,7 +226,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
       }
       layout_ = fingerprint_hex(model_->layout());
       local_optimizer_.reset();
-      if (run.mode == "local-sgd") {
+      if (run.mode == "local-sgd" || run.mode == "auto") {  // auto: local-sgd rounds when links are slow
         local_optimizer_ = make_local_optimizer(run);
         local_before_ = model_->parameters().zeros_like();
         local_before_.copy_from(model_->parameters());  // version 0's, with a compressed downlink
@@ -280,6 +280,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     // sooner than twice that (at 10 Mbit/s a 7.4 MB model takes 6 s; asking every 500 ms, doubling,
     // put four copies on that link before the first arrived).
     const auto answered = std::chrono::duration_cast<Milliseconds>(loop_.now() - last_report_sent_);
+    admission_seconds_ = seconds_between(last_report_sent_, loop_.now());
     snapshot_first_retry_ = std::clamp(2 * answered, kSnapshotRetry, kMaxSnapshotWait);
   }
   state_ = State::kAdmitted;
@@ -516,7 +517,7 @@ void Trainer::handle(const msg::ModelUpdate& update, const Incoming& from) {
 }
 
 bool Trainer::downlink_compressed() const {
-  return run_ && run_->mode == "local-sgd" && run_->compression != "none";
+  return run_ && run_->mode != "gradient" && run_->compression != "none";
 }
 
 std::optional<std::uint64_t> Trainer::reachable_version() const {
@@ -537,8 +538,13 @@ void Trainer::forget_model() {
   held_updates_.clear();
 }
 
-void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
+void Trainer::handle(const msg::RoundPlan& plan, const Incoming& from) {
   if (state_ != State::kAdmitted) return;
+  if (auto problem = plan_problem(plan)) {
+    log(LogLevel::kWarn, bus_.name(), "ignored the plan of round ", plan.round, " from ", from.from, ": ",
+        *problem);
+    return;
+  }
   if (training_ && training_->round < plan.round) {
     // A newer round was planned: the one being trained has closed, and its share is no use now.
     worker_->cancel();
@@ -548,6 +554,21 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming&) {
   snapshot_asked_for_plan_ = false;
   advance();
   if (pending_) request_snapshot_soon();
+}
+
+std::optional<std::string> Trainer::plan_problem(const msg::RoundPlan& plan) const {
+  if (!run_) return std::string("no run yet");
+  const std::string& mode = plan_mode(plan);
+  if (mode != "gradient" && mode != "local-sgd") return "unknown mode \"" + mode.substr(0, 32) + "\"";
+  if (run_->mode != "auto" && mode != run_->mode) return "a " + mode + " round in a " + run_->mode + " run";
+  if (plan.compressed && (mode != "local-sgd" || run_->compression == "none"))
+    return std::string("a compressed round in a run without compression, or of gradients");
+  return std::nullopt;
+}
+
+const std::string& Trainer::plan_mode(const msg::RoundPlan& plan) const {
+  // An older scheduler names no mode: its run's is meant.
+  return plan.mode.empty() ? run_->mode : plan.mode;
 }
 
 void Trainer::request_snapshot_soon() {
@@ -692,6 +713,7 @@ msg::Calibration Trainer::calibrate() {
   calibration.max_micro_batch = max_micro_batch;
   calibration.device = device_name(device);
   calibration.precision = computed_precision(output_dtype);
+  calibration.admission_seconds = admission_seconds_;
   precision_label_ = calibration.precision;
   return calibration;
 }
@@ -780,14 +802,16 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
     micro_batch_timer = WorkTimer();
   };
   const std::int64_t micro_batch = std::max<std::uint32_t>(1, plan.micro_batch);
-  if (local_optimizer_) local_before_.copy_from(model_->parameters());
+  // In auto mode the scheduler chooses per round: gradients, or local steps and their change.
+  const bool local = plan_mode(plan) == "local-sgd" && local_optimizer_;
+  const bool compressed = local && (plan.compressed || plan.mode.empty()) && error_feedback_;
+  if (local) local_before_.copy_from(model_->parameters());
   ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
   share.inject_overflow = options_.overflow_rounds.count(plan.round) > 0;
   if (share.inject_overflow)
     log(LogLevel::kWarn, bus_.name(), "TEST AID: overflow injected in round ", plan.round);
-  const ShareResult result = local_optimizer_
-                                 ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
-                                 : train_share(*model_, data_, indices, share);
+  const ShareResult result = local ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
+                                   : train_share(*model_, data_, indices, share);
   synchronize(device);  // compute time is the device's, not the launch's
   const auto computed = Clock::now();
 
@@ -805,20 +829,20 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.peak_memory_bytes = peak_memory_bytes(device);
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
-    if (local_optimizer_) parameter_deltas(*model_, local_before_, local_deltas_);
+    if (local) parameter_deltas(*model_, local_before_, local_deltas_);
     if (options_.gradient_scale != 1.0) {
-      for (auto& group : (local_optimizer_ ? local_deltas_ : model_->gradients()).groups()) {
+      for (auto& group : (local ? local_deltas_ : model_->gradients()).groups()) {
         if (torch::isFloatingType(group.dtype)) group.flat.mul_(options_.gradient_scale);
       }
     }
-    if (error_feedback_) {
+    if (compressed) {
       // The change plus what earlier rounds did not send, compressed; the rest waits for later.
       contribution.gradients = append_tensor_frames(
           sparse_wire_on_host(error_feedback_->compress(local_deltas_, compression_), local_deltas_),
           outcome.frames);
     } else {
       contribution.gradients =
-          stage(local_optimizer_ ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);
+          stage(local ? local_deltas_ : model_->gradients(), send_buffers_, outcome.frames);
     }
     contribution.buffers = stage(model_->buffers(), send_buffers_, outcome.frames);
   }

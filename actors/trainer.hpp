@@ -144,6 +144,9 @@ class Trainer final {
   /// on the result (when given).
   TrainOutcome load_and_train(const std::optional<HeldModel>& model, const std::vector<HeldUpdate>& updates,
                               const std::optional<msg::RoundPlan>& plan, double model_wait_seconds);
+  /// Why this trainer cannot do what `plan` asks (a mode its run does not allow), or nothing.
+  std::optional<std::string> plan_problem(const msg::RoundPlan& plan) const;
+  const std::string& plan_mode(const msg::RoundPlan& plan) const;
   std::optional<std::string> load_model(const HeldModel& model);
   /// Adds `update` to the base (local_before_) and makes the replica that, checked by fingerprint.
   std::optional<std::string> apply_update(const HeldUpdate& update);
@@ -191,10 +194,11 @@ class Trainer final {
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
-  Milliseconds snapshot_grace_{50};                  // how long a plan waits for its model before asking
-  Milliseconds snapshot_retry_{500};                 // how long an unanswered snapshot request waits
-  Milliseconds snapshot_first_retry_{500};           // ... the first time: twice how long registering took
-  bool snapshot_asked_for_plan_ = false;             // a snapshot was asked for while the plan waited
+  Milliseconds snapshot_grace_{50};         // how long a plan waits for its model before asking
+  Milliseconds snapshot_retry_{500};        // how long an unanswered snapshot request waits
+  double admission_seconds_ = 0.0;          // its last report to its admission (the model archive's trip)
+  Milliseconds snapshot_first_retry_{500};  // ... the first time: twice how long registering took
+  bool snapshot_asked_for_plan_ = false;    // a snapshot was asked for while the plan waited
   std::optional<Clock::time_point> snapshot_check_;  // when the armed check runs
   std::string precision_label_;                      // what the forward pass computed in, once measured
   std::atomic<double> slowdown_{1.0};

@@ -64,6 +64,8 @@ std::string_view kind_name(MessageKind kind) {
       return "Readmit";
     case MessageKind::kModelUpdate:
       return "ModelUpdate";
+    case MessageKind::kExchangeChosen:
+      return "ExchangeChosen";
   }
   return "unknown";
 }

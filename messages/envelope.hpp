@@ -41,8 +41,9 @@ enum class MessageKind : std::uint8_t {
   kTrainerFailed,
   kReadmit,
   kModelUpdate,
+  kExchangeChosen,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kModelUpdate);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kExchangeChosen);
 
 std::string_view kind_name(MessageKind kind);
 

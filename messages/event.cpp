@@ -33,7 +33,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainerInRound, name, planned, d
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RoundClosed, text, round, epoch, model_version, seconds,
                                                 closed_seconds, samples, loss, idle_fraction, closed_because,
                                                 deadline_seconds, loss_scale, epoch_samples_done,
-                                                epoch_samples_total, epochs, trainers)
+                                                epoch_samples_total, epochs, trainers, exchange)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EpochScored, text, epoch, epochs, round, metric, value,
                                                 metrics, train_loss, samples, training_seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(MemberNews, text, change, trainer, reason, hostname, round,
@@ -47,6 +47,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(CoordinatorResumed, text, round,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(LossScaleOverflow, text, round, epoch, loss_scale)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunEnded, text, rounds, metric, value, wall_seconds, run_dir)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SecurityNotice, text)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ExchangeChosen, text, round, mode, compression, sync_steps,
+                                                gradient_fraction, local_fraction, reason)
 
 namespace {
 /// The stable names of the families that are not MemberNews, in AnyEvent's order.
@@ -63,6 +65,7 @@ const char* family_name(const AnyEvent& event) {
         if constexpr (std::is_same_v<T, LossScaleOverflow>) return "overflow";
         if constexpr (std::is_same_v<T, RunEnded>) return "finished";
         if constexpr (std::is_same_v<T, SecurityNotice>) return "insecure";
+        if constexpr (std::is_same_v<T, ExchangeChosen>) return "exchange";
       },
       event);
 }
@@ -164,6 +167,7 @@ AnyEvent event_from_json(const nlohmann::json& line) {
   if (type == "overflow") return read_as<LossScaleOverflow>(line);
   if (type == "finished") return read_as<RunEnded>(line);
   if (type == "insecure") return read_as<SecurityNotice>(line);
+  if (type == "exchange") return read_as<ExchangeChosen>(line);
   MemberNews news = line.get<MemberNews>();
   if (member_change_name(news.change) != type)
     throw std::invalid_argument("unknown event type '" + type + "'");

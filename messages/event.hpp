@@ -69,9 +69,10 @@ struct RoundClosed {
   std::uint64_t epoch_samples_total = 0;
   std::uint64_t epochs = 0;
   std::vector<TrainerInRound> trainers;
+  std::string exchange;  // how its work was exchanged: "gradient", "local-sgd topk-q8 x16", ...
   MSGPACK_DEFINE_MAP(text, round, epoch, model_version, seconds, closed_seconds, samples, loss, idle_fraction,
                      closed_because, deadline_seconds, loss_scale, epoch_samples_done, epoch_samples_total,
-                     epochs, trainers)
+                     epochs, trainers, exchange)
 };
 
 // scheduler → monitors once an epoch's model was scored on the test set (type "epoch").
@@ -190,6 +191,21 @@ struct SecurityNotice {
   MSGPACK_DEFINE_MAP(text)
 };
 
+// scheduler → monitors when optimizer.mode or sync_steps is "auto" and its choice of how rounds
+// exchange their work changes (type "exchange"): what it chose, from which measures, and why.
+struct ExchangeChosen {
+  static constexpr MessageKind kKind = MessageKind::kExchangeChosen;
+  std::string text;
+  std::uint64_t round = 0;          // the first round planned this way
+  std::string mode;                 // "gradient" or "local-sgd"
+  std::string compression;          // local-sgd: how its changes travel ("none", "topk-q8", ...)
+  std::uint64_t sync_steps = 0;     // local-sgd: local steps per trainer per round
+  double gradient_fraction = -1.0;  // gradient mode's exchange over its compute, estimated (-1: unknown)
+  double local_fraction = -1.0;     // local-sgd's, as measured in its last rounds (-1: unknown)
+  std::string reason;
+  MSGPACK_DEFINE_MAP(text, round, mode, compression, sync_steps, gradient_fraction, local_fraction, reason)
+};
+
 // scheduler → everyone (published on topic "control"): the run is over; nodes and monitors exit.
 struct RunFinished {
   static constexpr MessageKind kKind = MessageKind::kRunFinished;
@@ -199,16 +215,17 @@ struct RunFinished {
 };
 
 /// Any event of the stream.
-using AnyEvent = std::variant<RoundClosed, EpochScored, MemberNews, FleetMembers, RefusalCounts,
-                              CoordinatorResumed, LossScaleOverflow, RunEnded, SecurityNotice>;
+using AnyEvent =
+    std::variant<RoundClosed, EpochScored, MemberNews, FleetMembers, RefusalCounts, CoordinatorResumed,
+                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen>;
 
 /// What a subscriber to the "event" and "control" topics receives (a monitor's inbox).
 using StreamInbox =
     std::variant<RoundClosed, EpochScored, MemberNews, FleetMembers, RefusalCounts, CoordinatorResumed,
-                 LossScaleOverflow, RunEnded, SecurityNotice, RunFinished>;
+                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen, RunFinished>;
 
 /// The family's stable name: "round", "epoch", the change of a MemberNews, "members", "dropped",
-/// "resumed", "overflow", "finished", "insecure".
+/// "resumed", "overflow", "finished", "insecure", "exchange".
 std::string event_type(const AnyEvent& event);
 const std::string& event_text(const AnyEvent& event);
 /// The trainer an event is about, or empty.

@@ -77,7 +77,7 @@ struct RunSpec {
   std::uint64_t train_samples = 0;  // samples per epoch (a prefix of the training set)
   std::uint64_t seed = 0;           // epoch orders derive from it
   std::uint32_t micro_batch = 0;    // the micro-batch size trainers calibrate at
-  std::string mode = "gradient";    // "gradient" or "local-sgd"
+  std::string mode = "gradient";    // "gradient", "local-sgd" or "auto" (chosen round by round)
   std::string precision = "fp32";   // train.precision: each trainer resolves "auto" for its device
   // local-sgd: the optimizer each trainer steps locally
   std::string optimizer;

@@ -47,8 +47,13 @@ struct RoundPlan {
   // fp16 trainers multiply their loss by this before backward and divide their gradients by it
   // after; the scheduler halves it after an overflow anywhere and doubles it after a run of good steps.
   double loss_scale = 1.0;
+  // How this round's work is done and sent: "gradient" or "local-sgd", and whether a local-sgd
+  // change is compressed as the run's compression settings say. The run's optimizer.mode fixes
+  // them, except in "auto" mode, where the scheduler chooses them round by round.
+  std::string mode;
+  bool compressed = false;
   MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps, deadline_seconds,
-                     incarnation, loss_scale)
+                     incarnation, loss_scale, mode, compressed)
 };
 
 // scheduler → aggregator, before the round's plans go out: which trainers may contribute to this
@@ -60,7 +65,9 @@ struct RoundOpened {
   std::uint64_t model_version = 0;
   std::uint64_t incarnation = 0;
   std::map<std::string, std::uint64_t> planned_samples;
-  MSGPACK_DEFINE_MAP(round, epoch, model_version, incarnation, planned_samples)
+  std::string mode;  // as in the round's plans: how its contributions are read and combined
+  bool compressed = false;
+  MSGPACK_DEFINE_MAP(round, epoch, model_version, incarnation, planned_samples, mode, compressed)
 };
 
 // trainer → aggregator: gradients summed over its samples and its BatchNorm-style buffers after its
@@ -132,7 +139,10 @@ struct CombineRound {
   std::uint64_t model_version = 0;
   bool checkpoint = false;
   std::string round_state;
-  MSGPACK_DEFINE_MAP(round, epoch, trainers, model_version, checkpoint, round_state)
+  // With a compressed downlink: broadcast the whole model this time, not the update (auto mode
+  // measures what a whole model costs on each trainer's link this way).
+  bool whole_model = false;
+  MSGPACK_DEFINE_MAP(round, epoch, trainers, model_version, checkpoint, round_state, whole_model)
 };
 
 // aggregator → scheduler: the round is combined and its model published; what that took.
@@ -147,8 +157,9 @@ struct RoundCombined {
   // The broadcast's frames (the whole model, or a compressed downlink's update): what each
   // subscribed trainer receives for this round.
   std::uint64_t publish_bytes = 0;
+  bool whole_model = false;  // the broadcast was the whole model (else an update, or nothing)
   MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem,
-                     publish_bytes)
+                     publish_bytes, whole_model)
 };
 
 // scheduler → aggregator at an epoch's end: score model version `model_version` on the test set;
@@ -183,7 +194,10 @@ struct Calibration {
   std::uint32_t max_micro_batch = 0;
   std::string device;     // "cpu", "cuda:0", ...
   std::string precision;  // what it computes in (train.precision resolved for its device)
-  MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch, device, precision)
+  // From its last hardware report to its admission, which carried the model's archive: a first
+  // measure of what a whole model costs on its link (auto mode), before any round has.
+  double admission_seconds = 0.0;
+  MSGPACK_DEFINE_MAP(samples_per_second, micro_batch, max_micro_batch, device, precision, admission_seconds)
 };
 
 // trainer → scheduler: its own computation failed (a LibTorch or CUDA error, a failed check), not

@@ -44,6 +44,24 @@ class Reader {
     field = *value;
   }
 
+  /// An integer, or the string "auto" (then `field` keeps its default as a first guess).
+  void read_or_auto(const std::string& section, const std::string& key, std::int64_t& field, bool& is_auto) {
+    const auto node = root_[section][key];
+    if (node && node.is_string() && *node.value<std::string>() == "auto") {
+      known_.insert(section + "." + key);
+      is_auto = true;
+      return;
+    }
+    if (node && !node.is_integer()) {
+      throw ConfigError(source_ + ": " + section + "." + key + " must be an integer or \"auto\"");
+    }
+    read(section, key, field);
+  }
+
+  bool has(const std::string& section, const std::string& key) const {
+    return static_cast<bool>(root_[section][key]);
+  }
+
   /// Rejects keys that nothing read: a typo must not be silently ignored.
   void reject_unknown() const {
     for (const auto& [section_name, section] : root_) {
@@ -148,7 +166,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("optimizer", "outer", config.optimizer.outer);
   reader.read("optimizer", "outer_learning_rate", config.optimizer.outer_learning_rate);
   reader.read("optimizer", "outer_momentum", config.optimizer.outer_momentum);
-  reader.read("optimizer", "sync_steps", config.optimizer.sync_steps);
+  reader.read_or_auto("optimizer", "sync_steps", config.optimizer.sync_steps,
+                      config.optimizer.sync_steps_auto);
+  reader.read("optimizer", "communication_fraction", config.optimizer.communication_fraction);
+  // In auto mode, local-sgd rounds compress unless the configuration says how.
+  if (config.optimizer.mode == "auto" && !reader.has("optimizer", "compression"))
+    config.optimizer.compression = "topk-q8";
   reader.read("optimizer", "compression", config.optimizer.compression);
   reader.read("optimizer", "compression_fraction", config.optimizer.compression_fraction);
   reader.read("optimizer", "compression_chunk", config.optimizer.compression_chunk);
@@ -230,8 +253,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.optimizer.name == "sgd" || config.optimizer.name == "adam",
         "optimizer.name must be \"sgd\" or \"adam\", not \"" + config.optimizer.name + "\"");
   check(config.optimizer.learning_rate > 0, "optimizer.learning_rate must be > 0");
-  check(config.optimizer.mode == "gradient" || config.optimizer.mode == "local-sgd",
-        "optimizer.mode must be \"gradient\" or \"local-sgd\", not \"" + config.optimizer.mode + "\"");
+  check(config.optimizer.mode == "gradient" || config.optimizer.mode == "local-sgd" ||
+            config.optimizer.mode == "auto",
+        "optimizer.mode must be \"gradient\", \"local-sgd\" or \"auto\", not \"" + config.optimizer.mode +
+            "\"");
+  check(config.optimizer.communication_fraction > 0 && config.optimizer.communication_fraction <= 1,
+        "optimizer.communication_fraction must be in (0, 1]");
+  check(!config.optimizer.sync_steps_auto || config.optimizer.mode != "gradient",
+        "optimizer.sync_steps = \"auto\" sets local-sgd's sync interval: set optimizer.mode = \"local-sgd\" "
+        "or \"auto\" too");
   check(config.optimizer.outer == "average" || config.optimizer.outer == "nesterov",
         "optimizer.outer must be \"average\" or \"nesterov\", not \"" + config.optimizer.outer + "\"");
   check(config.optimizer.outer_learning_rate > 0, "optimizer.outer_learning_rate must be > 0");
@@ -242,8 +272,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
             config.optimizer.compression == "topk-q8",
         "optimizer.compression must be \"none\", \"topk\" or \"topk-q8\", not \"" +
             config.optimizer.compression + "\"");
-  check(config.optimizer.compression == "none" || config.optimizer.mode == "local-sgd",
+  check(config.optimizer.compression == "none" || config.optimizer.mode != "gradient",
         "optimizer.compression compresses local-sgd's parameter changes: set optimizer.mode = \"local-sgd\" "
+        "or \"auto\" "
         "too, or compression = \"none\"");
   check(config.optimizer.compression_fraction > 0 && config.optimizer.compression_fraction <= 1,
         "optimizer.compression_fraction must be in (0, 1]");

@@ -46,6 +46,9 @@ struct OptimizerOptions {
   /// "gradient": trainers send summed gradients and the aggregator steps `name` on their mean.
   /// "local-sgd": trainers step `name` locally over their share, one step per micro-batch, and
   /// send parameter deltas; the aggregator combines them by samples and steps the outer optimizer.
+  /// "auto": the scheduler chooses one of the two for each round from the trainers' measured speeds
+  /// and links (gradient while moving the model costs under `communication_fraction` of compute,
+  /// else local-sgd with `compression`, default "topk-q8"), and says what it chose and why.
   std::string mode = "gradient";
   std::string name = "adam";  /// "sgd" (with momentum) or "adam"
   double learning_rate = 1e-3;
@@ -59,6 +62,11 @@ struct OptimizerOptions {
   /// local-sgd: the sync interval, in local steps per trainer per round on average (a round
   /// holds sync_steps x micro_batch samples per trainer; faster trainers take more steps).
   std::int64_t sync_steps = 8;
+  /// sync_steps = "auto": the scheduler sets the sync interval so that a local-sgd round's exchange
+  /// stays under `communication_fraction` of its compute (`sync_steps` is then the first guess).
+  bool sync_steps_auto = false;
+  /// mode or sync_steps "auto": the share of compute time that communication may cost.
+  double communication_fraction = 0.1;
   /// local-sgd: what a trainer sends of its change. "none" (every value, fp32), "topk" (the largest
   /// `compression_fraction` of each chunk of `compression_chunk` values, fp32), "topk-q8" (the same
   /// as 8-bit codes with one scale per chunk). What is not sent stays with the trainer as an

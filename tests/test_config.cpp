@@ -103,3 +103,24 @@ TEST_CASE("filo local starts one node per CPU up to 3, or as many as its per-nod
   CHECK(usable_cpus() >= 1);
   CHECK(error_of("", {"local.nodes=-1"}).find("local.nodes must be >= 1") != std::string::npos);
 }
+
+TEST_CASE("auto mode and an automatic sync interval are read, with compression on unless said otherwise") {
+  const Config chosen = load_config("", {"optimizer.mode=auto", "optimizer.sync_steps=auto"});
+  CHECK(chosen.optimizer.mode == "auto");
+  CHECK(chosen.optimizer.sync_steps_auto);
+  CHECK(chosen.optimizer.sync_steps == 8);  // the first guess
+  CHECK(chosen.optimizer.compression == "topk-q8");
+  CHECK(chosen.optimizer.communication_fraction == doctest::Approx(0.1));
+  const Config dense = load_config("", {"optimizer.mode=auto", "optimizer.compression=none"});
+  CHECK(dense.optimizer.compression == "none");
+  CHECK_FALSE(dense.optimizer.sync_steps_auto);
+  CHECK(load_config("", {}).optimizer.compression == "none");
+  CHECK(error_of("", {"optimizer.mode=fastest"}).find("\"gradient\", \"local-sgd\" or \"auto\"") !=
+        std::string::npos);
+  CHECK(error_of("", {"optimizer.sync_steps=auto"}).find("optimizer.sync_steps = \"auto\"") !=
+        std::string::npos);
+  CHECK(error_of("", {"optimizer.mode=local-sgd", "optimizer.sync_steps=often"})
+            .find("optimizer.sync_steps must be an integer or \"auto\"") != std::string::npos);
+  CHECK(error_of("", {"optimizer.mode=auto", "optimizer.communication_fraction=0"})
+            .find("optimizer.communication_fraction must be in (0, 1]") != std::string::npos);
+}

@@ -116,7 +116,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   plan.accumulation_steps = 3;
   plan.deadline_seconds = 2.5;
   check_round_trip(plan);
-  check_round_trip(msg::RoundOpened{3, 1, 2, 4, {{"a", 10}, {"b", 20}}});
+  check_round_trip(msg::RoundOpened{3, 1, 2, 4, {{"a", 10}, {"b", 20}}, "local-sgd", true});
   msg::Contribution contribution;
   contribution.round = 3;
   contribution.samples = 20;

@@ -329,6 +329,7 @@ struct ClusterSettings {
   std::string split = "proportional";         /// schedule.split
   RobustOptions robust;
   std::vector<std::string> late_nodes;  /// made, but started only by start_late()
+  double communication_fraction = 0.1;  /// mode "auto": optimizer.communication_fraction
 };
 
 /// A whole coordinator and two trainers in one process over inproc, in real time.
@@ -357,7 +358,7 @@ struct ClusterInProcess {
     run.micro_batch = 64;
     run.mode = settings.mode;
     run.precision = settings.precision;
-    if (settings.mode == "local-sgd") {
+    if (settings.mode == "local-sgd" || settings.mode == "auto") {
       run.optimizer = "sgd";
       run.learning_rate = 0.05;
       run.momentum = 0.9;
@@ -384,6 +385,9 @@ struct ClusterInProcess {
     scheduler_options.schedule.start_grace_seconds = 0.0;
     scheduler_options.schedule.max_transfer_ratio = 0.0;  // one process: no link to weigh
     scheduler_options.run = run;
+    scheduler_options.optimizer.mode = settings.mode;
+    scheduler_options.optimizer.compression = settings.compression;
+    scheduler_options.optimizer.communication_fraction = settings.communication_fraction;
     scheduler_options.run_dir = run_dir;
     scheduler_options.checkpoint_every = 4;
     scheduler_options.train = settings.train;
@@ -592,6 +596,49 @@ TEST_CASE("compressed local-sgd sends under a twentieth of dense local-sgd's byt
   CHECK(q8_downlink * 20 < dense_downlink);
   // 1% of each change per round, the rest sent later: slower to learn, but it learns.
   CHECK(q8_accuracy > 0.3);
+}
+
+TEST_CASE(
+    "auto mode that moves between gradient rounds, compressed local-sgd and whole models ends exact, bit for "
+    "bit") {
+  ClusterSettings settings;
+  settings.epochs = 3;
+  settings.mode = "auto";
+  settings.compression = "topk-q8";
+  // Any link is too slow for this fraction: after its first measured whole model the run goes to
+  // compressed local-sgd, and broadcasts the whole model now and then to measure again.
+  settings.communication_fraction = 1e-6;
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(120)), cluster.failures.describe());
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048, 2048}));
+  INFO("exchanges: " << summary.at("exchanges").dump());
+  const auto& exchanges = summary.at("exchanges");
+  REQUIRE(exchanges.size() >= 2);
+  CHECK(exchanges.at(0).at("exchange") == "gradient");
+  CHECK(exchanges.at(1).at("exchange") == "local-sgd topk-q8 x8");
+  CHECK(exchanges.at(1).at("reason").get<std::string>().find("gradient mode moves the whole model") !=
+        std::string::npos);
+  CHECK(summary.at("exchange") == "local-sgd topk-q8 x8");
+  std::set<std::string> kinds;
+  for (const auto& round : cluster.rounds()) kinds.insert(round.at("exchange").get<std::string>());
+  CHECK(kinds == std::set<std::string>{"gradient", "local-sgd topk-q8 x8"});
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.3);
+  for (const auto& [reason, count] : cluster.drops.snapshot()) {
+    CAPTURE(reason);
+    CHECK(reason.find("bad tensors") == std::string::npos);
+  }
+  cluster.stop_actors();
+  const Model& combined = cluster.aggregator->model();
+  for (const auto& trainer : cluster.trainers) {
+    CAPTURE(trainer->name());
+    REQUIRE(trainer->replica());
+    for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
+      CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
+                         combined.parameters().groups()[i].flat));
+    }
+  }
 }
 
 TEST_CASE(

@@ -262,3 +262,76 @@ TEST_CASE("the norm bound holds a trainer to its own record and refuses nothing 
   // Under three norms known, the median tells nothing.
   CHECK(judge_norms({{"a", 3.0, 64, {}}, {"b", 3.0e6, 64, {}}}, {}, 8.0).refusals.empty());
 }
+
+namespace {
+ExchangeRule auto_rule() {
+  ExchangeRule rule;
+  rule.fraction = 0.1;
+  rule.gradient_round_samples = 128;
+  rule.micro_batch = 64;
+  rule.first_sync_steps = 8;
+  rule.compression = true;
+  return rule;
+}
+/// Two trainers at 1000 samples/s each: a gradient round of 128 samples computes for 64 ms.
+std::vector<LinkMeasure> fleet_with(double whole_model_seconds, double local_exchange_seconds = 0.0) {
+  return {{"trainer@a/cpu", 1000.0, whole_model_seconds, local_exchange_seconds},
+          {"trainer@b/cpu", 1000.0, whole_model_seconds / 2, local_exchange_seconds / 2}};
+}
+}  // namespace
+
+TEST_CASE("auto mode keeps gradient mode while a whole model costs under the fraction of a round's compute") {
+  const Exchange gradient{false, false, 8};
+  // 2 x 3 ms against 64 ms: 0.09.
+  const ExchangeChoice fast = choose_exchange(auto_rule(), gradient, fleet_with(0.003));
+  CHECK_FALSE(fast.exchange.local);
+  REQUIRE(fast.gradient_fraction);
+  CHECK(*fast.gradient_fraction == doctest::Approx(0.09375));
+  // 2 x 4 ms: 0.125, over 0.1: local-sgd with the run's compression, named after the slowest link.
+  const ExchangeChoice slow = choose_exchange(auto_rule(), gradient, fleet_with(0.004));
+  CHECK(slow.exchange.local);
+  CHECK(slow.exchange.compressed);
+  CHECK(slow.exchange.sync_steps == 8);
+  CHECK(slow.reason.find("trainer@a/cpu") != std::string::npos);
+  CHECK(slow.exchange.describe("topk-q8") == "local-sgd topk-q8 x8");
+}
+
+TEST_CASE(
+    "auto mode goes back to gradient mode only well under the fraction, and keeps its mode when blind") {
+  const Exchange local{true, true, 8};
+  // 0.094: under the fraction, but not under 0.7 of it: no flapping near the threshold.
+  CHECK(choose_exchange(auto_rule(), local, fleet_with(0.003)).exchange.local);
+  // 2 x 2 ms against 64 ms: 0.0625.
+  const ExchangeChoice back = choose_exchange(auto_rule(), local, fleet_with(0.002));
+  CHECK_FALSE(back.exchange.local);
+  CHECK_FALSE(back.exchange.compressed);
+  // Nothing measured yet, or no speed: the mode it has.
+  CHECK(choose_exchange(auto_rule(), local, fleet_with(0.0)).exchange == local);
+  CHECK(choose_exchange(auto_rule(), Exchange{false, false, 8}, fleet_with(0.0)).exchange ==
+        Exchange{false, false, 8});
+  CHECK(choose_exchange(auto_rule(), local, {}).exchange == local);
+}
+
+TEST_CASE("sync_steps = auto lengthens local-sgd rounds until their exchange fits, and shortens them again") {
+  ExchangeRule rule = auto_rule();
+  rule.sync_steps_auto = true;
+  const Exchange local{true, true, 8};
+  // A local round: 2 trainers x 8 steps x 64 samples at 2000 samples/s = 512 ms. An exchange of
+  // 200 ms is 0.39 of it: 8 x 3.9 = 31 steps, to the next power of two.
+  const ExchangeChoice longer = choose_exchange(rule, local, fleet_with(1.0, 0.2));
+  CHECK(longer.exchange.local);
+  CHECK(longer.exchange.sync_steps == 32);
+  REQUIRE(longer.local_fraction);
+  CHECK(*longer.local_fraction == doctest::Approx(0.390625));
+  // Never past 64.
+  CHECK(choose_exchange(rule, local, fleet_with(1.0, 5.0)).exchange.sync_steps == kMaxAutoSyncSteps);
+  // Under a quarter of the fraction: half as many steps (more rounds learn more per sample).
+  CHECK(choose_exchange(rule, local, fleet_with(1.0, 0.01)).exchange.sync_steps == 4);
+  // Between: as it is.
+  CHECK(choose_exchange(rule, local, fleet_with(1.0, 0.04)).exchange.sync_steps == 8);
+  // A fixed sync interval stays fixed.
+  CHECK(choose_exchange(auto_rule(), local, fleet_with(1.0, 0.2)).exchange.sync_steps == 8);
+  // local-sgd with sync_steps = "auto" never goes to gradient mode.
+  rule.allow_gradient = false;
+  CHECK(choose_exchange(rule, local, fleet_with(0.0001, 0.04)).exchange.local);
+}

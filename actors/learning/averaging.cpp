@@ -86,6 +86,12 @@ bool ContributionAverager::sums_finite() const {
   return true;
 }
 
+void ContributionAverager::set_combine(Combine combine) {
+  if (combine == combine_) return;
+  clear();
+  combine_ = combine;
+}
+
 void ContributionAverager::clear() {
   samples_ = 0;
 }

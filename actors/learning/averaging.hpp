@@ -52,6 +52,8 @@ class ContributionAverager {
   bool sums_finite() const;
   /// Forgets what was added (nothing is zeroed: the next add overwrites the sums).
   void clear();
+  /// What the next contributions are (auto mode changes it between rounds); a change forgets the sums.
+  void set_combine(Combine combine);
   /// Writes the mean gradient (or negated mean delta) into the model's gradients and the combined
   /// buffers into its buffers, then clears the sums. Returns false, changing nothing, when nothing
   /// was added.

@@ -122,7 +122,7 @@ std::optional<std::string> sparse_problem(const SparseGroup& sparse, std::int64_
 
 CompressionOptions compression_options(const msg::RunSpec& run) {
   CompressionOptions options;
-  if (run.mode != "local-sgd") return options;
+  if (run.mode != "local-sgd" && run.mode != "auto") return options;  // gradients are never compressed
   options.kind = parse_compression(run.compression);
   options.fraction = run.compression_fraction;
   options.chunk = run.compression_chunk;
@@ -227,6 +227,14 @@ std::vector<SparseGroup> CompressedDownlink::advance(FlatTensors& parameters, st
   apply_sparse(base_, sent);
   parameters.copy_from(base_);
   return sent;
+}
+
+void CompressedDownlink::flush(FlatTensors& parameters) {
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < parameters.groups().size(); ++i) {
+    parameters.groups()[i].flat.add_(feedback_.residual().groups()[i].flat);
+  }
+  reset(parameters);
 }
 
 void CompressedDownlink::reset(const FlatTensors& parameters, const FlatTensors& residual) {

@@ -98,6 +98,9 @@ class CompressedDownlink {
   /// 1-epoch run of the 1.86 M-parameter MLP lost 1.5 to 2 points); sets base() and `parameters`
   /// to base plus what was sent; returns what was sent.
   std::vector<SparseGroup> advance(FlatTensors& parameters, std::size_t contributions = 1);
+  /// Before the whole model is broadcast: adds the residual (what earlier steps did not send yet) to
+  /// `parameters`, which replicas will now receive whole, and starts again from them.
+  void flush(FlatTensors& parameters);
   /// Starts again from `parameters` (a restored checkpoint) with `residual` (zero when empty).
   void reset(const FlatTensors& parameters, const FlatTensors& residual = {});
   const FlatTensors& base() const { return base_; }

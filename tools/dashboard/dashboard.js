@@ -222,6 +222,7 @@ function render(state) {
            : card("test accuracy", run.test_accuracy === null ? "–" : fixed(run.test_accuracy, 4))) +
       card("fleet samples/s", fixed(speedTotal, 0)) +
       card("idle (last round)", fixed(100 * run.idle_fraction, 1) + "%") +
+      (run.exchange ? card("exchange (last round)", run.exchange) : "") +
       card("trainers training", state.trainers.filter(t => t.state === "training").length + " of " + state.trainers.length) +
       card("samples trained", run.samples.toLocaleString("en")) +
       card("rounds seen", run.rounds_seen) +

@@ -14,8 +14,10 @@
 // the host by a veth pair; --netns does that for any scenario. Namespaces need root: where they are missing,
 // those scenarios exit 77 (skipped). slow-links caps every node's link (--rate-kbit, 2000) for the whole of a
 // shorter run (3000 samples, 1 epoch): it must still finish exact, in whatever optimizer.mode --set chooses,
-// and so never livelock. A longer soak: --scenario kill-trainer --kills 40 --set
-// schedule.epochs=12.
+// and so never livelock. auto-links runs optimizer.mode = "auto" on free links, caps them at 10 Mbit/s, then
+// frees them: the scheduler must choose gradient mode, then compressed local-sgd, then gradient mode again,
+// each from what it measured, and still train every sample once. A longer soak: --scenario kill-trainer
+// --kills 40 --set schedule.epochs=12.
 #include <CLI/CLI.hpp>
 #include <condition_variable>
 #include <csignal>
@@ -53,9 +55,10 @@ constexpr auto kRunTimeout = 600s;
 constexpr double kAccuracyTolerance = 0.01;
 constexpr double kRejoinLimitSeconds = 5.0;
 constexpr std::uint64_t kMaxRoundsLostToCoordinatorKill = 1;
-constexpr int kExitSkipped = 77;       // ctest's SKIP_RETURN_CODE
-constexpr auto kLinkDownFor = 3s;      // three times the liveness timeout of the scenarios
-constexpr int kCappedKilobits = 2000;  // a 2 Mbit/s link: the model takes longer than the compute
+constexpr int kExitSkipped = 77;            // ctest's SKIP_RETURN_CODE
+constexpr auto kLinkDownFor = 3s;           // three times the liveness timeout of the scenarios
+constexpr int kCappedKilobits = 2000;       // a 2 Mbit/s link: the model takes longer than the compute
+constexpr int kAutoCappedKilobits = 10000;  // auto-links: 10 Mbit/s
 
 /// Faults and bus events, timestamped from the scenario's start, in memory and in history.jsonl.
 class History {
@@ -476,6 +479,33 @@ void link_down_and_up(FaultCluster& cluster, History& history, Measures& measure
 
 /// Cap a node's link until the scheduler's transfer rule leaves it out of the rounds, with no
 /// false loss on the way; then free the link and see it planned and contributing again.
+/// auto-links: free links, then every link capped, then free again; auto mode must follow each change.
+void links_for_auto_mode(FaultCluster& cluster, History& history, Measures& measures) {
+  const auto exchange_is = [](const std::string& mode) {
+    return [mode](const json& e) { return is_event(e, "exchange") && e.at("mode") == mode; };
+  };
+  // On free links gradient mode costs next to nothing: ten rounds, all of them in it.
+  require(
+      history.wait_for([](const json& e) { return is_event(e, "round") && e.at("round") >= 10; }, kEventWait),
+      "ten rounds on free links", measures);
+  if (history.any(
+          [](const json& e) { return is_event(e, "round") && e.value("exchange", "") != "gradient"; }))
+    measures.problems.push_back("a round on free links was not exchanged in gradient mode");
+  double cap_t = 0.0;
+  for (const char* node : {"node-1", "node-2", "node-3"}) cap_t = cluster.cap_link(node, kAutoCappedKilobits);
+  const auto local = require(history.wait_for(exchange_is("local-sgd"), kEventWait, cap_t),
+                             "auto mode to choose local-sgd on links capped at 10 Mbit/s", measures);
+  if (local.at("compression") == "none")
+    measures.problems.push_back("auto mode chose local-sgd without compression on a 10 Mbit/s link");
+  measures.detection_seconds.push_back(local.at("t").get<double>() - cap_t);
+  double free_t = 0.0;
+  for (const char* node : {"node-1", "node-2", "node-3"}) free_t = cluster.cap_link(node, 0);
+  const auto gradient =
+      require(history.wait_for(exchange_is("gradient"), kEventWait, free_t),
+              "auto mode to choose gradient mode again once the links were freed", measures);
+  measures.detection_seconds.push_back(gradient.at("t").get<double>() - free_t);
+}
+
 void cap_and_free(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
   const std::string trainer = trainer_of(node);
   const double cap_t = cluster.cap_link(node, kCappedKilobits);
@@ -677,7 +707,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
                  "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap, hostile, slow-links")
+                 "link-down, bandwidth-cap, hostile, slow-links, auto-links")
       ->required();
   app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
       ->check(CLI::Range(100, 10'000'000));
@@ -694,7 +724,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   const bool slow_links = scenario == "slow-links";
-  const bool namespaces = netns || scenario == "link-down" || scenario == "bandwidth-cap" || slow_links;
+  const bool auto_links = scenario == "auto-links";
+  const bool namespaces =
+      netns || scenario == "link-down" || scenario == "bandwidth-cap" || slow_links || auto_links;
   if (namespaces) {
     std::string why;
     if (!network_namespaces_available(why)) {
@@ -719,6 +751,12 @@ int main(int argc, char** argv) {
     // local-sgd syncs every 2 local steps, so that its run has rounds enough to show.
     settings.insert(settings.end(), {"data.train_limit=3000", "schedule.epochs=1",
                                      "schedule.max_transfer_ratio=0.25", "optimizer.sync_steps=2"});
+  }
+  if (auto_links) {
+    // Rounds of 512 samples: a gradient round's compute (about 90 ms here) against a whole CNN's
+    // 0.1 s at 10 Mbit/s, and next to nothing on a free link.
+    settings.insert(settings.end(), {"data.train_limit=12000", "schedule.epochs=3",
+                                     "schedule.round_samples=512", "optimizer.mode=auto"});
   }
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
@@ -789,6 +827,8 @@ int main(int argc, char** argv) {
                            endpoints.at("max_inbound_bytes").get<std::int64_t>()};
       attacks = run_attacks(target);
       history.record({{"kind", "action"}, {"action", "attacks done"}});
+    } else if (auto_links) {
+      links_for_auto_mode(cluster, history, measures);
     } else if (slow_links) {
       // The whole run on capped links: check_record asks for exact epochs and rounds in order.
       history.record({{"kind", "action"},
