@@ -29,6 +29,9 @@ constexpr std::size_t kLocalExchangeWindow = 4;
 /// A whole-model time beyond this (an hour) is no link's: refused as a measure.
 constexpr double kMaxWholeModelSeconds = 3600.0;
 constexpr double kMinTrustedAdmissionSeconds = 0.25;
+constexpr double kAdmissionSlackSeconds = 1.0;
+/// Auto mode in local-sgd without any link measured: a whole model every this often.
+constexpr double kUnmeasuredProbeSeconds = 10.0;
 /// Auto mode in local-sgd: the whole model is broadcast now and then to measure what gradient mode
 /// would cost, at most this share of the wall time (one broadcast's time over the time since the last).
 constexpr double kWholeModelProbeShare = 0.05;
@@ -308,6 +311,7 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
   using Kind = msg::MembershipChangeKind;
   if (change.change == Kind::kJoined || change.change == Kind::kRejoined) {
     TrainerState state;  // planned once its calibration arrives
+    state.joined = loop_.now();
     state.hostname = change.hostname;
     state.benchmark_gflops = change.cpu_gemm_gflops;
     // Leaving and joining again does not undo an exclusion; only an operator does.
@@ -352,10 +356,13 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   // registrar's own time is in it), until a round waits for a whole model.
   // Shorter admissions say little (the registrar's own time, a busy machine): the run starts in
   // gradient mode then and measures its first rounds.
+  // The figure is the trainer's own: it cannot have waited for its admission longer than it has been
+  // admitted (plus the report's way), so a liar can claim a slow link only by being slow to start.
   trainer->second.whole_model_seconds.clear();
+  const double admitted_for = seconds_between(trainer->second.joined, loop_.now()) + kAdmissionSlackSeconds;
   if (calibration.admission_seconds >= kMinTrustedAdmissionSeconds &&
       calibration.admission_seconds < kMaxWholeModelSeconds)
-    trainer->second.whole_model_seconds.push_back(calibration.admission_seconds);
+    trainer->second.whole_model_seconds.push_back(std::min(calibration.admission_seconds, admitted_for));
   log(LogLevel::kInfo, bus_.name(), from.from,
       " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
       calibration.micro_batch,
@@ -709,8 +716,9 @@ void Scheduler::plan_round() {
   // A share the last round's times do not cover (the first round, a round after one that missed
   // its deadline, a larger share) gets a deadline from its own expected time; else a trainer
   // slower than deadline_min_seconds per share could miss every deadline.
-  round.deadline_seconds = std::max(
-      {deadline_seconds(), options_.schedule.deadline_factor * expected_seconds, deadline_backoff_seconds_});
+  round.deadline_seconds = std::min(
+      kMaxDeadlineSeconds, std::max({deadline_seconds(), options_.schedule.deadline_factor * expected_seconds,
+                                     deadline_backoff_seconds_}));
   for (auto& [trainer, plan] : plans) plan.deadline_seconds = round.deadline_seconds;
   const Stamp stamp{round.round, round.model_version};
   // The aggregator learns of the round before any trainer can answer it (the hub keeps the order).
@@ -1080,16 +1088,22 @@ void Scheduler::close_round(const std::string& why) {
   combine.model_version = state_.model_version;
   // Auto mode in compressed local-sgd: now and then the whole model goes down instead of the
   // update, to measure what gradient mode would cost on each link now (links change).
-  if (auto_exchange() && round.exchange.compressed && !combine.trainers.empty()) {
+  // (local-sgd with sync_steps = "auto" never goes to gradient mode: nothing to measure for.)
+  if (options_.run.mode == "auto" && round.exchange.compressed && !combine.trainers.empty()) {
     const double whole = slowest_whole_model_seconds();
-    combine.whole_model = !last_whole_model_ ||
-                          seconds_between(*last_whole_model_, loop_.now()) * kWholeModelProbeShare >= whole;
+    const double since = last_whole_model_ ? seconds_between(*last_whole_model_, loop_.now()) : 0.0;
+    combine.whole_model =
+        whole > 0 ? since * kWholeModelProbeShare >= whole : since >= kUnmeasuredProbeSeconds;
     if (combine.whole_model)
       log(LogLevel::kInfo, bus_.name(), "round ", round.round,
           "'s model goes out whole, to measure what gradient mode would cost on each link now");
   }
-  next_model_whole_ = !combine.trainers.empty() && (!round.exchange.compressed || combine.whole_model);
-  if (next_model_whole_) last_whole_model_ = loop_.now();
+  // A round that combined nothing leaves the version as it was: the next round waits for the same
+  // model, whole or not.
+  if (!combine.trainers.empty()) {
+    next_model_whole_ = !round.exchange.compressed || combine.whole_model;
+    if (next_model_whole_) last_whole_model_ = loop_.now();
+  }
   closed.exchange = round.exchange.describe(options_.run.compression);
 
   closed.model_version = state_.model_version;

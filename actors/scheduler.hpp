@@ -132,6 +132,7 @@ class Scheduler final {
     // waited for a whole model), and its recent local-sgd rounds' exchange (arrival minus compute).
     std::deque<double> whole_model_seconds;
     std::deque<double> local_exchanges;
+    Clock::time_point joined;            // when the registrar admitted it (its admission was then on its way)
     std::uint32_t max_micro_batch = 0;   // 0: no memory limit known
     std::uint64_t left_out_since = 0;    // round it was last left out in (0: it is not)
     std::uint64_t probe_after = 0;       // rounds left out before its next probe (0: the long interval)

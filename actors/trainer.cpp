@@ -576,7 +576,10 @@ void Trainer::request_snapshot_soon() {
   // as a gap when the next comes (asked for at once) or fails the fingerprint: a late update is
   // only late. A snapshot, the whole model, queues in front of every later update: at 10 Mbit/s,
   // asking 50 ms (or twice the last wait) after a plan made rounds wait for 7.4 MB snapshots.
-  const Milliseconds grace = downlink_compressed() && base_version_ ? kMaxSnapshotWait : snapshot_grace_;
+  // Auto mode's gradient rounds broadcast whole models, and a lost one shows no gap: the usual grace.
+  const bool updates_follow =
+      downlink_compressed() && base_version_ && pending_ && plan_mode(*pending_) != "gradient";
+  const Milliseconds grace = updates_follow ? kMaxSnapshotWait : snapshot_grace_;
   check_snapshot_at(loop_.now() + grace);
 }
 

@@ -7,8 +7,9 @@
 
 namespace filo {
 
-/// Bumped whenever a message's meaning changes incompatibly.
-constexpr std::uint16_t kProtocolVersion = 3;
+/// Bumped whenever a message's meaning changes incompatibly. 4: RunSpec.mode "auto", whose rounds
+/// say their mode (a trainer of version 3 would send gradients where parameter changes are meant).
+constexpr std::uint16_t kProtocolVersion = 4;
 
 enum class MessageKind : std::uint8_t {
   kHardwareReport = 1,

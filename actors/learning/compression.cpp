@@ -234,7 +234,8 @@ void CompressedDownlink::flush(FlatTensors& parameters) {
   for (std::size_t i = 0; i < parameters.groups().size(); ++i) {
     parameters.groups()[i].flat.add_(feedback_.residual().groups()[i].flat);
   }
-  reset(parameters);
+  base_.copy_from(parameters);
+  feedback_.clear();
 }
 
 void CompressedDownlink::reset(const FlatTensors& parameters, const FlatTensors& residual) {

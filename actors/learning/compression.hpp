@@ -78,6 +78,10 @@ class ErrorFeedback {
   const FlatTensors& residual() const { return residual_; }
   /// Takes `residual`'s values (same layout): a checkpoint's.
   void restore(const FlatTensors& residual) { residual_.copy_from(residual); }
+  /// Nothing held back any more (zeroed in place: no allocation).
+  void clear() {
+    for (auto& group : residual_.groups()) group.flat.zero_();
+  }
 
  private:
   FlatTensors residual_;
