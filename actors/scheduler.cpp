@@ -352,12 +352,11 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   trainer->second.max_micro_batch = calibration.max_micro_batch;
   trainer->second.device = calibration.device.substr(0, kMaxLabelLength);
   trainer->second.precision = calibration.precision.substr(0, kMaxLabelLength);
-  // Its admission carried the model's archive: a first, pessimistic measure of its link (the
-  // registrar's own time is in it), until a round waits for a whole model.
-  // Shorter admissions say little (the registrar's own time, a busy machine): the run starts in
-  // gradient mode then and measures its first rounds.
-  // The figure is the trainer's own: it cannot have waited for its admission longer than it has been
-  // admitted (plus the report's way), so a liar can claim a slow link only by being slow to start.
+  // Its admission carried the model's archive: a first measure of its link, until a round waits for
+  // a whole model. Shorter admissions than kMinTrustedAdmissionSeconds say little (the registrar's
+  // own time, a busy machine): the run starts in gradient mode then and measures its first rounds.
+  // The figure is the trainer's own, and it cannot have waited longer than it has been admitted
+  // (plus the report's way): a liar can claim a slow link only by being slow to start.
   trainer->second.whole_model_seconds.clear();
   const double admitted_for = seconds_between(trainer->second.joined, loop_.now()) + kAdmissionSlackSeconds;
   if (calibration.admission_seconds >= kMinTrustedAdmissionSeconds &&
@@ -411,6 +410,16 @@ void Scheduler::handle(const msg::Readmit& readmit, const Incoming& from) {
   }
   announce(msg::MemberChange::kReadmitted, readmit.trainer, "by " + from.from);
   if (started_ && !open_) plan_round();
+}
+
+double Scheduler::TrainerState::whole_model_floor() const {
+  return whole_model_seconds.empty()
+             ? 0.0
+             : *std::min_element(whole_model_seconds.begin(), whole_model_seconds.end());
+}
+
+double Scheduler::TrainerState::local_exchange_floor() const {
+  return local_exchanges.empty() ? 0.0 : *std::min_element(local_exchanges.begin(), local_exchanges.end());
 }
 
 double Scheduler::TrainerState::transfer_seconds() const {
@@ -524,9 +533,7 @@ bool Scheduler::auto_exchange() const {
 double Scheduler::slowest_whole_model_seconds() const {
   double slowest = 0.0;
   for (const auto& [trainer, state] : live_) {
-    if (!state.plannable() || state.whole_model_seconds.empty()) continue;
-    slowest = std::max(slowest,
-                       *std::min_element(state.whole_model_seconds.begin(), state.whole_model_seconds.end()));
+    if (state.plannable()) slowest = std::max(slowest, state.whole_model_floor());
   }
   return slowest;
 }
@@ -547,12 +554,8 @@ void Scheduler::choose_exchange_now() {
     LinkMeasure measure;
     measure.trainer = trainer;
     measure.samples_per_second = state.speed.samples_per_second();
-    if (!state.whole_model_seconds.empty())
-      measure.whole_model_seconds =
-          *std::min_element(state.whole_model_seconds.begin(), state.whole_model_seconds.end());
-    if (!state.local_exchanges.empty())
-      measure.local_exchange_seconds =
-          *std::min_element(state.local_exchanges.begin(), state.local_exchanges.end());
+    measure.whole_model_seconds = state.whole_model_floor();
+    measure.local_exchange_seconds = state.local_exchange_floor();
     fleet.push_back(std::move(measure));
   }
   const ExchangeChoice choice = choose_exchange(rule, state_.exchange, fleet);

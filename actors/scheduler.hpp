@@ -151,6 +151,9 @@ class Scheduler final {
     std::uint32_t lone_overflows = 0;   // rounds in a row in which it alone reported an fp16 overflow
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
+    /// Auto mode: the floors of whole_model_seconds and local_exchanges (0: none measured).
+    double whole_model_floor() const;
+    double local_exchange_floor() const;
     bool plannable() const { return calibrated && failed.empty() && !excluded; }
   };
   struct Arrival {

@@ -455,6 +455,19 @@ struct ClusterInProcess {
     }
     return finished.load();
   }
+  /// Stops the actors; every trainer's replica must hold the aggregator's parameters bit for bit.
+  void check_replicas_equal_the_aggregator() {
+    stop_actors();
+    const Model& combined = aggregator->model();
+    for (const auto& trainer : trainers) {
+      CAPTURE(trainer->name());
+      REQUIRE(trainer->replica());
+      for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
+        CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
+                           combined.parameters().groups()[i].flat));
+      }
+    }
+  }
   std::vector<nlohmann::json> rounds() const {
     std::vector<nlohmann::json> records;
     std::ifstream file(run_dir + "/rounds.jsonl");
@@ -629,16 +642,7 @@ TEST_CASE(
     CAPTURE(reason);
     CHECK(reason.find("bad tensors") == std::string::npos);
   }
-  cluster.stop_actors();
-  const Model& combined = cluster.aggregator->model();
-  for (const auto& trainer : cluster.trainers) {
-    CAPTURE(trainer->name());
-    REQUIRE(trainer->replica());
-    for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
-      CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
-                         combined.parameters().groups()[i].flat));
-    }
-  }
+  cluster.check_replicas_equal_the_aggregator();
 }
 
 TEST_CASE(
@@ -670,16 +674,10 @@ TEST_CASE(
   std::ifstream(cluster.run_dir + "/summary.json") >> summary;
   CHECK(summary.at("samples_per_epoch") ==
         nlohmann::json::array({2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}));
-  cluster.stop_actors();
-  const Model& combined = cluster.aggregator->model();
+  cluster.check_replicas_equal_the_aggregator();
   for (const auto& trainer : cluster.trainers) {
-    CAPTURE(trainer->name());
-    REQUIRE(trainer->replica());
-    for (std::size_t i = 0; i < combined.parameters().groups().size(); ++i) {
-      CHECK(torch::equal(trainer->replica()->parameters().groups()[i].flat,
-                         combined.parameters().groups()[i].flat));
-    }
-    CHECK(trainer->replica()->parameters().fingerprint() == combined.parameters().fingerprint());
+    CHECK(trainer->replica()->parameters().fingerprint() ==
+          cluster.aggregator->model().parameters().fingerprint());
   }
 }
 
