@@ -134,11 +134,12 @@ TEST_CASE(
     "browser, and its metrics agree with the run") {
   const std::string out = output_dir("local-run");
   const std::string run_dir = out + "/run";
-  // Slowed trainers and enough samples that the run is still going while the browser looks.
-  ChildProcess local(
-      {FILO_BINARY, "local", "--run-dir", run_dir, "--web", "127.0.0.1:0", "--slowdowns", "1,2,4", "--epochs",
-       "1", "--set", "data.train_limit=16000", "--set", "data.test_limit=1000"},
-      out + "/local.log");
+  // Slowed trainers and enough samples that the run is still going while the browser looks. Auto
+  // mode, so that the scheduler's choice of exchange reaches the page (FleetState's partner).
+  ChildProcess local({FILO_BINARY, "local", "--run-dir", run_dir, "--web", "127.0.0.1:0", "--slowdowns",
+                      "1,2,4", "--epochs", "1", "--set", "data.train_limit=16000", "--set",
+                      "data.test_limit=1000", "--set", "optimizer.mode=auto"},
+                     out + "/local.log");
   const std::string port_text =
       wait_for_line(out + "/local.log", std::regex("dashboard at http://127\\.0\\.0\\.1:([0-9]+)/"), local);
   const int port = std::stoi(port_text);
@@ -230,6 +231,8 @@ TEST_CASE(
                   "no refusal count on the page");
   CHECK(std::stoi(refused_shown[1]) >= kIntrusions);
   CHECK(dom.find("messages dropped") != std::string::npos);
+  // The run's card names the last round's exchange, as the scheduler chose it.
+  CHECK(std::regex_search(dom, std::regex("exchange \\(last round\\).*(gradient|local-sgd)")));
   CHECK(run_chromium({"--virtual-time-budget=4000", "--window-size=1400,1000",
                       "--screenshot=" + out + "/dashboard.png", url},
                      out + "/screenshot.log") == 0);

@@ -111,6 +111,31 @@ TEST_CASE(
   CHECK(fleet.trainers().at(kFast).share == doctest::Approx(1.0));
 }
 
+TEST_CASE("auto mode's choices reach the event list and the run's card, and the state the page reads") {
+  // Partner: faults-auto-links, in which the real scheduler publishes these events in a real run.
+  FleetState fleet;
+  msg::ExchangeChosen chosen;
+  chosen.round = 7;
+  chosen.mode = "local-sgd";
+  chosen.compression = "topk-q8";
+  chosen.sync_steps = 4;
+  chosen.reason = "moving the whole model takes 2.1x a gradient round's compute on trainer@node-1/cpu";
+  chosen.text = "round 7 on: local-sgd, topk-q8, 4 local steps: " + chosen.reason;
+  fleet.apply(chosen, 5.0);
+  CHECK(fleet.events().back().type == "exchange");
+  CHECK(fleet.events().back().round == 7);
+  CHECK(fleet.events().back().text == chosen.text);
+  msg::RoundClosed round = round_event(7);
+  round.exchange = "local-sgd, topk-q8, 4 steps";
+  fleet.apply(round, 6.0);
+  CHECK(fleet.run().exchange == "local-sgd, topk-q8, 4 steps");
+  const json state = fleet.to_json(6.0);
+  CHECK(state.at("run").at("exchange") == "local-sgd, topk-q8, 4 steps");
+  // A round that names no exchange (an older scheduler) leaves the card as it was.
+  fleet.apply(round_event(8), 7.0);
+  CHECK(fleet.run().exchange == "local-sgd, topk-q8, 4 steps");
+}
+
 TEST_CASE("a trainer's state follows membership events until the registrar's roll call says otherwise") {
   FleetState fleet;
   fleet.apply(membership(msg::MemberChange::kJoined, kFast, "vm"), 0.0);
