@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "actors/norm_bound.hpp"
 #include "runtime/digest.hpp"
 #include "runtime/safetensors.hpp"
 
@@ -397,6 +398,13 @@ void Aggregator::combine(const msg::CombineRound& order) {
   // last round's did.
   if (round != rounds_.end()) last_exchange_ = exchange_of(round->second.plan);
   const bool stepped = averager_.apply();
+  const bool held_round = stepped && round != rounds_.end();
+  std::optional<RobustRows> rows;
+  std::optional<ClippedCentre> clipped;
+  if (held_round && options_.combine != RobustCombine::kMean) {
+    rows = robust_rows(round->second, present);
+    if (rows) combine_robustly(*rows, clipped);
+  }
   const auto combined = Clock::now();
   FlatOptimizer& optimizer = last_exchange_.local && outer_optimizer_ ? *outer_optimizer_ : *optimizer_;
   if (stepped) optimizer.step(model_.parameters(), model_.gradients());
@@ -419,6 +427,11 @@ void Aggregator::combine(const msg::CombineRound& order) {
   }
   answer.whole_model = new_version && !send_update;
   const auto published = Clock::now();
+  // Scores do not change this round's step: they wait until the model has gone out.
+  if (held_round && options_.score_directions) {
+    if (!rows) rows = robust_rows(round->second, present);
+    if (rows) score_directions(*rows, clipped, present, answer);
+  }
 
   rounds_.erase(rounds_.begin(), rounds_.upper_bound(order.round));
   averaged_round_ = order.round + 1;
@@ -442,6 +455,75 @@ void Aggregator::combine(const msg::CombineRound& order) {
   }
   last_answer_ = answer;
   bus_.send(kSchedulerName, answer, Stamp{order.round, model_version_});
+}
+
+std::optional<Aggregator::RobustRows> Aggregator::robust_rows(const HeldRound& round,
+                                                              const std::set<std::string>& present) {
+  if (present.size() < kMinRobustRows) return std::nullopt;
+  torch::NoGradGuard no_grad;
+  const FlatTensors& gradients = model_.gradients();
+  std::int64_t width = 0;
+  for (const auto& group : gradients.groups()) {
+    if (!group.flat.is_floating_point()) return std::nullopt;  // parameters are; nothing to rank else
+    width += group.flat.numel();
+  }
+  const bool local = exchange_of(round.plan).local;
+  RobustRows robust;
+  // Dense rows are written whole; sparse ones are zeroed first, row by row.
+  robust.rows = torch::empty({static_cast<std::int64_t>(present.size()), width},
+                             torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
+  for (const auto& trainer : present) {
+    const Held& held = round.held.at(trainer);
+    torch::Tensor row = robust.rows[static_cast<std::int64_t>(robust.samples.size())];
+    if (!held.sparse.empty()) row.zero_();
+    std::int64_t offset = 0;
+    for (std::size_t g = 0; g < gradients.groups().size(); ++g) {
+      const std::int64_t numel = gradients.groups()[g].flat.numel();
+      torch::Tensor part = row.narrow(0, offset, numel);
+      if (held.sparse.empty()) {
+        part.copy_(held.gradients[g].to_tensor().reshape({-1}));
+      } else {
+        add_sparse(part, held.sparse[g]);
+      }
+      offset += numel;
+    }
+    const auto samples = static_cast<double>(held.header.samples);
+    row.mul_(local ? -1.0 : 1.0 / samples);
+    robust.samples.push_back(samples);
+  }
+  const torch::Tensor samples = torch::tensor(robust.samples, torch::kDouble);
+  robust.weights = (samples / samples.sum()).to(options_.device);
+  return robust;
+}
+
+void Aggregator::combine_robustly(const RobustRows& rows, std::optional<ClippedCentre>& clipped) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor combined;
+  if (options_.combine == RobustCombine::kCenteredClip) {
+    clipped = centered_clip(rows.rows, rows.weights);
+    combined = centre_of(rows.rows, *clipped);
+  } else {
+    combined = trimmed_mean(rows.rows, rows.weights, options_.trim);
+  }
+  std::int64_t offset = 0;
+  for (auto& group : model_.gradients().groups()) {
+    const std::int64_t numel = group.flat.numel();
+    group.flat.copy_(combined.narrow(0, offset, numel).view_as(group.flat));
+    offset += numel;
+  }
+}
+
+void Aggregator::score_directions(const RobustRows& rows, std::optional<ClippedCentre>& clipped,
+                                  const std::set<std::string>& present, msg::RoundCombined& answer) {
+  if (!clipped) clipped = centered_clip(rows.rows, rows.weights);
+  // A share of a few samples points anywhere: like the norm bound's lower side, only shares of
+  // kMinSamplesBoundedBelow or more are scored.
+  const std::vector<double> cosines = directions(*clipped);
+  std::size_t index = 0;
+  for (const auto& trainer : present) {
+    if (rows.samples[index] >= kMinSamplesBoundedBelow) answer.directions[trainer] = cosines[index];
+    ++index;
+  }
 }
 
 void Aggregator::checkpoint(const msg::CombineRound& order) {

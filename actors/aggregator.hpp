@@ -21,6 +21,7 @@
 #include "actors/learning/evaluation.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/optimizers.hpp"
+#include "actors/learning/robust_combining.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
 #include "messages/round.hpp"
@@ -48,6 +49,11 @@ struct AggregatorOptions {
   DropCounters* drops = nullptr;     /// refused messages of this process; may be null
   /// Measure each contribution's norm for the scheduler's bound (robust.bound); off: reported as 0.
   bool measure_norms = true;
+  RobustCombine combine = RobustCombine::kMean;  /// robust.combine
+  double trim = 0.34;                            /// robust.trim, for kTrimmed
+  /// Score each contribution's direction against the round's others, for the scheduler
+  /// (robust.min_direction above -1).
+  bool score_directions = true;
 };
 
 /// What a checkpoint written by the aggregator says about the run and the round state it carries.
@@ -105,6 +111,22 @@ class Aggregator final {
   void add_to_sums(const msg::RoundOpened& plan, const Held& held);
   Exchange exchange_of(const msg::RoundOpened& opened) const;
   void combine(const msg::CombineRound& combine);
+  /// A round's contributions as robust combining takes them (actors/learning/robust_combining):
+  /// one row each, its per-sample vector pointing the way a gradient does, and its share of the
+  /// samples. Nothing for fewer than kMinRobustRows.
+  struct RobustRows {
+    torch::Tensor rows;     // [n, parameters] fp32, on the model's device
+    torch::Tensor weights;  // [n], summing to 1
+    std::vector<double> samples;
+  };
+  std::optional<RobustRows> robust_rows(const HeldRound& round, const std::set<std::string>& present);
+  /// robust.combine "trimmed" or "centered-clip": replaces the mean gradient the averager wrote
+  /// (keeping the clipped centre in `clipped`, for the scores).
+  void combine_robustly(const RobustRows& rows, std::optional<ClippedCentre>& clipped);
+  /// Each contribution's direction against the others', into `answer` (shares of
+  /// kMinSamplesBoundedBelow or more).
+  void score_directions(const RobustRows& rows, std::optional<ClippedCentre>& clipped,
+                        const std::set<std::string>& present, msg::RoundCombined& answer);
   void answer(const msg::RoundCombined& answer);
   /// Publishes the whole model (to every trainer, or as `to`'s snapshot); the bytes of its frames.
   std::uint64_t publish_model(const std::string& to);

@@ -144,11 +144,12 @@ class Scheduler final {
     std::int64_t peak_memory_bytes = 0;
     std::string failed;  // why its computation failed; not planned until it calibrates again
     std::uint32_t consecutive_misses = 0;
-    std::uint64_t taken_out_since = 0;  // round it was taken out in for missing too many (0: it is not)
-    std::deque<double> recent_norms;    // per sample, of its recent combined contributions
-    std::deque<std::uint64_t> lies;     // rounds in which a contribution of it was refused as a lie
-    bool excluded = false;              // out of the plans until an operator readmits it
-    std::uint32_t lone_overflows = 0;   // rounds in a row in which it alone reported an fp16 overflow
+    std::uint64_t taken_out_since = 0;     // round it was taken out in for missing too many (0: it is not)
+    std::deque<double> recent_norms;       // per sample, of its recent combined contributions
+    std::deque<double> recent_directions;  // the aggregator's direction scores of its last contributions
+    std::deque<std::uint64_t> lies;    // rounds in which a contribution of it was refused or scored as a lie
+    bool excluded = false;             // out of the plans until an operator readmits it
+    std::uint32_t lone_overflows = 0;  // rounds in a row in which it alone reported an fp16 overflow
     /// Scheduling jitter only ever adds time, so the floor of recent rounds is the transfer.
     double transfer_seconds() const;
     /// Auto mode: the floors of whole_model_seconds and local_exchanges (0: none measured).
@@ -221,6 +222,12 @@ class Scheduler final {
   /// After a round: a trainer with too many contributions refused as lies is excluded until an
   /// operator readmits it; the norms of what was combined join the references.
   void follow_lies(const OpenRound& round, const msg::RoundClosed& closed);
+  /// Counts a lie of `trainer` (a contribution refused as one, or combined and then scored against
+  /// the fleet) in `round`, and excludes it at robust.max_refusals within robust.refusal_window.
+  void note_lie(const std::string& trainer, TrainerState& state, std::uint64_t round, const std::string& why);
+  /// The aggregator's score of a combined contribution's direction (robust.min_direction).
+  void score_direction(std::uint64_t round, const std::string& trainer, double cosine);
+  nlohmann::json directions_json() const;
   /// fp16's fleet-wide loss scale after a round that overflowed or stepped.
   void update_loss_scale(const OpenRound& round, bool overflow, bool stepped);
   /// Why an accepted contribution's report cannot be true (times longer than the round has
@@ -268,6 +275,14 @@ class Scheduler final {
   /// Means over the run of what the aggregator reported (combine, step, publish).
   std::map<std::string, double> combine_timing_sums_;
   std::uint64_t combines_answered_ = 0;
+  /// Each trainer's direction scores from the aggregator (summary.json "directions").
+  struct DirectionScores {
+    std::uint64_t scored = 0;
+    std::uint64_t below = 0;  // under robust.min_direction
+    double sum = 0.0;
+    double min = 1.0;
+  };
+  std::map<std::string, DirectionScores> direction_scores_;
   double slowest_combine_seconds_ = 0.0;
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
   std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts

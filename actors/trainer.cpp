@@ -833,9 +833,14 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
     if (local) parameter_deltas(*model_, local_before_, local_deltas_);
-    if (options_.gradient_scale != 1.0) {
+    if (options_.gradient_scale != 1.0 || options_.random_gradients) {
       for (auto& group : (local ? local_deltas_ : model_->gradients()).groups()) {
-        if (torch::isFloatingType(group.dtype)) group.flat.mul_(options_.gradient_scale);
+        if (!torch::isFloatingType(group.dtype)) continue;
+        if (options_.random_gradients) {
+          const torch::Tensor noise = torch::randn_like(group.flat);
+          group.flat.copy_(noise * (group.flat.norm() / noise.norm().clamp_min(1e-30)));
+        }
+        group.flat.mul_(options_.gradient_scale);
       }
     }
     if (compressed) {

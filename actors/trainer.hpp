@@ -67,6 +67,9 @@ struct TrainerOptions {
   /// TEST AID (in-process tests only): every contribution's gradients (or parameter changes) are
   /// multiplied by this before they are sent, as a lying fleet member's would be (1 = honest).
   double gradient_scale = 1.0;
+  /// TEST AID (in-process tests only): every contribution's gradients (or parameter changes) are
+  /// replaced by random values of the same norm, group by group, as a lying fleet member's would be.
+  bool random_gradients = false;
 };
 
 class Trainer final {

@@ -158,8 +158,11 @@ struct RoundCombined {
   // subscribed trainer receives for this round.
   std::uint64_t publish_bytes = 0;
   bool whole_model = false;  // the broadcast was the whole model (else an update, or nothing)
+  // Each scored contribution's direction: its cosine with the centre the round's other
+  // contributions make (rounds of 3 or more; shares of 16 samples or more).
+  std::map<std::string, double> directions;
   MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem,
-                     publish_bytes, whole_model)
+                     publish_bytes, whole_model, directions)
 };
 
 // scheduler → aggregator at an epoch's end: score model version `model_version` on the test set;

@@ -192,6 +192,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("robust", "norm_factor", config.robust.norm_factor);
   reader.read("robust", "max_refusals", config.robust.max_refusals);
   reader.read("robust", "refusal_window", config.robust.refusal_window);
+  reader.read("robust", "combine", config.robust.combine);
+  reader.read("robust", "trim", config.robust.trim);
+  reader.read("robust", "min_direction", config.robust.min_direction);
+  reader.read("robust", "direction_window", config.robust.direction_window);
   reader.read("train", "precision", config.train.precision);
   reader.read("train", "loss_scale", config.train.loss_scale);
   reader.read("train", "loss_scale_growth_interval", config.train.loss_scale_growth_interval);
@@ -335,6 +339,19 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.robust.norm_factor > 1.0, "robust.norm_factor must be > 1");
   check(config.robust.max_refusals >= 0, "robust.max_refusals must be >= 0");
   check(config.robust.refusal_window >= 1, "robust.refusal_window must be >= 1");
+  check(config.robust.combine == "mean" || config.robust.combine == "trimmed" ||
+            config.robust.combine == "centered-clip",
+        "robust.combine must be \"mean\", \"trimmed\" or \"centered-clip\", not \"" + config.robust.combine +
+            "\"");
+  check(config.robust.trim >= 0.0 && config.robust.trim < 0.5, "robust.trim must be in [0, 0.5)");
+  check(config.robust.combine != "trimmed" || config.optimizer.compression == "none",
+        "robust.combine = \"trimmed\" trims each coordinate, and compressed changes are zero in most of "
+        "them (the trimmed mean would be zero too): use \"centered-clip\", or optimizer.compression = "
+        "\"none\"" +
+            std::string(config.optimizer.mode == "auto" ? " (auto mode compresses by default)" : ""));
+  check(config.robust.min_direction >= -1.0 && config.robust.min_direction <= 1.0,
+        "robust.min_direction must be in [-1, 1]");
+  check(config.robust.direction_window >= 1, "robust.direction_window must be >= 1");
   check(config.node.fail_at_round >= 0, "node.fail_at_round must be >= 0");
   check(config.node.slowdown >= 1.0, "node.slowdown must be >= 1");
   check(config.node.max_micro_batch >= 0, "node.max_micro_batch must be >= 0");

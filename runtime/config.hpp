@@ -106,6 +106,20 @@ struct RobustOptions {
   /// from the plans until an operator readmits it (`filo readmit`); 0 = never excluded.
   std::int64_t max_refusals = 3;
   std::int64_t refusal_window = 20;
+  /// How a round's contributions combine: "mean" (weighted by samples: gradient mode stays exactly
+  /// one large-batch step), "trimmed" (coordinate-wise, `trim` of the samples' weight cut from each
+  /// end) or "centered-clip" (actors/learning/robust_combining). A round of fewer than 3
+  /// contributions always takes the mean. centered-clip by default: a sign-flipped liar inside the
+  /// norm bound took a mean run to 0.012 accuracy, and a centered-clip one to 0.754 (honest 0.752),
+  /// for 3% of the time between rounds with 3 CNN trainers (README, Security).
+  std::string combine = "centered-clip";
+  double trim = 0.34;
+  /// A trainer whose last `direction_window` scored contributions' directions (each one's cosine
+  /// with the round's other contributions, clipped; shares of 16 samples or more, rounds of 3 or
+  /// more) average under this scores a lie towards exclusion, round after round while it stays
+  /// under; what it sent was combined already. -1 = never scored.
+  double min_direction = 0.01;
+  std::int64_t direction_window = 64;
 };
 
 struct TrainOptions {

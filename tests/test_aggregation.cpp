@@ -7,6 +7,7 @@
 #include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/learning/optimizers.hpp"
+#include "actors/learning/robust_combining.hpp"
 #include "actors/learning/task.hpp"
 #include "actors/learning/training.hpp"
 
@@ -410,4 +411,44 @@ TEST_CASE("every built-in model runs forward and backward, in training and evalu
     Model again = Model::from_archive(model.archive(), test.name);
     CHECK(torch::equal(again.parameters().groups()[0].flat, model.parameters().groups()[0].flat));
   }
+}
+
+TEST_CASE("the trimmed mean keeps each coordinate within the honest rows' range, weighted by samples") {
+  const torch::Tensor rows =
+      torch::tensor({1.0f, -2.0f, 3.0f, 2.0f, -1.0f, 5.0f, 1e6f, -1e6f, 4.0f}).view({3, 3});
+  const torch::Tensor equal = torch::full({3}, 1.0 / 3, torch::kDouble);
+  // Trimming a third from each end of 3 equal rows leaves the median; trimming nothing, the mean.
+  CHECK(torch::allclose(trimmed_mean(rows, equal, 0.34), torch::tensor({2.0f, -2.0f, 4.0f})));
+  CHECK(torch::allclose(trimmed_mean(rows, equal, 0.0), rows.mean(0)));
+  // Weighted: trimming 0.2 of 0.6/0.2/0.2 from each end keeps 0.4 of the heavy row and 0.2 of the next.
+  const torch::Tensor heavy = torch::tensor({0.6, 0.2, 0.2}, torch::kDouble);
+  const torch::Tensor trimmed = trimmed_mean(rows.narrow(1, 0, 1), heavy, 0.2);
+  CHECK(trimmed.item<float>() == doctest::Approx((0.4 * 1.0 + 0.2 * 2.0) / 0.6));
+}
+
+TEST_CASE("centered clipping caps a liar's pull at its weight times the radius, and scores its direction") {
+  torch::manual_seed(11);
+  const torch::Tensor honest = torch::randn({4096});
+  torch::Tensor rows = torch::stack({honest + 0.3 * torch::randn({4096}), honest + 0.3 * torch::randn({4096}),
+                                     honest + 0.3 * torch::randn({4096}), honest * -1e6});
+  const torch::Tensor weights = torch::full({4}, 0.25, torch::kDouble);
+  const ClippedCentre clipped = centered_clip(rows, weights);
+  const torch::Tensor centre = centre_of(rows, clipped);
+  const torch::Tensor honest_mean = rows.narrow(0, 0, 3).mean(0);
+  // The mean of all four is a million times off; the clipped centre stays by the honest rows:
+  // where the honest pulls balance the liar's clipped one, within (1/4 ÷ 3/4) of the radius.
+  CHECK((rows.mean(0) - honest_mean).norm().item<double>() > 1e5);
+  CHECK(clipped.radius > 0);
+  CHECK(clipped.radius < honest.norm().item<double>());
+  CHECK((centre - honest_mean).norm().item<double>() < 0.4 * clipped.radius);
+  const std::vector<double> cosines = directions(clipped);
+  for (int i = 0; i < 3; ++i) CHECK(cosines[i] > 0.8);
+  CHECK(cosines[3] < -0.8);
+  // A random row of honest norm points nowhere in particular.
+  rows[3] = torch::randn({4096}) * (honest.norm() / std::sqrt(4096.0));
+  CHECK(std::abs(directions(centered_clip(rows, weights))[3]) < 0.05);
+  // Rows that agree are their own centre, whatever the clipping.
+  const torch::Tensor same = honest.expand({3, 4096}).contiguous();
+  const torch::Tensor thirds = torch::full({3}, 1.0 / 3, torch::kDouble);
+  CHECK(torch::allclose(centre_of(same, centered_clip(same, thirds)), honest, 1e-5, 1e-5));
 }

@@ -124,3 +124,24 @@ TEST_CASE("auto mode and an automatic sync interval are read, with compression o
   CHECK(error_of("", {"optimizer.mode=auto", "optimizer.communication_fraction=0"})
             .find("optimizer.communication_fraction must be in (0, 1]") != std::string::npos);
 }
+
+TEST_CASE(
+    "robust combining is read and checked, and trimming compressed changes is refused with the reason") {
+  const Config defaults = load_config("", {});
+  CHECK(defaults.robust.combine == "centered-clip");
+  CHECK(defaults.robust.min_direction == 0.01);
+  CHECK(defaults.robust.direction_window == 64);
+  const Config clipped = load_config("", {"robust.combine=mean", "robust.min_direction=-0.1"});
+  CHECK(clipped.robust.combine == "mean");
+  CHECK(clipped.robust.min_direction == -0.1);
+  CHECK(error_of("", {"robust.combine=median"}).find("robust.combine must be \"mean\", \"trimmed\"") !=
+        std::string::npos);
+  CHECK(error_of("", {"robust.trim=0.5"}).find("robust.trim must be in [0, 0.5)") != std::string::npos);
+  CHECK(error_of("", {"robust.min_direction=2"}).find("robust.min_direction must be in [-1, 1]") !=
+        std::string::npos);
+  CHECK(error_of("", {"robust.combine=trimmed", "optimizer.mode=auto"})
+            .find("use \"centered-clip\", or optimizer.compression = \"none\" (auto mode compresses") !=
+        std::string::npos);
+  CHECK(load_config("", {"robust.combine=trimmed", "optimizer.mode=auto", "optimizer.compression=none"})
+            .robust.combine == "trimmed");
+}

@@ -127,7 +127,7 @@ TEST_CASE("every message type round-trips through msgpack") {
   check_round_trip(msg::ContributionReceived{3, "a", false, "bad tensors", 20, 12.5, 7, 0.5, 0.01, 0.001,
                                              true, "bf16", 1 << 20});
   check_round_trip(msg::CombineRound{3, 1, {"a", "b"}, 4, true, "{\"round\":3}"});
-  check_round_trip(msg::RoundCombined{3, 4, 0.001, 0.002, 0.003, ""});
+  check_round_trip(msg::RoundCombined{3, 4, 0.001, 0.002, 0.003, "", 1024, true, {{"trainer@a/cpu", -0.25}}});
   check_round_trip(msg::Evaluate{1, 4, true});
   check_round_trip(msg::Evaluated{1, 4, {{"test_accuracy", 0.88}}, {"runs/x/model.pt"}, ""});
   msg::ModelState state;

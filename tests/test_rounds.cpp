@@ -326,6 +326,7 @@ struct ClusterSettings {
   std::string compression = "none";           /// local-sgd's optimizer.compression
   std::vector<std::string> nodes{"a", "b"};   /// one trainer each
   double gradient_scale_a = 1.0;              /// TEST AID for trainer "a": its lie about its gradients
+  bool random_gradients_a = false;            /// TEST AID for trainer "a": random gradients of its norm
   std::string split = "proportional";         /// schedule.split
   RobustOptions robust;
   std::vector<std::string> late_nodes;  /// made, but started only by start_late()
@@ -401,6 +402,9 @@ struct ClusterInProcess {
     aggregator_options.data.test_limit = 500;
     aggregator_options.run_dir = run_dir;
     aggregator_options.drops = &drops;
+    aggregator_options.combine = *parse_robust_combine(settings.robust.combine);
+    aggregator_options.trim = settings.robust.trim;
+    aggregator_options.score_directions = settings.robust.min_direction > -1.0;
     aggregator.emplace(sockets, hub.inproc_router_endpoint(), aggregator_options, stop);
     std::vector<std::string> nodes = settings.nodes;
     nodes.insert(nodes.end(), settings.late_nodes.begin(), settings.late_nodes.end());
@@ -414,6 +418,7 @@ struct ClusterInProcess {
         options.overflow_rounds = settings.overflow_rounds_a;
         options.claimed_compute_seconds = settings.claimed_compute_seconds_a;
         options.gradient_scale = settings.gradient_scale_a;
+        options.random_gradients = settings.random_gradients_a;
       }
       msg::HardwareReport report;
       report.node = node;
@@ -965,14 +970,12 @@ struct LiarOutcome {
   std::vector<nlohmann::json> rounds;
 };
 
-LiarOutcome run_with_liar(double gradient_scale, std::int64_t epochs = 1,
-                          const std::function<void(ClusterInProcess&)>& during = {}) {
-  ClusterSettings settings;
-  settings.epochs = epochs;
+/// 3 trainers, "a" lying as `settings` says, with equal shares: the liar's is a third of each round
+/// whatever its speed reads on a loaded machine (a share of under kMinSamplesBoundedBelow is never
+/// bounded below nor scored, and it got 10 once).
+LiarOutcome run_cluster_with_liar(ClusterSettings settings,
+                                  const std::function<void(ClusterInProcess&)>& during = {}) {
   settings.nodes = {"a", "b", "c"};
-  settings.gradient_scale_a = gradient_scale;
-  // Equal shares: the liar's is a third of each round whatever its speed reads on a loaded machine
-  // (a share of under kMinSamplesBoundedBelow is never bounded below, and it got 10 once).
   settings.split = "equal";
   ClusterInProcess cluster(settings);
   if (during) during(cluster);
@@ -992,6 +995,14 @@ LiarOutcome run_with_liar(double gradient_scale, std::int64_t epochs = 1,
   std::ifstream(cluster.run_dir + "/summary.json") >> outcome.summary;
   return outcome;
 }
+
+LiarOutcome run_with_liar(double gradient_scale, std::int64_t epochs = 1,
+                          const std::function<void(ClusterInProcess&)>& during = {}) {
+  ClusterSettings settings;
+  settings.epochs = epochs;
+  settings.gradient_scale_a = gradient_scale;
+  return run_cluster_with_liar(settings, during);
+}
 }  // namespace
 
 TEST_CASE("every honest trainer's contributions pass the norm bound, and their norms are recorded") {
@@ -1004,6 +1015,54 @@ TEST_CASE("every honest trainer's contributions pass the norm bound, and their n
     }
   }
   CHECK(honest.summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+}
+
+TEST_CASE("every honest trainer's direction is scored and none falls under robust.min_direction") {
+  ClusterSettings settings;
+  settings.epochs = 2;
+  settings.robust.direction_window = 8;  // judged from round 8: 64 would never judge a run this short
+  const LiarOutcome honest = run_cluster_with_liar(settings);
+  CHECK(honest.summary.at("exclusions").empty());
+  const auto& directions = honest.summary.at("directions");
+  REQUIRE(directions.size() == 3);
+  for (const auto& [trainer, scores] : directions.items()) {
+    CAPTURE(trainer);
+    CAPTURE(scores.dump());
+    CHECK(scores.at("scored").get<std::uint64_t>() >= 14);  // 16 rounds of 3 equal shares
+    CHECK(scores.at("below_min_direction") == 0);
+  }
+}
+
+TEST_CASE(
+    "a member whose gradients point the wrong way (x-4) or nowhere (random, of its honest norm) passes "
+    "the norm bound, is scored against the others and excluded, and the run ends exact") {
+  for (const std::string lie : {"x-4", "random"}) {
+    for (const std::string combine : {"mean", "centered-clip"}) {
+      CAPTURE(lie);
+      CAPTURE(combine);
+      ClusterSettings settings;
+      settings.epochs = 3;                    // 24 rounds: judged from its 16th scored contribution on
+      settings.robust.direction_window = 16;  // of 64 by default, to be safe late in long honest runs
+      settings.gradient_scale_a = lie == "x-4" ? -4.0 : 1.0;
+      settings.random_gradients_a = lie == "random";
+      settings.robust.combine = combine;
+      const LiarOutcome liar = run_cluster_with_liar(settings);
+      const auto& exclusions = liar.summary.at("exclusions");
+      REQUIRE(exclusions.size() == 1);
+      CHECK(exclusions[0].at("trainer").get<std::string>().rfind("trainer@a/", 0) == 0);
+      CHECK(exclusions[0].at("round").get<std::uint64_t>() <= 20);  // 16 to judge, 3 strikes
+      CHECK(exclusions[0].at("reason").get<std::string>().find("direction") != std::string::npos);
+      CHECK(liar.summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048, 2048}));
+      // Until it is excluded a third of each round is its: the mean follows it (x-4 turns the
+      // mean step around), centered clipping caps its pull and the run learns regardless.
+      if (combine == "centered-clip") CHECK(liar.summary.at("final_test_accuracy").get<double>() > 0.6);
+      MESSAGE(lie, ", ", combine, ": excluded in round ", exclusions[0].at("round"), ", test accuracy ",
+              liar.summary.at("final_test_accuracy"));
+      for (const auto& [trainer, scores] : liar.summary.at("directions").items()) {
+        if (trainer.rfind("trainer@a/", 0) != 0) CHECK(scores.at("below_min_direction") == 0);
+      }
+    }
+  }
 }
 
 TEST_CASE(
