@@ -501,6 +501,12 @@ void Aggregator::combine_robustly(const RobustRows& rows, std::optional<ClippedC
   torch::Tensor combined;
   if (options_.combine == RobustCombine::kCenteredClip) {
     clipped = centered_clip(rows.rows, rows.weights);
+    if (!clipped->finite) {
+      // Only where robust.bound is off can norms past fp32's range get this far.
+      log(LogLevel::kWarn, bus_.name(),
+          "a round's contributions overflow fp32 in their inner products: combined by the mean, not scored");
+      return;
+    }
     combined = centre_of(rows.rows, *clipped);
   } else {
     combined = trimmed_mean(rows.rows, rows.weights, options_.trim);
@@ -516,6 +522,7 @@ void Aggregator::combine_robustly(const RobustRows& rows, std::optional<ClippedC
 void Aggregator::score_directions(const RobustRows& rows, std::optional<ClippedCentre>& clipped,
                                   const std::set<std::string>& present, msg::RoundCombined& answer) {
   if (!clipped) clipped = centered_clip(rows.rows, rows.weights);
+  if (!clipped->finite) return;
   // A share of a few samples points anywhere: like the norm bound's lower side, only shares of
   // kMinSamplesBoundedBelow or more are scored.
   const std::vector<double> cosines = directions(*clipped);

@@ -319,13 +319,28 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
     state.excluded =
         std::any_of(state_.exclusions.begin(), state_.exclusions.end(),
                     [&](const TrainerFailure& exclusion) { return exclusion.trainer == change.trainer; });
+    // Nor does it wipe its record: lies and direction scores carry over, so that registering again
+    // now and then never keeps a liar from being judged.
+    const auto record = departed_records_.find(change.trainer);
+    if (record != departed_records_.end()) {
+      state.lies = std::move(record->second.lies);
+      state.recent_directions = std::move(record->second.recent_directions);
+      departed_records_.erase(record);
+    }
     live_[change.trainer] = state;
     // A trainer that registered again has dropped whatever plan it had.
     if (open_ && open_->planned.count(change.trainer) && !open_->answered(change.trainer)) {
       open_->refused[change.trainer] = "it registered again during the round";
     }
   } else {
-    live_.erase(change.trainer);
+    const auto gone = live_.find(change.trainer);
+    if (gone != live_.end()) {
+      if (!gone->second.lies.empty() || !gone->second.recent_directions.empty()) {
+        // Bounded: a key holds at most security.max_names_per_key names, and each name one record.
+        departed_records_[change.trainer] = {gone->second.lies, gone->second.recent_directions};
+      }
+      live_.erase(gone);
+    }
   }
   if (open_ && every_live_planned_trainer_answered()) close_round("every live trainer answered");
 }
@@ -401,6 +416,7 @@ void Scheduler::handle(const msg::Readmit& readmit, const Incoming& from) {
     return;
   }
   state_.exclusions.erase(excluded);
+  departed_records_.erase(readmit.trainer);
   auto trainer = live_.find(readmit.trainer);
   if (trainer != live_.end()) {
     trainer->second.excluded = false;
@@ -567,11 +583,13 @@ void Scheduler::choose_exchange_now() {
   if (mode_changed) {
     // A round's transfer is the mode's own: gradient mode's whole models say nothing of local-sgd's
     // rounds, and the other way round.
-    // So are norms: a gradient sum and a parameter change are not measured against each other.
+    // So are norms and directions: a gradient sum and a parameter change are not measured against
+    // each other.
     for (auto& [trainer, state] : live_) {
       state.recent_transfers.clear();
       state.local_exchanges.clear();
       state.recent_norms.clear();
+      state.recent_directions.clear();
     }
     fleet_norms_.clear();
   }

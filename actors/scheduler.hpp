@@ -283,6 +283,12 @@ class Scheduler final {
     double min = 1.0;
   };
   std::map<std::string, DirectionScores> direction_scores_;
+  /// What a trainer that left or was lost had against it, restored when it registers again.
+  struct DepartedRecord {
+    std::deque<std::uint64_t> lies;
+    std::deque<double> recent_directions;
+  };
+  std::map<std::string, DepartedRecord> departed_records_;
   double slowest_combine_seconds_ = 0.0;
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
   std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts

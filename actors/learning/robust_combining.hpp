@@ -14,8 +14,9 @@
 //   (a sort per coordinate: much dearer).
 // - A row's direction is its cosine with the weighted sum of the other rows, each clipped to the
 //   radius around the centre: honest gradients of one model point roughly the same way, a
-//   sign-flipped one the other way, a random one nowhere. (The centre itself will not do as the
-//   reference: it holds part of the row scored, and a random row scored 0.13 against it.)
+//   sign-flipped one the other way, a random one nowhere. (The centre alone will not do as the
+//   reference: started from the coordinate-wise median, a third of whose coordinates came from
+//   the row scored, it gave a random row 0.13.)
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@ struct ClippedCentre {
   std::vector<double> weights;       // the rows' weights
   std::vector<double> coefficients;  // the centre = Σ coefficients[i] × rows[i]
   double radius = 0.0;               // the clipping radius: the rows' median distance from the start
+  bool finite = true;                // false: the inner products overflowed; nothing else is set
 };
 ClippedCentre centered_clip(const torch::Tensor& rows, const torch::Tensor& weights,
                             int iterations = kCenteredClipIterations);
