@@ -1372,7 +1372,8 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
         {"max_refusals", options_.robust.max_refusals},
         {"refusal_window", options_.robust.refusal_window},
         {"combine", options_.robust.combine},
-        {"min_direction", options_.robust.min_direction}}},
+        {"min_direction", options_.robust.min_direction},
+        {"direction_window", options_.robust.direction_window}}},
       {"directions", directions_json()},
   };
   record_.write_summary(summary);
