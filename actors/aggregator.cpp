@@ -17,6 +17,13 @@ constexpr Milliseconds kEvaluationPoll{50};
 /// lost CombineRound leaves behind until the scheduler sends it again.
 constexpr std::size_t kMaxHeldRounds = 4;
 constexpr std::size_t kMaxWaitingCombines = 16;
+
+RobustCombine robust_combine_of(const std::string& name) {
+  const auto combine = parse_robust_combine(name);
+  if (!combine)
+    throw std::invalid_argument("robust.combine \"" + name + "\" is not mean, trimmed or centered-clip");
+  return *combine;
+}
 constexpr std::size_t kRememberedAnswers = 16;
 // How long the run's end waits for a checkpoint being written before it writes the model files.
 constexpr Milliseconds kModelFilesWait{30000};
@@ -89,6 +96,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       bus_(sockets, kAggregatorName),
       loop_(stop, time),
       compression_(compression_options(options_.run)),
+      combine_(robust_combine_of(options_.robust.combine)),
       model_(Model::from_archive(options_.model_archive, "the run's model", options_.device)),
       layout_(fingerprint_hex(model_.layout())),
       optimizer_(options_.run.mode == "local-sgd" ? make_outer_optimizer(options_.optimizer)
@@ -96,6 +104,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
       outer_optimizer_(options_.run.mode == "auto" ? make_outer_optimizer(options_.optimizer) : nullptr),
       averager_(model_,
                 options_.run.mode == "local-sgd" ? Combine::kParameterDeltas : Combine::kSummedGradients),
+      robust_staging_(options_.device.is_cuda()),
       model_buffers_(options_.device.is_cuda()),
       exported_model_(model_.clone(torch::kCPU)),
       checkpoints_(
@@ -290,7 +299,8 @@ void Aggregator::handle(const msg::Contribution& contribution, const Incoming& f
   }
   // Measured here, where the tensors are, for the scheduler's bound against the fleet's norms.
   double norm = 0.0;
-  if (options_.measure_norms) norm = held.sparse.empty() ? l2_norm(held.gradients) : l2_norm(held.sparse);
+  if (options_.robust.bound != "off")
+    norm = held.sparse.empty() ? l2_norm(held.gradients) : l2_norm(held.sparse);
   round->second.held.emplace(from.from, std::move(held));
   report_received(from, contribution, /*overflow=*/false, norm);
 }
@@ -401,7 +411,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
   const bool held_round = stepped && round != rounds_.end();
   std::optional<RobustRows> rows;
   std::optional<ClippedCentre> clipped;
-  if (held_round && options_.combine != RobustCombine::kMean) {
+  if (held_round && combine_ != RobustCombine::kMean) {
     rows = robust_rows(round->second, present);
     if (rows) combine_robustly(*rows, clipped);
   }
@@ -428,7 +438,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
   answer.whole_model = new_version && !send_update;
   const auto published = Clock::now();
   // Scores do not change this round's step: they wait until the model has gone out.
-  if (held_round && options_.score_directions) {
+  if (held_round && options_.robust.min_direction > -1.0) {
     if (!rows) rows = robust_rows(round->second, present);
     if (rows) score_directions(*rows, clipped, present, answer);
   }
@@ -468,27 +478,32 @@ std::optional<Aggregator::RobustRows> Aggregator::robust_rows(const HeldRound& r
     width += group.flat.numel();
   }
   const bool local = exchange_of(round.plan).local;
+  const auto rows_count = static_cast<std::int64_t>(present.size());
+  if (!robust_buffer_.defined() || robust_buffer_.size(0) < rows_count) {
+    robust_buffer_ = torch::empty({rows_count, width},
+                                  torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
+  }
   RobustRows robust;
-  // Dense rows are written whole; sparse ones are zeroed first, row by row.
-  robust.rows = torch::empty({static_cast<std::int64_t>(present.size()), width},
-                             torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
+  robust.rows = robust_buffer_.narrow(0, 0, rows_count);
   for (const auto& trainer : present) {
     const Held& held = round.held.at(trainer);
+    const auto samples = static_cast<double>(held.header.samples);
+    const double scale = local ? -1.0 : 1.0 / samples;  // every row points the way a gradient does
     torch::Tensor row = robust.rows[static_cast<std::int64_t>(robust.samples.size())];
-    if (!held.sparse.empty()) row.zero_();
+    if (!held.sparse.empty()) row.zero_();  // dense rows are written whole
     std::int64_t offset = 0;
     for (std::size_t g = 0; g < gradients.groups().size(); ++g) {
       const std::int64_t numel = gradients.groups()[g].flat.numel();
       torch::Tensor part = row.narrow(0, offset, numel);
-      if (held.sparse.empty()) {
-        part.copy_(held.gradients[g].to_tensor().reshape({-1}));
+      if (!held.sparse.empty()) {
+        add_sparse(part, held.sparse[g], scale);
+      } else if (gradients.groups()[g].flat.scalar_type() == torch::kFloat) {
+        robust_staging_.add_to(held.gradients[g], part, scale, /*first=*/true);  // frame by frame
       } else {
-        add_sparse(part, held.sparse[g]);
+        part.copy_(held.gradients[g].to_tensor().reshape({-1})).mul_(scale);
       }
       offset += numel;
     }
-    const auto samples = static_cast<double>(held.header.samples);
-    row.mul_(local ? -1.0 : 1.0 / samples);
     robust.samples.push_back(samples);
   }
   const torch::Tensor samples = torch::tensor(robust.samples, torch::kDouble);
@@ -499,7 +514,7 @@ std::optional<Aggregator::RobustRows> Aggregator::robust_rows(const HeldRound& r
 void Aggregator::combine_robustly(const RobustRows& rows, std::optional<ClippedCentre>& clipped) {
   torch::NoGradGuard no_grad;
   torch::Tensor combined;
-  if (options_.combine == RobustCombine::kCenteredClip) {
+  if (combine_ == RobustCombine::kCenteredClip) {
     clipped = centered_clip(rows.rows, rows.weights);
     if (!clipped->finite) {
       // Only where robust.bound is off can norms past fp32's range get this far.
@@ -509,7 +524,7 @@ void Aggregator::combine_robustly(const RobustRows& rows, std::optional<ClippedC
     }
     combined = centre_of(rows.rows, *clipped);
   } else {
-    combined = trimmed_mean(rows.rows, rows.weights, options_.trim);
+    combined = trimmed_mean(rows.rows, rows.weights, options_.robust.trim);
   }
   std::int64_t offset = 0;
   for (auto& group : model_.gradients().groups()) {

@@ -47,13 +47,9 @@ struct AggregatorOptions {
   std::uint64_t incarnation = 1;     /// this start of the coordinator
   std::optional<Checkpoint> resume;  /// continue from this checkpoint's model and optimizer
   DropCounters* drops = nullptr;     /// refused messages of this process; may be null
-  /// Measure each contribution's norm for the scheduler's bound (robust.bound); off: reported as 0.
-  bool measure_norms = true;
-  RobustCombine combine = RobustCombine::kMean;  /// robust.combine
-  double trim = 0.34;                            /// robust.trim, for kTrimmed
-  /// Score each contribution's direction against the round's others, for the scheduler
-  /// (robust.min_direction above -1).
-  bool score_directions = true;
+  /// bound "off": norms are not measured (reported as 0); combine and trim: how a round of 3 or
+  /// more combines; min_direction above -1: each contribution's direction is scored.
+  RobustOptions robust;
 };
 
 /// What a checkpoint written by the aggregator says about the run and the round state it carries.
@@ -145,6 +141,7 @@ class Aggregator final {
   BusClient bus_;
   ActorLoop loop_;
   CompressionOptions compression_;  // from the run: how trainers send their deltas
+  RobustCombine combine_;           // from options_.robust.combine
   Model model_;
   std::string layout_;  // fingerprint of the model's flat layout, checked on every message
   /// Compressed local-sgd: the replicas' model and what of the steps has not reached them yet
@@ -155,6 +152,9 @@ class Aggregator final {
   std::unique_ptr<FlatOptimizer> outer_optimizer_;  // auto mode: the outer optimizer of its local-sgd rounds
   Exchange last_exchange_;                          // of the last round combined
   ContributionAverager averager_;
+  /// robust_rows' rows, reused round after round (on the MLP, 3 × 7.4 MB a round), and its staging.
+  torch::Tensor robust_buffer_;
+  HostStaging robust_staging_;
   /// Which round's contributions the averager's sums hold, and whose: added as they arrive, so
   /// that a round's close usually finds its sum ready.
   std::uint64_t averaged_round_ = 0;

@@ -288,11 +288,7 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   aggregator_options.incarnation = incarnation;
   aggregator_options.resume = resume;
   aggregator_options.drops = &drops;
-  aggregator_options.measure_norms = config.robust.bound != "off";
-  aggregator_options.combine =
-      *parse_robust_combine(config.robust.combine);  // checked with the configuration
-  aggregator_options.trim = config.robust.trim;
-  aggregator_options.score_directions = config.robust.min_direction > -1.0;
+  aggregator_options.robust = config.robust;
   Aggregator aggregator(sockets, hub.inproc_router_endpoint(), aggregator_options, actors_stop);
   {
     ActorThread registrar_thread(

@@ -402,9 +402,7 @@ struct ClusterInProcess {
     aggregator_options.data.test_limit = 500;
     aggregator_options.run_dir = run_dir;
     aggregator_options.drops = &drops;
-    aggregator_options.combine = *parse_robust_combine(settings.robust.combine);
-    aggregator_options.trim = settings.robust.trim;
-    aggregator_options.score_directions = settings.robust.min_direction > -1.0;
+    aggregator_options.robust = settings.robust;
     aggregator.emplace(sockets, hub.inproc_router_endpoint(), aggregator_options, stop);
     std::vector<std::string> nodes = settings.nodes;
     nodes.insert(nodes.end(), settings.late_nodes.begin(), settings.late_nodes.end());

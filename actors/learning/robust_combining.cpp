@@ -82,10 +82,14 @@ double distance(const torch::Tensor& gram, std::size_t i, const Combination& c) 
   return std::sqrt(std::max(0.0, inner(gram, offset, offset)));
 }
 
-/// Row j clipped to `radius` around `centre`: centre + min(1, radius / |x_j - centre|) (x_j - centre).
+/// What brings an offset of length `d` within `radius`: min(1, radius / d).
+double clip_factor(double d, double radius) {
+  return d > radius ? radius / d : 1.0;
+}
+
+/// Row j clipped to `radius` around `centre`: centre + clip_factor (x_j - centre).
 Combination clipped_row(const torch::Tensor& gram, std::size_t j, const Combination& centre, double radius) {
-  const double d = distance(gram, j, centre);
-  const double factor = d > radius ? radius / d : 1.0;
+  const double factor = clip_factor(distance(gram, j, centre), radius);
   Combination point(centre.size());
   for (std::size_t k = 0; k < centre.size(); ++k) point[k] = (1.0 - factor) * centre[k];
   point[j] += factor;
@@ -142,8 +146,8 @@ ClippedCentre centered_clip(const torch::Tensor& rows, const torch::Tensor& weig
     Combination next = clipped.coefficients;
     double pulled = 0.0;
     for (std::size_t i = 0; i < n; ++i) {
-      const double d = distance(clipped.gram, i, clipped.coefficients);
-      const double share = clipped.weights[i] * (d > clipped.radius ? clipped.radius / d : 1.0);
+      const double share =
+          clipped.weights[i] * clip_factor(distance(clipped.gram, i, clipped.coefficients), clipped.radius);
       next[i] += share;
       pulled += share;
     }
