@@ -1035,7 +1035,7 @@ void Scheduler::score_direction(std::uint64_t round, const std::string& trainer,
   if (live == live_.end()) return;
   // One round's cosine is noisy: a few dozen samples' gradient is mostly noise once a model has
   // learnt. In a 3-epoch run of 3 CNN trainers (README, Security: "Direction scores") honest single
-  // rounds fell to -0.66 and honest means of 16 to -0.07; means of 64 stayed above 0.032.
+  // rounds fell to -0.67 and honest means of 16 to -0.07; means of 64 stayed above 0.032.
   std::deque<double>& recent = live->second.recent_directions;
   const auto window = static_cast<std::size_t>(std::max<std::int64_t>(1, options_.robust.direction_window));
   keep_last(recent, cosine, window);
