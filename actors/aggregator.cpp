@@ -112,7 +112,7 @@ Aggregator::Aggregator(const SocketFactory& sockets, const std::string& hub_endp
           [this](std::uint64_t, const nlohmann::json& meta, const std::vector<NamedTensor>& snapshot) {
             export_checkpoint(meta, snapshot);
           },
-          kModelFilesEvery),
+          kModelFilesEvery, options_.checkpoint_written),
       evaluator_(model_.clone(), parse_task(options_.run.task),
                  load_dataset(dataset_spec(options_.run, options_.data.test_limit), options_.data.path,
                               Split::kTest)) {

@@ -46,7 +46,9 @@ struct AggregatorOptions {
   torch::Device device = torch::kCPU;
   std::uint64_t incarnation = 1;     /// this start of the coordinator
   std::optional<Checkpoint> resume;  /// continue from this checkpoint's model and optimizer
-  DropCounters* drops = nullptr;     /// refused messages of this process; may be null
+  /// Told of each checkpoint written (on the writer's thread): a coordinator pair replicates it.
+  CheckpointWriter::Written checkpoint_written;
+  DropCounters* drops = nullptr;  /// refused messages of this process; may be null
   /// bound "off": norms are not measured (reported as 0); combine and trim: how a round of 3 or
   /// more combines; min_direction above -1: each contribution's direction is scored.
   RobustOptions robust;

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "actors/aggregator.hpp"
+#include "actors/coordinator_pair.hpp"
 #include "actors/learning/compute_threads.hpp"
 #include "actors/learning/dataset.hpp"
 #include "actors/learning/device.hpp"
@@ -40,6 +41,23 @@ constexpr std::int64_t kInboundHeadroomBytes = std::int64_t{1} << 20;
 /// encrypted at once. Measured on the default filo local run (2 trainers on 2 cores, four runs
 /// each): the last trainer waited 0.85 ms for the model instead of 1.11 ms.
 constexpr int kIoThreads = 2;
+
+std::string utc_now_iso() {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return stamp;
+}
+
+/// A coordinator of a pair while it is active: its link to the peer, and how it became active.
+struct ActivePair {
+  PairOptions options;
+  std::optional<FailoverRecord> failover;  // this start takes over from a lost active
+  Clock::time_point decided{};
+  bool yielded = false;  // it stopped acting because its peer is active with a newer start
+};
 
 std::string make_run_id() {
   char stamp[32];
@@ -117,7 +135,10 @@ std::string prepare_model(const Config& config, msg::RunSpec& run) {
 }
 }  // namespace
 
-int run_coordinator(const Config& config, const StopFlag& process_stop) {
+/// The coordinator while it is active: the hub, the registrar, the scheduler and the aggregator
+/// until the run ends, the process is stopped, an actor fails, or (in a pair) its peer is active
+/// with a newer start.
+int run_active(const Config& config, const StopFlag& process_stop, ActivePair* pair) {
   pin_to_cpus(0, parse_cpu_list(config.run.cpus, "run.cpus"));
   set_compute_threads(static_cast<int>(config.run.threads));
   use_plain_torchscript_execution();
@@ -215,6 +236,9 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
       std::min<std::int64_t>(config.bus.socket_limits.max_message_bytes,
                              2 * static_cast<std::int64_t>(run.model_bytes) + kInboundHeadroomBytes);
   Hub hub(sockets, hub_options);
+  // In a pair: heartbeats to the peer and a replica of every checkpoint, on the link's own thread.
+  std::optional<PairLink> link;
+  if (pair) link.emplace(sockets, pair->options, run.run_id, incarnation);
   std::filesystem::create_directories(config.run.run_dir);
   write_file_atomically(config.run.run_dir + "/coordinator.json",
                         nlohmann::json{{"router", hub.router_endpoint()},
@@ -272,6 +296,11 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   scheduler_options.robust = config.robust;
   if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
+  if (pair && pair->failover) {
+    scheduler_options.failover = pair->failover;
+    scheduler_options.failover->coordinator_start = incarnation;
+    scheduler_options.failover_decided = pair->decided;
+  }
   Scheduler scheduler(sockets, hub.inproc_router_endpoint(), scheduler_options, actors_stop, [&] {
     std::lock_guard<std::mutex> lock(finished_mutex);
     finished = true;
@@ -289,6 +318,11 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
   aggregator_options.resume = resume;
   aggregator_options.drops = &drops;
   aggregator_options.robust = config.robust;
+  if (link) {
+    aggregator_options.checkpoint_written = [&link](std::uint64_t round, const std::string& path) {
+      link->checkpoint_written(round, path);
+    };
+  }
   Aggregator aggregator(sockets, hub.inproc_router_endpoint(), aggregator_options, actors_stop);
   {
     ActorThread registrar_thread(
@@ -299,12 +333,19 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
         kAggregatorName, [&] { aggregator.run(); }, failures, actors_stop);
     std::unique_lock<std::mutex> lock(finished_mutex);
     // The signal handler can only set a flag, so the wait looks at it every slice.
-    while (!finished && !process_stop.stop_requested() && !failures.any()) {
+    while (!finished && !process_stop.stop_requested() && !failures.any() &&
+           !(link && link->yield_requested())) {
       finished_signal.wait_for(lock, kWaitSlice);
     }
+    if (finished && link) link->finish();  // a standby that hears it exits: the run is over
     if (finished) finished_signal.wait_for(lock, kFinishLinger);
     actors_stop.request_stop();
   }  // actor threads joined here, before their sockets close
+  if (link && link->yield_requested() && !finished) {
+    log(LogLevel::kWarn, "coordinator", "giving way: ", link->yield_reason(), "; passive from now on");
+    pair->yielded = true;
+    return kExitInterrupted;
+  }
   if (failures.any()) {
     log(LogLevel::kError, "coordinator", "stopped because an actor failed: ", failures.describe());
     return kExitActorFailed;
@@ -314,6 +355,44 @@ int run_coordinator(const Config& config, const StopFlag& process_stop) {
     return kExitInterrupted;
   }
   return 0;
+}
+
+int run_coordinator(const Config& config, const StopFlag& process_stop) {
+  if (config.ha.peer.empty()) return run_active(config, process_stop, nullptr);
+  ActivePair pair;
+  pair.options.own_endpoint = pair_endpoint_for(config.bus);
+  pair.options.peer_endpoint = peer_pair_endpoint_for(config.ha);
+  pair.options.listen = config.bus.listen;
+  pair.options.run_dir = config.run.run_dir;
+  pair.options.heartbeat_interval = Milliseconds(config.bus.heartbeat_interval_ms);
+  pair.options.liveness = static_cast<int>(config.bus.liveness);
+  pair.options.standby = config.ha.standby;
+  pair.options.authorized_keys = authorized_keys_for(config.security);
+  const CurveSettings curve = curve_settings_for(config.security, PeerRole::kCoordinator);
+  bool primary_start = !config.ha.standby;
+  while (!process_stop.stop_requested()) {
+    const StandbyOutcome outcome = run_standby(pair.options, curve, primary_start, process_stop);
+    primary_start = false;
+    if (outcome.kind == StandbyOutcome::Kind::kStopped) return kExitInterrupted;
+    if (outcome.kind == StandbyOutcome::Kind::kRunFinished) {
+      log(LogLevel::kInfo, "coordinator", "the run is over; its summary is in the peer's run directory");
+      return 0;
+    }
+    pair.failover.reset();
+    if (outcome.failover) {
+      FailoverRecord record;
+      record.after_round = outcome.replica_round;
+      record.at = utc_now_iso();
+      record.reason = outcome.reason;
+      record.peer_silent_seconds = outcome.peer_silent_seconds;
+      pair.failover = record;
+    }
+    pair.decided = outcome.decided;
+    pair.yielded = false;
+    const int code = run_active(config, process_stop, &pair);
+    if (!pair.yielded) return code;
+  }
+  return kExitInterrupted;
 }
 
 }  // namespace filo

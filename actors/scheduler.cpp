@@ -139,6 +139,19 @@ void keep_last(std::deque<double>& values, double value, std::size_t window) {
   while (values.size() > window) values.pop_front();
 }
 
+nlohmann::json failovers_json(const std::vector<FailoverRecord>& failovers) {
+  nlohmann::json records = nlohmann::json::array();
+  for (const auto& record : failovers) {
+    records.push_back({{"after_round", record.after_round},
+                       {"coordinator_start", record.coordinator_start},
+                       {"at", record.at},
+                       {"reason", record.reason},
+                       {"peer_silent_seconds", record.peer_silent_seconds},
+                       {"to_first_round_seconds", record.to_first_round_seconds}});
+  }
+  return records;
+}
+
 std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
   std::uint64_t planned = 0;
   for (const auto& range : ranges) planned += range.size();
@@ -176,7 +189,8 @@ nlohmann::json to_json(const RoundState& state) {
            {{"local", state.exchange.local},
             {"compressed", state.exchange.compressed},
             {"sync_steps", state.exchange.sync_steps}}},
-          {"exchanges", exchanges_json(state.exchanges)}};
+          {"exchanges", exchanges_json(state.exchanges)},
+          {"failovers", failovers_json(state.failovers)}};
 }
 
 RoundState round_state_from_json(const nlohmann::json& json) {
@@ -217,6 +231,13 @@ RoundState round_state_from_json(const nlohmann::json& json) {
                                  record.at("exchange").get<std::string>(),
                                  record.at("reason").get<std::string>()});
     }
+    for (const auto& record : json.value("failovers", nlohmann::json::array())) {
+      state.failovers.push_back({record.at("after_round").get<std::uint64_t>(),
+                                 record.at("coordinator_start").get<std::uint64_t>(),
+                                 record.at("at").get<std::string>(), record.at("reason").get<std::string>(),
+                                 record.at("peer_silent_seconds").get<double>(),
+                                 record.at("to_first_round_seconds").get<double>()});
+    }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
   }
@@ -241,6 +262,12 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
   pool_.reset(options_.run.train_samples);
   if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
   if (state_.loss_scale <= 0) state_.loss_scale = options_.train.loss_scale;
+  if (options_.failover) state_.failovers.push_back(*options_.failover);
+  if (options_.resume) {
+    const auto last = nlohmann::json::parse(state_.last_round_record, nullptr, /*allow_exceptions=*/false);
+    if (last.is_object() && last.contains("trainers") && last.at("trainers").is_array())
+      resumed_fleet_ = last.at("trainers").size();
+  }
   // A fixed mode is what the configuration says; auto mode resumes where it was.
   if (!auto_exchange() || state_.exchange.sync_steps == 0)
     state_.exchange = first_exchange(options_.run, options_.optimizer);
@@ -503,7 +530,11 @@ void Scheduler::maybe_start(Clock::time_point now) {
     return;
   }
   if (!enough_trainers_since_) enough_trainers_since_ = now;
-  if (seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds) return;
+  // Resumed (a restart, or a pair's standby that took over): once as many trainers are back as the
+  // last round planned, waiting for more only keeps the fleet idle.
+  const bool fleet_back = resumed_fleet_ > 0 && calibrated_trainers() >= resumed_fleet_;
+  if (!fleet_back && seconds_between(*enough_trainers_since_, now) < options_.schedule.start_grace_seconds)
+    return;
   started_ = true;
   log(LogLevel::kInfo, bus_.name(), options_.resume ? "resuming" : "starting", " with ",
       calibrated_trainers(), " trainers (", options_.schedule.split, " shares): ", options_.run.train_samples,
@@ -516,8 +547,13 @@ void Scheduler::maybe_start(Clock::time_point now) {
     resumed.epoch = state_.epoch;
     resumed.resumed_after_round = state_.round;
     resumed.coordinator_start = options_.incarnation;
-    resumed.text = "coordinator restarted (start " + std::to_string(options_.incarnation) +
-                   "): resumed after round " + std::to_string(state_.round) + " from its checkpoint";
+    resumed.text = options_.failover
+                       ? "standby coordinator took over (start " + std::to_string(options_.incarnation) +
+                             "): resumed after round " + std::to_string(state_.round) +
+                             " from its replica; " + options_.failover->reason
+                       : "coordinator restarted (start " + std::to_string(options_.incarnation) +
+                             "): resumed after round " + std::to_string(state_.round) +
+                             " from its checkpoint";
     bus_.publish(kEventTopic, resumed);
     // An epoch that ended just before the coordinator died was never scored. Checkpoints wait
     // while an evaluation is under way, so the restored model is that epoch's final one.
@@ -1098,6 +1134,12 @@ void Scheduler::close_round(const std::string& why) {
   OpenRound round = std::move(*open_);
   open_.reset();
   loop_.cancel(round.deadline_timer);
+  if (options_.failover && !failover_timed_ && !state_.failovers.empty()) {
+    failover_timed_ = true;
+    state_.failovers.back().to_first_round_seconds = seconds_between(options_.failover_decided, Clock::now());
+    log(LogLevel::kInfo, bus_.name(), "round ", round.round, " is the first this coordinator closes, ",
+        state_.failovers.back().to_first_round_seconds, " s after it decided to take over");
+  }
   const double seconds = seconds_between(round.opened, loop_.now());
   bound_norms(round);
   bound_overflows(round);
@@ -1362,6 +1404,7 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"model_broadcast_bytes", model_broadcast_bytes_},
       {"exchange", state_.exchange.describe(options_.run.compression)},
       {"exchanges", exchanges_json(state_.exchanges)},
+      {"failovers", failovers_json(state_.failovers)},
       {"communication_fraction", auto_exchange() ? options_.optimizer.communication_fraction : 0.0},
       {"dropped", drops},
       {"failures", failures_json(state_.failures)},

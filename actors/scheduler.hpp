@@ -55,6 +55,17 @@ struct ExchangeRecord {
   std::string reason;
 };
 
+/// A coordinator pair's standby took over the run (README, "A standby coordinator").
+struct FailoverRecord {
+  std::uint64_t after_round = 0;        /// the round of the replica it resumed from
+  std::uint64_t coordinator_start = 0;  /// the start of the coordinator that took over
+  std::string at;                       /// UTC, ISO 8601
+  std::string reason;
+  double peer_silent_seconds = 0.0;  /// the old active's silence when the standby decided
+  /// From the decision to the first round this coordinator closed (-1: none closed yet).
+  double to_first_round_seconds = -1.0;
+};
+
 /// Where the run stands after a closed round: what a resumed coordinator continues from.
 struct RoundState {
   std::uint64_t epoch = 1;                /// the epoch in progress
@@ -82,6 +93,7 @@ struct RoundState {
   /// every change auto mode made, in order.
   Exchange exchange;
   std::vector<ExchangeRecord> exchanges;
+  std::vector<FailoverRecord> failovers;  /// a coordinator pair's takeovers, in order
 };
 nlohmann::json to_json(const RoundState& state);
 /// Throws std::runtime_error naming the field that is missing or malformed.
@@ -100,7 +112,11 @@ struct SchedulerOptions {
   TrainOptions train;                 /// the fleet's fp16 loss scale starts and grows by these
   RobustOptions robust;               /// bounds on contributions, and when a liar is excluded
   std::optional<RoundState> resume;   /// continue a checkpointed run
-  DropCounters* drops = nullptr;      /// refused messages of this process, for records; may be null
+  /// This start is a standby's takeover (the record's to_first_round_seconds counts from
+  /// `failover_decided` and is filled by the first round this scheduler closes).
+  std::optional<FailoverRecord> failover;
+  Clock::time_point failover_decided{};
+  DropCounters* drops = nullptr;  /// refused messages of this process, for records; may be null
 };
 
 class Scheduler final {
@@ -292,6 +308,9 @@ class Scheduler final {
   double slowest_combine_seconds_ = 0.0;
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
   std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts
+  bool failover_timed_ = false;
+  std::size_t resumed_fleet_ = 0;  // trainers the last round before a resume planned              // the
+                                   // failover record of this start has its first round
 };
 
 }  // namespace filo

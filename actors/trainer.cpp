@@ -13,6 +13,9 @@ namespace {
 /// An unanswered hardware report is sent again after this, then after twice as long each time up
 /// to kMaxRegisterRetry: over a slow link the admission (with the model archive) takes seconds.
 constexpr Milliseconds kRegisterRetry{1000};
+/// How long a new subscription to the model publisher is given to connect before a snapshot is
+/// asked for on it (loopback with CurveZMQ: a few milliseconds).
+constexpr Milliseconds kSubscriptionSettle{50};
 constexpr Milliseconds kMaxRegisterRetry{8000};
 /// How long a plan waits for its model's broadcast before asking for the model directly: at least
 /// this, at most kMaxSnapshotWait, twice the latest wait between them that a broadcast ended.
@@ -82,8 +85,10 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
   // Every CUDA call of a job (synchronisation, allocation, a new stream) goes to this trainer's device.
   worker_ = std::make_unique<WorkerThread>(sockets, "compute:" + options_.device,
                                            [device] { use_device_on_this_thread(device); });
-  bus_.connect(options_.coordinator);
-  heartbeat_bus_.connect(options_.coordinator);
+  coordinators_ = split_endpoints(options_.coordinator);
+  if (coordinators_.empty()) throw std::invalid_argument("no coordinator endpoint given");
+  bus_.connect(coordinator());
+  heartbeat_bus_.connect(coordinator());
   loop_.on_readable(bus_.addressed(), [this] {
     while (auto incoming = bus_.receive(bus_.addressed())) dispatch(*this, *incoming, bus_);
   });
@@ -96,7 +101,7 @@ Trainer::Trainer(const SocketFactory& sockets, TrainerOptions options, msg::Hard
 }
 
 int Trainer::run() {
-  log(LogLevel::kInfo, bus_.name(), "registering with ", options_.coordinator);
+  log(LogLevel::kInfo, bus_.name(), "registering with ", coordinator());
   tick(loop_.now());
   loop_.run();
   if (state_ == State::kAdmitted) bus_.send(kRegistrarName, msg::Leave{"process stopping"});
@@ -121,6 +126,14 @@ void Trainer::tick(Clock::time_point now) {
       finish(kExitCoordinatorUnreachable);
       return;
     }
+    // A pair: the one asked stays silent (passive, or gone too): ask the other. A passive
+    // coordinator takes over only once it has lost the active one and a node asks it.
+    const double ask_each_for =
+        2.0 * options_.liveness * std::chrono::duration<double>(options_.heartbeat_interval).count();
+    if (coordinators_.size() > 1 &&
+        seconds_between(std::max({registering_since_, last_heard_, asked_since_}), now) > ask_each_for) {
+      ask_next_coordinator("no answer from " + coordinator() + " for " + std::to_string(ask_each_for) + " s");
+    }
     if (now - last_report_sent_ >= register_retry_) {
       if (last_report_sent_ != Clock::time_point{})
         register_retry_ = std::min(2 * register_retry_, kMaxRegisterRetry);
@@ -136,6 +149,7 @@ void Trainer::tick(Clock::time_point now) {
   const auto silence = options_.heartbeat_interval * options_.liveness;
   if (now - last_heard_ > silence) {
     register_again("no heartbeat from the coordinator for " + std::to_string(silence.count()) + " ms");
+    ask_next_coordinator("lost " + coordinator());
     return;
   }
   msg::Heartbeat heartbeat;
@@ -143,6 +157,19 @@ void Trainer::tick(Clock::time_point now) {
   heartbeat.precision = precision_label_;
   heartbeat.peak_memory_bytes = peak_memory_bytes(torch::Device(options_.device));
   heartbeat_bus_.send(kRegistrarName, heartbeat);
+}
+
+void Trainer::ask_next_coordinator(const std::string& why) {
+  if (coordinators_.size() < 2) return;
+  bus_.disconnect(coordinator());
+  heartbeat_bus_.disconnect(coordinator());
+  coordinator_index_ = (coordinator_index_ + 1) % coordinators_.size();
+  bus_.connect(coordinator());
+  heartbeat_bus_.connect(coordinator());
+  asked_since_ = loop_.now();
+  last_report_sent_ = {};  // the report goes to the new one at once
+  register_retry_ = kRegisterRetry;
+  log(LogLevel::kWarn, bus_.name(), why, ": asking the coordinator at ", coordinator());
 }
 
 void Trainer::register_again(const std::string& why) {
@@ -157,6 +184,8 @@ void Trainer::register_again(const std::string& why) {
 }
 
 void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
+  // A pair: the first word from the coordinator this trainer moved to since it did.
+  const bool first_word = coordinators_.size() > 1 && last_heard_ < asked_since_;
   last_heard_ = loop_.now();
   if (!admission.admitted && admission.describe_data) {
     describe_data(admission.run);
@@ -165,7 +194,13 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   if (!admission.admitted && admission.register_again) {
     if (state_ == State::kAdmitted)
       register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
-    return;  // while registering, the report is on its way already
+    // While registering, the report is on its way already, except where this answers a heartbeat
+    // to a pair's standby that has just become active: the reports before went to a passive one.
+    if (state_ == State::kRegistering && first_word) {
+      bus_.send(kRegistrarName, report_);
+      last_report_sent_ = loop_.now();
+    }
+    return;
   }
   if (!admission.admitted) {
     if (state_ == State::kAdmitted) {
@@ -197,6 +232,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     const ReceivedTensor archive_tensor = archive.value().front();
     // The run's data and model are made on the worker, where every tensor of this trainer lives.
     calibrated_ = false;
+    last_calibration_.reset();
     forget_model();
     worker_->submit("preparing run " + run.run_id, [this, run, archive_tensor] {
       try {
@@ -242,8 +278,9 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   // older layout publishes everything on one).
   const std::string publish = reachable_endpoint(
       admission.model_endpoint.empty() ? admission.publish_endpoint : admission.model_endpoint,
-      options_.coordinator);
-  if (publish != subscribed_to_) {
+      coordinator());
+  const bool subscription_moved = publish != subscribed_to_;
+  if (subscription_moved) {
     const bool first_subscription = subscribed_to_.empty();
     bus_.subscribe(publish, {kModelTopic, kControlTopic, snapshot_topic(bus_.name())});
     if (first_subscription) {
@@ -265,10 +302,16 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   if (first_admission) {
     // Admitted afresh (perhaps by a restarted coordinator that resumed from a checkpoint older
     // than this replica): take whatever model it has, even an older version. The scheduler plans
-    // this trainer only once it knows its speed, so it calibrates again.
+    // this trainer only once it knows its speed: in the same run, the last calibration says it.
     forget_model();
     pending_.reset();
-    calibrated_ = false;
+    calibrated_ = !new_run && last_calibration_.has_value();
+    if (calibrated_) {
+      log(LogLevel::kInfo, bus_.name(), "admitted again to run ", admission.run.run_id,
+          ": its calibration of ", static_cast<int>(last_calibration_->samples_per_second),
+          " samples/s stands");
+      bus_.send(kSchedulerName, *last_calibration_);
+    }
   }
   if (state_ != State::kAdmitted) {
     log(LogLevel::kInfo, bus_.name(), "admitted to run ", admission.run.run_id, " (", admission.run.model,
@@ -294,6 +337,14 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     // of 7.4 MB held every trainer's first round up for 6 s).
     model_version_ = 0;
     base_version_ = 0;
+  } else if (subscription_moved) {
+    // A snapshot published before this new subscription is connected would be lost (ZeroMQ's slow
+    // joiner): a pair's standby that took over waited half a second for the first round so.
+    snapshot_requested_ = loop_.now();
+    loop_.at(loop_.now() + kSubscriptionSettle, [this] {
+      if (state_ != State::kAdmitted || model_version_) return;
+      bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
+    });
   } else {
     bus_.send(kAggregatorName, msg::SnapshotRequest{last_loaded_version_});
     snapshot_requested_ = loop_.now();
@@ -422,6 +473,7 @@ void Trainer::on_job_finished() {
         " samples/s at micro-batch ", calibration->micro_batch, " in ", calibration->precision,
         slowdown_.load() > 1.0 ? " (slowdown test aid on)" : "");
     if (state_ == State::kAdmitted) bus_.send(kSchedulerName, *calibration);
+    last_calibration_ = std::move(calibration);
   }
   if (loaded && outcome && outcome->problem.empty()) {
     last_loaded_version_ = *loaded;

@@ -49,8 +49,10 @@ constexpr int kExitTrainerFailed = 4;
 struct TrainerOptions {
   std::string node;
   std::string device = "cpu";
-  std::string coordinator;  /// the coordinator's listen endpoint
-  DataOptions data;         /// where this node finds the dataset
+  /// The coordinator's listen endpoint, or a pair's two, comma-separated (the node asks the next
+  /// one when it loses the one it has).
+  std::string coordinator;
+  DataOptions data;  /// where this node finds the dataset
   Milliseconds heartbeat_interval{250};
   int liveness = 4;
   double connect_timeout_seconds = 30;
@@ -120,6 +122,9 @@ class Trainer final {
 
   void tick(Clock::time_point now);
   void register_again(const std::string& why);
+  /// A coordinator pair: moves this trainer's connections to the other coordinator.
+  void ask_next_coordinator(const std::string& why);
+  const std::string& coordinator() const { return coordinators_[coordinator_index_]; }
   /// Fingerprints this node's copy of the run's training set, as the registrar asked.
   void describe_data(const msg::RunSpec& run);
   void request_snapshot_soon();
@@ -178,6 +183,9 @@ class Trainer final {
   State state_ = State::kRegistering;
   int exit_code_ = kExitFinished;
   Clock::time_point registering_since_;
+  std::vector<std::string> coordinators_;  // options_.coordinator, split; one unless a pair
+  std::size_t coordinator_index_ = 0;      // the one connected to now
+  Clock::time_point asked_since_;          // when this trainer last moved to another coordinator
   Clock::time_point last_report_sent_{};
   Milliseconds register_retry_{1000};  // how long an unanswered report waits, doubling up to 8 s
   Clock::time_point last_heard_;
@@ -207,6 +215,10 @@ class Trainer final {
   std::atomic<double> slowdown_{1.0};
   // The running job's results, read once it is handed back.
   std::optional<msg::Calibration> calibration_result_;
+  /// The last calibration this trainer sent: admitted again to the same run (by a restarted
+  /// coordinator, or a pair's standby that took over), it sends this at once instead of measuring
+  /// again: the device's speed did not change with the coordinator.
+  std::optional<msg::Calibration> last_calibration_;
   std::optional<TrainOutcome> train_result_;
 
   // The worker's (see the top of this file).

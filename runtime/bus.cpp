@@ -52,7 +52,7 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
   const bool curve = options_.authorized_keys != nullptr;
   if (!options_.router_endpoint.empty()) seed_routing_ids();
   if (curve && !options_.router_endpoint.empty()) {
-    zap_.emplace(sockets.context(), options_.authorized_keys, options_.drops);
+    zap_.emplace(sockets.context(), options_.authorized_keys, options_.drops, sockets.curve().own.public_key);
   }
   // Inner actors never restart within a coordinator's life; a name there is its actor's.
   router_.set(zmq::sockopt::router_handover, 0);
@@ -317,6 +317,15 @@ void BusClient::connect(const std::string& hub_endpoint) {
   // connection its own and goes by the key and the envelope's sender instead.
   if (hub_endpoint.rfind("inproc://", 0) == 0) dealer_.set(zmq::sockopt::routing_id, name_);
   dealer_.connect(hub_endpoint);
+}
+
+void BusClient::disconnect(const std::string& hub_endpoint) {
+  try {
+    dealer_.disconnect(hub_endpoint);
+  } catch (const zmq::error_t& e) {
+    // ENOENT: not connected there (never was, or the endpoint's spelling resolved otherwise).
+    log(LogLevel::kWarn, name_, "leaving ", hub_endpoint, ": ", e.what());
+  }
 }
 
 void BusClient::subscribe(const std::string& publish_endpoint, const std::vector<std::string>& topics) {

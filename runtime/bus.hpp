@@ -150,6 +150,9 @@ class BusClient {
   zmq::socket_t& published() { return subscriber_; }
 
   void connect(const std::string& hub_endpoint);
+  /// Leaves a hub connected to before (a coordinator pair's other one takes over); its queued
+  /// messages are dropped.
+  void disconnect(const std::string& hub_endpoint);
   /// Subscribes to `topics` at `publish_endpoint`; called again, moves to the new endpoint.
   void subscribe(const std::string& publish_endpoint, const std::vector<std::string>& topics);
 

@@ -48,16 +48,26 @@ std::string file_name(std::uint64_t round) {
 CheckpointStore::CheckpointStore(std::string directory, std::size_t keep)
     : directory_(std::move(directory)), keep_(std::max<std::size_t>(keep, 2)) {}
 
-void CheckpointStore::write(std::uint64_t round, const nlohmann::json& meta,
-                            const std::string& payload) const {
+std::string CheckpointStore::write(std::uint64_t round, const nlohmann::json& meta,
+                                   const std::string& payload) const {
   std::filesystem::create_directories(directory_);
   nlohmann::json stamped = meta;
   stamped["round"] = round;
   const std::string body = stamped.dump() + "\n" + payload;
-  write_file_atomically(directory_ + "/" + file_name(round),
-                        std::string(kMagic) + "\n" + crc32_hex(body) + "\n" + body);
+  const std::string path = directory_ + "/" + file_name(round);
+  write_file_atomically(path, std::string(kMagic) + "\n" + crc32_hex(body) + "\n" + body);
   const auto files = files_newest_first();
   for (std::size_t i = keep_; i < files.size(); ++i) std::filesystem::remove(files[i].second);
+  return path;
+}
+
+std::uint64_t CheckpointStore::write_contents(const std::string& contents) const {
+  const std::uint64_t round = parse_checkpoint(contents, "replica").round;
+  std::filesystem::create_directories(directory_);
+  write_file_atomically(directory_ + "/" + file_name(round), contents);
+  const auto files = files_newest_first();
+  for (std::size_t i = keep_; i < files.size(); ++i) std::filesystem::remove(files[i].second);
+  return round;
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> CheckpointStore::files_newest_first() const {
@@ -82,6 +92,10 @@ Checkpoint read_checkpoint(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) throw std::runtime_error("cannot open");
   const std::string contents((std::istreambuf_iterator<char>(file)), {});
+  return parse_checkpoint(contents, path);
+}
+
+Checkpoint parse_checkpoint(const std::string& contents, const std::string& origin) {
   const std::size_t magic_end = contents.find('\n');
   if (magic_end == std::string::npos || contents.compare(0, magic_end, kMagic) != 0) {
     throw std::runtime_error("not a filo checkpoint (bad header)");
@@ -102,9 +116,10 @@ Checkpoint read_checkpoint(const std::string& path) {
   if (checkpoint.meta.is_discarded() || !checkpoint.meta.contains("round")) {
     throw std::runtime_error("metadata is not valid JSON with a round");
   }
+  if (!checkpoint.meta.at("round").is_number_unsigned()) throw std::runtime_error("its round is not a count");
   checkpoint.round = checkpoint.meta.at("round").get<std::uint64_t>();
   checkpoint.payload = body.substr(meta_end + 1);
-  checkpoint.path = path;
+  checkpoint.path = origin;
   return checkpoint;
 }
 
@@ -124,9 +139,10 @@ void CheckpointStore::clear() const {
 }
 
 CheckpointWriter::CheckpointWriter(CheckpointStore store, AfterWrite after_write,
-                                   std::chrono::milliseconds after_write_every)
+                                   std::chrono::milliseconds after_write_every, Written written)
     : store_(std::move(store)),
       after_write_(std::move(after_write)),
+      on_written_(std::move(written)),
       after_write_every_(after_write_every),
       thread_([this] { run(); }) {}
 
@@ -204,7 +220,8 @@ void CheckpointWriter::run() {
     lock.unlock();
     std::string error;
     try {
-      store_.write(job.round, job.meta, encode_safetensors(job.tensors));
+      const std::string path = store_.write(job.round, job.meta, encode_safetensors(job.tensors));
+      if (on_written_) on_written_(job.round, path);
     } catch (const std::exception& e) {
       error = e.what();
       log(LogLevel::kError, "checkpoint", "checkpoint of round ", job.round, " not written: ", error);

@@ -34,8 +34,13 @@ class CheckpointStore {
   /// Checkpoints live in `directory` (created on the first write); `keep` newest are kept.
   CheckpointStore(std::string directory, std::size_t keep = 3);
 
-  /// Writes the checkpoint of `round` durably, then deletes all but the newest `keep`.
-  void write(std::uint64_t round, const nlohmann::json& meta, const std::string& payload) const;
+  /// Writes the checkpoint of `round` durably, then deletes all but the newest `keep`. Returns the
+  /// file's path.
+  std::string write(std::uint64_t round, const nlohmann::json& meta, const std::string& payload) const;
+  /// Keeps a checkpoint file's whole contents as written elsewhere (a replica from the active
+  /// coordinator of a pair): checked first (throws std::runtime_error saying what is wrong, and
+  /// writes nothing), then written durably like write(). Returns its round.
+  std::uint64_t write_contents(const std::string& contents) const;
 
   /// The newest checkpoint whose checksum and layout hold, or none. Each newer file that is
   /// damaged is named in `problems` with what is wrong with it.
@@ -62,11 +67,15 @@ class CheckpointWriter {
   /// throws is logged and does not count against the checkpoint.
   using AfterWrite = std::function<void(std::uint64_t round, const nlohmann::json& meta,
                                         const std::vector<NamedTensor>& tensors)>;
+  /// Called on the writer's thread after every checkpoint written, with its round and file: it must
+  /// only take note (a coordinator pair's link reads the file on a thread of its own).
+  using Written = std::function<void(std::uint64_t round, const std::string& path)>;
 
   /// `after_write` runs at most once per `after_write_every`; the newest checkpoint it skipped
   /// gets it when the writer stops, unless clear() came first.
   explicit CheckpointWriter(CheckpointStore store, AfterWrite after_write = {},
-                            std::chrono::milliseconds after_write_every = std::chrono::milliseconds(0));
+                            std::chrono::milliseconds after_write_every = std::chrono::milliseconds(0),
+                            Written written = {});
   /// Writes what is pending, then joins the thread.
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
@@ -95,6 +104,7 @@ class CheckpointWriter {
 
   CheckpointStore store_;
   AfterWrite after_write_;
+  Written on_written_;
   std::chrono::milliseconds after_write_every_;
   std::chrono::steady_clock::time_point last_after_write_{};  // the writer's thread only
   std::optional<Pending> skipped_after_write_;                // guarded by mutex_
@@ -111,5 +121,7 @@ class CheckpointWriter {
 
 /// Reads and verifies one checkpoint file; throws std::runtime_error saying what is wrong.
 Checkpoint read_checkpoint(const std::string& path);
+/// Verifies a checkpoint file's contents (named `origin` in errors); throws like read_checkpoint.
+Checkpoint parse_checkpoint(const std::string& contents, const std::string& origin);
 
 }  // namespace filo

@@ -196,6 +196,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("robust", "trim", config.robust.trim);
   reader.read("robust", "min_direction", config.robust.min_direction);
   reader.read("robust", "direction_window", config.robust.direction_window);
+  reader.read("ha", "peer", config.ha.peer);
+  reader.read("ha", "standby", config.ha.standby);
   reader.read("train", "precision", config.train.precision);
   reader.read("train", "loss_scale", config.train.loss_scale);
   reader.read("train", "loss_scale_growth_interval", config.train.loss_scale_growth_interval);
@@ -307,6 +309,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
         "security.max_names_per_key must be >= 2 (a trainer and its heartbeat)");
   check(config.bus.heartbeat_interval_ms >= 10, "bus.heartbeat_interval_ms must be >= 10");
   check(config.bus.liveness >= 1, "bus.liveness must be >= 1");
+  check(!coordinator_endpoints(config.bus).empty(), "bus.coordinator names no endpoint");
+  check(!config.ha.standby || !config.ha.peer.empty(),
+        "ha.standby needs ha.peer: the coordinator this one stands by for (--standby-for tcp://HOST:PORT)");
+  if (!config.ha.peer.empty()) {
+    peer_pair_endpoint_for(config.ha);  // throws, naming ha.peer, where it is no tcp://HOST:PORT
+    check(config.ha.peer != config.bus.listen, "ha.peer is this coordinator's own bus.listen");
+    check(config.run.resume, "ha.peer needs run.resume = true: taking over is resuming from the replica");
+    check(config.run.checkpoint_every >= 1,
+          "ha.peer needs run.checkpoint_every >= 1: the standby holds the run's state as of the active's "
+          "last checkpoint");
+  }
   check(config.bus.socket_limits.high_water_mark >= 1, "bus.high_water_mark must be >= 1");
   check(config.bus.socket_limits.max_message_bytes >= 1 << 20,
         "bus.max_message_bytes must be at least 1 MiB");
@@ -485,20 +498,50 @@ std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions&
 }
 
 namespace {
-/// bus.listen with its port moved by `offset` ('*' stays '*').
-std::string listen_port_plus(const BusOptions& bus, int offset) {
-  const auto colon = bus.listen.rfind(':');
-  check(colon != std::string::npos && bus.listen.rfind("tcp://", 0) == 0,
-        "bus.listen must be tcp://HOST:PORT, not \"" + bus.listen + "\"");
-  const std::string port = bus.listen.substr(colon + 1);
-  if (port == "*") return bus.listen;
+/// `endpoint` (named `what` in errors) with its port moved by `offset` ('*' stays '*').
+std::string port_plus(const std::string& endpoint, const std::string& what, int offset) {
+  const auto colon = endpoint.rfind(':');
+  check(colon != std::string::npos && endpoint.rfind("tcp://", 0) == 0,
+        what + " must be tcp://HOST:PORT, not \"" + endpoint + "\"");
+  const std::string port = endpoint.substr(colon + 1);
+  if (port == "*") return endpoint;
   try {
-    return bus.listen.substr(0, colon + 1) + std::to_string(std::stoi(port) + offset);
+    return endpoint.substr(0, colon + 1) + std::to_string(std::stoi(port) + offset);
   } catch (const std::exception&) {
-    throw ConfigError("bus.listen has no numeric port: \"" + bus.listen + "\"");
+    throw ConfigError(what + " has no numeric port: \"" + endpoint + "\"");
   }
 }
+std::string listen_port_plus(const BusOptions& bus, int offset) {
+  return port_plus(bus.listen, "bus.listen", offset);
+}
+constexpr int kPairPortOffset = 3;
 }  // namespace
+
+std::string pair_endpoint_for(const BusOptions& bus) {
+  return listen_port_plus(bus, kPairPortOffset);
+}
+
+std::string peer_pair_endpoint_for(const HaOptions& ha) {
+  return port_plus(ha.peer, "ha.peer", kPairPortOffset);
+}
+
+std::vector<std::string> coordinator_endpoints(const BusOptions& bus) {
+  return split_endpoints(bus.coordinator);
+}
+
+std::vector<std::string> split_endpoints(const std::string& list) {
+  std::vector<std::string> endpoints;
+  std::string rest = list;
+  while (!rest.empty()) {
+    const auto comma = rest.find(',');
+    std::string endpoint = rest.substr(0, comma);
+    rest = comma == std::string::npos ? std::string() : rest.substr(comma + 1);
+    endpoint.erase(0, endpoint.find_first_not_of(' '));
+    endpoint.erase(endpoint.find_last_not_of(' ') + 1);
+    if (!endpoint.empty()) endpoints.push_back(endpoint);
+  }
+  return endpoints;
+}
 
 std::string publish_endpoint_for(const BusOptions& bus) {
   return bus.publish.empty() ? listen_port_plus(bus, 1) : bus.publish;

@@ -170,6 +170,16 @@ struct RunOptions {
   bool resume = true;
 };
 
+/// A coordinator pair (Binary Star): one active, one passive standby that holds the run's state as
+/// of the active's last checkpoint and takes over when the active is lost and a node asks it to.
+struct HaOptions {
+  /// The other coordinator's bus.listen, tcp://HOST:PORT (its pair channel is PORT+3); empty: no pair.
+  std::string peer;
+  /// Start passive (`filo coordinator --standby-for PEER`); otherwise this one is the primary, which
+  /// starts active unless it finds its peer active already.
+  bool standby = false;
+};
+
 struct AdmissionOptions {
   std::int64_t min_memory_mb = 0;         /// a node needs this much available memory
   std::int64_t min_device_memory_mb = 0;  /// a cuda trainer's GPU needs this much memory
@@ -213,6 +223,7 @@ struct Config {
   BusOptions bus;
   NodeOptions node;
   RunOptions run;
+  HaOptions ha;
   AdmissionOptions admission;
   LocalOptions local;
   SecurityOptions security;
@@ -252,5 +263,13 @@ std::shared_ptr<const AuthorizedKeys> authorized_keys_for(const SecurityOptions&
 std::string publish_endpoint_for(const BusOptions& bus);
 /// The models' PUB endpoint the coordinator binds, from bus.model_publish or derived from bus.listen.
 std::string model_endpoint_for(const BusOptions& bus);
+/// The pair channel a coordinator binds (its heartbeats and replicas): bus.listen's port + 3.
+std::string pair_endpoint_for(const BusOptions& bus);
+/// The peer coordinator's pair channel: ha.peer's port + 3.
+std::string peer_pair_endpoint_for(const HaOptions& ha);
+/// bus.coordinator as the list of endpoints it names ("tcp://A:5555,tcp://B:5555": a pair).
+std::vector<std::string> coordinator_endpoints(const BusOptions& bus);
+/// A comma-separated list of endpoints, trimmed, empty entries dropped.
+std::vector<std::string> split_endpoints(const std::string& list);
 
 }  // namespace filo

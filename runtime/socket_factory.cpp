@@ -38,4 +38,18 @@ void SocketFactory::make_curve_server(zmq::socket_t& socket) const {
   socket.set(zmq::sockopt::zap_domain, kZapDomain);
 }
 
+void SocketFactory::make_pair_server(zmq::socket_t& socket) const {
+  make_curve_server(socket);
+  socket.set(zmq::sockopt::zap_domain, kPairZapDomain);
+}
+
+void SocketFactory::make_pair_client(zmq::socket_t& socket) const {
+  if (!curve_.enabled || curve_.own.secret_key.empty()) {
+    throw std::logic_error("a pair client socket needs this process's key pair");
+  }
+  socket.set(zmq::sockopt::curve_serverkey, curve_.own.public_key);
+  socket.set(zmq::sockopt::curve_publickey, curve_.own.public_key);
+  socket.set(zmq::sockopt::curve_secretkey, curve_.own.secret_key);
+}
+
 }  // namespace filo

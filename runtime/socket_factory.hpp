@@ -42,6 +42,11 @@ class SocketFactory {
   /// Makes `socket` a CURVE server with this process's secret key, authenticated by the ZAP
   /// handler of the context (which must be running before the socket binds).
   void make_curve_server(zmq::socket_t& socket) const;
+  /// A coordinator pair's channel: a CURVE server whose ZAP domain admits only this process's own
+  /// key (the pair's two coordinators share the coordinator's key pair).
+  void make_pair_server(zmq::socket_t& socket) const;
+  /// Connects as the pair channel's client: this process's key, for the peer that holds the same.
+  void make_pair_client(zmq::socket_t& socket) const;
 
   const CurveSettings& curve() const { return curve_; }
 

@@ -26,8 +26,11 @@ void reply(zmq::socket_t& socket, zmq::message_t& request_id, const char* code, 
 }  // namespace
 
 ZapHandler::ZapHandler(zmq::context_t& context, std::shared_ptr<const AuthorizedKeys> keys,
-                       DropCounters* drops)
-    : socket_(context, zmq::socket_type::rep), keys_(std::move(keys)), refusals_("zap", drops) {
+                       DropCounters* drops, std::string pair_key)
+    : socket_(context, zmq::socket_type::rep),
+      keys_(std::move(keys)),
+      pair_key_(std::move(pair_key)),
+      refusals_("zap", drops) {
   socket_.set(zmq::sockopt::linger, 0);
   socket_.bind(kZapEndpoint);
   thread_ = std::thread([this] { run(); });
@@ -67,7 +70,19 @@ void ZapHandler::answer(std::vector<zmq::message_t>& request) {
   char z85[41] = {};
   zmq_z85_encode(z85, static_cast<const std::uint8_t*>(request[6].data()), kCurveKeyBytes);
   const std::string public_key(z85);
-  if (keys_->find(public_key) == nullptr) {
+  if (request[2].to_string() == kPairZapDomain) {
+    // The pair's channel carries the run's whole state: no fleet key, not even an operator's.
+    if (pair_key_.empty() || public_key != pair_key_) {
+      ++denied_;
+      refusals_.refuse(address, "zap: not the coordinator's key", "key " + public_key);
+      reply(socket_, request[1], "400", "only the coordinator's key may join the pair channel", "");
+      return;
+    }
+    ++admitted_;
+    reply(socket_, request[1], "200", "OK", public_key);
+    return;
+  }
+  if (keys_ == nullptr || keys_->find(public_key) == nullptr) {
     ++denied_;
     refusals_.refuse(address, "zap: key not authorized", "key " + public_key);
     reply(socket_, request[1], "400", "key not authorized", "");

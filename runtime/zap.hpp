@@ -19,10 +19,15 @@ namespace filo {
 
 /// The ZAP domain the hub's server sockets use.
 constexpr const char* kZapDomain = "filo";
+/// The ZAP domain of a coordinator pair's channel: only the coordinator's own key is admitted.
+constexpr const char* kPairZapDomain = "filo-pair";
 
 class ZapHandler {
  public:
-  ZapHandler(zmq::context_t& context, std::shared_ptr<const AuthorizedKeys> keys, DropCounters* drops);
+  /// `pair_key`: the coordinator's own public key (Z85), the one key the pair's domain admits; empty:
+  /// that domain admits none.
+  ZapHandler(zmq::context_t& context, std::shared_ptr<const AuthorizedKeys> keys, DropCounters* drops,
+             std::string pair_key = {});
   ~ZapHandler();
   ZapHandler(const ZapHandler&) = delete;
   ZapHandler& operator=(const ZapHandler&) = delete;
@@ -36,6 +41,7 @@ class ZapHandler {
 
   zmq::socket_t socket_;
   std::shared_ptr<const AuthorizedKeys> keys_;
+  std::string pair_key_;
   Refusals refusals_;
   std::atomic<std::uint64_t> admitted_{0};
   std::atomic<std::uint64_t> denied_{0};

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -111,4 +112,44 @@ TEST_CASE("the checkpoint writer's thread runs niced, and only it") {
   REQUIRE(niceness);
   CHECK(*niceness == kBackgroundNiceness);
   CHECK(niceness_of("/proc/thread-self") == own_niceness);
+}
+
+TEST_CASE("a replica is kept only whole: checked before it is written, then pruned like any checkpoint") {
+  CheckpointStore active(fresh_directory("replica-active"), 3);
+  const std::string written = active.write(12, {{"epoch", 3}}, binary_payload('r'));
+  std::ifstream file(written, std::ios::binary);
+  const std::string contents((std::istreambuf_iterator<char>(file)), {});
+
+  CheckpointStore standby(fresh_directory("replica-standby"), 3);
+  CHECK(standby.write_contents(contents) == 12);
+  std::vector<std::string> problems;
+  const auto held = standby.load_latest(problems);
+  REQUIRE(held);
+  CHECK(held->round == 12);
+  CHECK(held->payload == binary_payload('r'));
+
+  std::string damaged = contents;
+  damaged[damaged.size() - 10] ^= 0x5a;
+  CHECK_THROWS_WITH_AS(standby.write_contents(damaged), doctest::Contains("checksum mismatch"),
+                       std::runtime_error);
+  CHECK_THROWS_AS(standby.write_contents(contents.substr(0, 20)), std::runtime_error);
+  CHECK(standby.load_latest(problems)->round == 12);  // the good one stands
+}
+
+TEST_CASE("the checkpoint writer names each file it wrote, for a coordinator pair's replica") {
+  const std::string directory = fresh_directory("written");
+  std::mutex mutex;
+  std::vector<std::pair<std::uint64_t, std::string>> seen;
+  {
+    CheckpointWriter writer(CheckpointStore(directory), {}, std::chrono::milliseconds(0),
+                            [&](std::uint64_t round, const std::string& path) {
+                              std::lock_guard<std::mutex> lock(mutex);
+                              seen.emplace_back(round, path);
+                            });
+    writer.submit(4, {{"epoch", 1}}, {});
+    REQUIRE(writer.wait_idle(std::chrono::seconds(10)));
+  }
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].first == 4);
+  CHECK(read_checkpoint(seen[0].second).round == 4);
 }

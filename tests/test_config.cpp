@@ -145,3 +145,24 @@ TEST_CASE(
   CHECK(load_config("", {"robust.combine=trimmed", "optimizer.mode=auto", "optimizer.compression=none"})
             .robust.combine == "trimmed");
 }
+
+TEST_CASE(
+    "a coordinator pair: its peer, the standby flag and the nodes' endpoint list are read and checked") {
+  const Config standby =
+      load_config("", {"ha.peer=tcp://10.0.0.1:5555", "ha.standby=true", "bus.listen=tcp://0.0.0.0:6000"});
+  CHECK(standby.ha.standby);
+  CHECK(pair_endpoint_for(standby.bus) == "tcp://0.0.0.0:6003");
+  CHECK(peer_pair_endpoint_for(standby.ha) == "tcp://10.0.0.1:5558");
+  const Config node = load_config("", {"bus.coordinator=tcp://a:5555, tcp://b:5555"});
+  CHECK(coordinator_endpoints(node.bus) == std::vector<std::string>{"tcp://a:5555", "tcp://b:5555"});
+  CHECK_THROWS_WITH_AS(load_config("", {"ha.standby=true"}), doctest::Contains("ha.standby needs ha.peer"),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(load_config("", {"ha.peer=b:5555"}),
+                       doctest::Contains("ha.peer must be tcp://HOST:PORT"), ConfigError);
+  CHECK_THROWS_WITH_AS(load_config("", {"ha.peer=tcp://b:5555", "run.checkpoint_every=0"}),
+                       doctest::Contains("run.checkpoint_every >= 1"), ConfigError);
+  CHECK_THROWS_WITH_AS(load_config("", {"ha.peer=tcp://127.0.0.1:5555"}), doctest::Contains("own bus.listen"),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(load_config("", {"bus.coordinator= , "}),
+                       doctest::Contains("bus.coordinator names no"), ConfigError);
+}

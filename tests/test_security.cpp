@@ -11,10 +11,14 @@
 #include <fstream>
 #include <memory>
 #include <vector>
+#include <zmq_addon.hpp>
 
+#include "actors/coordinator_pair.hpp"
+#include "messages/codec.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
 #include "messages/model.hpp"
+#include "messages/pair.hpp"
 #include "messages/round.hpp"
 #include "messages/test_aid.hpp"
 #include "runtime/bus.hpp"
@@ -338,4 +342,53 @@ TEST_CASE("log lines escape control characters, so a name cannot forge a line") 
   CHECK(printable("trainer@x\n12:00:00.000 info  [registrar] all fine") ==
         "trainer@x\\x0a12:00:00.000 info  [registrar] all fine");
   CHECK(printable("\x1b[2J") == "\\x1b[2J");
+}
+
+namespace {
+/// A subscriber to a coordinator pair's channel holding `key`: what a peer coordinator (the
+/// coordinator's own key) or anyone else would hear there.
+std::optional<msg::PairState> hear_pair_state(const SecureBus& bus, const KeyPair& key,
+                                              const std::string& endpoint) {
+  zmq::context_t context;
+  zmq::socket_t subscriber(context, zmq::socket_type::sub);
+  subscriber.set(zmq::sockopt::linger, 0);
+  subscriber.set(zmq::sockopt::curve_serverkey, read_public_key(coordinator_public_key_file(bus.keys_dir)));
+  subscriber.set(zmq::sockopt::curve_publickey, key.public_key);
+  subscriber.set(zmq::sockopt::curve_secretkey, key.secret_key);
+  subscriber.set(zmq::sockopt::subscribe, msg::kPairStateTopic);
+  subscriber.connect(endpoint);
+  const auto deadline = Clock::now() + Milliseconds(1500);
+  while (Clock::now() < deadline) {
+    zmq::pollitem_t item{subscriber.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(20));
+    std::vector<zmq::message_t> frames;
+    if (!zmq::recv_multipart(subscriber, std::back_inserter(frames), zmq::recv_flags::dontwait)) continue;
+    if (frames.size() != 2) continue;
+    auto state = decode_frame<msg::PairState>(frames[1], BodyLimits{});
+    if (state) return state.value();
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+TEST_CASE("a coordinator pair's channel admits the coordinator's own key alone, not even an operator's") {
+  SecureBus bus;
+  PairOptions options;
+  const int port = 41000 + static_cast<int>(getpid() % 4000);
+  options.own_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  options.peer_endpoint = "tcp://127.0.0.1:" + std::to_string(port + 1);  // nobody there
+  options.run_dir = fresh_directory("pair");
+  options.heartbeat_interval = Milliseconds(50);
+  PairLink link(*bus.sockets, options, "run-1", 3);
+  const auto coordinator_key = read_key_pair(role_key_file(bus.keys_dir, PeerRole::kCoordinator));
+  const auto state = hear_pair_state(bus, coordinator_key, options.own_endpoint);
+  REQUIRE(state);
+  CHECK(state->role == msg::PairRole::kActive);
+  CHECK(state->run_id == "run-1");
+  CHECK(state->incarnation == 3);
+  for (PeerRole role : {PeerRole::kOperator, PeerRole::kMonitor, PeerRole::kTrainer}) {
+    CAPTURE(role_name(role));
+    CHECK_FALSE(hear_pair_state(bus, role_key(bus, role), options.own_endpoint));
+  }
+  CHECK(bus.dropped("zap: not the coordinator's key") >= 3);
 }

@@ -55,6 +55,10 @@ constexpr auto kRunTimeout = 600s;
 constexpr double kAccuracyTolerance = 0.01;
 constexpr double kRejoinLimitSeconds = 5.0;
 constexpr std::uint64_t kMaxRoundsLostToCoordinatorKill = 1;
+/// A failover, from the old active's last round to the new one's first: the issue's worst case.
+constexpr double kMaxFailoverSeconds = 5.0;
+/// Replicas follow each checkpoint; on a busy 2-core machine the checkpoint writer may skip one.
+constexpr std::uint64_t kMaxRoundsLostToFailover = 2;
 constexpr int kExitSkipped = 77;            // ctest's SKIP_RETURN_CODE
 constexpr auto kLinkDownFor = 3s;           // three times the liveness timeout of the scenarios
 constexpr int kCappedKilobits = 2000;       // a 2 Mbit/s link: the model takes longer than the compute
@@ -116,53 +120,60 @@ class EventRecorder {
     return curve_settings_for(security, PeerRole::kMonitor);
   }
 
-  EventRecorder(const std::string& endpoint, const std::string& keys_dir, History& history)
-      : sockets_(context_, SocketLimits{}, monitor_curve(keys_dir)),
-        bus_(sockets_, "fault-recorder"),
-        history_(history) {
-    bus_.subscribe(endpoint, {kEventTopic});
+  /// `endpoints`: the coordinator's events, or both of a pair's (each publishes while it is active).
+  EventRecorder(const std::vector<std::string>& endpoints, const std::string& keys_dir, History& history)
+      : sockets_(context_, SocketLimits{}, monitor_curve(keys_dir)), history_(history) {
+    for (const auto& endpoint : endpoints) {
+      buses_.push_back(std::make_unique<BusClient>(sockets_, "fault-recorder"));
+      buses_.back()->subscribe(endpoint, {kEventTopic});
+    }
     thread_ = ScopedThread([this] { run(); });
   }
   ~EventRecorder() { stop_.request_stop(); }
 
  private:
   void run() {
+    std::vector<zmq::pollitem_t> items;
+    for (auto& bus : buses_) items.push_back({bus->published().handle(), 0, ZMQ_POLLIN, 0});
     while (!stop_.stop_requested()) {
-      zmq::pollitem_t item{bus_.published().handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, std::chrono::milliseconds(100));
-      while (auto incoming = bus_.receive(bus_.published())) {
-        if (!msg::is_event_kind(incoming->envelope.kind)) continue;
-        auto event = msg::decode_event(incoming->envelope.kind, incoming->body, bus_.limits());
-        if (!event) continue;
-        json entry = msg::event_json(event.value(), 0.0);
-        entry.erase("time");  // the history stamps its own
-        entry["kind"] = "event";
-        history_.record(std::move(entry));
+      zmq::poll(items.data(), items.size(), std::chrono::milliseconds(100));
+      for (std::size_t source = 0; source < buses_.size(); ++source) {
+        BusClient& bus = *buses_[source];
+        while (auto incoming = bus.receive(bus.published())) {
+          if (!msg::is_event_kind(incoming->envelope.kind)) continue;
+          auto event = msg::decode_event(incoming->envelope.kind, incoming->body, bus.limits());
+          if (!event) continue;
+          json entry = msg::event_json(event.value(), 0.0);
+          entry.erase("time");  // the history stamps its own
+          entry["kind"] = "event";
+          if (buses_.size() > 1) entry["coordinator"] = source;  // which of a pair published it
+          history_.record(std::move(entry));
+        }
       }
     }
   }
 
   zmq::context_t context_;
   SocketFactory sockets_;
-  BusClient bus_;
+  std::vector<std::unique_ptr<BusClient>> buses_;
   History& history_;
   StopFlag stop_;
   ScopedThread thread_;  // last: joined before the socket closes
 };
 
-int free_port_triple(const std::string& host) {
-  // Three consecutive free ports: the coordinator listens on P, publishes events on P + 1 and
-  // models on P + 2. Below the kernel's ephemeral range (32768 up), where no outgoing connection
-  // takes one between this check and the coordinator's bind, and checked on the address it binds
-  // (all of them, with namespaces): a port free on 127.0.0.1 alone once failed it with "Address
-  // already in use".
+int free_ports(const std::string& host, int count) {
+  // Consecutive free ports: the coordinator listens on P, publishes events on P + 1, models on
+  // P + 2 and, in a pair, its pair channel on P + 3 (the standby's four follow). Below the kernel's ephemeral
+  // range (32768 up), where no outgoing connection takes one between this check and the coordinator's bind,
+  // and checked on the address it binds (all of them, with namespaces): a port free on 127.0.0.1 alone once
+  // failed it with "Address already in use".
   std::mt19937 random(static_cast<unsigned>(getpid()));
   for (int attempt = 0; attempt < 200; ++attempt) {
-    const int port = 20000 + static_cast<int>(random() % 4000) * 3;
+    const int port = 20000 + static_cast<int>(random() % (12000 / count)) * count;
     zmq::context_t context;
     try {
       std::vector<zmq::socket_t> sockets;
-      for (int offset = 0; offset < 3; ++offset) {
+      for (int offset = 0; offset < count; ++offset) {
         sockets.emplace_back(context, zmq::socket_type::router);
         sockets.back().set(zmq::sockopt::linger, 0);
         sockets.back().bind("tcp://" + host + ":" + std::to_string(port + offset));
@@ -171,7 +182,7 @@ int free_port_triple(const std::string& host) {
     } catch (const zmq::error_t&) {
     }
   }
-  throw std::runtime_error("no three consecutive free ports found");
+  throw std::runtime_error("no " + std::to_string(count) + " consecutive free ports found");
 }
 
 struct Instance {
@@ -183,12 +194,68 @@ struct Instance {
 /// The processes of one scenario. Every start, kill and stop is a fault or an action in the history.
 class FaultCluster {
  public:
-  FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history, bool namespaces)
+  /// `pair`: two coordinators, a primary on run_dir and its standby on run_dir/standby.
+  FaultCluster(std::string run_dir, std::vector<std::string> settings, History& history, bool namespaces,
+               bool pair = false)
       : run_dir_(std::move(run_dir)),
         settings_(with_fleet_keys(run_dir_, std::move(settings))),
         history_(history),
-        port_(free_port_triple(namespaces ? "0.0.0.0" : "127.0.0.1")),
-        namespaces_(namespaces) {}
+        port_(free_ports(namespaces ? "0.0.0.0" : "127.0.0.1", pair ? 2 * kPairPorts : 3)),
+        namespaces_(namespaces),
+        pair_(pair) {}
+
+  static constexpr int kPairPorts = 4;  // listen, events, models, pair channel
+  /// A pair's member: 0 the primary, 1 the standby.
+  std::string member_router(int member) const {
+    return "tcp://127.0.0.1:" + std::to_string(port_ + member * kPairPorts);
+  }
+  std::string member_events(int member) const {
+    return "tcp://127.0.0.1:" + std::to_string(port_ + member * kPairPorts + 1);
+  }
+  std::string member_run_dir(int member) const { return member == 0 ? run_dir_ : run_dir_ + "/standby"; }
+  std::vector<std::string> event_endpoints() const {
+    if (!pair_) return {events()};
+    return {member_events(0), member_events(1)};
+  }
+
+  /// Starts a pair's member: the primary names its peer, the standby stands by for the primary.
+  double start_member(int member) {
+    std::vector<std::string> arguments{FILO_BINARY,
+                                       "coordinator",
+                                       "--listen",
+                                       member_router(member),
+                                       "--run-dir",
+                                       member_run_dir(member),
+                                       member == 0 ? "--peer" : "--standby-for",
+                                       member_router(1 - member)};
+    for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
+    const std::string name = member == 0 ? "primary" : "standby";
+    const std::string log =
+        run_dir_ + "/logs/" + name + "-" + std::to_string(++member_starts_[member]) + ".log";
+    members_[member].push_back({name, ChildProcess(arguments, log), false});
+    member_logs_[member] = log;
+    return history_.record({{"kind", "action"}, {"action", "start"}, {"target", name}, {"log", log}});
+  }
+
+  /// Waits until the member's log (of its last start) has a line with `text`; false after `timeout`.
+  bool member_logged(int member, const std::string& text, std::chrono::seconds timeout) const {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      std::ifstream log(member_logs_[member]);
+      for (std::string line; std::getline(log, line);)
+        if (line.find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  double kill_member(int member) {
+    Instance& instance = members_[member].back();
+    instance.process.signal(SIGKILL);
+    instance.killed_on_purpose = true;
+    instance.process.wait_for(10s);
+    return history_.record({{"kind", "fault"}, {"action", "Killed"}, {"target", instance.name}});
+  }
 
   /// The fleet's keys, written once per scenario: every process finds its own there by its role.
   static std::vector<std::string> with_fleet_keys(const std::string& run_dir,
@@ -202,10 +269,16 @@ class FaultCluster {
   std::string keys_dir() const { return run_dir_ + "/keys"; }
   /// The running coordinator's pid, or 0.
   pid_t coordinator_pid() {
+    if (pair_) {  // the primary's, while it runs
+      if (members_[0].empty() || !members_[0].back().process.running()) return 0;
+      return members_[0].back().process.pid();
+    }
     if (coordinators_.empty() || !coordinators_.back().process.running()) return 0;
     return coordinators_.back().process.pid();
   }
   std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  /// What nodes are given: the coordinator, or a pair's two.
+  std::string coordinators() const { return pair_ ? member_router(0) + "," + member_router(1) : router(); }
   std::string events() const { return "tcp://127.0.0.1:" + std::to_string(port_ + 1); }
   const std::string& run_dir() const { return run_dir_; }
 
@@ -220,7 +293,7 @@ class FaultCluster {
   }
 
   double start_node(const std::string& name) {
-    std::vector<std::string> arguments{FILO_BINARY, "node", "--coordinator", router(), "--name", name};
+    std::vector<std::string> arguments{FILO_BINARY, "node", "--coordinator", coordinators(), "--name", name};
     if (namespaces_) {
       NodeNetwork& network = network_of(name);
       arguments[3] = "tcp://" + network.host_address() + ":" + std::to_string(port_);
@@ -284,10 +357,27 @@ class FaultCluster {
   /// Waits for the run's end; returns the problems found with any process's exit.
   std::vector<std::string> wait_for_exit() {
     std::vector<std::string> problems;
-    const auto code = coordinators_.back().process.wait_for(kRunTimeout);
-    if (code != std::optional<int>(0)) {
-      problems.push_back("the coordinator " +
-                         (code ? "exited with " + std::to_string(*code) : std::string("did not finish")));
+    if (pair_) {
+      // Both ends of a pair end by themselves: the active one with the run, the passive one when it
+      // hears so. Those killed on purpose show it.
+      for (auto& instances : members_) {
+        for (auto& instance : instances) {
+          const auto code = instance.process.wait_for(kRunTimeout);
+          const int expected = instance.killed_on_purpose ? 128 + SIGKILL : 0;
+          if (code != std::optional<int>(expected)) {
+            problems.push_back(
+                "a " + instance.name + " coordinator " +
+                (code ? "exited with " + std::to_string(*code) : std::string("did not finish")) +
+                ", expected " + std::to_string(expected));
+          }
+        }
+      }
+    } else {
+      const auto code = coordinators_.back().process.wait_for(kRunTimeout);
+      if (code != std::optional<int>(0)) {
+        problems.push_back("the coordinator " +
+                           (code ? "exited with " + std::to_string(*code) : std::string("did not finish")));
+      }
     }
     for (auto& instance : nodes_) {
       const auto node_code = instance.process.wait_for(30s);
@@ -307,11 +397,15 @@ class FaultCluster {
   History& history_;
   int port_;
   bool namespaces_;
+  bool pair_;
   int coordinator_starts_ = 0;
+  std::array<int, 2> member_starts_{};
+  std::array<std::string, 2> member_logs_;
   std::map<std::string, int> node_starts_;
   std::map<std::string, std::unique_ptr<NodeNetwork>> networks_;  // before the processes: outlives them
   std::vector<Instance> coordinators_;
-  std::vector<Instance> nodes_;  // every instance ever started, in order
+  std::vector<Instance> nodes_;                   // every instance ever started, in order
+  std::array<std::vector<Instance>, 2> members_;  // a pair's primary and standby, every start
 };
 
 std::string trainer_of(const std::string& node) {
@@ -459,6 +553,87 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
                                 " rounds lost to the coordinator kill (at most " + std::to_string(allowed) +
                                 ")");
   }
+}
+
+/// A coordinator pair: the standby killed and restarted while the primary runs; then `failovers`
+/// kills of whichever is active, mid-round, each restarted at once (it must come back passive).
+/// Each failover is measured from the last round the old active closed to the first round the new
+/// one closes. Returns the member active at the end.
+int fail_over(FaultCluster& cluster, History& history, Measures& measures, int failovers) {
+  const auto round_after = [&](double after_t, const std::string& what) {
+    return require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, after_t),
+                   what, measures);
+  };
+  // A restarted member stands by once it holds a replica of the active's state.
+  const auto standing_by = [&](int member) {
+    if (!cluster.member_logged(member, "holding the run", kEventWait))
+      require(std::nullopt, "the restarted coordinator to hold a replica", measures);
+    history.record(
+        {{"kind", "action"}, {"action", "holds a replica"}, {"target", member == 0 ? "primary" : "standby"}});
+  };
+  // The standby, killed and restarted while the primary runs: the run does not notice.
+  round_after(history.now(), "a round before the standby's kill");
+  cluster.kill_member(1);
+  cluster.start_member(1);
+  standing_by(1);
+  int active = 0;
+  for (int k = 0; k < failovers; ++k) {
+    // Some rounds first, so that the restarted peer holds a replica; then a kill mid-round.
+    const double from = history.now();
+    std::optional<json> last_round;
+    for (int i = 0; i < 15; ++i)
+      last_round = round_after(last_round ? last_round->at("t").get<double>() : from,
+                               "rounds before failover " + std::to_string(k + 1));
+    std::this_thread::sleep_for(std::chrono::duration<double>(0.5 * last_round->value("seconds", 0.02)));
+    std::uint64_t last_closed = 0;
+    double last_closed_t = 0.0;
+    history.wait_for(
+        [&](const json& e) {
+          if (is_event(e, "round") && e.at("round").get<std::uint64_t>() >= last_closed) {
+            last_closed = e.at("round").get<std::uint64_t>();
+            last_closed_t = e.at("t").get<double>();
+          }
+          return false;
+        },
+        0s);
+    const double kill_t = cluster.kill_member(active);
+    // The new active's first round (its "resumed" event goes out as it plans that round, often
+    // before this recorder's subscription to its freshly bound publisher is connected).
+    const int next = 1 - active;
+    const auto first =
+        require(history.wait_for(
+                    [&](const json& e) { return is_event(e, "round") && e.value("coordinator", -1) == next; },
+                    kEventWait, kill_t),
+                "the standby to take over (failover " + std::to_string(k + 1) + ")", measures);
+    const json started = json::parse(std::ifstream(cluster.member_run_dir(next) + "/coordinator.json"));
+    const auto after = started.at("resumed_after_round").get<std::uint64_t>();
+    const std::uint64_t lost = last_closed > after ? last_closed - after : 0;
+    measures.rounds_lost = std::max<std::uint64_t>(measures.rounds_lost.value_or(0), lost);
+    measures.detection_seconds.push_back(first.at("t").get<double>() - kill_t);
+    const double gap = first.at("t").get<double>() - last_closed_t;
+    measures.rejoin_seconds.push_back(gap);
+    history.record({{"kind", "measure"},
+                    {"failover", k + 1},
+                    {"last_round_of_old_active", last_closed},
+                    {"resumed_after_round", after},
+                    {"first_round_of_new_active", first.at("round")},
+                    {"seconds_between_their_rounds", gap}});
+    if (gap > kMaxFailoverSeconds) {
+      std::ostringstream problem;
+      problem << "failover " << k + 1 << ": " << gap
+              << " s from the old active's last round to the new one's first"
+              << " (limit " << kMaxFailoverSeconds << " s)";
+      measures.problems.push_back(problem.str());
+    }
+    if (lost > kMaxRoundsLostToFailover) {
+      measures.problems.push_back("failover " + std::to_string(k + 1) + " lost " + std::to_string(lost) +
+                                  " rounds (at most " + std::to_string(kMaxRoundsLostToFailover) + ")");
+    }
+    cluster.start_member(active);  // back as the passive one: its peer is active
+    standing_by(active);
+    active = 1 - active;
+  }
+  return active;
 }
 
 /// Take a node's link down past the liveness timeout and up again: the registrar declares it
@@ -707,7 +882,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
                  "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap, hostile, slow-links, auto-links")
+                 "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover")
       ->required();
   app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
       ->check(CLI::Range(100, 10'000'000));
@@ -720,6 +895,9 @@ int main(int argc, char** argv) {
                  "kill-trainer: kills at the named moments of a round, the trainers in turn (5, and one more "
                  "at re-admission); more for a soak add kills at random moments");
   app.add_option("--set", extra_settings, "configuration override for every process, section.key=value");
+  int failovers = 3;
+  app.add_option("--failovers", failovers, "failover: kills of the active coordinator of a pair (3)")
+      ->check(CLI::Range(1, 50));
   CLI11_PARSE(app, argc, argv);
 
   const bool slow_links = scenario == "slow-links";
@@ -738,6 +916,8 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
+  const bool pair = scenario == "failover";
+  std::string final_run_dir = run_dir;  // where the run's summary and record end up
   std::vector<std::string> settings{
       "data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=4", "schedule.round_samples=128",
       // The transfer rule stays on where it is the subject; elsewhere a
@@ -766,8 +946,8 @@ int main(int argc, char** argv) {
   json result{{"scenario", scenario}};
   const auto started = Clock::now();
   try {
-    FaultCluster cluster(run_dir, settings, history, namespaces);
-    EventRecorder recorder(cluster.events(), cluster.keys_dir(), history);
+    FaultCluster cluster(run_dir, settings, history, namespaces, pair);
+    EventRecorder recorder(cluster.event_endpoints(), cluster.keys_dir(), history);
     KeyPair intruder;
     if (scenario == "hostile") {
       // The attacker holds a key the coordinator trusts, for a node of its own: what a lab's
@@ -778,7 +958,13 @@ int main(int argc, char** argv) {
     }
     // Declared after the cluster, so that its sampling thread stops before the cluster goes.
     PeakMemory peak_memory([&cluster] { return cluster.coordinator_pid(); });
-    cluster.start_coordinator();
+    if (pair) {
+      cluster.start_member(1);  // the standby first: the primary finds it passive and starts at once
+      std::this_thread::sleep_for(300ms);
+      cluster.start_member(0);
+    } else {
+      cluster.start_coordinator();
+    }
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
       cluster.start_node(node);
@@ -833,6 +1019,8 @@ int main(int argc, char** argv) {
       // The whole run on capped links: check_record asks for exact epochs and rounds in order.
       history.record({{"kind", "action"},
                       {"action", "run on links capped at " + std::to_string(rate_kbit) + " kbit/s"}});
+    } else if (pair) {
+      final_run_dir = cluster.member_run_dir(fail_over(cluster, history, measures, failovers));
     } else if (scenario != "baseline") {
       throw std::runtime_error("unknown scenario '" + scenario + "'");
     }
@@ -853,7 +1041,7 @@ int main(int argc, char** argv) {
       measures.problems.push_back("no baseline summary at " + baseline_path);
     }
   }
-  check_record(run_dir, baseline_accuracy, measures, result);
+  check_record(final_run_dir, baseline_accuracy, measures, result);
   result["coordinator_peak_rss_bytes"] = peak_bytes;
   if (scenario == "hostile" && measures.problems.empty()) {
     check_hostile(run_dir, attacks, history, peak_bytes, baseline_path, measures, result);

@@ -509,11 +509,21 @@ int main(int argc, char** argv) {
   coordinator->add_option_function<std::string>("--epochs", flag("schedule.epochs"), "epochs to train");
   coordinator->add_option_function<std::string>("--run-dir", flag("run.run_dir"),
                                                 "where summary.json, rounds.jsonl and the model go");
+  coordinator->add_option_function<std::string>(
+      "--standby-for",
+      [&flag_overrides](const std::string& primary) {
+        flag_overrides.push_back("ha.peer=" + primary);
+        flag_overrides.push_back("ha.standby=true");
+      },
+      "start passive, as the standby of the coordinator listening at tcp://HOST:PORT (its pair)");
+  coordinator->add_option_function<std::string>("--peer", flag("ha.peer"),
+                                                "the primary of a pair: its standby's tcp://HOST:PORT");
 
   auto* node = app.add_subcommand("node", "benchmark this machine and run a trainer for a coordinator");
   add_common(node);
-  node->add_option_function<std::string>("--coordinator", flag("bus.coordinator"),
-                                         "the coordinator's tcp://HOST:PORT");
+  node->add_option_function<std::string>(
+      "--coordinator", flag("bus.coordinator"),
+      "the coordinator's tcp://HOST:PORT, or a pair's two, comma-separated");
   node->add_option_function<std::string>("--name", flag("node.name"), "this node's name (default: hostname)");
   node->add_option_function<std::string>("--device", flag("node.device"), "cpu or cuda:N");
   node->add_option_function<std::string>("--threads", flag("node.threads"),

@@ -1,0 +1,427 @@
+#include "actors/coordinator_pair.hpp"
+
+#include <unistd.h>
+
+#include <array>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <vector>
+
+#include "messages/codec.hpp"
+#include "runtime/checkpoint.hpp"
+#include "runtime/log.hpp"
+#include "runtime/thread_name.hpp"
+#include "runtime/zap.hpp"
+
+namespace filo {
+namespace {
+constexpr const char* kLogName = "pair";
+/// How often the active link looks for a checkpoint to replicate, and the standby's poll slice.
+constexpr Milliseconds kPollSlice{10};
+/// A replica carries a whole checkpoint (model and optimizer state): at most this much is taken.
+constexpr std::int64_t kMaxReplicaBytes = std::int64_t{4} << 30;
+/// Replicas queued for a slow peer: only the newest matters, so a short queue.
+constexpr int kReplicaQueue = 4;
+/// A standby says it holds a newer replica at most this often in its log.
+constexpr double kReplicaLogSeconds = 10.0;
+
+BodyLimits pair_limits() {
+  BodyLimits limits;
+  limits.max_bytes = 1u << 16;
+  limits.max_string = 1u << 12;
+  return limits;
+}
+
+void send_state(zmq::socket_t& publisher, const msg::PairState& state) {
+  std::array<zmq::message_t, 2> frames{zmq::message_t(std::string(msg::kPairStateTopic)),
+                                       encode_frame(state)};
+  zmq::send_multipart(publisher, frames, zmq::send_flags::dontwait);
+}
+
+/// A file read straight into a frame.
+zmq::message_t read_whole_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) throw std::runtime_error("cannot open " + path);
+  const auto size = static_cast<std::size_t>(file.tellg());
+  zmq::message_t frame(size);
+  file.seekg(0);
+  if (!file.read(static_cast<char*>(frame.data()), static_cast<std::streamsize>(size)))
+    throw std::runtime_error("cannot read " + path);
+  return frame;
+}
+
+/// rounds.jsonl from `offset` to its last complete line (the scheduler may be writing the next).
+std::string rounds_from(const std::string& path, std::uint64_t offset) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return {};
+  file.seekg(static_cast<std::streamoff>(offset));
+  std::string tail(std::istreambuf_iterator<char>(file), {});
+  const auto last_line_end = tail.rfind('\n');
+  tail.resize(last_line_end == std::string::npos ? 0 : last_line_end + 1);
+  return tail;
+}
+
+std::uint64_t file_size_or_zero(const std::string& path) {
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  return error ? 0 : size;
+}
+
+/// The pair channel's sockets, made alike for both sides.
+zmq::socket_t pair_publisher(const SocketFactory& sockets, const std::string& endpoint) {
+  zmq::socket_t publisher = sockets.make(zmq::socket_type::pub);
+  publisher.set(zmq::sockopt::sndhwm, kReplicaQueue);
+  publisher.set(zmq::sockopt::linger, 200);
+  if (sockets.curve().enabled) sockets.make_pair_server(publisher);
+  publisher.bind(endpoint);
+  return publisher;
+}
+
+zmq::socket_t pair_subscriber(const SocketFactory& sockets, const std::string& endpoint) {
+  zmq::socket_t subscriber = sockets.make(zmq::socket_type::sub);
+  subscriber.set(zmq::sockopt::rcvhwm, kReplicaQueue);
+  subscriber.set(zmq::sockopt::maxmsgsize, kMaxReplicaBytes);
+  subscriber.set(zmq::sockopt::linger, 0);
+  if (sockets.curve().enabled) sockets.make_pair_client(subscriber);
+  subscriber.set(zmq::sockopt::subscribe, msg::kPairStateTopic);
+  subscriber.set(zmq::sockopt::subscribe, msg::kReplicaTopic);
+  subscriber.connect(endpoint);
+  return subscriber;
+}
+
+/// One message from the peer's channel, or nothing.
+std::optional<std::vector<zmq::message_t>> receive_frames(zmq::socket_t& socket) {
+  std::vector<zmq::message_t> frames;
+  if (!zmq::recv_multipart(socket, std::back_inserter(frames), zmq::recv_flags::dontwait))
+    return std::nullopt;
+  return frames;
+}
+
+std::optional<msg::PairState> as_state(const std::vector<zmq::message_t>& frames) {
+  if (frames.size() != 2 || frames[0].to_string_view() != msg::kPairStateTopic) return std::nullopt;
+  auto state = decode_frame<msg::PairState>(frames[1], pair_limits());
+  if (!state) {
+    log(LogLevel::kWarn, kLogName, "a malformed pair state from the peer: ", state.error());
+    return std::nullopt;
+  }
+  return state.value();
+}
+
+/// The passive side: hears the peer and keeps its replicas; hears nodes that ask for it.
+class Standby {
+ public:
+  Standby(const PairOptions& options, const CurveSettings& curve, bool primary_start)
+      : options_(options),
+        primary_start_(primary_start),
+        sockets_(context_, SocketLimits{}, curve),
+        store_(options.run_dir + "/checkpoints"),
+        started_(Clock::now()) {
+    if (curve.enabled) {
+      zap_.emplace(context_, options.authorized_keys, nullptr, curve.own.public_key);
+    }
+    listener_ = sockets_.make(zmq::socket_type::router);
+    listener_.set(zmq::sockopt::linger, 0);
+    listener_.set(zmq::sockopt::maxmsgsize, std::int64_t{1} << 20);  // a node's report, never a model
+    if (curve.enabled) sockets_.make_curve_server(listener_);
+    listener_.bind(options.listen);
+    publisher_ = pair_publisher(sockets_, options.own_endpoint);
+    subscriber_ = pair_subscriber(sockets_, options.peer_endpoint);
+    // The newest checkpoint of this run directory until a replica comes: a primary that restarts
+    // passive resumes from its own if it must take over before its peer sends one.
+    std::vector<std::string> problems;
+    if (auto newest = store_.load_latest(problems)) {
+      replica_round_ = newest->round;
+      run_id_ = newest->meta.value("run", nlohmann::json::object()).value("run_id", std::string());
+    }
+  }
+
+  StandbyOutcome run(const StopFlag& stop) {
+    log(LogLevel::kInfo, kLogName,
+        primary_start_ ? "primary starting: listening to its peer at "
+                       : "passive: standing by for the coordinator at ",
+        options_.peer_endpoint, "; nodes that lose it may ask at ", options_.listen);
+    const double lost_after = static_cast<double>(options_.liveness) *
+                              std::chrono::duration<double>(options_.heartbeat_interval).count();
+    Clock::time_point next_heartbeat = Clock::now();
+    while (!stop.stop_requested()) {
+      std::array<zmq::pollitem_t, 2> items{
+          {{subscriber_.handle(), 0, ZMQ_POLLIN, 0}, {listener_.handle(), 0, ZMQ_POLLIN, 0}}};
+      zmq::poll(items.data(), items.size(), kPollSlice);
+      const Clock::time_point now = Clock::now();
+      while (auto frames = receive_frames(subscriber_)) {
+        if (auto state = as_state(*frames)) {
+          if (!peer_heard_)
+            log(LogLevel::kInfo, kLogName, "heard the peer, ", msg::pair_role_name(state->role), ", after ",
+                seconds_between(started_, now), " s");
+          peer_heard_ = now;
+          peer_ = *state;
+        } else if (frames->size() == 4 && (*frames)[0].to_string_view() == msg::kReplicaTopic) {
+          keep_replica(*frames);
+        }
+      }
+      while (auto frames = receive_frames(listener_)) note_request(*frames, now);
+      if (now >= next_heartbeat) {
+        say_state();
+        next_heartbeat = now + options_.heartbeat_interval;
+      }
+      const double silent = seconds_between(peer_heard_.value_or(started_), now);
+      if (peer_heard_ && peer_->role == msg::PairRole::kFinished) {
+        return outcome(StandbyOutcome::Kind::kRunFinished, false, "the active coordinator finished the run",
+                       silent, now);
+      }
+      if (primary_start_) {
+        if (peer_heard_ && peer_->role == msg::PairRole::kActive) {
+          primary_start_ = false;  // its peer took over: this one stays passive
+          log(LogLevel::kWarn, kLogName, "the peer at ", options_.peer_endpoint,
+              " is active (coordinator start ", peer_->incarnation, ", round ", peer_->round,
+              "): this coordinator stays passive");
+        } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive) {
+          return outcome(StandbyOutcome::Kind::kBecomeActive, false, "primary: its peer is passive", silent,
+                         now);
+        } else if (silent > 2 * lost_after) {
+          // Twice the peer's liveness: a peer that is active must be heard before this one acts too.
+          return outcome(StandbyOutcome::Kind::kBecomeActive, false,
+                         "primary: no peer heard in " + std::to_string(2 * lost_after) + " s", silent, now);
+        }
+        continue;
+      }
+      // Binary Star's rule: lost the active AND a node asked (votes older than the loss do not count).
+      const bool peer_lost = silent > lost_after;
+      const bool asked = last_request_ && seconds_between(*last_request_, now) <= lost_after;
+      if (peer_lost && asked) {
+        return outcome(StandbyOutcome::Kind::kBecomeActive, true,
+                       "the active coordinator was silent for " + std::to_string(silent) + " s and " +
+                           requester_ + " asked here",
+                       silent, now);
+      }
+    }
+    return outcome(StandbyOutcome::Kind::kStopped, false, "stopped", 0.0, Clock::now());
+  }
+
+ private:
+  StandbyOutcome outcome(StandbyOutcome::Kind kind, bool failover, std::string reason, double silent,
+                         Clock::time_point now) const {
+    StandbyOutcome result;
+    result.kind = kind;
+    result.failover = failover;
+    result.reason = std::move(reason);
+    result.peer_silent_seconds = silent;
+    result.replica_round = replica_round_;
+    result.decided = now;
+    log(LogLevel::kWarn, kLogName, result.reason, replica_round_ ? "; newest replica: round " : "",
+        replica_round_ ? std::to_string(replica_round_) : std::string());
+    return result;
+  }
+
+  void keep_replica(const std::vector<zmq::message_t>& frames) {
+    auto header = decode_frame<msg::ReplicaHeader>(frames[1], pair_limits());
+    if (!header || header.value().bytes != frames[2].size()) {
+      log(LogLevel::kError, kLogName, "a replica from the peer was refused: ",
+          header ? "its size does not match its header" : header.error());
+      return;
+    }
+    try {
+      // A coordinator that was active keeps checkpoints of a history its peer has since left: the
+      // first replica replaces them all, so that a resume never picks a stale newer one.
+      if (!cleared_) store_.clear();
+      cleared_ = true;
+      replica_round_ = store_.write_contents(frames[2].to_string());
+      run_id_ = header.value().run_id;
+      keep_rounds(header.value().rounds_offset, frames[3]);
+      say_state();  // at once: the active sends the next replica once this one is acknowledged
+    } catch (const std::exception& e) {
+      log(LogLevel::kError, kLogName, "a replica of round ", header.value().round,
+          " was refused: ", e.what());
+      return;
+    }
+    const Clock::time_point now = Clock::now();
+    if (!last_replica_log_ || seconds_between(*last_replica_log_, now) > kReplicaLogSeconds) {
+      log(LogLevel::kInfo, kLogName, "holding the run ", run_id_, " as of round ", replica_round_, " (",
+          frames[2].size(), " bytes from coordinator start ", header.value().incarnation, ")");
+      last_replica_log_ = now;
+    }
+  }
+
+  std::string rounds_path() const { return options_.run_dir + "/rounds.jsonl"; }
+
+  void say_state() {
+    // Until the first replica, its rounds.jsonl may be of a history the active has left: 0.
+    const std::uint64_t rounds_bytes = cleared_ ? file_size_or_zero(rounds_path()) : 0;
+    send_state(publisher_,
+               msg::PairState{msg::PairRole::kPassive, run_id_, 0, replica_round_, getpid(), rounds_bytes});
+  }
+
+  /// The active's rounds.jsonl from `offset`: written there (the file cut to `offset` first), so
+  /// that a repeat of lines already held changes nothing.
+  void keep_rounds(std::uint64_t offset, const zmq::message_t& lines) {
+    const std::string path = rounds_path();
+    const std::uint64_t held = file_size_or_zero(path);
+    if (offset > held) return;  // a replica was missed: the next one starts where this file ends
+    if (!std::filesystem::exists(path)) std::ofstream(path, std::ios::binary).flush();
+    std::filesystem::resize_file(path, offset);
+    std::ofstream file(path, std::ios::binary | std::ios::app);
+    file.write(static_cast<const char*>(lines.data()), static_cast<std::streamsize>(lines.size()));
+    if (!file.flush()) throw std::runtime_error("cannot write " + path);
+  }
+
+  /// A node's message on the listen endpoint counts as it asking for this coordinator, if its key
+  /// is a trainer's.
+  void note_request(const std::vector<zmq::message_t>& frames, Clock::time_point now) {
+    if (frames.size() < 3) return;
+    std::string requester = "a node";
+    if (options_.authorized_keys) {
+      const char* user_id = zmq_msg_gets(const_cast<zmq_msg_t*>(frames[1].handle()), "User-Id");
+      const AuthorizedKey* key = user_id ? options_.authorized_keys->find(user_id) : nullptr;
+      if (key == nullptr || key->role != PeerRole::kTrainer) return;
+      if (!key->node.empty()) requester = "node " + key->node;
+    }
+    if (!last_request_) log(LogLevel::kInfo, kLogName, requester, " asks for this coordinator");
+    last_request_ = now;
+    requester_ = requester;
+  }
+
+  const PairOptions& options_;
+  bool primary_start_;
+  zmq::context_t context_;
+  SocketFactory sockets_;
+  std::optional<ZapHandler> zap_;  // before the sockets: it must answer before any CURVE socket binds
+  zmq::socket_t listener_;
+  zmq::socket_t publisher_;
+  zmq::socket_t subscriber_;
+  CheckpointStore store_;
+  Clock::time_point started_;
+  std::optional<Clock::time_point> peer_heard_;
+  std::optional<msg::PairState> peer_;
+  std::optional<Clock::time_point> last_request_;
+  std::string requester_;
+  std::optional<Clock::time_point> last_replica_log_;
+  std::uint64_t replica_round_ = 0;
+  std::string run_id_;
+  bool cleared_ = false;
+};
+}  // namespace
+
+StandbyOutcome run_standby(const PairOptions& options, const CurveSettings& curve, bool primary_start,
+                           const StopFlag& stop) {
+  Standby standby(options, curve, primary_start);
+  return standby.run(stop);
+}  // its sockets and context close here: the active coordinator binds the same ports next
+
+PairLink::PairLink(const SocketFactory& sockets, PairOptions options, std::string run_id,
+                   std::uint64_t incarnation)
+    : options_(std::move(options)),
+      run_id_(std::move(run_id)),
+      incarnation_(incarnation),
+      publisher_(pair_publisher(sockets, options_.own_endpoint)),
+      subscriber_(pair_subscriber(sockets, options_.peer_endpoint)) {
+  thread_ = ScopedThread([this] { run(); });
+}
+
+PairLink::~PairLink() {
+  stop_.request_stop();
+  thread_.join();
+  if (replicas_ > 0) {
+    log(LogLevel::kInfo, kLogName, replicas_, " replicas sent to the peer, ", replica_bytes_ / replicas_,
+        " bytes and ", 1000.0 * replica_seconds_ / static_cast<double>(replicas_),
+        " ms of this process each");
+  }
+}
+
+void PairLink::checkpoint_written(std::uint64_t round, const std::string& path) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  newest_checkpoint_ = std::make_pair(round, path);
+}
+
+std::string PairLink::yield_reason() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return yield_reason_;
+}
+
+void PairLink::run() {
+  name_this_thread("pair");
+  Clock::time_point next_heartbeat = Clock::now();
+  while (!stop_.stop_requested()) {
+    zmq::pollitem_t item{subscriber_.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, kPollSlice);
+    hear(subscriber_);
+    if (!finished_) replicate(publisher_);
+    const Clock::time_point now = Clock::now();
+    if (now >= next_heartbeat) {
+      publish_state(publisher_, finished_ ? msg::PairRole::kFinished : msg::PairRole::kActive);
+      next_heartbeat = now + options_.heartbeat_interval;
+    }
+  }
+  if (finished_) publish_state(publisher_, msg::PairRole::kFinished);  // once more, as it closes
+}
+
+void PairLink::publish_state(zmq::socket_t& publisher, msg::PairRole role) {
+  send_state(publisher, msg::PairState{role, run_id_, incarnation_, replicated_round_, getpid()});
+}
+
+void PairLink::replicate(zmq::socket_t& publisher) {
+  const Clock::time_point started = Clock::now();
+  // One replica in flight at a time: the next goes once the peer says it holds this one (or a
+  // liveness period later, if it never does). Replicas sent faster than the link and CurveZMQ carry
+  // them filled the peer's queue, and the heartbeats queued behind them made a live active look lost.
+  if (awaiting_ack_ && seconds_between(last_replica_sent_, started) < lost_after_seconds()) return;
+  std::optional<std::pair<std::uint64_t, std::string>> newest;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    newest.swap(newest_checkpoint_);
+  }
+  if (!newest || newest->first <= replicated_round_) return;
+  std::optional<zmq::message_t> contents;
+  try {
+    contents = read_whole_file(newest->second);
+  } catch (const std::exception& e) {
+    // Pruned already by newer ones: the next checkpoint goes instead.
+    log(LogLevel::kWarn, kLogName, "checkpoint of round ", newest->first, " not replicated: ", e.what());
+    return;
+  }
+  const std::size_t bytes = contents->size();
+  // The rounds' lines the peer lacks; from the start where its file is not a prefix of this one's.
+  const std::string rounds_path = options_.run_dir + "/rounds.jsonl";
+  const std::uint64_t offset = peer_rounds_bytes_ <= file_size_or_zero(rounds_path) ? peer_rounds_bytes_ : 0;
+  const msg::ReplicaHeader header{run_id_, incarnation_, newest->first, bytes, offset};
+  std::array<zmq::message_t, 4> frames{zmq::message_t(std::string(msg::kReplicaTopic)), encode_frame(header),
+                                       std::move(*contents),
+                                       zmq::message_t(rounds_from(rounds_path, offset))};
+  zmq::send_multipart(publisher, frames, zmq::send_flags::dontwait);
+  replicated_round_ = newest->first;
+  awaiting_ack_ = true;
+  last_replica_sent_ = Clock::now();
+  ++replicas_;
+  replica_bytes_ += bytes;
+  replica_seconds_ += seconds_between(started, Clock::now());
+}
+
+void PairLink::hear(zmq::socket_t& subscriber) {
+  while (auto frames = receive_frames(subscriber)) {
+    const auto state = as_state(*frames);
+    if (state && state->role == msg::PairRole::kPassive) {
+      peer_rounds_bytes_ = state->rounds_bytes;
+      // A new standby (another process) is sent the newest replica at once, whatever it holds.
+      if (state->pid != peer_pid_)
+        log(LogLevel::kInfo, kLogName, "a passive peer (pid ", state->pid, ", holding round ", state->round,
+            ") listens at ", options_.peer_endpoint);
+      if (state->pid != peer_pid_ || state->round >= replicated_round_) awaiting_ack_ = false;
+      peer_pid_ = state->pid;
+    }
+    if (!state || state->role != msg::PairRole::kActive || yield_requested_) continue;
+    // Two actives: the peer took over while this one was stopped or cut off from the nodes. The
+    // newer start wins; on an exact tie, the one started as the standby gives way.
+    const bool peer_newer =
+        state->incarnation > incarnation_ || (state->incarnation == incarnation_ && options_.standby);
+    if (!peer_newer) continue;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      yield_reason_ = "the peer at " + options_.peer_endpoint + " is active too, with coordinator start " +
+                      std::to_string(state->incarnation) + " (this one: " + std::to_string(incarnation_) +
+                      ") at round " + std::to_string(state->round);
+    }
+    yield_requested_ = true;
+  }
+}
+
+}  // namespace filo
