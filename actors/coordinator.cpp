@@ -296,6 +296,7 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   scheduler_options.robust = config.robust;
   if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
+  if (link) scheduler_options.may_act = [&link] { return link->may_act(); };
   if (pair && pair->failover) {
     scheduler_options.failover = pair->failover;
     scheduler_options.failover->coordinator_start = incarnation;

@@ -23,6 +23,9 @@ constexpr Milliseconds kPollSlice{10};
 constexpr std::int64_t kMaxReplicaBytes = std::int64_t{4} << 30;
 /// Replicas queued for a slow peer: only the newest matters, so a short queue.
 constexpr int kReplicaQueue = 4;
+/// The link's loop not passing for this fraction of the peer's liveness time means a frozen or
+/// starved process: the active holds its rounds until the link has run again.
+constexpr double kFrozenFraction = 0.5;
 /// A standby says it holds a newer replica at most this often in its log.
 constexpr double kReplicaLogSeconds = 10.0;
 
@@ -338,13 +341,38 @@ std::string PairLink::yield_reason() const {
   return yield_reason_;
 }
 
+bool PairLink::may_act() const {
+  if (yield_requested_ || confirming_) return false;
+  // The link's loop passes every 10 ms: when it has not for a while, this process was frozen or
+  // starved, and the link has not yet heard what the peer did meanwhile.
+  const auto tick = Clock::time_point(Clock::duration(last_tick_ns_.load()));
+  return seconds_between(tick, Clock::now()) < kFrozenFraction * lost_after_seconds();
+}
+
 void PairLink::run() {
   name_this_thread("pair");
   Clock::time_point next_heartbeat = Clock::now();
+  Clock::time_point last_pass = Clock::now();
+  last_tick_ns_ = last_pass.time_since_epoch().count();
   while (!stop_.stop_requested()) {
     zmq::pollitem_t item{subscriber_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, kPollSlice);
+    const Clock::time_point pass = Clock::now();
+    if (seconds_between(last_pass, pass) > lost_after_seconds() && !confirming_) {
+      log(LogLevel::kWarn, kLogName, "this coordinator was frozen for ", seconds_between(last_pass, pass),
+          " s: it closes no round for a liveness period, listening whether its peer took over meanwhile");
+      confirming_since_ = pass;
+      confirming_ = true;
+    }
+    last_pass = pass;
     hear(subscriber_);
+    // A whole liveness period of listening: what the peer said while this one was frozen comes
+    // first, oldest first (a passive state from before it took over, then its active ones).
+    if (confirming_ && seconds_between(confirming_since_, pass) > lost_after_seconds()) {
+      if (!yield_requested_) log(LogLevel::kInfo, kLogName, "still the active coordinator after the freeze");
+      confirming_ = false;
+    }
+    last_tick_ns_ = Clock::now().time_since_epoch().count();
     if (!finished_) replicate(publisher_);
     const Clock::time_point now = Clock::now();
     if (now >= next_heartbeat) {

@@ -80,6 +80,11 @@ class PairLink {
   void finish() { finished_ = true; }
   /// A peer became active with a newer start: this coordinator must stop acting and go passive.
   bool yield_requested() const { return yield_requested_; }
+  /// Whether this active may close and plan rounds now (any thread): not once it must give way,
+  /// and not for a liveness period after a freeze (SIGSTOP, a stalled machine: the link's own loop
+  /// stopped for longer than the peer's liveness), while it listens whether its peer took over. A coordinator
+  /// that wakes from a freeze must not close a round its peer, which took over meanwhile, closes too.
+  bool may_act() const;
   std::string yield_reason() const;
 
  private:
@@ -98,6 +103,9 @@ class PairLink {
   std::string yield_reason_;                                                // guarded by mutex_
   std::atomic<bool> yield_requested_{false};
   std::atomic<bool> finished_{false};
+  std::atomic<std::int64_t> last_tick_ns_{0};  // steady clock, the link loop's latest pass
+  std::atomic<bool> confirming_{false};        // woke from a freeze: waiting to hear the peer
+  Clock::time_point confirming_since_{};       // the link's thread only
   // The link's thread only: what replication has cost.
   std::uint64_t replicated_round_ = 0;
   std::uint64_t peer_rounds_bytes_ = 0;  // of rounds.jsonl, as the passive peer last said

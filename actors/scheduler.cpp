@@ -13,6 +13,8 @@
 
 namespace filo {
 namespace {
+/// How soon a scheduler held back by its pair link (may_act) tries again.
+constexpr Milliseconds kGateRetry{20};
 constexpr Milliseconds kStartCheckInterval{50};
 // A trainer's reported times must fit in the time its round has lasted, give or take clock rates
 // and timer grain on two machines.
@@ -660,8 +662,27 @@ void Scheduler::measure_link(const OpenRound& round, TrainerState& state,
   }
 }
 
+bool Scheduler::may_act() {
+  if (!options_.may_act || options_.may_act()) return true;
+  // A coordinator pair's active that was frozen (SIGSTOP, a stalled machine) waits until it has
+  // heard whether its peer took over meanwhile: acting first would make two actives for a round.
+  if (!gate_retry_armed_) {
+    gate_retry_armed_ = true;
+    loop_.at(loop_.now() + kGateRetry, [this] {
+      gate_retry_armed_ = false;
+      if (open_ && !open_->closing_why.empty()) {
+        close_round(open_->closing_why);
+      } else if (started_ && !open_) {
+        plan_round();
+      }
+    });
+  }
+  return false;
+}
+
 void Scheduler::plan_round() {
   if (open_ || planning_done_ || calibrated_trainers() == 0 || pool_.empty()) return;
+  if (!may_act()) return;
   if (auto_exchange()) choose_exchange_now();
   const Exchange exchange = state_.exchange;
   std::uint64_t round_samples = static_cast<std::uint64_t>(options_.schedule.round_samples);
@@ -1131,6 +1152,10 @@ std::optional<msg::Evaluate> Scheduler::end_epoch_if_done() {
 }
 
 void Scheduler::close_round(const std::string& why) {
+  if (!may_act()) {
+    open_->closing_why = why;  // closed once it may act
+    return;
+  }
   OpenRound round = std::move(*open_);
   open_.reset();
   loop_.cancel(round.deadline_timer);

@@ -116,6 +116,8 @@ struct SchedulerOptions {
   /// `failover_decided` and is filled by the first round this scheduler closes).
   std::optional<FailoverRecord> failover;
   Clock::time_point failover_decided{};
+  /// A coordinator pair's active: whether it may close and plan rounds now (null: always).
+  std::function<bool()> may_act;
   DropCounters* drops = nullptr;  /// refused messages of this process, for records; may be null
 };
 
@@ -190,6 +192,7 @@ class Scheduler final {
     std::set<std::string> probes;                // taken-out trainers planned to prove they are alive
     Exchange exchange;                           // how its work is done and sent
     bool waits_for_whole_model = false;          // its model version arrives whole, not as an update
+    std::string closing_why;                     // why it closes, while its close waits for may_act
     bool answered(const std::string& trainer) const {
       return arrived.count(trainer) || refused.count(trainer);
     }
@@ -217,6 +220,8 @@ class Scheduler final {
   void measure_link(const OpenRound& round, TrainerState& state, const msg::ContributionReceived& report,
                     double arrival_seconds);
   bool every_live_planned_trainer_answered() const;
+  /// Whether this coordinator may act now (options_.may_act); when not, a retry is armed.
+  bool may_act();
   /// Closes the open round: accounts each planned trainer, moves the epoch on, tells the
   /// aggregator what to combine, plans the next round, and records and announces this one.
   void close_round(const std::string& why);
@@ -309,6 +314,7 @@ class Scheduler final {
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
   std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts
   bool failover_timed_ = false;
+  bool gate_retry_armed_ = false;
   std::size_t resumed_fleet_ = 0;  // trainers the last round before a resume planned              // the
                                    // failover record of this start has its first round
 };

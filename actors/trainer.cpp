@@ -192,7 +192,12 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     return;
   }
   if (!admission.admitted && admission.register_again) {
-    if (state_ == State::kAdmitted)
+    // Heartbeats sent while registering are answered on their own connection: an answer to one the
+    // registrar took before this trainer's report can come after the admission. Heard that soon
+    // after it, it says nothing about now (it cost a standby's first round after a takeover).
+    const bool stale_answer =
+        state_ == State::kAdmitted && loop_.now() - admitted_at_ < 2 * options_.heartbeat_interval;
+    if (state_ == State::kAdmitted && !stale_answer)
       register_again("the registrar no longer counts this trainer (" + admission.reason + ")");
     // While registering, the report is on its way already, except where this answers a heartbeat
     // to a pair's standby that has just become active: the reports before went to a passive one.
@@ -326,6 +331,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     admission_seconds_ = seconds_between(last_report_sent_, loop_.now());
     snapshot_first_retry_ = std::clamp(2 * answered, kSnapshotRetry, kMaxSnapshotWait);
   }
+  if (state_ != State::kAdmitted) admitted_at_ = loop_.now();
   state_ = State::kAdmitted;
   register_retry_ = kRegisterRetry;
   snapshot_retry_ = snapshot_first_retry_;  // requests to a coordinator that went away backed off

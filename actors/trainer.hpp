@@ -186,6 +186,7 @@ class Trainer final {
   std::vector<std::string> coordinators_;  // options_.coordinator, split; one unless a pair
   std::size_t coordinator_index_ = 0;      // the one connected to now
   Clock::time_point asked_since_;          // when this trainer last moved to another coordinator
+  Clock::time_point admitted_at_;          // its latest admission
   Clock::time_point last_report_sent_{};
   Milliseconds register_retry_{1000};  // how long an unanswered report waits, doubling up to 8 s
   Clock::time_point last_heard_;

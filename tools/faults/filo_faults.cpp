@@ -249,6 +249,13 @@ class FaultCluster {
     return false;
   }
 
+  double signal_member(int member, int signal_number) {
+    Instance& instance = members_[member].back();
+    instance.process.signal(signal_number);
+    return history_.record(
+        {{"kind", "fault"}, {"action", strsignal(signal_number)}, {"target", instance.name}});
+  }
+
   double kill_member(int member) {
     Instance& instance = members_[member].back();
     instance.process.signal(SIGKILL);
@@ -636,6 +643,43 @@ int fail_over(FaultCluster& cluster, History& history, Measures& measures, int f
   return active;
 }
 
+/// A coordinator pair: the active one (the primary) stopped past its liveness, so that its standby
+/// takes over, then continued. It must give way without closing a round: never two actives, checked
+/// from both coordinators' events. It then stands by, and the run ends on the standby.
+int stop_active(FaultCluster& cluster, History& history, Measures& measures) {
+  const auto round_from = [&](int member, double after_t, const std::string& what) {
+    return require(
+        history.wait_for(
+            [&](const json& e) { return is_event(e, "round") && e.value("coordinator", -1) == member; },
+            kEventWait, after_t),
+        what, measures);
+  };
+  round_from(0, history.now(), "a round of the primary");
+  std::this_thread::sleep_for(2s);  // some replicas first
+  const double stop_t = cluster.signal_member(0, SIGSTOP);
+  const auto first = round_from(1, stop_t, "the standby to take over while the primary is stopped");
+  measures.rejoin_seconds.push_back(first.at("t").get<double>() - stop_t);
+  std::this_thread::sleep_for(1s);
+  const double continue_t = cluster.signal_member(0, SIGCONT);
+  if (!cluster.member_logged(0, "giving way", kEventWait))
+    measures.problems.push_back("the primary did not give way after SIGCONT");
+  if (!cluster.member_logged(0, "holding the run", kEventWait))
+    measures.problems.push_back("the primary does not stand by after giving way");
+  round_from(1, history.now(), "a round of the standby after the primary gave way");
+  // Never two actives: no round of the primary's once the standby closed its first.
+  const double standby_first_t = first.at("t").get<double>();
+  if (history.any([&](const json& e) {
+        return is_event(e, "round") && e.value("coordinator", -1) == 0 &&
+               e.at("t").get<double>() > standby_first_t;
+      })) {
+    measures.problems.push_back("the primary closed a round after the standby took over: two actives");
+  }
+  history.record({{"kind", "measure"},
+                  {"stopped_for_seconds", continue_t - stop_t},
+                  {"standby_first_round_after_stop_seconds", first.at("t").get<double>() - stop_t}});
+  return 1;
+}
+
 /// Take a node's link down past the liveness timeout and up again: the registrar declares it
 /// lost, its samples go to the others, and once the link is back it rejoins by itself.
 void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
@@ -882,7 +926,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> extra_settings;
   app.add_option("--scenario", scenario,
                  "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover")
+                 "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover, stop-active")
       ->required();
   app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
       ->check(CLI::Range(100, 10'000'000));
@@ -916,7 +960,7 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
-  const bool pair = scenario == "failover";
+  const bool pair = scenario == "failover" || scenario == "stop-active";
   std::string final_run_dir = run_dir;  // where the run's summary and record end up
   std::vector<std::string> settings{
       "data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=4", "schedule.round_samples=128",
@@ -1019,6 +1063,8 @@ int main(int argc, char** argv) {
       // The whole run on capped links: check_record asks for exact epochs and rounds in order.
       history.record({{"kind", "action"},
                       {"action", "run on links capped at " + std::to_string(rate_kbit) + " kbit/s"}});
+    } else if (scenario == "stop-active") {
+      final_run_dir = cluster.member_run_dir(stop_active(cluster, history, measures));
     } else if (pair) {
       final_run_dir = cluster.member_run_dir(fail_over(cluster, history, measures, failovers));
     } else if (scenario != "baseline") {
