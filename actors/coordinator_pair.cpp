@@ -157,6 +157,12 @@ class Standby {
           if (!peer_heard_)
             log(LogLevel::kInfo, kLogName, "heard the peer, ", msg::pair_role_name(state->role), ", after ",
                 seconds_between(started_, now), " s");
+          if (said_lost_) {
+            log(LogLevel::kInfo, kLogName, "heard the peer again (", msg::pair_role_name(state->role),
+                ") after ", seconds_between(*peer_heard_, now),
+                " s of silence: no node asked here meanwhile");
+            said_lost_ = false;
+          }
           peer_heard_ = now;
           peer_ = *state;
         } else if (frames->size() == 4 && (*frames)[0].to_string_view() == msg::kReplicaTopic) {
@@ -192,6 +198,11 @@ class Standby {
       // Binary Star's rule: lost the active AND a node asked (votes older than the loss do not count).
       const bool peer_lost = silent > lost_after;
       const bool asked = last_request_ && seconds_between(*last_request_, now) <= lost_after;
+      if (peer_lost && !said_lost_ && peer_heard_) {
+        log(LogLevel::kWarn, kLogName, "the active coordinator has been silent for ", silent,
+            " s: this one takes over once a node asks for it (none does while the active reaches the nodes)");
+        said_lost_ = true;
+      }
       if (peer_lost && asked) {
         return outcome(StandbyOutcome::Kind::kBecomeActive, true,
                        "the active coordinator was silent for " + std::to_string(silent) + " s and " +
@@ -302,6 +313,7 @@ class Standby {
   std::uint64_t replica_round_ = 0;
   std::string run_id_;
   bool cleared_ = false;
+  bool said_lost_ = false;  // it said the active is silent, and has not heard it since
 };
 }  // namespace
 

@@ -24,9 +24,15 @@ std::string short_name(const std::string& trainer) {
 }  // namespace
 
 std::string events_endpoint_of(const std::string& coordinator) {
-  BusOptions bus;
-  bus.listen = coordinator;
-  return publish_endpoint_for(bus);
+  // A coordinator pair's two ("tcp://A:5555,tcp://B:5555"): both publishers, of which only the
+  // active one binds, so that a monitor follows a failover by itself.
+  std::string events;
+  for (const auto& endpoint : split_endpoints(coordinator)) {
+    BusOptions bus;
+    bus.listen = endpoint;
+    events += (events.empty() ? "" : ",") + publish_endpoint_for(bus);
+  }
+  return events;
 }
 
 Monitor::Monitor(const SocketFactory& sockets, MonitorOptions options, const StopFlag& stop)

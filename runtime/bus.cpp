@@ -8,6 +8,7 @@
 
 #include "messages/roles.hpp"
 #include "runtime/actor_loop.hpp"
+#include "runtime/config.hpp"
 #include "runtime/thread_name.hpp"
 
 namespace filo {
@@ -331,12 +332,12 @@ void BusClient::disconnect(const std::string& hub_endpoint) {
 void BusClient::subscribe(const std::string& publish_endpoint, const std::vector<std::string>& topics) {
   if (subscriber_) {
     // Keep the socket (an actor loop polls it); only move it to the new endpoint.
-    if (!subscribed_endpoint_.empty()) subscriber_.disconnect(subscribed_endpoint_);
+    for (const auto& endpoint : split_endpoints(subscribed_endpoint_)) subscriber_.disconnect(endpoint);
   } else {
     subscriber_ = sockets_.make(zmq::socket_type::sub);
     for (const auto& topic : topics) subscriber_.set(zmq::sockopt::subscribe, topic);
   }
-  subscriber_.connect(publish_endpoint);
+  for (const auto& endpoint : split_endpoints(publish_endpoint)) subscriber_.connect(endpoint);
   subscribed_endpoint_ = publish_endpoint;
 }
 

@@ -153,7 +153,8 @@ class BusClient {
   /// Leaves a hub connected to before (a coordinator pair's other one takes over); its queued
   /// messages are dropped.
   void disconnect(const std::string& hub_endpoint);
-  /// Subscribes to `topics` at `publish_endpoint`; called again, moves to the new endpoint.
+  /// Subscribes to `topics` at `publish_endpoint` (or at each of a comma-separated list: a
+  /// coordinator pair's, of which the active one publishes); called again, moves to the new one.
   void subscribe(const std::string& publish_endpoint, const std::vector<std::string>& topics);
 
   /// Sends `body` (plus tensor frames whose metas it already carries) to the actor `to`.

@@ -2,6 +2,7 @@
 // frames, and the registrar answering complete and incomplete reports.
 #include <doctest/doctest.h>
 
+#include "actors/monitor.hpp"
 #include "actors/registrar.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
@@ -241,4 +242,34 @@ TEST_CASE("a report repeated while its admission may be on its way gets no secon
   CHECK(again->admitted);
   CHECK(again->model_archive.size() == 1);
   stop.request_stop();
+}
+
+TEST_CASE("a subscriber given a coordinator pair's two publishers hears whichever publishes") {
+  // Two hubs stand for a pair's coordinators: the first publishes, then the second (as after a
+  // failover); one subscription to both hears each, as filo monitor and the dashboard do.
+  zmq::context_t context;
+  SocketFactory sockets{context, SocketLimits{}};
+  Hub first{sockets, HubOptions{"pair-hub-a", "", ""}};
+  Hub second{sockets, HubOptions{"pair-hub-b", "", ""}};
+  BusClient watcher(sockets, "monitor");
+  watcher.subscribe(first.inproc_publish_endpoint() + "," + second.inproc_publish_endpoint(), {kEventTopic});
+  CHECK(events_endpoint_of("tcp://a:5555,tcp://b:6000") == "tcp://a:5556,tcp://b:6001");
+  for (Hub* hub : {&first, &second}) {
+    BusClient scheduler(sockets, kSchedulerName);
+    scheduler.connect(hub->inproc_router_endpoint());
+    const std::string text = hub == &first ? "round of the first" : "round of the second";
+    bool heard = false;  // a repeat of the first hub's may still be queued: wait for this one's
+    for (int attempt = 0; attempt < 50 && !heard; ++attempt) {
+      msg::RoundClosed round;
+      round.text = text;
+      scheduler.publish(kEventTopic, round);
+      zmq::pollitem_t item{watcher.published().handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, Milliseconds(50));
+      while (auto incoming = watcher.receive(watcher.published())) {
+        auto event = msg::decode_event(incoming->envelope.kind, incoming->body, BodyLimits{});
+        heard = heard || (event && msg::event_text(event.value()) == text);
+      }
+    }
+    CHECK(heard);
+  }
 }

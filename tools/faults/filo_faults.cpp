@@ -205,29 +205,47 @@ class FaultCluster {
         pair_(pair) {}
 
   static constexpr int kPairPorts = 4;  // listen, events, models, pair channel
-  /// A pair's member: 0 the primary, 1 the standby.
-  std::string member_router(int member) const {
-    return "tcp://127.0.0.1:" + std::to_string(port_ + member * kPairPorts);
+  /// A pair's member: 0 the primary, 1 the standby. With `standby_apart`, the standby runs in a
+  /// network namespace of its own (its link to everyone can be cut) and binds every address there.
+  std::string member_host(int member) {
+    if (member == 1 && standby_apart_) return network_of("standby").node_address();
+    return "127.0.0.1";
   }
-  std::string member_events(int member) const {
-    return "tcp://127.0.0.1:" + std::to_string(port_ + member * kPairPorts + 1);
+  std::string member_router(int member) {
+    return "tcp://" + member_host(member) + ":" + std::to_string(port_ + member * kPairPorts);
   }
+  std::string member_events(int member) {
+    return "tcp://" + member_host(member) + ":" + std::to_string(port_ + member * kPairPorts + 1);
+  }
+  void keep_standby_apart() { standby_apart_ = true; }
   std::string member_run_dir(int member) const { return member == 0 ? run_dir_ : run_dir_ + "/standby"; }
-  std::vector<std::string> event_endpoints() const {
+  std::vector<std::string> event_endpoints() {
     if (!pair_) return {events()};
     return {member_events(0), member_events(1)};
   }
 
   /// Starts a pair's member: the primary names its peer, the standby stands by for the primary.
   double start_member(int member) {
+    const bool apart = standby_apart_;
+    // Apart: each binds every address, and each names the other where it reaches it.
+    const std::string listen =
+        apart ? "tcp://0.0.0.0:" + std::to_string(port_ + member * kPairPorts) : member_router(member);
+    const std::string peer =
+        !apart        ? member_router(1 - member)
+        : member == 0 ? member_router(1)
+                      : "tcp://" + network_of("standby").host_address() + ":" + std::to_string(port_);
     std::vector<std::string> arguments{FILO_BINARY,
                                        "coordinator",
                                        "--listen",
-                                       member_router(member),
+                                       listen,
                                        "--run-dir",
                                        member_run_dir(member),
                                        member == 0 ? "--peer" : "--standby-for",
-                                       member_router(1 - member)};
+                                       peer};
+    if (apart && member == 1) {
+      const auto prefix = network_of("standby").exec_prefix();
+      arguments.insert(arguments.begin(), prefix.begin(), prefix.end());
+    }
     for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
     const std::string name = member == 0 ? "primary" : "standby";
     const std::string log =
@@ -240,13 +258,13 @@ class FaultCluster {
   /// Waits until the member's log (of its last start) has a line with `text`; false after `timeout`.
   bool member_logged(int member, const std::string& text, std::chrono::seconds timeout) const {
     const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
+    while (true) {  // read at least once, also with no time to wait
       std::ifstream log(member_logs_[member]);
       for (std::string line; std::getline(log, line);)
         if (line.find(text) != std::string::npos) return true;
+      if (Clock::now() >= deadline) return false;
       std::this_thread::sleep_for(50ms);
     }
-    return false;
   }
 
   double signal_member(int member, int signal_number) {
@@ -285,7 +303,7 @@ class FaultCluster {
   }
   std::string router() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   /// What nodes are given: the coordinator, or a pair's two.
-  std::string coordinators() const { return pair_ ? member_router(0) + "," + member_router(1) : router(); }
+  std::string coordinators() { return pair_ ? member_router(0) + "," + member_router(1) : router(); }
   std::string events() const { return "tcp://127.0.0.1:" + std::to_string(port_ + 1); }
   const std::string& run_dir() const { return run_dir_; }
 
@@ -327,7 +345,8 @@ class FaultCluster {
 
   /// The node's own namespace and link, made on its first start (namespaces only).
   NodeNetwork& network_of(const std::string& name) {
-    if (!namespaces_) throw std::logic_error("this scenario runs without network namespaces");
+    if (!namespaces_ && !standby_apart_)
+      throw std::logic_error("this scenario runs without network namespaces");
     auto& network = networks_[name];
     if (!network) {
       network =
@@ -405,6 +424,7 @@ class FaultCluster {
   int port_;
   bool namespaces_;
   bool pair_;
+  bool standby_apart_ = false;
   int coordinator_starts_ = 0;
   std::array<int, 2> member_starts_{};
   std::array<std::string, 2> member_logs_;
@@ -680,6 +700,35 @@ int stop_active(FaultCluster& cluster, History& history, Measures& measures) {
   return 1;
 }
 
+/// A coordinator pair split by a partition: the standby's link (it runs in a namespace of its own)
+/// down past its liveness, while every node still reaches the primary, then up. No node asks the
+/// standby, so it must never become active: no round of it, ever; it hears the primary again and
+/// stands by until the run ends on the primary.
+int partition_pair(FaultCluster& cluster, History& history, Measures& measures) {
+  if (!cluster.member_logged(1, "holding the run", kEventWait))
+    require(std::nullopt, "the standby to hold a replica", measures);
+  const double cut_t = cluster.set_link("standby", false);
+  std::this_thread::sleep_for(kLinkDownFor);
+  cluster.set_link("standby", true);
+  if (!cluster.member_logged(1, "has been silent for", 0s))
+    measures.problems.push_back("the standby did not notice the partition");
+  if (!cluster.member_logged(1, "heard the peer again", kEventWait))
+    measures.problems.push_back("the standby did not hear the primary again after the partition");
+  require(
+      history.wait_for([](const json& e) { return is_event(e, "round") && e.value("coordinator", -1) == 0; },
+                       kEventWait, history.now()),
+      "a round of the primary after the partition", measures);
+  if (history.any([&](const json& e) {
+        return is_event(e, "round") && e.value("coordinator", -1) == 1 && e.at("t").get<double>() > cut_t;
+      })) {
+    measures.problems.push_back("the standby closed a round during or after the partition: two actives");
+  }
+  if (cluster.member_logged(1, "asks for this coordinator", 0s))
+    measures.problems.push_back(
+        "a node asked the standby during the partition, though the primary was reachable");
+  return 0;
+}
+
 /// Take a node's link down past the liveness timeout and up again: the registrar declares it
 /// lost, its samples go to the others, and once the link is back it rejoins by itself.
 void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
@@ -924,9 +973,10 @@ int main(int argc, char** argv) {
   bool netns = false;
   int rate_kbit = 2000;
   std::vector<std::string> extra_settings;
-  app.add_option("--scenario", scenario,
-                 "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-                 "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover, stop-active")
+  app.add_option(
+         "--scenario", scenario,
+         "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
+         "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover, stop-active, pair-partition")
       ->required();
   app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
       ->check(CLI::Range(100, 10'000'000));
@@ -946,8 +996,8 @@ int main(int argc, char** argv) {
 
   const bool slow_links = scenario == "slow-links";
   const bool auto_links = scenario == "auto-links";
-  const bool namespaces =
-      netns || scenario == "link-down" || scenario == "bandwidth-cap" || slow_links || auto_links;
+  const bool namespaces = netns || scenario == "link-down" || scenario == "bandwidth-cap" || slow_links ||
+                          auto_links || scenario == "pair-partition";
   if (namespaces) {
     std::string why;
     if (!network_namespaces_available(why)) {
@@ -960,7 +1010,8 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
-  const bool pair = scenario == "failover" || scenario == "stop-active";
+  const bool pair_partition = scenario == "pair-partition";
+  const bool pair = scenario == "failover" || scenario == "stop-active" || pair_partition;
   std::string final_run_dir = run_dir;  // where the run's summary and record end up
   std::vector<std::string> settings{
       "data.train_limit=24000", "data.test_limit=2000", "schedule.epochs=4", "schedule.round_samples=128",
@@ -990,7 +1041,8 @@ int main(int argc, char** argv) {
   json result{{"scenario", scenario}};
   const auto started = Clock::now();
   try {
-    FaultCluster cluster(run_dir, settings, history, namespaces, pair);
+    FaultCluster cluster(run_dir, settings, history, namespaces && !pair_partition, pair);
+    if (pair_partition) cluster.keep_standby_apart();  // only the standby in a namespace
     EventRecorder recorder(cluster.event_endpoints(), cluster.keys_dir(), history);
     KeyPair intruder;
     if (scenario == "hostile") {
@@ -1063,6 +1115,8 @@ int main(int argc, char** argv) {
       // The whole run on capped links: check_record asks for exact epochs and rounds in order.
       history.record({{"kind", "action"},
                       {"action", "run on links capped at " + std::to_string(rate_kbit) + " kbit/s"}});
+    } else if (pair_partition) {
+      final_run_dir = cluster.member_run_dir(partition_pair(cluster, history, measures));
     } else if (scenario == "stop-active") {
       final_run_dir = cluster.member_run_dir(stop_active(cluster, history, measures));
     } else if (pair) {

@@ -75,7 +75,8 @@ NodeNetwork::NodeNetwork(int index, std::string log_path) : log_path_(std::move(
   node_interface_ = "fn" + std::to_string(getpid() % 100000) + "-" + std::to_string(index);
   const std::string subnet = "10.213." + std::to_string(getpid() % 250) + ".";
   host_address_ = subnet + std::to_string(4 * index + 1);
-  const std::string node_address = subnet + std::to_string(4 * index + 2);
+  node_address_ = subnet + std::to_string(4 * index + 2);
+  const std::string& node_address = node_address_;
   const std::string ip = ip_tool();
   run({ip, "netns", "add", namespace_});
   try {

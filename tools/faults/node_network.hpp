@@ -25,6 +25,8 @@ class NodeNetwork {
 
   /// The address the node reaches the host (the coordinator) at.
   const std::string& host_address() const { return host_address_; }
+  /// The namespace's own address: where the host reaches what listens inside it.
+  const std::string& node_address() const { return node_address_; }
   /// `ip netns exec <namespace>`: put in front of a command to run it inside.
   std::vector<std::string> exec_prefix() const;
 
@@ -39,6 +41,7 @@ class NodeNetwork {
   std::string host_interface_;
   std::string node_interface_;
   std::string host_address_;
+  std::string node_address_;
   std::string log_path_;
   bool capped_ = false;
 };
