@@ -3,12 +3,16 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 #include <vector>
 
 #include "messages/codec.hpp"
+#include "messages/envelope.hpp"
+#include "messages/membership.hpp"
 #include "runtime/checkpoint.hpp"
 #include "runtime/log.hpp"
 #include "runtime/thread_name.hpp"
@@ -26,6 +30,8 @@ constexpr int kReplicaQueue = 4;
 /// The link's loop not passing for this fraction of the peer's liveness time means a frozen or
 /// starved process: the active holds its rounds until the link has run again.
 constexpr double kFrozenFraction = 0.5;
+/// Connections a standby remembers as having asked for it (a node's trainers and heartbeats).
+constexpr std::size_t kMaxVoters = 4096;
 /// A standby says it holds a newer replica at most this often in its log.
 constexpr double kReplicaLogSeconds = 10.0;
 
@@ -93,6 +99,15 @@ zmq::socket_t pair_subscriber(const SocketFactory& sockets, const std::string& e
   return subscriber;
 }
 
+/// zmq::poll that a signal interrupting it (SIGTERM to the process) only cuts short.
+void poll_for(zmq::pollitem_t* items, std::size_t count, Milliseconds timeout) {
+  try {
+    zmq::poll(items, count, timeout);
+  } catch (const zmq::error_t& e) {
+    if (e.num() != EINTR) throw;
+  }
+}
+
 /// One message from the peer's channel, or nothing.
 std::optional<std::vector<zmq::message_t>> receive_frames(zmq::socket_t& socket) {
   std::vector<zmq::message_t> frames;
@@ -136,6 +151,7 @@ class Standby {
     if (auto newest = store_.load_latest(problems)) {
       replica_round_ = newest->round;
       run_id_ = newest->meta.value("run", nlohmann::json::object()).value("run_id", std::string());
+      replica_incarnation_ = newest->meta.value("incarnation", std::uint64_t{0});
     }
   }
 
@@ -150,7 +166,7 @@ class Standby {
     while (!stop.stop_requested()) {
       std::array<zmq::pollitem_t, 2> items{
           {{subscriber_.handle(), 0, ZMQ_POLLIN, 0}, {listener_.handle(), 0, ZMQ_POLLIN, 0}}};
-      zmq::poll(items.data(), items.size(), kPollSlice);
+      poll_for(items.data(), items.size(), kPollSlice);
       const Clock::time_point now = Clock::now();
       while (auto frames = receive_frames(subscriber_)) {
         if (auto state = as_state(*frames)) {
@@ -209,13 +225,24 @@ class Standby {
                            requester_ + " asked here",
                        silent, now);
       }
+      // Both passive (the active was restarted before its peer noticed it gone): nodes that lost it
+      // ask; the one holding the newer state takes over (on a tie, the primary), else none would.
+      const bool peer_passive = peer_heard_ && !peer_lost && peer_->role == msg::PairRole::kPassive;
+      if (peer_passive && asked &&
+          (replica_round_ > peer_->round || (replica_round_ == peer_->round && !options_.standby))) {
+        return outcome(StandbyOutcome::Kind::kBecomeActive, true,
+                       "both coordinators were passive and " + requester_ +
+                           " asked here; this one holds round " + std::to_string(replica_round_) +
+                           ", its peer round " + std::to_string(peer_->round),
+                       0.0, now);
+      }
     }
     return outcome(StandbyOutcome::Kind::kStopped, false, "stopped", 0.0, Clock::now());
   }
 
  private:
   StandbyOutcome outcome(StandbyOutcome::Kind kind, bool failover, std::string reason, double silent,
-                         Clock::time_point now) const {
+                         Clock::time_point now) {
     StandbyOutcome result;
     result.kind = kind;
     result.failover = failover;
@@ -225,6 +252,14 @@ class Standby {
     result.decided = now;
     log(LogLevel::kWarn, kLogName, result.reason, replica_round_ ? "; newest replica: round " : "",
         replica_round_ ? std::to_string(replica_round_) : std::string());
+    if (kind == StandbyOutcome::Kind::kBecomeActive) {
+      if (replica_round_ == 0)
+        log(LogLevel::kWarn, kLogName, "it holds no checkpoint of the run: it starts the run afresh");
+      // Said at once, before the active's start-up (model, checkpoint, hub): an old active that
+      // wakes from a freeze hears it first, with the start this one resumes as, and gives way.
+      send_state(publisher_, msg::PairState{msg::PairRole::kActive, run_id_, replica_incarnation_ + 1,
+                                            replica_round_, getpid(), 0});
+    }
     return result;
   }
 
@@ -236,13 +271,20 @@ class Standby {
       return;
     }
     try {
-      // A coordinator that was active keeps checkpoints of a history its peer has since left: the
-      // first replica replaces them all, so that a resume never picks a stale newer one.
-      if (!cleared_) store_.clear();
-      cleared_ = true;
+      // Checkpoints of another history (this one's own, from when it was active; an active that
+      // restarted from an older checkpoint) could outrank the replica: a new history replaces them
+      // all, and the rounds' record starts over from the active's first line.
+      const msg::ReplicaHeader& held = header.value();
+      if (!cleared_ || held.run_id != run_id_ || held.incarnation != replica_incarnation_) {
+        store_.clear();
+        std::error_code ignored;
+        std::filesystem::resize_file(rounds_path(), 0, ignored);
+        cleared_ = true;
+      }
       replica_round_ = store_.write_contents(frames[2].to_string());
-      run_id_ = header.value().run_id;
-      keep_rounds(header.value().rounds_offset, frames[3]);
+      run_id_ = held.run_id;
+      replica_incarnation_ = held.incarnation;
+      keep_rounds(held.rounds_offset, frames[3]);
       say_state();  // at once: the active sends the next replica once this one is acknowledged
     } catch (const std::exception& e) {
       log(LogLevel::kError, kLogName, "a replica of round ", header.value().round,
@@ -279,10 +321,12 @@ class Standby {
     if (!file.flush()) throw std::runtime_error("cannot write " + path);
   }
 
-  /// A node's message on the listen endpoint counts as it asking for this coordinator, if its key
-  /// is a trainer's.
+  /// A node asks for this coordinator when it reports having lost the one it had (a trainer's
+  /// report with lost_coordinator), and so do that connection's later messages (its heartbeats
+  /// while it waits). A node that merely starts, and tries this endpoint first, does not: else a
+  /// partition between the two coordinators and a node starting up would make two actives.
   void note_request(const std::vector<zmq::message_t>& frames, Clock::time_point now) {
-    if (frames.size() < 3) return;
+    if (frames.size() < 4) return;
     std::string requester = "a node";
     if (options_.authorized_keys) {
       const char* user_id = zmq_msg_gets(const_cast<zmq_msg_t*>(frames[1].handle()), "User-Id");
@@ -290,7 +334,21 @@ class Standby {
       if (key == nullptr || key->role != PeerRole::kTrainer) return;
       if (!key->node.empty()) requester = "node " + key->node;
     }
-    if (!last_request_) log(LogLevel::kInfo, kLogName, requester, " asks for this coordinator");
+    const std::string route = frames[0].to_string();
+    bool lost_one = voters_.count(route) > 0;
+    if (!lost_one) {
+      auto envelope = decode_frame<Envelope>(frames[2], pair_limits());
+      if (!envelope || envelope.value().kind != MessageKind::kHardwareReport) return;
+      BodyLimits limits;
+      limits.max_bytes = 1u << 20;
+      auto report = decode_frame<msg::HardwareReport>(frames[3], limits);
+      if (!report || report.value().lost_coordinator.empty()) return;
+      lost_one = true;
+      if (voters_.size() < kMaxVoters) voters_.insert(route);
+      requester = requester == "a node" ? "node " + report.value().node.substr(0, 64) : requester;
+    }
+    if (!last_request_)
+      log(LogLevel::kInfo, kLogName, requester, " lost its coordinator and asks for this one");
     last_request_ = now;
     requester_ = requester;
   }
@@ -308,10 +366,12 @@ class Standby {
   std::optional<Clock::time_point> peer_heard_;
   std::optional<msg::PairState> peer_;
   std::optional<Clock::time_point> last_request_;
+  std::set<std::string> voters_;  // connections whose report said they lost their coordinator
   std::string requester_;
   std::optional<Clock::time_point> last_replica_log_;
   std::uint64_t replica_round_ = 0;
   std::string run_id_;
+  std::uint64_t replica_incarnation_ = 0;  // the coordinator start its newest checkpoint is from
   bool cleared_ = false;
   bool said_lost_ = false;  // it said the active is silent, and has not heard it since
 };
@@ -355,42 +415,63 @@ std::string PairLink::yield_reason() const {
 
 bool PairLink::may_act() const {
   if (yield_requested_ || confirming_) return false;
-  // The link's loop passes every 10 ms: when it has not for a while, this process was frozen or
-  // starved, and the link has not yet heard what the peer did meanwhile.
+  // The link's loop passes every 10 ms: when it has not for a while (and is not busy sending a
+  // replica), this process was frozen or starved, and the link has not yet heard what the peer did
+  // meanwhile.
+  if (replicating_) return true;
   const auto tick = Clock::time_point(Clock::duration(last_tick_ns_.load()));
   return seconds_between(tick, Clock::now()) < kFrozenFraction * lost_after_seconds();
 }
 
 void PairLink::run() {
   name_this_thread("pair");
+  try {
+    loop();
+  } catch (const std::exception& e) {
+    // The run goes on without its standby's replicas; said loudly, never swallowed.
+    log(LogLevel::kError, kLogName, "the link to the standby failed: ", e.what(),
+        "; this coordinator goes on, but its standby holds no newer state from now on");
+  }
+}
+
+void PairLink::loop() {
   Clock::time_point next_heartbeat = Clock::now();
   Clock::time_point last_pass = Clock::now();
   last_tick_ns_ = last_pass.time_since_epoch().count();
   while (!stop_.stop_requested()) {
     zmq::pollitem_t item{subscriber_.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, kPollSlice);
+    poll_for(&item, 1, kPollSlice);
     const Clock::time_point pass = Clock::now();
-    if (seconds_between(last_pass, pass) > lost_after_seconds() && !confirming_) {
+    // Half the peer's liveness: the standby and the nodes count the silence from this one's last
+    // heartbeat, up to one interval before the freeze began.
+    if (seconds_between(last_pass, pass) > kFrozenFraction * lost_after_seconds() && !confirming_) {
       log(LogLevel::kWarn, kLogName, "this coordinator was frozen for ", seconds_between(last_pass, pass),
           " s: it closes no round for a liveness period, listening whether its peer took over meanwhile");
       confirming_since_ = pass;
       confirming_ = true;
     }
-    last_pass = pass;
     hear(subscriber_);
     // A whole liveness period of listening: what the peer said while this one was frozen comes
-    // first, oldest first (a passive state from before it took over, then its active ones).
+    // first, oldest first (a passive state from before it took over, then its active ones, among
+    // them the one it said as it decided, before its own start-up).
     if (confirming_ && seconds_between(confirming_since_, pass) > lost_after_seconds()) {
       if (!yield_requested_) log(LogLevel::kInfo, kLogName, "still the active coordinator after the freeze");
       confirming_ = false;
     }
     last_tick_ns_ = Clock::now().time_since_epoch().count();
-    if (!finished_) replicate(publisher_);
+    if (!finished_) {
+      replicating_ = true;
+      replicate(publisher_);
+      replicating_ = false;
+    }
     const Clock::time_point now = Clock::now();
     if (now >= next_heartbeat) {
       publish_state(publisher_, finished_ ? msg::PairRole::kFinished : msg::PairRole::kActive);
       next_heartbeat = now + options_.heartbeat_interval;
     }
+    // The time spent reading and sending a replica is no freeze.
+    last_pass = Clock::now();
+    last_tick_ns_ = last_pass.time_since_epoch().count();
   }
   if (finished_) publish_state(publisher_, msg::PairRole::kFinished);  // once more, as it closes
 }
@@ -401,16 +482,23 @@ void PairLink::publish_state(zmq::socket_t& publisher, msg::PairRole role) {
 
 void PairLink::replicate(zmq::socket_t& publisher) {
   const Clock::time_point started = Clock::now();
-  // One replica in flight at a time: the next goes once the peer says it holds this one (or a
-  // liveness period later, if it never does). Replicas sent faster than the link and CurveZMQ carry
-  // them filled the peer's queue, and the heartbeats queued behind them made a live active look lost.
-  if (awaiting_ack_ && seconds_between(last_replica_sent_, started) < lost_after_seconds()) return;
+  // One replica in flight at a time: the next goes once the peer says it holds this one. Replicas
+  // sent faster than the link and CurveZMQ carry them filled the peer's queue, and the heartbeats
+  // queued behind them made a live active look lost. Unanswered for a liveness period (dropped
+  // before the peer's subscription was up, or lost with a peer that restarted), or asked for by a
+  // new peer, the newest goes again.
+  const bool answer_overdue =
+      awaiting_ack_ && seconds_between(last_replica_sent_, started) >= lost_after_seconds();
+  if (awaiting_ack_ && !answer_overdue && !resend_) return;
   std::optional<std::pair<std::uint64_t, std::string>> newest;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     newest.swap(newest_checkpoint_);
   }
-  if (!newest || newest->first <= replicated_round_) return;
+  if (!newest || newest->first <= replicated_round_)
+    newest = (answer_overdue || resend_) ? last_sent_ : std::nullopt;
+  resend_ = false;
+  if (!newest) return;
   std::optional<zmq::message_t> contents;
   try {
     contents = read_whole_file(newest->second);
@@ -429,6 +517,7 @@ void PairLink::replicate(zmq::socket_t& publisher) {
                                        zmq::message_t(rounds_from(rounds_path, offset))};
   zmq::send_multipart(publisher, frames, zmq::send_flags::dontwait);
   replicated_round_ = newest->first;
+  last_sent_ = newest;
   awaiting_ack_ = true;
   last_replica_sent_ = Clock::now();
   ++replicas_;
@@ -445,6 +534,7 @@ void PairLink::hear(zmq::socket_t& subscriber) {
       if (state->pid != peer_pid_)
         log(LogLevel::kInfo, kLogName, "a passive peer (pid ", state->pid, ", holding round ", state->round,
             ") listens at ", options_.peer_endpoint);
+      if (state->pid != peer_pid_ && state->round < replicated_round_) resend_ = true;
       if (state->pid != peer_pid_ || state->round >= replicated_round_) awaiting_ack_ = false;
       peer_pid_ = state->pid;
     }

@@ -89,6 +89,7 @@ class PairLink {
 
  private:
   void run();
+  void loop();
   void publish_state(zmq::socket_t& publisher, msg::PairRole role);
   void replicate(zmq::socket_t& publisher);
   void hear(zmq::socket_t& subscriber);
@@ -105,12 +106,15 @@ class PairLink {
   std::atomic<bool> finished_{false};
   std::atomic<std::int64_t> last_tick_ns_{0};  // steady clock, the link loop's latest pass
   std::atomic<bool> confirming_{false};        // woke from a freeze: waiting to hear the peer
+  std::atomic<bool> replicating_{false};       // the link is reading or sending a replica
   Clock::time_point confirming_since_{};       // the link's thread only
   // The link's thread only: what replication has cost.
   std::uint64_t replicated_round_ = 0;
   std::uint64_t peer_rounds_bytes_ = 0;  // of rounds.jsonl, as the passive peer last said
   std::int64_t peer_pid_ = 0;            // the passive peer's process, as it last said
   bool awaiting_ack_ = false;            // a replica was sent that the peer has not said it holds
+  bool resend_ = false;                  // a new peer holds less than the last replica sent
+  std::optional<std::pair<std::uint64_t, std::string>> last_sent_;  // round and file of the last replica
   Clock::time_point last_replica_sent_{};
   double lost_after_seconds() const {
     return options_.liveness * std::chrono::duration<double>(options_.heartbeat_interval).count();

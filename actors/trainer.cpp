@@ -149,6 +149,7 @@ void Trainer::tick(Clock::time_point now) {
   const auto silence = options_.heartbeat_interval * options_.liveness;
   if (now - last_heard_ > silence) {
     register_again("no heartbeat from the coordinator for " + std::to_string(silence.count()) + " ms");
+    if (coordinators_.size() > 1) report_.lost_coordinator = coordinator();  // its vote, to a pair's standby
     ask_next_coordinator("lost " + coordinator());
     return;
   }
@@ -284,8 +285,10 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
   const std::string publish = reachable_endpoint(
       admission.model_endpoint.empty() ? admission.publish_endpoint : admission.model_endpoint,
       coordinator());
-  const bool subscription_moved = publish != subscribed_to_;
-  if (subscription_moved) {
+  // Moved from another coordinator's publisher (a pair's): not the first subscription, nor the same
+  // coordinator restarted.
+  const bool subscription_moved = !subscribed_to_.empty() && publish != subscribed_to_;
+  if (publish != subscribed_to_) {
     const bool first_subscription = subscribed_to_.empty();
     bus_.subscribe(publish, {kModelTopic, kControlTopic, snapshot_topic(bus_.name())});
     if (first_subscription) {
@@ -332,6 +335,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     snapshot_first_retry_ = std::clamp(2 * answered, kSnapshotRetry, kMaxSnapshotWait);
   }
   if (state_ != State::kAdmitted) admitted_at_ = loop_.now();
+  report_.lost_coordinator.clear();
   state_ = State::kAdmitted;
   register_retry_ = kRegisterRetry;
   snapshot_retry_ = snapshot_first_retry_;  // requests to a coordinator that went away backed off

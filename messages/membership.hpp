@@ -53,9 +53,12 @@ struct HardwareReport {
   // again): a report repeated within one registration is the same to the byte, and the registrar
   // sends no second model archive for it while the first may still be on its way.
   std::uint64_t registration = 0;
+  // The coordinator it lost (its heartbeats stopped) before it asks this one: to a coordinator
+  // pair's passive one, a report with it is a node asking it to take over; empty otherwise.
+  std::string lost_coordinator;
   MSGPACK_DEFINE_MAP(node, device, hostname, cpu_cores, memory_available_bytes, swap_available_bytes,
                      cpu_gemm_gflops, gpus, gpu_status, priority, torch_threads, precisions,
-                     dataset_fingerprint, dataset_format, dataset_problem, registration)
+                     dataset_fingerprint, dataset_format, dataset_problem, registration, lost_coordinator)
 };
 
 // What every trainer of a run must agree on; the coordinator's configuration is the source. The
