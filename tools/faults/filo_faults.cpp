@@ -1090,6 +1090,12 @@ int main(int argc, char** argv) {
     } else {
       cluster.start_coordinator();
     }
+    // Nodes start once the coordinator listens (it writes coordinator.json after binding): a node's
+    // report sent earlier waits in its queue, and the admission then seems to take the
+    // coordinator's start-up to cross the link (auto mode read 375 ms on loopback as a slow link).
+    const auto listening_by = Clock::now() + kEventWait;
+    while (!std::filesystem::exists(run_dir + "/coordinator.json") && Clock::now() < listening_by)
+      std::this_thread::sleep_for(20ms);
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
       cluster.start_node(node);
