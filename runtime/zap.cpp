@@ -70,22 +70,16 @@ void ZapHandler::answer(std::vector<zmq::message_t>& request) {
   char z85[41] = {};
   zmq_z85_encode(z85, static_cast<const std::uint8_t*>(request[6].data()), kCurveKeyBytes);
   const std::string public_key(z85);
-  if (request[2].to_string() == kPairZapDomain) {
-    // The pair's channel carries the run's whole state: no fleet key, not even an operator's.
-    if (pair_key_.empty() || public_key != pair_key_) {
-      ++denied_;
-      refusals_.refuse(address, "zap: not the coordinator's key", "key " + public_key);
-      reply(socket_, request[1], "400", "only the coordinator's key may join the pair channel", "");
-      return;
-    }
-    ++admitted_;
-    reply(socket_, request[1], "200", "OK", public_key);
-    return;
-  }
-  if (keys_ == nullptr || keys_->find(public_key) == nullptr) {
+  // The pair's channel carries the run's whole state: no fleet key there, not even an operator's.
+  const bool pair_domain = request[2].to_string() == kPairZapDomain;
+  const bool admitted = pair_domain ? !pair_key_.empty() && public_key == pair_key_
+                                    : keys_ != nullptr && keys_->find(public_key) != nullptr;
+  if (!admitted) {
     ++denied_;
-    refusals_.refuse(address, "zap: key not authorized", "key " + public_key);
-    reply(socket_, request[1], "400", "key not authorized", "");
+    refusals_.refuse(address, pair_domain ? "zap: not the coordinator's key" : "zap: key not authorized",
+                     "key " + public_key);
+    reply(socket_, request[1], "400",
+          pair_domain ? "only the coordinator's key may join the pair channel" : "key not authorized", "");
     return;
   }
   ++admitted_;
