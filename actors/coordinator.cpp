@@ -292,7 +292,11 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   scheduler_options.robust = config.robust;
   if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
-  if (link) scheduler_options.may_act = [&link] { return link->may_act(); };
+  if (link) {
+    scheduler_options.pair = &*link;
+    scheduler_options.pair_listen = config.bus.listen;
+    scheduler_options.peer_listen = config.ha.peer;
+  }
   if (pair && pair->failover) {
     scheduler_options.failover = pair->failover;
     scheduler_options.failover->coordinator_start = incarnation;

@@ -34,6 +34,10 @@ constexpr double kFrozenFraction = 0.5;
 constexpr std::size_t kMaxVoters = 4096;
 /// A standby says it holds a newer replica at most this often in its log.
 constexpr double kReplicaLogSeconds = 10.0;
+/// `filo failback`: how long the active waits for its peer to hold the handed-over checkpoint
+/// before it gives up and goes on (a replica of the built-in CNN takes milliseconds; one of a
+/// large model over a slow link, seconds).
+constexpr double kHandoverSeconds = 30.0;
 
 BodyLimits pair_limits() {
   BodyLimits limits;
@@ -210,6 +214,14 @@ class Standby {
                          "primary: no peer heard in " + std::to_string(2 * lost_after) + " s", silent, now);
         }
         continue;
+      }
+      // `filo failback`: the active handed the run over and this one holds the round it closed last.
+      if (peer_heard_ && peer_->role == msg::PairRole::kActive && peer_->handing_over &&
+          peer_->run_id == run_id_ && replica_round_ >= peer_->round && replica_round_ > 0) {
+        return outcome(
+            StandbyOutcome::Kind::kBecomeActive, true,
+            "failback: the active coordinator handed the run over at round " + std::to_string(peer_->round),
+            0.0, now);
       }
       // Binary Star's rule: lost the active AND a node asked (votes older than the loss do not count).
       const bool peer_lost = silent > lost_after;
@@ -396,6 +408,7 @@ PairLink::PairLink(const SocketFactory& sockets, PairOptions options, std::strin
 PairLink::~PairLink() {
   stop_.request_stop();
   thread_.join();
+  std::lock_guard<std::mutex> lock(mutex_);
   if (replicas_ > 0) {
     log(LogLevel::kInfo, kLogName, replicas_, " replicas sent to the peer, ", replica_bytes_ / replicas_,
         " bytes and ", 1000.0 * replica_seconds_ / static_cast<double>(replicas_),
@@ -411,6 +424,64 @@ void PairLink::checkpoint_written(std::uint64_t round, const std::string& path) 
 std::string PairLink::yield_reason() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return yield_reason_;
+}
+
+PairLink::Status PairLink::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Status status;
+  if (peer_heard_) {
+    status.peer_silent_seconds = seconds_between(*peer_heard_, Clock::now());
+    status.peer_state =
+        status.peer_silent_seconds > lost_after_seconds() ? "silent" : msg::pair_role_name(peer_->role);
+    status.peer_round = peer_->round;
+  }
+  status.replicas = replicas_;
+  if (replicas_ > 0) {
+    status.replica_bytes = static_cast<double>(replica_bytes_) / static_cast<double>(replicas_);
+    status.replica_milliseconds = 1000.0 * replica_seconds_ / static_cast<double>(replicas_);
+  }
+  status.handover = handover_;
+  status.handover_failed = handover_failed_;
+  return status;
+}
+
+void PairLink::hand_over(std::uint64_t round) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  handover_round_ = round;
+  handover_asked_ = Clock::now();
+  handover_failed_ = false;
+  handover_ = "waiting for the peer to hold round " + std::to_string(round);
+  log(LogLevel::kInfo, kLogName, "failback: handing the run to the peer at ", options_.peer_endpoint,
+      " once it holds round ", round);
+}
+
+void PairLink::follow_handover() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!handover_round_ || handing_over_) return;
+  const std::uint64_t round = *handover_round_;
+  const Clock::time_point now = Clock::now();
+  const bool peer_listening = peer_heard_ && seconds_between(*peer_heard_, now) <= lost_after_seconds();
+  if (peer_listening && peer_->role == msg::PairRole::kPassive && peer_->round >= round) {
+    handing_over_ = true;
+    handover_ = "handed over at round " + std::to_string(round) + ": the peer at " + options_.peer_endpoint +
+                " takes over";
+    yield_reason_ = "failback: the run was handed to the peer at " + options_.peer_endpoint + " at round " +
+                    std::to_string(round);
+    lock.unlock();
+    log(LogLevel::kInfo, kLogName, "failback: the peer holds round ", round, "; it takes over now");
+    publish_state(publisher_, msg::PairRole::kActive);  // at once: the next heartbeat says it again
+    yield_requested_ = true;
+    return;
+  }
+  if (seconds_between(handover_asked_, now) > kHandoverSeconds) {
+    handover_failed_ = true;
+    handover_ = "abandoned: the peer did not hold round " + std::to_string(round) + " within " +
+                std::to_string(static_cast<int>(kHandoverSeconds)) + " s (it " +
+                (peer_listening ? "holds round " + std::to_string(peer_->round) : std::string("is silent")) +
+                "); this coordinator stays active";
+    handover_round_.reset();
+    log(LogLevel::kWarn, kLogName, "failback ", handover_);
+  }
 }
 
 bool PairLink::may_act() const {
@@ -463,6 +534,7 @@ void PairLink::loop() {
       replicating_ = true;
       replicate(publisher_);
       replicating_ = false;
+      follow_handover();
     }
     const Clock::time_point now = Clock::now();
     if (now >= next_heartbeat) {
@@ -474,10 +546,12 @@ void PairLink::loop() {
     last_tick_ns_ = last_pass.time_since_epoch().count();
   }
   if (finished_) publish_state(publisher_, msg::PairRole::kFinished);  // once more, as it closes
+  if (handing_over_) publish_state(publisher_, msg::PairRole::kActive);
 }
 
 void PairLink::publish_state(zmq::socket_t& publisher, msg::PairRole role) {
-  send_state(publisher, msg::PairState{role, run_id_, incarnation_, replicated_round_, getpid()});
+  send_state(publisher,
+             msg::PairState{role, run_id_, incarnation_, replicated_round_, getpid(), 0, handing_over_});
 }
 
 void PairLink::replicate(zmq::socket_t& publisher) {
@@ -520,6 +594,7 @@ void PairLink::replicate(zmq::socket_t& publisher) {
   last_sent_ = newest;
   awaiting_ack_ = true;
   last_replica_sent_ = Clock::now();
+  std::lock_guard<std::mutex> lock(mutex_);
   ++replicas_;
   replica_bytes_ += bytes;
   replica_seconds_ += seconds_between(started, Clock::now());
@@ -528,6 +603,11 @@ void PairLink::replicate(zmq::socket_t& publisher) {
 void PairLink::hear(zmq::socket_t& subscriber) {
   while (auto frames = receive_frames(subscriber)) {
     const auto state = as_state(*frames);
+    if (state) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      peer_heard_ = Clock::now();
+      peer_ = *state;
+    }
     if (state && state->role == msg::PairRole::kPassive) {
       peer_rounds_bytes_ = state->rounds_bytes;
       // A new standby (another process) is sent the newest replica at once, whatever it holds.

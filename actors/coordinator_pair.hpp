@@ -10,6 +10,8 @@
 //
 //   passive ──(peer silent for liveness heartbeats AND a node asked here)──▶ active
 //   active  ──(peer active with a newer start: it took over while this one was stopped or cut off)──▶ passive
+//   active  ──(`filo failback`: the round in flight closes, its checkpoint reaches the peer)──▶ passive
+//   passive ──(its active peer hands the run over, and it holds the handed-over round)──▶ active
 //   primary at start: active, unless its peer says it is active (then passive)
 //   either  ──(peer says the run finished)──▶ exit
 //
@@ -69,6 +71,18 @@ StandbyOutcome run_standby(const PairOptions& options, const CurveSettings& curv
 /// and the watch for a peer that took over meanwhile.
 class PairLink {
  public:
+  /// The pair as this active sees it, for the event stream.
+  struct Status {
+    std::string peer_state = "not heard";  /// "passive", "silent", "not heard", "active", "finished"
+    double peer_silent_seconds = -1.0;     /// since its last heartbeat; -1: never heard
+    std::uint64_t peer_round = 0;          /// the newest checkpoint the peer says it holds
+    std::uint64_t replicas = 0;
+    double replica_bytes = 0.0;  /// mean
+    double replica_milliseconds = 0.0;
+    std::string handover;          /// a failback: what it waits for, or how it ended (empty: none asked)
+    bool handover_failed = false;  /// the peer did not take the run in time: this one goes on
+  };
+
   PairLink(const SocketFactory& sockets, PairOptions options, std::string run_id, std::uint64_t incarnation);
   ~PairLink();
   PairLink(const PairLink&) = delete;
@@ -86,6 +100,13 @@ class PairLink {
   /// that wakes from a freeze must not close a round its peer, which took over meanwhile, closes too.
   bool may_act() const;
   std::string yield_reason() const;
+  Status status() const;
+
+  /// `filo failback`, once the round `round` closed with a checkpoint and this active plans no
+  /// more: the link waits until its peer holds that checkpoint, tells it to take over, and gives
+  /// way (yield_requested). A peer that does not take it within kHandoverSeconds leaves this one
+  /// active (status().handover_failed). Any thread.
+  void hand_over(std::uint64_t round);
 
  private:
   void run();
@@ -93,6 +114,7 @@ class PairLink {
   void publish_state(zmq::socket_t& publisher, msg::PairRole role);
   void replicate(zmq::socket_t& publisher);
   void hear(zmq::socket_t& subscriber);
+  void follow_handover();
 
   PairOptions options_;
   std::string run_id_;
@@ -119,9 +141,17 @@ class PairLink {
   double lost_after_seconds() const {
     return options_.liveness * std::chrono::duration<double>(options_.heartbeat_interval).count();
   }
-  std::uint64_t replicas_ = 0;
+  std::uint64_t replicas_ = 0;  // guarded by mutex_, as are the figures below
   std::uint64_t replica_bytes_ = 0;
   double replica_seconds_ = 0.0;
+  std::optional<Clock::time_point> peer_heard_;  // guarded by mutex_
+  std::optional<msg::PairState> peer_;           // guarded by mutex_: its last heartbeat
+  std::optional<std::uint64_t>
+      handover_round_;                  // guarded by mutex_: a failback asked to hand this round over
+  Clock::time_point handover_asked_{};  // guarded by mutex_
+  std::string handover_;                // guarded by mutex_: Status::handover
+  bool handover_failed_ = false;        // guarded by mutex_
+  bool handing_over_ = false;           // the link's thread: it told its peer to take over
   StopFlag stop_;
   ScopedThread thread_;  // last: joined before the sockets close
 };

@@ -312,6 +312,12 @@ void FleetState::apply_event(const msg::ExchangeChosen& event, double time) {
   note("exchange", event.round, time, "", event.text);
 }
 
+void FleetState::apply_event(const msg::PairStatus& event, double time) {
+  run_.pair = event;
+  // Every second for the page and /metrics; the event list only when something changed.
+  if (event.changed) note("pair", event.round, time, "", event.text);
+}
+
 std::optional<double> FleetState::heartbeat_age(const TrainerView& trainer, double now) const {
   if (!trainer.heartbeat_age_seconds) return std::nullopt;
   // A trainer that is no longer live has no heartbeat to age: the last roll call's figure would lie.
@@ -395,6 +401,7 @@ nlohmann::json FleetState::to_json(double now) const {
             {"finished_text", run_.finished_text},
             {"run_dir", run_.run_dir},
             {"exchange", run_.exchange},
+            {"pair", run_.pair ? msg::event_json(*run_.pair, 0.0) : nlohmann::json()},
             {"dropped", run_.dropped}}},
           {"trainers", trainers},
           {"loss", series_json(loss_)},
@@ -444,6 +451,20 @@ std::string FleetState::prometheus_text(double now) const {
   if (!run_.dropped.empty()) {
     metric.family("filo_messages_dropped_total", "counter", "Messages the coordinator refused, by reason.");
     for (const auto& [reason, count] : run_.dropped) metric.sample(count, {{"reason", reason}});
+  }
+  if (run_.pair) {
+    const msg::PairStatus& pair = *run_.pair;
+    metric.family("filo_pair_peer_up", "gauge",
+                  "1 while the active coordinator hears its standby, passive and holding replicas.");
+    metric.sample(pair.peer_state == "passive" ? 1.0 : 0.0, {{"active", pair.active}, {"peer", pair.peer}});
+    metric.family("filo_pair_peer_behind_rounds", "gauge",
+                  "Rounds the standby's newest checkpoint is behind the active's last round.");
+    metric.sample(static_cast<double>(pair.round - std::min(pair.round, pair.peer_round)));
+    metric.family("filo_pair_failovers_total", "counter", "Takeovers by a standby coordinator in this run.");
+    metric.sample(static_cast<double>(pair.failovers));
+    metric.family("filo_pair_replica_seconds", "gauge",
+                  "What one checkpoint replica cost the active coordinator, on average.");
+    metric.sample(pair.replica_milliseconds / 1000.0);
   }
   metric.family("filo_monitor_events_total", "counter", "Events this monitor received.");
   metric.sample(static_cast<double>(events_seen_));
@@ -524,6 +545,7 @@ std::string FleetState::table_text(double now) const {
   if (run_.test_perplexity) out << "  test perplexity " << std::setprecision(2) << *run_.test_perplexity;
   if (run_.finished) out << "  finished";
   out << "\n";
+  if (run_.pair) out << run_.pair->text << "\n";
   out << std::left << std::setw(26) << "trainer" << std::setw(14) << "machine" << std::setw(8) << "device"
       << std::setw(10) << "state" << std::right << std::setw(7) << "share" << std::setw(11) << "samples/s"
       << std::setw(8) << "idle s" << std::setw(11) << "heartbeat" << std::setw(10) << "delivered"

@@ -98,6 +98,7 @@ struct RunView {
   std::string run_dir;
   std::map<std::string, double> dropped;  // refused messages by reason
   std::string exchange;                   // how the last round exchanged its work
+  std::optional<msg::PairStatus> pair;    // a coordinator pair's state, as its active last said
 };
 
 class FleetState {
@@ -141,6 +142,7 @@ class FleetState {
   void apply_event(const msg::RunEnded& event, double time);
   void apply_event(const msg::SecurityNotice& event, double time);
   void apply_event(const msg::ExchangeChosen& event, double time);
+  void apply_event(const msg::PairStatus& event, double time);
   void note(const std::string& type, std::uint64_t round, double time, const std::string& trainer,
             const std::string& text);
 

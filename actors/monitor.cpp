@@ -69,9 +69,11 @@ void Monitor::show(const msg::AnyEvent& event) {
     std::cout << msg::event_json(event, unix_time).dump() << std::endl;
     return;
   }
+  // A coordinator pair's state comes every second: a line only when it changed.
+  const auto* pair = std::get_if<msg::PairStatus>(&event);
   const bool tabled = std::holds_alternative<msg::RoundClosed>(event) ||
                       std::holds_alternative<msg::FleetMembers>(event) ||
-                      std::holds_alternative<msg::RefusalCounts>(event);
+                      std::holds_alternative<msg::RefusalCounts>(event) || (pair && !pair->changed);
   if (options_.style == MonitorStyle::kTable) {
     fleet_.apply(event, seconds_between(started_, Clock::now()));
     if (tabled) return;  // in the table
@@ -86,6 +88,7 @@ void Monitor::show(const msg::AnyEvent& event) {
     return;
   }
   if (std::holds_alternative<msg::FleetMembers>(event)) return;  // a roll call a second would drown the lines
+  if (pair && !pair->changed) return;
   end_progress_line();
   std::cout << msg::event_text(event) << std::endl;
 }

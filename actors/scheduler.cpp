@@ -46,6 +46,9 @@ constexpr double kClaimTrust = 4.0;
 constexpr double kMaxSpeedGrowth = 2.0;
 /// How often the counts of refused messages are published when they grew.
 constexpr Milliseconds kDroppedEventInterval{1000};
+/// A pair's active looks at its link this often, and publishes the pair's state at least this often.
+constexpr Milliseconds kPairCheckInterval{100};
+constexpr double kPairStatusSeconds = 1.0;
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
 /// again: a message lost between the coordinator's actors must not stall the run.
 constexpr double kCombineResendSeconds = 1.0;
@@ -279,6 +282,7 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
   loop_.every(kStartCheckInterval, [this] { maybe_start(loop_.now()); });
   loop_.every(kResendCheckInterval, [this] { resend_unanswered(loop_.now()); });
   loop_.every(kDroppedEventInterval, [this] { publish_dropped(); });
+  if (options_.pair) loop_.every(kPairCheckInterval, [this] { follow_pair(); });
 }
 
 void Scheduler::run() {
@@ -550,9 +554,9 @@ void Scheduler::maybe_start(Clock::time_point now) {
     resumed.resumed_after_round = state_.round;
     resumed.coordinator_start = options_.incarnation;
     resumed.text = options_.failover
-                       ? "standby coordinator took over (start " + std::to_string(options_.incarnation) +
-                             "): resumed after round " + std::to_string(state_.round) +
-                             " from its replica; " + options_.failover->reason
+                       ? "the pair's other coordinator took over (start " +
+                             std::to_string(options_.incarnation) + "): resumed after round " +
+                             std::to_string(state_.round) + " from its replica; " + options_.failover->reason
                        : "coordinator restarted (start " + std::to_string(options_.incarnation) +
                              "): resumed after round " + std::to_string(state_.round) +
                              " from its checkpoint";
@@ -663,7 +667,7 @@ void Scheduler::measure_link(const OpenRound& round, TrainerState& state,
 }
 
 bool Scheduler::may_act() {
-  if (!options_.may_act || options_.may_act()) return true;
+  if (!options_.pair || options_.pair->may_act()) return true;
   // A coordinator pair's active that was frozen (SIGSTOP, a stalled machine) waits until it has
   // heard whether its peer took over meanwhile: acting first would make two actives for a round.
   if (!gate_retry_armed_) {
@@ -681,7 +685,7 @@ bool Scheduler::may_act() {
 }
 
 void Scheduler::plan_round() {
-  if (open_ || planning_done_ || calibrated_trainers() == 0 || pool_.empty()) return;
+  if (open_ || planning_done_ || handover_round_ || calibrated_trainers() == 0 || pool_.empty()) return;
   if (!may_act()) return;
   if (auto_exchange()) choose_exchange_now();
   const Exchange exchange = state_.exchange;
@@ -1259,8 +1263,18 @@ void Scheduler::close_round(const std::string& why) {
   // Checkpoints wait while an evaluation is under way: a coordinator resumed from the epoch's last
   // round then scores that epoch's own final model.
   const auto every = static_cast<std::uint64_t>(std::max<std::int64_t>(0, options_.checkpoint_every));
+  // `filo failback` hands the run over at a round's close with a checkpoint, not at an epoch's end
+  // (its evaluation belongs to this coordinator) nor while one is under way.
+  const bool hand_over = failback_asked_ && !evaluation_under_way && !evaluate;
   combine.checkpoint =
-      every > 0 && !evaluation_under_way && (round.round % every == 0 || evaluate.has_value());
+      hand_over || (every > 0 && !evaluation_under_way && (round.round % every == 0 || evaluate.has_value()));
+  if (hand_over) {
+    handover_round_ = round.round;
+    log(LogLevel::kInfo, bus_.name(), "failback ", *failback_asked_, ": round ", round.round,
+        " is this coordinator's last; its checkpoint goes to the peer, which takes over");
+    failback_asked_.reset();
+    options_.pair->hand_over(round.round);
+  }
   if (combine.checkpoint) {
     state_.last_round_record = record.dump();
     RoundState saved = state_;
@@ -1279,6 +1293,77 @@ void Scheduler::close_round(const std::string& why) {
   record_.append_round(record);
   bus_.publish(kEventTopic, closed);
   if (evaluate) epoch_started_ = loop_.now();
+}
+
+void Scheduler::handle(const msg::Failback& failback, const Incoming& from) {
+  const std::string asked =
+      "asked by " + from.from + (failback.reason.empty() ? "" : " (" + failback.reason + ")");
+  if (!options_.pair) {
+    log(LogLevel::kWarn, bus_.name(), "failback ", asked, " refused: this coordinator has no peer");
+    count_drop("failback: not a coordinator pair");
+    return;
+  }
+  if (failback_asked_ || handover_round_) return;  // under way already
+  const PairLink::Status status = options_.pair->status();
+  if (status.peer_state != "passive" || status.peer_round == 0) {
+    const std::string refused = "refused: the peer at " + options_.peer_listen + " is " + status.peer_state +
+                                (status.peer_state == "passive" ? " and holds no checkpoint yet" : "");
+    log(LogLevel::kWarn, bus_.name(), "failback ", asked, " ", refused);
+    publish_pair_status(status, true, refused);
+    return;
+  }
+  failback_asked_ = asked;
+  log(LogLevel::kInfo, bus_.name(), "failback ", asked, ": the run goes to the peer at ",
+      options_.peer_listen, " at the next round's close");
+  publish_pair_status(status, true, "asked: the run goes to the peer at the next round's close");
+}
+
+void Scheduler::follow_pair() {
+  const PairLink::Status status = options_.pair->status();
+  if (handover_round_ && status.handover_failed) {
+    log(LogLevel::kWarn, bus_.name(), "failback ", status.handover, ": planning goes on");
+    handover_round_ = 0;
+    plan_round();
+  }
+  std::string handover = status.handover;
+  if (failback_asked_) handover = "asked: the run goes to the peer at the next round's close";
+  const std::string shape = status.peer_state + "|" + handover;
+  const bool changed = shape != pair_shape_;
+  if (!changed && pair_published_ && seconds_between(*pair_published_, loop_.now()) < kPairStatusSeconds)
+    return;
+  pair_shape_ = shape;
+  pair_published_ = loop_.now();
+  publish_pair_status(status, changed, handover);
+}
+
+void Scheduler::publish_pair_status(const PairLink::Status& status, bool changed,
+                                    const std::string& handover) {
+  msg::PairStatus event;
+  event.active = options_.pair_listen;
+  event.peer = options_.peer_listen;
+  event.peer_state = status.peer_state;
+  event.peer_silent_seconds = status.peer_silent_seconds;
+  event.round = state_.round;
+  event.peer_round = status.peer_round;
+  event.replicas = status.replicas;
+  event.replica_bytes = status.replica_bytes;
+  event.replica_milliseconds = status.replica_milliseconds;
+  event.coordinator_start = options_.incarnation;
+  event.failovers = state_.failovers.size();
+  event.handover = handover;
+  event.changed = changed;
+  std::ostringstream text;
+  text << "coordinator pair: " << event.active << " active at round " << event.round << "; its peer "
+       << event.peer << " " << event.peer_state;
+  if (event.peer_state == "passive")
+    text << ", holding round " << event.peer_round << " ("
+         << (event.round - std::min(event.round, event.peer_round)) << " behind)";
+  else if (event.peer_state == "silent")
+    text << " for " << std::fixed << std::setprecision(1) << event.peer_silent_seconds << " s";
+  if (event.failovers > 0) text << "; " << event.failovers << " failover" << (event.failovers > 1 ? "s" : "");
+  if (!handover.empty()) text << "; failback " << handover;
+  event.text = text.str();
+  bus_.publish(kEventTopic, event);
 }
 
 void Scheduler::send_evaluate(const msg::Evaluate& evaluate) {

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/coordinator_pair.hpp"
 #include "actors/exchange_choice.hpp"
 #include "actors/shares.hpp"
 #include "messages/event.hpp"
@@ -116,15 +117,20 @@ struct SchedulerOptions {
   /// `failover_decided` and is filled by the first round this scheduler closes).
   std::optional<FailoverRecord> failover;
   Clock::time_point failover_decided{};
-  /// A coordinator pair's active: whether it may close and plan rounds now (null: always).
-  std::function<bool()> may_act;
+  /// A coordinator pair's active: its link to the peer (null: a lone coordinator). The scheduler
+  /// asks it whether it may close and plan rounds now, publishes the pair's state on the event
+  /// stream, and hands the run over through it on `filo failback`.
+  PairLink* pair = nullptr;
+  std::string pair_listen;  /// this coordinator's bus.listen, and its peer's: for the event stream
+  std::string peer_listen;
   DropCounters* drops = nullptr;  /// refused messages of this process, for records; may be null
 };
 
 class Scheduler final {
  public:
-  using Inbox = std::variant<msg::MembershipChange, msg::Calibration, msg::ContributionReceived,
-                             msg::RoundCombined, msg::Evaluated, msg::TrainerFailed, msg::Readmit>;
+  using Inbox =
+      std::variant<msg::MembershipChange, msg::Calibration, msg::ContributionReceived, msg::RoundCombined,
+                   msg::Evaluated, msg::TrainerFailed, msg::Readmit, msg::Failback>;
 
   /// `on_finished` is called once the run is over and its summary written.
   Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
@@ -139,6 +145,7 @@ class Scheduler final {
   void handle(const msg::Evaluated& evaluated, const Incoming& from);
   void handle(const msg::TrainerFailed& failed, const Incoming& from);
   void handle(const msg::Readmit& readmit, const Incoming& from);
+  void handle(const msg::Failback& failback, const Incoming& from);
 
  private:
   struct TrainerState {
@@ -220,8 +227,12 @@ class Scheduler final {
   void measure_link(const OpenRound& round, TrainerState& state, const msg::ContributionReceived& report,
                     double arrival_seconds);
   bool every_live_planned_trainer_answered() const;
-  /// Whether this coordinator may act now (options_.may_act); when not, a retry is armed.
+  /// Whether this coordinator may act now (its pair link's may_act); when not, a retry is armed.
   bool may_act();
+  /// A pair's active: publishes the pair's state (every kPairStatusInterval, and at once when the
+  /// peer's state or a failback's changes), and goes on planning when a failback was abandoned.
+  void follow_pair();
+  void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
   /// Closes the open round: accounts each planned trainer, moves the epoch on, tells the
   /// aggregator what to combine, plans the next round, and records and announces this one.
   void close_round(const std::string& why);
@@ -314,6 +325,12 @@ class Scheduler final {
   std::uint64_t model_broadcast_bytes_ = 0;  // every combined round's broadcast, as one trainer receives it
   std::uint64_t dropped_published_ = 0;      // refusals counted in the last RefusalCounts
   bool failover_timed_ = false;
+  /// `filo failback`: asked (who, for the log), and the round whose close handed the run over (0:
+  /// none); no round is planned after it unless the handover is abandoned.
+  std::optional<std::string> failback_asked_;
+  std::uint64_t handover_round_ = 0;
+  std::string pair_shape_;  // the peer's state and the handover's, as last published
+  std::optional<Clock::time_point> pair_published_;
   bool gate_retry_armed_ = false;
   std::size_t resumed_fleet_ = 0;  // trainers the last round before a resume planned              // the
                                    // failover record of this start has its first round

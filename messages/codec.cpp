@@ -66,6 +66,10 @@ std::string_view kind_name(MessageKind kind) {
       return "ModelUpdate";
     case MessageKind::kExchangeChosen:
       return "ExchangeChosen";
+    case MessageKind::kPairStatus:
+      return "PairStatus";
+    case MessageKind::kFailback:
+      return "Failback";
   }
   return "unknown";
 }

@@ -43,8 +43,10 @@ enum class MessageKind : std::uint8_t {
   kReadmit,
   kModelUpdate,
   kExchangeChosen,
+  kPairStatus,
+  kFailback,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kExchangeChosen);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kFailback);
 
 std::string_view kind_name(MessageKind kind);
 

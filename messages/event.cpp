@@ -49,6 +49,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunEnded, text, rounds, metric, 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SecurityNotice, text)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ExchangeChosen, text, round, mode, compression, sync_steps,
                                                 gradient_fraction, local_fraction, reason)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PairStatus, text, active, peer, peer_state,
+                                                peer_silent_seconds, round, peer_round, replicas,
+                                                replica_bytes, replica_milliseconds, coordinator_start,
+                                                failovers, handover, changed)
 
 namespace {
 /// The stable names of the families that are not MemberNews, in AnyEvent's order.
@@ -66,6 +70,7 @@ const char* family_name(const AnyEvent& event) {
         if constexpr (std::is_same_v<T, RunEnded>) return "finished";
         if constexpr (std::is_same_v<T, SecurityNotice>) return "insecure";
         if constexpr (std::is_same_v<T, ExchangeChosen>) return "exchange";
+        if constexpr (std::is_same_v<T, PairStatus>) return "pair";
       },
       event);
 }
@@ -168,6 +173,7 @@ AnyEvent event_from_json(const nlohmann::json& line) {
   if (type == "finished") return read_as<RunEnded>(line);
   if (type == "insecure") return read_as<SecurityNotice>(line);
   if (type == "exchange") return read_as<ExchangeChosen>(line);
+  if (type == "pair") return read_as<PairStatus>(line);
   MemberNews news = line.get<MemberNews>();
   if (member_change_name(news.change) != type)
     throw std::invalid_argument("unknown event type '" + type + "'");

@@ -206,6 +206,30 @@ struct ExchangeChosen {
   MSGPACK_DEFINE_MAP(text, round, mode, compression, sync_steps, gradient_fraction, local_fraction, reason)
 };
 
+// scheduler of a coordinator pair's active → monitors (type "pair"): the pair as the active sees it,
+// every second and at once when its peer's state changes (then `changed`). The passive coordinator
+// publishes no events: the active speaks for the pair, and a monitor given both endpoints hears
+// whichever is active.
+struct PairStatus {
+  static constexpr MessageKind kKind = MessageKind::kPairStatus;
+  std::string text;
+  std::string active;      // the active coordinator's bus.listen
+  std::string peer;        // its peer's (ha.peer)
+  std::string peer_state;  // "passive", "silent" (heard, then lost), "not heard", "active" (it gives way)
+  double peer_silent_seconds = 0.0;   // since the peer's last heartbeat (-1: never heard)
+  std::uint64_t round = 0;            // the active's last closed round
+  std::uint64_t peer_round = 0;       // the newest checkpoint the peer holds
+  std::uint64_t replicas = 0;         // checkpoints sent to the peer by this coordinator start
+  double replica_bytes = 0.0;         // their mean size
+  double replica_milliseconds = 0.0;  // what one cost this process, on average
+  std::uint64_t coordinator_start = 0;
+  std::uint64_t failovers = 0;  // takeovers in this run so far (summary.json's "failovers")
+  std::string handover;         // a failback under way: what it waits for (empty: none)
+  bool changed = false;         // the peer's state or the handover changed since the last one
+  MSGPACK_DEFINE_MAP(text, active, peer, peer_state, peer_silent_seconds, round, peer_round, replicas,
+                     replica_bytes, replica_milliseconds, coordinator_start, failovers, handover, changed)
+};
+
 // scheduler → everyone (published on topic "control"): the run is over; nodes and monitors exit.
 struct RunFinished {
   static constexpr MessageKind kKind = MessageKind::kRunFinished;
@@ -217,15 +241,15 @@ struct RunFinished {
 /// Any event of the stream.
 using AnyEvent =
     std::variant<RoundClosed, EpochScored, MemberNews, FleetMembers, RefusalCounts, CoordinatorResumed,
-                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen>;
+                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen, PairStatus>;
 
 /// What a subscriber to the "event" and "control" topics receives (a monitor's inbox).
 using StreamInbox =
     std::variant<RoundClosed, EpochScored, MemberNews, FleetMembers, RefusalCounts, CoordinatorResumed,
-                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen, RunFinished>;
+                 LossScaleOverflow, RunEnded, SecurityNotice, ExchangeChosen, PairStatus, RunFinished>;
 
 /// The family's stable name: "round", "epoch", the change of a MemberNews, "members", "dropped",
-/// "resumed", "overflow", "finished", "insecure", "exchange".
+/// "resumed", "overflow", "finished", "insecure", "exchange", "pair".
 std::string event_type(const AnyEvent& event);
 const std::string& event_text(const AnyEvent& event);
 /// The trainer an event is about, or empty.

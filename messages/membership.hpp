@@ -145,6 +145,15 @@ struct Readmit {
   MSGPACK_DEFINE_MAP(trainer)
 };
 
+// operator → scheduler (`filo failback`): a coordinator pair's active hands the run to its passive
+// peer at the next round's end (README, "A standby coordinator"). An active that is not of a pair,
+// or whose peer is not passive and listening, refuses it on the event stream.
+struct Failback {
+  static constexpr MessageKind kKind = MessageKind::kFailback;
+  std::string reason;  // for the record: who asked, and why
+  MSGPACK_DEFINE_MAP(reason)
+};
+
 enum class MembershipChangeKind : std::uint8_t { kJoined = 0, kRejoined, kLost, kLeft };
 
 // registrar → scheduler: a trainer joined, came back, was lost or left. The scheduler keeps the

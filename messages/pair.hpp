@@ -44,7 +44,10 @@ struct PairState {
   /// A passive one: the bytes of the run's rounds.jsonl it holds, where the active's next replica
   /// continues the file from.
   std::uint64_t rounds_bytes = 0;
-  MSGPACK_DEFINE_MAP(role, run_id, incarnation, round, pid, rounds_bytes)
+  /// An active one that hands the run over (`filo failback`): it closes no more rounds, and its
+  /// passive peer, once it holds `round`, takes over without waiting for a node to ask.
+  bool handing_over = false;
+  MSGPACK_DEFINE_MAP(role, run_id, incarnation, round, pid, rounds_bytes, handing_over)
 };
 
 /// After each checkpoint the active writes: [kReplicaTopic][ReplicaHeader][the checkpoint file's

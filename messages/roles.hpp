@@ -31,7 +31,7 @@ struct Permission {
 
 /// Everything a peer outside the coordinator process may send. Monitors only read (they subscribe
 /// to the event stream), so they appear nowhere here.
-constexpr std::array<Permission, 9> kPermissions{{
+constexpr std::array<Permission, 10> kPermissions{{
     {PeerRole::kTrainer, MessageKind::kHardwareReport, Destination::kRegistrar},
     {PeerRole::kTrainer, MessageKind::kHeartbeat, Destination::kRegistrar},
     {PeerRole::kTrainer, MessageKind::kLeave, Destination::kRegistrar},
@@ -43,6 +43,8 @@ constexpr std::array<Permission, 9> kPermissions{{
     {PeerRole::kTestAid, MessageKind::kSetSlowdown, Destination::kTrainer},
     // `filo readmit`: an operator lets a trainer excluded for lying back into the plans.
     {PeerRole::kOperator, MessageKind::kReadmit, Destination::kScheduler},
+    // `filo failback`: an operator moves a coordinator pair's run back to its other coordinator.
+    {PeerRole::kOperator, MessageKind::kFailback, Destination::kScheduler},
 }};
 
 inline bool may_send(PeerRole role, MessageKind kind, Destination to) {

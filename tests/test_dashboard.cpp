@@ -343,3 +343,46 @@ TEST_CASE("the report of a run with a killed and restarted trainer shows the los
                       "--screenshot=" + out + "/report.png", "file://" + run_dir + "/report.html"},
                      out + "/report-screenshot.log") == 0);
 }
+
+TEST_CASE("a coordinator pair's state is a card of the page, as the browser draws it") {
+  // Hand-made events, read as the report reads a recorded run; partner: faults-stop-active, in which
+  // both coordinators of a real pair publish them and `filo failback` follows them.
+  const std::string out = output_dir("pair-card");
+  const std::string run_dir = out + "/run";
+  std::filesystem::create_directories(run_dir);
+  {
+    std::ofstream rounds(run_dir + "/rounds.jsonl");
+    for (int round = 1; round <= 2; ++round)
+      rounds << json{{"round", round},
+                     {"epoch", 1},
+                     {"samples", 64},
+                     {"seconds", 0.02},
+                     {"closed_seconds", 0.02 * round},
+                     {"epoch_samples_done", 64 * round},
+                     {"epoch_samples_total", 128},
+                     {"epochs", 1},
+                     {"trainers", json::array()}}
+                    .dump()
+             << "\n";
+    std::ofstream events(run_dir + "/events.jsonl");
+    events << json{{"type", "pair"},
+                   {"time", 1.7e9},
+                   {"text",
+                    "coordinator pair: tcp://a:5555 active at round 2; its peer tcp://b:5555 passive"},
+                   {"active", "tcp://a:5555"},
+                   {"peer", "tcp://b:5555"},
+                   {"peer_state", "passive"},
+                   {"round", 2},
+                   {"peer_round", 1},
+                   {"failovers", 1},
+                   {"changed", true}}
+                  .dump()
+           << "\n";
+  }
+  ChildProcess report({FILO_BINARY, "report", run_dir}, out + "/report.log");
+  REQUIRE(report.wait_for(60s) == 0);
+  const std::string dom = rendered_dom("file://" + run_dir + "/report.html", out + "/report");
+  CHECK(dom.find("coordinator pair") != std::string::npos);
+  CHECK(dom.find("active tcp://a:5555 · standby tcp://b:5555 holds round 1 (1 behind) · 1 failover") !=
+        std::string::npos);
+}

@@ -136,6 +136,51 @@ TEST_CASE("auto mode's choices reach the event list and the run's card, and the 
   CHECK(fleet.run().exchange == "local-sgd, topk-q8, 4 steps");
 }
 
+TEST_CASE(
+    "a coordinator pair's state reaches the run's card, /metrics and the table; the event list only when it "
+    "changed") {
+  // Partner: faults-stop-active, in which the real schedulers of both coordinators publish these
+  // events in a real run (the standby's naming the primary passive, then the primary's after
+  // `filo failback`).
+  FleetState fleet;
+  msg::PairStatus pair;
+  pair.active = "tcp://a:5555";
+  pair.peer = "tcp://b:5555";
+  pair.peer_state = "passive";
+  pair.round = 120;
+  pair.peer_round = 119;
+  pair.replicas = 119;
+  pair.replica_milliseconds = 0.3;
+  pair.changed = true;
+  pair.text = "coordinator pair: tcp://a:5555 active at round 120; its peer tcp://b:5555 passive";
+  fleet.apply(pair, 1.0);
+  CHECK(fleet.events().back().type == "pair");
+  const std::size_t events = fleet.events().size();
+  pair.changed = false;  // the second-by-second one
+  pair.round = 121;
+  fleet.apply(pair, 2.0);
+  CHECK(fleet.events().size() == events);
+  const json state = fleet.to_json(2.0);
+  CHECK(state.at("run").at("pair").at("peer_state") == "passive");
+  CHECK(state.at("run").at("pair").at("round") == 121);
+  std::string text = fleet.prometheus_text(2.0);
+  CHECK(text.find("filo_pair_peer_up{active=\"tcp://a:5555\",peer=\"tcp://b:5555\"} 1\n") !=
+        std::string::npos);
+  CHECK(text.find("filo_pair_peer_behind_rounds 2\n") != std::string::npos);
+  CHECK(text.find("filo_pair_failovers_total 0\n") != std::string::npos);
+  CHECK(fleet.table_text(2.0).find(pair.text) != std::string::npos);
+  // The standby lost: the gauge says so, and the change is listed.
+  pair.peer_state = "silent";
+  pair.changed = true;
+  pair.failovers = 1;
+  fleet.apply(pair, 3.0);
+  CHECK(fleet.events().size() == events + 1);
+  text = fleet.prometheus_text(3.0);
+  CHECK(text.find("filo_pair_peer_up{active=\"tcp://a:5555\",peer=\"tcp://b:5555\"} 0\n") !=
+        std::string::npos);
+  CHECK(text.find("filo_pair_failovers_total 1\n") != std::string::npos);
+}
+
 TEST_CASE("a trainer's state follows membership events until the registrar's roll call says otherwise") {
   FleetState fleet;
   fleet.apply(membership(msg::MemberChange::kJoined, kFast, "vm"), 0.0);

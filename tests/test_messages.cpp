@@ -66,7 +66,22 @@ std::vector<msg::AnyEvent> sample_events() {
   msg::LossScaleOverflow overflow{"overflow", 7, 1, 32768.0};
   msg::RunEnded ended{"done", 94, "test_accuracy", 0.89, 47.2, "runs/latest"};
   msg::SecurityNotice notice{"security.curve = false"};
-  return {round, epoch, news, members, counts, resumed, overflow, ended, notice};
+  msg::ExchangeChosen chosen{"round 7 on: local-sgd", 7, "local-sgd", "topk-q8", 4, 2.1, 0.05, "slow links"};
+  msg::PairStatus pair{"coordinator pair: a active",
+                       "tcp://a:5555",
+                       "tcp://b:5555",
+                       "passive",
+                       0.1,
+                       120,
+                       119,
+                       119,
+                       352000.0,
+                       0.3,
+                       2,
+                       1,
+                       "",
+                       true};
+  return {round, epoch, news, members, counts, resumed, overflow, ended, notice, chosen, pair};
 }
 }  // namespace
 

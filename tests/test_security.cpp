@@ -199,7 +199,9 @@ TEST_CASE("a key outside the authorized set gets nothing in and nothing out") {
   CHECK(event);
 }
 
-TEST_CASE("a trainer key cannot act as a coordinator actor, publish, or send what its role may not") {
+TEST_CASE(
+    "a trainer key cannot act as a coordinator actor, publish, or send what its role may not; only an "
+    "operator readmits and fails back") {
   SecureBus bus;
   const KeyPair key = role_key(bus, PeerRole::kTrainer);
   Peer as_aggregator(bus, key, kAggregatorName);
@@ -209,23 +211,29 @@ TEST_CASE("a trainer key cannot act as a coordinator actor, publish, or send wha
   trainer.bus.send(std::string(kPublishPrefix) + kControlTopic, msg::RunFinished{"forged", 0.0});
   trainer.bus.send("trainer@node-2/cpu", msg::SetSlowdown{1e4});                  // only the test aid's
   trainer.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});  // only an operator's
+  trainer.bus.send(kSchedulerName, msg::Failback{"a trainer moving the run"});    // only an operator's
   CHECK_FALSE(wait_for_message(*bus.scheduler, bus.scheduler->addressed(), kQuiet));
   CHECK(bus.dropped("bus: claims a coordinator actor's name") == 1);
-  CHECK(bus.dropped("bus: not permitted to its role") == 4);
+  CHECK(bus.dropped("bus: not permitted to its role") == 5);
   // A monitor only reads: whatever it sends is refused.
   Peer monitor(bus, role_key(bus, PeerRole::kMonitor), "monitor-1");
   monitor.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
   monitor.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});
+  monitor.bus.send(kSchedulerName, msg::Failback{"a monitor moving the run"});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
-  CHECK(bus.dropped("bus: not permitted to its role") == 6);
-  // An operator's key may readmit, and nothing else.
+  CHECK(bus.dropped("bus: not permitted to its role") == 8);
+  // An operator's key may readmit and fail back, and nothing else.
   Peer operator_peer(bus, role_key(bus, PeerRole::kOperator), "operator-1");
   operator_peer.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
   operator_peer.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});
   const auto readmit = wait_for_message(*bus.scheduler, bus.scheduler->addressed());
   REQUIRE(readmit);
   CHECK(readmit->envelope.kind == MessageKind::kReadmit);
-  CHECK(bus.dropped("bus: not permitted to its role") == 7);
+  operator_peer.bus.send(kSchedulerName, msg::Failback{"filo failback"});
+  const auto failback = wait_for_message(*bus.scheduler, bus.scheduler->addressed());
+  REQUIRE(failback);
+  CHECK(failback->envelope.kind == MessageKind::kFailback);
+  CHECK(bus.dropped("bus: not permitted to its role") == 9);
 }
 
 TEST_CASE("a node-bound key holds at most its node's names, so an honest node that joins later finds room") {

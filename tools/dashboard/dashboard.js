@@ -194,6 +194,15 @@ function timelineChart(id, timeline) {
 
 // ---- page ------------------------------------------------------------------------------------
 
+// A coordinator pair as its active sees it: who is active, and whether its standby could take over now.
+function pairText(pair) {
+  const behind = Math.max(0, pair.round - pair.peer_round);
+  const peer = pair.peer_state === "passive" ? `standby ${pair.peer} holds round ${pair.peer_round} (${behind} behind)`
+      : `standby ${pair.peer} ${pair.peer_state}`;
+  return `active ${pair.active} · ${peer}` + (pair.failovers > 0 ? ` · ${pair.failovers} failover${pair.failovers > 1 ? "s" : ""}` : "") +
+      (pair.handover ? ` · failback ${pair.handover}` : "");
+}
+
 function card(label, value) {
   return `<div class="card"><div class="label">${escapeHtml(label)}</div><div class="value">${escapeHtml(value)}</div></div>`;
 }
@@ -223,6 +232,7 @@ function render(state) {
       card("fleet samples/s", fixed(speedTotal, 0)) +
       card("idle (last round)", fixed(100 * run.idle_fraction, 1) + "%") +
       (run.exchange ? card("exchange (last round)", run.exchange) : "") +
+      (run.pair ? card("coordinator pair", pairText(run.pair)) : "") +
       card("trainers training", state.trainers.filter(t => t.state === "training").length + " of " + state.trainers.length) +
       card("samples trained", run.samples.toLocaleString("en")) +
       card("rounds seen", run.rounds_seen) +

@@ -259,6 +259,17 @@ class FaultCluster {
     return history_.record({{"kind", "action"}, {"action", "start"}, {"target", name}, {"log", log}});
   }
 
+  /// Runs `filo failback` with the fleet's operator key against the pair; its exit code.
+  int failback() {
+    std::vector<std::string> arguments{FILO_BINARY,    "failback", "--coordinator",
+                                       coordinators(), "--wait",   "30"};
+    for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
+    const std::string log = run_dir_ + "/logs/failback.log";
+    history_.record({{"kind", "action"}, {"action", "filo failback"}, {"target", "pair"}, {"log", log}});
+    ChildProcess process(arguments, log);
+    return process.wait_for(40s).value_or(-1);
+  }
+
   /// Waits until the member's log (of its last start) has a line with `text`; false after `timeout`.
   bool member_logged(int member, const std::string& text, std::chrono::seconds timeout) const {
     const auto deadline = Clock::now() + timeout;
@@ -685,7 +696,8 @@ int fail_over(FaultCluster& cluster, History& history, Measures& measures, int f
 
 /// A coordinator pair: the active one (the primary) stopped past its liveness, so that its standby
 /// takes over, then continued. It must give way without closing a round: never two actives, checked
-/// from both coordinators' events. It then stands by, and the run ends on the standby.
+/// from both coordinators' events. It then stands by; `filo failback` hands the run back to it at
+/// a round's close, and the run ends on the primary.
 int stop_active(FaultCluster& cluster, History& history, Measures& measures) {
   const auto round_from = [&](int member, double after_t, const std::string& what) {
     return require(
@@ -726,7 +738,54 @@ int stop_active(FaultCluster& cluster, History& history, Measures& measures) {
   history.record({{"kind", "measure"},
                   {"stopped_for_seconds", continue_t - stop_t},
                   {"standby_first_round_after_stop_seconds", first.at("t").get<double>() - stop_t}});
-  return 1;
+  // The active standby tells monitors its peer stands by (its "pair" events, from both ends: the
+  // producer here, the page's and /metrics' readers in test_dashboard and test_fleet_state).
+  require(history.wait_for(
+              [](const json& e) {
+                return is_event(e, "pair") && e.value("coordinator", -1) == 1 &&
+                       e.at("peer_state") == "passive";
+              },
+              kEventWait, continue_t),
+          "the standby's pair event naming the primary passive", measures);
+  // `filo failback`: the run goes back to the primary at a round's close, without a kill and
+  // without a round trained twice.
+  const double asked_t = history.now();
+  const int code = cluster.failback();
+  if (code != 0) measures.problems.push_back("filo failback exited with " + std::to_string(code));
+  const auto back = round_from(0, asked_t, "a round of the primary after filo failback");
+  std::uint64_t standby_last = 0;
+  double standby_last_t = 0.0;
+  history.any([&](const json& e) {
+    if (is_event(e, "round") && e.value("coordinator", -1) == 1 && e.at("round") >= standby_last) {
+      standby_last = e.at("round").get<std::uint64_t>();
+      standby_last_t = e.at("t").get<double>();
+    }
+    return false;
+  });
+  const json started = json::parse(std::ifstream(cluster.member_run_dir(0) + "/coordinator.json"));
+  const auto resumed_after = started.at("resumed_after_round").get<std::uint64_t>();
+  if (resumed_after != standby_last || back.at("round").get<std::uint64_t>() != standby_last + 1) {
+    measures.problems.push_back("failback: the standby's last round was " + std::to_string(standby_last) +
+                                ", the primary resumed after round " + std::to_string(resumed_after) +
+                                " and closed round " + back.at("round").dump() + " first");
+  }
+  if (history.any([&](const json& e) {
+        return is_event(e, "round") && e.value("coordinator", -1) == 1 &&
+               e.at("t").get<double>() > back.at("t").get<double>();
+      })) {
+    measures.problems.push_back("the standby closed a round after the failback: two actives");
+  }
+  require(history.wait_for(
+              [](const json& e) {
+                return is_event(e, "pair") && e.value("coordinator", -1) == 0 &&
+                       e.at("peer_state") == "passive" && e.at("failovers").get<int>() >= 2;
+              },
+              kEventWait, back.at("t").get<double>()),
+          "the primary's pair event after the failback, its peer standing by", measures);
+  history.record({{"kind", "measure"},
+                  {"failback_rounds_retrained", 0},
+                  {"failback_seconds_between_rounds", back.at("t").get<double>() - standby_last_t}});
+  return 0;
 }
 
 /// A coordinator pair split by a partition: the standby's link (it runs in a namespace of its own)

@@ -342,6 +342,64 @@ int run_readmit(const CommonOptions& common, const std::string& coordinator, con
   return 0;
 }
 
+/// `filo failback`: the active coordinator of a pair hands the run to its passive peer at the next
+/// round's close (README, "A standby coordinator"). It needs an operator key. The message goes to
+/// both coordinators: the passive one takes nothing from an operator. Then it follows the pair's
+/// state on the event stream until the other coordinator is active, or the active says why not.
+int run_failback(const CommonOptions& common, const std::string& coordinators, double wait_seconds,
+                 const StopFlag& stop) {
+  const Config config = load(common, {});
+  const std::vector<std::string> endpoints = split_endpoints(coordinators);
+  if (endpoints.size() != 2) {
+    throw ConfigError("--coordinator must name a pair's two coordinators, tcp://A:5555,tcp://B:5555, not \"" +
+                      coordinators + "\"");
+  }
+  zmq::context_t context;
+  SocketFactory sockets(context, config.bus.socket_limits,
+                        curve_settings_for(config.security, PeerRole::kOperator));
+  BusClient watcher(sockets, "operator-watch-" + std::to_string(getpid()));
+  watcher.subscribe(events_endpoint_of(coordinators), {kEventTopic});
+  for (const auto& endpoint : endpoints) {
+    if (!send_once(config, PeerRole::kOperator, "operator", endpoint, kSchedulerName,
+                   msg::Failback{"filo failback"})) {
+      std::cerr << "filo failback: could not queue the message for " << endpoint << std::endl;
+    }
+  }
+  std::cout << "asked the active coordinator of " << coordinators
+            << " to hand the run to its peer at the next round's close" << std::endl;
+  const Clock::time_point deadline =
+      Clock::now() + to_clock_duration(std::chrono::duration<double>(wait_seconds));
+  std::optional<std::string> active;  // as the first pair event says
+  std::string said;
+  while (Clock::now() < deadline && !stop.stop_requested()) {
+    zmq::pollitem_t item{watcher.published().handle(), 0, ZMQ_POLLIN, 0};
+    try {
+      zmq::poll(&item, 1, Milliseconds(200));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+    while (auto incoming = watcher.receive(watcher.published())) {
+      if (incoming->envelope.kind != MessageKind::kPairStatus) continue;
+      auto event = msg::decode_event(incoming->envelope.kind, incoming->body, watcher.limits());
+      if (!event) continue;
+      const auto& pair = std::get<msg::PairStatus>(event.value());
+      if (!active) active = pair.active;
+      if (pair.active != *active) {
+        std::cout << "failback done: " << pair.text << std::endl;
+        return 0;
+      }
+      if (pair.handover != said && !pair.handover.empty()) {
+        said = pair.handover;
+        std::cout << pair.active << ": failback " << pair.handover << std::endl;
+      }
+      if (pair.handover.rfind("refused", 0) == 0 || pair.handover.rfind("abandoned", 0) == 0) return 1;
+    }
+  }
+  std::cerr << "filo failback: no coordinator said the run moved within " << wait_seconds
+            << " s; `filo monitor --coordinator " << coordinators << "` shows the pair's state" << std::endl;
+  return 1;
+}
+
 /// The configured model (model.path, or the built-in model.name for the data) with the weights of
 /// a model.safetensors file, matched by name; a missing name or another shape is an error.
 Model model_from_safetensors(const Config& config, const std::string& path, const Dataset& data) {
@@ -614,6 +672,16 @@ int main(int argc, char** argv) {
   readmit->add_option("--trainer", readmit_trainer, "the trainer's bus name, e.g. trainer@node-2/cpu")
       ->required();
 
+  auto* failback = app.add_subcommand(
+      "failback", "a coordinator pair's active hands the run to its passive peer (operator key)");
+  add_common(failback);
+  std::string failback_coordinators;
+  double failback_wait = 60.0;
+  failback->add_option("--coordinator", failback_coordinators, "the pair: tcp://A:5555,tcp://B:5555")
+      ->required();
+  failback->add_option("--wait", failback_wait, "seconds to follow the handover before giving up")
+      ->check(CLI::PositiveNumber);
+
   auto* keys = app.add_subcommand("keys", "make CurveZMQ key pairs for the bus");
   keys->require_subcommand(1);
   auto* keys_new = keys->add_subcommand("new", "write NAME.key (secret, mode 0600) and NAME.pub");
@@ -655,6 +723,7 @@ int main(int argc, char** argv) {
     if (*bench) return run_bench(common, bench_json);
     if (*slowdown) return run_slowdown(common, slowdown_coordinator, slowdown_trainer, slowdown_factor);
     if (*readmit) return run_readmit(common, readmit_coordinator, readmit_trainer);
+    if (*failback) return run_failback(common, failback_coordinators, failback_wait, stop);
   } catch (const ConfigError& e) {
     std::cerr << "filo: " << e.what() << std::endl;
     return 2;
