@@ -205,6 +205,15 @@ class Standby {
           log(LogLevel::kWarn, kLogName, "the peer at ", options_.peer_endpoint,
               " is active (coordinator start ", peer_->incarnation, ", round ", peer_->round,
               "): this coordinator stays passive");
+        } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive && peer_holds_newer(*peer_) &&
+                   seconds_between(started_, now) < 4 * lost_after) {
+          // Both started together (a requeued job) after the peer had taken over: the peer resumes
+          // from its newer checkpoint, and this one waits to hear it active.
+          if (!said_peer_newer_)
+            log(LogLevel::kInfo, kLogName, "primary: its peer holds round ", peer_->round,
+                " of the run, newer than ", replica_round_, ": the peer becomes active, this one stands by");
+          said_peer_newer_ = true;
+          // (A peer that does not take it within 4 liveness periods: this one starts after all.)
         } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive) {
           return outcome(StandbyOutcome::Kind::kBecomeActive, false, "primary: its peer is passive", silent,
                          now);
@@ -226,6 +235,15 @@ class Standby {
       // Binary Star's rule: lost the active AND a node asked (votes older than the loss do not count).
       const bool peer_lost = silent > lost_after;
       const bool asked = last_request_ && seconds_between(*last_request_, now) <= lost_after;
+      // The primary starts while this one holds a newer checkpoint of the run: this one resumes it.
+      if (peer_heard_ && !peer_lost && peer_->role == msg::PairRole::kPassive && peer_->primary_starting &&
+          replica_round_ > 0 && holds_newer_than(*peer_)) {
+        return outcome(StandbyOutcome::Kind::kBecomeActive, false,
+                       "the primary starts holding round " + std::to_string(peer_->round) +
+                           ", this one round " + std::to_string(replica_round_) +
+                           " of the run: this one resumes it",
+                       0.0, now);
+      }
       if (peer_lost && !said_lost_ && peer_heard_) {
         log(LogLevel::kWarn, kLogName, "the active coordinator has been silent for ", silent,
             " s: this one takes over once a node asks for it (none does while the active reaches the nodes)");
@@ -313,11 +331,20 @@ class Standby {
 
   std::string rounds_path() const { return options_.run_dir + "/rounds.jsonl"; }
 
+  /// Whether the peer holds a newer checkpoint of this run than this one, and the reverse: the
+  /// two sides of one rule, so that exactly one of two coordinators started together resumes.
+  bool peer_holds_newer(const msg::PairState& peer) const {
+    return peer.round > replica_round_ && (run_id_.empty() || peer.run_id == run_id_);
+  }
+  bool holds_newer_than(const msg::PairState& peer) const {
+    return replica_round_ > peer.round && (peer.run_id.empty() || peer.run_id == run_id_);
+  }
+
   void say_state() {
     // Until the first replica, its rounds.jsonl may be of a history the active has left: 0.
     const std::uint64_t rounds_bytes = cleared_ ? file_size_or_zero(rounds_path()) : 0;
-    send_state(publisher_,
-               msg::PairState{msg::PairRole::kPassive, run_id_, 0, replica_round_, getpid(), rounds_bytes});
+    send_state(publisher_, msg::PairState{msg::PairRole::kPassive, run_id_, 0, replica_round_, getpid(),
+                                          rounds_bytes, false, primary_start_});
   }
 
   /// The active's rounds.jsonl from `offset`: written there (the file cut to `offset` first), so
@@ -386,6 +413,7 @@ class Standby {
   std::uint64_t replica_incarnation_ = 0;  // the coordinator start its newest checkpoint is from
   bool cleared_ = false;
   bool said_lost_ = false;  // it said the active is silent, and has not heard it since
+  bool said_peer_newer_ = false;
 };
 }  // namespace
 

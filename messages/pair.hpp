@@ -47,7 +47,11 @@ struct PairState {
   /// An active one that hands the run over (`filo failback`): it closes no more rounds, and its
   /// passive peer, once it holds `round`, takes over without waiting for a node to ask.
   bool handing_over = false;
-  MSGPACK_DEFINE_MAP(role, run_id, incarnation, round, pid, rounds_bytes, handing_over)
+  /// A passive one: it is the primary, starting. Its peer, when it holds a newer checkpoint of the
+  /// run (both were stopped, e.g. a requeued SLURM job, after the peer had taken over), becomes
+  /// active instead, and the primary stands by.
+  bool primary_starting = false;
+  MSGPACK_DEFINE_MAP(role, run_id, incarnation, round, pid, rounds_bytes, handing_over, primary_starting)
 };
 
 /// After each checkpoint the active writes: [kReplicaTopic][ReplicaHeader][the checkpoint file's

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The SLURM script on a real single-machine SLURM: slurmctld, slurmd and munged started here
-# with a configuration written under OUT (nothing in /etc is touched). The job trains, gets the
-# signal SLURM sends before a time limit, requeues itself, resumes from its checkpoint and
-# finishes with every epoch's samples exact. Exits 77 (skipped) where SLURM cannot start.
+# with a configuration written under OUT (nothing in /etc is touched). The job runs a coordinator
+# pair (FILO_STANDBY=1: the standby beside the primary on this one node) and trains; the primary is
+# killed and the standby takes over; the job gets the signal SLURM sends before a time limit,
+# requeues itself, both coordinators start again, the standby (holding the newer checkpoint)
+# resumes, and the run finishes with every epoch's samples exact. Exits 77 (skipped) where SLURM
+# cannot start.
 #
 #   tests/slurm/test_slurm.sh FILO_BINARY REPO_ROOT OUT
 set -uo pipefail
@@ -10,7 +13,7 @@ filo=$1 repo=$2 out=$3
 skip() { echo "SKIPPED: $*"; exit 77; }
 fail() { echo "FAILED: $*"; show_logs; exit 1; }
 show_logs() {
-  for log in "$out"/log/*.log "$out"/job-*.out "$run_dir"/logs/coordinator.log; do
+  for log in "$out"/log/*.log "$out"/job-*.out "$run_dir"/logs/coordinator.log "$run_dir"/logs/standby.log; do
     [ -f "$log" ] && { echo "--- $log (end)"; tail -n 25 "$log"; }
   done
 }
@@ -98,7 +101,7 @@ echo "SLURM up: node $host idle, slurmctld on port $ctld_port"
 
 # A small run: 2 CPU trainers, 2 epochs of 12000 samples, slowed down so that the signal arrives mid-run.
 epoch_samples=12000
-export FILO="$filo" FILO_RUN_DIR="$run_dir" FILO_DEVICE=cpu FILO_TRAINERS_PER_NODE=2
+export FILO="$filo" FILO_RUN_DIR="$run_dir" FILO_DEVICE=cpu FILO_TRAINERS_PER_NODE=2 FILO_STANDBY=1
 export FILO_PORT=$((slurmd_port + 1 + RANDOM % 1000))
 export FILO_ARGS="--set data.train_limit=$epoch_samples --set data.test_limit=1000 --set schedule.min_trainers=2"
 export FILO_COORDINATOR_ARGS="--epochs 2"
@@ -115,8 +118,14 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 rounds() { [ -f "$run_dir/rounds.jsonl" ] && wc -l <"$run_dir/rounds.jsonl" || echo 0; }
 has_rounds() { [ "$(rounds)" -ge "$1" ]; }
 wait_for 120 "the first 15 rounds" has_rounds 15
-before=$(rounds)
-echo "job $job trained $before rounds; sending it the signal SLURM sends before a time limit (USR1)"
+primary_pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$run_dir/coordinator.json")
+echo "job $job trained $(rounds) rounds; killing the primary coordinator (pid $primary_pid)"
+kill -9 "$primary_pid" || fail "could not kill the primary coordinator"
+standby_rounds() { [ -f "$run_dir/standby/rounds.jsonl" ] && wc -l <"$run_dir/standby/rounds.jsonl" || echo 0; }
+took_over() { [ -f "$run_dir/standby/coordinator.json" ] && [ "$(standby_rounds)" -ge $(($(rounds) + 10)) ]; }
+wait_for 60 "the standby to take over and close 10 rounds" took_over
+before=$(standby_rounds)
+echo "job $job: the standby took over and holds $before rounds; sending the signal SLURM sends before a time limit (USR1)"
 scancel --batch --signal=USR1 "$job" || fail "scancel could not signal the job"
 
 job_state() { scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
@@ -130,22 +139,28 @@ for _ in $(seq 60); do
   [ "$(job_state)" = RUNNING ] && break
   sleep 0.5
 done
-finished() { [ -f "$run_dir/summary.json" ] && [ "$(job_state)" = COMPLETED ]; }
+finished() { [ -f "$run_dir/standby/summary.json" ] && [ "$(job_state)" = COMPLETED ]; }
 wait_for 240 "the requeued job to finish" finished
 
 echo "--- job output"; cat "$out/job-$job.out"
 python3 - "$run_dir" "$epoch_samples" <<'PY' || fail "the finished run is not right"
 import json, sys
 run_dir, epoch_samples = sys.argv[1], int(sys.argv[2])
-summary = json.load(open(run_dir + "/summary.json"))
-coordinator = json.load(open(run_dir + "/coordinator.json"))
+# The run ended on the standby, which resumed it after the requeue from its own newer checkpoint.
+summary = json.load(open(run_dir + "/standby/summary.json"))
+coordinator = json.load(open(run_dir + "/standby/coordinator.json"))
 print("samples per epoch", summary["samples_per_epoch"], "coordinator starts", summary["coordinator_starts"],
-      "resumed after round", coordinator["resumed_after_round"], "accuracy", summary["final_test_accuracy"])
+      "resumed after round", coordinator["resumed_after_round"], "failovers", len(summary["failovers"]),
+      "accuracy", summary["final_test_accuracy"])
 assert summary["samples_per_epoch"] == [epoch_samples, epoch_samples], summary["samples_per_epoch"]
-assert summary["coordinator_starts"] >= 2, "the requeued job did not resume the run"
+assert summary["coordinator_starts"] >= 3, "the standby's takeover and the requeued job's resume"
+assert len(summary["failovers"]) == 1, summary["failovers"]
 assert coordinator["resumed_after_round"] > 0, "it started over instead of resuming"
 assert summary["final_test_accuracy"] > 0.5
 PY
 grep -q "start 2" "$out/job-$job.out" || fail "the job did not start a second time"
+grep -q "the run ended on the standby" "$out/job-$job.out" || fail "the job did not say where the run ended"
+grep -q "this one stands by" "$run_dir/logs/coordinator.log" ||
+  fail "the restarted primary did not defer to the standby's newer checkpoint"
 grep -q "time limit near" "$out/job-$job.out" || fail "the job did not see the time-limit signal"
 echo "1 passed, 0 failed"
