@@ -1163,46 +1163,79 @@ void Scheduler::close_round(const std::string& why) {
   OpenRound round = std::move(*open_);
   open_.reset();
   loop_.cancel(round.deadline_timer);
-  if (options_.failover && !failover_timed_ && !state_.failovers.empty()) {
-    failover_timed_ = true;
-    state_.failovers.back().to_first_round_seconds = seconds_between(options_.failover_decided, Clock::now());
-    log(LogLevel::kInfo, bus_.name(), "round ", round.round, " is the first this coordinator closes, ",
-        state_.failovers.back().to_first_round_seconds, " s after it decided to take over");
-  }
+  time_failover(round.round);
   const double seconds = seconds_between(round.opened, loop_.now());
   bound_norms(round);
   bound_overflows(round);
+  ClosedRound closed = settle(round, why, seconds);
+  adapt_deadline(round, closed.event, why);
+  follow_misses(round, closed.event);
+  follow_lies(round, closed.event);
+  update_loss_scale(round, closed.overflow, !closed.combine.trainers.empty());
+  advance_state(round, closed);
+  choose_next_model(round, closed.combine);
+  complete_record(round, closed, seconds);
+  const nlohmann::json record = msg::round_record_json(closed.event);
+  const bool evaluation_under_way = !evaluations_.empty();
+  const std::optional<msg::Evaluate> evaluate = end_epoch_if_done();
+  choose_checkpoint(round, closed.combine, record, evaluation_under_way, evaluate.has_value());
 
+  // The aggregator first: it combines while the next round is planned and the record written.
+  const msg::CombineRound& combine = closed.combine;
+  if (!bus_.send(kAggregatorName, combine, Stamp{round.round, state_.model_version})) {
+    log(LogLevel::kError, bus_.name(), "CombineRound ", round.round,
+        " was not taken by the bus; sending it again soon");
+  }
+  unanswered_[round.round] = Unanswered{combine, loop_.now()};
+  if (evaluate) send_evaluate(*evaluate);
+  plan_round();
+
+  record_.append_round(record);
+  bus_.publish(kEventTopic, closed.event);
+  if (evaluate) epoch_started_ = loop_.now();
+}
+
+void Scheduler::time_failover(std::uint64_t round) {
+  if (!options_.failover || failover_timed_ || state_.failovers.empty()) return;
+  failover_timed_ = true;
+  state_.failovers.back().to_first_round_seconds = seconds_between(options_.failover_decided, Clock::now());
+  log(LogLevel::kInfo, bus_.name(), "round ", round, " is the first this coordinator closes, ",
+      state_.failovers.back().to_first_round_seconds, " s after it decided to take over");
+}
+
+Scheduler::ClosedRound Scheduler::settle(const OpenRound& round, const std::string& why, double seconds) {
+  ClosedRound closed;
   // fp16: one overflow anywhere skips the round's step for everyone (every replica stays equal), and
   // its samples go back to the pool to be trained again at half the loss scale.
-  const bool overflow = std::any_of(round.arrived.begin(), round.arrived.end(),
-                                    [](const auto& arrival) { return arrival.second.report.overflow; });
-  msg::RoundClosed closed;
-  closed.round = round.round;
-  closed.epoch = round.epoch;
-  closed.seconds = seconds;
-  closed.closed_because = why;
-  msg::CombineRound combine;
-  combine.round = round.round;
-  combine.epoch = round.epoch;
-  double loss_sum = 0.0;
+  closed.overflow = std::any_of(round.arrived.begin(), round.arrived.end(),
+                                [](const auto& arrival) { return arrival.second.report.overflow; });
+  closed.event.round = round.round;
+  closed.event.epoch = round.epoch;
+  closed.event.seconds = seconds;
+  closed.event.closed_because = why;
+  closed.event.deadline_seconds = round.deadline_seconds;
+  closed.combine.round = round.round;
+  closed.combine.epoch = round.epoch;
   double slowest = 0.0;
-  double idle_sum = 0.0;
   for (const auto& [trainer, ranges] : round.planned) {
-    msg::TrainerInRound line = account_trainer(round, trainer, ranges, overflow, why, seconds);
+    msg::TrainerInRound line = account_trainer(round, trainer, ranges, closed.overflow, why, seconds);
     if (line.delivered) {
       const auto& report = round.arrived.at(trainer).report;
-      combine.trainers.push_back(trainer);
-      closed.samples += report.samples;
-      loss_sum += report.loss_sum;
+      closed.combine.trainers.push_back(trainer);
+      closed.event.samples += report.samples;
+      closed.loss_sum += report.loss_sum;
       state_.epoch_correct += report.correct;
       slowest = std::max(slowest, report.compute_seconds);
-      idle_sum += line.idle_seconds;
+      closed.idle_sum += line.idle_seconds;
     }
-    closed.trainers.push_back(std::move(line));
+    closed.event.trainers.push_back(std::move(line));
   }
   if (slowest > 0) slowest_last_round_seconds_ = slowest;
-  closed.deadline_seconds = round.deadline_seconds;
+  return closed;
+}
+
+void Scheduler::adapt_deadline(const OpenRound& round, const msg::RoundClosed& closed,
+                               const std::string& why) {
   const bool live_trainer_missed =
       std::any_of(closed.trainers.begin(), closed.trainers.end(), [&](const auto& line) {
         const auto live = live_.find(line.name);
@@ -1216,14 +1249,18 @@ void Scheduler::close_round(const std::string& why) {
   } else if (!live_trainer_missed) {
     deadline_backoff_seconds_ /= 2;
   }
-  follow_misses(round, closed);
-  follow_lies(round, closed);
-  update_loss_scale(round, overflow, !combine.trainers.empty());
+}
+
+void Scheduler::advance_state(const OpenRound& round, ClosedRound& closed) {
   state_.round = round.round;
-  state_.model_version = round.model_version + (combine.trainers.empty() ? 0 : 1);
-  state_.epoch_samples += closed.samples;
-  state_.epoch_loss_sum += loss_sum;
-  combine.model_version = state_.model_version;
+  state_.model_version = round.model_version + (closed.combine.trainers.empty() ? 0 : 1);
+  state_.epoch_samples += closed.event.samples;
+  state_.epoch_loss_sum += closed.loss_sum;
+  closed.combine.model_version = state_.model_version;
+  closed.event.model_version = state_.model_version;
+}
+
+void Scheduler::choose_next_model(const OpenRound& round, msg::CombineRound& combine) {
   // Auto mode in compressed local-sgd: now and then the whole model goes down instead of the
   // update, to measure what gradient mode would cost on each link now (links change).
   // (local-sgd with sync_steps = "auto" never goes to gradient mode: nothing to measure for.)
@@ -1242,32 +1279,34 @@ void Scheduler::close_round(const std::string& why) {
     next_model_whole_ = !round.exchange.compressed || combine.whole_model;
     if (next_model_whole_) last_whole_model_ = loop_.now();
   }
-  closed.exchange = round.exchange.describe(options_.run.compression);
+}
 
-  closed.model_version = state_.model_version;
-  closed.closed_seconds = first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0;
-  closed.idle_fraction = seconds > 0 && !round.arrived.empty()
-                             ? idle_sum / (seconds * static_cast<double>(round.arrived.size()))
-                             : 0.0;
-  closed.loss = closed.samples ? loss_sum / static_cast<double>(closed.samples) : 0.0;
-  closed.loss_scale = state_.loss_scale;
-  closed.epoch_samples_done = state_.epoch_samples;
-  closed.epoch_samples_total = options_.run.train_samples;
-  closed.epochs = static_cast<std::uint64_t>(options_.schedule.epochs);
-  closed.text = "round " + std::to_string(round.round) + ": " + std::to_string(closed.samples) +
-                " samples, loss " + std::to_string(closed.loss);
-  const nlohmann::json record = msg::round_record_json(closed);
+void Scheduler::complete_record(const OpenRound& round, ClosedRound& closed, double seconds) {
+  msg::RoundClosed& event = closed.event;
+  event.exchange = round.exchange.describe(options_.run.compression);
+  event.closed_seconds = first_round_ ? seconds_between(*first_round_, loop_.now()) : 0.0;
+  event.idle_fraction = seconds > 0 && !round.arrived.empty()
+                            ? closed.idle_sum / (seconds * static_cast<double>(round.arrived.size()))
+                            : 0.0;
+  event.loss = event.samples ? closed.loss_sum / static_cast<double>(event.samples) : 0.0;
+  event.loss_scale = state_.loss_scale;
+  event.epoch_samples_done = state_.epoch_samples;
+  event.epoch_samples_total = options_.run.train_samples;
+  event.epochs = static_cast<std::uint64_t>(options_.schedule.epochs);
+  event.text = "round " + std::to_string(round.round) + ": " + std::to_string(event.samples) +
+               " samples, loss " + std::to_string(event.loss);
+}
 
-  const bool evaluation_under_way = !evaluations_.empty();
-  const std::optional<msg::Evaluate> evaluate = end_epoch_if_done();
+void Scheduler::choose_checkpoint(const OpenRound& round, msg::CombineRound& combine,
+                                  const nlohmann::json& record, bool evaluation_under_way, bool epoch_ended) {
   // Checkpoints wait while an evaluation is under way: a coordinator resumed from the epoch's last
   // round then scores that epoch's own final model.
   const auto every = static_cast<std::uint64_t>(std::max<std::int64_t>(0, options_.checkpoint_every));
   // `filo failback` hands the run over at a round's close with a checkpoint, not at an epoch's end
   // (its evaluation belongs to this coordinator) nor while one is under way.
-  const bool hand_over = failback_asked_ && !evaluation_under_way && !evaluate;
+  const bool hand_over = failback_asked_ && !evaluation_under_way && !epoch_ended;
   combine.checkpoint =
-      hand_over || (every > 0 && !evaluation_under_way && (round.round % every == 0 || evaluate.has_value()));
+      hand_over || (every > 0 && !evaluation_under_way && (round.round % every == 0 || epoch_ended));
   if (hand_over) {
     handover_round_ = round.round;
     log(LogLevel::kInfo, bus_.name(), "failback ", *failback_asked_, ": round ", round.round,
@@ -1281,18 +1320,6 @@ void Scheduler::close_round(const std::string& why) {
     saved.training_seconds = training_seconds();
     combine.round_state = to_json(saved).dump();
   }
-  // The aggregator first: it combines while the next round is planned and the record written.
-  if (!bus_.send(kAggregatorName, combine, Stamp{round.round, state_.model_version})) {
-    log(LogLevel::kError, bus_.name(), "CombineRound ", round.round,
-        " was not taken by the bus; sending it again soon");
-  }
-  unanswered_[round.round] = Unanswered{combine, loop_.now()};
-  if (evaluate) send_evaluate(*evaluate);
-  plan_round();
-
-  record_.append_round(record);
-  bus_.publish(kEventTopic, closed);
-  if (evaluate) epoch_started_ = loop_.now();
 }
 
 void Scheduler::handle(const msg::Failback& failback, const Incoming& from) {

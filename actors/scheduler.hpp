@@ -233,9 +233,37 @@ class Scheduler final {
   /// peer's state or a failback's changes), and goes on planning when a failback was abandoned.
   void follow_pair();
   void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
-  /// Closes the open round: accounts each planned trainer, moves the epoch on, tells the
-  /// aggregator what to combine, plans the next round, and records and announces this one.
+  /// A closing round's outcome as its steps build it: the event and record line, what the
+  /// aggregator combines, and the sums the run's state takes.
+  struct ClosedRound {
+    msg::RoundClosed event;
+    msg::CombineRound combine;
+    bool overflow = false;  // fp16: someone's gradients overflowed; nobody steps
+    double loss_sum = 0.0;
+    double idle_sum = 0.0;  // of the delivered trainers, waiting for the slowest
+  };
+  /// Closes the open round, one step per job below: bounds, accounting, deadline, members, loss
+  /// scale, the run's state, the next model's form, the record, the epoch's end and the
+  /// checkpoint; then tells the aggregator what to combine, plans the next round, and records and
+  /// announces this one.
   void close_round(const std::string& why);
+  /// A pair's takeover: the first round this coordinator closes ends the failover's record.
+  void time_failover(std::uint64_t round);
+  /// Every planned trainer accounted (account_trainer): what was delivered, and what is combined.
+  ClosedRound settle(const OpenRound& round, const std::string& why, double seconds);
+  /// A deadline that a live trainer missed doubles the next (up to kMaxDeadlineSeconds); a round
+  /// that every live trainer made halves the back-off again.
+  void adapt_deadline(const OpenRound& round, const msg::RoundClosed& closed, const std::string& why);
+  /// The run's state after the round: its number, the model version, the epoch's sums.
+  void advance_state(const OpenRound& round, ClosedRound& closed);
+  /// Whether the next model goes out whole or as an update (auto mode probes links now and then).
+  void choose_next_model(const OpenRound& round, msg::CombineRound& combine);
+  /// The record's remaining fields and the line for people.
+  void complete_record(const OpenRound& round, ClosedRound& closed, double seconds);
+  /// Whether the aggregator checkpoints this round, with the run's state in it; a failback's
+  /// handover happens at such a round.
+  void choose_checkpoint(const OpenRound& round, msg::CombineRound& combine, const nlohmann::json& record,
+                         bool evaluation_under_way, bool epoch_ended);
   /// One planned trainer's part in a closing round: its samples counted (or back to the pool), its
   /// totals, speed and link estimates, and its line of the round's record.
   msg::TrainerInRound account_trainer(const OpenRound& round, const std::string& trainer,
