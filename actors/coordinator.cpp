@@ -290,7 +290,7 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   scheduler_options.checkpoint_every = config.run.checkpoint_every;
   scheduler_options.train = config.train;
   scheduler_options.robust = config.robust;
-  if (resume) scheduler_options.resume = round_state_from_json(checkpoint_round_state(*resume));
+  if (resume) scheduler_options.resume = run_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
   if (link) {
     scheduler_options.pair = &*link;

@@ -95,39 +95,9 @@ void add_trained(std::vector<msg::SampleRange>& trained, const msg::SampleRange&
   trained.push_back(range);
 }
 
-nlohmann::json ranges_json(const std::vector<msg::SampleRange>& ranges) {
-  nlohmann::json list = nlohmann::json::array();
-  for (const auto& range : ranges) list.push_back({range.begin, range.end});
-  return list;
-}
-
-nlohmann::json failures_json(const std::vector<TrainerFailure>& failures) {
-  nlohmann::json list = nlohmann::json::array();
-  for (const auto& failure : failures)
-    list.push_back({{"trainer", failure.trainer}, {"round", failure.round}, {"reason", failure.reason}});
-  return list;
-}
-
 bool is_lie(const std::string& missed_reason) {
   return std::any_of(kLies.begin(), kLies.end(),
                      [&](const char* lie) { return missed_reason.rfind(lie, 0) == 0; });
-}
-
-std::vector<TrainerFailure> failures_from_json(const nlohmann::json& list) {
-  std::vector<TrainerFailure> failures;
-  for (const auto& failure : list) {
-    failures.push_back({failure.at("trainer").get<std::string>(), failure.at("round").get<std::uint64_t>(),
-                        failure.at("reason").get<std::string>()});
-  }
-  return failures;
-}
-
-nlohmann::json exchanges_json(const std::vector<ExchangeRecord>& exchanges) {
-  nlohmann::json records = nlohmann::json::array();
-  for (const auto& record : exchanges) {
-    records.push_back({{"round", record.round}, {"exchange", record.exchange}, {"reason", record.reason}});
-  }
-  return records;
 }
 
 /// How a run of `optimizer`'s mode starts exchanging (auto mode: gradient, until it has measured).
@@ -144,110 +114,12 @@ void keep_last(std::deque<double>& values, double value, std::size_t window) {
   while (values.size() > window) values.pop_front();
 }
 
-nlohmann::json failovers_json(const std::vector<FailoverRecord>& failovers) {
-  nlohmann::json records = nlohmann::json::array();
-  for (const auto& record : failovers) {
-    records.push_back({{"after_round", record.after_round},
-                       {"coordinator_start", record.coordinator_start},
-                       {"at", record.at},
-                       {"reason", record.reason},
-                       {"peer_silent_seconds", record.peer_silent_seconds},
-                       {"to_first_round_seconds", record.to_first_round_seconds}});
-  }
-  return records;
-}
-
 std::uint64_t planned_samples(const std::vector<msg::SampleRange>& ranges) {
   std::uint64_t planned = 0;
   for (const auto& range : ranges) planned += range.size();
   return planned;
 }
 }  // namespace
-
-nlohmann::json to_json(const RoundState& state) {
-  nlohmann::json totals = nlohmann::json::object();
-  for (const auto& [trainer, total] : state.totals) {
-    totals[trainer] = {{"samples", total.samples},
-                       {"compute_seconds", total.compute_seconds},
-                       {"rounds_delivered", total.rounds_delivered},
-                       {"rounds_missed", total.rounds_missed}};
-  }
-  return {{"epoch", state.epoch},
-          {"round", state.round},
-          {"model_version", state.model_version},
-          {"trained", ranges_json(state.trained)},
-          {"epoch_samples", state.epoch_samples},
-          {"epoch_loss_sum", state.epoch_loss_sum},
-          {"epoch_correct", state.epoch_correct},
-          {"samples_per_epoch", state.samples_per_epoch},
-          {"train_loss_per_epoch", state.train_loss_per_epoch},
-          {"test_metric_per_epoch", state.test_metric_per_epoch},
-          {"epoch_end_seconds", state.epoch_end_seconds},
-          {"totals", totals},
-          {"training_seconds", state.training_seconds},
-          {"last_round_record", state.last_round_record},
-          {"loss_scale", state.loss_scale},
-          {"good_steps", state.good_steps},
-          {"failures", failures_json(state.failures)},
-          {"exclusions", failures_json(state.exclusions)},
-          {"exchange",
-           {{"local", state.exchange.local},
-            {"compressed", state.exchange.compressed},
-            {"sync_steps", state.exchange.sync_steps}}},
-          {"exchanges", exchanges_json(state.exchanges)},
-          {"failovers", failovers_json(state.failovers)}};
-}
-
-RoundState round_state_from_json(const nlohmann::json& json) {
-  RoundState state;
-  try {
-    state.epoch = json.at("epoch").get<std::uint64_t>();
-    state.round = json.at("round").get<std::uint64_t>();
-    state.model_version = json.at("model_version").get<std::uint64_t>();
-    for (const auto& range : json.at("trained")) {
-      state.trained.push_back({range.at(0).get<std::uint64_t>(), range.at(1).get<std::uint64_t>()});
-    }
-    state.epoch_samples = json.at("epoch_samples").get<std::uint64_t>();
-    state.epoch_loss_sum = json.at("epoch_loss_sum").get<double>();
-    state.epoch_correct = json.at("epoch_correct").get<std::uint64_t>();
-    state.samples_per_epoch = json.at("samples_per_epoch").get<std::vector<std::uint64_t>>();
-    state.train_loss_per_epoch = json.at("train_loss_per_epoch").get<std::vector<double>>();
-    state.test_metric_per_epoch = json.at("test_metric_per_epoch").get<std::vector<double>>();
-    state.epoch_end_seconds = json.at("epoch_end_seconds").get<std::vector<double>>();
-    for (const auto& [trainer, total] : json.at("totals").items()) {
-      state.totals[trainer] = TrainerTotals{
-          total.at("samples").get<std::uint64_t>(), total.at("compute_seconds").get<double>(),
-          total.at("rounds_delivered").get<std::uint64_t>(), total.at("rounds_missed").get<std::uint64_t>()};
-    }
-    state.training_seconds = json.at("training_seconds").get<double>();
-    state.last_round_record = json.at("last_round_record").get<std::string>();
-    state.loss_scale = json.value("loss_scale", 0.0);
-    state.good_steps = json.value("good_steps", std::uint64_t{0});
-    state.failures = failures_from_json(json.value("failures", nlohmann::json::array()));
-    state.exclusions = failures_from_json(json.value("exclusions", nlohmann::json::array()));
-    if (json.contains("exchange")) {  // older checkpoints have none: the run's configured one
-      const auto& exchange = json.at("exchange");
-      state.exchange.local = exchange.at("local").get<bool>();
-      state.exchange.compressed = exchange.at("compressed").get<bool>();
-      state.exchange.sync_steps = exchange.at("sync_steps").get<std::uint64_t>();
-    }
-    for (const auto& record : json.value("exchanges", nlohmann::json::array())) {
-      state.exchanges.push_back({record.at("round").get<std::uint64_t>(),
-                                 record.at("exchange").get<std::string>(),
-                                 record.at("reason").get<std::string>()});
-    }
-    for (const auto& record : json.value("failovers", nlohmann::json::array())) {
-      state.failovers.push_back({record.at("after_round").get<std::uint64_t>(),
-                                 record.at("coordinator_start").get<std::uint64_t>(),
-                                 record.at("at").get<std::string>(), record.at("reason").get<std::string>(),
-                                 record.at("peer_silent_seconds").get<double>(),
-                                 record.at("to_first_round_seconds").get<double>()});
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(std::string("round state in the checkpoint is malformed: ") + e.what());
-  }
-  return state;
-}
 
 Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoint, SchedulerOptions options,
                      const StopFlag& stop, std::function<void()> on_finished, const TimeSource& time)
@@ -259,7 +131,7 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
       record_(options_.run_dir,
               options_.resume ? std::optional<std::uint64_t>(options_.resume->round) : std::nullopt,
               options_.resume ? options_.resume->last_round_record : std::string()),
-      state_(options_.resume.value_or(RoundState{})),
+      state_(options_.resume.value_or(RunState{})),
       epoch_started_(loop_.now()),
       started_at_(loop_.now()) {
   bus_.count_refusals_in(options_.drops);
@@ -268,6 +140,7 @@ Scheduler::Scheduler(const SocketFactory& sockets, const std::string& hub_endpoi
   if (options_.resume) pool_.assign(untrained_ranges(state_.trained, options_.run.train_samples));
   if (state_.loss_scale <= 0) state_.loss_scale = options_.train.loss_scale;
   if (options_.failover) state_.failovers.push_back(*options_.failover);
+  if (options_.resume) resumed_speeds_ = state_.measured_speeds;
   if (options_.resume) {
     const auto last = nlohmann::json::parse(state_.last_round_record, nullptr, /*allow_exceptions=*/false);
     if (last.is_object() && last.contains("trainers") && last.at("trainers").is_array())
@@ -397,7 +270,12 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
     announce(msg::MemberChange::kPlannedAgain, from.from, "calibrated again after its failure");
   }
   trainer->second.calibrated = true;
-  trainer->second.speed = SpeedEstimate(calibration.samples_per_second);
+  // Back after a coordinator restart or failover: planned at the speed measured before it, not at
+  // its calibration's claim (once; a later calibration follows a failure, and measures anew).
+  const auto measured = resumed_speeds_.find(from.from);
+  const bool resumed_speed = measured != resumed_speeds_.end() && measured->second > 0;
+  trainer->second.speed = SpeedEstimate(resumed_speed ? measured->second : calibration.samples_per_second);
+  if (measured != resumed_speeds_.end()) resumed_speeds_.erase(measured);
   trainer->second.max_micro_batch = calibration.max_micro_batch;
   trainer->second.device = calibration.device.substr(0, kMaxLabelLength);
   trainer->second.precision = calibration.precision.substr(0, kMaxLabelLength);
@@ -416,6 +294,10 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
       calibration.micro_batch,
       calibration.max_micro_batch
           ? ", at most " + std::to_string(calibration.max_micro_batch) + " per micro-batch"
+          : std::string(),
+      resumed_speed
+          ? "; planned at " + std::to_string(static_cast<int>(trainer->second.speed.samples_per_second())) +
+                " samples/s, as measured before the coordinator's restart"
           : std::string());
   if (started_ && !open_) plan_round();  // the cluster was idle, waiting for trainers
   maybe_start(loop_.now());
@@ -1316,7 +1198,10 @@ void Scheduler::choose_checkpoint(const OpenRound& round, msg::CombineRound& com
   }
   if (combine.checkpoint) {
     state_.last_round_record = record.dump();
-    RoundState saved = state_;
+    state_.measured_speeds.clear();
+    for (const auto& [name, trainer] : live_)
+      if (trainer.speed.measured()) state_.measured_speeds[name] = trainer.speed.samples_per_second();
+    RunState saved = state_;
     saved.training_seconds = training_seconds();
     combine.round_state = to_json(saved).dump();
   }

@@ -6,9 +6,9 @@
 // deadline), returns missed samples to the pool, and tells the aggregator exactly which
 // contributions to combine. It plans the next round at once, while the aggregator combines.
 //
-// Its state after each round (RoundState) is the one piece of round state that must survive a
-// coordinator restart; it travels to the aggregator inside CombineRound and is checkpointed there
-// beside the model and optimizer of the same moment.
+// It owns the run's state (RunState, actors/run_state.hpp): it changes only in close_round's steps,
+// travels to the aggregator inside CombineRound and is checkpointed there beside the model and
+// optimizer of the same moment.
 #include <deque>
 #include <functional>
 #include <map>
@@ -22,6 +22,7 @@
 
 #include "actors/coordinator_pair.hpp"
 #include "actors/exchange_choice.hpp"
+#include "actors/run_state.hpp"
 #include "actors/shares.hpp"
 #include "messages/event.hpp"
 #include "messages/membership.hpp"
@@ -33,72 +34,6 @@
 #include "runtime/run_record.hpp"
 
 namespace filo {
-
-/// A trainer's totals over the run.
-struct TrainerTotals {
-  std::uint64_t samples = 0;
-  double compute_seconds = 0.0;
-  std::uint64_t rounds_delivered = 0;
-  std::uint64_t rounds_missed = 0;
-};
-
-/// A trainer whose own computation failed, for the run's record.
-struct TrainerFailure {
-  std::string trainer;
-  std::uint64_t round = 0;
-  std::string reason;
-};
-
-/// optimizer.mode or sync_steps = "auto": a change of how rounds exchange their work.
-struct ExchangeRecord {
-  std::uint64_t round = 0;  /// the first round planned this way
-  std::string exchange;     /// Exchange::describe
-  std::string reason;
-};
-
-/// A coordinator pair's standby took over the run (README, "A standby coordinator").
-struct FailoverRecord {
-  std::uint64_t after_round = 0;        /// the round of the replica it resumed from
-  std::uint64_t coordinator_start = 0;  /// the start of the coordinator that took over
-  std::string at;                       /// UTC, ISO 8601
-  std::string reason;
-  double peer_silent_seconds = 0.0;  /// the old active's silence when the standby decided
-  /// From the decision to the first round this coordinator closed (-1: none closed yet).
-  double to_first_round_seconds = -1.0;
-};
-
-/// Where the run stands after a closed round: what a resumed coordinator continues from.
-struct RoundState {
-  std::uint64_t epoch = 1;                /// the epoch in progress
-  std::uint64_t round = 0;                /// the last closed round
-  std::uint64_t model_version = 0;        /// the version that round's combination produces
-  std::vector<msg::SampleRange> trained;  /// positions of `epoch` counted so far
-  std::uint64_t epoch_samples = 0;
-  double epoch_loss_sum = 0.0;
-  std::uint64_t epoch_correct = 0;
-  std::vector<std::uint64_t> samples_per_epoch;  /// of finished epochs
-  std::vector<double> train_loss_per_epoch;      /// of finished epochs
-  std::vector<double>
-      test_metric_per_epoch;              /// the task's headline metric of evaluated epochs (may lag by one)
-  std::vector<double> epoch_end_seconds;  /// training seconds when each epoch's last round closed
-  std::map<std::string, TrainerTotals> totals;
-  double training_seconds = 0.0;         /// of earlier starts of the coordinator
-  std::string last_round_record;         /// the rounds.jsonl line of `round`
-  double loss_scale = 0.0;               /// fp16 trainers' loss scale for the next round (0: not set yet)
-  std::uint64_t good_steps = 0;          /// steps since the loss scale last changed
-  std::vector<TrainerFailure> failures;  /// trainers whose computation failed, in order
-  /// Trainers excluded for lying (too many contributions refused as lies) and not readmitted since:
-  /// a restarted coordinator keeps them out too.
-  std::vector<TrainerFailure> exclusions;
-  /// How rounds exchange their work now (auto mode chooses; fixed modes never change it), and
-  /// every change auto mode made, in order.
-  Exchange exchange;
-  std::vector<ExchangeRecord> exchanges;
-  std::vector<FailoverRecord> failovers;  /// a coordinator pair's takeovers, in order
-};
-nlohmann::json to_json(const RoundState& state);
-/// Throws std::runtime_error naming the field that is missing or malformed.
-RoundState round_state_from_json(const nlohmann::json& json);
 
 struct SchedulerOptions {
   ScheduleOptions schedule;
@@ -112,7 +47,7 @@ struct SchedulerOptions {
   std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
   TrainOptions train;                 /// the fleet's fp16 loss scale starts and grows by these
   RobustOptions robust;               /// bounds on contributions, and when a liar is excluded
-  std::optional<RoundState> resume;   /// continue a checkpointed run
+  std::optional<RunState> resume;     /// continue a checkpointed run
   /// This start is a standby's takeover (the record's to_first_round_seconds counts from
   /// `failover_decided` and is filled by the first round this scheduler closes).
   std::optional<FailoverRecord> failover;
@@ -311,7 +246,7 @@ class Scheduler final {
   ActorLoop loop_;
   std::function<void()> on_finished_;
   RunRecord record_;
-  RoundState state_;
+  RunState state_;
   std::map<std::string, TrainerState> live_;
   SamplePool pool_;
   std::optional<OpenRound> open_;
@@ -360,6 +295,7 @@ class Scheduler final {
   std::string pair_shape_;  // the peer's state and the handover's, as last published
   std::optional<Clock::time_point> pair_published_;
   bool gate_retry_armed_ = false;
+  std::map<std::string, double> resumed_speeds_;  // a resumed run's measured speeds, until each calibrates
   std::size_t resumed_fleet_ = 0;  // trainers the last round before a resume planned              // the
                                    // failover record of this start has its first round
 };

@@ -153,3 +153,29 @@ TEST_CASE("the checkpoint writer names each file it wrote, for a coordinator pai
   CHECK(seen[0].first == 4);
   CHECK(read_checkpoint(seen[0].second).round == 4);
 }
+
+TEST_CASE("the run's state round-trips through a checkpoint's JSON, and a malformed one is named") {
+  RunState state;
+  state.epoch = 2;
+  state.round = 57;
+  state.model_version = 55;
+  state.trained = {{0, 128}, {256, 384}};
+  state.epoch_samples = 256;
+  state.samples_per_epoch = {6000};
+  state.totals["trainer@a/cpu"] = TrainerTotals{6256, 12.5, 56, 1};
+  state.loss_scale = 1024.0;
+  state.failovers.push_back({40, 2, "2026-12-05T06:00:00Z", "the active was silent", 1.1, 2.0});
+  state.measured_speeds = {{"trainer@a/cpu", 5100.0}, {"trainer@b/cpu", 2550.0}};
+  const RunState back = run_state_from_json(nlohmann::json::parse(to_json(state).dump()));
+  CHECK(back.round == 57);
+  CHECK(back.model_version == 55);
+  CHECK(back.trained.size() == 2);
+  CHECK(back.totals.at("trainer@a/cpu").rounds_missed == 1);
+  CHECK(back.failovers.at(0).after_round == 40);
+  CHECK(back.measured_speeds == state.measured_speeds);
+  CHECK(to_json(back) == to_json(state));
+  nlohmann::json broken = to_json(state);
+  broken.erase("trained");
+  CHECK_THROWS_WITH_AS(run_state_from_json(broken),
+                       doctest::Contains("run state in the checkpoint is malformed"), std::runtime_error);
+}

@@ -649,6 +649,11 @@ int fail_over(FaultCluster& cluster, History& history, Measures& measures, int f
                 "the standby to take over (failover " + std::to_string(k + 1) + ")", measures);
     const json started = json::parse(std::ifstream(cluster.member_run_dir(next) + "/coordinator.json"));
     const auto after = started.at("resumed_after_round").get<std::uint64_t>();
+    // The run's state it resumed carries the trainers' measured speeds: no trainer is planned at its
+    // calibration's claim again.
+    if (!cluster.member_logged(next, "as measured before the coordinator's restart", 0s))
+      measures.problems.push_back("failover " + std::to_string(k + 1) +
+                                  ": the new active planned its trainers without their measured speeds");
     const std::uint64_t lost = last_closed > after ? last_closed - after : 0;
     measures.rounds_lost = std::max<std::uint64_t>(measures.rounds_lost.value_or(0), lost);
     measures.detection_seconds.push_back(first.at("t").get<double>() - kill_t);
