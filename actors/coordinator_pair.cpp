@@ -470,6 +470,7 @@ PairLink::Status PairLink::status() const {
   }
   status.handover = handover_;
   status.handover_failed = handover_failed_;
+  status.handed_over = handing_over_;
   return status;
 }
 
@@ -485,6 +486,11 @@ void PairLink::hand_over(std::uint64_t round) {
 
 void PairLink::follow_handover() {
   std::unique_lock<std::mutex> lock(mutex_);
+  if (handing_over_ && !yield_requested_ &&
+      seconds_between(handed_over_at_, Clock::now()) > lost_after_seconds()) {
+    yield_requested_ = true;
+    return;
+  }
   if (!handover_round_ || handing_over_) return;
   const std::uint64_t round = *handover_round_;
   const Clock::time_point now = Clock::now();
@@ -498,7 +504,9 @@ void PairLink::follow_handover() {
     lock.unlock();
     log(LogLevel::kInfo, kLogName, "failback: the peer holds round ", round, "; it takes over now");
     publish_state(publisher_, msg::PairRole::kActive);  // at once: the next heartbeat says it again
-    yield_requested_ = true;
+    // No give_way here: the scheduler tells its trainers to move first, then gives way. A scheduler
+    // that does not within a liveness period (stopped, failed) is given way for.
+    handed_over_at_ = Clock::now();
     return;
   }
   if (seconds_between(handover_asked_, now) > kHandoverSeconds) {

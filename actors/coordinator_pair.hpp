@@ -81,6 +81,7 @@ class PairLink {
     double replica_milliseconds = 0.0;
     std::string handover;          /// a failback: what it waits for, or how it ended (empty: none asked)
     bool handover_failed = false;  /// the peer did not take the run in time: this one goes on
+    bool handed_over = false;      /// the peer holds the handed-over round and was told to take over
   };
 
   PairLink(const SocketFactory& sockets, PairOptions options, std::string run_id, std::uint64_t incarnation);
@@ -103,10 +104,13 @@ class PairLink {
   Status status() const;
 
   /// `filo failback`, once the round `round` closed with a checkpoint and this active plans no
-  /// more: the link waits until its peer holds that checkpoint, tells it to take over, and gives
-  /// way (yield_requested). A peer that does not take it within kHandoverSeconds leaves this one
-  /// active (status().handover_failed). Any thread.
+  /// more: the link waits until its peer holds that checkpoint and tells it to take over
+  /// (status().handed_over); the scheduler then tells its trainers and calls give_way. A peer that
+  /// does not take it within kHandoverSeconds leaves this one active (status().handover_failed).
+  /// Any thread.
   void hand_over(std::uint64_t round);
+  /// After a handover: this coordinator stops (yield_requested) and stands by.
+  void give_way() { yield_requested_ = true; }
 
  private:
   void run();
@@ -147,11 +151,12 @@ class PairLink {
   std::optional<Clock::time_point> peer_heard_;  // guarded by mutex_
   std::optional<msg::PairState> peer_;           // guarded by mutex_: its last heartbeat
   std::optional<std::uint64_t>
-      handover_round_;                  // guarded by mutex_: a failback asked to hand this round over
-  Clock::time_point handover_asked_{};  // guarded by mutex_
-  std::string handover_;                // guarded by mutex_: Status::handover
-  bool handover_failed_ = false;        // guarded by mutex_
-  bool handing_over_ = false;           // the link's thread: it told its peer to take over
+      handover_round_;                     // guarded by mutex_: a failback asked to hand this round over
+  Clock::time_point handover_asked_{};     // guarded by mutex_
+  std::string handover_;                   // guarded by mutex_: Status::handover
+  bool handover_failed_ = false;           // guarded by mutex_
+  std::atomic<bool> handing_over_{false};  // it told its peer to take over (set under mutex_)
+  Clock::time_point handed_over_at_{};     // guarded by mutex_
   StopFlag stop_;
   ScopedThread thread_;  // last: joined before the sockets close
 };

@@ -49,6 +49,8 @@ constexpr Milliseconds kDroppedEventInterval{1000};
 /// A pair's active looks at its link this often, and publishes the pair's state at least this often.
 constexpr Milliseconds kPairCheckInterval{100};
 constexpr double kPairStatusSeconds = 1.0;
+/// After telling its trainers that the run moved, a handing-over active gives way this much later.
+constexpr Milliseconds kHandoverTellTime{50};
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
 /// again: a message lost between the coordinator's actors must not stall the run.
 constexpr double kCombineResendSeconds = 1.0;
@@ -1236,6 +1238,17 @@ void Scheduler::follow_pair() {
     log(LogLevel::kWarn, bus_.name(), "failback ", status.handover, ": planning goes on");
     handover_round_ = 0;
     plan_round();
+  }
+  if (handover_round_ && status.handed_over && !trainers_told_of_handover_) {
+    // The peer holds the run: the trainers ask it now instead of after `liveness` heartbeats of
+    // silence, and this coordinator gives way once the hub has had a moment to pass that on.
+    trainers_told_of_handover_ = true;
+    const msg::HandedOver handed{handover_round_,
+                                 "the run moved to the coordinator at " + options_.peer_listen};
+    for (const auto& [trainer, state] : live_) bus_.send(trainer, handed);
+    log(LogLevel::kInfo, bus_.name(), "failback: told ", live_.size(), " trainers to ask ",
+        options_.peer_listen);
+    loop_.at(loop_.now() + kHandoverTellTime, [this] { options_.pair->give_way(); });
   }
   std::string handover = status.handover;
   if (failback_asked_) handover = "asked: the run goes to the peer at the next round's close";

@@ -292,6 +292,7 @@ class Scheduler final {
   /// none); no round is planned after it unless the handover is abandoned.
   std::optional<std::string> failback_asked_;
   std::uint64_t handover_round_ = 0;
+  bool trainers_told_of_handover_ = false;
   std::string pair_shape_;  // the peer's state and the handover's, as last published
   std::optional<Clock::time_point> pair_published_;
   bool gate_retry_armed_ = false;

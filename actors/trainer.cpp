@@ -693,6 +693,16 @@ void Trainer::handle(const msg::SetSlowdown& slowdown, const Incoming& from) {
   slowdown_.store(slowdown.factor);
 }
 
+void Trainer::handle(const msg::HandedOver& handed, const Incoming&) {
+  // Only the coordinator's scheduler may send it (the hub refuses it from any peer), and only a
+  // node given a pair has another coordinator to ask.
+  if (coordinators_.size() < 2 || state_ != State::kAdmitted) return;
+  register_again("the coordinator handed the run over after round " + std::to_string(handed.round) + " (" +
+                 handed.reason.substr(0, 200) + ")");
+  report_.lost_coordinator = coordinator();
+  ask_next_coordinator("handed over by " + coordinator());
+}
+
 void Trainer::handle(const msg::RunFinished& finished, const Incoming&) {
   if (state_ == State::kDone) return;  // it comes twice: directly, and on the model publisher
   log(LogLevel::kInfo, bus_.name(), "run finished (", finished.reason, "), final test accuracy ",

@@ -77,7 +77,7 @@ struct TrainerOptions {
 class Trainer final {
  public:
   using Inbox = std::variant<msg::Admission, msg::Heartbeat, msg::RoundPlan, msg::ModelState,
-                             msg::ModelUpdate, msg::RunFinished, msg::SetSlowdown>;
+                             msg::ModelUpdate, msg::RunFinished, msg::SetSlowdown, msg::HandedOver>;
 
   Trainer(const SocketFactory& sockets, TrainerOptions options, msg::HardwareReport report,
           const StopFlag& stop, const TimeSource& time = steady_time());
@@ -99,6 +99,7 @@ class Trainer final {
   void handle(const msg::ModelState& state, const Incoming& from);
   void handle(const msg::ModelUpdate& update, const Incoming& from);
   void handle(const msg::RunFinished& finished, const Incoming& from);
+  void handle(const msg::HandedOver& handed, const Incoming& from);
   void handle(const msg::SetSlowdown& slowdown, const Incoming& from);
 
  private:

@@ -70,6 +70,8 @@ std::string_view kind_name(MessageKind kind) {
       return "PairStatus";
     case MessageKind::kFailback:
       return "Failback";
+    case MessageKind::kHandedOver:
+      return "HandedOver";
   }
   return "unknown";
 }

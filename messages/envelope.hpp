@@ -45,8 +45,9 @@ enum class MessageKind : std::uint8_t {
   kExchangeChosen,
   kPairStatus,
   kFailback,
+  kHandedOver,
 };
-constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kFailback);
+constexpr std::uint8_t kLastMessageKind = static_cast<std::uint8_t>(MessageKind::kHandedOver);
 
 std::string_view kind_name(MessageKind kind);
 

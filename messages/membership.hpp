@@ -154,6 +154,16 @@ struct Failback {
   MSGPACK_DEFINE_MAP(reason)
 };
 
+// scheduler → each live trainer, once a failback handed the run to the pair's other coordinator
+// (its peer holds the last round's checkpoint): ask that one now, rather than after `liveness`
+// heartbeats of silence.
+struct HandedOver {
+  static constexpr MessageKind kKind = MessageKind::kHandedOver;
+  std::uint64_t round = 0;  // the last round this coordinator closed
+  std::string reason;
+  MSGPACK_DEFINE_MAP(round, reason)
+};
+
 enum class MembershipChangeKind : std::uint8_t { kJoined = 0, kRejoined, kLost, kLeft };
 
 // registrar → scheduler: a trainer joined, came back, was lost or left. The scheduler keeps the

@@ -331,6 +331,7 @@ struct ClusterSettings {
   RobustOptions robust;
   std::vector<std::string> late_nodes;  /// made, but started only by start_late()
   double communication_fraction = 0.1;  /// mode "auto": optimizer.communication_fraction
+  double deadline_min_seconds = 2.0;    /// schedule.deadline_min_seconds
 };
 
 /// A whole coordinator and two trainers in one process over inproc, in real time.
@@ -384,6 +385,7 @@ struct ClusterInProcess {
     scheduler_options.schedule.split = settings.split;
     scheduler_options.schedule.min_trainers = static_cast<std::int64_t>(settings.nodes.size());
     scheduler_options.schedule.start_grace_seconds = 0.0;
+    scheduler_options.schedule.deadline_min_seconds = settings.deadline_min_seconds;
     scheduler_options.schedule.max_transfer_ratio = 0.0;  // one process: no link to weigh
     scheduler_options.run = run;
     scheduler_options.optimizer.mode = settings.mode;
@@ -999,6 +1001,10 @@ LiarOutcome run_with_liar(double gradient_scale, std::int64_t epochs = 1,
   ClusterSettings settings;
   settings.epochs = epochs;
   settings.gradient_scale_a = gradient_scale;
+  // Every round waits for all three: on a loaded machine an honest trainer once missed the 2 s
+  // deadline, the round held only the liar's and one honest contribution, and the norm bound,
+  // which never refuses half a round, let the liar's through (a full ctest run, 2026-12-05).
+  settings.deadline_min_seconds = 30.0;
   return run_cluster_with_liar(settings, during);
 }
 }  // namespace

@@ -212,16 +212,17 @@ TEST_CASE(
   trainer.bus.send("trainer@node-2/cpu", msg::SetSlowdown{1e4});                  // only the test aid's
   trainer.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});  // only an operator's
   trainer.bus.send(kSchedulerName, msg::Failback{"a trainer moving the run"});    // only an operator's
+  trainer.bus.send("trainer@node-2/cpu", msg::HandedOver{1, "forged"});           // only the scheduler's
   CHECK_FALSE(wait_for_message(*bus.scheduler, bus.scheduler->addressed(), kQuiet));
   CHECK(bus.dropped("bus: claims a coordinator actor's name") == 1);
-  CHECK(bus.dropped("bus: not permitted to its role") == 5);
+  CHECK(bus.dropped("bus: not permitted to its role") == 6);
   // A monitor only reads: whatever it sends is refused.
   Peer monitor(bus, role_key(bus, PeerRole::kMonitor), "monitor-1");
   monitor.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
   monitor.bus.send(kSchedulerName, msg::Readmit{trainer_name("node-1", "cpu")});
   monitor.bus.send(kSchedulerName, msg::Failback{"a monitor moving the run"});
   CHECK_FALSE(wait_for_message(*bus.registrar, bus.registrar->addressed(), kQuiet));
-  CHECK(bus.dropped("bus: not permitted to its role") == 8);
+  CHECK(bus.dropped("bus: not permitted to its role") == 9);
   // An operator's key may readmit and fail back, and nothing else.
   Peer operator_peer(bus, role_key(bus, PeerRole::kOperator), "operator-1");
   operator_peer.bus.send(kRegistrarName, msg::Heartbeat{1, {}, 0});
@@ -233,7 +234,7 @@ TEST_CASE(
   const auto failback = wait_for_message(*bus.scheduler, bus.scheduler->addressed());
   REQUIRE(failback);
   CHECK(failback->envelope.kind == MessageKind::kFailback);
-  CHECK(bus.dropped("bus: not permitted to its role") == 9);
+  CHECK(bus.dropped("bus: not permitted to its role") == 10);
 }
 
 TEST_CASE("a node-bound key holds at most its node's names, so an honest node that joins later finds room") {
