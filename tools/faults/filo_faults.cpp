@@ -583,12 +583,18 @@ void restart_coordinator(FaultCluster& cluster, History& history, Measures& meas
     history.record({{"kind", "fault"}, {"action", "corrupt"}, {"target", files.back()}});
   }
   cluster.start_coordinator();
-  const auto resumed =
-      require(history.wait_for([](const json& e) { return is_event(e, "resumed"); }, kEventWait, kill_t),
+  // Its first round: the "resumed" event goes out as it plans that round, and may come before this
+  // recorder's subscription to the restarted publisher is up; its rounds do not. Where it resumed
+  // from is in its coordinator.json.
+  const auto first =
+      require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, kill_t),
               "the restarted coordinator to resume", measures);
-  const auto after = static_cast<std::uint64_t>(resumed.at("resumed_after_round").get<double>());
+  const json started = json::parse(std::ifstream(cluster.run_dir() + "/coordinator.json"));
+  const auto after = started.at("resumed_after_round").get<std::uint64_t>();
+  if (started.at("incarnation").get<std::uint64_t>() < 2)
+    measures.problems.push_back("the restarted coordinator did not resume the run: it started it afresh");
   measures.rounds_lost = last_round > after ? last_round - after : 0;
-  measures.rejoin_seconds.push_back(resumed.at("t").get<double>() - kill_t);
+  measures.rejoin_seconds.push_back(first.at("t").get<double>() - kill_t);
   const std::uint64_t allowed = kMaxRoundsLostToCoordinatorKill + (corrupt_newest ? 1 : 0);
   if (*measures.rounds_lost > allowed) {
     measures.problems.push_back(std::to_string(*measures.rounds_lost) +

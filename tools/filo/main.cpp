@@ -359,44 +359,55 @@ int run_failback(const CommonOptions& common, const std::string& coordinators, d
                         curve_settings_for(config.security, PeerRole::kOperator));
   BusClient watcher(sockets, "operator-watch-" + std::to_string(getpid()));
   watcher.subscribe(events_endpoint_of(coordinators), {kEventTopic});
+  // The pair's state, as its active publishes it every second.
+  const auto next_pair_event = [&](Clock::time_point deadline) -> std::optional<msg::PairStatus> {
+    while (Clock::now() < deadline && !stop.stop_requested()) {
+      zmq::pollitem_t item{watcher.published().handle(), 0, ZMQ_POLLIN, 0};
+      try {
+        zmq::poll(&item, 1, Milliseconds(200));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) throw;
+      }
+      while (auto incoming = watcher.receive(watcher.published())) {
+        if (incoming->envelope.kind != MessageKind::kPairStatus) continue;
+        auto event = msg::decode_event(incoming->envelope.kind, incoming->body, watcher.limits());
+        if (event) return std::get<msg::PairStatus>(event.value());
+      }
+    }
+    return std::nullopt;
+  };
+  const Clock::time_point deadline =
+      Clock::now() + to_clock_duration(std::chrono::duration<double>(wait_seconds));
+  // Which one is active before asking: the handover is done once the other one says it is.
+  const auto before = next_pair_event(deadline);
+  if (!before) {
+    std::cerr << "filo failback: no active coordinator of a pair was heard at " << coordinators << " within "
+              << wait_seconds << " s" << std::endl;
+    return 1;
+  }
+  const std::string active = before->active;
   for (const auto& endpoint : endpoints) {
     if (!send_once(config, PeerRole::kOperator, "operator", endpoint, kSchedulerName,
                    msg::Failback{"filo failback"})) {
       std::cerr << "filo failback: could not queue the message for " << endpoint << std::endl;
     }
   }
-  std::cout << "asked the active coordinator of " << coordinators
-            << " to hand the run to its peer at the next round's close" << std::endl;
-  const Clock::time_point deadline =
-      Clock::now() + to_clock_duration(std::chrono::duration<double>(wait_seconds));
-  std::optional<std::string> active;  // as the first pair event says
+  std::cout << "asked the active coordinator, " << active
+            << ", to hand the run to its peer at the next round's close" << std::endl;
   std::string said;
-  while (Clock::now() < deadline && !stop.stop_requested()) {
-    zmq::pollitem_t item{watcher.published().handle(), 0, ZMQ_POLLIN, 0};
-    try {
-      zmq::poll(&item, 1, Milliseconds(200));
-    } catch (const zmq::error_t& e) {
-      if (e.num() != EINTR) throw;
+  while (const auto pair = next_pair_event(deadline)) {
+    if (pair->active != active) {
+      std::cout << "failback done: " << pair->text << std::endl;
+      return 0;
     }
-    while (auto incoming = watcher.receive(watcher.published())) {
-      if (incoming->envelope.kind != MessageKind::kPairStatus) continue;
-      auto event = msg::decode_event(incoming->envelope.kind, incoming->body, watcher.limits());
-      if (!event) continue;
-      const auto& pair = std::get<msg::PairStatus>(event.value());
-      if (!active) active = pair.active;
-      if (pair.active != *active) {
-        std::cout << "failback done: " << pair.text << std::endl;
-        return 0;
-      }
-      if (pair.handover != said && !pair.handover.empty()) {
-        said = pair.handover;
-        std::cout << pair.active << ": failback " << pair.handover << std::endl;
-      }
-      if (pair.handover.rfind("refused", 0) == 0 || pair.handover.rfind("abandoned", 0) == 0) return 1;
+    if (pair->handover != said && !pair->handover.empty()) {
+      said = pair->handover;
+      std::cout << pair->active << ": failback " << pair->handover << std::endl;
     }
+    if (pair->handover.rfind("refused", 0) == 0 || pair->handover.rfind("abandoned", 0) == 0) return 1;
   }
   std::cerr << "filo failback: no coordinator said the run moved within " << wait_seconds
-            << " s; `filo monitor --coordinator " << coordinators << "` shows the pair's state" << std::endl;
+            << " s; `filo monitor " << coordinators << "` shows the pair's state" << std::endl;
   return 1;
 }
 
