@@ -160,7 +160,11 @@ assert summary["final_test_accuracy"] > 0.5
 PY
 grep -q "start 2" "$out/job-$job.out" || fail "the job did not start a second time"
 grep -q "the run ended on the standby" "$out/job-$job.out" || fail "the job did not say where the run ended"
-grep -q "this one stands by" "$run_dir/logs/coordinator.log" ||
-  fail "the restarted primary did not defer to the standby's newer checkpoint"
+# The standby resumed by the rule for two coordinators started together (the primary then either
+# heard it passive and holding more, or already active: either way it stood by).
+grep -q "this one resumes it" "$run_dir/logs/standby.log" ||
+  fail "the restarted standby did not resume the run from its newer checkpoint"
+grep -qE "this one stands by|this coordinator stays passive" "$run_dir/logs/coordinator.log" ||
+  fail "the restarted primary did not stand by"
 grep -q "time limit near" "$out/job-$job.out" || fail "the job did not see the time-limit signal"
 echo "1 passed, 0 failed"
