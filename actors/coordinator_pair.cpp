@@ -225,8 +225,9 @@ class Standby {
         continue;
       }
       // `filo failback`: the active handed the run over and this one holds the round it closed last.
-      if (peer_heard_ && peer_->role == msg::PairRole::kActive && peer_->handing_over &&
-          peer_->run_id == run_id_ && replica_round_ >= peer_->round && replica_round_ > 0) {
+      if (peer_heard_ && peer_->role == msg::PairRole::kActive && peer_->handing_over && cleared_ &&
+          peer_->run_id == run_id_ && peer_->incarnation == replica_incarnation_ &&
+          replica_round_ >= peer_->round && replica_round_ > 0) {
         return outcome(
             StandbyOutcome::Kind::kBecomeActive, true,
             "failback: the active coordinator handed the run over at round " + std::to_string(peer_->round),
@@ -495,7 +496,10 @@ void PairLink::follow_handover() {
   const std::uint64_t round = *handover_round_;
   const Clock::time_point now = Clock::now();
   const bool peer_listening = peer_heard_ && seconds_between(*peer_heard_, now) <= lost_after_seconds();
-  if (peer_listening && peer_->role == msg::PairRole::kPassive && peer_->round >= round) {
+  // The peer holds `round` as this link sent it: a replica of this history, acknowledged (a peer
+  // that merely says a round that high may hold its own older history's checkpoint of it).
+  const bool sent_and_held = replicated_round_ >= round && !awaiting_ack_;
+  if (peer_listening && peer_->role == msg::PairRole::kPassive && peer_->round >= round && sent_and_held) {
     handing_over_ = true;
     handover_ = "handed over at round " + std::to_string(round) + ": the peer at " + options_.peer_endpoint +
                 " takes over";

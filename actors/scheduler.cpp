@@ -1200,7 +1200,8 @@ void Scheduler::choose_checkpoint(const OpenRound& round, msg::CombineRound& com
   }
   if (combine.checkpoint) {
     state_.last_round_record = record.dump();
-    state_.measured_speeds.clear();
+    // Trainers not back since a resume keep the speed they had; those measured since, the new one.
+    state_.measured_speeds = resumed_speeds_;
     for (const auto& [name, trainer] : live_)
       if (trainer.speed.measured()) state_.measured_speeds[name] = trainer.speed.samples_per_second();
     RunState saved = state_;

@@ -688,19 +688,20 @@ int fail_over(FaultCluster& cluster, History& history, Measures& measures, int f
   }
   if (active == 1) {
     // The standby, active now, killed and started again at once: it comes back passive before its
-    // peer noticed it gone, so both are passive. The nodes that lost it ask; the primary, holding
-    // as new a state, takes over.
+    // peer noticed it gone, so both are passive. The nodes that lost it ask; the one holding the
+    // newer checkpoint takes over: the primary when its replica was current (a tie goes to it), the
+    // restarted standby when it holds its own newer checkpoint than the primary's last replica.
     const double kill_t = cluster.kill_member(1);
     cluster.start_member(1);
-    const auto first =
-        require(history.wait_for(
-                    [](const json& e) { return is_event(e, "round") && e.value("coordinator", -1) == 0; },
-                    kEventWait, kill_t),
-                "the primary to take over when both were passive", measures);
-    history.record(
-        {{"kind", "measure"}, {"both_passive_to_first_round_seconds", first.at("t").get<double>() - kill_t}});
-    standing_by(1);
-    active = 0;
+    const auto first = require(
+        history.wait_for([](const json& e) { return is_event(e, "round") && e.contains("coordinator"); },
+                         kEventWait, kill_t),
+        "one of the two to take over when both were passive", measures);
+    active = first.at("coordinator").get<int>();
+    history.record({{"kind", "measure"},
+                    {"both_passive_taken_over_by", active == 0 ? "primary" : "standby"},
+                    {"both_passive_to_first_round_seconds", first.at("t").get<double>() - kill_t}});
+    standing_by(1 - active);
   }
   return active;
 }

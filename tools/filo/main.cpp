@@ -385,6 +385,9 @@ int run_failback(const CommonOptions& common, const std::string& coordinators, d
               << wait_seconds << " s" << std::endl;
     return 1;
   }
+  // The coordinator start tells the two apart (their listen addresses may read alike, as
+  // tcp://0.0.0.0:5555 on two machines): the one that takes over is a newer start.
+  const std::uint64_t start = before->coordinator_start;
   const std::string active = before->active;
   for (const auto& endpoint : endpoints) {
     if (!send_once(config, PeerRole::kOperator, "operator", endpoint, kSchedulerName,
@@ -395,16 +398,21 @@ int run_failback(const CommonOptions& common, const std::string& coordinators, d
   std::cout << "asked the active coordinator, " << active
             << ", to hand the run to its peer at the next round's close" << std::endl;
   std::string said;
+  bool under_way = false;  // this request's handover was heard of: an "abandoned" before it is an older one's
   while (const auto pair = next_pair_event(deadline)) {
-    if (pair->active != active) {
+    if (pair->coordinator_start > start) {
       std::cout << "failback done: " << pair->text << std::endl;
       return 0;
     }
-    if (pair->handover != said && !pair->handover.empty()) {
+    const bool refused = pair->changed && pair->handover.rfind("refused", 0) == 0;
+    const bool abandoned = under_way && pair->handover.rfind("abandoned", 0) == 0;
+    under_way = under_way || pair->handover.rfind("asked", 0) == 0 ||
+                pair->handover.rfind("waiting", 0) == 0 || pair->handover.rfind("handed over", 0) == 0;
+    if (pair->handover != said && !pair->handover.empty() && (under_way || refused)) {
       said = pair->handover;
       std::cout << pair->active << ": failback " << pair->handover << std::endl;
     }
-    if (pair->handover.rfind("refused", 0) == 0 || pair->handover.rfind("abandoned", 0) == 0) return 1;
+    if (refused || abandoned) return 1;
   }
   std::cerr << "filo failback: no coordinator said the run moved within " << wait_seconds
             << " s; `filo monitor " << coordinators << "` shows the pair's state" << std::endl;
