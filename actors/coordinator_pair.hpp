@@ -156,7 +156,7 @@ class PairLink {
   std::string handover_;                   // guarded by mutex_: Status::handover
   bool handover_failed_ = false;           // guarded by mutex_
   std::atomic<bool> handing_over_{false};  // it told its peer to take over (set under mutex_)
-  Clock::time_point handed_over_at_{};     // guarded by mutex_
+  Clock::time_point handed_over_at_{};     // the link's thread only
   StopFlag stop_;
   ScopedThread thread_;  // last: joined before the sockets close
 };

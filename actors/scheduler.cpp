@@ -51,6 +51,8 @@ constexpr Milliseconds kPairCheckInterval{100};
 constexpr double kPairStatusSeconds = 1.0;
 /// After telling its trainers that the run moved, a handing-over active gives way this much later.
 constexpr Milliseconds kHandoverTellTime{50};
+/// A failback asked, until its round closes: what the pair event says of it.
+constexpr const char* kFailbackAsked = "asked: the run goes to the peer at the next round's close";
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
 /// again: a message lost between the coordinator's actors must not stall the run.
 constexpr double kCombineResendSeconds = 1.0;
@@ -1230,7 +1232,7 @@ void Scheduler::handle(const msg::Failback& failback, const Incoming& from) {
   failback_asked_ = asked;
   log(LogLevel::kInfo, bus_.name(), "failback ", asked, ": the run goes to the peer at ",
       options_.peer_listen, " at the next round's close");
-  publish_pair_status(status, true, "asked: the run goes to the peer at the next round's close");
+  publish_pair_status(status, true, kFailbackAsked);
 }
 
 void Scheduler::follow_pair() {
@@ -1252,7 +1254,7 @@ void Scheduler::follow_pair() {
     loop_.at(loop_.now() + kHandoverTellTime, [this] { options_.pair->give_way(); });
   }
   std::string handover = status.handover;
-  if (failback_asked_) handover = "asked: the run goes to the peer at the next round's close";
+  if (failback_asked_) handover = kFailbackAsked;
   const std::string shape = status.peer_state + "|" + handover;
   const bool changed = shape != pair_shape_;
   if (!changed && pair_published_ && seconds_between(*pair_published_, loop_.now()) < kPairStatusSeconds)
