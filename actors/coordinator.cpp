@@ -42,14 +42,18 @@ constexpr std::int64_t kInboundHeadroomBytes = std::int64_t{1} << 20;
 /// each): the last trainer waited 0.85 ms for the model instead of 1.11 ms.
 constexpr int kIoThreads = 2;
 
-/// Now in UTC, in strftime's `format`.
-std::string utc_now(const char* format) {
-  char stamp[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  gmtime_r(&now, &utc);
-  std::strftime(stamp, sizeof stamp, format, &utc);
-  return stamp;
+/// A listen endpoint as others can tell it apart: a wildcard host (tcp://0.0.0.0:5555, tcp://*:5555)
+/// reads alike on every machine, so the pair's event and metrics name this machine's host instead.
+std::string reachable_name(const std::string& listen) {
+  const std::string scheme = "tcp://";
+  if (listen.rfind(scheme, 0) != 0) return listen;
+  const auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon < scheme.size()) return listen;
+  const std::string host = listen.substr(scheme.size(), colon - scheme.size());
+  if (host != "0.0.0.0" && host != "*" && host != "[::]" && host != "::") return listen;
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return listen;
+  return scheme + name + listen.substr(colon);
 }
 
 /// A coordinator of a pair while it is active: its link to the peer, and how it became active.
@@ -294,7 +298,7 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   scheduler_options.drops = &drops;
   if (link) {
     scheduler_options.pair = &*link;
-    scheduler_options.pair_listen = config.bus.listen;
+    scheduler_options.pair_listen = reachable_name(config.bus.listen);
     scheduler_options.peer_listen = config.ha.peer;
   }
   if (pair && pair->failover) {

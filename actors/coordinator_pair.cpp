@@ -2,12 +2,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "messages/codec.hpp"
@@ -38,6 +40,11 @@ constexpr double kReplicaLogSeconds = 10.0;
 /// before it gives up and goes on (a replica of the built-in CNN takes milliseconds; one of a
 /// large model over a slow link, seconds).
 constexpr double kHandoverSeconds = 30.0;
+/// A primary that would resume from a checkpoint of its own waits this long to hear its peer,
+/// which may hold a newer one: a requeued SLURM job starts the pair as two job steps, seconds
+/// apart on a busy cluster, and a primary that started alone would throw the peer's rounds away.
+/// A primary with nothing to resume starts after twice the peer's liveness.
+constexpr double kResumingPrimaryPeerWaitSeconds = 10.0;
 
 BodyLimits pair_limits() {
   BodyLimits limits;
@@ -166,6 +173,11 @@ class Standby {
         options_.peer_endpoint, "; nodes that lose it may ask at ", options_.listen);
     const double lost_after = static_cast<double>(options_.liveness) *
                               std::chrono::duration<double>(options_.heartbeat_interval).count();
+    const double primary_wait =
+        replica_round_ > 0 ? std::max(2 * lost_after, kResumingPrimaryPeerWaitSeconds) : 2 * lost_after;
+    if (primary_start_ && replica_round_ > 0)
+      log(LogLevel::kInfo, kLogName, "primary: it holds a checkpoint of round ", replica_round_,
+          "; it waits up to ", primary_wait, " s to hear its peer, which may hold a newer one");
     Clock::time_point next_heartbeat = Clock::now();
     while (!stop.stop_requested()) {
       std::array<zmq::pollitem_t, 2> items{
@@ -217,10 +229,12 @@ class Standby {
         } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive) {
           return outcome(StandbyOutcome::Kind::kBecomeActive, false, "primary: its peer is passive", silent,
                          now);
-        } else if (silent > 2 * lost_after) {
-          // Twice the peer's liveness: a peer that is active must be heard before this one acts too.
-          return outcome(StandbyOutcome::Kind::kBecomeActive, false,
-                         "primary: no peer heard in " + std::to_string(2 * lost_after) + " s", silent, now);
+        } else if (silent > primary_wait) {
+          // At least twice the peer's liveness: a peer that is active must be heard before this one
+          // acts too.
+          std::ostringstream why;
+          why << "primary: no peer heard in " << primary_wait << " s";
+          return outcome(StandbyOutcome::Kind::kBecomeActive, false, why.str(), silent, now);
         }
         continue;
       }

@@ -37,14 +37,6 @@ std::vector<nlohmann::json> read_json_lines(const std::string& path) {
   return lines;
 }
 
-std::string utc_now() {
-  char stamp[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  gmtime_r(&now, &utc);
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M UTC", &utc);
-  return stamp;
-}
 }  // namespace
 
 nlohmann::json run_state_from_directory(const std::string& run_dir) {
@@ -156,7 +148,7 @@ nlohmann::json run_state_from_directory(const std::string& run_dir) {
   nlohmann::json state = fleet.to_json(time);
   state["mode"] = "report";
   state["run_dir"] = std::filesystem::absolute(run_dir).lexically_normal().string();
-  state["written"] = utc_now();
+  state["written"] = utc_now("%Y-%m-%d %H:%M UTC");
   state["wall_seconds"] = summary.value("wall_seconds", time);
   state["summary"] = summary;
   state["events_recorded"] = !recorded.empty();

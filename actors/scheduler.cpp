@@ -53,6 +53,10 @@ constexpr double kPairStatusSeconds = 1.0;
 constexpr Milliseconds kHandoverTellTime{50};
 /// A failback asked, until its round closes: what the pair event says of it.
 constexpr const char* kFailbackAsked = "asked: the run goes to the peer at the next round's close";
+/// A failback hands over at a round's close: one asked where no round closes this long (no trainer
+/// left, or the run's last evaluation under way) is abandoned, as a handover the peer never
+/// acknowledged is.
+constexpr double kFailbackRoundSeconds = 30.0;
 /// A CombineRound unanswered this long (or this many times the slowest combine seen) is sent
 /// again: a message lost between the coordinator's actors must not stall the run.
 constexpr double kCombineResendSeconds = 1.0;
@@ -1233,6 +1237,20 @@ void Scheduler::handle(const msg::Failback& failback, const Incoming& from) {
   log(LogLevel::kInfo, bus_.name(), "failback ", asked, ": the run goes to the peer at ",
       options_.peer_listen, " at the next round's close");
   publish_pair_status(status, true, kFailbackAsked);
+  const std::uint64_t request = ++failback_requests_;
+  loop_.at(loop_.now() + to_clock_duration(std::chrono::duration<double>(kFailbackRoundSeconds)),
+           [this, request] { abandon_failback_without_round(request); });
+}
+
+void Scheduler::abandon_failback_without_round(std::uint64_t request) {
+  if (!failback_asked_ || request != failback_requests_) return;  // handed over, or a newer request
+  std::ostringstream abandoned;
+  abandoned << "abandoned: no round closed within " << kFailbackRoundSeconds << " s of the request ("
+            << (planning_done_ ? "the run's last evaluation is under way" : "no trainer is training")
+            << "); this coordinator stays active";
+  log(LogLevel::kWarn, bus_.name(), "failback ", *failback_asked_, " ", abandoned.str());
+  failback_asked_.reset();
+  publish_pair_status(options_.pair->status(), true, abandoned.str());
 }
 
 void Scheduler::follow_pair() {

@@ -167,6 +167,8 @@ class Scheduler final {
   /// A pair's active: publishes the pair's state (every kPairStatusInterval, and at once when the
   /// peer's state or a failback's changes), and goes on planning when a failback was abandoned.
   void follow_pair();
+  /// A failback asked `kFailbackRoundSeconds` ago whose round never closed is given up.
+  void abandon_failback_without_round(std::uint64_t request);
   void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
   /// A closing round's outcome as its steps build it: the event and record line, what the
   /// aggregator combines, and the sums the run's state takes.
@@ -291,14 +293,14 @@ class Scheduler final {
   /// `filo failback`: asked (who, for the log), and the round whose close handed the run over (0:
   /// none); no round is planned after it unless the handover is abandoned.
   std::optional<std::string> failback_asked_;
+  std::uint64_t failback_requests_ = 0;  // accepted so far: a timer knows whether its request is current
   std::uint64_t handover_round_ = 0;
   bool trainers_told_of_handover_ = false;
   std::string pair_shape_;  // the peer's state and the handover's, as last published
   std::optional<Clock::time_point> pair_published_;
   bool gate_retry_armed_ = false;
   std::map<std::string, double> resumed_speeds_;  // a resumed run's measured speeds, until each calibrates
-  std::size_t resumed_fleet_ = 0;  // trainers the last round before a resume planned              // the
-                                   // failover record of this start has its first round
+  std::size_t resumed_fleet_ = 0;                 // trainers the last round before a resume planned
 };
 
 }  // namespace filo

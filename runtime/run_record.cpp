@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <stdexcept>
 
@@ -72,6 +73,15 @@ void write_file_atomically(const std::string& path, const std::string& text) {
     ::fsync(directory_fd);
     ::close(directory_fd);
   }
+}
+
+std::string utc_now(const char* format) {
+  char stamp[64];
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  if (std::strftime(stamp, sizeof stamp, format, &utc) == 0) return {};
+  return stamp;
 }
 
 }  // namespace filo

@@ -29,6 +29,9 @@ class RunRecord {
   std::ofstream rounds_;
 };
 
+/// Now in UTC, as strftime's `format` writes it (run ids, failover records, report pages).
+std::string utc_now(const char* format);
+
 /// Writes `text` to `path` so that readers see the old file or the new one, never a torn one.
 void write_file_atomically(const std::string& path, const std::string& text);
 
