@@ -75,6 +75,9 @@ int run_node(const Config& config, const StopFlag& process_stop) {
     options.max_micro_batch = static_cast<std::uint32_t>(config.node.max_micro_batch);
     options.slowdown = config.node.slowdown;
     options.fail_at_round = static_cast<std::uint64_t>(config.node.fail_at_round);
+    apply_lie(config.node.lie, options);
+    if (!config.node.lie.empty())
+      log(LogLevel::kWarn, "node", name, ": lying test aid on (", config.node.lie, ")");
     if (options.slowdown > 1.0) {
       log(LogLevel::kWarn, "node", name, ": slowdown test aid on, ", options.slowdown, "x slower");
     }

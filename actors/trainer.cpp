@@ -1,6 +1,8 @@
 #include "actors/trainer.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <stdexcept>
 #include <thread>
 
 #include "actors/learning/device.hpp"
@@ -869,7 +871,8 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   }
   const torch::Device device = model_->device();
   const auto started = Clock::now();
-  const auto indices = indices_of(order_, plan.ranges);
+  const auto indices =
+      indices_of(options_.wrong_samples ? torch::roll(order_, order_.size(0) / 2) : order_, plan.ranges);
   WorkTimer micro_batch_timer;
   const auto between_micro_batches = [&] {
     simulate_slowdown(micro_batch_timer);
@@ -882,7 +885,7 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   const bool compressed = local && (plan.compressed || plan.mode.empty()) && error_feedback_;
   if (local) local_before_.copy_from(model_->parameters());
   ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
-  share.inject_overflow = options_.overflow_rounds.count(plan.round) > 0;
+  share.inject_overflow = options_.fake_overflows || options_.overflow_rounds.count(plan.round) > 0;
   if (share.inject_overflow)
     log(LogLevel::kWarn, bus_.name(), "TEST AID: overflow injected in round ", plan.round);
   const ShareResult result = local ? train_local_steps(*model_, data_, indices, *local_optimizer_, share)
@@ -931,6 +934,40 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.model_wait_seconds = model_wait_seconds;
   contribution.staging_seconds = seconds_between(computed, Clock::now());
   return outcome;
+}
+
+void apply_lie(const std::string& lie, TrainerOptions& options) {
+  std::size_t start = 0;
+  while (start < lie.size()) {
+    const std::size_t comma = std::min(lie.find(',', start), lie.size());
+    const std::string item = lie.substr(start, comma - start);
+    start = comma + 1;
+    if (item.rfind("scale=", 0) == 0) {
+      try {
+        std::size_t used = 0;
+        options.gradient_scale = std::stod(item.substr(6), &used);
+        if (used != item.size() - 6 || !std::isfinite(options.gradient_scale))
+          throw std::invalid_argument(item);
+      } catch (const std::exception&) {
+        throw ConfigError("node.lie: '" + item + "' needs a finite number, like scale=-10");
+      }
+    } else if (item == "random") {
+      options.random_gradients = true;
+    } else if (item == "zero-fast") {
+      options.gradient_scale = 0.0;
+      options.claimed_compute_seconds = 1e-3;
+    } else if (item == "wrong-samples") {
+      options.wrong_samples = true;
+    } else if (item == "huge-timings") {
+      options.claimed_compute_seconds = 1e300;
+    } else if (item == "fake-overflow") {
+      options.fake_overflows = true;
+    } else {
+      throw ConfigError(
+          "node.lie: '" + item +
+          "' is not one of scale=X, random, zero-fast, wrong-samples, huge-timings, fake-overflow");
+    }
+  }
 }
 
 }  // namespace filo

@@ -63,16 +63,25 @@ struct TrainerOptions {
   /// written into this trainer's gradients after backward, as an fp16 overflow would leave there,
   /// and the gradients are checked as fp16's are whatever the precision. Gradient mode only.
   std::set<std::uint64_t> overflow_rounds;
-  /// TEST AID (in-process tests only): when above 0, reported as every contribution's compute
+  /// TEST AID (node.lie, or in-process tests): when above 0, reported as every contribution's compute
   /// time instead of the time measured, as a lying fleet member would.
   double claimed_compute_seconds = 0.0;
-  /// TEST AID (in-process tests only): every contribution's gradients (or parameter changes) are
+  /// TEST AID (node.lie, or in-process tests): every contribution's gradients (or parameter changes) are
   /// multiplied by this before they are sent, as a lying fleet member's would be (1 = honest).
   double gradient_scale = 1.0;
-  /// TEST AID (in-process tests only): every contribution's gradients (or parameter changes) are
+  /// TEST AID (node.lie, or in-process tests): every contribution's gradients (or parameter changes) are
   /// replaced by random values of the same norm, group by group, as a lying fleet member's would be.
   bool random_gradients = false;
+  /// TEST AID: trains the right way on other samples than planned (the epoch's order rolled by
+  /// half), as a member that skips its share's data while sending plausible gradients would.
+  bool wrong_samples = false;
+  /// TEST AID: reports an fp16 overflow (no tensors) in every round, as overflow_rounds does in some.
+  bool fake_overflows = false;
 };
+
+/// Sets `options`' lying test aids from node.lie (see NodeOptions::lie); a ConfigError names an
+/// item it does not know.
+void apply_lie(const std::string& lie, TrainerOptions& options);
 
 class Trainer final {
  public:

@@ -220,6 +220,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("node", "max_micro_batch", config.node.max_micro_batch);
   reader.read("node", "slowdown", config.node.slowdown);
   reader.read("node", "fail_at_round", config.node.fail_at_round);
+  reader.read("node", "lie", config.node.lie);
   reader.read("run", "run_dir", config.run.run_dir);
   reader.read("run", "threads", config.run.threads);
   reader.read("run", "cpus", config.run.cpus);

@@ -154,6 +154,12 @@ struct NodeOptions {
   /// TEST AID: the trainer's computation throws in this round (a stand-in for a LibTorch or CUDA
   /// error); 0 = never.
   std::int64_t fail_at_round = 0;
+  /// TEST AID: this node's trainers lie as a hostile fleet member would (the fault suite's liars
+  /// scenario), a comma-separated list of: scale=X (gradients or changes times X), random (random
+  /// values of the honest norm), zero-fast (zeros, reporting a millisecond of compute),
+  /// wrong-samples (the right computation on other samples than planned), huge-timings (1e300 s of
+  /// compute reported), fake-overflow (an fp16 overflow reported in every round). Empty: honest.
+  std::string lie;
 };
 
 struct RunOptions {

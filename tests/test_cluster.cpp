@@ -292,6 +292,11 @@ TEST_CASE("bad flags and configs and data paths are refused with what was wrong"
       run({FILO_BINARY, "coordinator", "--set", "model.name=resnet9000", "--run-dir", run_dir});
   CHECK(code == 1);
   CHECK(text.find("unknown model 'resnet9000'") != std::string::npos);
+  // A test aid's value too, before the node reaches for any coordinator.
+  std::tie(code, text) = run({FILO_BINARY, "node", "--coordinator", "tcp://127.0.0.1:9", "--set",
+                              "security.curve=false", "--set", "node.lie=scale=-10,lazy"});
+  CHECK(code == 2);
+  CHECK(text.find("node.lie: 'lazy' is not one of") != std::string::npos);
 }
 
 TEST_CASE(

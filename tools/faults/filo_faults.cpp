@@ -16,7 +16,10 @@
 // shorter run (3000 samples, 1 epoch): it must still finish exact, in whatever optimizer.mode --set chooses,
 // and so never livelock. auto-links runs optimizer.mode = "auto" on free links, caps them at 10 Mbit/s, then
 // frees them: the scheduler must choose gradient mode, then compressed local-sgd, then gradient mode again,
-// each from what it measured, and still train every sample once. A longer soak: --scenario kill-trainer
+// each from what it measured, and still train every sample once. liars has a third trainer lie, one
+// member after another, in each of issue 22's ways (node.lie): each must be taken out of the plans
+// (but the one whose gradients are honest ones for the wrong samples) and the run end exact, within a
+// point of the fault-free accuracy. A longer soak: --scenario kill-trainer
 // --kills 40 --set schedule.epochs=12.
 #include <CLI/CLI.hpp>
 #include <condition_variable>
@@ -332,7 +335,8 @@ class FaultCluster {
     history_.record({{"kind", "action"}, {"action", "start"}, {"target", "coordinator"}, {"log", log}});
   }
 
-  double start_node(const std::string& name) {
+  /// Starts a node process; `own_settings` are for this node alone (after the scenario's).
+  double start_node(const std::string& name, const std::vector<std::string>& own_settings = {}) {
     std::vector<std::string> arguments{FILO_BINARY, "node", "--coordinator", coordinators(), "--name", name};
     if (namespaces_) {
       NodeNetwork& network = network_of(name);
@@ -341,6 +345,7 @@ class FaultCluster {
       arguments.insert(arguments.begin(), prefix.begin(), prefix.end());  // ip netns exec execs: same pid
     }
     for (const auto& setting : settings_) arguments.insert(arguments.end(), {"--set", setting});
+    for (const auto& setting : own_settings) arguments.insert(arguments.end(), {"--set", setting});
     const std::string log = run_dir_ + "/logs/" + name + "-" + std::to_string(++node_starts_[name]) + ".log";
     nodes_.push_back({name, ChildProcess(arguments, log), false});
     return history_.record({{"kind", "action"}, {"action", "start"}, {"target", name}, {"log", log}});
@@ -831,6 +836,109 @@ int partition_pair(FaultCluster& cluster, History& history, Measures& measures) 
 
 /// Take a node's link down past the liveness timeout and up again: the registrar declares it
 /// lost, its samples go to the others, and once the link is back it rejoins by itself.
+/// A lie the liars scenario has a member tell (issue 22's (a)-(f)), as node.lie sets it.
+struct Lie {
+  const char* label;
+  const char* setting;
+  /// Taken out of the plans: within kMaxRoundsToExclusion rounds planned to it, or, where only its
+  /// direction gives it away, robust.direction_window more (its verdict needs that many scores).
+  bool excluded;
+  bool judged_by_direction;
+};
+const std::vector<Lie> kLies{
+    {"(a) gradients times 1e6", "scale=1e6", true, false},
+    {"(b) its honest gradient times -10", "scale=-10", true, true},
+    {"(c) random gradients of its honest norm", "random", true, true},
+    {"(d) zero gradients, claiming a fast device", "zero-fast", true, false},
+    {"(e) the right gradients for the wrong samples", "wrong-samples", false, false},
+    {"(f) huge timings and fake fp16 overflows", "huge-timings,fake-overflow", true, false},
+};
+constexpr std::uint64_t kMaxRoundsToExclusion = 10;
+/// A liar that is never taken out ((e): its gradients are honest ones) trains this many rounds.
+constexpr std::uint64_t kUnexcludedLiarRounds = 30;
+/// The liars scenario judges direction over this many scores (robust.direction_window, 64 by
+/// default, is for long runs; this run would end before a 64-round verdict on each liar).
+constexpr std::uint64_t kLiarsDirectionWindow = 16;
+
+std::string liar_node(std::size_t k) {
+  return "liar-" + std::string(1, static_cast<char>('a' + k));
+}
+
+bool planned_to(const json& entry, const std::string& trainer) {
+  if (!is_event(entry, "round")) return false;
+  for (const auto& part : entry.at("trainers"))
+    if (part.at("name") == trainer) return true;
+  return false;
+}
+
+/// Issue 22's lying members, one after another, each the third of three trainers beside node-1 and
+/// node-2 (liar-a started with them): each must be taken out of the plans (but (e)) and is then
+/// killed, and the run must still end exact and within a point of the fault-free accuracy.
+void tell_lies(FaultCluster& cluster, History& history, Measures& measures, json& result) {
+  json told = json::array();
+  for (std::size_t k = 0; k < kLies.size(); ++k) {
+    const Lie& lie = kLies[k];
+    const std::string node = liar_node(k);
+    const std::string trainer = trainer_of(node);
+    const double start_t = k == 0 ? 0.0 : cluster.start_node(node, {std::string("node.lie=") + lie.setting});
+    const auto first = history.wait_for([&](const json& e) { return planned_to(e, trainer); }, 60s, start_t);
+    if (!first) {
+      measures.problems.push_back(lie.label + std::string(": ") + trainer + " was never planned");
+      cluster.signal_node(node, SIGKILL);
+      continue;
+    }
+    const std::uint64_t first_round = first->at("round").get<std::uint64_t>();
+    std::optional<json> verdict;
+    if (lie.excluded) {
+      verdict = history.wait_for([&](const json& e) { return about(e, "excluded", trainer); }, 60s, start_t);
+    } else {
+      verdict = history.wait_for(
+          [&](const json& e) {
+            return is_event(e, "round") && e.at("round") >= first_round + kUnexcludedLiarRounds;
+          },
+          60s, start_t);
+    }
+    // Up to the round that took it out (announced before that round's own event), or that it reached.
+    const std::uint64_t last_round =
+        verdict ? verdict->at("round").get<std::uint64_t>() : std::numeric_limits<std::uint64_t>::max();
+    if (verdict)  // that round's own event follows the news
+      history.wait_for([&](const json& e) { return is_event(e, "round") && e.at("round") >= last_round; },
+                       kEventWait, start_t);
+    std::uint64_t planned = 0;
+    std::uint64_t delivered = 0;
+    history.any([&](const json& e) {
+      if (e.at("t").get<double>() > start_t && planned_to(e, trainer) && e.at("round") <= last_round) {
+        ++planned;
+        if (delivered_by(e, trainer)) ++delivered;
+      }
+      return false;
+    });
+    json entry{{"lie", lie.label},           {"node.lie", lie.setting},   {"trainer", trainer},
+               {"first_round", first_round}, {"rounds_planned", planned}, {"rounds_delivered", delivered}};
+    if (lie.excluded) {
+      const std::uint64_t allowed =
+          kMaxRoundsToExclusion + (lie.judged_by_direction ? kLiarsDirectionWindow : 0);
+      entry["excluded"] = verdict.has_value();
+      if (!verdict) {
+        measures.problems.push_back(lie.label + std::string(": ") + trainer + " was not taken out in 60 s (" +
+                                    std::to_string(planned) + " rounds planned to it)");
+      } else {
+        entry["reason"] = verdict->value("reason", "");
+        if (planned > allowed)
+          measures.problems.push_back(lie.label + std::string(": taken out after ") +
+                                      std::to_string(planned) + " rounds planned to it, over " +
+                                      std::to_string(allowed));
+      }
+    } else if (!verdict) {
+      measures.problems.push_back(lie.label + std::string(": the run did not reach round ") +
+                                  std::to_string(first_round + kUnexcludedLiarRounds));
+    }
+    told.push_back(entry);
+    cluster.signal_node(node, SIGKILL);
+  }
+  result["liars"] = told;
+}
+
 void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
   const std::string trainer = trainer_of(node);
   require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, history.now()),
@@ -1073,10 +1181,10 @@ int main(int argc, char** argv) {
   bool netns = false;
   int rate_kbit = 2000;
   std::vector<std::string> extra_settings;
-  app.add_option(
-         "--scenario", scenario,
-         "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
-         "link-down, bandwidth-cap, hostile, slow-links, auto-links, failover, stop-active, pair-partition")
+  app.add_option("--scenario", scenario,
+                 "baseline, kill-trainer, stop-continue, join, coordinator-restart, corrupt-checkpoint, "
+                 "link-down, bandwidth-cap, hostile, liars, slow-links, auto-links, failover, stop-active, "
+                 "pair-partition")
       ->required();
   app.add_option("--rate-kbit", rate_kbit, "slow-links: every node's link, in kbit/s both ways")
       ->check(CLI::Range(100, 10'000'000));
@@ -1110,6 +1218,7 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(run_dir);
   std::filesystem::create_directories(run_dir + "/logs");
   const bool join = scenario == "join";
+  const bool liars = scenario == "liars";
   const bool pair_partition = scenario == "pair-partition";
   const bool pair = scenario == "failover" || scenario == "stop-active" || pair_partition;
   std::string final_run_dir = run_dir;  // where the run's summary and record end up
@@ -1132,6 +1241,7 @@ int main(int argc, char** argv) {
     settings.insert(settings.end(), {"data.train_limit=12000", "schedule.epochs=3",
                                      "schedule.round_samples=512", "optimizer.mode=auto"});
   }
+  if (liars) settings.push_back("robust.direction_window=" + std::to_string(kLiarsDirectionWindow));
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
@@ -1169,6 +1279,10 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(20ms);
     for (const char* node : {"node-1", "node-2", "node-3"}) {
       if (join && std::string(node) == "node-3") continue;
+      if (liars && std::string(node) == "node-3") {  // the first liar is the third trainer from the start
+        cluster.start_node(liar_node(0), {std::string("node.lie=") + kLies[0].setting});
+        continue;
+      }
       cluster.start_node(node);
       if (slow_links) cluster.cap_link(node, rate_kbit);
     }
@@ -1215,6 +1329,8 @@ int main(int argc, char** argv) {
                            endpoints.at("max_inbound_bytes").get<std::int64_t>()};
       attacks = run_attacks(target);
       history.record({{"kind", "action"}, {"action", "attacks done"}});
+    } else if (liars) {
+      tell_lies(cluster, history, measures, result);
     } else if (auto_links) {
       links_for_auto_mode(cluster, history, measures);
     } else if (slow_links) {
