@@ -71,7 +71,7 @@ std::string make_run_id() {
 /// The run's model as TorchScript bytes: the user's file (model.path) or a built-in model built
 /// from the seed. Before any socket opens, it is loaded and run on one batch of the training set, so
 /// that a model filo cannot train is refused at once with the reason.
-std::string prepare_model(const Config& config, msg::RunSpec& run) {
+std::string prepare_model(const Config& config, msg::RunSpec& run, std::int64_t& parameters) {
   const Task task = parse_task(config.model.task);
   DatasetSpec probe_spec = dataset_spec(config.data, Split::kTrain, config.schedule.seed);
   probe_spec.limit = kProbeSamples;
@@ -128,6 +128,7 @@ std::string prepare_model(const Config& config, msg::RunSpec& run) {
   run.task = task_name(task);
   run.model_sha256 = sha256_hex(archive);
   run.model_bytes = archive.size();
+  parameters = model->parameters().numel();
   log(LogLevel::kInfo, "coordinator", "model ", run.model, " (", task_name(task),
       "): ", model->parameters().numel(), " parameters, archive ", archive.size(), " bytes, sha256 ",
       run.model_sha256.substr(0, 12));
@@ -151,7 +152,9 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   }
   msg::RunSpec run;
   run.run_id = make_run_id();
-  const auto model_archive = std::make_shared<const std::string>(prepare_model(config, run));
+  std::int64_t model_parameters = 0;
+  const auto model_archive =
+      std::make_shared<const std::string>(prepare_model(config, run, model_parameters));
   run.dataset = config.data.format == "idx" ? config.data.dataset
                                             : std::filesystem::path(config.data.path).filename().string();
   run.data_format = config.data.format;
@@ -294,6 +297,7 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   scheduler_options.checkpoint_every = config.run.checkpoint_every;
   scheduler_options.train = config.train;
   scheduler_options.robust = config.robust;
+  scheduler_options.model_parameters = model_parameters;
   if (resume) scheduler_options.resume = run_state_from_json(checkpoint_round_state(*resume));
   scheduler_options.drops = &drops;
   if (link) {

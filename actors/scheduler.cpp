@@ -78,7 +78,17 @@ constexpr std::size_t kMaxFailureReason = 400;
 // unlucky batch, a scale not yet halved far enough); the next such is refused as implausible.
 constexpr std::uint32_t kMaxLoneOverflows = 2;
 constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
-constexpr std::size_t kOwnNormWindow = 8;     // a trainer's own
+/// Random values have no direction: their score (a cosine with the others' sum) is 0 ± 1/sqrt of
+/// the model's parameters, 0.0058 for the built-in CNN, while honest scores spread over tenths
+/// (README, Security: "Direction scores": single rounds from -0.67 to 0.9). A trainer whose last
+/// kNoiseScores scores stay within kNoiseFactor times that spread, in root mean square, sent noise:
+/// a lie in each such round, judged in kNoiseScores rounds where a mean under
+/// robust.min_direction takes robust.direction_window. Models too small for random values' spread
+/// to stand clear of honest scores (a bound over kMaxNoiseBound) are not judged so.
+constexpr std::size_t kNoiseScores = 6;
+constexpr double kNoiseFactor = 4.0;
+constexpr double kMaxNoiseBound = 0.1;
+constexpr std::size_t kOwnNormWindow = 8;  // a trainer's own
 // The refusals that no honest trainer earns: what it sent or said cannot be true. (A wrong model
 // version or a late contribution can be honest; those are misses, not lies.)
 constexpr std::array<const char*, 5> kLies{"norm bound", "implausible report", "bad tensors", "bad numbers",
@@ -970,6 +980,7 @@ nlohmann::json Scheduler::directions_json() const {
   for (const auto& [trainer, scores] : direction_scores_) {
     directions[trainer] = {{"scored", scores.scored},
                            {"below_min_direction", scores.below},
+                           {"uncorrelated", scores.uncorrelated},
                            {"mean", scores.scored ? scores.sum / static_cast<double>(scores.scored) : 0.0},
                            {"min", scores.min}};
   }
@@ -989,9 +1000,17 @@ void Scheduler::score_direction(std::uint64_t round, const std::string& trainer,
   // rounds fell to -0.67 and honest means of 16 to -0.07; means of 64 stayed above 0.032.
   std::deque<double>& recent = live->second.recent_directions;
   const auto window = static_cast<std::size_t>(std::max<std::int64_t>(1, options_.robust.direction_window));
-  keep_last(recent, cosine, window);
+  keep_last(recent, cosine, std::max(window, kNoiseScores));
+  if (const auto noise = noise_verdict(recent)) {
+    ++scores.uncorrelated;
+    log(LogLevel::kWarn, bus_.name(), trainer, "'s contribution to round ", round,
+        " scored as a lie: ", *noise);
+    note_lie(trainer, live->second, round, *noise);
+    return;
+  }
   if (recent.size() < window) return;
-  const double mean = std::accumulate(recent.begin(), recent.end(), 0.0) / static_cast<double>(recent.size());
+  const auto last = recent.end() - static_cast<std::ptrdiff_t>(window);
+  const double mean = std::accumulate(last, recent.end(), 0.0) / static_cast<double>(window);
   if (mean >= options_.robust.min_direction) return;
   ++scores.below;
   std::ostringstream why;
@@ -1000,6 +1019,23 @@ void Scheduler::score_direction(std::uint64_t round, const std::string& trainer,
   log(LogLevel::kWarn, bus_.name(), trainer, "'s contribution to round ", round,
       " scored as a lie: ", why.str());
   note_lie(trainer, live->second, round, why.str());
+}
+
+std::optional<std::string> Scheduler::noise_verdict(const std::deque<double>& recent) const {
+  if (options_.model_parameters <= 0 || recent.size() < kNoiseScores) return std::nullopt;
+  const double spread = 1.0 / std::sqrt(static_cast<double>(options_.model_parameters));
+  if (kNoiseFactor * spread > kMaxNoiseBound) return std::nullopt;
+  double squares = 0.0;
+  for (auto score = recent.end() - static_cast<std::ptrdiff_t>(kNoiseScores); score != recent.end(); ++score)
+    squares += *score * *score;
+  const double spread_seen = std::sqrt(squares / static_cast<double>(kNoiseScores));
+  if (!(spread_seen <= kNoiseFactor * spread)) return std::nullopt;
+  std::ostringstream why;
+  why << "direction: its last " << kNoiseScores << " contributions are uncorrelated with the others' (scores "
+      << std::setprecision(2) << spread_seen << " from 0 in root mean square, within " << kNoiseFactor
+      << "x the " << spread << " of random values of the model's " << options_.model_parameters
+      << " parameters): noise, not gradients";
+  return why.str();
 }
 
 void Scheduler::update_loss_scale(const OpenRound& round, bool overflow, bool stepped) {

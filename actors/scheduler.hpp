@@ -47,7 +47,10 @@ struct SchedulerOptions {
   std::int64_t checkpoint_every = 1;  /// rounds between checkpoints; 0 = none
   TrainOptions train;                 /// the fleet's fp16 loss scale starts and grows by these
   RobustOptions robust;               /// bounds on contributions, and when a liar is excluded
-  std::optional<RunState> resume;     /// continue a checkpointed run
+  /// The model's parameters: random values' direction scores spread over 1/sqrt of it, and a
+  /// trainer whose scores stay that close to 0 sent noise (0: unknown, not judged so).
+  std::int64_t model_parameters = 0;
+  std::optional<RunState> resume;  /// continue a checkpointed run
   /// This start is a standby's takeover (the record's to_first_round_seconds counts from
   /// `failover_decided` and is filled by the first round this scheduler closes).
   std::optional<FailoverRecord> failover;
@@ -167,6 +170,8 @@ class Scheduler final {
   /// A pair's active: publishes the pair's state (every kPairStatusInterval, and at once when the
   /// peer's state or a failback's changes), and goes on planning when a failback was abandoned.
   void follow_pair();
+  /// Why a trainer's recent direction scores read as random values', if they do.
+  std::optional<std::string> noise_verdict(const std::deque<double>& recent) const;
   /// A failback asked `kFailbackRoundSeconds` ago whose round never closed is given up.
   void abandon_failback_without_round(std::uint64_t request);
   void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
@@ -275,7 +280,8 @@ class Scheduler final {
   /// Each trainer's direction scores from the aggregator (summary.json "directions").
   struct DirectionScores {
     std::uint64_t scored = 0;
-    std::uint64_t below = 0;  // under robust.min_direction
+    std::uint64_t below = 0;         // under robust.min_direction
+    std::uint64_t uncorrelated = 0;  // judged noise: its last scores as close to 0 as random values'
     double sum = 0.0;
     double min = 1.0;
   };

@@ -834,21 +834,20 @@ int partition_pair(FaultCluster& cluster, History& history, Measures& measures) 
   return 0;
 }
 
-/// Take a node's link down past the liveness timeout and up again: the registrar declares it
-/// lost, its samples go to the others, and once the link is back it rejoins by itself.
 /// A lie the liars scenario has a member tell (issue 22's (a)-(f)), as node.lie sets it.
 struct Lie {
   const char* label;
   const char* setting;
-  /// Taken out of the plans: within kMaxRoundsToExclusion rounds planned to it, or, where only its
-  /// direction gives it away, robust.direction_window more (its verdict needs that many scores).
+  /// Taken out of the plans: within kMaxRoundsToExclusion rounds planned to it, or, where it may
+  /// slip through the norm bound (a sign flip of x10 sits at its edge) and only the mean of its
+  /// direction scores gives it away, robust.direction_window more (that verdict needs as many).
   bool excluded;
-  bool judged_by_direction;
+  bool may_take_a_window;
 };
 const std::vector<Lie> kLies{
     {"(a) gradients times 1e6", "scale=1e6", true, false},
     {"(b) its honest gradient times -10", "scale=-10", true, true},
-    {"(c) random gradients of its honest norm", "random", true, true},
+    {"(c) random gradients of its honest norm", "random", true, false},
     {"(d) zero gradients, claiming a fast device", "zero-fast", true, false},
     {"(e) the right gradients for the wrong samples", "wrong-samples", false, false},
     {"(f) huge timings and fake fp16 overflows", "huge-timings,fake-overflow", true, false},
@@ -856,9 +855,6 @@ const std::vector<Lie> kLies{
 constexpr std::uint64_t kMaxRoundsToExclusion = 10;
 /// A liar that is never taken out ((e): its gradients are honest ones) trains this many rounds.
 constexpr std::uint64_t kUnexcludedLiarRounds = 30;
-/// The liars scenario judges direction over this many scores (robust.direction_window, 64 by
-/// default, is for long runs; this run would end before a 64-round verdict on each liar).
-constexpr std::uint64_t kLiarsDirectionWindow = 16;
 
 std::string liar_node(std::size_t k) {
   return "liar-" + std::string(1, static_cast<char>('a' + k));
@@ -916,8 +912,9 @@ void tell_lies(FaultCluster& cluster, History& history, Measures& measures, json
     json entry{{"lie", lie.label},           {"node.lie", lie.setting},   {"trainer", trainer},
                {"first_round", first_round}, {"rounds_planned", planned}, {"rounds_delivered", delivered}};
     if (lie.excluded) {
-      const std::uint64_t allowed =
-          kMaxRoundsToExclusion + (lie.judged_by_direction ? kLiarsDirectionWindow : 0);
+      const auto allowed =
+          kMaxRoundsToExclusion +
+          (lie.may_take_a_window ? static_cast<std::uint64_t>(RobustOptions{}.direction_window) : 0);
       entry["excluded"] = verdict.has_value();
       if (!verdict) {
         measures.problems.push_back(lie.label + std::string(": ") + trainer + " was not taken out in 60 s (" +
@@ -939,6 +936,8 @@ void tell_lies(FaultCluster& cluster, History& history, Measures& measures, json
   result["liars"] = told;
 }
 
+/// Take a node's link down past the liveness timeout and up again: the registrar declares it
+/// lost, its samples go to the others, and once the link is back it rejoins by itself.
 void link_down_and_up(FaultCluster& cluster, History& history, Measures& measures, const std::string& node) {
   const std::string trainer = trainer_of(node);
   require(history.wait_for([](const json& e) { return is_event(e, "round"); }, kEventWait, history.now()),
@@ -1241,7 +1240,6 @@ int main(int argc, char** argv) {
     settings.insert(settings.end(), {"data.train_limit=12000", "schedule.epochs=3",
                                      "schedule.round_samples=512", "optimizer.mode=auto"});
   }
-  if (liars) settings.push_back("robust.direction_window=" + std::to_string(kLiarsDirectionWindow));
   settings.insert(settings.end(), extra_settings.begin(), extra_settings.end());
 
   History history(run_dir + "/history.jsonl");
