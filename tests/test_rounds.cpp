@@ -205,6 +205,83 @@ TEST_CASE("a trainer reporting next to no compute time is handed at most twice i
   CHECK(total(next_slow.ranges) == 100);
 }
 
+TEST_CASE("a liar that is lost and registers again keeps the lies counted against it, and is excluded") {
+  SchedulerUnderTest test(40000);  // an epoch of 100 rounds: longer than the test
+  BusClient third{test.sockets, trainer_name("third", "cpu")};
+  BusClient events{test.sockets, "events-reader"};
+  third.connect(test.hub.inproc_router_endpoint());
+  events.subscribe(test.hub.inproc_publish_endpoint(), {kEventTopic});
+  msg::RoundOpened opened = test.start();
+  // A third trainer, so that excluding one never takes out half of the fleet.
+  msg::MembershipChange third_joined;
+  third_joined.trainer = third.name();
+  test.registrar.send(kSchedulerName, third_joined);
+  std::this_thread::sleep_for(Milliseconds(100));  // the join first: a calibration before it is ignored
+  third.send(kSchedulerName, msg::Calibration{100.0, 64, 0, "cpu", "fp32"});
+  std::this_thread::sleep_for(Milliseconds(100));
+  // Every planned trainer answers; "fast" claims more compute than the round has lasted (a lie),
+  // delivers, or (its plan dropped as it registered again) says nothing.
+  enum class Fast { kLies, kDelivers, kSilent };
+  std::uint64_t lies = 0;
+  const auto play_round = [&](Fast fast) {
+    for (BusClient* client : {&test.slow, &test.fast, &third}) {
+      if (!opened.planned_samples.count(client->name())) continue;
+      const auto [plan, unused] = expect<msg::RoundPlan>(*client);
+      REQUIRE(plan.round == opened.round);
+      if (client == &test.fast && fast == Fast::kSilent) continue;
+      if (client != &test.fast || fast == Fast::kDelivers) {
+        test.delivered(plan, *client);
+        continue;
+      }
+      msg::ContributionReceived lie;
+      lie.round = plan.round;
+      lie.trainer = client->name();
+      lie.accepted = true;
+      lie.samples = total(plan.ranges);
+      lie.compute_seconds = 1e6;
+      test.aggregator.send(kSchedulerName, lie);
+      ++lies;
+    }
+    opened = expect<msg::RoundOpened>(test.aggregator).first;
+  };
+  while (lies < 2) play_round(Fast::kLies);  // two lies of the three that exclude (robust.max_refusals)
+  // It is lost and registers again, as a node restarted to wipe its record would.
+  msg::MembershipChange lost;
+  lost.trainer = test.fast.name();
+  lost.change = msg::MembershipChangeKind::kLost;
+  test.registrar.send(kSchedulerName, lost);
+  std::this_thread::sleep_for(Milliseconds(100));
+  msg::MembershipChange again;
+  again.trainer = test.fast.name();
+  test.registrar.send(kSchedulerName, again);
+  std::this_thread::sleep_for(Milliseconds(100));
+  test.fast.send(kSchedulerName, msg::Calibration{300.0, 64, 0, "cpu", "fp32"});
+  play_round(Fast::kSilent);  // the round it was planned in when it left
+  while (!opened.planned_samples.count(test.fast.name())) play_round(Fast::kDelivers);
+  play_round(Fast::kLies);  // its third lie: with the record kept, the one that excludes it
+  CHECK(lies == 3);
+  // The exclusion is announced; the next rounds plan the other two only.
+  std::optional<msg::MemberNews> excluded;
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (!excluded && Clock::now() < deadline) {
+    zmq::pollitem_t item{events.published().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(20));
+    while (auto incoming = events.receive(events.published())) {
+      if (incoming->envelope.kind != msg::MemberNews::kKind) continue;
+      auto news = decode_frame<msg::MemberNews>(incoming->body, events.limits());
+      REQUIRE(news);
+      if (news.value().change == msg::MemberChange::kExcluded) excluded = news.value();
+    }
+  }
+  REQUIRE(excluded);
+  CHECK(excluded->trainer == test.fast.name());
+  CHECK(excluded->reason.rfind("3 contributions refused or scored as lies", 0) == 0);
+  for (int round = 0; round < 2; ++round) {
+    CHECK_FALSE(opened.planned_samples.count(test.fast.name()));
+    play_round(Fast::kDelivers);
+  }
+}
+
 TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
   SchedulerUnderTest test;
   const msg::RoundOpened opened = test.start();
