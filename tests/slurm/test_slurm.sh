@@ -133,7 +133,10 @@ restarts() { scontrol show job "$job" 2>/dev/null | grep -o 'Restarts=[0-9]*' | 
 requeued() { [ "$(restarts)" -ge 1 ] 2>/dev/null; }
 wait_for 60 "the job to be requeued" requeued
 coordinator_stopped() { grep -q "exited with" "$out/job-$job.out" 2>/dev/null; }
-# A requeued job waits out a begin time; this test does not need to.
+# A requeued job waits out a begin time; this test does not need to, but it waits 2 s: slurmd
+# refuses a launch whose credential is from the same second as the requeue's revocation ("Job
+# credential revoked", and the job fails; seen once on this VM under load, 2026-12-05).
+sleep 2
 for _ in $(seq 60); do
   [ "$(job_state)" = PENDING ] && scontrol update JobId="$job" StartTime=now >/dev/null 2>&1
   [ "$(job_state)" = RUNNING ] && break
