@@ -195,6 +195,7 @@ class Standby {
                 " s of silence: no node asked here meanwhile");
             said_lost_ = false;
           }
+          if (!peer_heard_) peer_first_heard_ = now;
           peer_heard_ = now;
           peer_ = *state;
         } else if (frames->size() == 4 && (*frames)[0].to_string_view() == msg::kReplicaTopic) {
@@ -218,14 +219,16 @@ class Standby {
               " is active (coordinator start ", peer_->incarnation, ", round ", peer_->round,
               "): this coordinator stays passive");
         } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive && peer_holds_newer(*peer_) &&
-                   seconds_between(started_, now) < 4 * lost_after) {
+                   seconds_between(*peer_first_heard_, now) < 4 * lost_after) {
           // Both started together (a requeued job) after the peer had taken over: the peer resumes
           // from its newer checkpoint, and this one waits to hear it active.
           if (!said_peer_newer_)
             log(LogLevel::kInfo, kLogName, "primary: its peer holds round ", peer_->round,
                 " of the run, newer than ", replica_round_, ": the peer becomes active, this one stands by");
           said_peer_newer_ = true;
-          // (A peer that does not take it within 4 liveness periods: this one starts after all.)
+          // (A peer that does not take it within 4 liveness periods of being heard: this one
+          // starts after all. Counted from then, not from this one's start: a peer heard late in
+          // this one's wait for it would otherwise find it active as it takes over, and two act.)
         } else if (peer_heard_ && peer_->role == msg::PairRole::kPassive) {
           return outcome(StandbyOutcome::Kind::kBecomeActive, false, "primary: its peer is passive", silent,
                          now);
@@ -418,6 +421,7 @@ class Standby {
   CheckpointStore store_;
   Clock::time_point started_;
   std::optional<Clock::time_point> peer_heard_;
+  std::optional<Clock::time_point> peer_first_heard_;
   std::optional<msg::PairState> peer_;
   std::optional<Clock::time_point> last_request_;
   std::set<std::string> voters_;  // connections whose report said they lost their coordinator
