@@ -172,7 +172,7 @@ class Scheduler final {
   void follow_pair();
   /// Why a trainer's recent direction scores read as random values', if they do.
   std::optional<std::string> noise_verdict(const std::deque<double>& recent) const;
-  /// A failback asked `kFailbackRoundSeconds` ago whose round never closed is given up.
+  /// A failback asked `kFailbackRoundSeconds` ago is given up where no round is open to hand over at.
   void abandon_failback_without_round(std::uint64_t request);
   void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
   /// A closing round's outcome as its steps build it: the event and record line, what the
@@ -300,6 +300,7 @@ class Scheduler final {
   /// none); no round is planned after it unless the handover is abandoned.
   std::optional<std::string> failback_asked_;
   std::uint64_t failback_requests_ = 0;  // accepted so far: a timer knows whether its request is current
+  std::string failback_outcome_;         // the last request's end where the scheduler gave it up
   std::uint64_t handover_round_ = 0;
   bool trainers_told_of_handover_ = false;
   std::string pair_shape_;  // the peer's state and the handover's, as last published
