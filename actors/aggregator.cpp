@@ -442,6 +442,7 @@ void Aggregator::combine(const msg::CombineRound& order) {
     if (!rows) rows = robust_rows(round->second, present);
     if (rows) score_directions(*rows, clipped, present, answer);
   }
+  answer.score_seconds = seconds_between(published, Clock::now());
 
   rounds_.erase(rounds_.begin(), rounds_.upper_bound(order.round));
   averaged_round_ = order.round + 1;

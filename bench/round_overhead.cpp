@@ -143,7 +143,9 @@ RunFigures analyse(const std::string& run_dir, const std::string& label, double 
   std::cout << "inside the wait for the model, the aggregator's (ms): combine "
             << timing.value("combine_seconds", 0.0) / kMillisecond << ", step "
             << timing.value("step_seconds", 0.0) / kMillisecond << ", publish "
-            << timing.value("publish_seconds", 0.0) / kMillisecond << "\n";
+            << timing.value("publish_seconds", 0.0) / kMillisecond
+            << "; after the publish, scoring directions " << timing.value("score_seconds", 0.0) / kMillisecond
+            << "\n";
   const auto accuracies = summary.value("test_accuracy_per_epoch", std::vector<double>{});
   const auto ends = summary.value("epoch_end_seconds", std::vector<double>{});
   for (std::size_t epoch = 0; epoch < accuracies.size() && epoch < ends.size(); ++epoch) {

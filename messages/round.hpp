@@ -161,8 +161,11 @@ struct RoundCombined {
   // Each scored contribution's direction: its cosine with the centre the round's other
   // contributions make (rounds of 3 or more; shares of 16 samples or more).
   std::map<std::string, double> directions;
+  // Scoring them, after the publish: off this round's path, but the aggregator's time all the same
+  // (a next round's combine waits behind it).
+  double score_seconds = 0.0;
   MSGPACK_DEFINE_MAP(round, model_version, combine_seconds, step_seconds, publish_seconds, problem,
-                     publish_bytes, whole_model, directions)
+                     publish_bytes, whole_model, directions, score_seconds)
 };
 
 // scheduler → aggregator at an epoch's end: score model version `model_version` on the test set;
