@@ -23,6 +23,8 @@ std::string node_name(const NodeOptions& options) {
 }
 
 int run_node(const Config& config, const StopFlag& process_stop) {
+  TrainerOptions lie_check;
+  apply_lie(config.node.lie, lie_check);  // a bad node.lie is refused before any work
   // Debian's LibTorch otherwise picks one thread, or all cores in other builds: say it.
   pin_to_cpus(0, parse_cpu_list(config.node.cpus, "node.cpus"));
   set_compute_threads(static_cast<int>(config.node.threads));

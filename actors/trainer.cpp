@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "actors/learning/device.hpp"
@@ -937,16 +938,22 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
 }
 
 void apply_lie(const std::string& lie, TrainerOptions& options) {
+  constexpr std::string_view kScale = "scale=";
+  constexpr double kFastClaimSeconds = 1e-3;  // zero-fast: a millisecond of compute for any share
+  constexpr double kHugeSeconds = 1e300;      // huge-timings: finite, and past any round's length
   std::size_t start = 0;
   while (start < lie.size()) {
     const std::size_t comma = std::min(lie.find(',', start), lie.size());
-    const std::string item = lie.substr(start, comma - start);
+    std::string item = lie.substr(start, comma - start);
     start = comma + 1;
-    if (item.rfind("scale=", 0) == 0) {
+    item.erase(0, item.find_first_not_of(' '));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (item.rfind(kScale, 0) == 0) {
+      const std::string number = item.substr(kScale.size());
       try {
         std::size_t used = 0;
-        options.gradient_scale = std::stod(item.substr(6), &used);
-        if (used != item.size() - 6 || !std::isfinite(options.gradient_scale))
+        options.gradient_scale = std::stod(number, &used);
+        if (used != number.size() || !std::isfinite(options.gradient_scale))
           throw std::invalid_argument(item);
       } catch (const std::exception&) {
         throw ConfigError("node.lie: '" + item + "' needs a finite number, like scale=-10");
@@ -955,11 +962,11 @@ void apply_lie(const std::string& lie, TrainerOptions& options) {
       options.random_gradients = true;
     } else if (item == "zero-fast") {
       options.gradient_scale = 0.0;
-      options.claimed_compute_seconds = 1e-3;
+      options.claimed_compute_seconds = kFastClaimSeconds;
     } else if (item == "wrong-samples") {
       options.wrong_samples = true;
     } else if (item == "huge-timings") {
-      options.claimed_compute_seconds = 1e300;
+      options.claimed_compute_seconds = kHugeSeconds;
     } else if (item == "fake-overflow") {
       options.fake_overflows = true;
     } else {

@@ -929,9 +929,17 @@ void tell_lies(FaultCluster& cluster, History& history, Measures& measures, json
     } else if (!verdict) {
       measures.problems.push_back(lie.label + std::string(": the run did not reach round ") +
                                   std::to_string(first_round + kUnexcludedLiarRounds));
+    } else if (history.any([&](const json& e) { return about(e, "excluded", trainer); })) {
+      // Honest gradients, of other samples: nothing it sends can be told from an honest member's,
+      // so an exclusion would be one that honest members could meet too.
+      measures.problems.push_back(lie.label + std::string(": ") + trainer + " was excluded");
     }
     told.push_back(entry);
-    cluster.signal_node(node, SIGKILL);
+    const double killed_t = cluster.signal_node(node, SIGKILL);
+    // Lost before the next one joins: an excluded member still live counts against the next
+    // exclusion (which never takes out half of the live fleet).
+    require(history.wait_for([&](const json& e) { return about(e, "lost", trainer); }, kEventWait, killed_t),
+            trainer + " to be declared lost", measures);
   }
   result["liars"] = told;
 }
