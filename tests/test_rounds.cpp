@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "actors/aggregator.hpp"
+#include "actors/coordinator_pair.hpp"
 #include "actors/learning/model.hpp"
 #include "actors/learning/models.hpp"
 #include "actors/registrar.hpp"
@@ -23,6 +25,7 @@
 #include "runtime/checkpoint.hpp"
 #include "runtime/digest.hpp"
 #include "runtime/safetensors.hpp"
+#include "runtime/scoped_thread.hpp"
 
 using namespace filo;
 
@@ -101,7 +104,8 @@ struct SchedulerUnderTest {
   std::optional<Scheduler> scheduler;
   std::optional<ActorThread> thread;
 
-  explicit SchedulerUnderTest(std::uint64_t train_samples = 1200) {
+  explicit SchedulerUnderTest(std::uint64_t train_samples = 1200,
+                              const std::function<void(SchedulerOptions&)>& configure = {}) {
     for (BusClient* client : {&registrar, &aggregator, &slow, &fast})
       client->connect(hub.inproc_router_endpoint());
     SchedulerOptions options;
@@ -117,6 +121,7 @@ struct SchedulerUnderTest {
     options.run_dir = run_dir;
     options.checkpoint_every = 0;
     options.drops = &drops;
+    if (configure) configure(options);
     scheduler.emplace(sockets, hub.inproc_router_endpoint(), options, stop, nullptr, time);
     thread.emplace(
         "scheduler", [this] { scheduler->run(); }, failures, stop);
@@ -286,6 +291,89 @@ TEST_CASE("a liar that is lost and registers again keeps the lies counted agains
     CHECK_FALSE(opened.planned_samples.count(test.fast.name()));
     play_round(Fast::kDelivers);
   }
+}
+
+TEST_CASE(
+    "a failback asked where no round is open is given up after 30 s, and the pair event keeps saying why") {
+  // The pair's passive peer, played by the test: it says every 50 ms that it holds round 5.
+  zmq::context_t pair_context;
+  SocketFactory pair_sockets{pair_context, SocketLimits{}};
+  const int port = 45000 + static_cast<int>(getpid() % 4000);
+  PairOptions pair_options;
+  pair_options.own_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  pair_options.peer_endpoint = "tcp://127.0.0.1:" + std::to_string(port + 1);
+  pair_options.run_dir = fresh_directory("failback");
+  pair_options.heartbeat_interval = Milliseconds(50);
+  struct PassivePeer {
+    zmq::socket_t socket;
+    StopFlag stop;
+    ScopedThread thread;
+    ~PassivePeer() { stop.request_stop(); }  // before the thread's join
+  } peer{pair_sockets.make(zmq::socket_type::pub), {}, {}};
+  peer.socket.bind(pair_options.peer_endpoint);
+  peer.thread = ScopedThread([&peer] {
+    msg::PairState passive;
+    passive.run_id = "test";
+    passive.round = 5;
+    while (!peer.stop.stop_requested()) {
+      std::array<zmq::message_t, 2> frames{zmq::message_t(std::string(msg::kPairStateTopic)),
+                                           encode_frame(passive)};
+      zmq::send_multipart(peer.socket, frames, zmq::send_flags::dontwait);
+      std::this_thread::sleep_for(Milliseconds(50));  // the peer's heartbeat
+    }
+  });
+  PairLink link(pair_sockets, pair_options, "test", 1);
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (link.status().peer_state != "passive" && Clock::now() < deadline)
+    std::this_thread::sleep_for(Milliseconds(20));  // the link's own thread hears the peer
+  REQUIRE(link.status().peer_state == "passive");
+
+  SchedulerUnderTest test(1200, [&](SchedulerOptions& options) {
+    options.pair = &link;
+    options.peer_listen = "tcp://peer:5555";
+  });
+  BusClient events{test.sockets, "events-reader"};
+  events.subscribe(test.hub.inproc_publish_endpoint(), {kEventTopic});
+  const msg::RoundOpened opened = test.start();
+  // Both trainers are lost: their round closes and no other opens.
+  for (const BusClient* trainer : {&test.slow, &test.fast}) {
+    msg::MembershipChange lost;
+    lost.trainer = trainer->name();
+    lost.change = msg::MembershipChangeKind::kLost;
+    test.registrar.send(kSchedulerName, lost);
+  }
+  const auto [closed, unused_closed] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(closed.round == opened.round);
+  CHECK(closed.trainers.empty());
+  test.registrar.send(kSchedulerName, msg::Failback{"test"});  // no role checks over inproc
+  // What the pair events say of the failback, from now on (the scheduler looks every 100 ms).
+  const auto next_handover = [&](const std::string& prefix) -> std::optional<msg::PairStatus> {
+    for (int step = 0; step < 100; ++step) {
+      test.time.advance(Milliseconds(100));
+      const auto until = Clock::now() + Milliseconds(20);
+      while (Clock::now() < until) {
+        zmq::pollitem_t item{events.published().handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(&item, 1, Milliseconds(5));
+        while (auto incoming = events.receive(events.published())) {
+          if (incoming->envelope.kind != msg::PairStatus::kKind) continue;
+          auto status = decode_frame<msg::PairStatus>(incoming->body, events.limits());
+          REQUIRE(status);
+          if (status.value().handover.rfind(prefix, 0) == 0) return status.value();
+        }
+      }
+    }
+    return std::nullopt;
+  };
+  REQUIRE(next_handover("asked"));
+  test.time.advance(std::chrono::seconds(30));
+  const auto abandoned = next_handover("abandoned");
+  REQUIRE(abandoned);
+  CHECK(abandoned->handover ==
+        "abandoned: no round open 30 s after the request (no trainer to plan one); this coordinator stays "
+        "active");
+  // Said again in the next second's event, not replaced by the link's (empty) state.
+  test.time.advance(std::chrono::seconds(1));
+  CHECK(next_handover("abandoned"));
 }
 
 TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
