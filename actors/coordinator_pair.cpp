@@ -10,6 +10,7 @@
 #include <iterator>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <vector>
 
 #include "messages/codec.hpp"
@@ -29,6 +30,8 @@ constexpr Milliseconds kPollSlice{10};
 constexpr std::int64_t kMaxReplicaBytes = std::int64_t{4} << 30;
 /// Replicas queued for a slow peer: only the newest matters, so a short queue.
 constexpr int kReplicaQueue = 4;
+/// A heartbeat's frames (PairState is a few hundred bytes).
+constexpr std::int64_t kMaxStateBytes = std::int64_t{1} << 16;
 /// The link's loop not passing for this fraction of the peer's liveness time means a frozen or
 /// starved process: the active holds its rounds until the link has run again.
 constexpr double kFrozenFraction = 0.5;
@@ -98,14 +101,18 @@ zmq::socket_t pair_publisher(const SocketFactory& sockets, const std::string& en
   return publisher;
 }
 
-zmq::socket_t pair_subscriber(const SocketFactory& sockets, const std::string& endpoint) {
+/// The peer's heartbeats (`topic` kPairStateTopic), or its replicas (kReplicaTopic), each on a
+/// connection of its own: a PUB sends a subscriber only the topics it asked for, so a replica that
+/// takes seconds to cross never holds up the heartbeats behind it on one TCP stream.
+zmq::socket_t pair_subscriber(const SocketFactory& sockets, const std::string& endpoint,
+                              const char* topic = msg::kPairStateTopic) {
+  const bool replicas = std::string_view(topic) == msg::kReplicaTopic;
   zmq::socket_t subscriber = sockets.make(zmq::socket_type::sub);
   subscriber.set(zmq::sockopt::rcvhwm, kReplicaQueue);
-  subscriber.set(zmq::sockopt::maxmsgsize, kMaxReplicaBytes);
+  subscriber.set(zmq::sockopt::maxmsgsize, replicas ? kMaxReplicaBytes : kMaxStateBytes);
   subscriber.set(zmq::sockopt::linger, 0);
   if (sockets.curve().enabled) sockets.make_pair_client(subscriber);
-  subscriber.set(zmq::sockopt::subscribe, msg::kPairStateTopic);
-  subscriber.set(zmq::sockopt::subscribe, msg::kReplicaTopic);
+  subscriber.set(zmq::sockopt::subscribe, topic);
   subscriber.connect(endpoint);
   return subscriber;
 }
@@ -156,6 +163,7 @@ class Standby {
     listener_.bind(options.listen);
     publisher_ = pair_publisher(sockets_, options.own_endpoint);
     subscriber_ = pair_subscriber(sockets_, options.peer_endpoint);
+    replica_subscriber_ = pair_subscriber(sockets_, options.peer_endpoint, msg::kReplicaTopic);
     // The newest checkpoint of this run directory until a replica comes: a primary that restarts
     // passive resumes from its own if it must take over before its peer sends one.
     std::vector<std::string> problems;
@@ -180,10 +188,14 @@ class Standby {
           "; it waits up to ", primary_wait, " s to hear its peer, which may hold a newer one");
     Clock::time_point next_heartbeat = Clock::now();
     while (!stop.stop_requested()) {
-      std::array<zmq::pollitem_t, 2> items{
-          {{subscriber_.handle(), 0, ZMQ_POLLIN, 0}, {listener_.handle(), 0, ZMQ_POLLIN, 0}}};
+      std::array<zmq::pollitem_t, 3> items{{{subscriber_.handle(), 0, ZMQ_POLLIN, 0},
+                                            {replica_subscriber_.handle(), 0, ZMQ_POLLIN, 0},
+                                            {listener_.handle(), 0, ZMQ_POLLIN, 0}}};
       poll_for(items.data(), items.size(), kPollSlice);
       const Clock::time_point now = Clock::now();
+      while (auto frames = receive_frames(replica_subscriber_)) {
+        if (frames->size() == 4 && (*frames)[0].to_string_view() == msg::kReplicaTopic) keep_replica(*frames);
+      }
       while (auto frames = receive_frames(subscriber_)) {
         if (auto state = as_state(*frames)) {
           if (!peer_heard_)
@@ -198,8 +210,6 @@ class Standby {
           if (!peer_heard_) peer_first_heard_ = now;
           peer_heard_ = now;
           peer_ = *state;
-        } else if (frames->size() == 4 && (*frames)[0].to_string_view() == msg::kReplicaTopic) {
-          keep_replica(*frames);
         }
       }
       while (auto frames = receive_frames(listener_)) note_request(*frames, now);
@@ -417,7 +427,8 @@ class Standby {
   std::optional<ZapHandler> zap_;  // before the sockets: it must answer before any CURVE socket binds
   zmq::socket_t listener_;
   zmq::socket_t publisher_;
-  zmq::socket_t subscriber_;
+  zmq::socket_t subscriber_;          // the peer's heartbeats
+  zmq::socket_t replica_subscriber_;  // its replicas, on a connection of their own
   CheckpointStore store_;
   Clock::time_point started_;
   std::optional<Clock::time_point> peer_heard_;
@@ -682,6 +693,11 @@ void PairLink::hear(zmq::socket_t& subscriber) {
     const bool peer_newer =
         state->incarnation > incarnation_ || (state->incarnation == incarnation_ && options_.standby);
     if (!peer_newer) continue;
+    // The peer took the run this one handed over (`filo failback`): this one plans nothing more,
+    // and its scheduler tells the trainers to move before it gives way (follow_handover gives way
+    // for it a liveness period on). Yielding now would leave them to notice by a liveness period
+    // of silence: failbacks took 1.4-1.6 s instead of 0.9 (faults-stop-active, 2026-12-05).
+    if (handing_over_) continue;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       yield_reason_ = "the peer at " + options_.peer_endpoint + " is active too, with coordinator start " +
