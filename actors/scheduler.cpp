@@ -78,6 +78,10 @@ constexpr std::size_t kMaxFailureReason = 400;
 // unlucky batch, a scale not yet halved far enough); the next such is refused as implausible.
 constexpr std::uint32_t kMaxLoneOverflows = 2;
 constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
+/// A calibration that came before the registrar's news of its trainer's admission is held this
+/// long for that news (the two take different ways through the hub); at most this many at once.
+constexpr double kEarlyCalibrationSeconds = 5.0;
+constexpr std::size_t kMaxEarlyCalibrations = 256;
 /// Random values have no direction: their score (a cosine with the others' sum) is 0 ± 1/sqrt of
 /// the model's parameters, 0.0058 for the built-in CNN, while honest scores spread over tenths
 /// (README, Security: "Direction scores": single rounds from -0.67 to 0.9). A trainer whose last
@@ -257,6 +261,13 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
     if (open_ && open_->planned.count(change.trainer) && !open_->answered(change.trainer)) {
       open_->refused[change.trainer] = "it registered again during the round";
     }
+    const auto early = early_calibrations_.find(change.trainer);
+    if (early != early_calibrations_.end()) {
+      const EarlyCalibration held = early->second;
+      early_calibrations_.erase(early);
+      if (seconds_between(held.at, loop_.now()) <= kEarlyCalibrationSeconds)
+        calibrate(change.trainer, held.calibration);
+    }
   } else {
     const auto gone = live_.find(change.trainer);
     if (gone != live_.end()) {
@@ -271,14 +282,29 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
 }
 
 void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from) {
-  auto trainer = live_.find(from.from);
-  if (trainer == live_.end()) {
+  if (live_.count(from.from)) return calibrate(from.from, calibration);
+  // A trainer admitted again sends its standing calibration at once, and it can overtake the
+  // registrar's news of that admission on the way here (faults-link-down, 2026-12-05: ignored,
+  // the trainer was never planned again). Held a moment for the news; bounded, since names are.
+  const Clock::time_point now = loop_.now();
+  for (auto held = early_calibrations_.begin(); held != early_calibrations_.end();) {
+    held = seconds_between(held->second.at, now) > kEarlyCalibrationSeconds ? early_calibrations_.erase(held)
+                                                                            : std::next(held);
+  }
+  if (early_calibrations_.size() >= kMaxEarlyCalibrations && !early_calibrations_.count(from.from)) {
     log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": not a live trainer");
     count_drop("calibration: not a live trainer");
     return;
   }
+  early_calibrations_[from.from] = EarlyCalibration{calibration, now};
+  log(LogLevel::kInfo, bus_.name(), "holding the calibration of ", from.from,
+      " until the registrar says it is live");
+}
+
+void Scheduler::calibrate(const std::string& name, const msg::Calibration& calibration) {
+  auto trainer = live_.find(name);
   if (!(calibration.samples_per_second > 0) || !std::isfinite(calibration.samples_per_second)) {
-    log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", from.from, ": speed ",
+    log(LogLevel::kWarn, bus_.name(), "ignored calibration of ", name, ": speed ",
         calibration.samples_per_second, " is not a positive number");
     count_drop("calibration: speed not a positive number");
     return;
@@ -286,12 +312,12 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   if (!trainer->second.failed.empty()) {
     // It recovered (say, from running out of memory at a smaller micro-batch) and measured itself again.
     trainer->second.failed.clear();
-    announce(msg::MemberChange::kPlannedAgain, from.from, "calibrated again after its failure");
+    announce(msg::MemberChange::kPlannedAgain, name, "calibrated again after its failure");
   }
   trainer->second.calibrated = true;
   // Back after a coordinator restart or failover: planned at the speed measured before it, not at
   // its calibration's claim (once; a later calibration follows a failure, and measures anew).
-  const auto measured = resumed_speeds_.find(from.from);
+  const auto measured = resumed_speeds_.find(name);
   const bool resumed_speed = measured != resumed_speeds_.end() && measured->second > 0;
   trainer->second.speed = SpeedEstimate(resumed_speed ? measured->second : calibration.samples_per_second);
   if (measured != resumed_speeds_.end()) resumed_speeds_.erase(measured);
@@ -308,9 +334,8 @@ void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from
   if (calibration.admission_seconds >= kMinTrustedAdmissionSeconds &&
       calibration.admission_seconds < kMaxWholeModelSeconds)
     trainer->second.whole_model_seconds.push_back(std::min(calibration.admission_seconds, admitted_for));
-  log(LogLevel::kInfo, bus_.name(), from.from,
-      " calibrated: ", static_cast<int>(calibration.samples_per_second), " samples/s at micro-batch ",
-      calibration.micro_batch,
+  log(LogLevel::kInfo, bus_.name(), name, " calibrated: ", static_cast<int>(calibration.samples_per_second),
+      " samples/s at micro-batch ", calibration.micro_batch,
       calibration.max_micro_batch
           ? ", at most " + std::to_string(calibration.max_micro_batch) + " per micro-batch"
           : std::string(),

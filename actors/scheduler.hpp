@@ -86,6 +86,9 @@ class Scheduler final {
   void handle(const msg::Failback& failback, const Incoming& from);
 
  private:
+  /// A live trainer's calibration: planned from now on, at that speed (or the one measured before
+  /// a coordinator's restart).
+  void calibrate(const std::string& name, const msg::Calibration& calibration);
   struct TrainerState {
     bool calibrated = false;              // planned only once its calibration arrived
     SpeedEstimate speed;                  // calibration, then measured compute times
@@ -301,6 +304,12 @@ class Scheduler final {
   std::optional<std::string> failback_asked_;
   std::uint64_t failback_requests_ = 0;  // accepted so far: a timer knows whether its request is current
   std::string failback_outcome_;         // the last request's end where the scheduler gave it up
+  /// Calibrations that came before their trainer's admission news, by trainer.
+  struct EarlyCalibration {
+    msg::Calibration calibration;
+    Clock::time_point at;
+  };
+  std::map<std::string, EarlyCalibration> early_calibrations_;
   std::uint64_t handover_round_ = 0;
   bool trainers_told_of_handover_ = false;
   std::string pair_shape_;  // the peer's state and the handover's, as last published

@@ -210,6 +210,32 @@ TEST_CASE("a trainer reporting next to no compute time is handed at most twice i
   CHECK(total(next_slow.ranges) == 100);
 }
 
+TEST_CASE(
+    "a calibration that overtakes the registrar's news of its trainer is held for it, and the trainer is "
+    "planned") {
+  SchedulerUnderTest test(40000);
+  BusClient third{test.sockets, trainer_name("third", "cpu")};
+  third.connect(test.hub.inproc_router_endpoint());
+  msg::RoundOpened opened = test.start();
+  // A trainer admitted again sends its standing calibration at once; here it comes first.
+  third.send(kSchedulerName, msg::Calibration{100.0, 64, 0, "cpu", "fp32"});
+  std::this_thread::sleep_for(Milliseconds(100));
+  msg::MembershipChange rejoined;
+  rejoined.trainer = third.name();
+  rejoined.change = msg::MembershipChangeKind::kRejoined;
+  test.registrar.send(kSchedulerName, rejoined);
+  std::this_thread::sleep_for(Milliseconds(100));
+  for (int round = 0; !opened.planned_samples.count(third.name()); ++round) {
+    REQUIRE_MESSAGE(round < 3, "the trainer whose calibration came first was never planned");
+    for (BusClient* client : {&test.slow, &test.fast}) {
+      if (!opened.planned_samples.count(client->name())) continue;
+      test.delivered(expect<msg::RoundPlan>(*client).first, *client);
+    }
+    opened = expect<msg::RoundOpened>(test.aggregator).first;
+  }
+  CHECK(expect<msg::RoundPlan>(third).first.round == opened.round);
+}
+
 TEST_CASE("a liar that is lost and registers again keeps the lies counted against it, and is excluded") {
   SchedulerUnderTest test(40000);  // an epoch of 100 rounds: longer than the test
   BusClient third{test.sockets, trainer_name("third", "cpu")};
