@@ -78,6 +78,7 @@ constexpr std::size_t kMaxFailureReason = 400;
 // unlucky batch, a scale not yet halved far enough); the next such is refused as implausible.
 constexpr std::uint32_t kMaxLoneOverflows = 2;
 constexpr std::size_t kFleetNormWindow = 16;  // the fleet's recent combined contributions
+constexpr std::size_t kOwnNormWindow = 8;     // a trainer's own
 /// A calibration that came before the registrar's news of its trainer's admission is held this
 /// long for that news (the two take different ways through the hub); at most this many at once.
 constexpr double kEarlyCalibrationSeconds = 5.0;
@@ -93,7 +94,6 @@ constexpr std::size_t kMaxEarlyCalibrations = 256;
 constexpr std::size_t kNoiseScores = 6;
 constexpr double kNoiseFactor = 4.0;
 constexpr double kMaxNoiseBound = 0.025;
-constexpr std::size_t kOwnNormWindow = 8;  // a trainer's own
 // The refusals that no honest trainer earns: what it sent or said cannot be true. (A wrong model
 // version or a late contribution can be honest; those are misses, not lies.)
 constexpr std::array<const char*, 5> kLies{"norm bound", "implausible report", "bad tensors", "bad numbers",
@@ -282,7 +282,10 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
 }
 
 void Scheduler::handle(const msg::Calibration& calibration, const Incoming& from) {
-  if (live_.count(from.from)) return calibrate(from.from, calibration);
+  if (live_.count(from.from)) {
+    calibrate(from.from, calibration);
+    return;
+  }
   // A trainer admitted again sends its standing calibration at once, and it can overtake the
   // registrar's news of that admission on the way here (faults-link-down, 2026-12-05: ignored,
   // the trainer was never planned again). Held a moment for the news; bounded, since names are.
@@ -1300,22 +1303,21 @@ void Scheduler::handle(const msg::Failback& failback, const Incoming& from) {
   log(LogLevel::kInfo, bus_.name(), "failback ", asked, ": the run goes to the peer at ",
       options_.peer_listen, " at the next round's close");
   publish_pair_status(status, true, kFailbackAsked);
-  const std::uint64_t request = ++failback_requests_;
+  arm_failback_timer(++failback_requests_);
+}
+
+void Scheduler::arm_failback_timer(std::uint64_t request) {
   loop_.at(loop_.now() + to_clock_duration(std::chrono::duration<double>(kFailbackRoundSeconds)),
            [this, request] { abandon_failback_without_round(request); });
 }
 
 void Scheduler::abandon_failback_without_round(std::uint64_t request) {
   if (!failback_asked_ || request != failback_requests_) return;  // handed over, or a newer request
-  const auto again_later = [this, request] {
-    loop_.at(loop_.now() + to_clock_duration(std::chrono::duration<double>(kFailbackRoundSeconds)),
-             [this, request] { abandon_failback_without_round(request); });
-  };
   // A round in flight closes by its deadline at the latest, and hands the run over then (or, at an
   // epoch's end or during an evaluation, lets a later one): only a coordinator with no round open
   // has nothing that will.
   if (open_) {
-    again_later();
+    arm_failback_timer(request);
     return;
   }
   std::ostringstream abandoned;

@@ -177,6 +177,7 @@ class Scheduler final {
   std::optional<std::string> noise_verdict(const std::deque<double>& recent) const;
   /// A failback asked `kFailbackRoundSeconds` ago is given up where no round is open to hand over at.
   void abandon_failback_without_round(std::uint64_t request);
+  void arm_failback_timer(std::uint64_t request);
   void publish_pair_status(const PairLink::Status& status, bool changed, const std::string& handover);
   /// A closing round's outcome as its steps build it: the event and record line, what the
   /// aggregator combines, and the sums the run's state takes.

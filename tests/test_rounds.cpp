@@ -66,6 +66,24 @@ std::pair<Message, Incoming> expect(BusClient& client) {
   throw std::logic_error("unreachable");
 }
 
+/// The first event of type `Message` that `client`'s subscription receives within `wait` of real
+/// time and that satisfies `match`.
+template <typename Message, typename Match>
+std::optional<Message> published(BusClient& client, Milliseconds wait, const Match& match) {
+  const auto deadline = Clock::now() + wait;
+  while (Clock::now() < deadline) {
+    zmq::pollitem_t item{client.published().handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, Milliseconds(5));
+    while (auto incoming = client.receive(client.published())) {
+      if (incoming->envelope.kind != Message::kKind) continue;
+      auto decoded = decode_frame<Message>(incoming->body, client.limits());
+      REQUIRE_MESSAGE(decoded, decoded.error());
+      if (match(decoded.value())) return decoded.value();
+    }
+  }
+  return std::nullopt;
+}
+
 /// True when nothing of type `Message` reaches `client` within `wait` of real time.
 template <typename Message>
 bool nothing_of(BusClient& client, Milliseconds wait) {
@@ -163,15 +181,16 @@ struct SchedulerUnderTest {
     throw std::logic_error("unreachable");
   }
 
-  /// The aggregator's report that `trainer` delivered its whole plan.
-  void delivered(const msg::RoundPlan& plan, const BusClient& trainer) {
+  /// The aggregator's report that `trainer` delivered its whole plan, in `compute_seconds` as the
+  /// trainer reported them.
+  void delivered(const msg::RoundPlan& plan, const BusClient& trainer, double compute_seconds = 0.01) {
     msg::ContributionReceived report;
     report.round = plan.round;
     report.trainer = trainer.name();
     report.accepted = true;
     report.samples = total(plan.ranges);
     report.loss_sum = 1.0;
-    report.compute_seconds = 0.01;
+    report.compute_seconds = compute_seconds;
     aggregator.send(kSchedulerName, report);
   }
 };
@@ -192,16 +211,9 @@ TEST_CASE("a trainer reporting next to no compute time is handed at most twice i
   test.start();
   const auto [slow_plan, unused_slow] = expect<msg::RoundPlan>(test.slow);
   const auto [fast_plan, unused_fast] = expect<msg::RoundPlan>(test.fast);
-  REQUIRE(total(fast_plan.ranges) == 300);  // planned at its claim of 300 samples/s
-  msg::ContributionReceived lie;
-  lie.round = fast_plan.round;
-  lie.trainer = test.fast.name();
-  lie.accepted = true;
-  lie.samples = total(fast_plan.ranges);
-  lie.loss_sum = 1.0;
-  lie.compute_seconds = 1e-9;  // 3e11 samples/s
-  test.aggregator.send(kSchedulerName, lie);
-  test.delivered(slow_plan, test.slow);  // 100 samples in 0.01 s: 10000 samples/s, capped at 200
+  REQUIRE(total(fast_plan.ranges) == 300);     // planned at its claim of 300 samples/s
+  test.delivered(fast_plan, test.fast, 1e-9);  // 3e11 samples/s
+  test.delivered(slow_plan, test.slow);        // 100 samples in 0.01 s: 10000 samples/s, capped at 200
   const auto [next_slow, unused_next_slow] = expect<msg::RoundPlan>(test.slow);
   const auto [next_fast, unused_next_fast] = expect<msg::RoundPlan>(test.fast);
   // Both counted at twice what they were planned at (200 and 600): the split stays 1:3. Taken at
@@ -247,7 +259,7 @@ TEST_CASE("a liar that is lost and registers again keeps the lies counted agains
   msg::MembershipChange third_joined;
   third_joined.trainer = third.name();
   test.registrar.send(kSchedulerName, third_joined);
-  std::this_thread::sleep_for(Milliseconds(100));  // the join first: a calibration before it is ignored
+  std::this_thread::sleep_for(Milliseconds(100));  // the join first (an earlier calibration is held a moment)
   third.send(kSchedulerName, msg::Calibration{100.0, 64, 0, "cpu", "fp32"});
   std::this_thread::sleep_for(Milliseconds(100));
   // Every planned trainer answers; "fast" claims more compute than the round has lasted (a lie),
@@ -260,25 +272,17 @@ TEST_CASE("a liar that is lost and registers again keeps the lies counted agains
       const auto [plan, unused] = expect<msg::RoundPlan>(*client);
       REQUIRE(plan.round == opened.round);
       if (client == &test.fast && fast == Fast::kSilent) continue;
-      if (client != &test.fast || fast == Fast::kDelivers) {
-        test.delivered(plan, *client);
-        continue;
-      }
-      msg::ContributionReceived lie;
-      lie.round = plan.round;
-      lie.trainer = client->name();
-      lie.accepted = true;
-      lie.samples = total(plan.ranges);
-      lie.compute_seconds = 1e6;
-      test.aggregator.send(kSchedulerName, lie);
-      ++lies;
+      const bool lie = client == &test.fast && fast == Fast::kLies;
+      test.delivered(plan, *client, lie ? 1e6 : 0.01);
+      if (lie) ++lies;
     }
     opened = expect<msg::RoundOpened>(test.aggregator).first;
   };
+  // Two lies of the three that exclude (robust.max_refusals).
   for (int round = 0; lies < 2; ++round) {
     REQUIRE(round < 10);
     play_round(Fast::kLies);
-  }  // two lies of the three that exclude (robust.max_refusals)
+  }
   // It is lost and registers again, as a node restarted to wipe its record would.
   msg::MembershipChange lost;
   lost.trainer = test.fast.name();
@@ -298,18 +302,9 @@ TEST_CASE("a liar that is lost and registers again keeps the lies counted agains
   play_round(Fast::kLies);  // its third lie: with the record kept, the one that excludes it
   CHECK(lies == 3);
   // The exclusion is announced; the next rounds plan the other two only.
-  std::optional<msg::MemberNews> excluded;
-  const auto deadline = Clock::now() + std::chrono::seconds(5);
-  while (!excluded && Clock::now() < deadline) {
-    zmq::pollitem_t item{events.published().handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, Milliseconds(20));
-    while (auto incoming = events.receive(events.published())) {
-      if (incoming->envelope.kind != msg::MemberNews::kKind) continue;
-      auto news = decode_frame<msg::MemberNews>(incoming->body, events.limits());
-      REQUIRE(news);
-      if (news.value().change == msg::MemberChange::kExcluded) excluded = news.value();
-    }
-  }
+  const auto excluded = published<msg::MemberNews>(
+      events, Milliseconds(5000),
+      [](const msg::MemberNews& news) { return news.change == msg::MemberChange::kExcluded; });
   REQUIRE(excluded);
   CHECK(excluded->trainer == test.fast.name());
   CHECK(excluded->reason.rfind("3 contributions refused or scored as lies", 0) == 0);
@@ -376,17 +371,10 @@ TEST_CASE(
   const auto next_handover = [&](const std::string& prefix) -> std::optional<msg::PairStatus> {
     for (int step = 0; step < 100; ++step) {
       test.time.advance(Milliseconds(100));
-      const auto until = Clock::now() + Milliseconds(20);
-      while (Clock::now() < until) {
-        zmq::pollitem_t item{events.published().handle(), 0, ZMQ_POLLIN, 0};
-        zmq::poll(&item, 1, Milliseconds(5));
-        while (auto incoming = events.receive(events.published())) {
-          if (incoming->envelope.kind != msg::PairStatus::kKind) continue;
-          auto status = decode_frame<msg::PairStatus>(incoming->body, events.limits());
-          REQUIRE(status);
-          if (status.value().handover.rfind(prefix, 0) == 0) return status.value();
-        }
-      }
+      if (auto status = published<msg::PairStatus>(
+              events, Milliseconds(20),
+              [&](const msg::PairStatus& status) { return status.handover.rfind(prefix, 0) == 0; }))
+        return status;
     }
     return std::nullopt;
   };
