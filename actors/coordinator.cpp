@@ -174,6 +174,7 @@ int run_active(const Config& config, const StopFlag& process_stop, ActivePair* p
   run.momentum = config.optimizer.momentum;
   run.weight_decay = config.optimizer.weight_decay;
   run.compression = config.optimizer.compression;
+  run.overlap = config.optimizer.overlap;
   run.compression_fraction = config.optimizer.compression_fraction;
   run.compression_chunk = config.optimizer.compression_chunk;
 

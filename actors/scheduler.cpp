@@ -258,8 +258,9 @@ void Scheduler::handle(const msg::MembershipChange& change, const Incoming&) {
     }
     live_[change.trainer] = state;
     // A trainer that registered again has dropped whatever plan it had.
-    if (open_ && open_->planned.count(change.trainer) && !open_->answered(change.trainer)) {
-      open_->refused[change.trainer] = "it registered again during the round";
+    for (OpenRound* round : open_rounds()) {
+      if (round->planned.count(change.trainer) && !round->answered(change.trainer))
+        round->refused[change.trainer] = "it registered again during the round";
     }
     const auto early = early_calibrations_.find(change.trainer);
     if (early != early_calibrations_.end()) {
@@ -361,10 +362,11 @@ void Scheduler::handle(const msg::TrainerFailed& failed, const Incoming& from) {
   trainer->second.failed = reason.empty() ? std::string("its computation failed") : reason;
   announce(msg::MemberChange::kFailed, from.from,
            reason + (failed.exiting ? " (its node exits)" : " (out of the plans until it calibrates again)"));
-  if (open_ && open_->planned.count(from.from) && !open_->answered(from.from)) {
-    open_->refused[from.from] = "its computation failed: " + reason;
-    if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
+  for (OpenRound* round : open_rounds()) {
+    if (round->planned.count(from.from) && !round->answered(from.from))
+      round->refused[from.from] = "its computation failed: " + reason;
   }
+  if (open_ && every_live_planned_trainer_answered()) close_round("every live trainer answered");
 }
 
 void Scheduler::handle(const msg::Readmit& readmit, const Incoming& from) {
@@ -614,7 +616,25 @@ bool Scheduler::may_act() {
 }
 
 void Scheduler::plan_round() {
-  if (open_ || planning_done_ || handover_round_ || calibrated_trainers() == 0 || pool_.empty()) return;
+  plan_one_round();
+  if (options_.optimizer.overlap && open_ && !next_) plan_one_round();
+}
+
+std::vector<Scheduler::OpenRound*> Scheduler::open_rounds() {
+  std::vector<OpenRound*> rounds;
+  if (open_) rounds.push_back(&*open_);
+  if (next_) rounds.push_back(&*next_);
+  return rounds;
+}
+
+void Scheduler::plan_one_round() {
+  // optimizer.overlap plans one round behind the open one, from the same epoch's pool (an empty
+  // pool ends the epoch only once no round is open). Not while the open one waits to close, nor
+  // once a failback was asked: the handover hands the run over at a close, with nothing behind it.
+  const bool overlapped = open_.has_value();
+  if (overlapped && (!options_.optimizer.overlap || next_ || !open_->closing_why.empty() || failback_asked_))
+    return;
+  if (planning_done_ || handover_round_ || calibrated_trainers() == 0 || pool_.empty()) return;
   if (!may_act()) return;
   if (auto_exchange()) choose_exchange_now();
   const Exchange exchange = state_.exchange;
@@ -631,7 +651,8 @@ void Scheduler::plan_round() {
   if (total == 0) return;
 
   OpenRound round;
-  round.round = state_.round + 1;
+  round.round = (overlapped ? open_->round : state_.round) + 1;
+  round.overlapped = overlapped;
   round.epoch = state_.epoch;
   round.model_version = state_.model_version;
   round.exchange = exchange;
@@ -717,6 +738,7 @@ void Scheduler::plan_round() {
     plan.loss_scale = state_.loss_scale;
     plan.mode = opened.mode;
     plan.compressed = opened.compressed;
+    plan.overlapped = overlapped;
     opened.planned_samples[share.trainer] = share.samples;
     round.planned[share.trainer] = plan.ranges;
     plans.emplace_back(share.trainer, std::move(plan));
@@ -742,45 +764,74 @@ void Scheduler::plan_round() {
   }
   for (const auto& [trainer, plan] : plans) bus_.send(trainer, plan, stamp);
   round.opened = loop_.now();
-  const std::uint64_t number = round.round;
-  round.deadline_timer =
-      loop_.at(round.opened + to_clock_duration(std::chrono::duration<double>(round.deadline_seconds)),
-               [this, number] {
-                 if (open_ && open_->round == number) close_round("deadline passed");
-               });
+  if (overlapped) {
+    next_ = std::move(round);  // its deadline runs once the round before it has closed
+    return;
+  }
+  arm_deadline(round);
   open_ = std::move(round);
 }
 
+void Scheduler::arm_deadline(OpenRound& round) {
+  round.front_since = loop_.now();
+  const std::uint64_t number = round.round;
+  round.deadline_timer =
+      loop_.at(round.front_since + to_clock_duration(std::chrono::duration<double>(round.deadline_seconds)),
+               [this, number] {
+                 if (open_ && open_->round == number) close_round("deadline passed");
+               });
+}
+
+void Scheduler::promote_next() {
+  if (open_ || !next_) return;
+  open_ = std::move(next_);
+  next_.reset();
+  // A trainer that did not answer the round before (it missed it, or was lost) is free from now:
+  // its plan for that round is dropped as superseded by the next plan it receives.
+  for (const auto& [trainer, ranges] : open_->planned) open_->free_at.try_emplace(trainer, loop_.now());
+  arm_deadline(*open_);
+}
+
 void Scheduler::handle(const msg::ContributionReceived& received, const Incoming&) {
-  if (!open_ || received.round != open_->round) {
+  OpenRound* round = nullptr;
+  for (OpenRound* open : open_rounds())
+    if (open->round == received.round) round = open;
+  if (!round) {
     log(LogLevel::kDebug, bus_.name(), "ignored the aggregator's report of ", received.trainer, " for round ",
         received.round, ": that round is closed");
     count_drop("contribution: arrived after its round closed");
     return;
   }
-  if (!open_->planned.count(received.trainer) || open_->answered(received.trainer)) {
-    log(LogLevel::kWarn, bus_.name(), "ignored a report of ", received.trainer, " for round ", received.round,
+  if (!round->planned.count(received.trainer) || round->answered(received.trainer)) {
+    log(LogLevel::kWarn, bus_.name(), received.trainer, " reported for round ", received.round,
         ": not planned, or reported before");
     return;
   }
-  const double arrival_seconds = seconds_between(open_->opened, loop_.now());
+  const Clock::time_point now = loop_.now();
+  // Its work began no earlier than its plan went out: honest times add up to less than that.
   std::optional<std::string> implausible;
-  if (received.accepted) implausible = implausible_report(received, arrival_seconds);
+  if (received.accepted) implausible = implausible_report(received, seconds_between(round->opened, now));
+  // Its arrival counts from when it could start: behind another round (overlap), once it answered
+  // that one, so that what it shows beyond its compute is the transfer its compute did not hide.
+  const auto free = round->free_at.find(received.trainer);
+  const double arrival_seconds = seconds_between(
+      free != round->free_at.end() ? std::max(free->second, round->opened) : round->opened, now);
   if (implausible) {
     // A trainer's own numbers steer the next plans and deadlines: one that claims what cannot
     // have happened is refused like a malformed contribution, its samples back to the pool.
     count_drop("contribution: implausible report");
-    open_->refused[received.trainer] = "implausible report: " + *implausible;
+    round->refused[received.trainer] = "implausible report: " + *implausible;
     log(LogLevel::kWarn, bus_.name(), received.trainer, "'s contribution to round ", received.round,
         " was refused: implausible report: ", *implausible);
   } else if (received.accepted) {
-    open_->arrived[received.trainer] = Arrival{received, arrival_seconds};
+    round->arrived[received.trainer] = Arrival{received, arrival_seconds};
   } else {
-    open_->refused[received.trainer] = received.reason;
+    round->refused[received.trainer] = received.reason;
     log(LogLevel::kWarn, bus_.name(), received.trainer, "'s contribution to round ", received.round,
         " was refused: ", received.reason);
   }
-  if (every_live_planned_trainer_answered()) close_round("every live trainer answered");
+  if (round == &*open_ && next_) next_->free_at[received.trainer] = now;
+  if (open_ && every_live_planned_trainer_answered()) close_round("every live trainer answered");
 }
 
 std::optional<std::string> Scheduler::implausible_report(const msg::ContributionReceived& received,
@@ -1088,9 +1139,9 @@ void Scheduler::update_loss_scale(const OpenRound& round, bool overflow, bool st
 }
 
 std::optional<msg::Evaluate> Scheduler::end_epoch_if_done() {
-  // The epoch is over once its pool is empty: every position was counted (nothing is in flight,
-  // since the round that just closed was the only open one).
-  if (!pool_.empty()) return std::nullopt;
+  // The epoch is over once its pool is empty and no round of it is open: every position was
+  // counted (with optimizer.overlap, the round behind the one that just closed has yet to be).
+  if (!pool_.empty() || next_) return std::nullopt;
   state_.samples_per_epoch.push_back(state_.epoch_samples);
   state_.train_loss_per_epoch.push_back(
       state_.epoch_samples ? state_.epoch_loss_sum / static_cast<double>(state_.epoch_samples) : 0.0);
@@ -1119,7 +1170,8 @@ void Scheduler::close_round(const std::string& why) {
   open_.reset();
   loop_.cancel(round.deadline_timer);
   time_failover(round.round);
-  const double seconds = seconds_between(round.opened, loop_.now());
+  if (round.overlapped) ++overlapped_rounds_;
+  const double seconds = seconds_between(round.front_since, loop_.now());
   bound_norms(round);
   bound_overflows(round);
   ClosedRound closed = settle(round, why, seconds);
@@ -1134,6 +1186,18 @@ void Scheduler::close_round(const std::string& why) {
   const bool evaluation_under_way = !evaluations_.empty();
   const std::optional<msg::Evaluate> evaluate = end_epoch_if_done();
   choose_checkpoint(round, closed.combine, record, evaluation_under_way, evaluate.has_value());
+  if (handover_round_ && next_) {
+    // The peer resumes from this round's checkpoint, which does not count the round behind it:
+    // that one's samples are planned again (by the peer, or here should the handover fail).
+    std::uint64_t dropped = 0;
+    for (const auto& [trainer, ranges] : next_->planned) {
+      dropped += planned_samples(ranges);
+      pool_.give_back(ranges);
+    }
+    log(LogLevel::kInfo, bus_.name(), "round ", next_->round, " is dropped at the handover: its ", dropped,
+        " samples are planned again");
+    next_.reset();
+  }
 
   // The aggregator first: it combines while the next round is planned and the record written.
   const msg::CombineRound& combine = closed.combine;
@@ -1143,11 +1207,15 @@ void Scheduler::close_round(const std::string& why) {
   }
   unanswered_[round.round] = Unanswered{combine, loop_.now()};
   if (evaluate) send_evaluate(*evaluate);
+  promote_next();
   plan_round();
 
   record_.append_round(record);
   bus_.publish(kEventTopic, closed.event);
   if (evaluate) epoch_started_ = loop_.now();
+  // The round that was behind this one may have heard from every trainer already.
+  if (open_ && open_->closing_why.empty() && every_live_planned_trainer_answered())
+    close_round("every live trainer answered");
 }
 
 void Scheduler::time_failover(std::uint64_t round) {
@@ -1208,7 +1276,9 @@ void Scheduler::adapt_deadline(const OpenRound& round, const msg::RoundClosed& c
 
 void Scheduler::advance_state(const OpenRound& round, ClosedRound& closed) {
   state_.round = round.round;
-  state_.model_version = round.model_version + (closed.combine.trainers.empty() ? 0 : 1);
+  // The last close's version, not the round's own: a round planned behind another (overlap) was
+  // planned on the version before that one.
+  state_.model_version += closed.combine.trainers.empty() ? 0 : 1;
   state_.epoch_samples += closed.event.samples;
   state_.epoch_loss_sum += closed.loss_sum;
   closed.combine.model_version = state_.model_version;
@@ -1521,6 +1591,8 @@ void Scheduler::finish(const msg::Evaluated& evaluated) {
       {"mode", options_.run.mode},
       {"optimizer", options_.optimizer.name},
       {"outer_optimizer", options_.run.mode != "gradient" ? options_.optimizer.outer : std::string()},
+      {"overlap", options_.optimizer.overlap},
+      {"overlapped_rounds", overlapped_rounds_},
       {"task", options_.run.task},
       {"metric", metric},  // test_accuracy or test_perplexity: the keys below are named after it
       {"final_" + metric, value},

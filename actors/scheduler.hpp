@@ -131,7 +131,12 @@ class Scheduler final {
     std::uint64_t round = 0;
     std::uint64_t epoch = 0;
     std::uint64_t model_version = 0;
-    Clock::time_point opened;
+    Clock::time_point opened;       // its plans went out
+    Clock::time_point front_since;  // it became the oldest open round: its deadline runs from then
+    bool overlapped = false;        // planned while the round before it was open (optimizer.overlap)
+    /// When each planned trainer could start it: when it answered the round before (overlap), else
+    /// when it was planned. Its arrival counts from then.
+    std::map<std::string, Clock::time_point> free_at;
     double deadline_seconds = 0.0;
     ActorLoop::TimerId deadline_timer = 0;
     std::map<std::string, std::vector<msg::SampleRange>> planned;
@@ -158,7 +163,14 @@ class Scheduler final {
   /// Shares of `total` among plannable trainers but `except`; taken-out ones only if `taken_out_too`.
   std::vector<Share> shares_for(std::uint64_t total, bool taken_out_too, const std::set<std::string>& except);
   void maybe_start(Clock::time_point now);
+  /// Plans the next round where none is open; with optimizer.overlap, also the one behind it.
   void plan_round();
+  void plan_one_round();
+  /// The round planned behind the one that just closed becomes the front: its deadline runs from now.
+  void promote_next();
+  void arm_deadline(OpenRound& round);
+  /// The open rounds, oldest first (two with optimizer.overlap).
+  std::vector<OpenRound*> open_rounds();
   /// Auto mode, before a round is planned: how it exchanges its work, announced when that changes.
   void choose_exchange_now();
   bool auto_exchange() const;
@@ -261,6 +273,11 @@ class Scheduler final {
   std::map<std::string, TrainerState> live_;
   SamplePool pool_;
   std::optional<OpenRound> open_;
+  /// optimizer.overlap: the round planned behind open_, whose trainers go on computing while
+  /// open_'s changes cross their links. It closes only after open_ (rounds combine in order), and
+  /// never across an epoch's end.
+  std::optional<OpenRound> next_;
+  std::uint64_t overlapped_rounds_ = 0;                     // closed rounds that were planned behind another
   std::map<std::uint64_t, Unanswered> unanswered_;          // combines the aggregator has not confirmed
   std::map<std::uint64_t, PendingEvaluation> evaluations_;  // by epoch, not yet answered
   std::optional<Clock::time_point> enough_trainers_since_;

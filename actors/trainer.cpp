@@ -184,6 +184,7 @@ void Trainer::register_again(const std::string& why) {
   register_retry_ = kRegisterRetry;
   ++report_.registration;  // a new registration, not a repeat of the last: admitted afresh
   pending_.reset();
+  queued_.reset();
   if (training_) worker_->cancel();  // the coordinator no longer counts on that share
 }
 
@@ -266,6 +267,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
         task_ = parse_task(run.task);
         precision_ = resolve_precision(run.precision, model_->device());
         compression_ = compression_options(run);
+        overlap_ = run.overlap;
       } catch (const std::exception& e) {
         throw RunRefused(e.what());
       }
@@ -316,6 +318,7 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
     // this trainer only once it knows its speed: in the same run, the last calibration says it.
     forget_model();
     pending_.reset();
+    queued_.reset();
     calibrated_ = !new_run && last_calibration_.has_value();
     if (calibrated_) {
       log(LogLevel::kInfo, bus_.name(), "admitted again to run ", admission.run.run_id,
@@ -402,7 +405,7 @@ void Trainer::advance() {
     const std::uint64_t version = held_model_->state.model_version;
     const bool newer = !model_version_ ? version >= last_loaded_version_ : version > *model_version_;
     // With a compressed downlink, a snapshot the held updates already reach is not needed.
-    const bool reached = base_version_ && reachable_version().value_or(0) >= version;
+    const bool reached = downlink_compressed() && base_version_ && reachable_version().value_or(0) >= version;
     if (newer && !reached) load = std::move(held_model_);
     held_model_.reset();
   }
@@ -420,19 +423,42 @@ void Trainer::advance() {
       }
     }
   }
-  const std::uint64_t ready_version = !updates.empty() ? updates.back().update.model_version
-                                      : load           ? load->state.model_version
-                                                       : model_version_.value_or(0);
-  const bool replica_ready = load.has_value() || !updates.empty() || model_version_.has_value();
+  // The version the replica holds once this job's loading is done. An overlapped plan starts from
+  // the model kept in local_before_ in any case, so that one counts too.
+  std::optional<std::uint64_t> ready;
+  if (!updates.empty()) {
+    ready = updates.back().update.model_version;
+  } else if (load) {
+    ready = load->state.model_version;
+  } else if (model_version_) {
+    ready = model_version_;
+  } else if (pending_ && pending_->overlapped && base_version_) {
+    ready = base_version_;
+  }
+  const std::uint64_t ready_version = ready.value_or(0);
   std::optional<msg::RoundPlan> plan;
-  if (pending_ && replica_ready && ready_version == pending_->model_version) {
-    plan = std::move(pending_);
-    pending_.reset();
-  } else if (pending_ && replica_ready && ready_version > pending_->model_version) {
-    // The model moved on past the plan's version: that round closed without this share.
-    log(LogLevel::kInfo, bus_.name(), "dropped the plan of round ", pending_->round, ": model version ",
-        pending_->model_version, " was superseded by ", ready_version);
-    pending_.reset();
+  while (pending_ && ready) {
+    if (ready_version == pending_->model_version ||
+        (pending_->overlapped && ready_version > pending_->model_version)) {
+      // An overlapped plan's round stays open after the round before it closed: a newer model is
+      // that one's, and the plan starts from it.
+      plan = std::move(pending_);
+      pending_.reset();
+    } else if (ready_version > pending_->model_version) {
+      // The model moved on past the plan's version: that round closed without this share.
+      log(LogLevel::kInfo, bus_.name(), "dropped the plan of round ", pending_->round, ": model version ",
+          pending_->model_version, " was superseded by ", ready_version);
+      pending_.reset();
+    } else {
+      break;  // its model is still to come
+    }
+    if (queued_) {  // the plan behind it waits from now, the trainer being busy until then
+      pending_ = std::move(queued_);
+      queued_.reset();
+      pending_since_ = Clock::now();
+      snapshot_asked_for_plan_ = false;
+    }
+    if (plan) break;
   }
   if (!load && updates.empty() && !plan) return;
   const double model_wait = plan ? seconds_between(pending_since_, Clock::now()) : 0.0;
@@ -449,9 +475,10 @@ void Trainer::advance() {
   training_ = plan;
   const std::string what = plan ? "training round " + std::to_string(plan->round)
                                 : "loading model version " + std::to_string(*loading_version_);
-  worker_->submit(what, [this, load = std::move(load), updates = std::move(updates), plan, model_wait] {
-    train_result_ = load_and_train(load, updates, plan, model_wait);
-  });
+  worker_->submit(
+      what, [this, load = std::move(load), updates = std::move(updates), plan, model_wait, ready_version] {
+        train_result_ = load_and_train(load, updates, plan, model_wait, ready_version);
+      });
 }
 
 void Trainer::on_job_finished() {
@@ -491,7 +518,7 @@ void Trainer::on_job_finished() {
   if (loaded && outcome && outcome->problem.empty()) {
     last_loaded_version_ = *loaded;
     model_version_ = *loaded;
-    if (downlink_compressed()) base_version_ = *loaded;
+    if (keeps_base()) base_version_ = *loaded;
     snapshot_requested_.reset();
     snapshot_retry_ = snapshot_first_retry_;
   } else if (outcome && !outcome->problem.empty()) {
@@ -517,8 +544,12 @@ void Trainer::on_job_finished() {
       bus_.send(kAggregatorName, *outcome->contribution, Stamp{trained->round, trained->model_version},
                 std::move(outcome->frames));
   } else if (trained && outcome && !outcome->contribution) {
-    pending_ = *trained;  // its model did not load: wait for a good one
+    // Its model did not load: it waits for a good one, ahead of any plan behind it.
+    if (pending_ && pending_->round > trained->round) queued_ = std::move(pending_);
+    pending_ = *trained;
   }
+  // A plan behind the round just trained (overlap) waited for the trainer, not for its model.
+  if (trained && pending_ && pending_->overlapped) pending_since_ = std::max(pending_since_, Clock::now());
   advance();
   if (pending_) request_snapshot_soon();
 }
@@ -610,13 +641,21 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming& from) {
         *problem);
     return;
   }
-  if (training_ && training_->round < plan.round) {
+  // Every round up to this one's model has closed (the round before it too, unless it overlaps that).
+  const std::uint64_t closed = plan.round - std::min<std::uint64_t>(plan.round, plan.overlapped ? 2 : 1);
+  if (training_ && training_->round <= closed) {
     // A newer round was planned: the one being trained has closed, and its share is no use now.
     worker_->cancel();
   }
-  pending_ = plan;
-  pending_since_ = Clock::now();
-  snapshot_asked_for_plan_ = false;
+  if (queued_ && queued_->round <= closed) queued_.reset();
+  if (pending_ && pending_->round <= closed) pending_.reset();
+  if (pending_ && pending_->round < plan.round) {
+    queued_ = plan;  // behind a round still open, which goes first
+  } else {
+    pending_ = plan;
+    pending_since_ = Clock::now();
+    snapshot_asked_for_plan_ = false;
+  }
   advance();
   if (pending_) request_snapshot_soon();
 }
@@ -628,6 +667,8 @@ std::optional<std::string> Trainer::plan_problem(const msg::RoundPlan& plan) con
   if (run_->mode != "auto" && mode != run_->mode) return "a " + mode + " round in a " + run_->mode + " run";
   if (plan.compressed && (mode != "local-sgd" || run_->compression == "none"))
     return std::string("a compressed round in a run without compression, or of gradients");
+  if (plan.overlapped && (mode != "local-sgd" || plan.round < 2 || !run_->overlap))
+    return std::string("an overlapped round in a run without optimizer.overlap, of gradients, or first");
   return std::nullopt;
 }
 
@@ -658,6 +699,7 @@ void Trainer::check_snapshot_at(Clock::time_point when) {
     if (!pending_ || state_ != State::kAdmitted) return;
     const std::uint64_t wanted = pending_->model_version;
     if ((model_version_ && *model_version_ == wanted) ||
+        (pending_->overlapped && base_version_ && *base_version_ >= wanted) ||
         (held_model_ && held_model_->state.model_version == wanted) ||
         (loading_version_ && *loading_version_ == wanted) ||
         (downlink_compressed() && reachable_version() == wanted))
@@ -813,8 +855,8 @@ std::optional<std::string> Trainer::load_model(const HeldModel& held) {
   if (mismatch) return mismatch;
   model_->parameters().copy_from(parameters, model_staging_);
   model_->buffers().copy_from(buffers, model_staging_);
-  // The base the next compressed update applies to.
-  if (compression_.kind != CompressionKind::kNone) local_before_.copy_from(model_->parameters());
+  // The base the next compressed update applies to, and an overlapped round starts from.
+  if (local_optimizer_) local_before_.copy_from(model_->parameters());
   return std::nullopt;
 }
 
@@ -847,7 +889,7 @@ std::optional<std::string> Trainer::apply_update(const HeldUpdate& held) {
 Trainer::TrainOutcome Trainer::load_and_train(const std::optional<HeldModel>& model,
                                               const std::vector<HeldUpdate>& updates,
                                               const std::optional<msg::RoundPlan>& plan,
-                                              double model_wait_seconds) {
+                                              double model_wait_seconds, std::uint64_t version) {
   std::optional<std::string> problem;
   if (model) problem = load_model(*model);
   for (std::size_t i = 0; i < updates.size() && !problem; ++i) problem = apply_update(updates[i]);
@@ -857,10 +899,26 @@ Trainer::TrainOutcome Trainer::load_and_train(const std::optional<HeldModel>& mo
     return outcome;
   }
   if (!plan) return {};
-  return train(*plan, model_wait_seconds);
+  return train(*plan, model_wait_seconds, version);
 }
 
-Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds) {
+FlatTensors& Trainer::start_overlapped(const msg::RoundPlan& plan, std::uint64_t version) {
+  torch::NoGradGuard no_grad;
+  if (round_start_.empty()) round_start_ = model_->parameters().zeros_like();
+  model_->parameters().copy_from(local_before_);
+  // The model of the round before last, plus what this trainer changed in the round before, which
+  // that model cannot hold yet (Streaming DiLoCo's eager update). A model that moved on since
+  // already holds it, or refused it; a round this trainer had no share in changed nothing here.
+  if (version == plan.model_version && !own_change_.empty() && own_change_round_ + 1 == plan.round) {
+    auto& groups = model_->parameters().groups();
+    for (std::size_t i = 0; i < groups.size(); ++i) groups[i].flat.add_(own_change_.groups()[i].flat);
+  }
+  round_start_.copy_from(model_->parameters());
+  return round_start_;
+}
+
+Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wait_seconds,
+                                     std::uint64_t version) {
   if (options_.fail_at_round > 0 && plan.round == options_.fail_at_round) {
     log(LogLevel::kWarn, bus_.name(), "TEST AID: failing in round ", plan.round);
     throw std::runtime_error("TEST AID: node.fail_at_round = " + std::to_string(plan.round) +
@@ -884,7 +942,13 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   // In auto mode the scheduler chooses per round: gradients, or local steps and their change.
   const bool local = plan_mode(plan) == "local-sgd" && local_optimizer_;
   const bool compressed = local && (plan.compressed || plan.mode.empty()) && error_feedback_;
-  if (local) local_before_.copy_from(model_->parameters());
+  FlatTensors* round_start = nullptr;
+  if (local && plan.overlapped) {
+    round_start = &start_overlapped(plan, version);
+  } else if (local) {
+    local_before_.copy_from(model_->parameters());
+    round_start = &local_before_;
+  }
   ShareOptions share = share_options(micro_batch, plan.epoch, plan.loss_scale, between_micro_batches);
   share.inject_overflow = options_.fake_overflows || options_.overflow_rounds.count(plan.round) > 0;
   if (share.inject_overflow)
@@ -908,7 +972,13 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
   contribution.peak_memory_bytes = peak_memory_bytes(device);
   contribution.overflow = result.overflow;
   if (!result.overflow) {  // an overflowed share sends no tensors: its round's step is skipped fleet-wide
-    if (local) parameter_deltas(*model_, local_before_, local_deltas_);
+    if (local) parameter_deltas(*model_, *round_start, local_deltas_);
+    if (local && overlap_) {
+      // The next round may start before this change is in the model.
+      if (own_change_.empty()) own_change_ = local_deltas_.zeros_like();
+      own_change_.copy_from(local_deltas_);
+      own_change_round_ = plan.round;
+    }
     if (options_.gradient_scale != 1.0 || options_.random_gradients) {
       for (auto& group : (local ? local_deltas_ : model_->gradients()).groups()) {
         if (!torch::isFloatingType(group.dtype)) continue;

@@ -159,16 +159,24 @@ class Trainer final {
   /// On a GPU, the largest micro-batch of the run's model the device holds, less a margin.
   std::uint32_t probe_max_micro_batch(std::int64_t micro_batch);
   /// Loads `model` into the replica (when given), applies `updates` in order, then trains `plan`
-  /// on the result (when given).
+  /// on the result (when given), whose model is then `version`.
   TrainOutcome load_and_train(const std::optional<HeldModel>& model, const std::vector<HeldUpdate>& updates,
-                              const std::optional<msg::RoundPlan>& plan, double model_wait_seconds);
+                              const std::optional<msg::RoundPlan>& plan, double model_wait_seconds,
+                              std::uint64_t version);
   /// Why this trainer cannot do what `plan` asks (a mode its run does not allow), or nothing.
   std::optional<std::string> plan_problem(const msg::RoundPlan& plan) const;
   const std::string& plan_mode(const msg::RoundPlan& plan) const;
   std::optional<std::string> load_model(const HeldModel& model);
   /// Adds `update` to the base (local_before_) and makes the replica that, checked by fingerprint.
   std::optional<std::string> apply_update(const HeldUpdate& update);
-  TrainOutcome train(const msg::RoundPlan& plan, double model_wait_seconds);
+  TrainOutcome train(const msg::RoundPlan& plan, double model_wait_seconds, std::uint64_t version);
+  /// An overlapped plan (optimizer.overlap): the replica becomes the model kept in local_before_
+  /// (version `version`) plus this trainer's own change in the round before, when that model does
+  /// not hold it yet; returns what the round starts from.
+  FlatTensors& start_overlapped(const msg::RoundPlan& plan, std::uint64_t version);
+  /// local-sgd keeps the model last loaded in local_before_ (the base a compressed update applies to,
+  /// and what an overlapped round starts from), its version in base_version_.
+  bool keeps_base() const { return run_ && run_->mode != "gradient"; }
   ShareOptions share_options(std::int64_t micro_batch, std::uint64_t epoch, double loss_scale,
                              std::function<void()> between) const;
   /// With --slowdown F, stretches the work `timer` measured to F x its busy time t in all: it
@@ -212,7 +220,10 @@ class Trainer final {
   std::optional<std::uint64_t> base_version_;
   std::uint64_t last_loaded_version_ = 0;
   std::optional<msg::RoundPlan> pending_;
-  Clock::time_point pending_since_{};             // when the pending plan arrived
+  Clock::time_point
+      pending_since_{};  // when the pending plan arrived (or, behind a round, the trainer was free)
+  /// optimizer.overlap: a plan that came while pending_'s (an earlier round, still open) waited.
+  std::optional<msg::RoundPlan> queued_;
   std::optional<msg::RoundPlan> training_;        // the plan the running job trains
   std::optional<std::uint64_t> loading_version_;  // the model version the running job loads
   std::optional<Clock::time_point> snapshot_requested_;
@@ -243,6 +254,12 @@ class Trainer final {
   /// last loaded, that the next update applies to)
   FlatTensors local_before_;
   FlatTensors local_deltas_;
+  /// optimizer.overlap: what an overlapped round started from, and this trainer's own change in
+  /// the last round it trained (its number in own_change_round_), until the model holds it.
+  bool overlap_ = false;  // the run's optimizer.overlap
+  FlatTensors round_start_;
+  FlatTensors own_change_;
+  std::uint64_t own_change_round_ = 0;
   CompressionOptions compression_;               // local-sgd: what of the change is sent
   std::optional<ErrorFeedback> error_feedback_;  // compressed local-sgd: what was not sent yet
   SendBuffers send_buffers_;                     // pinned on a GPU: device → pinned buffer → zmq frames

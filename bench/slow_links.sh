@@ -6,8 +6,12 @@
 # so it also checks exact epochs and that every process exits cleanly. Needs root (namespaces).
 #
 #   bench/slow_links.sh [--rates "10000000 100000 10000"] [--modes "gradient local-sgd topk-q8 auto"]
-#                       [--train-limit 12000] [--epochs 1] [--model mlp|cnn] [--out /tmp/filo-slow-links]
+#                       [--train-limit 12000] [--epochs 1] [--model mlp|cnn] [--sync-steps 8]
+#                       [--out /tmp/filo-slow-links]
 #
+# Modes: gradient, local-sgd (dense), topk-q8 (compressed local-sgd), auto, and local-sgd-overlap
+# and topk-q8-overlap (the same with optimizer.overlap: a trainer goes on with its next round's
+# local steps while its change crosses the link).
 # Rates are kbit/s (10000000: 10 Gbit/s, a link that does not bind). Gradient mode sends the whole
 # model both ways every round: at 10 Mbit/s and below it is skipped unless --modes names it alone.
 # Prints one row per run: training time (and its ratio to the same mode's fastest link), rounds,
@@ -22,6 +26,7 @@ epochs=1
 model=mlp
 out=/tmp/filo-slow-links
 explicit_modes=false
+sync_steps=8
 while [ $# -gt 0 ]; do
   case "$1" in
     --rates) rates=$2; shift 2 ;;
@@ -29,8 +34,9 @@ while [ $# -gt 0 ]; do
     --train-limit) train_limit=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
+    --sync-steps) sync_steps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: bench/slow_links.sh [--rates R] [--modes M] [--train-limit N] [--epochs N] [--model mlp|cnn] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: bench/slow_links.sh [--rates R] [--modes M] [--train-limit N] [--epochs N] [--model mlp|cnn] [--sync-steps N] [--out DIR]" >&2; exit 2 ;;
   esac
 done
 [ -x build/filo_faults ] || { echo "slow_links: build/filo_faults is missing: build first" >&2; exit 2; }
@@ -40,18 +46,20 @@ if [ "$model" = mlp ]; then
   /usr/bin/python3 tools/examples/make_mlp.py "$out/mlp.pt" >/dev/null
   model_settings=(--set "model.path=$out/mlp.pt")
 fi
-echo "slow links: 3 nodes, $model, $epochs epoch(s) of $train_limit samples; $(nproc) cores, $(date -u +%F)"
-printf '%-12s %-10s %10s %7s %7s %12s %12s %11s %9s  %-5s %s\n' link mode training ratio rounds uplink downlink "model wait" accuracy check exchange
+echo "slow links: 3 nodes, $model, $epochs epoch(s) of $train_limit samples, sync interval $sync_steps; $(nproc) cores, $(date -u +%F)"
+printf '%-12s %-17s %10s %7s %7s %12s %12s %11s %9s  %-5s %s\n' link mode training ratio rounds uplink downlink "model wait" accuracy check exchange
 declare -A fastest
 for rate in $rates; do
   for mode in $modes; do
     if [ "$mode" = gradient ] && [ "$rate" -le 10000 ] && ! $explicit_modes; then continue; fi
-    settings=(--set optimizer.mode=local-sgd --set optimizer.sync_steps=8)
+    settings=(--set optimizer.mode=local-sgd --set "optimizer.sync_steps=$sync_steps")
     case "$mode" in
       gradient) settings=(--set optimizer.mode=gradient) ;;
       topk-q8) settings+=(--set optimizer.compression=topk-q8) ;;
       local-sgd) ;;
-      auto) settings=(--set optimizer.mode=auto --set optimizer.sync_steps=8) ;;
+      local-sgd-overlap) settings+=(--set optimizer.overlap=true) ;;
+      topk-q8-overlap) settings+=(--set optimizer.compression=topk-q8 --set optimizer.overlap=true) ;;
+      auto) settings=(--set optimizer.mode=auto --set "optimizer.sync_steps=$sync_steps") ;;
       *) echo "slow_links: unknown mode $mode" >&2; exit 2 ;;
     esac
     dir="$out/$rate-$mode"
@@ -75,6 +83,6 @@ PY
     [ -n "${fastest[$mode]:-}" ] || fastest[$mode]=$seconds
     ratio=$(/usr/bin/python3 -c "print(f'{$seconds / ${fastest[$mode]}:.1f}x' if ${fastest[$mode]} > 0 else '-')")
     if [ "$rate" -ge 1000000 ]; then link="$((rate / 1000000)) Gbit/s"; else link="$((rate / 1000)) Mbit/s"; fi
-    printf '%-12s %-10s %9ss %7s %7s %9s MB %9s MB %10ss %9s  %-5s %s\n' "$link" "$mode" "$seconds" "$ratio" "$rounds_count" "$sent" "$down" "$wait" "$accuracy" "$check" "$exchange"
+    printf '%-12s %-17s %9ss %7s %7s %9s MB %9s MB %10ss %9s  %-5s %s\n' "$link" "$mode" "$seconds" "$ratio" "$rounds_count" "$sent" "$down" "$wait" "$accuracy" "$check" "$exchange"
   done
 done

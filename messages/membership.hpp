@@ -91,10 +91,11 @@ struct RunSpec {
   std::string compression = "none";
   double compression_fraction = 0.01;
   std::int64_t compression_chunk = 4096;
+  bool overlap = false;  // optimizer.overlap: rounds are planned behind open ones (RoundPlan::overlapped)
   MSGPACK_DEFINE_MAP(run_id, model, task, model_sha256, model_bytes, dataset, data_format, image_size,
                      context, augment, mean, std, dataset_fingerprint, train_samples, seed, micro_batch, mode,
                      precision, optimizer, learning_rate, momentum, weight_decay, compression,
-                     compression_fraction, compression_chunk)
+                     compression_fraction, compression_chunk, overlap)
 };
 
 // registrar → trainer: admitted (with what the run needs, and the model's TorchScript archive as

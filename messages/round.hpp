@@ -52,8 +52,12 @@ struct RoundPlan {
   // them, except in "auto" mode, where the scheduler chooses them round by round.
   std::string mode;
   bool compressed = false;
+  // optimizer.overlap: planned while round `round - 1` was still open, on the model round `round - 2`
+  // produced. The trainer starts from that model plus its own change in round `round - 1` (which
+  // the model does not hold yet), and its change lands one round late.
+  bool overlapped = false;
   MSGPACK_DEFINE_MAP(round, epoch, model_version, ranges, micro_batch, accumulation_steps, deadline_seconds,
-                     incarnation, loss_scale, mode, compressed)
+                     incarnation, loss_scale, mode, compressed, overlapped)
 };
 
 // scheduler → aggregator, before the round's plans go out: which trainers may contribute to this

@@ -175,6 +175,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   reader.read("optimizer", "compression", config.optimizer.compression);
   reader.read("optimizer", "compression_fraction", config.optimizer.compression_fraction);
   reader.read("optimizer", "compression_chunk", config.optimizer.compression_chunk);
+  reader.read("optimizer", "overlap", config.optimizer.overlap);
   reader.read("schedule", "epochs", config.schedule.epochs);
   reader.read("schedule", "round_samples", config.schedule.round_samples);
   reader.read("schedule", "micro_batch", config.schedule.micro_batch);
@@ -275,6 +276,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   check(config.optimizer.outer_momentum >= 0 && config.optimizer.outer_momentum < 1,
         "optimizer.outer_momentum must be in [0, 1)");
   check(config.optimizer.sync_steps >= 1, "optimizer.sync_steps must be >= 1");
+  check(!config.optimizer.overlap || config.optimizer.mode == "local-sgd",
+        "optimizer.overlap hides local-sgd's exchange behind its next local steps: set optimizer.mode = "
+        "\"local-sgd\" too, or overlap = false");
   check(config.optimizer.compression == "none" || config.optimizer.compression == "topk" ||
             config.optimizer.compression == "topk-q8",
         "optimizer.compression must be \"none\", \"topk\" or \"topk-q8\", not \"" +

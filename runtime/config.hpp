@@ -74,6 +74,11 @@ struct OptimizerOptions {
   std::string compression = "none";
   double compression_fraction = 0.01;
   std::int64_t compression_chunk = 4096;
+  /// local-sgd: a round is planned while the one before it is still open, so that a trainer goes on
+  /// with its next local steps while its change crosses the link (Streaming DiLoCo's overlap). A
+  /// trainer starts each round from the model of the round before last plus its own change since;
+  /// the outer update lands one round late.
+  bool overlap = false;
 };
 
 struct ScheduleOptions {

@@ -125,6 +125,19 @@ TEST_CASE("auto mode and an automatic sync interval are read, with compression o
             .find("optimizer.communication_fraction must be in (0, 1]") != std::string::npos);
 }
 
+TEST_CASE("overlap is read for local-sgd and refused, with the reason, for any other mode") {
+  CHECK_FALSE(load_config("", {}).optimizer.overlap);
+  CHECK(load_config("", {"optimizer.mode=local-sgd", "optimizer.overlap=true"}).optimizer.overlap);
+  for (const std::string mode : {"gradient", "auto"}) {
+    CAPTURE(mode);
+    CHECK(error_of("", {"optimizer.mode=" + mode, "optimizer.overlap=true"})
+              .find("optimizer.overlap hides local-sgd's exchange") != std::string::npos);
+  }
+  CHECK(
+      error_of("", {"optimizer.mode=local-sgd", "optimizer.overlap=yes"}).find("optimizer.overlap must be") !=
+      std::string::npos);
+}
+
 TEST_CASE(
     "robust combining is read and checked, and trimming compressed changes is refused with the reason") {
   const Config defaults = load_config("", {});

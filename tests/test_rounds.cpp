@@ -469,6 +469,102 @@ TEST_CASE(
   CHECK(planned_again);
 }
 
+/// optimizer.overlap on the scheduler under test: local-sgd rounds of 400 samples.
+void overlap(SchedulerOptions& options) {
+  options.run.mode = "local-sgd";
+  options.optimizer.mode = "local-sgd";
+  options.optimizer.overlap = true;
+}
+
+TEST_CASE(
+    "with overlap a round is planned behind the open one, and rounds close in order, each counted once") {
+  SchedulerUnderTest test(2000, overlap);
+  const msg::RoundOpened first = test.start();
+  CHECK(first.round == 1);
+  // Round 2 goes out at once, on the same model: its trainers go on while round 1's changes travel.
+  const auto [second, unused_second] = expect<msg::RoundOpened>(test.aggregator);
+  CHECK(second.round == 2);
+  CHECK(second.model_version == 0);
+  const auto [slow_1, unused_s1] = expect<msg::RoundPlan>(test.slow);
+  const auto [slow_2, unused_s2] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_1, unused_f1] = expect<msg::RoundPlan>(test.fast);
+  const auto [fast_2, unused_f2] = expect<msg::RoundPlan>(test.fast);
+  CHECK(slow_1.round == 1);
+  CHECK_FALSE(slow_1.overlapped);
+  CHECK(slow_2.round == 2);
+  CHECK(slow_2.overlapped);
+  CHECK(slow_2.model_version == 0);
+  CHECK(fast_2.ranges.front().begin >= 400);  // round 2 takes what round 1 left in the pool
+
+  // Round 2 answered in full before round 1: it waits, since rounds combine in order.
+  test.delivered(slow_2, test.slow);
+  test.delivered(fast_2, test.fast);
+  test.delivered(fast_1, test.fast);
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));
+  test.delivered(slow_1, test.slow);
+  const auto [combine_1, unused_c1] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_1.round == 1);
+  CHECK(combine_1.trainers.size() == 2);
+  // Round 3 is planned behind round 2 on round 1's model, and round 2 closes at once behind round 1.
+  const auto [third, unused_third] = expect<msg::RoundOpened>(test.aggregator);
+  CHECK(third.round == 3);
+  CHECK(third.model_version == 1);
+  const auto [combine_2, unused_c2] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_2.round == 2);
+  CHECK(combine_2.model_version == 2);
+  CHECK(combine_2.trainers.size() == 2);
+  const auto [fourth, unused_fourth] = expect<msg::RoundOpened>(test.aggregator);
+  CHECK(fourth.round == 4);
+  CHECK(fourth.model_version == 2);
+  const auto [slow_3, unused_s3] = expect<msg::RoundPlan>(test.slow);
+  CHECK(slow_3.overlapped);
+  CHECK(slow_3.model_version == 1);
+  // Four rounds planned so far, no position twice.
+  std::vector<msg::SampleRange> planned;
+  for (const auto* plan : {&slow_1, &slow_2, &fast_1, &fast_2, &slow_3})
+    planned.insert(planned.end(), plan->ranges.begin(), plan->ranges.end());
+  const auto [fast_3, unused_f3] = expect<msg::RoundPlan>(test.fast);
+  planned.insert(planned.end(), fast_3.ranges.begin(), fast_3.ranges.end());
+  std::sort(planned.begin(), planned.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  for (std::size_t i = 1; i < planned.size(); ++i) CHECK(planned[i].begin == planned[i - 1].end);
+  CHECK(planned.back().end == 1200);
+}
+
+TEST_CASE("with overlap a trainer lost mid-round loses its shares of both open rounds, each at its close") {
+  SchedulerUnderTest test(2000, overlap);
+  test.start();
+  const auto [slow_1, unused_s1] = expect<msg::RoundPlan>(test.slow);
+  const auto [slow_2, unused_s2] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_1, unused_f1] = expect<msg::RoundPlan>(test.fast);
+  const auto [fast_2, unused_f2] = expect<msg::RoundPlan>(test.fast);
+  test.delivered(fast_1, test.fast);
+  test.delivered(fast_2, test.fast);
+  msg::MembershipChange lost;
+  lost.trainer = test.slow.name();
+  lost.change = msg::MembershipChangeKind::kLost;
+  test.registrar.send(kSchedulerName, lost);
+  const auto [combine_1, unused_c1] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_1.round == 1);
+  CHECK(combine_1.trainers == std::vector<std::string>{test.fast.name()});
+  const auto [combine_2, unused_c2] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_2.round == 2);
+  CHECK(combine_2.trainers == std::vector<std::string>{test.fast.name()});
+  // Both of its shares went back to the pool: the rounds planned next take them, first in order.
+  std::vector<msg::SampleRange> later;
+  for (int i = 0; i < 2; ++i) {
+    const auto [plan, unused] = expect<msg::RoundPlan>(test.fast);
+    CHECK(plan.round == static_cast<std::uint64_t>(3 + i));
+    later.insert(later.end(), plan.ranges.begin(), plan.ranges.end());
+  }
+  const auto covers = [&](const msg::SampleRange& range) {
+    for (const auto& taken : later)
+      if (taken.begin <= range.begin && range.end <= taken.end) return true;
+    return false;
+  };
+  for (const auto& range : slow_1.ranges) CHECK(covers(range));
+  for (const auto& range : slow_2.ranges) CHECK(covers(range));
+}
+
 TEST_CASE("a lost CombineRound is sent again, and the run does not stall") {
   SchedulerUnderTest test;
   test.start();
@@ -517,6 +613,7 @@ struct ClusterSettings {
   std::vector<std::string> late_nodes;  /// made, but started only by start_late()
   double communication_fraction = 0.1;  /// mode "auto": optimizer.communication_fraction
   double deadline_min_seconds = 2.0;    /// schedule.deadline_min_seconds
+  bool overlap = false;                 /// local-sgd's optimizer.overlap
 };
 
 /// A whole coordinator and two trainers in one process over inproc, in real time.
@@ -552,6 +649,7 @@ struct ClusterInProcess {
       run.compression = settings.compression;
       run.compression_fraction = 0.01;
       run.compression_chunk = 1024;
+      run.overlap = settings.overlap;
     }
     const auto archive = mlp_archive(3);
     run.model_sha256 = sha256_hex(*archive);
@@ -576,6 +674,7 @@ struct ClusterInProcess {
     scheduler_options.optimizer.mode = settings.mode;
     scheduler_options.optimizer.compression = settings.compression;
     scheduler_options.optimizer.communication_fraction = settings.communication_fraction;
+    scheduler_options.optimizer.overlap = settings.overlap;
     scheduler_options.run_dir = run_dir;
     scheduler_options.checkpoint_every = 4;
     scheduler_options.train = settings.train;
@@ -800,6 +899,64 @@ TEST_CASE("compressed local-sgd sends under a twentieth of dense local-sgd's byt
   CHECK(q8_downlink * 20 < dense_downlink);
   // 1% of each change per round, the rest sent later: slower to learn, but it learns.
   CHECK(q8_accuracy > 0.3);
+}
+
+TEST_CASE("overlapped local-sgd trains every sample once, never waits on a model, and ends bit for bit") {
+  ClusterSettings settings;
+  settings.epochs = 2;
+  settings.mode = "local-sgd";
+  settings.overlap = true;
+  ClusterInProcess cluster(settings);
+  REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(120)), cluster.failures.describe());
+  nlohmann::json summary;
+  std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+  CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048, 2048}));
+  CHECK(summary.at("overlap") == true);
+  // Every round but each epoch's first was planned behind another.
+  const auto rounds = cluster.rounds();
+  CHECK(summary.at("overlapped_rounds").get<std::uint64_t>() == rounds.size() - 2);
+  // Every trainer started every overlapped plan from the model it had (no plan dropped or left to
+  // its deadline), and every contribution was accepted.
+  for (const auto& round : rounds) {
+    for (const auto& trainer : round.at("trainers")) {
+      CAPTURE(round.dump());
+      CHECK(trainer.at("delivered") == true);
+    }
+  }
+  for (const auto& [reason, count] : cluster.drops.snapshot()) {
+    CAPTURE(reason);
+    CHECK(reason.find("contribution") == std::string::npos);
+  }
+  CHECK(summary.at("final_test_accuracy").get<double>() > 0.6);
+  // Once idle, each replica loads the last model: the eager change never leaks into it.
+  cluster.check_replicas_equal_the_aggregator();
+}
+
+TEST_CASE("with one trainer, overlapped local-sgd ends where local-sgd without overlap does") {
+  // Plain averaging of one trainer's change makes each model the trainer's own weights, so a round
+  // started from the model before last plus its own change since starts where it would have
+  // without overlap: the two runs differ only by rounding. Starting from the older model alone
+  // (the change not added, or added twice) ends far from it.
+  const auto run = [](bool overlap) {
+    ClusterSettings settings;
+    settings.epochs = 1;
+    settings.mode = "local-sgd";
+    settings.nodes = {"a"};
+    settings.overlap = overlap;
+    ClusterInProcess cluster(settings);
+    REQUIRE_MESSAGE(cluster.wait_until_finished(std::chrono::seconds(120)), cluster.failures.describe());
+    nlohmann::json summary;
+    std::ifstream(cluster.run_dir + "/summary.json") >> summary;
+    CHECK(summary.at("samples_per_epoch") == nlohmann::json::array({2048}));
+    CHECK(summary.at("overlapped_rounds").get<std::uint64_t>() == (overlap ? 7u : 0u));
+    cluster.stop_actors();
+    return cluster.aggregator->model().parameters().groups()[0].flat.clone();
+  };
+  const torch::Tensor plain = run(false);
+  const torch::Tensor overlapped = run(true);
+  const double difference = (overlapped - plain).norm().item<double>() / plain.norm().item<double>();
+  INFO("relative difference of the final models: " << difference);
+  CHECK(difference < 1e-4);
 }
 
 TEST_CASE(
