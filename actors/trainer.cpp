@@ -909,7 +909,8 @@ FlatTensors& Trainer::start_overlapped(const msg::RoundPlan& plan, std::uint64_t
   // The model of the round before last, plus what this trainer changed in the round before, which
   // that model cannot hold yet (Streaming DiLoCo's eager update). A model that moved on since
   // already holds it, or refused it; a round this trainer had no share in changed nothing here.
-  if (version == plan.model_version && !own_change_.empty() && own_change_round_ + 1 == plan.round) {
+  if (version == plan.model_version && !own_change_.empty() && own_change_round_ + 1 == plan.round &&
+      own_change_incarnation_ == plan.incarnation) {
     auto& groups = model_->parameters().groups();
     for (std::size_t i = 0; i < groups.size(); ++i) groups[i].flat.add_(own_change_.groups()[i].flat);
   }
@@ -978,6 +979,7 @@ Trainer::TrainOutcome Trainer::train(const msg::RoundPlan& plan, double model_wa
       if (own_change_.empty()) own_change_ = local_deltas_.zeros_like();
       own_change_.copy_from(local_deltas_);
       own_change_round_ = plan.round;
+      own_change_incarnation_ = plan.incarnation;  // a restarted coordinator never combined it
     }
     if (options_.gradient_scale != 1.0 || options_.random_gradients) {
       for (auto& group : (local ? local_deltas_ : model_->gradients()).groups()) {

@@ -260,6 +260,7 @@ class Trainer final {
   FlatTensors round_start_;
   FlatTensors own_change_;
   std::uint64_t own_change_round_ = 0;
+  std::uint64_t own_change_incarnation_ = 0;
   CompressionOptions compression_;               // local-sgd: what of the change is sent
   std::optional<ErrorFeedback> error_feedback_;  // compressed local-sgd: what was not sent yet
   SendBuffers send_buffers_;                     // pinned on a GPU: device → pinned buffer → zmq frames
