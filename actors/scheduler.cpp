@@ -1186,18 +1186,6 @@ void Scheduler::close_round(const std::string& why) {
   const bool evaluation_under_way = !evaluations_.empty();
   const std::optional<msg::Evaluate> evaluate = end_epoch_if_done();
   choose_checkpoint(round, closed.combine, record, evaluation_under_way, evaluate.has_value());
-  if (handover_round_ && next_) {
-    // The peer resumes from this round's checkpoint, which does not count the round behind it:
-    // that one's samples are planned again (by the peer, or here should the handover fail).
-    std::uint64_t dropped = 0;
-    for (const auto& [trainer, ranges] : next_->planned) {
-      dropped += planned_samples(ranges);
-      pool_.give_back(ranges);
-    }
-    log(LogLevel::kInfo, bus_.name(), "round ", next_->round, " is dropped at the handover: its ", dropped,
-        " samples are planned again");
-    next_.reset();
-  }
 
   // The aggregator first: it combines while the next round is planned and the record written.
   const msg::CombineRound& combine = closed.combine;
@@ -1329,7 +1317,9 @@ void Scheduler::choose_checkpoint(const OpenRound& round, msg::CombineRound& com
   const auto every = static_cast<std::uint64_t>(std::max<std::int64_t>(0, options_.checkpoint_every));
   // `filo failback` hands the run over at a round's close with a checkpoint, not at an epoch's end
   // (its evaluation belongs to this coordinator) nor while one is under way.
-  const bool hand_over = failback_asked_ && !evaluation_under_way && !epoch_ended;
+  // Nor with a round open behind this one (overlap): the handover waits for that one's close, so
+  // that no round the aggregator opened is left behind should the handover fail and planning go on.
+  const bool hand_over = failback_asked_ && !evaluation_under_way && !epoch_ended && !next_;
   combine.checkpoint =
       hand_over || (every > 0 && !evaluation_under_way && (round.round % every == 0 || epoch_ended));
   if (hand_over) {

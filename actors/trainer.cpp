@@ -268,6 +268,9 @@ void Trainer::handle(const msg::Admission& admission, const Incoming& from) {
         precision_ = resolve_precision(run.precision, model_->device());
         compression_ = compression_options(run);
         overlap_ = run.overlap;
+        own_change_ = FlatTensors();  // another run's, perhaps of another model
+        round_start_ = FlatTensors();
+        own_change_round_ = 0;
       } catch (const std::exception& e) {
         throw RunRefused(e.what());
       }
@@ -544,9 +547,14 @@ void Trainer::on_job_finished() {
       bus_.send(kAggregatorName, *outcome->contribution, Stamp{trained->round, trained->model_version},
                 std::move(outcome->frames));
   } else if (trained && outcome && !outcome->contribution) {
-    // Its model did not load: it waits for a good one, ahead of any plan behind it.
-    if (pending_ && pending_->round > trained->round) queued_ = std::move(pending_);
-    pending_ = *trained;
+    // Its model did not load: it waits for a good one, ahead of a plan behind it (two plans
+    // behind it mean its round has closed).
+    if (!pending_) {
+      pending_ = *trained;
+    } else if (!queued_ && pending_->round > trained->round) {
+      queued_ = std::move(pending_);
+      pending_ = *trained;
+    }
   }
   // A plan behind the round just trained (overlap) waited for the trainer, not for its model.
   if (trained && pending_ && pending_->overlapped) pending_since_ = std::max(pending_since_, Clock::now());
@@ -649,6 +657,12 @@ void Trainer::handle(const msg::RoundPlan& plan, const Incoming& from) {
   }
   if (queued_ && queued_->round <= closed) queued_.reset();
   if (pending_ && pending_->round <= closed) pending_.reset();
+  if (!pending_ && queued_) {  // the round behind the one dropped is still open: it goes first
+    pending_ = std::move(queued_);
+    queued_.reset();
+    pending_since_ = Clock::now();
+    snapshot_asked_for_plan_ = false;
+  }
   if (pending_ && pending_->round < plan.round) {
     queued_ = plan;  // behind a round still open, which goes first
   } else {

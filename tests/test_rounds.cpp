@@ -314,41 +314,51 @@ TEST_CASE("a liar that is lost and registers again keeps the lies counted agains
   }
 }
 
+/// A coordinator pair's link whose passive peer is played by the test: the peer says every 50 ms
+/// that it holds round 5, so a failback may be asked.
+struct LinkToPassivePeer {
+  zmq::context_t context;
+  SocketFactory sockets{context, SocketLimits{}};
+  PairOptions options;
+  zmq::socket_t peer;
+  StopFlag stop;
+  ScopedThread peer_thread;
+  std::optional<PairLink> link;
+
+  explicit LinkToPassivePeer(const std::string& name) : peer(sockets.make(zmq::socket_type::pub)) {
+    const int port = 45000 + static_cast<int>(getpid() % 4000);
+    options.own_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+    options.peer_endpoint = "tcp://127.0.0.1:" + std::to_string(port + 1);
+    options.run_dir = fresh_directory(name);
+    options.heartbeat_interval = Milliseconds(50);
+    peer.bind(options.peer_endpoint);
+    peer_thread = ScopedThread([this] {
+      msg::PairState passive;
+      passive.run_id = "test";
+      passive.round = 5;
+      while (!stop.stop_requested()) {
+        std::array<zmq::message_t, 2> frames{zmq::message_t(std::string(msg::kPairStateTopic)),
+                                             encode_frame(passive)};
+        zmq::send_multipart(peer, frames, zmq::send_flags::dontwait);
+        std::this_thread::sleep_for(Milliseconds(50));  // the peer's heartbeat
+      }
+    });
+    link.emplace(sockets, options, "test", 1);
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (link->status().peer_state != "passive" && Clock::now() < deadline)
+      std::this_thread::sleep_for(Milliseconds(20));  // the link's own thread hears the peer
+    REQUIRE(link->status().peer_state == "passive");
+  }
+  ~LinkToPassivePeer() {
+    link.reset();
+    stop.request_stop();  // before the thread's join
+  }
+};
+
 TEST_CASE(
     "a failback asked where no round is open is given up after 30 s, and the pair event keeps saying why") {
-  // The pair's passive peer, played by the test: it says every 50 ms that it holds round 5.
-  zmq::context_t pair_context;
-  SocketFactory pair_sockets{pair_context, SocketLimits{}};
-  const int port = 45000 + static_cast<int>(getpid() % 4000);
-  PairOptions pair_options;
-  pair_options.own_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
-  pair_options.peer_endpoint = "tcp://127.0.0.1:" + std::to_string(port + 1);
-  pair_options.run_dir = fresh_directory("failback");
-  pair_options.heartbeat_interval = Milliseconds(50);
-  struct PassivePeer {
-    zmq::socket_t socket;
-    StopFlag stop;
-    ScopedThread thread;
-    ~PassivePeer() { stop.request_stop(); }  // before the thread's join
-  } peer{pair_sockets.make(zmq::socket_type::pub), {}, {}};
-  peer.socket.bind(pair_options.peer_endpoint);
-  peer.thread = ScopedThread([&peer] {
-    msg::PairState passive;
-    passive.run_id = "test";
-    passive.round = 5;
-    while (!peer.stop.stop_requested()) {
-      std::array<zmq::message_t, 2> frames{zmq::message_t(std::string(msg::kPairStateTopic)),
-                                           encode_frame(passive)};
-      zmq::send_multipart(peer.socket, frames, zmq::send_flags::dontwait);
-      std::this_thread::sleep_for(Milliseconds(50));  // the peer's heartbeat
-    }
-  });
-  PairLink link(pair_sockets, pair_options, "test", 1);
-  const auto deadline = Clock::now() + std::chrono::seconds(5);
-  while (link.status().peer_state != "passive" && Clock::now() < deadline)
-    std::this_thread::sleep_for(Milliseconds(20));  // the link's own thread hears the peer
-  REQUIRE(link.status().peer_state == "passive");
-
+  LinkToPassivePeer pair("failback");
+  PairLink& link = *pair.link;
   SchedulerUnderTest test(1200, [&](SchedulerOptions& options) {
     options.pair = &link;
     options.peer_listen = "tcp://peer:5555";
@@ -388,6 +398,45 @@ TEST_CASE(
   // Said again in the next second's event, not replaced by the link's (empty) state.
   test.time.advance(std::chrono::seconds(1));
   CHECK(next_handover("abandoned"));
+}
+
+/// optimizer.overlap on the scheduler under test: local-sgd rounds of 400 samples.
+void overlap(SchedulerOptions& options) {
+  options.run.mode = "local-sgd";
+  options.optimizer.mode = "local-sgd";
+  options.optimizer.overlap = true;
+}
+
+TEST_CASE(
+    "with overlap a failback hands the run over at the close of a round with nothing planned behind it") {
+  LinkToPassivePeer pair("failback-overlap");
+  SchedulerUnderTest test(2000, [&](SchedulerOptions& options) {
+    overlap(options);
+    options.pair = &*pair.link;
+    options.peer_listen = "tcp://peer:5555";
+  });
+  test.start();
+  const auto [slow_1, unused_s1] = expect<msg::RoundPlan>(test.slow);
+  const auto [slow_2, unused_s2] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_1, unused_f1] = expect<msg::RoundPlan>(test.fast);
+  const auto [fast_2, unused_f2] = expect<msg::RoundPlan>(test.fast);
+  REQUIRE(slow_2.overlapped);
+  test.registrar.send(kSchedulerName, msg::Failback{"test"});                // no role checks over inproc
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));  // it is taken in first
+  // Round 1 closes with round 2 behind it: no handover there, and nothing more planned behind.
+  test.delivered(slow_1, test.slow);
+  test.delivered(fast_1, test.fast);
+  const auto [combine_1, unused_c1] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_1.round == 1);
+  CHECK_FALSE(combine_1.checkpoint);
+  CHECK(nothing_of<msg::RoundOpened>(test.aggregator, Milliseconds(200)));
+  // Round 2, with nothing behind it, is the handover: its checkpoint goes to the peer.
+  test.delivered(slow_2, test.slow);
+  test.delivered(fast_2, test.fast);
+  const auto [combine_2, unused_c2] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_2.round == 2);
+  CHECK(combine_2.checkpoint);
+  CHECK(nothing_of<msg::RoundOpened>(test.aggregator, Milliseconds(200)));
 }
 
 TEST_CASE("the scheduler plans a round by speed, closes it when every trainer answered, and plans the next") {
@@ -467,13 +516,6 @@ TEST_CASE(
   const auto [slow_next, unused_slow_next] = expect<msg::RoundPlan>(test.slow);
   for (const auto& range : slow_next.ranges) planned_again |= range.begin == slow_first;
   CHECK(planned_again);
-}
-
-/// optimizer.overlap on the scheduler under test: local-sgd rounds of 400 samples.
-void overlap(SchedulerOptions& options) {
-  options.run.mode = "local-sgd";
-  options.optimizer.mode = "local-sgd";
-  options.optimizer.overlap = true;
 }
 
 TEST_CASE(
