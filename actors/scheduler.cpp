@@ -789,6 +789,9 @@ void Scheduler::promote_next() {
   // A trainer that did not answer the round before (it missed it, or was lost) is free from now:
   // its plan for that round is dropped as superseded by the next plan it receives.
   for (const auto& [trainer, ranges] : open_->planned) open_->free_at.try_emplace(trainer, loop_.now());
+  // Planned with the deadline of its time: a miss since then lengthens this one too, rather than
+  // have it repeat the deadline that was just missed.
+  open_->deadline_seconds = std::max(open_->deadline_seconds, deadline_backoff_seconds_);
   arm_deadline(*open_);
 }
 

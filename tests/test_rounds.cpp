@@ -572,6 +572,33 @@ TEST_CASE(
   CHECK(planned.back().end == 1200);
 }
 
+TEST_CASE(
+    "with overlap a missed deadline lengthens the deadline of the round behind, planned before the miss") {
+  SchedulerUnderTest test(2000, overlap);
+  test.start();
+  const auto [slow_1, unused_s1] = expect<msg::RoundPlan>(test.slow);
+  const auto [fast_1, unused_f1] = expect<msg::RoundPlan>(test.fast);
+  const auto [fast_2, unused_f2] = expect<msg::RoundPlan>(test.fast);
+  test.delivered(fast_1, test.fast);
+  test.delivered(fast_2, test.fast);
+  const auto deadline = std::chrono::milliseconds(static_cast<std::int64_t>(slow_1.deadline_seconds * 1000));
+  test.time.advance(deadline + Milliseconds(10));  // "slow" misses round 1
+  const auto [combine_1, unused_c1] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_1.round == 1);
+  msg::RoundCombined combined;  // else the scheduler sends CombineRound 1 again as time passes
+  combined.round = 1;
+  combined.model_version = combine_1.model_version;
+  test.aggregator.send(kSchedulerName, combined);
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));  // the answer is taken in
+  // Round 2 was planned with round 1's deadline; from round 1's miss on it waits twice that.
+  test.time.advance(deadline + Milliseconds(10));
+  CHECK(nothing_of<msg::CombineRound>(test.aggregator, Milliseconds(200)));
+  test.time.advance(deadline);
+  const auto [combine_2, unused_c2] = expect<msg::CombineRound>(test.aggregator);
+  CHECK(combine_2.round == 2);
+  CHECK(combine_2.trainers == std::vector<std::string>{test.fast.name()});
+}
+
 TEST_CASE("with overlap a trainer lost mid-round loses its shares of both open rounds, each at its close") {
   SchedulerUnderTest test(2000, overlap);
   test.start();
