@@ -838,19 +838,24 @@ int partition_pair(FaultCluster& cluster, History& history, Measures& measures) 
 struct Lie {
   const char* label;
   const char* setting;
-  /// Taken out of the plans: within kMaxRoundsToExclusion rounds planned to it, or, where it may
-  /// slip through the norm bound (a sign flip of x10 sits at its edge) and only the mean of its
-  /// direction scores gives it away, robust.direction_window more (that verdict needs as many).
+  /// Taken out of the plans: within kMaxRoundsToExclusion rounds planned to it, plus `more`
+  /// where only its direction scores give it away (a round whose share or fleet is too small to
+  /// score counts towards neither): a sign flip of x10 may slip through the norm bound (it sits at
+  /// its edge) and then needs robust.direction_window scores; random values are judged noise from
+  /// 6 scores, and excluded 2 rounds on.
   bool excluded;
-  bool may_take_a_window;
+  std::uint64_t more = 0;
 };
 const std::vector<Lie> kLies{
-    {"(a) gradients times 1e6", "scale=1e6", true, false},
-    {"(b) its honest gradient times -10", "scale=-10", true, true},
-    {"(c) random gradients of its honest norm", "random", true, false},
-    {"(d) zero gradients, claiming a fast device", "zero-fast", true, false},
-    {"(e) the right gradients for the wrong samples", "wrong-samples", false, false},
-    {"(f) huge timings and fake fp16 overflows", "huge-timings,fake-overflow", true, false},
+    {"(a) gradients times 1e6", "scale=1e6", true},
+    {"(b) its honest gradient times -10", "scale=-10", true,
+     static_cast<std::uint64_t>(RobustOptions{}.direction_window)},
+    // 9 rounds in most runs; 13 once in a full ctest run (2026-12-05), whose history was
+    // overwritten before it was read.
+    {"(c) random gradients of its honest norm", "random", true, 6},
+    {"(d) zero gradients, claiming a fast device", "zero-fast", true},
+    {"(e) the right gradients for the wrong samples", "wrong-samples", false},
+    {"(f) huge timings and fake fp16 overflows", "huge-timings,fake-overflow", true},
 };
 constexpr std::uint64_t kMaxRoundsToExclusion = 10;
 /// A liar that is never taken out ((e): its gradients are honest ones) trains this many rounds.
@@ -912,9 +917,7 @@ void tell_lies(FaultCluster& cluster, History& history, Measures& measures, json
     json entry{{"lie", lie.label},           {"node.lie", lie.setting},   {"trainer", trainer},
                {"first_round", first_round}, {"rounds_planned", planned}, {"rounds_delivered", delivered}};
     if (lie.excluded) {
-      const auto allowed =
-          kMaxRoundsToExclusion +
-          (lie.may_take_a_window ? static_cast<std::uint64_t>(RobustOptions{}.direction_window) : 0);
+      const auto allowed = kMaxRoundsToExclusion + lie.more;
       entry["excluded"] = verdict.has_value();
       if (!verdict) {
         measures.problems.push_back(lie.label + std::string(": ") + trainer + " was not taken out in 60 s (" +
