@@ -215,7 +215,7 @@ class Trainer final {
   std::optional<HeldModel> held_model_;               // the newest model not yet loaded
   std::map<std::uint64_t, HeldUpdate> held_updates_;  // compressed downlink: by base version
   std::optional<std::uint64_t> model_version_;        // the replica's version; none when it is not clean
-  /// Compressed downlink: the version the worker's local_before_ holds (the replica's as loaded,
+  /// local-sgd (keeps_base): the version the worker's local_before_ holds (the replica's as loaded,
   /// kept while local steps move the replica); none until a model loads or after one failed to.
   std::optional<std::uint64_t> base_version_;
   std::uint64_t last_loaded_version_ = 0;
@@ -250,8 +250,8 @@ class Trainer final {
   Precision precision_ = Precision::kFp32;
   std::string layout_;                              // fingerprint of the model's flat layout
   std::unique_ptr<FlatOptimizer> local_optimizer_;  // local-sgd only; its state spans rounds
-  /// local-sgd: the parameters a round started from (with a compressed downlink: the model as
-  /// last loaded, that the next update applies to)
+  /// local-sgd: the model as last loaded (what a compressed update applies to, and an overlapped
+  /// round starts from), which is also what a round not overlapped starts from
   FlatTensors local_before_;
   FlatTensors local_deltas_;
   /// optimizer.overlap: what an overlapped round started from, and this trainer's own change in
