@@ -26,6 +26,7 @@
 #include "messages/addresses.hpp"
 #include "messages/codec.hpp"
 #include "messages/tensor_frames.hpp"
+#include "runtime/inbound_guard.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/log.hpp"
 #include "runtime/refusals.hpp"
@@ -103,6 +104,9 @@ class Hub {
 
   /// Outside messages refused so far (all reasons).
   std::uint64_t refused() const { return refused_total_; }
+  /// What libzmq may hold for one key's connections before the hub reads it (see InboundGuard);
+  /// zero without an outside endpoint.
+  std::int64_t inbound_budget_bytes() const { return inbound_budget_bytes_; }
 
  private:
   /// What the hub knows of a name an outside peer holds.
@@ -119,13 +123,19 @@ class Hub {
   void publish(std::vector<zmq::message_t>& frames, const std::string& to);
   void route(zmq::socket_t& router, std::vector<zmq::message_t>& frames, const std::string& to);
   void refuse(const std::string& peer, const std::string& reason, const std::string& detail = {});
+  void read_connection_events();
+  void enforce_inbound_budget();
 
   HubOptions options_;
-  std::optional<ZapHandler> zap_;                     // first: it must answer before any CURVE socket binds
-  zmq::socket_t router_;                              // inner: the coordinator's actors, over inproc
-  zmq::socket_t outer_router_;                        // outer: nodes and the test aid, over tcp
-  zmq::socket_t publisher_;                           // events and control, for monitors
-  zmq::socket_t model_publisher_;                     // models, snapshots and control, for trainers
+  std::optional<ZapHandler> zap_;              // first: it must answer before any CURVE socket binds
+  zmq::socket_t router_;                       // inner: the coordinator's actors, over inproc
+  zmq::socket_t outer_router_;                 // outer: nodes and the test aid, over tcp
+  zmq::socket_t publisher_;                    // events and control, for monitors
+  zmq::socket_t model_publisher_;              // models, snapshots and control, for trainers
+  zmq::socket_t connection_events_;            // the outer ROUTER's accepts and disconnects
+  std::optional<InboundGuard> inbound_guard_;  // what libzmq holds per outside connection
+  std::int64_t inbound_budget_bytes_ = 0;
+  int listen_port_ = -1;
   std::map<std::string, Binding> bindings_;           // by name
   std::map<std::string, std::string> name_of_route_;  // outer routing id → name
   std::set<std::string> greeted_routes_;              // routes whose first message was seen

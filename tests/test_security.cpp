@@ -7,9 +7,11 @@
 #include <sys/stat.h>
 
 #include <unistd.h>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <thread>
 #include <vector>
 #include <zmq_addon.hpp>
 
@@ -345,6 +347,69 @@ TEST_CASE("a message larger than the run allows is refused before any actor sees
   trainer.bus.send(kAggregatorName, msg::SnapshotRequest{0}, {}, std::move(frames));
   CHECK_FALSE(wait_for_message(*bus.aggregator, bus.aggregator->addressed(), kQuiet));
   CHECK(bus.dropped("bus: message too large") == 1);
+}
+
+namespace {
+std::int64_t resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) << 10;
+  }
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("one endless message of frames each under the limit is cut off at the budget, not assembled") {
+  const KeyPair honest_key = generate_key_pair();
+  SecureBus bus({"trainer " + honest_key.public_key + " node-2"});
+  // A run's largest message is 1 MiB here, so one key's connections may hold 32 MiB.
+  REQUIRE(bus.hub->inbound_budget_bytes() == std::int64_t{32} << 20);
+  Peer attacker(bus, role_key(bus, PeerRole::kTrainer), trainer_name("node-1", "cpu"));
+  Peer honest(bus, honest_key, trainer_name("node-2", "cpu"));
+  // 400 frames of 600 KiB, 234 MiB in all, each frame a view of one buffer: the sender holds none of
+  // it, and without the guard libzmq in this process would hold all of it before the hub saw any.
+  static const std::string filler(600 << 10, 'x');
+  constexpr int kFrames = 400;
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(std::string(kAggregatorName));
+  Envelope envelope;
+  envelope.kind = MessageKind::kContribution;
+  envelope.sender = "trainer@node-1/cpu";
+  frames.push_back(encode_frame(envelope));
+  frames.push_back(encode_frame(msg::SnapshotRequest{0}));
+  for (int i = 0; i < kFrames; ++i) {
+    frames.emplace_back(
+        const_cast<char*>(filler.data()), filler.size(), [](void*, void*) {}, nullptr);
+  }
+  const std::int64_t before = resident_bytes();
+  std::atomic<std::int64_t> peak{before};
+  std::atomic<bool> sampling{true};
+  std::thread sampler([&] {
+    while (sampling) {
+      peak = std::max(peak.load(), resident_bytes());
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  REQUIRE(zmq::send_multipart(attacker.bus.addressed(), frames));
+  const auto deadline = Clock::now() + kPatience;
+  while (bus.dropped("bus: connection over its memory budget") == 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::this_thread::sleep_for(kQuiet);
+  sampling = false;
+  sampler.join();
+  CHECK(bus.dropped("bus: connection over its memory budget") >= 1);
+  CHECK_FALSE(wait_for_message(*bus.aggregator, bus.aggregator->addressed(), kQuiet));
+  // The budget, plus what arrives between two looks and the allocator's slack; not the message.
+  CHECK((peak - before) < (std::int64_t{80} << 20));
+  MESSAGE("resident memory grew by ", (peak - before) >> 20, " MiB during a ",
+          (kFrames * filler.size()) >> 20, " MiB message");
+  // Nobody else pays: an honest peer's messages still pass, and it is never cut.
+  REQUIRE(honest.bus.send(kRegistrarName, msg::Heartbeat{7, {}, 0}));
+  auto incoming = wait_for_message(*bus.registrar, bus.registrar->addressed());
+  REQUIRE(incoming);
+  CHECK(incoming->from == "trainer@node-2/cpu");
 }
 
 TEST_CASE("log lines escape control characters, so a name cannot forge a line") {

@@ -24,6 +24,11 @@ constexpr int kRawConnections = 100;
 constexpr int kFloodConnections = 300;
 constexpr int kNeverReadingSubscribers = 20;
 constexpr std::uint64_t kOversizedMessages = 200;
+/// Endless messages: 1.8 GB each in frames under the per-frame limit, the size that raised an
+/// unguarded coordinator's memory by 1.4 to 1.7 GiB.
+constexpr int kEndlessMessages = 3;
+constexpr std::size_t kEndlessMessageBytes = std::size_t{1800} << 20;
+constexpr std::chrono::milliseconds kEndlessPause{1000};
 constexpr std::chrono::milliseconds kSendTimeout{2000};
 constexpr std::chrono::milliseconds kSettle{300};
 constexpr std::chrono::milliseconds kLinger{3000};
@@ -223,6 +228,35 @@ class Intruder {
     return attack;
   }
 
+  AttackClass endless_messages() {
+    AttackClass attack{"endless messages of frames under the limit",
+                       0,
+                       {{"bus: connection over its memory budget", kEndlessMessages}}};
+    // A connection of its own, so that the cut takes none of the other classes' queued messages.
+    zmq::socket_t dealer = make_socket(context_, zmq::socket_type::dealer, target_, &target_.intruder);
+    dealer.connect(target_.router);
+    settle();
+    // Each frame is a view of one buffer: the attacker holds none of the 1.8 GB itself.
+    const std::size_t frame_bytes = static_cast<std::size_t>(target_.max_inbound_bytes) * 6 / 10;
+    endless_filler_.assign(frame_bytes, 'x');
+    const std::string& filler = endless_filler_;
+    for (int m = 0; m < kEndlessMessages; ++m) {
+      std::vector<zmq::message_t> frames;
+      frames.emplace_back(std::string("aggregator"));
+      frames.push_back(envelope_frame(MessageKind::kContribution, name_));
+      frames.push_back(encode_frame(msg::Contribution{}));
+      for (std::size_t sent = 0; sent < kEndlessMessageBytes; sent += frame_bytes) {
+        frames.emplace_back(
+            const_cast<char*>(filler.data()), filler.size(), [](void*, void*) {}, nullptr);
+      }
+      attack.sent += send(dealer, frames) ? 1 : 0;
+      // Cut off, the DEALER drops the rest of the message and connects again for the next.
+      std::this_thread::sleep_for(kEndlessPause);
+    }
+    dealer.set(zmq::sockopt::linger, 0);
+    return attack;
+  }
+
   AttackClass spoofed_names() {
     AttackClass attack{"spoofed names (coordinator actors, honest trainers)",
                        0,
@@ -347,6 +381,7 @@ class Intruder {
 
  private:
   const HostileTarget& target_;
+  std::string endless_filler_;  // viewed by the endless messages' frames: outlives the context
   zmq::context_t context_;
   zmq::socket_t dealer_;
   std::vector<zmq::socket_t> subscribers_;  // kept open, unread, until the attack ends
@@ -365,6 +400,7 @@ std::vector<AttackClass> run_attacks(const HostileTarget& target) {
   classes.push_back(intruder.wrong_versions());
   classes.push_back(intruder.truncated_and_bombs());
   classes.push_back(intruder.oversized());
+  classes.push_back(intruder.endless_messages());
   classes.push_back(intruder.spoofed_names());
   classes.push_back(intruder.wrong_roles());
   classes.push_back(intruder.snapshot_amplification());
