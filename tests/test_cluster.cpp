@@ -346,8 +346,9 @@ TEST_CASE(
 }
 
 TEST_CASE("a trainer whose every micro-batch takes three liveness windows trains a whole epoch, never lost") {
-  // The liveness window is 0.1 s x 3; slowed 100x, a micro-batch of 64 takes about a second. The
-  // trainer computes on its own thread and keeps answering heartbeats meanwhile.
+  // The liveness window is 0.1 s x 3; slowed 100x, a micro-batch of 32 takes about two seconds (a
+  // slowed calibration's five micro-batches too, so they are kept small). The trainer computes on
+  // its own thread and keeps answering heartbeats meanwhile.
   const std::string run_dir = fresh_run_dir("long-micro-batch");
   ChildProcess local({FILO_BINARY,   "local",
                       "--nodes",     "1",
@@ -355,10 +356,10 @@ TEST_CASE("a trainer whose every micro-batch takes three liveness windows trains
                       "--epochs",    "1",
                       "--run-dir",   run_dir,
                       "--web",       "off",
-                      "--set",       "data.train_limit=256",
+                      "--set",       "data.train_limit=128",
                       "--set",       "data.test_limit=100",
-                      "--set",       "schedule.round_samples=128",
-                      "--set",       "schedule.micro_batch=64",
+                      "--set",       "schedule.round_samples=64",
+                      "--set",       "schedule.micro_batch=32",
                       "--set",       "bus.heartbeat_interval_ms=100",
                       "--set",       "bus.liveness=3"},
                      run_dir + "/local.log");
@@ -367,19 +368,19 @@ TEST_CASE("a trainer whose every micro-batch takes three liveness windows trains
   REQUIRE_MESSAGE(code == std::optional<int>(0), read_file(run_dir + "/local.log"));
   json summary;
   std::ifstream(run_dir + "/summary.json") >> summary;
-  CHECK(summary.at("samples_per_epoch") == json::array({256}));
+  CHECK(summary.at("samples_per_epoch") == json::array({128}));
   CHECK(summary.at("nodes").at(0).at("rounds_missed") == 0);
   std::ifstream rounds(run_dir + "/rounds.jsonl");
   for (std::string line; std::getline(rounds, line);) {
     const json trainer = json::parse(line).at("trainers").at(0);
-    // The premise: two micro-batches of 64, each past three liveness windows (0.9 s).
+    // The premise: two micro-batches of 32, each past three liveness windows (0.9 s).
     CHECK(trainer.at("compute_seconds").get<double>() >= 2 * 0.9);
   }
   const std::string log = read_file(run_dir + "/logs/coordinator.log");
   CHECK_MESSAGE(log.find(" lost") == std::string::npos, log);
-  // Its micro-batches were the configured 64, not shrunk to fit the liveness window.
+  // Its micro-batches were the configured 32, not shrunk to fit the liveness window.
   CHECK(log.find("calibrated: ") != std::string::npos);
-  CHECK_MESSAGE(log.find("at micro-batch 64") != std::string::npos, log);
+  CHECK_MESSAGE(log.find("at micro-batch 32") != std::string::npos, log);
   CHECK(log.find("at most ") == std::string::npos);  // no cap on its micro-batches
 }
 
