@@ -23,16 +23,20 @@ constexpr std::string_view kHubLogName = "hub";
 constexpr int kPublishQueuePerSubscriber = 32;
 /// Longest name an outside peer may claim ("trainer@" + a host name + "/cuda:15" fits easily).
 constexpr std::size_t kMaxPeerNameBytes = 256;
-/// Bytes one key's connections may have libzmq hold before the hub reads them (whole messages
-/// queued and one being assembled), unless two of the run's largest messages need more, and the
-/// fewest messages one connection may still queue (a trainer has a contribution, a heartbeat and a
+/// Bytes of whole messages one connection may queue for the hub, as a count of the run's largest,
+/// and the fewest messages it may still queue (a trainer has a contribution, a heartbeat and a
 /// request in flight).
 constexpr std::int64_t kInboundBytesPerPeer = std::int64_t{32} << 20;
 constexpr std::int64_t kMinInboundQueue = 16;
+/// What libzmq may hold for one connection before the hub reads it, unless two of the run's largest
+/// messages (one arriving, one waiting) need more; small messages queued behind a busy hub fit.
+constexpr std::int64_t kMinConnectionBudget = std::int64_t{8} << 20;
+/// Connection events queued for the hub: libzmq 4.3 blocks its I/O thread on a full monitor queue.
+constexpr int kConnectionEventQueue = 100000;
 /// How often the hub compares what libzmq holds per connection with the budget: at the 1.1 GB/s
 /// that CurveZMQ decrypts on this VM, a connection gains at most 11 MB between two looks.
 constexpr Milliseconds kInboundCheckInterval{10};
-/// How often it looks for connections whose accept event it missed (the monitor's queue is bounded).
+/// How often it looks for connections to its port that no event announced (a safety net).
 constexpr Milliseconds kConnectionScanInterval{500};
 /// Snapshot requests one name may send at once before the per-second rate applies.
 constexpr double kSnapshotBurst = 8.0;
@@ -84,9 +88,9 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
     outer_router_.set(zmq::sockopt::rcvhwm, static_cast<int>(queued));
     if (curve) sockets.make_curve_server(outer_router_);
     // ZMQ_MAXMSGSIZE bounds each frame, and the queue's length whole messages; a message's frames
-    // pile up in libzmq until its last one. The guard bounds those too, per key, from the kernel's
-    // count of each connection's bytes (runtime/inbound_guard.hpp).
-    inbound_budget_bytes_ = std::max(kInboundBytesPerPeer, 2 * options_.max_inbound_bytes);
+    // pile up in libzmq until its last one. The guard bounds those too, per connection, from the
+    // kernel's count of each connection's bytes (runtime/inbound_guard.hpp).
+    inbound_budget_bytes_ = std::max(kMinConnectionBudget, 2 * options_.max_inbound_bytes);
     inbound_guard_.emplace(inbound_budget_bytes_, curve);
     if (!inbound_guard_->available()) {
       log(LogLevel::kWarn, kHubLogName,
@@ -99,10 +103,14 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
       throw zmq::error_t();
     }
     connection_events_ = sockets.make(zmq::socket_type::pair);
+    connection_events_.set(zmq::sockopt::rcvhwm, kConnectionEventQueue);
     connection_events_.connect(events_endpoint);
     outer_router_.bind(options_.router_endpoint);
     router_endpoint_ = outer_router_.get(zmq::sockopt::last_endpoint);
-    listen_port_ = std::stoi(router_endpoint_.substr(router_endpoint_.rfind(':') + 1));
+    const auto colon = router_endpoint_.rfind(':');
+    if (router_endpoint_.rfind("tcp://", 0) == 0 && colon != std::string::npos) {
+      inbound_guard_->listening_on(std::stoi(router_endpoint_.substr(colon + 1)));
+    }
   }
   if (!options_.publish_endpoint.empty()) {
     // Subscribers send nothing the hub reads; CURVE keeps anyone without a key from reading.
@@ -122,6 +130,8 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
 Hub::~Hub() {
   stop_.request_stop();
   if (thread_.joinable()) thread_.join();
+  // Before the event socket closes: libzmq would block sending it events no one reads.
+  if (inbound_guard_) zmq_socket_monitor(outer_router_.handle(), nullptr, 0);
 }
 
 void Hub::refuse(const std::string& peer, const std::string& reason, const std::string& detail) {
@@ -337,7 +347,7 @@ void Hub::enforce_inbound_budget() {
   // Events first: a descriptor closed and reused since the last look must not be judged by its
   // predecessor's bytes.
   read_connection_events();
-  for (const auto& cut : inbound_guard_->enforce(Clock::now())) {
+  for (const auto& cut : inbound_guard_->enforce()) {
     refuse(cut.peer, "bus: connection over its memory budget", cut.why + "; its connection was shut down");
   }
 }
@@ -348,7 +358,7 @@ void Hub::run() {
   if (inbound_guard_) {
     loop.on_readable(connection_events_, [this] { read_connection_events(); });
     loop.every(kInboundCheckInterval, [this] { enforce_inbound_budget(); });
-    loop.every(kConnectionScanInterval, [this] { inbound_guard_->scan(listen_port_); });
+    loop.every(kConnectionScanInterval, [this] { inbound_guard_->scan(); });
   }
   loop.on_readable(router_, [this] {
     for (std::size_t i = 0; i < kMaxForwardsPerWakeup; ++i) {

@@ -104,7 +104,7 @@ class Hub {
 
   /// Outside messages refused so far (all reasons).
   std::uint64_t refused() const { return refused_total_; }
-  /// What libzmq may hold for one key's connections before the hub reads it (see InboundGuard);
+  /// What libzmq may hold for one outside connection before the hub reads it (see InboundGuard);
   /// zero without an outside endpoint.
   std::int64_t inbound_budget_bytes() const { return inbound_budget_bytes_; }
 
@@ -135,7 +135,6 @@ class Hub {
   zmq::socket_t connection_events_;            // the outer ROUTER's accepts and disconnects
   std::optional<InboundGuard> inbound_guard_;  // what libzmq holds per outside connection
   std::int64_t inbound_budget_bytes_ = 0;
-  int listen_port_ = -1;
   std::map<std::string, Binding> bindings_;           // by name
   std::map<std::string, std::string> name_of_route_;  // outer routing id → name
   std::set<std::string> greeted_routes_;              // routes whose first message was seen

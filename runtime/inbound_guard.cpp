@@ -13,8 +13,6 @@
 
 namespace filo {
 namespace {
-/// Below this a connection counts as holding nothing: a few frames in the decoder's buffer.
-constexpr std::int64_t kSettledBytes = std::int64_t{64} << 10;
 /// ZMTP 3: a flags byte, then the length in one byte up to 255, else in eight.
 constexpr std::size_t kLongFrameAbove = 255;
 /// CurveZMQ's MESSAGE command around each frame: "\x07MESSAGE", an 8-byte nonce, a 16-byte MAC and
@@ -63,13 +61,18 @@ InboundGuard::InboundGuard(std::int64_t budget_bytes, bool curve)
     : budget_bytes_(budget_bytes), curve_(curve), available_(kernel_counts_received_bytes()) {}
 
 void InboundGuard::accepted(int fd) {
-  Connection connection;
-  connection.peer_length = sizeof connection.peer;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&connection.peer), &connection.peer_length) != 0) {
-    connections_.erase(fd);  // closed already; its DISCONNECTED follows
+  connections_.erase(fd);
+  // Only a connection to the ROUTER's port: the descriptor may already be closed and reused by
+  // another socket of this process (a publisher's connection, an outgoing one) by now.
+  sockaddr_storage local{};
+  socklen_t local_length = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0 ||
+      port_of(local) != listen_port_) {
     return;
   }
-  connection.holding_since = Clock::now();
+  Connection connection;
+  connection.peer_length = sizeof connection.peer;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&connection.peer), &connection.peer_length) != 0) return;
   connections_[fd] = connection;
 }
 
@@ -77,7 +80,7 @@ void InboundGuard::disconnected(int fd) {
   connections_.erase(fd);
 }
 
-void InboundGuard::scan(int listen_port) {
+void InboundGuard::scan() {
   DIR* directory = opendir("/proc/self/fd");
   if (directory == nullptr) return;
   const int own = dirfd(directory);
@@ -88,7 +91,7 @@ void InboundGuard::scan(int listen_port) {
     sockaddr_storage local{};
     socklen_t local_length = sizeof local;
     if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_length) != 0) continue;
-    if (port_of(local) != listen_port) continue;
+    if (port_of(local) != listen_port_) continue;
     sockaddr_storage peer{};
     socklen_t peer_length = sizeof peer;
     if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0) continue;
@@ -102,13 +105,10 @@ void InboundGuard::scan(int listen_port) {
 }
 
 void InboundGuard::delivered(int fd, const std::vector<zmq::message_t>& frames, const std::string& key) {
-  if (fd < 0) return;
-  auto found = connections_.find(fd);
-  if (found == connections_.end()) {
-    accepted(fd);
-    found = connections_.find(fd);
-    if (found == connections_.end()) return;
-  }
+  // A message read after its connection's DISCONNECTED (libzmq delivers what was queued) finds no
+  // record, or its descriptor's next connection's, whose credit enforce() clamps to what that one read.
+  const auto found = connections_.find(fd);
+  if (fd < 0 || found == connections_.end()) return;
   Connection& connection = found->second;
   for (std::size_t i = 1; i < frames.size(); ++i)
     connection.credited_bytes += zmtp_wire_bytes(frames[i].size(), curve_);
@@ -120,7 +120,7 @@ void InboundGuard::delivered(int fd, const std::vector<zmq::message_t>& frames, 
 
 void InboundGuard::named(int fd, const std::string& name) {
   const auto found = connections_.find(fd);
-  if (found != connections_.end() && found->second.name.empty()) found->second.name = name;
+  if (found != connections_.end()) found->second.name = name;
 }
 
 std::string InboundGuard::label(int fd, const Connection& connection) const {
@@ -149,11 +149,28 @@ void InboundGuard::cut(int fd, Connection& connection, const std::string& why, s
   cuts.push_back(Cut{label(fd, connection), connection.held_bytes, why});
 }
 
-std::vector<InboundGuard::Cut> InboundGuard::enforce(Clock::time_point now) {
+void InboundGuard::cut_down(std::vector<int> fds, std::int64_t budget, const std::string& why,
+                            std::vector<Cut>& cuts) {
+  std::int64_t total = 0;
+  for (const int fd : fds) total += connections_.at(fd).held_bytes;
+  std::sort(fds.begin(), fds.end(),
+            [this](int a, int b) { return connections_.at(a).held_bytes > connections_.at(b).held_bytes; });
+  for (const int fd : fds) {
+    if (total <= budget) return;
+    Connection& connection = connections_.at(fd);
+    total -= connection.held_bytes;
+    cut(fd, connection,
+        std::to_string(connection.held_bytes) + " bytes received and not yet read as whole messages; " + why,
+        cuts);
+  }
+}
+
+std::vector<InboundGuard::Cut> InboundGuard::enforce() {
   std::vector<Cut> cuts;
   if (!available_) return cuts;
-  std::map<std::string, std::vector<int>> by_key;
+  std::map<std::string, std::vector<int>> unnamed_by_key;
   std::vector<int> unidentified;
+  std::int64_t named = 0;
   for (auto it = connections_.begin(); it != connections_.end();) {
     const int fd = it->first;
     Connection& connection = it->second;
@@ -176,48 +193,39 @@ std::vector<InboundGuard::Cut> InboundGuard::enforce(Clock::time_point now) {
     // A credit past what this connection ever delivered came from a closed one on the same descriptor.
     connection.credited_bytes = std::min(connection.credited_bytes, read_by_zmq);
     connection.held_bytes = read_by_zmq - connection.credited_bytes;
-    if (connection.held_bytes <= kSettledBytes) connection.holding_since = now;
     if (!connection.identified) {
       unidentified.push_back(fd);
+    } else if (connection.name.empty()) {
+      unnamed_by_key[curve_ ? connection.key : std::to_string(fd)].push_back(fd);
     } else {
-      by_key[curve_ ? connection.key : std::to_string(fd)].push_back(fd);
+      ++named;
     }
   }
-  const auto held_in = [this](const std::vector<int>& fds) {
-    std::int64_t total = 0;
-    for (const int fd : fds) total += connections_.at(fd).held_bytes;
-    return total;
-  };
   const std::string budget = std::to_string(budget_bytes_);
-  for (auto& [key, fds] : by_key) {
-    std::int64_t total = held_in(fds);
-    std::sort(fds.begin(), fds.end(),
-              [this](int a, int b) { return connections_.at(a).held_bytes > connections_.at(b).held_bytes; });
-    for (const int fd : fds) {
-      if (total <= budget_bytes_) break;
-      Connection& connection = connections_.at(fd);
-      total -= connection.held_bytes;
+  for (auto& [fd, connection] : connections_) {
+    if (!connection.cut && connection.held_bytes > budget_bytes_) {
       cut(fd, connection,
           std::to_string(connection.held_bytes) +
-              " bytes received and not yet a whole message the hub read; " +
-              (curve_ ? "its key's connections may hold " : "a connection may hold ") + budget,
+              " bytes received and not yet read as whole messages; a connection may hold " + budget,
           cuts);
     }
   }
-  std::int64_t total = held_in(unidentified);
-  std::sort(unidentified.begin(), unidentified.end(), [this](int a, int b) {
-    return connections_.at(a).holding_since < connections_.at(b).holding_since;
-  });
-  for (const int fd : unidentified) {
-    if (total <= budget_bytes_) break;
-    Connection& connection = connections_.at(fd);
-    total -= connection.held_bytes;
-    cut(fd, connection,
-        std::to_string(connection.held_bytes) +
-            " bytes received before its first whole message; connections that have sent none may hold " +
-            budget + " together",
-        cuts);
+  const auto still_open = [this](std::vector<int> fds) {
+    fds.erase(std::remove_if(fds.begin(), fds.end(), [this](int fd) { return connections_.at(fd).cut; }),
+              fds.end());
+    return fds;
+  };
+  for (const auto& [key, fds] : unnamed_by_key) {
+    cut_down(still_open(fds), budget_bytes_,
+             (curve_ ? "its key's connections without a name may hold " : "a connection may hold ") + budget +
+                 " together",
+             cuts);
   }
+  const std::int64_t unidentified_budget = budget_bytes_ * std::max(kUnidentifiedShares, named);
+  cut_down(still_open(unidentified), unidentified_budget,
+           "connections that have sent no whole message yet may hold " + std::to_string(unidentified_budget) +
+               " together",
+           cuts);
   return cuts;
 }
 

@@ -11,6 +11,11 @@
 // yet read. A connection over budget is shut down (shutdown(2) on its descriptor, which libzmq owns
 // and closes itself): libzmq drops the half-assembled message with the connection, and an honest
 // peer's DEALER connects again.
+//
+// The budget is per connection: no honest connection holds more than one message arriving and one
+// waiting. Connections without a name (of one key, or not yet identified) share budgets, so that
+// opening connection after connection buys nothing; named ones are as many as the hub's caps on
+// names allow, which is what a fleet's honest trainers need at once.
 #include <sys/socket.h>
 
 #include <cstdint>
@@ -19,31 +24,37 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "runtime/clock.hpp"
-
 namespace filo {
 
 /// The bytes one frame of `payload_bytes` takes on a ZMTP 3 connection: a flags byte and a 1- or
 /// 8-byte length, and with CurveZMQ the MESSAGE command's name, nonce, MAC and inner flags byte.
 std::int64_t zmtp_wire_bytes(std::size_t payload_bytes, bool curve);
 
+/// Connections not yet identified may hold at least this many connections' budgets together: honest
+/// DEALERs that reconnect at once each bring a queued message.
+constexpr std::int64_t kUnidentifiedShares = 4;
+
 class InboundGuard {
  public:
-  /// `budget_bytes`: what libzmq may hold for the connections of one key (of one connection with
-  /// CURVE off), and for all connections that have not yet sent a whole message, together.
+  /// `budget_bytes`: what libzmq may hold for one connection; for all of one key's connections that
+  /// hold no name, together; and for all connections that have not yet sent a whole message,
+  /// together, this many times the larger of kUnidentifiedShares and the named connections.
   InboundGuard(std::int64_t budget_bytes, bool curve);
 
+  /// The outer ROUTER's port, once bound: only connections to it are watched.
+  void listening_on(int port) { listen_port_ = port; }
   /// A connection accepted on the outer ROUTER (ZMQ_EVENT_ACCEPTED); replaces any record of a
   /// descriptor closed and reused since.
   void accepted(int fd);
   /// A connection that libzmq ended (ZMQ_EVENT_DISCONNECTED).
   void disconnected(int fd);
-  /// Watches connections to `listen_port` that no event announced (the monitor's queue is bounded).
-  void scan(int listen_port);
+  /// Watches connections to the ROUTER's port that no event announced: a safety net (libzmq 4.3
+  /// blocks, rather than drops, an event its monitor cannot queue).
+  void scan();
   /// The hub read `frames` (the ROUTER's routing-id frame first, which never crossed the wire) from
   /// the connection `fd`, sent with `key` (empty with CURVE off).
   void delivered(int fd, const std::vector<zmq::message_t>& frames, const std::string& key);
-  /// The name the connection's messages claim, for the log.
+  /// The hub bound the connection's messages to `name`.
   void named(int fd, const std::string& name);
 
   struct Cut {
@@ -51,9 +62,8 @@ class InboundGuard {
     std::int64_t held_bytes = 0;
     std::string why;
   };
-  /// Reads every watched connection's counters and shuts down those over budget: of one key, the
-  /// largest first; of connections not yet identified, the one holding the longest first.
-  std::vector<Cut> enforce(Clock::time_point now);
+  /// Reads every watched connection's counters and shuts down those over budget, largest first.
+  std::vector<Cut> enforce();
 
   std::int64_t budget_bytes() const { return budget_bytes_; }
   std::size_t watched() const { return connections_.size(); }
@@ -67,18 +77,20 @@ class InboundGuard {
     std::int64_t credited_bytes = 0;  // wire bytes of the messages the hub read
     std::int64_t held_bytes = 0;      // at the last enforce
     std::string key;                  // the key its messages carry; empty until its first
-    std::string name;
+    std::string name;                 // empty until the hub binds one
     bool identified = false;
     bool cut = false;
-    Clock::time_point holding_since{};  // since when it has held more than a few frames' worth
   };
 
   std::string label(int fd, const Connection& connection) const;
   void cut(int fd, Connection& connection, const std::string& why, std::vector<Cut>& cuts);
+  /// Cuts the largest holders among `fds` until they hold at most `budget` together.
+  void cut_down(std::vector<int> fds, std::int64_t budget, const std::string& why, std::vector<Cut>& cuts);
 
   std::int64_t budget_bytes_;
   bool curve_;
   bool available_;
+  int listen_port_ = -1;
   std::map<int, Connection> connections_;  // by descriptor
 };
 
