@@ -90,8 +90,7 @@ Hub::Hub(const SocketFactory& sockets, HubOptions options)
     // ZMQ_MAXMSGSIZE bounds each frame, and the queue's length whole messages; a message's frames
     // pile up in libzmq until its last one. The guard bounds those too, per connection, from the
     // kernel's count of each connection's bytes (runtime/inbound_guard.hpp).
-    inbound_budget_bytes_ = std::max(kMinConnectionBudget, 2 * options_.max_inbound_bytes);
-    inbound_guard_.emplace(inbound_budget_bytes_, curve);
+    inbound_guard_.emplace(std::max(kMinConnectionBudget, 2 * options_.max_inbound_bytes), curve);
     if (!inbound_guard_->available()) {
       log(LogLevel::kWarn, kHubLogName,
           "this kernel does not count a TCP connection's received bytes (TCP_INFO, Linux 4.1+): one "

@@ -106,7 +106,7 @@ class Hub {
   std::uint64_t refused() const { return refused_total_; }
   /// What libzmq may hold for one outside connection before the hub reads it (see InboundGuard);
   /// zero without an outside endpoint.
-  std::int64_t inbound_budget_bytes() const { return inbound_budget_bytes_; }
+  std::int64_t inbound_budget_bytes() const { return inbound_guard_ ? inbound_guard_->budget_bytes() : 0; }
 
  private:
   /// What the hub knows of a name an outside peer holds.
@@ -127,14 +127,13 @@ class Hub {
   void enforce_inbound_budget();
 
   HubOptions options_;
-  std::optional<ZapHandler> zap_;              // first: it must answer before any CURVE socket binds
-  zmq::socket_t router_;                       // inner: the coordinator's actors, over inproc
-  zmq::socket_t outer_router_;                 // outer: nodes and the test aid, over tcp
-  zmq::socket_t publisher_;                    // events and control, for monitors
-  zmq::socket_t model_publisher_;              // models, snapshots and control, for trainers
-  zmq::socket_t connection_events_;            // the outer ROUTER's accepts and disconnects
-  std::optional<InboundGuard> inbound_guard_;  // what libzmq holds per outside connection
-  std::int64_t inbound_budget_bytes_ = 0;
+  std::optional<ZapHandler> zap_;                     // first: it must answer before any CURVE socket binds
+  zmq::socket_t router_;                              // inner: the coordinator's actors, over inproc
+  zmq::socket_t outer_router_;                        // outer: nodes and the test aid, over tcp
+  zmq::socket_t publisher_;                           // events and control, for monitors
+  zmq::socket_t model_publisher_;                     // models, snapshots and control, for trainers
+  zmq::socket_t connection_events_;                   // the outer ROUTER's accepts and disconnects
+  std::optional<InboundGuard> inbound_guard_;         // what libzmq holds per outside connection
   std::map<std::string, Binding> bindings_;           // by name
   std::map<std::string, std::string> name_of_route_;  // outer routing id → name
   std::set<std::string> greeted_routes_;              // routes whose first message was seen

@@ -146,7 +146,9 @@ void InboundGuard::cut(int fd, Connection& connection, const std::string& why, s
   }
   ::shutdown(fd, SHUT_RDWR);
   connection.cut = true;
-  cuts.push_back(Cut{label(fd, connection), connection.held_bytes, why});
+  cuts.push_back(Cut{
+      label(fd, connection), connection.held_bytes,
+      std::to_string(connection.held_bytes) + " bytes received and not yet read as whole messages; " + why});
 }
 
 void InboundGuard::cut_down(std::vector<int> fds, std::int64_t budget, const std::string& why,
@@ -159,9 +161,7 @@ void InboundGuard::cut_down(std::vector<int> fds, std::int64_t budget, const std
     if (total <= budget) return;
     Connection& connection = connections_.at(fd);
     total -= connection.held_bytes;
-    cut(fd, connection,
-        std::to_string(connection.held_bytes) + " bytes received and not yet read as whole messages; " + why,
-        cuts);
+    cut(fd, connection, why, cuts);
   }
 }
 
@@ -204,10 +204,7 @@ std::vector<InboundGuard::Cut> InboundGuard::enforce() {
   const std::string budget = std::to_string(budget_bytes_);
   for (auto& [fd, connection] : connections_) {
     if (!connection.cut && connection.held_bytes > budget_bytes_) {
-      cut(fd, connection,
-          std::to_string(connection.held_bytes) +
-              " bytes received and not yet read as whole messages; a connection may hold " + budget,
-          cuts);
+      cut(fd, connection, "a connection may hold " + budget, cuts);
     }
   }
   const auto still_open = [this](std::vector<int> fds) {

@@ -66,7 +66,6 @@ class InboundGuard {
   std::vector<Cut> enforce();
 
   std::int64_t budget_bytes() const { return budget_bytes_; }
-  std::size_t watched() const { return connections_.size(); }
   /// Whether this kernel reports a TCP connection's received bytes; without it nothing is bounded.
   bool available() const { return available_; }
 

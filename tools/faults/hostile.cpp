@@ -212,7 +212,7 @@ class Intruder {
   }
 
   AttackClass oversized() {
-    AttackClass attack{"oversized messages", 0, {{"bus: message too large", kOversizedMessages / 2}}};
+    AttackClass attack{"oversized messages", 0, {{"bus: message too large", kOversizedMessages / 2}}, 0};
     // Each frame fits the per-frame limit; the message as a whole does not.
     const std::size_t frame_bytes = static_cast<std::size_t>(target_.max_inbound_bytes) * 6 / 10;
     const std::string filler(frame_bytes, 'x');
@@ -231,7 +231,8 @@ class Intruder {
   AttackClass endless_messages() {
     AttackClass attack{"endless messages of frames under the limit",
                        0,
-                       {{"bus: connection over its memory budget", kEndlessMessages}}};
+                       {{"bus: connection over its memory budget", kEndlessMessages}},
+                       0};
     // A connection of its own, so that the cut takes none of the other classes' queued messages.
     zmq::socket_t dealer = make_socket(context_, zmq::socket_type::dealer, target_, &target_.intruder);
     dealer.connect(target_.router);
@@ -367,7 +368,7 @@ class Intruder {
   }
 
   AttackClass never_reading_subscribers() {
-    AttackClass attack{"subscribers that never read", 0, {}};
+    AttackClass attack{"subscribers that never read", 0, {}, 0};
     for (int s = 0; s < kNeverReadingSubscribers; ++s) {
       subscribers_.push_back(make_socket(context_, zmq::socket_type::sub, target_, &target_.intruder));
       subscribers_.back().set(zmq::sockopt::rcvhwm, 1);

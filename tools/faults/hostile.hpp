@@ -20,14 +20,17 @@ struct HostileTarget {
   std::int64_t max_inbound_bytes;   // the largest message the hub takes (from the model's size)
 };
 
+constexpr std::uint64_t kMessagesPerClass = 10000;
+
 struct AttackClass {
   std::string name;
   std::uint64_t sent = 0;
   /// Refusal reasons (summary.json "dropped") this class must have raised, with at least how many.
   std::map<std::string, std::uint64_t> expected;
+  /// Messages that must have left the attacker; 0 where they are few by design (megabytes each, or
+  /// subscriptions) and a send may time out.
+  std::uint64_t must_send = kMessagesPerClass;
 };
-
-constexpr std::uint64_t kMessagesPerClass = 10000;
 
 /// Runs every class, one after the other; returns what was sent.
 std::vector<AttackClass> run_attacks(const HostileTarget& target);
